@@ -1,0 +1,182 @@
+"""RobertaConfig: every hyper-parameter of the architecture, in one dataclass.
+
+The field names are those of the original (Hugging Face's RobertaConfig), so a
+`config.json` shipped with an official checkpoint maps onto this class field
+for field. `RobertaConfig.preset(name)` gives the standard sizes.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Optional
+
+ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu")
+ATTENTION_BACKENDS = ("eager", "sdpa", "triton")
+PROBLEM_TYPES = (None, "regression", "single_label_classification", "multi_label_classification")
+
+
+@dataclass
+class RobertaConfig:
+    # 50,265 = 4 specials (<s> <pad> </s> <unk>) + 50,260 GPT-2 BPE tokens from fairseq's
+    # dict.txt (the last 3 of them padding words that make the count a multiple of 8) + <mask>.
+    vocab_size: int = 50265
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    intermediate_size: int = 3072  # 4 x hidden, as in BERT
+    hidden_act: str = "gelu"  # the exact erf GELU; "gelu_new" is the tanh approximation
+    hidden_dropout_prob: float = 0.1
+    attention_probs_dropout_prob: float = 0.1
+    # 514 = 512 real positions + padding_idx + 1: position ids start at pad_token_id + 1
+    # (see RobertaEmbeddings), so rows 0 and 1 are never used by real tokens.
+    max_position_embeddings: int = 514
+    type_vocab_size: int = 1  # RoBERTa dropped BERT's segment embeddings; one row stays for compatibility
+    layer_norm_eps: float = 1e-5  # fairseq's default; BERT used 1e-12
+    pad_token_id: int = 1
+    bos_token_id: int = 0
+    eos_token_id: int = 2
+    initializer_range: float = 0.02
+    # Which attention implementation runs; see model.SelfAttention. Not part of the
+    # architecture: any backend loads any checkpoint.
+    attention: str = "sdpa"
+    # Task heads. classifier_dropout=None means "use hidden_dropout_prob", as in the original.
+    classifier_dropout: Optional[float] = None
+    num_labels: int = 2
+    problem_type: Optional[str] = None
+    label_names: Optional[list] = field(default=None)
+
+    def __post_init__(self):
+        self.validate()
+
+    # ----------------------------------------------------------------- checks
+    def validate(self) -> None:
+        def need(ok: bool, msg: str) -> None:
+            if not ok:
+                raise ValueError(f"invalid RobertaConfig: {msg}")
+
+        for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                     "intermediate_size", "max_position_embeddings", "type_vocab_size", "num_labels"):
+            value = getattr(self, name)
+            need(isinstance(value, int) and value > 0, f"{name} must be a positive int, got {value!r}")
+        need(self.hidden_size % self.num_attention_heads == 0,
+             f"hidden_size ({self.hidden_size}) is not divisible by num_attention_heads "
+             f"({self.num_attention_heads})")
+        need(self.hidden_act in ACTIVATIONS, f"hidden_act {self.hidden_act!r} is not one of {ACTIVATIONS}")
+        need(self.attention in ATTENTION_BACKENDS,
+             f"attention {self.attention!r} is not one of {ATTENTION_BACKENDS}")
+        for name in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
+            p = getattr(self, name)
+            need(0.0 <= p < 1.0, f"{name} must be in [0, 1), got {p}")
+        need(self.classifier_dropout is None or 0.0 <= self.classifier_dropout < 1.0,
+             f"classifier_dropout must be None or in [0, 1), got {self.classifier_dropout}")
+        need(self.layer_norm_eps > 0, f"layer_norm_eps must be > 0, got {self.layer_norm_eps}")
+        for name in ("pad_token_id", "bos_token_id", "eos_token_id"):
+            idx = getattr(self, name)
+            need(isinstance(idx, int) and 0 <= idx < self.vocab_size,
+                 f"{name} ({idx}) must be an id in [0, vocab_size={self.vocab_size})")
+        need(self.max_position_embeddings > self.pad_token_id + 1,
+             f"max_position_embeddings ({self.max_position_embeddings}) leaves no room for a real "
+             f"token: positions start at pad_token_id + 1 = {self.pad_token_id + 1}")
+        need(self.problem_type in PROBLEM_TYPES, f"problem_type {self.problem_type!r} is not one of {PROBLEM_TYPES}")
+        need(self.label_names is None or len(self.label_names) == self.num_labels,
+             f"label_names has {len(self.label_names or [])} names but num_labels is {self.num_labels}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    @property
+    def max_tokens(self) -> int:
+        """The longest sequence the position table can hold (512 for 514 rows)."""
+        return self.max_position_embeddings - self.pad_token_id - 1
+
+    # ---------------------------------------------------------------- presets
+    @classmethod
+    def preset(cls, name: str, **overrides) -> "RobertaConfig":
+        """A standard size. Parameter counts are RobertaForMaskedLM's with the 50,265 vocab;
+        about vocab_size * hidden_size of each is the (tied) word embedding."""
+        if name not in PRESETS:
+            raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+        return cls(**{**PRESETS[name], **overrides})
+
+    def replace(self, **changes) -> "RobertaConfig":
+        return dataclasses.replace(self, **changes)
+
+    # --------------------------------------------------------- serialisation
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RobertaConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"unknown RobertaConfig fields: {unknown}")
+        return cls(**d)
+
+    def to_hf_dict(self) -> dict:
+        """A Hugging Face `config.json` that transformers' RobertaConfig loads unchanged."""
+        d = {k: v for k, v in self.to_dict().items()
+             if k not in ("attention", "label_names", "problem_type", "classifier_dropout")}
+        d.update(model_type="roberta", position_embedding_type="absolute", classifier_dropout=self.classifier_dropout)
+        if self.problem_type is not None:
+            d["problem_type"] = self.problem_type
+        names = self.label_names or [f"LABEL_{i}" for i in range(self.num_labels)]
+        d["id2label"] = {str(i): n for i, n in enumerate(names)}
+        d["label2id"] = {n: i for i, n in enumerate(names)}
+        del d["num_labels"]  # transformers derives it from id2label
+        return d
+
+    @classmethod
+    def from_hf_dict(cls, d: dict, **overrides) -> "RobertaConfig":
+        """Read a Hugging Face roberta `config.json` dict (extra HF-only keys are ignored)."""
+        if d.get("model_type", "roberta") not in ("roberta", "xlm-roberta", "camembert"):
+            raise ValueError(f"config.json has model_type {d.get('model_type')!r}, not a RoBERTa model")
+        if d.get("position_embedding_type", "absolute") != "absolute":
+            raise ValueError(f"position_embedding_type {d['position_embedding_type']!r} is not supported "
+                             "(only RoBERTa's absolute positions)")
+        names = {f.name for f in dataclasses.fields(cls)} - {"attention", "label_names", "num_labels"}
+        kwargs = {k: d[k] for k in names if d.get(k) is not None}
+        id2label = d.get("id2label")
+        if id2label:
+            ordered = [id2label[str(i)] if str(i) in id2label else id2label[i] for i in range(len(id2label))]
+            kwargs["num_labels"] = len(ordered)
+            if ordered != [f"LABEL_{i}" for i in range(len(ordered))]:
+                kwargs["label_names"] = ordered
+        elif "num_labels" in d:
+            kwargs["num_labels"] = d["num_labels"]
+        kwargs.update(overrides)
+        return cls(**kwargs)
+
+    def save(self, path: str) -> None:
+        with open(path, "w") as f:
+            json.dump({"format": CONFIG_FORMAT, **self.to_dict()}, f, indent=2)
+
+    @classmethod
+    def load(cls, path: str, **overrides) -> "RobertaConfig":
+        """Read this project's config.json or a Hugging Face one (told apart by the `format` key)."""
+        if os.path.isdir(path):
+            path = os.path.join(path, "config.json")
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"no config.json at {path}")
+        with open(path) as f:
+            d = json.load(f)
+        if d.pop("format", None) == CONFIG_FORMAT:
+            return cls.from_dict({**d, **overrides})
+        return cls.from_hf_dict(d, **overrides)
+
+
+CONFIG_FORMAT = "roberta-scratch"
+
+PRESETS = {
+    # 6.9M parameters (6.4M of them the embedding table): unit tests and CPU smoke runs.
+    "tiny": dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=2, intermediate_size=512),
+    # 38.9M parameters: pretraining experiments on one GPU or a patient CPU.
+    "small": dict(hidden_size=512, num_hidden_layers=4, num_attention_heads=8, intermediate_size=2048),
+    # 124.7M parameters: roberta-base.
+    "base": dict(),
+    # 355.4M parameters: roberta-large.
+    "large": dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096),
+}

@@ -1,0 +1,420 @@
+"""RoBERTa, written out by hand. Read it top to bottom like the paper:
+
+    embeddings:  LN(word + position + token_type) -> dropout
+    N layers:    h = LN(x + drop(attn(x)));  x = LN(h + drop(fc2(gelu(fc1(h)))))   (post-LN)
+    heads:       masked LM, sequence classification, token classification, QA
+
+Numbers match the reference implementations (fairseq, Hugging Face) to fp32
+rounding; the module structure is our own, and convert.py maps their state
+dicts onto it.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import kernels
+
+from .config import RobertaConfig
+
+IGNORE_INDEX = -100  # label value for "nothing to predict here", as in torch's cross_entropy
+
+ACT2FN = {
+    "gelu": F.gelu,  # exact erf form, as in the original
+    "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
+    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "relu": F.relu,
+}
+
+
+@dataclass
+class Output:
+    """What every model returns; fields that a model does not produce stay None."""
+
+    loss: Optional[torch.Tensor] = None
+    logits: Optional[torch.Tensor] = None
+    start_logits: Optional[torch.Tensor] = None  # question answering only
+    end_logits: Optional[torch.Tensor] = None
+    last_hidden_state: Optional[torch.Tensor] = None  # (B, T, H)
+    hidden_states: Optional[tuple] = None  # embeddings output, then every layer's: N + 1 of (B, T, H)
+
+
+# --------------------------------------------------------------------------- parts
+
+class RobertaEmbeddings(nn.Module):
+    def __init__(self, cfg: RobertaConfig):
+        super().__init__()
+        self.padding_idx = cfg.pad_token_id
+        self.word_embeddings = nn.Embedding(cfg.vocab_size, cfg.hidden_size, padding_idx=cfg.pad_token_id)
+        self.position_embeddings = nn.Embedding(cfg.max_position_embeddings, cfg.hidden_size,
+                                                padding_idx=cfg.pad_token_id)
+        self.token_type_embeddings = nn.Embedding(cfg.type_vocab_size, cfg.hidden_size)
+        self.norm = AddNorm(cfg)
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        # subtle: positions count real tokens only and start at padding_idx + 1, so with
+        # padding_idx=1 the first token sits at position 2 and every pad at position 1,
+        # whose row is zero. The reference derives them from the ids, not the attention mask.
+        real = input_ids.ne(self.padding_idx).int()  # (B, T)
+        position_ids = torch.cumsum(real, dim=1, dtype=torch.int32) * real + self.padding_idx
+        # Every token has token type 0 (RoBERTa has no segments): add that one row.
+        x = self.word_embeddings(input_ids) + self.token_type_embeddings.weight[0]
+        x = x + self.position_embeddings(position_ids.long())  # (B, T, H)
+        return self.norm(x)
+
+
+class AddNorm(nn.LayerNorm):
+    """LN(dropout(x) + residual), or LN(x) -> dropout without a residual (the embeddings).
+
+    With the triton backend the whole step is one fused kernel (kernels.layer_norm).
+    """
+
+    def __init__(self, cfg: RobertaConfig, dropout: Optional[float] = None):
+        super().__init__(cfg.hidden_size, eps=cfg.layer_norm_eps)
+        self.dropout = cfg.hidden_dropout_prob if dropout is None else dropout
+        self.fused = cfg.attention == "triton"
+
+    def forward(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None) -> torch.Tensor:
+        p = self.dropout if self.training else 0.0
+        if residual is None:  # embeddings: the dropout comes after the norm
+            return F.dropout(super().forward(x), p, self.training)
+        if self.fused:
+            return kernels.layer_norm(x, self.weight, self.bias, self.eps, residual=residual, dropout_p=p)
+        return super().forward(residual + F.dropout(x, p, self.training))
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention with a key-padding mask; no causal mask (an encoder).
+
+    Three backends compute the same thing; config.attention picks one:
+      eager:  the math written out below. It is the reference.
+      sdpa:   torch's F.scaled_dot_product_attention (flash / memory-efficient kernels).
+      triton: kernels.attention, our fused kernel (falls back to torch off-GPU).
+    """
+
+    def __init__(self, cfg: RobertaConfig):
+        super().__init__()
+        self.n_head = cfg.num_attention_heads
+        self.qkv = nn.Linear(cfg.hidden_size, 3 * cfg.hidden_size)  # query, key, value in one matmul
+        self.proj = nn.Linear(cfg.hidden_size, cfg.hidden_size)
+        self.dropout = cfg.attention_probs_dropout_prob
+        self.backend = cfg.attention
+
+    def forward(self, x: torch.Tensor, pad_mask: Optional[torch.Tensor]) -> torch.Tensor:
+        # x: (B, T, C); pad_mask: (B, T) bool, True for real tokens, or None for no padding.
+        B, T, C = x.shape
+        q, k, v = self.qkv(x).split(C, dim=2)
+        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        p = self.dropout if self.training else 0.0
+
+        if self.backend == "eager":
+            att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(k.size(-1)))  # (B, nh, T, T)
+            if pad_mask is not None:
+                att = att.masked_fill(~pad_mask[:, None, None, :], float("-inf"))
+            att = F.softmax(att, dim=-1, dtype=torch.float32).to(q.dtype)
+            att = F.dropout(att, p, self.training)
+            y = att @ v  # (B, nh, T, hs)
+        elif self.backend == "sdpa":
+            mask = None if pad_mask is None else pad_mask[:, None, None, :]  # (B, 1, 1, T)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
+        else:  # triton
+            y = kernels.attention(q, k, v, key_padding_mask=pad_mask, dropout_p=p)
+
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble the heads side by side
+        return self.proj(y)
+
+
+class FeedForward(nn.Module):
+    def __init__(self, cfg: RobertaConfig):
+        super().__init__()
+        self.fc1 = nn.Linear(cfg.hidden_size, cfg.intermediate_size)
+        self.fc2 = nn.Linear(cfg.intermediate_size, cfg.hidden_size)
+        self.act = ACT2FN[cfg.hidden_act]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class Layer(nn.Module):
+    """One post-LN Transformer layer, as in BERT and RoBERTa."""
+
+    def __init__(self, cfg: RobertaConfig):
+        super().__init__()
+        self.attn = SelfAttention(cfg)
+        self.attn_norm = AddNorm(cfg)
+        self.ffn = FeedForward(cfg)
+        self.ffn_norm = AddNorm(cfg)
+
+    def forward(self, x: torch.Tensor, pad_mask: Optional[torch.Tensor]) -> torch.Tensor:
+        x = self.attn_norm(self.attn(x, pad_mask), residual=x)
+        return self.ffn_norm(self.ffn(x), residual=x)
+
+
+# --------------------------------------------------------------------------- the encoder
+
+class PreTrained(nn.Module):
+    """Initialisation, input checks and save/load shared by every model class."""
+
+    config: RobertaConfig
+
+    def init_weights(self) -> None:
+        std = self.config.initializer_range
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, mean=0.0, std=std)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Embedding):
+                nn.init.normal_(m.weight, mean=0.0, std=std)
+                if m.padding_idx is not None:
+                    with torch.no_grad():
+                        m.weight[m.padding_idx].zero_()
+            elif isinstance(m, nn.LayerNorm):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+        for name, param in self.named_parameters():
+            if name == "lm_head.bias":
+                nn.init.zeros_(param)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def save_pretrained(self, path: str) -> None:
+        """Write `config.json` and `model.safetensors` into the directory `path`."""
+        from .convert import save_checkpoint
+
+        save_checkpoint(self, path)
+
+    @classmethod
+    def from_pretrained(cls, path: str, **config_overrides):
+        """Load this project's directory or a Hugging Face roberta directory.
+
+        Keyword arguments override config fields, e.g. attention="eager" or num_labels=3.
+        A head the checkpoint lacks is initialised fresh, with a warning that names it.
+        """
+        from .convert import load_pretrained
+
+        return load_pretrained(cls, path, **config_overrides)
+
+
+def check_inputs(cfg: RobertaConfig, input_ids: torch.Tensor,
+                 attention_mask: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    """Validate on the host, so bad input is a ValueError on every device (never a CUDA assert).
+
+    Returns the key-padding mask as (B, T) bool, or None when nothing is padded.
+    """
+    if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2 or input_ids.is_floating_point():
+        raise ValueError(f"input_ids must be an integer tensor of shape (batch, seq_len), got "
+                         f"{getattr(input_ids, 'dtype', type(input_ids))} {tuple(getattr(input_ids, 'shape', ()))}")
+    B, T = input_ids.shape
+    if T > cfg.max_tokens:
+        raise ValueError(f"sequence length {T} is longer than the {cfg.max_tokens} positions this model has "
+                         f"(max_position_embeddings {cfg.max_position_embeddings} - padding_idx "
+                         f"{cfg.pad_token_id} - 1); truncate the input")
+    if input_ids.numel() == 0:
+        raise ValueError(f"input_ids is empty, shape {tuple(input_ids.shape)}")
+    stats = [input_ids.min(), input_ids.max()]
+    if attention_mask is not None:
+        if tuple(attention_mask.shape) != (B, T):
+            raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}, expected (batch, seq_len) "
+                             f"= {(B, T)} like input_ids")
+        attention_mask = attention_mask.to(device=input_ids.device, dtype=torch.bool)
+        real = attention_mask.sum(dim=1)
+        stats += [real.min(), real.max()]
+    stats = torch.stack(stats).tolist()  # one device sync for every check
+    if stats[0] < 0 or stats[1] >= cfg.vocab_size:
+        bad = stats[0] if stats[0] < 0 else stats[1]
+        raise ValueError(f"token id {bad} is out of range for vocab_size {cfg.vocab_size}")
+    if attention_mask is None:
+        return None
+    if stats[2] == 0:
+        raise ValueError("attention_mask has a row with no real tokens; every sequence needs at least one")
+    return None if stats[2] == T else attention_mask  # no padding anywhere: let the fast paths skip the mask
+
+
+class RobertaModel(PreTrained):
+    """The bare encoder: returns last_hidden_state (B, T, H) and, if asked, every layer's."""
+
+    def __init__(self, cfg: RobertaConfig):
+        super().__init__()
+        self.config = cfg
+        self.embeddings = RobertaEmbeddings(cfg)
+        self.layers = nn.ModuleList([Layer(cfg) for _ in range(cfg.num_hidden_layers)])
+        self.init_weights()
+
+    def forward(self, input_ids, attention_mask=None, output_hidden_states=False) -> Output:
+        pad_mask = check_inputs(self.config, input_ids, attention_mask)
+        x = self.embeddings(input_ids)  # (B, T, H)
+        hidden_states = [x]
+        for layer in self.layers:
+            x = layer(x, pad_mask)
+            hidden_states.append(x)
+        return Output(last_hidden_state=x, hidden_states=tuple(hidden_states) if output_hidden_states else None)
+
+
+# --------------------------------------------------------------------------- heads
+
+class RobertaForMaskedLM(PreTrained):
+    """Encoder + LM head: dense -> gelu -> LN -> decoder tied to the word embeddings (+ own bias)."""
+
+    def __init__(self, cfg: RobertaConfig):
+        super().__init__()
+        self.config = cfg
+        self.roberta = RobertaModel(cfg)
+        self.lm_head = nn.Module()
+        self.lm_head.dense = nn.Linear(cfg.hidden_size, cfg.hidden_size)
+        self.lm_head.norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+        self.lm_head.bias = nn.Parameter(torch.zeros(cfg.vocab_size))
+        self.act = ACT2FN[cfg.hidden_act]
+        self.init_weights()
+
+    def predict(self, h: torch.Tensor) -> torch.Tensor:
+        """Hidden states (..., H) -> vocabulary logits (..., V)."""
+        h = self.lm_head.norm(self.act(self.lm_head.dense(h)))
+        return F.linear(h, self.roberta.embeddings.word_embeddings.weight, self.lm_head.bias)
+
+    def forward(self, input_ids, attention_mask=None, labels=None, output_hidden_states=False) -> Output:
+        """Without labels: logits (B, T, V) at every position.
+
+        With labels ((B, T), IGNORE_INDEX where nothing is predicted): the head runs only at
+        the N labelled positions, like fairseq, so logits is (N, V) in row-major order and
+        loss is the mean cross-entropy there, the same number the full head gives.
+        """
+        out = self.roberta(input_ids, attention_mask, output_hidden_states)
+        h = out.last_hidden_state
+        if labels is None:
+            return Output(logits=self.predict(h), last_hidden_state=h, hidden_states=out.hidden_states)
+        check_labels(labels, input_ids.shape, self.config.vocab_size)
+        selected = labels != IGNORE_INDEX  # (B, T)
+        logits = self.predict(h[selected])  # (N, V): the vocabulary projection only where it counts
+        loss = F.cross_entropy(logits.float(), labels[selected])
+        return Output(loss=loss, logits=logits, last_hidden_state=h, hidden_states=out.hidden_states)
+
+
+class RobertaForSequenceClassification(PreTrained):
+    """Classifies from the <s> token: dropout -> dense -> tanh -> dropout -> out_proj.
+
+    The loss follows config.problem_type, or is inferred like the original: one label means
+    regression (MSE), integer labels single-label (cross-entropy), float labels multi-label (BCE).
+    """
+
+    def __init__(self, cfg: RobertaConfig, num_labels: Optional[int] = None):
+        if num_labels is not None and num_labels != cfg.num_labels:
+            cfg = cfg.replace(num_labels=num_labels, label_names=None)
+        super().__init__()
+        self.config = cfg
+        self.roberta = RobertaModel(cfg)
+        self.classifier = nn.Module()
+        self.classifier.dense = nn.Linear(cfg.hidden_size, cfg.hidden_size)
+        self.classifier.out_proj = nn.Linear(cfg.hidden_size, cfg.num_labels)
+        self.dropout = nn.Dropout(head_dropout(cfg))
+        self.init_weights()
+
+    def forward(self, input_ids, attention_mask=None, labels=None, output_hidden_states=False) -> Output:
+        out = self.roberta(input_ids, attention_mask, output_hidden_states)
+        x = self.dropout(out.last_hidden_state[:, 0])  # (B, H): the <s> token
+        x = self.dropout(torch.tanh(self.classifier.dense(x)))
+        logits = self.classifier.out_proj(x)  # (B, num_labels)
+        loss = None if labels is None else self.loss(logits, labels)
+        return Output(loss=loss, logits=logits, last_hidden_state=out.last_hidden_state,
+                      hidden_states=out.hidden_states)
+
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        n = self.config.num_labels
+        problem = self.config.problem_type
+        if problem is None:
+            if n == 1:
+                problem = "regression"
+            elif labels.dtype in (torch.long, torch.int):
+                problem = "single_label_classification"
+            else:
+                problem = "multi_label_classification"
+        if problem == "regression":
+            labels = labels.to(logits.dtype)
+            return F.mse_loss(logits.view(-1), labels.view(-1)) if n == 1 else F.mse_loss(logits, labels)
+        if problem == "single_label_classification":
+            check_labels(labels, (logits.shape[0],), n)
+            return F.cross_entropy(logits, labels.view(-1))
+        if tuple(labels.shape) != tuple(logits.shape):
+            raise ValueError(f"multi-label labels must have shape {tuple(logits.shape)}, got {tuple(labels.shape)}")
+        return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
+
+
+class RobertaForTokenClassification(PreTrained):
+    """One linear layer per token (NER, POS): dropout -> classifier."""
+
+    def __init__(self, cfg: RobertaConfig, num_labels: Optional[int] = None):
+        if num_labels is not None and num_labels != cfg.num_labels:
+            cfg = cfg.replace(num_labels=num_labels, label_names=None)
+        super().__init__()
+        self.config = cfg
+        self.roberta = RobertaModel(cfg)
+        self.dropout = nn.Dropout(head_dropout(cfg))
+        self.classifier = nn.Linear(cfg.hidden_size, cfg.num_labels)
+        self.init_weights()
+
+    def forward(self, input_ids, attention_mask=None, labels=None, output_hidden_states=False) -> Output:
+        out = self.roberta(input_ids, attention_mask, output_hidden_states)
+        logits = self.classifier(self.dropout(out.last_hidden_state))  # (B, T, num_labels)
+        loss = None
+        if labels is not None:
+            check_labels(labels, input_ids.shape, self.config.num_labels)
+            loss = F.cross_entropy(logits.view(-1, self.config.num_labels), labels.reshape(-1))
+        return Output(loss=loss, logits=logits, last_hidden_state=out.last_hidden_state,
+                      hidden_states=out.hidden_states)
+
+
+class RobertaForQuestionAnswering(PreTrained):
+    """Extractive QA: a linear layer gives each token a start and an end logit."""
+
+    def __init__(self, cfg: RobertaConfig):
+        super().__init__()
+        self.config = cfg
+        self.roberta = RobertaModel(cfg)
+        self.qa_outputs = nn.Linear(cfg.hidden_size, 2)
+        self.init_weights()
+
+    def forward(self, input_ids, attention_mask=None, start_positions=None, end_positions=None,
+                output_hidden_states=False) -> Output:
+        out = self.roberta(input_ids, attention_mask, output_hidden_states)
+        start_logits, end_logits = self.qa_outputs(out.last_hidden_state).unbind(dim=-1)  # 2 x (B, T)
+        loss = None
+        if start_positions is not None and end_positions is not None:
+            # Positions outside the sequence (answers cut off by truncation) are clamped to T
+            # and ignored, as in the original.
+            T = input_ids.shape[1]
+            start = start_positions.view(-1).clamp(0, T)
+            end = end_positions.view(-1).clamp(0, T)
+            loss = (F.cross_entropy(start_logits, start, ignore_index=T)
+                    + F.cross_entropy(end_logits, end, ignore_index=T)) / 2
+        return Output(loss=loss, start_logits=start_logits.contiguous(), end_logits=end_logits.contiguous(),
+                      last_hidden_state=out.last_hidden_state, hidden_states=out.hidden_states)
+
+
+def head_dropout(cfg: RobertaConfig) -> float:
+    return cfg.hidden_dropout_prob if cfg.classifier_dropout is None else cfg.classifier_dropout
+
+
+def check_labels(labels: torch.Tensor, shape, num_classes: int) -> None:
+    """Class labels must have the given shape and lie in [0, num_classes) or be IGNORE_INDEX."""
+    if tuple(labels.shape) != tuple(shape):
+        raise ValueError(f"labels have shape {tuple(labels.shape)}, expected {tuple(shape)}")
+    if labels.is_floating_point():
+        raise ValueError(f"class labels must be integers, got {labels.dtype}")
+    bad = (labels != IGNORE_INDEX) & ((labels < 0) | (labels >= num_classes))
+    if bool(bad.any()):
+        raise ValueError(f"label {labels[bad][0].item()} is out of range: labels must be in "
+                         f"[0, {num_classes}) or {IGNORE_INDEX} (ignored)")
+
+
+MODEL_CLASSES = {
+    cls.__name__: cls
+    for cls in (RobertaModel, RobertaForMaskedLM, RobertaForSequenceClassification,
+                RobertaForTokenClassification, RobertaForQuestionAnswering)
+}

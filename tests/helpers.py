@@ -1,0 +1,37 @@
+"""Test helpers: tiny random Hugging Face models and padded batches."""
+import pytest
+import torch
+
+
+def hf_config(**overrides):
+    """A transformers RobertaConfig for a tiny, odd-shaped model (eager attention: the reference)."""
+    transformers = pytest.importorskip("transformers")
+    kwargs = dict(vocab_size=1000, hidden_size=96, num_hidden_layers=3, num_attention_heads=3,
+                  intermediate_size=160, max_position_embeddings=40, type_vocab_size=1,
+                  layer_norm_eps=1e-5, pad_token_id=1, bos_token_id=0, eos_token_id=2,
+                  attn_implementation="eager")
+    kwargs.update(overrides)
+    return transformers.RobertaConfig(**kwargs)
+
+
+def random_hf_model(arch: str, seed: int = 0, **overrides):
+    """A transformers model whose every parameter is random (LayerNorms and biases too), so a
+    swapped or dropped key cannot go unnoticed."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(seed)
+    model = getattr(transformers, arch)(hf_config(**overrides)).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, 0.2)
+    return model
+
+
+def padded_batch(vocab_size=1000, lengths=(11, 7, 3), pad_id=1, seed=0):
+    """<s> x... </s> then padding, unequal lengths; returns (input_ids, attention_mask)."""
+    g = torch.Generator().manual_seed(seed)
+    T = max(lengths)
+    ids = torch.full((len(lengths), T), pad_id, dtype=torch.long)
+    for row, n in enumerate(lengths):
+        ids[row, :n] = torch.randint(4, vocab_size, (n,), generator=g)
+        ids[row, 0], ids[row, n - 1] = 0, 2
+    return ids, ids.ne(pad_id).long()
