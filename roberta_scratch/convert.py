@@ -456,6 +456,8 @@ def save_hf(cfg: RobertaConfig, sd: dict, path: str) -> None:
     hf = ours_to_hf(sd, cfg.num_hidden_layers)
     hf = {k: v.contiguous() for k, v in hf.items()}
     arch = hf_architecture(sd)
+    if arch == "RobertaForQuestionAnswering":  # transformers sizes qa_outputs by num_labels
+        cfg = cfg.replace(num_labels=2, label_names=None)
     config = {**cfg.to_hf_dict(), "architectures": [arch]}
     if arch == "RobertaModel":  # a bare model's keys carry no prefix in HF
         hf = {k[len(ENCODER_PREFIX):]: v for k, v in hf.items()}
