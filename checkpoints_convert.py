@@ -81,7 +81,7 @@ def convert(src: str, dst: str, to: str = "ours", verify: bool = False, dict_pat
         if os.path.isfile(dict_path):
             n = read_fairseq_dict(dict_path)
             if n != cfg.vocab_size:
-                raise SystemExit(f"{dict_path} implies {n} ids (4 specials + its entries + <mask>) but the "
+                raise ValueError(f"{dict_path} implies {n} ids (4 specials + its entries + <mask>) but the "
                                  f"checkpoint's embedding has {cfg.vocab_size} rows")
         else:
             print(f"note: no dict.txt at {dict_path}; the vocabulary size is not cross-checked")

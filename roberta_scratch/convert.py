@@ -248,8 +248,7 @@ def fairseq_to_ours(sd: dict, num_layers: int, classification_head: Optional[str
     out = {}
     for ours, theirs in expand(FAIRSEQ_ENCODER_MAP, num_layers).items():
         if theirs is None:  # the token-type row: zeros, as the original conversion does
-            hidden = sd[FAIRSEQ_SENTENCE_ENCODER + "embed_tokens.weight"].shape[1]
-            out[ENCODER_PREFIX + ours] = torch.zeros(1, hidden, dtype=embed.dtype)
+            out[ENCODER_PREFIX + ours] = torch.zeros(1, embed.shape[1], dtype=embed.dtype)
             continue
         theirs = (tuple(FAIRSEQ_SENTENCE_ENCODER + t for t in theirs) if isinstance(theirs, tuple)
                   else FAIRSEQ_SENTENCE_ENCODER + theirs)
