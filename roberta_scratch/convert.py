@@ -17,11 +17,13 @@ weights_only=True and, for fairseq's configs, an allowlist of inert stand-ins.
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import os
 import pickle
 import re
 import tempfile
+import typing
 import warnings
 from typing import Optional
 
@@ -320,10 +322,11 @@ def _inert(module: str, name: str) -> type:
     return cls
 
 
-# What fairseq puts beside the tensors: an argparse.Namespace (old releases) or an
-# omegaconf DictConfig (0.10+). omegaconf is not a dependency, and its classes need not be
-# trusted: each is replaced by an inert stand-in that runs no code of the checkpoint's.
-FAIRSEQ_SAFE_GLOBALS = [argparse.Namespace] + [
+# What fairseq puts beside the tensors: an argparse.Namespace (old releases, and cfg.model
+# in 0.12) or an omegaconf DictConfig (a config re-saved after loading). omegaconf is not a
+# dependency, and its classes need not be trusted: each is replaced by an inert stand-in
+# that runs no code of the checkpoint's. The plain types appear in omegaconf's metadata.
+FAIRSEQ_SAFE_GLOBALS = [argparse.Namespace, dict, list, int, collections.defaultdict, typing.Any] + [
     _inert(m, n) for m, n in (
         ("omegaconf.dictconfig", "DictConfig"), ("omegaconf.listconfig", "ListConfig"),
         ("omegaconf.base", "ContainerMetadata"), ("omegaconf.base", "Metadata"),
