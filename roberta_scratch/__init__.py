@@ -1,5 +1,6 @@
 """roberta-scratch: RoBERTa reimplemented from scratch in PyTorch."""
 from .config import RobertaConfig
+from .masking import DynamicMaskingCollator
 from .model import (
     RobertaForMaskedLM,
     RobertaForQuestionAnswering,
@@ -15,4 +16,5 @@ __all__ = [
     "RobertaForSequenceClassification",
     "RobertaForTokenClassification",
     "RobertaForQuestionAnswering",
+    "DynamicMaskingCollator",
 ]

@@ -1,0 +1,143 @@
+"""Dynamic masking: a fresh MLM mask for every batch, as RoBERTa does.
+
+BERT masked its data once, during preprocessing ("static"); RoBERTa draws a new
+mask each time a sequence is fed to the model. Of the tokens selected for
+prediction (15%), 80% become <mask>, 10% a random token and 10% stay as they are.
+
+Example:
+
+    >>> collate = DynamicMaskingCollator(vocab_size=50265, mask_token_id=50264, pad_token_id=1,
+    ...                                  special_token_ids=[0, 1, 2, 3, 50264])
+    >>> batch = collate([torch.tensor([0, 713, 16, 10, 1296, 2]), torch.tensor([0, 31414, 2])])
+    >>> batch["input_ids"].shape     # padded to the longest; attention_mask is 0 on the padding
+    torch.Size([2, 6])
+
+batch["labels"] holds the original id where a token was selected and -100 elsewhere.
+"""
+from __future__ import annotations
+
+import hashlib
+from typing import Optional, Sequence, Union
+
+import torch
+
+IGNORE_INDEX = -100
+
+
+class DynamicMaskingCollator:
+    """Pads a batch and draws its MLM mask. Vectorised: no Python loop over tokens.
+
+    special_token_ids are never selected nor drawn as random replacements; neither is padding.
+    static=True gives every distinct example the same mask on every call (BERT's
+    preprocessing-time masking, for the static-vs-dynamic ablation): its mask is drawn from a
+    generator seeded by the example's ids and `static_seed`.
+    word_start: a bool tensor over the vocabulary, True for tokens that begin a word (the "Ġ"
+    tokens of byte-level BPE); when given, whole words are selected together.
+    """
+
+    def __init__(self, vocab_size: int, mask_token_id: int, pad_token_id: int, special_token_ids: Sequence[int],
+                 mlm_probability: float = 0.15, mask_replace_prob: float = 0.8, random_replace_prob: float = 0.1,
+                 pad_to_multiple_of: Optional[int] = None, generator: Optional[torch.Generator] = None,
+                 static: bool = False, static_seed: int = 0, word_start: Optional[torch.Tensor] = None):
+        if not 0.0 < mlm_probability < 1.0:
+            raise ValueError(f"mlm_probability must be in (0, 1), got {mlm_probability}")
+        if mask_replace_prob < 0 or random_replace_prob < 0 or mask_replace_prob + random_replace_prob > 1.0:
+            raise ValueError(f"mask_replace_prob ({mask_replace_prob}) + random_replace_prob "
+                             f"({random_replace_prob}) must be probabilities summing to at most 1")
+        if word_start is not None and word_start.shape != (vocab_size,):
+            raise ValueError(f"word_start must be a bool tensor of shape ({vocab_size},), got {tuple(word_start.shape)}")
+        self.vocab_size = vocab_size
+        self.mask_token_id = mask_token_id
+        self.pad_token_id = pad_token_id
+        self.mlm_probability = mlm_probability
+        self.mask_replace_prob = mask_replace_prob
+        self.random_replace_prob = random_replace_prob
+        self.pad_to_multiple_of = pad_to_multiple_of
+        self.generator = generator
+        self.static = static
+        self.static_seed = static_seed
+        self.special = torch.zeros(vocab_size, dtype=torch.bool)
+        self.special[torch.tensor(sorted(set(special_token_ids) | {pad_token_id, mask_token_id}))] = True
+        self.replacements = (~self.special).nonzero().squeeze(1)  # ids a random replacement may take
+        self.word_start = None if word_start is None else word_start.to(torch.bool)
+
+    @classmethod
+    def from_tokenizer(cls, tokenizer, whole_word: bool = False, **kwargs) -> "DynamicMaskingCollator":
+        """Read the ids from a ByteLevelBPETokenizer; whole_word uses its "Ġ" word starts."""
+        vocab = tokenizer.vocab_size
+        word_start = None
+        if whole_word:
+            word_start = torch.tensor([tokenizer.id_to_token(i).startswith("\u0120") for i in range(vocab)])
+        specials = [tokenizer.token_to_id(t) for t in ("<s>", "<pad>", "</s>", "<unk>", "<mask>")]
+        return cls(vocab, tokenizer.mask_token_id, tokenizer.pad_token_id, [i for i in specials if i is not None],
+                   word_start=word_start, **kwargs)
+
+    # ------------------------------------------------------------------ batching
+    def pad(self, examples: Union[torch.Tensor, Sequence[torch.Tensor]]) -> torch.Tensor:
+        """A (B, T) LongTensor from a list of 1-D sequences (right-padded) or a padded batch."""
+        if isinstance(examples, torch.Tensor):
+            if examples.dim() != 2:
+                raise ValueError(f"expected a (batch, seq_len) tensor, got shape {tuple(examples.shape)}")
+            ids = examples.long()
+        else:
+            if len(examples) == 0:
+                raise ValueError("cannot collate an empty batch")
+            lengths = [len(e) for e in examples]
+            T = max(lengths)
+            if self.pad_to_multiple_of:
+                T = -(-T // self.pad_to_multiple_of) * self.pad_to_multiple_of
+            ids = torch.full((len(examples), T), self.pad_token_id, dtype=torch.long)
+            for row, (e, n) in enumerate(zip(examples, lengths)):  # one copy per example, not per token
+                ids[row, :n] = torch.as_tensor(e, dtype=torch.long)
+        if ids.numel() and (ids.min() < 0 or ids.max() >= self.vocab_size):
+            raise ValueError(f"token ids must be in [0, {self.vocab_size}); got {ids.min().item()}..{ids.max().item()}")
+        return ids
+
+    def __call__(self, examples) -> dict:
+        ids = self.pad(examples)
+        if self.static:
+            input_ids, labels = ids.clone(), torch.full_like(ids, IGNORE_INDEX)
+            for row, n in enumerate(ids.ne(self.pad_token_id).sum(dim=1).tolist()):
+                # subtle: draw over the unpadded tokens only, so the mask does not depend on
+                # how much padding this batch happened to need
+                real = ids[row, :n]
+                input_ids[row, :n], labels[row, :n] = self._draw(real[None], _static_generator(real, self.static_seed))
+        else:
+            input_ids, labels = self._draw(ids, self.generator)
+        return {"input_ids": input_ids, "attention_mask": ids.ne(self.pad_token_id).long(), "labels": labels}
+
+    # ------------------------------------------------------------------ masking
+    def _draw(self, ids: torch.Tensor, g: Optional[torch.Generator]) -> tuple[torch.Tensor, torch.Tensor]:
+        candidates = ~self.special[ids]  # (B, T): never specials, never pads
+        u = torch.rand(ids.shape, generator=g)
+        if self.word_start is not None:
+            u = self._per_word(ids, u)
+        selected = candidates & (u < self.mlm_probability)
+        labels = torch.where(selected, ids, IGNORE_INDEX)
+
+        # 80% <mask>, 10% random, 10% unchanged: one uniform draw splits the selected tokens
+        v = torch.rand(ids.shape, generator=g)
+        to_mask = selected & (v < self.mask_replace_prob)
+        to_random = selected & ~to_mask & (v < self.mask_replace_prob + self.random_replace_prob)
+        random_ids = self.replacements[torch.randint(len(self.replacements), ids.shape, generator=g)]
+        input_ids = torch.where(to_mask, self.mask_token_id, ids)
+        input_ids = torch.where(to_random, random_ids, input_ids)
+        return input_ids, labels
+
+    def _per_word(self, ids: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        """Give every token of a word the draw of its first token, so words are selected whole.
+
+        A word starts at a "Ġ" token, at the start of the row, or right after a special token.
+        """
+        T = ids.shape[1]
+        prev_special = torch.ones_like(ids, dtype=torch.bool)
+        prev_special[:, 1:] = self.special[ids[:, :-1]]
+        starts = self.word_start[ids] | prev_special | self.special[ids]
+        positions = torch.arange(T).expand_as(ids)
+        first = torch.where(starts, positions, 0).cummax(dim=1).values  # (B, T): index of the word's first token
+        return u.gather(1, first)
+
+
+def _static_generator(row: torch.Tensor, seed: int) -> torch.Generator:
+    digest = hashlib.blake2b(row.numpy().tobytes(), digest_size=8, key=str(seed).encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest, "little") & (2**63 - 1))
