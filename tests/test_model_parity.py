@@ -145,3 +145,26 @@ def test_gradients_match_transformers(backend, tmp_path):
     assert set(ours_grads) <= set(theirs_grads)
     for k, g in ours_grads.items():
         assert_close(g, theirs_grads[k], atol=5e-5)
+
+
+def test_attention_probabilities_match_transformers(tmp_path):
+    ours, theirs = load_pair("RobertaForMaskedLM", RobertaForMaskedLM, tmp_path, "eager", num_hidden_layers=2)
+    ids, mask = padded_batch()
+    with torch.no_grad():
+        a = ours(ids, attention_mask=mask, output_attentions=True).attentions
+        b = theirs(input_ids=ids, attention_mask=mask, output_attentions=True).attentions
+    assert len(a) == len(b) == 2 and a[0].shape == (3, 3, 11, 11)
+    for x, y in zip(a, b):
+        assert_close(x, y)
+    assert torch.allclose(a[0].sum(-1), torch.ones(3, 3, 11))
+    assert (a[1][2, :, :, 3:] == 0).all()  # nothing attends to padding
+
+
+@pytest.mark.parametrize("backend", ["sdpa", "triton"])
+def test_attention_probabilities_need_the_eager_backend(backend):
+    from roberta_scratch import RobertaConfig
+
+    model = RobertaModel(RobertaConfig(vocab_size=100, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                       intermediate_size=64, attention=backend))
+    with pytest.raises(ValueError, match="only available with attention='eager'"):
+        model(torch.tensor([[0, 5, 2]]), output_attentions=True)
