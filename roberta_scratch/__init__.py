@@ -8,6 +8,8 @@ from .model import (
     RobertaForTokenClassification,
     RobertaModel,
 )
+from .spm_tokenizer import SentencePieceTokenizer
+from .tokenizer import ByteLevelBPETokenizer, Tokenizer
 
 __all__ = [
     "RobertaConfig",
@@ -17,4 +19,7 @@ __all__ = [
     "RobertaForTokenClassification",
     "RobertaForQuestionAnswering",
     "DynamicMaskingCollator",
+    "ByteLevelBPETokenizer",
+    "SentencePieceTokenizer",
+    "Tokenizer",
 ]

@@ -1,0 +1,157 @@
+"""Speed of our byte-level BPE against `tokenizers` and tiktoken, same process, same text.
+
+    ROBERTA_REFERENCE_DIR=../shared/reference/roberta-base python benchmarks/bench_tokenizer.py [--repeats 5]
+
+The text is the project's default corpus (the standard library's docstrings
+and pydoc topics, about 2 MB), one document per call. Rows:
+  encode, 1 process:  `tok.encode(doc)` per document, the roberta-base vocabulary,
+                      against `tokenizers`' serial `Tokenizer.encode` (RobertaTokenizerFast's
+                      backend); warm caches (median of repeats) and cold (a fresh
+                      tokenizer's first pass, once each);
+  encode_batch:       `encode_batch(docs, add_special_tokens=False)`, GPT-2's vocabulary,
+                      against tiktoken's `encode_ordinary_batch` (threads): with the
+                      automatic choice (one process below PARALLEL_MIN_CHARS = 4 MiB), and
+                      forced to one worker process per CPU;
+  train:              learning a vocabulary of 8,000 tokens from the same text, against
+                      `tokenizers`' ByteLevelBPETokenizer trainer.
+Before timing, outputs are checked to be identical. Targets (issue 7): encode >= 2.0x
+`tokenizers`, batch encode >= 1.0x tiktoken. Results go to benchmarks/results/.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import json
+import os
+import sys
+import tempfile
+import time
+from unittest import mock
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks.common import print_table, time_interleaved, write_result  # noqa: E402
+from roberta_scratch.data import default_corpus  # noqa: E402
+from roberta_scratch import tokenizer as tokenizer_module  # noqa: E402
+from roberta_scratch.tokenizer import GPT2_SPLIT_PATTERN, ByteLevelBPETokenizer  # noqa: E402
+
+SPECIALS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
+
+
+def reference_tokenizers(ref: str):
+    """RobertaTokenizerFast's `tokenizers` backend (mask lstrip as in the original) and tiktoken's GPT-2."""
+    import tiktoken
+    from tiktoken.load import data_gym_to_mergeable_bpe_ranks
+    from tokenizers import AddedToken
+    from transformers import RobertaTokenizerFast
+
+    mask = AddedToken("<mask>", lstrip=True, rstrip=False, normalized=False, special=True)
+    backend = RobertaTokenizerFast.from_pretrained(ref, mask_token=mask).backend_tokenizer
+    encoder, merges = os.path.join(ref, "gpt2-encoder.json"), os.path.join(ref, "merges.txt")
+    with mock.patch.dict(os.environ, {"TIKTOKEN_CACHE_DIR": ""}):
+        ranks = data_gym_to_mergeable_bpe_ranks(merges, encoder)
+    gpt2 = tiktoken.Encoding("gpt2", pat_str=GPT2_SPLIT_PATTERN, mergeable_ranks=ranks,
+                             special_tokens={"<|endoftext|>": 50256})
+    return backend, gpt2
+
+
+def once(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def bench_encode(ref: str, docs: list, repeats: int) -> list:
+    backend, tiktoken_gpt2 = reference_tokenizers(ref)
+    mb = sum(len(d.encode()) for d in docs) / 1e6
+    # encode_batch's automatic choice for this batch (PARALLEL_MIN_CHARS), and every CPU.
+    cpus = tokenizer_module._available_cpus()
+    workers = cpus if sum(map(len, docs)) >= tokenizer_module.PARALLEL_MIN_CHARS else 1
+
+    # Cold: fresh tokenizers, empty word caches, one pass each.
+    ours = ByteLevelBPETokenizer.from_pretrained(ref)
+    theirs_fresh, _ = reference_tokenizers(ref)
+    cold = {"ours": once(lambda: [ours.encode(d) for d in docs]),
+            "tokenizers": once(lambda: [theirs_fresh.encode(d) for d in docs])}
+
+    assert [ours.encode(d) for d in docs] == [e.ids for e in backend.encode_batch(docs)], "ids differ from tokenizers"
+    gpt2 = ByteLevelBPETokenizer.from_files(os.path.join(ref, "gpt2-encoder.json"), os.path.join(ref, "merges.txt"))
+    same = gpt2.encode_batch(docs, add_special_tokens=False) == tiktoken_gpt2.encode_ordinary_batch(docs)
+    assert same, "ids differ from tiktoken"
+
+    warm = time_interleaved(
+        {
+            "ours encode": lambda: [ours.encode(d) for d in docs],
+            "tokenizers encode": lambda: [backend.encode(d) for d in docs],
+            "ours encode_batch": lambda: gpt2.encode_batch(docs, add_special_tokens=False),
+            "ours encode_batch forced": lambda: gpt2.encode_batch(docs, add_special_tokens=False, num_workers=cpus),
+            "tiktoken encode_ordinary_batch": lambda: tiktoken_gpt2.encode_ordinary_batch(docs),
+            "tokenizers encode_batch": lambda: backend.encode_batch(docs),
+        },
+        repeats=repeats,
+    )
+
+
+    def row(task, ours_s, reference, reference_s, target):
+        return {"task": task, "ours_s": ours_s, "ours_MB/s": mb / ours_s, "reference": reference,
+                "reference_s": reference_s, "speedup": reference_s / ours_s, "target": target,
+                "met": None if target is None else reference_s / ours_s >= target}
+
+    return [
+        row("encode, 1 process (warm)", warm["ours encode"], "tokenizers encode, serial", warm["tokenizers encode"],
+            2.0),
+        row("encode, 1 process (cold)", cold["ours"], "tokenizers encode, serial", cold["tokenizers"], None),
+        row(f"encode_batch, auto ({workers} process{'es' if workers > 1 else ''})", warm["ours encode_batch"],
+            "tiktoken encode_ordinary_batch", warm["tiktoken encode_ordinary_batch"], 1.0),
+        row(f"encode_batch, {cpus} processes (forced)", warm["ours encode_batch forced"],
+            "tiktoken encode_ordinary_batch", warm["tiktoken encode_ordinary_batch"], None),
+        row(f"encode_batch, auto ({workers} process{'es' if workers > 1 else ''})", warm["ours encode_batch"],
+            "tokenizers encode_batch (threads)", warm["tokenizers encode_batch"], None),
+    ]
+
+
+def bench_train(docs: list, vocab_size: int) -> list:
+    from tokenizers import ByteLevelBPETokenizer as ReferenceTrainer
+
+    with tempfile.TemporaryDirectory() as tmp:
+        corpus = os.path.join(tmp, "corpus.txt")
+        with open(corpus, "w", encoding="utf-8") as f:
+            f.write("\n".join(docs))
+        ours_s = once(lambda: ByteLevelBPETokenizer.train([corpus], vocab_size=vocab_size, show_progress=False))
+        reference = ReferenceTrainer()
+        reference_s = once(lambda: reference.train([corpus], vocab_size=vocab_size, special_tokens=SPECIALS,
+                                                   show_progress=False))
+        ours = ByteLevelBPETokenizer.train([corpus], vocab_size=vocab_size, show_progress=False)
+    same = ours.merges == [tuple(m) for m in json.loads(reference._tokenizer.to_str())["model"]["merges"]]
+    return [{"task": f"train, vocab {vocab_size}", "ours_s": ours_s,
+             "reference": "tokenizers ByteLevelBPETokenizer.train",
+             "reference_s": reference_s, "speedup": reference_s / ours_s, "same_merges": same}]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    default_ref = os.environ.get("ROBERTA_REFERENCE_DIR", os.path.join(os.path.dirname(__file__), "..", "..", "shared",
+                                                                       "reference", "roberta-base"))
+    parser.add_argument("--reference-dir", default=default_ref,
+                        help="the roberta-base vocab.json, merges.txt and gpt2-encoder.json")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--vocab-size", type=int, default=8000, help="vocabulary size for the training row")
+    args = parser.parse_args()
+    if not os.path.isfile(os.path.join(args.reference_dir, "vocab.json")):
+        sys.exit(f"no roberta-base tokenizer files in {args.reference_dir}: set ROBERTA_REFERENCE_DIR")
+
+    docs = list(default_corpus())
+    mb = sum(len(d.encode()) for d in docs) / 1e6
+    print(f"text: {len(docs)} documents, {mb:.2f} MB (the standard library's docstrings and pydoc topics)")
+    rows = bench_encode(args.reference_dir, docs, args.repeats) + bench_train(docs, args.vocab_size)
+    print_table(rows, ["task", "ours_s", "ours_MB/s", "reference", "reference_s", "speedup", "target", "met"])
+    load = os.getloadavg() if hasattr(os, "getloadavg") else None
+    print(f"load average (1, 5, 15 min): {load}")
+    versions = {name: importlib.metadata.version(name) for name in ("regex", "tokenizers", "tiktoken", "transformers")}
+    path = write_result("tokenizer_cpu", rows, extra={"text_MB": mb, "documents": len(docs), "load_average": load,
+                                                      "versions": versions})
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

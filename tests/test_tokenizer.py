@@ -1,0 +1,595 @@
+"""Byte-level BPE tokenizer: exact parity with the reference tokenizers, the batch API, speed features.
+
+Parity tests need the real roberta-base files through ROBERTA_REFERENCE_DIR and
+compare against `transformers`' RobertaTokenizerFast (built from the same files,
+`<mask>` with lstrip as in the original) and against tiktoken. The rest run on
+a tiny hand-made vocabulary.
+"""
+from __future__ import annotations
+
+import ast
+import json
+import os
+import pathlib
+import random
+import subprocess
+import sys
+import sysconfig
+import tracemalloc
+import unicodedata
+from unittest import mock
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from roberta_scratch import tokenizer as tokenizer_module
+from roberta_scratch.tokenizer import ByteLevelBPETokenizer, Tokenizer, bytes_to_unicode
+
+REF = os.environ.get("ROBERTA_REFERENCE_DIR")
+needs_ref = pytest.mark.skipif(
+    not REF, reason="ROBERTA_REFERENCE_DIR is unset: point it at the roberta-base tokenizer files (../shared/reference/roberta-base)"
+)
+HYPOTHESIS = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+# Strings chosen to break pre-tokenisers: whitespace of every kind, contractions in both
+# cases, digits of several scripts, emoji with modifiers and ZWJ, combining marks, RTL
+# scripts, control characters, and special tokens at the edges of words and punctuation.
+ADVERSARIAL = [
+    "", " ", "  ", "\n", "\n\n", " \n ", "\t", "\t\t x", "\r\n", "a\r\nb", "x \n\n  y", "trailing   ", "   leading",
+    "Hello world!", "Hello  world", "hello\u00a0world", "a\u3000b", "x\u2028y", "x\x85y", "x \x85 y", "\x0b\x0c",
+    "it's I'm you're we've they'll he'd don't", "IT'S I'M YOU'RE WE'VE THEY'LL HE'D DON'T", "'s 't 're 've 'm 'll 'd",
+    "''s", "'", "rock'n'roll", "l'été", "\u2019s curly",
+    "0 12 345 6789 3.14159 1,000,000 2024-01-01", "x1y2z3", "\u0663\u0664\u0665 \uff14\uff15\uff16 \u2177 \u00b2\u00b3",
+    "😀", "😀😀😀", "👍🏽", "👨\u200d👩\u200d👧\u200d👦", "🏳️\u200d🌈", "a\u200db", "\u200b\u200c\u200d\ufeff",
+    "日本語のテキスト", "中文，标点。", "한국어 텍스트", "مرحبا بالعالم", "שלום עולם", "Привет, мир", "Ελληνικά",
+    "e\u0301 a\u0300\u0316 Z\u0351\u0352\u0353", "\ufb01 \ufb02 \u216b \u338f \u00bd",
+    "\x00\x01\x02\x1b[31m\x7f", "x\x1cy\x1d\x1e\x1f", "tab\tsep\tvalues",
+    "<mask>", "<mask>.", " <mask>", "  <mask>", "\n<mask>", "a <mask> b", "a<mask>b", "(<mask>)", "<mask><mask>", "<mask> <mask>",
+    "The capital of France is <mask>.", "end <mask>", "<mask> start", "x\t<mask>", "\u00a0<mask>", "\u200b<mask>",
+    "<s>", "</s>", "<pad>", "<unk>", "hello<s>world", "hello </s> world", "<s><s></s>", "un<unk>known", "pad<pad>ded",
+    "<s", "s>", "<mas k>", "<MASK>", "< mask >", "<<mask>>", "</s >",
+    "def f(x):\n    return x  # comment\n", "    indented\n        more\n", "a, b; c: d! e? f.", "...", "--", "(((x)))",
+    "http://example.com/a?b=c&d=e#f", "user@example.com", "C++ C# F#", "$100 €200 ¥300", "~!@#$%^&*()_+{}|:\"<>?`-=[]\\;',./",
+    "\ufffd", "a\ufffdb", "\U0010ffff", "\U0001f600\U0001f601", "x" * 300, "ab" * 200, " " * 100, "\n" * 50,
+]
+# Building blocks for generated strings: each interacts with the pre-tokeniser differently.
+FRAGMENTS = [
+    "a", "Z", "é", "e\u0301", "ß", "İ", "\ufb01", "日本", "\u0640", "1", "23", "\u0663", " ", "  ", "\t", "\n", "\r", "\x0b",
+    "\x1c", "\x85", "\xa0", "\u3000", "'", "s", "'s", "'S", "'ll", "'LL", "😀", "\u200d", "👍🏽", "<mask>", "<s>", "</s>",
+    "<pad>", "<unk>", "<", ">", "/", ".", ",", "!", "-", "_", "\x00", "\x7f", "\ufffd",
+]
+fragment_text = st.lists(st.sampled_from(FRAGMENTS), max_size=14).map("".join)
+# Characters assigned in this Python's Unicode database: the reference's regex engine may
+# classify characters assigned later differently (see test_every_code_point_splits_like_reference).
+assigned_text = st.text(st.characters(blacklist_categories=("Cs", "Cn")), max_size=40)
+
+
+# ---- corpora and tokenizers -------------------------------------------------------------
+
+
+def stdlib_docstrings() -> list[str]:
+    """Every docstring of the standard library's modules, classes and functions (about 2 MB).
+
+    Read with `ast` rather than by importing, so that no module runs.
+    """
+    root = pathlib.Path(sysconfig.get_paths()["stdlib"])
+    docs = []
+    for path in sorted(root.rglob("*.py")):
+        if path.relative_to(root).parts[0] in ("site-packages", "test"):
+            continue
+        try:
+            tree = ast.parse(path.read_bytes())
+        except (SyntaxError, ValueError):
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+                doc = ast.get_docstring(node, clean=False)
+                if doc:
+                    docs.append(doc)
+    return docs
+
+
+@pytest.fixture(scope="session")
+def docstrings(tmp_path_factory) -> list[str]:
+    cache = tmp_path_factory.getbasetemp() / "stdlib_docstrings.json"
+    if not cache.exists():
+        cache.write_text(json.dumps(stdlib_docstrings()), encoding="utf-8")
+    return json.loads(cache.read_text(encoding="utf-8"))
+
+
+def reference_tokenizer(**kwargs):
+    from tokenizers import AddedToken
+    from transformers import RobertaTokenizerFast
+
+    mask = AddedToken("<mask>", lstrip=True, rstrip=False, normalized=False, special=True)
+    return RobertaTokenizerFast.from_pretrained(REF, mask_token=mask, **kwargs)
+
+
+@pytest.fixture(scope="session")
+def hf():
+    return reference_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def ours():
+    return ByteLevelBPETokenizer.from_pretrained(REF)
+
+
+@pytest.fixture(scope="session", params=[False, True], ids=["plain", "add_prefix_space"])
+def pair_of_tokenizers(request):
+    aps = request.param
+    return reference_tokenizer(add_prefix_space=aps), ByteLevelBPETokenizer.from_pretrained(REF, add_prefix_space=aps)
+
+
+# A hand-made vocabulary: specials, the 256 bytes, nine merges spelling "Ġthe", "in" and "Ġworld", <mask> last.
+TINY_MERGES = [("Ġ", "t"), ("h", "e"), ("Ġt", "he"), ("i", "n"), ("Ġ", "w"), ("o", "r"), ("Ġw", "or"), ("l", "d"), ("Ġwor", "ld")]
+TINY_TOKENS = ["<s>", "<pad>", "</s>", "<unk>", *sorted(bytes_to_unicode().values()), *(a + b for a, b in TINY_MERGES), "<mask>"]
+TINY_VOCAB = {t: i for i, t in enumerate(TINY_TOKENS)}
+THE, WORLD, MASK = TINY_VOCAB["Ġthe"], TINY_VOCAB["Ġworld"], TINY_VOCAB["<mask>"]
+
+
+def tiny(**kwargs) -> ByteLevelBPETokenizer:
+    return ByteLevelBPETokenizer(TINY_VOCAB, TINY_MERGES, **kwargs)
+
+
+def byte_id(tok: ByteLevelBPETokenizer, b: int) -> int:
+    return tok.vocab[bytes_to_unicode()[b]]
+
+
+# ---- parity with transformers' RobertaTokenizerFast on the real vocabulary ----------------------
+
+
+@needs_ref
+def test_known_values(ours):
+    assert ours.encode("Hello world!") == [0, 31414, 232, 328, 2]
+    assert ours.encode("Hello", "world") == [0, 31414, 2, 2, 8331, 2]
+    assert ours.encode("The capital of France is <mask>.") == [0, 133, 812, 9, 1470, 16, 50264, 4, 2]
+    assert ours.decode([0, 31414, 232, 328, 2]) == "<s>Hello world!</s>"
+    assert ours.tokenize("Hello world!") == ["Hello", "Ġworld", "!"]
+    assert (ours.vocab_size, ours.mask_token_id, ours.pad_token_id) == (50265, 50264, 1)
+
+
+@needs_ref
+def test_stdlib_docstrings_match_reference(ours, hf, docstrings):
+    assert sum(len(d.encode()) for d in docstrings) > 1_500_000
+    expected = [e.ids for e in hf.backend_tokenizer.encode_batch(docstrings)]
+    got = [ours.encode(d) for d in docstrings]
+    assert got == expected
+    assert [ours.decode(ids) for ids in got] == hf.backend_tokenizer.decode_batch(expected, skip_special_tokens=False)
+    assert [ours.decode(ids, skip_special_tokens=True) for ids in got[:500]] == hf.batch_decode(expected[:500], skip_special_tokens=True)
+
+
+@needs_ref
+def test_stdlib_docstrings_offsets_and_words_match_reference(ours, hf, docstrings):
+    subset = docstrings[::10]  # ~200 kB: the offsets path is slower
+    expected, got = hf(subset, return_offsets_mapping=True), ours(subset, return_offsets_mapping=True)
+    assert got["input_ids"] == expected["input_ids"]
+    assert got["offset_mapping"] == expected["offset_mapping"]
+    assert all(got.word_ids(i) == expected.word_ids(i) for i in range(len(subset)))
+
+
+@needs_ref
+def test_adversarial_strings_match_reference(pair_of_tokenizers):
+    hf, ours = pair_of_tokenizers
+    for s in ADVERSARIAL:
+        expected = hf(s, return_offsets_mapping=True, return_special_tokens_mask=True)
+        got = ours(s, return_offsets_mapping=True, return_special_tokens_mask=True)
+        assert dict(got) == dict(expected), repr(s)
+        assert got.word_ids() == expected.word_ids(), repr(s)
+        assert ours.encode(s) == expected["input_ids"], repr(s)
+        assert ours.decode(got["input_ids"]) == hf.decode(expected["input_ids"]), repr(s)
+        assert ours.encode(s, add_special_tokens=False) == hf(s, add_special_tokens=False)["input_ids"], repr(s)
+
+
+@needs_ref
+def test_adversarial_pairs_match_reference(pair_of_tokenizers):
+    hf, ours = pair_of_tokenizers
+    # subtle: the reference reads an empty second text as no pair at all; ours keeps the pair.
+    assert ours.encode("x", "") == ours.encode("x") + [ours.sep_token_id] * 2
+    for a, b in zip(ADVERSARIAL, ADVERSARIAL[1:]):
+        expected = hf(a, b, return_offsets_mapping=True, return_special_tokens_mask=True)
+        got = ours(a, b, return_offsets_mapping=True, return_special_tokens_mask=True)
+        assert dict(got) == dict(expected), (a, b)
+        assert got.word_ids() == expected.word_ids() and got.sequence_ids() == expected.sequence_ids(), (a, b)
+
+
+@needs_ref
+def test_split_into_words_matches_reference(pair_of_tokenizers):
+    hf, ours = pair_of_tokenizers
+    words = [w for w in ADVERSARIAL if w]
+    for i in range(0, len(words), 5):
+        batch = words[i : i + 5]
+        expected = hf(batch, is_split_into_words=True, return_offsets_mapping=True)
+        got = ours(batch, is_split_into_words=True, return_offsets_mapping=True)
+        assert dict(got) == dict(expected), batch
+        assert got.word_ids() == expected.word_ids(), batch
+        # Without offsets, the fast path gives the same ids and still knows the words.
+        fast = ours(batch, is_split_into_words=True)
+        assert fast["input_ids"] == expected["input_ids"] and fast.word_ids() == expected.word_ids()
+
+
+@needs_ref
+@HYPOTHESIS
+@given(text=st.one_of(fragment_text, assigned_text))
+def test_generated_text_matches_reference(pair_of_tokenizers, text):
+    hf, ours = pair_of_tokenizers
+    expected = hf(text, return_offsets_mapping=True)
+    got = ours(text, return_offsets_mapping=True)
+    assert dict(got) == dict(expected)
+    assert got.word_ids() == expected.word_ids()
+    assert ours.decode(got["input_ids"]) == hf.decode(expected["input_ids"])
+
+
+@needs_ref
+@HYPOTHESIS
+@given(ids=st.lists(st.integers(0, 50264), max_size=30), skip=st.booleans())
+def test_decoding_any_ids_matches_reference(ours, hf, ids, skip):
+    # Random ids are mostly broken UTF-8: both must replace the same bytes with U+FFFD.
+    assert ours.decode(ids, skip_special_tokens=skip) == hf.decode(ids, skip_special_tokens=skip)
+
+
+@needs_ref
+def test_split_special_tokens_matches_reference(ours):
+    """split_special_tokens=True reads "<s>", "<mask>", ... as plain text."""
+    hf = reference_tokenizer(split_special_tokens=True)
+    split = ByteLevelBPETokenizer.from_pretrained(REF, split_special_tokens=True)
+    for s in ADVERSARIAL:
+        assert split.encode(s) == hf(s)["input_ids"], repr(s)
+    assert split.tokenize("a <mask>") == ["a", "Ġ<", "mask", ">"]
+    assert ours.tokenize("a <mask>") == ["a", "<mask>"]
+
+
+@needs_ref
+@pytest.mark.parametrize("strategy", ["longest_first", "only_first", "only_second"])
+def test_pair_truncation_matches_reference(ours, hf, strategy):
+    a, b = "one two three four five six seven", "alpha beta gamma delta"  # 7 and 4 tokens
+    for max_length in range(5, 16):
+        try:
+            expected = hf(a, b, truncation=strategy, max_length=max_length)["input_ids"]
+        except Exception:  # the reference refuses: the kept text alone is too long
+            with pytest.raises(ValueError, match="cannot truncate only"):
+                ours(a, b, truncation=strategy, max_length=max_length)
+            continue
+        assert ours(a, b, truncation=strategy, max_length=max_length)["input_ids"] == expected, max_length
+
+
+@needs_ref
+def test_batch_padding_and_tensors_match_reference(ours, hf):
+    texts, pairs = ["Hello world", "a <mask> b<s>", "", "x" * 40], ["one", "two three", "four", ""]
+    kwargs = dict(padding=True, truncation=True, max_length=12, return_offsets_mapping=True, return_special_tokens_mask=True)
+    assert dict(ours(texts, pairs, **kwargs)) == dict(hf(texts, pairs, **kwargs))
+    assert dict(ours(texts, padding="max_length", max_length=16)) == dict(hf(texts, padding="max_length", max_length=16))
+    got, expected = ours(texts, pairs, padding=True, return_tensors="pt"), hf(texts, pairs, padding=True, return_tensors="pt")
+    assert got.keys() == expected.keys()
+    for key in got:
+        assert torch.equal(got[key], expected[key]), key
+    assert ours("Hello world", return_tensors="pt")["input_ids"].shape == (1, 4)
+
+
+# ---- parity with tiktoken's GPT-2 encoding ----------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def gpt2_pair():
+    import tiktoken
+    from tiktoken.load import data_gym_to_mergeable_bpe_ranks
+
+    encoder, merges = os.path.join(REF, "gpt2-encoder.json"), os.path.join(REF, "merges.txt")
+    with mock.patch.dict(os.environ, {"TIKTOKEN_CACHE_DIR": ""}):  # read the files, cache nothing
+        ranks = data_gym_to_mergeable_bpe_ranks(merges, encoder)
+    pattern = tokenizer_module.GPT2_SPLIT_PATTERN
+    enc = tiktoken.Encoding("gpt2-reference", pat_str=pattern, mergeable_ranks=ranks, special_tokens={"<|endoftext|>": 50256})
+    return enc, ByteLevelBPETokenizer.from_files(encoder, merges)
+
+
+@needs_ref
+def test_tiktoken_parity_on_docstrings_and_adversarial_strings(gpt2_pair, docstrings):
+    enc, ours = gpt2_pair
+    assert ours.special_tokens == {}  # GPT-2 has none of RoBERTa's, so "<s>" etc. are text
+    assert [ours.encode(d, add_special_tokens=False) for d in docstrings] == enc.encode_ordinary_batch(docstrings)
+    for s in ADVERSARIAL + ["<|endoftext|> is text here"]:
+        assert ours.encode(s, add_special_tokens=False) == enc.encode_ordinary(s), repr(s)
+    with pytest.raises(ValueError, match="no '<s>' token"):
+        ours.encode("x")
+
+
+@needs_ref
+@HYPOTHESIS
+@given(text=st.one_of(fragment_text, assigned_text))
+def test_tiktoken_parity_generated(gpt2_pair, text):
+    enc, ours = gpt2_pair
+    assert ours.encode(text, add_special_tokens=False) == enc.encode_ordinary(text)
+
+
+@needs_ref
+def test_lone_surrogates_become_replacement_characters_like_tiktoken(gpt2_pair, ours):
+    enc, gpt2 = gpt2_pair
+    for s in ["a\ud800b", "\udfff", "x \ud83d", "\ud800\ud800 y"]:
+        assert gpt2.encode(s, add_special_tokens=False) == enc.encode_ordinary(s), repr(s)
+        fixed = s.replace("\ud800", "\ufffd").replace("\udfff", "\ufffd").replace("\ud83d", "\ufffd")
+        assert ours.encode(s) == ours.encode(fixed)
+        assert ours(s, return_offsets_mapping=True)["offset_mapping"] == ours(fixed, return_offsets_mapping=True)["offset_mapping"]
+
+
+# ---- round trip ---------------------------------------------------------------------------------
+
+
+@HYPOTHESIS
+@given(text=st.text(max_size=60))
+def test_decode_inverts_encode_for_any_string(text):
+    tok = tiny(split_special_tokens=True)  # with specials recognised, "<mask>" swallows a space by design
+    assert tok.decode(tok.encode(text, add_special_tokens=False)) == text
+    assert tok.decode(tok.encode(text), skip_special_tokens=True) == text
+
+
+@needs_ref
+@HYPOTHESIS
+@given(text=st.text(max_size=60))
+def test_decode_inverts_encode_on_real_vocabulary(ours, text):
+    if "<" not in text:
+        assert ours.decode(ours.encode(text, add_special_tokens=False)) == text
+
+
+def test_invalid_utf8_decodes_with_replacement():
+    tok = tiny()
+    emoji = tok.encode("😀", add_special_tokens=False)  # four byte tokens
+    assert len(emoji) == 4
+    assert tok.decode(emoji[:2]) == "\ufffd"
+    assert tok.decode(emoji[:2] + tok.encode(" the", add_special_tokens=False)) == "\ufffd the"
+    assert tok.decode([byte_id(tok, 0xFF), byte_id(tok, 0x41)]) == "\ufffdA"
+
+
+# ---- the API, on the tiny vocabulary ----------------------------------------------------------
+
+
+def test_bpe_merges_by_rank():
+    tok = tiny()
+    assert tok.tokenize(" the world") == ["Ġthe", "Ġworld"]
+    assert tok.tokenize("in the") == ["in", "Ġthe"]
+    assert tok.tokenize(" worn") == ["Ġwor", "n"]  # "Ġwor" + "n": no merge makes "Ġworn"
+    assert tok.encode(" the world") == [0, THE, WORLD, 2]
+    assert tok.encode("the <mask>") == [0, byte_id(tok, ord("t")), TINY_VOCAB["he"], MASK, 2]
+
+
+def test_single_texts_give_flat_lists_and_batches_nested_lists():
+    tok = tiny()
+    single = tok(" the", " world")
+    assert single["input_ids"] == [0, THE, 2, 2, WORLD, 2] and single["attention_mask"] == [1] * 6
+    batch = tok([" the", " world the"], padding=True)
+    assert batch["input_ids"] == [[0, THE, 2, 1], [0, WORLD, THE, 2]]
+    assert batch["attention_mask"] == [[1, 1, 1, 0], [1, 1, 1, 1]]
+    assert batch.input_ids == batch["input_ids"]
+    pairs = tok([(" the", " world"), (" world", " the")])
+    assert pairs["input_ids"] == [[0, THE, 2, 2, WORLD, 2], [0, WORLD, 2, 2, THE, 2]]
+    assert tok([" the"], [" world"])["input_ids"] == [[0, THE, 2, 2, WORLD, 2]]
+    tensors = tok(" the world", return_tensors="pt", return_special_tokens_mask=True)
+    assert tensors["input_ids"].tolist() == [[0, THE, WORLD, 2]]
+    assert tensors["special_tokens_mask"].tolist() == [[1, 0, 0, 1]]
+    with pytest.raises(ValueError, match="padding=True"):
+        tok([" the", " the world"], return_tensors="pt")
+
+
+def test_offsets_of_multibyte_characters_split_across_tokens():
+    tok = tiny()
+    enc = tok("é😀 the", return_offsets_mapping=True, return_special_tokens_mask=True)
+    # é is two byte tokens, 😀 four: every piece of a character maps to that whole character.
+    assert enc["offset_mapping"] == [(0, 0), (0, 1), (0, 1), (1, 2), (1, 2), (1, 2), (1, 2), (3, 6), (0, 0)]
+    assert enc["special_tokens_mask"] == [1, 0, 0, 0, 0, 0, 0, 0, 1]
+    assert enc.word_ids() == [None, 0, 0, 1, 1, 1, 1, 2, None]
+    text = "naïve 日本 the world"
+    enc = tok(text, return_offsets_mapping=True, add_special_tokens=False)
+    pieces = [text[s:e] for s, e in enc["offset_mapping"]]
+    assert "".join(dict.fromkeys(pieces)) == text.replace(" ", "")  # spans cover the text, spaces trimmed
+
+
+def test_word_ids_align_labels_for_pre_split_words():
+    tok = tiny(add_prefix_space=True)
+    words = ["the", "world", "in", "naïve"]
+    enc = tok(words, is_split_into_words=True, return_offsets_mapping=True)
+    assert enc["input_ids"][:4] == [0, THE, WORLD, TINY_VOCAB["Ġ"]]
+    assert enc.word_ids() == [None, 0, 1, 2, 2, 3, 3, 3, 3, 3, 3, 3, None]  # " naïve": 7 byte tokens
+    assert enc["offset_mapping"][1:3] == [(0, 3), (0, 5)]  # relative to each word
+    # Lazily, without asking for offsets first:
+    lazy = tok([words, words[:2]], is_split_into_words=True, padding=True)
+    assert lazy.word_ids(0) == enc.word_ids() and lazy.word_ids(1)[:4] == [None, 0, 1, None]
+    assert lazy.sequence_ids(1)[:4] == [None, 0, 0, None]
+
+
+def test_add_prefix_space():
+    assert tiny(add_prefix_space=True).encode("the world") == [0, THE, WORLD, 2]
+    assert tiny().encode("the world") == [0, byte_id(tiny(), ord("t")), TINY_VOCAB["he"], WORLD, 2]
+
+
+def test_truncation_and_padding_rules():
+    tok = tiny()
+    a, b = " the" * 7, " world" * 4
+
+    def lengths(enc):
+        return enc["input_ids"].count(THE), enc["input_ids"].count(WORLD)
+
+    assert lengths(tok(a, b, truncation=True, max_length=12)) == (4, 4)  # longer cut to the shorter
+    assert lengths(tok(a, b, truncation=True, max_length=9)) == (3, 2)  # halves, odd one to the longer
+    assert lengths(tok(a, b, truncation="only_first", max_length=10)) == (2, 4)
+    assert lengths(tok(a, b, truncation="only_second", max_length=12)) == (7, 1)
+    assert len(tok(a, truncation=True, max_length=5)["input_ids"]) == 5
+    assert len(tok(a, truncation=True)["input_ids"]) == 9  # max_length defaults to model_max_length
+    padded = tok([a, b], padding="max_length", max_length=12, return_special_tokens_mask=True)
+    assert [len(r) for r in padded["input_ids"]] == [12, 12]
+    assert padded["special_tokens_mask"][1] == [1, 0, 0, 0, 0, 1] + [1] * 6
+    with pytest.raises(ValueError, match="only_second' needs a text pair"):
+        tok(a, truncation="only_second", max_length=4)
+
+
+def test_bounded_word_cache_gives_the_same_ids():
+    tok, fresh = tiny(cache_size=50), tiny()
+    words = [" w" + "".join(random.Random(i).choices("abcdefgh", k=6)) for i in range(400)]
+    texts = ["".join(words[i : i + 20]) for i in range(0, 400, 20)]
+    for text in texts:
+        assert tok.encode(text) == fresh.encode(text)
+        assert len(tok._cache) <= 50
+    assert len(fresh._cache) == 400
+
+
+# ---- many texts: processes and streaming ----------------------------------------------------
+
+
+def test_encode_batch_over_processes_matches_serial(monkeypatch):
+    tok = tiny()
+    texts = [f" the world {i} in {'é' * (i % 5)} <mask>" for i in range(300)]
+    serial = [tok.encode(t) for t in texts]
+    assert tok.encode_batch(texts, num_workers=2) == serial
+    assert tok.encode_batch(texts, add_special_tokens=False, num_workers=2) == [s[1:-1] for s in serial]
+    used = []
+    real_pool = tokenizer_module._worker_pool
+    monkeypatch.setattr(tokenizer_module, "_worker_pool", lambda *a: used.append(a[1]) or real_pool(*a))
+    monkeypatch.setattr(tokenizer_module, "PARALLEL_MIN_CHARS", 1000)  # "large" batches use every CPU
+    monkeypatch.setattr(tokenizer_module, "_available_cpus", lambda: 2)
+    assert tok(texts)["input_ids"] == serial
+    assert used == [2]
+
+
+def test_encode_file_streams_lines(tmp_path):
+    tok = tiny()
+    path = tmp_path / "corpus.txt"
+    lines = ["the world\n", "  indented <s>\r\n", "\n", "naïve 😀 end"]
+    path.write_bytes("".join(lines).encode() + b"\nbad \xff byte\n")  # the last line gets a newline
+    with pytest.warns(UserWarning, match="1 line\\(s\\) are not valid UTF-8"):
+        got = list(tok.encode_file(path))
+    expected_lines = lines[:3] + ["naïve 😀 end\n", "bad \ufffd byte\n"]
+    assert got == [tok.encode(line, add_special_tokens=False) for line in expected_lines]
+    assert tok.decode([i for ids in got for i in ids]) == "".join(lines) + "\nbad \ufffd byte\n"
+    with pytest.warns(UserWarning):
+        assert list(tok.encode_file(path, num_workers=2, lines_per_batch=2)) == got
+
+
+def test_encode_file_memory_stays_flat(tmp_path):
+    """The peak of Python allocations does not grow with the size of the file streamed."""
+    rng = random.Random(0)
+    vocab = ["the", "world", "in", "naïve", "😀", "12", "x"] + ["".join(rng.choices("abcdefghij", k=5)) for _ in range(800)]
+    text = "".join(" ".join(rng.choices(vocab, k=12)) + "\n" for _ in range(3000))
+    small, big = tmp_path / "small.txt", tmp_path / "big.txt"
+    small.write_text(text, encoding="utf-8")
+    big.write_text(text * 4, encoding="utf-8")
+    tok = tiny(cache_size=1000)
+    list(tok.encode_file(small))  # warm up: the cache and one-off allocations
+
+    def peak_while_streaming(path) -> int:
+        tracemalloc.start()
+        for _ in tok.encode_file(path, lines_per_batch=200):
+            pass
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        return peak
+
+    peak_small, peak_big = peak_while_streaming(small), peak_while_streaming(big)
+    assert peak_big < 1.2 * peak_small + 10_000, (peak_small, peak_big)
+    assert peak_big < big.stat().st_size / 2
+
+
+# ---- save and load ---------------------------------------------------------------------------
+
+
+def test_save_load_round_trip(tmp_path):
+    tok = tiny(add_prefix_space=True)
+    tok.save_pretrained(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["merges.txt", "tokenizer_config.json", "vocab.json"]
+    assert (tmp_path / "merges.txt").read_text().splitlines()[:2] == ["#version: 0.2", "Ġ t"]
+    loaded = Tokenizer.from_pretrained(tmp_path)
+    assert isinstance(loaded, ByteLevelBPETokenizer)
+    assert loaded.vocab == tok.vocab and loaded.merges == tok.merges and loaded.add_prefix_space
+    assert loaded.encode("the world <mask>") == tok.encode("the world <mask>")
+
+
+@needs_ref
+def test_saved_directory_loads_in_transformers(ours, tmp_path):
+    from transformers import AutoTokenizer
+
+    ours.save_pretrained(tmp_path)
+    theirs = AutoTokenizer.from_pretrained(tmp_path)
+    for s in ["The capital of France is <mask>.", "Hello world!", *ADVERSARIAL[:40]]:
+        assert theirs(s)["input_ids"] == ours.encode(s), repr(s)
+
+
+# ---- clear errors ------------------------------------------------------------------------------
+
+
+def test_bad_input_gives_clear_errors(tmp_path):
+    tok = tiny()
+    with pytest.raises(TypeError, match="got NoneType"):
+        tok.encode(None)
+    with pytest.raises(TypeError, match="got None"):
+        tok(None)
+    with pytest.raises(TypeError, match="got NoneType"):
+        tok(["fine", None])
+    with pytest.raises(TypeError, match="list of ids"):
+        tok.decode(None)
+    with pytest.raises(ValueError, match="cannot decode id 99999"):
+        tok.decode([0, 99999])
+    with pytest.raises(ValueError, match="max_length=3 is smaller than the 4 special tokens a pair needs"):
+        tok("a", "b", truncation=True, max_length=3)
+    with pytest.raises(ValueError, match="max_length=1 is smaller than the 2 special tokens"):
+        tok(["a"], truncation=True, max_length=1)
+    with pytest.raises(ValueError, match=r"merge #1 \('h', 'x'\) uses 'hx', which is not in the vocab"):
+        ByteLevelBPETokenizer(TINY_VOCAB, [("Ġ", "t"), ("h", "x")])
+    with pytest.raises(ValueError, match="lacks 1 of the 256 byte tokens"):
+        ByteLevelBPETokenizer({t: i for t, i in TINY_VOCAB.items() if t != "Ā"}, [])
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        Tokenizer.from_pretrained(tmp_path / "nowhere")
+    with pytest.raises(FileNotFoundError, match="holds neither"):
+        Tokenizer.from_pretrained(tmp_path)
+    (tmp_path / "vocab.json").write_text(json.dumps(TINY_VOCAB))
+    with pytest.raises(FileNotFoundError, match="merges.txt' does not exist"):
+        Tokenizer.from_pretrained(tmp_path)
+    (tmp_path / "merges.txt").write_text("#version: 0.2\nĠ t\nthree tokens here\n")
+    with pytest.raises(ValueError, match="merges.txt:3: expected two tokens"):
+        Tokenizer.from_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="truncation='both'"):
+        tok("a", truncation="both")
+    with pytest.raises(ValueError, match="return_tensors='tf'"):
+        tok("a", return_tensors="tf")
+
+
+# ---- exhaustive and large-scale checks ------------------------------------------------------
+
+
+@needs_ref
+def test_every_code_point_splits_like_reference():
+    """Every assigned code point, in contexts that exercise each branch of the regex."""
+    from tokenizers import pre_tokenizers
+
+    ours = ByteLevelBPETokenizer.from_pretrained(REF)
+    pre = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    b2u = bytes_to_unicode()
+    for cp in range(0x110000):
+        c = chr(cp)
+        if unicodedata.category(c) in ("Cs", "Cn"):
+            continue
+        s = f"x{c} {c}{c}1 {c}\n{c}"
+        expected = [p for p, _ in pre.pre_tokenize_str(s)]
+        assert ["".join(b2u[b] for b in p.encode()) for p in ours.pattern.findall(s)] == expected, hex(cp)
+
+
+@pytest.mark.slow
+def test_encode_file_of_one_gigabyte_keeps_memory_flat(tmp_path):
+    """Stream 1 GB through encode_file in a fresh process and compare its peak RSS with the file size."""
+    path = tmp_path / "1gb.txt"
+    line = ("The quick brown fox jumps over the lazy dog; naïve café 😀 1234. " * 4 + "\n").encode()
+    with open(path, "wb") as f:
+        for _ in range((1 << 30) // (len(line) * 1000)):
+            f.write(line * 1000)
+    tiny().save_pretrained(tmp_path / "tok")
+    script = (
+        "import resource, sys\n"
+        "from roberta_scratch.tokenizer import Tokenizer\n"
+        "tok = Tokenizer.from_pretrained(sys.argv[2])\n"
+        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "n = sum(len(ids) for ids in tok.encode_file(sys.argv[1], num_workers=2))\n"
+        "print(n, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script, str(path), str(tmp_path / "tok")],
+                         capture_output=True, text=True, check=True)
+    n_tokens, growth_kb = map(int, out.stdout.split())
+    assert n_tokens > 100_000_000
+    assert growth_kb * 1024 < 100_000_000, f"peak memory grew by {growth_kb} kB while streaming 1 GB"
