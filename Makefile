@@ -16,7 +16,7 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH_SPEC)
-	$(PY) -m pip install -q -e ".[test,kernels]"
+	$(PY) -m pip install -q -e ".[test,kernels,plot]"
 	touch $@
 
 install: $(VENV)/.installed
@@ -31,7 +31,7 @@ test-gpu: $(VENV)/.installed
 	$(PY) -m pytest -q -m gpu $(PYTEST_ARGS)
 
 demo: $(VENV)/.installed
-	@echo "make demo: pretraining on the embedded corpus is not built yet (issue: pretraining)."
+	$(PY) -m roberta_scratch demo --out runs/demo
 
 bench: $(VENV)/.installed
 	$(PY) benchmarks/bench_model.py

@@ -194,10 +194,10 @@ def test_convert_cli_reports_bad_source(tmp_path, capsys):
     assert "neither a model directory nor a fairseq .pt file" in capsys.readouterr().err
 
 
-def test_console_script_info_prints_config_and_parameters():
-    out = subprocess.run([sys.executable, "-m", "roberta_scratch", "info", "base"], capture_output=True, text=True,
+def test_console_script_inspect_prints_parameters_and_flops():
+    out = subprocess.run([sys.executable, "-m", "roberta_scratch", "inspect", "--config", "base"], capture_output=True, text=True,
                          check=True).stdout
-    assert "hidden_size" in out and "124,697,433" in out
+    assert "feed_forward" in out and "124,697,433" in out
 
 
 def test_head_classes_accept_num_labels():

@@ -1,0 +1,508 @@
+"""MLM pretraining, the RoBERTa recipe: dynamic masking, FULL-SENTENCES blocks, big batches
+through gradient accumulation, AdamW(0.9, 0.98, eps 1e-6, wd 0.01), warmup then linear decay.
+
+One process, or DistributedDataParallel under torchrun (gloo on CPU, nccl on GPU):
+
+    roberta-scratch pretrain --data DATA --config tiny --out RUN --steps 1000
+    torchrun --nproc_per_node=8 -m roberta_scratch pretrain --data DATA --config base ...
+
+Everything random is a function of (seed, step) or is checkpointed, so a run resumed
+from RUN/ckpt continues exactly as if it had never stopped:
+  - which blocks form step s's global batch: a per-epoch permutation seeded by (seed, epoch);
+  - each micro-batch's mask: a generator seeded by (seed, step, micro-batch index), which
+    also makes N ranks draw the same masks as one rank on the same global batch;
+  - dropout: torch's global RNG, saved in every checkpoint.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import glob
+import json
+import math
+import os
+import signal
+import time
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from .config import PRESETS, RobertaConfig
+from .data import PackedDataset, load_meta, tokenizer_dir
+from .masking import IGNORE_INDEX, DynamicMaskingCollator
+from .model import RobertaForMaskedLM
+
+
+@dataclass
+class TrainArgs:
+    data: str
+    out: str
+    config: str = "tiny"  # a preset name or a config.json
+    steps: int = 1000
+    batch_size: int = 16  # per rank, per micro-batch
+    grad_accum: int = 1
+    lr: float = 5e-4
+    warmup: int = 100
+    weight_decay: float = 0.01
+    betas: tuple = (0.9, 0.98)
+    eps: float = 1e-6
+    clip: float = 1.0  # max gradient norm; 0 turns clipping off
+    seed: int = 0
+    seq_len: Optional[int] = None  # default: the prepared data's
+    packing: str = "full"  # "full" (FULL-SENTENCES) or "doc" (DOC-SENTENCES)
+    mlm_probability: float = 0.15
+    whole_word: bool = False
+    static_masking: bool = False
+    attention: str = "sdpa"
+    compile: bool = False
+    log_every: int = 10
+    eval_every: int = 100
+    eval_blocks: int = 256  # size of the fixed, pre-masked validation set
+    save_every: int = 100
+    keep_last: int = 3
+    resume: bool = False
+    device: Optional[str] = None
+    progress: bool = True
+
+    # The settings a resumed run must share with the run it continues.
+    RESUME_KEYS = ("data", "config", "steps", "batch_size", "grad_accum", "lr", "warmup", "weight_decay", "betas",
+                   "eps", "clip", "seed", "seq_len", "packing", "mlm_probability", "whole_word", "static_masking")
+
+
+class TrainingError(RuntimeError):
+    """Stops a run with a message for the user (NaN loss, mismatched resume, ...)."""
+
+
+# ----------------------------------------------------------------------------- helpers
+
+def lr_at(step: int, args: TrainArgs) -> float:
+    """Linear warmup to args.lr over `warmup` steps, then linear decay to 0 at `steps`."""
+    if step < args.warmup:
+        return args.lr * (step + 1) / args.warmup
+    return args.lr * max(0.0, (args.steps - step) / max(1, args.steps - args.warmup))
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list:
+    """Decay matrices and embeddings; never biases or LayerNorm weights (the 1-D parameters)."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def flops_per_token(cfg: RobertaConfig, seq_len: int) -> dict:
+    """Forward FLOPs per token by component (2 per multiply-add); training is about 3x.
+
+    The MLM head's vocabulary projection is counted at every position (inference); the
+    trainer's masked-only head runs it at mlm_probability of them.
+    """
+    H, I, L, V = cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers, cfg.vocab_size
+    return {
+        "embeddings": 0,  # lookups and one LayerNorm: no matmul
+        "attention": L * (2 * 4 * H * H + 2 * 2 * seq_len * H),  # qkv + out proj, then QK^T and PV
+        "feed_forward": L * 2 * 2 * H * I,
+        "mlm_head": 2 * H * H + 2 * H * V,
+    }
+
+
+def _seed_for(*parts: int) -> int:
+    return int(np.random.SeedSequence(list(parts)).generate_state(1, dtype=np.uint64)[0] & ((1 << 63) - 1))
+
+
+def _atomic_torch_save(obj, path: str) -> None:
+    """temp file, fsync, rename, fsync the directory: a crash leaves the old file or the new one."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fd = os.open(os.path.dirname(path), os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# ----------------------------------------------------------------------------- the trainer
+
+class Trainer:
+    def __init__(self, args: TrainArgs):
+        self.args = args
+        self.distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+        if self.distributed and not dist.is_initialized():
+            dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        self.rank = dist.get_rank() if self.distributed else 0
+        self.world = dist.get_world_size() if self.distributed else 1
+        if args.device:
+            self.device = torch.device(args.device)
+        elif torch.cuda.is_available():
+            self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(self.device)
+        else:
+            self.device = torch.device("cpu")
+
+        meta = load_meta(args.data)
+        self.meta = meta
+        if args.seq_len is None:
+            args.seq_len = meta["seq_len"]
+        self.train_set = PackedDataset(args.data, "train", args.seq_len, args.packing)
+        self.val_set = PackedDataset(args.data, "val", args.seq_len, args.packing) \
+            if meta["splits"]["val"]["tokens"] else None
+
+        self.cfg = self._model_config(meta)
+        torch.manual_seed(args.seed)  # the same initial weights on every rank
+        self.raw_model = RobertaForMaskedLM(self.cfg).to(self.device)
+        self.model = self.raw_model
+        if self.distributed:
+            self.model = torch.nn.parallel.DistributedDataParallel(
+                self.raw_model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        self.forward = torch.compile(self.model) if args.compile else self.model
+        self.optimizer = torch.optim.AdamW(param_groups(self.raw_model, args.weight_decay), lr=args.lr,
+                                           betas=tuple(args.betas), eps=args.eps,
+                                           fused=self.device.type == "cuda")
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_at(s, args) / args.lr)
+        self.collator = self._collator(meta)
+        self.step = 0
+        self._perms: dict = {}
+        self._stop = False
+
+    # ---- setup ---------------------------------------------------------------------
+
+    def _model_config(self, meta: dict) -> RobertaConfig:
+        a = self.args
+        if a.config in PRESETS:
+            cfg = RobertaConfig.preset(a.config)
+        elif os.path.isfile(a.config) or os.path.isdir(a.config):
+            cfg = RobertaConfig.load(a.config)
+        else:
+            raise TrainingError(f"--config {a.config!r} is neither a preset ({', '.join(PRESETS)}) nor a config.json")
+        positions = max(cfg.max_position_embeddings, a.seq_len + cfg.pad_token_id + 1)
+        return cfg.replace(vocab_size=meta["vocab_size"], max_position_embeddings=positions, attention=a.attention,
+                           pad_token_id=meta["pad_token_id"], bos_token_id=meta["bos_token_id"],
+                           eos_token_id=meta["eos_token_id"])
+
+    def _collator(self, meta: dict) -> DynamicMaskingCollator:
+        from .tokenizer import Tokenizer
+
+        a = self.args
+        tok = Tokenizer.from_pretrained(tokenizer_dir(self.args.data))
+        return DynamicMaskingCollator.from_tokenizer(tok, whole_word=a.whole_word, mlm_probability=a.mlm_probability,
+                                                     static=a.static_masking, static_seed=a.seed,
+                                                     generator=torch.Generator())
+
+    # ---- data ----------------------------------------------------------------------
+
+    def _example(self, position: int) -> torch.Tensor:
+        """The training block at a global position of the (endless, epoch-permuted) stream."""
+        n = len(self.train_set)
+        epoch, i = divmod(position, n)
+        if epoch not in self._perms:
+            g = torch.Generator().manual_seed(_seed_for(self.args.seed, epoch))
+            self._perms = {epoch: torch.randperm(n, generator=g)}  # keep one epoch's permutation
+        return self.train_set[int(self._perms[epoch][i])]
+
+    def micro_batches(self, step: int) -> list[dict]:
+        """This rank's micro-batches of `step`: global micro-batch m = accum_index * world + rank."""
+        a = self.args
+        per_step = a.batch_size * a.grad_accum * self.world
+        batches = []
+        for k in range(a.grad_accum):
+            m = k * self.world + self.rank
+            start = step * per_step + m * a.batch_size
+            examples = [self._example(start + j) for j in range(a.batch_size)]
+            self.collator.generator.manual_seed(_seed_for(a.seed, step, m))
+            batches.append({k: v.to(self.device, non_blocking=True) for k, v in self.collator(examples).items()})
+        return batches
+
+    # ---- one step ------------------------------------------------------------------
+
+    def _autocast(self):
+        return torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda" \
+            else torch.autocast("cpu", enabled=False)
+
+    def forward_backward(self, step: int) -> tuple[float, int]:
+        """Accumulate gradients for `step`; returns (mean loss over ranks and micro-batches, tokens)."""
+        batches = self.micro_batches(step)
+        total = torch.zeros((), device=self.device)
+        tokens = 0
+        for k, batch in enumerate(batches):
+            sync = k == len(batches) - 1 or not self.distributed
+            ctx = self.model.no_sync() if not sync else contextlib.nullcontext()
+            with ctx, self._autocast():
+                loss = self.forward(batch["input_ids"], attention_mask=batch["attention_mask"],
+                                    labels=batch["labels"]).loss / len(batches)
+                loss.backward()
+            total += loss.detach()
+            tokens += int(batch["attention_mask"].sum())
+        if self.distributed:
+            dist.all_reduce(total, op=dist.ReduceOp.AVG)
+        return total.item(), tokens * self.world
+
+    def optimizer_step(self) -> None:
+        if self.args.clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.raw_model.parameters(), self.args.clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    # ---- evaluation ----------------------------------------------------------------
+
+    def validation_batches(self) -> list[dict]:
+        """A fixed validation set, masked once with a fixed seed, so every eval is comparable."""
+        if not hasattr(self, "_val_batches"):
+            self._val_batches = []
+            if self.val_set is not None:
+                n = min(len(self.val_set), self.args.eval_blocks)
+                g = torch.Generator().manual_seed(_seed_for(self.args.seed, 2**31))
+                for start in range(0, n, self.args.batch_size):
+                    examples = [self.val_set[i] for i in range(start, min(n, start + self.args.batch_size))]
+                    self.collator.generator.manual_seed(int(torch.randint(2**62, (1,), generator=g)))
+                    self._val_batches.append(self.collator(examples))
+        return self._val_batches
+
+    @torch.no_grad()
+    def evaluate(self) -> Optional[dict]:
+        batches = self.validation_batches()
+        if not batches:
+            return None
+        model = self.raw_model
+        model.eval()
+        loss_sum, correct, count = 0.0, 0, 0
+        for batch in batches:
+            batch = {k: v.to(self.device) for k, v in batch.items()}
+            with self._autocast():
+                out = model(batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
+            labels = batch["labels"][batch["labels"] != IGNORE_INDEX]
+            loss_sum += F.cross_entropy(out.logits.float(), labels, reduction="sum").item()
+            correct += int((out.logits.argmax(-1) == labels).sum())
+            count += labels.numel()
+        model.train()
+        loss = loss_sum / max(count, 1)
+        return {"val_loss": loss, "val_ppl": math.exp(min(loss, 50.0)), "val_acc": correct / max(count, 1),
+                "val_tokens": count}
+
+    # ---- checkpoints ---------------------------------------------------------------
+
+    @property
+    def ckpt_dir(self) -> str:
+        return os.path.join(self.args.out, "ckpt")
+
+    def checkpoints(self) -> list[str]:
+        """Complete checkpoints, oldest first (a temp file left by a crash is not one)."""
+        return sorted(glob.glob(os.path.join(self.ckpt_dir, "step_*.pt")))
+
+    def save(self) -> Optional[str]:
+        if self.rank != 0:
+            return None
+        os.makedirs(self.ckpt_dir, exist_ok=True)
+        state = {
+            "step": self.step,
+            "model": self.raw_model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "rng": {"torch": torch.get_rng_state(),
+                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
+            "data": {"examples_seen": self.step * self.args.batch_size * self.args.grad_accum * self.world,
+                     "epoch": self.step * self.args.batch_size * self.args.grad_accum * self.world
+                     // len(self.train_set)},
+            "config": self.cfg.to_dict(),
+            "args": _args_dict(self.args),
+        }
+        path = os.path.join(self.ckpt_dir, f"step_{self.step:08d}.pt")
+        _atomic_torch_save(state, path)
+        for old in self.checkpoints()[:-self.args.keep_last] + glob.glob(path[:-len("step_00000000.pt")] + "*.tmp-*"):
+            os.remove(old)  # old checkpoints, and what a save killed midway left behind
+        return path
+
+    def load(self, path: str) -> None:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # a truncated or foreign file: say which, never unpickle further
+            raise TrainingError(f"cannot read checkpoint {path}: {e}") from None
+        saved, now = state["args"], _args_dict(self.args)
+        changed = {k: (saved.get(k), now[k]) for k in TrainArgs.RESUME_KEYS if saved.get(k) != now[k]}
+        if changed:
+            raise TrainingError(f"cannot resume from {path}: these settings differ from the saved run "
+                                f"(saved, now): {changed}")
+        self.raw_model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"]["torch"])
+        if state["rng"]["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        self.step = state["step"]
+
+    # ---- the loop ------------------------------------------------------------------
+
+    def fit(self) -> int:
+        """Train to args.steps. Returns 0 when done, 130 when stopped by SIGINT (after saving)."""
+        a = self.args
+        os.makedirs(a.out, exist_ok=True)
+        if a.resume and self.checkpoints():
+            self.load(self.checkpoints()[-1])
+            self._truncate_metrics()
+            self._log(f"resumed from step {self.step}")
+        elif a.resume:
+            self._log("nothing to resume from: starting at step 0")
+        previous = signal.signal(signal.SIGINT, self._on_sigint) if self.rank == 0 else None
+        try:
+            return self._loop()
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGINT, previous)
+
+    def _loop(self) -> int:
+        a = self.args
+        self.model.train()
+        if self.step == 0 and a.eval_every:
+            self._record(self.evaluate(), "start")
+        bar = tqdm(total=a.steps, initial=self.step, desc="pretraining", unit=" steps",
+                   disable=not a.progress or self.rank != 0)
+        f = flops_per_token(self.cfg, a.seq_len)  # x3 for training; the head runs at masked positions only
+        flops = 3 * (f["attention"] + f["feed_forward"] + a.mlm_probability * f["mlm_head"])
+        window_tokens, window_start = 0, time.perf_counter()
+        while self.step < a.steps:
+            loss, tokens = self.forward_backward(self.step)
+            if not math.isfinite(loss):
+                last = self.checkpoints()[-1] if self.checkpoints() else "none yet"
+                raise TrainingError(f"loss is {loss} at step {self.step + 1}; stopping without saving. "
+                                    f"The last good checkpoint is {last}. Lower --lr or check the data.")
+            lr = self.scheduler.get_last_lr()[0]
+            self.optimizer_step()
+            self.step += 1
+            window_tokens += tokens
+            bar.update(1)
+            if self.step % a.log_every == 0 or self.step == a.steps:
+                elapsed = time.perf_counter() - window_start
+                tps = window_tokens / max(elapsed, 1e-9)
+                row = {"step": self.step, "loss": loss, "lr": lr, "tokens_per_s": tps}
+                if self.device.type == "cuda":
+                    row["mfu"] = tps * flops / _peak_flops(self.device) / self.world
+                bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{tps:,.0f}")
+                self._append_metrics(row)
+                window_tokens, window_start = 0, time.perf_counter()
+            if a.eval_every and (self.step % a.eval_every == 0 or self.step == a.steps):
+                self._record(self.evaluate(), f"step {self.step}")
+            if self.step % a.save_every == 0 or self.step == a.steps:
+                self.save()
+            if self._stopping():
+                self.save()
+                bar.close()
+                self._log(f"interrupted: saved step {self.step} to {self.ckpt_dir}; resume with --resume")
+                return 130
+        bar.close()
+        if self.rank == 0:
+            self._export()
+        return 0
+
+    def _on_sigint(self, signum, frame):
+        if self._stop:  # a second Ctrl-C: give up at once
+            raise KeyboardInterrupt
+        self._stop = True
+        self._log("SIGINT: finishing this step, then saving a checkpoint (Ctrl-C again to abort)")
+
+    def _stopping(self) -> bool:
+        if not self.distributed:
+            return self._stop
+        flag = torch.tensor([1.0 if self._stop else 0.0], device=self.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
+
+    # ---- output --------------------------------------------------------------------
+
+    def _log(self, message: str) -> None:
+        if self.rank == 0:
+            tqdm.write(message)
+
+    @property
+    def metrics_path(self) -> str:
+        return os.path.join(self.args.out, "metrics.jsonl")
+
+    def _append_metrics(self, row: dict) -> None:
+        if self.rank == 0:
+            with open(self.metrics_path, "a") as f:
+                f.write(json.dumps(row) + "\n")
+
+    def _record(self, metrics: Optional[dict], when: str) -> None:
+        if metrics is None:
+            return
+        self._append_metrics({"step": self.step, **metrics})
+        self._log(f"held-out at {when}: loss {metrics['val_loss']:.4f}, perplexity {metrics['val_ppl']:.2f}, "
+                  f"masked accuracy {metrics['val_acc']:.2%} ({metrics['val_tokens']:,} masked tokens)")
+
+    def _truncate_metrics(self) -> None:
+        """Drop metric lines a killed run wrote after its last checkpoint; they will be redone."""
+        if self.rank != 0 or not os.path.isfile(self.metrics_path):
+            return
+        with open(self.metrics_path) as f:
+            rows = [line for line in f if line.strip() and json.loads(line)["step"] <= self.step]
+        with open(self.metrics_path, "w") as f:
+            f.writelines(rows)
+
+    def _export(self) -> None:
+        """RUN/model: the final model and its tokenizer, ready for from_pretrained and fill-mask."""
+        from .tokenizer import Tokenizer
+
+        path = os.path.join(self.args.out, "model")
+        self.raw_model.save_pretrained(path)
+        Tokenizer.from_pretrained(tokenizer_dir(self.args.data)).save_pretrained(path)
+        plot_metrics(self.metrics_path, os.path.join(self.args.out, "loss.png"))
+        self._log(f"saved the model and its tokenizer to {path}")
+
+
+def plot_metrics(metrics_path: str, png_path: str) -> bool:
+    """loss.png from metrics.jsonl: training loss and held-out loss against steps (needs matplotlib)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    with open(metrics_path) as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    train = [(r["step"], r["loss"]) for r in rows if "loss" in r]
+    val = [(r["step"], r["val_loss"]) for r in rows if "val_loss" in r]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    if train:
+        ax.plot(*zip(*train), label="training loss")
+    if val:
+        ax.plot(*zip(*val), "o-", label="held-out loss")
+    ax.set_xlabel("step")
+    ax.set_ylabel("MLM loss (nats)")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=100)
+    plt.close(fig)
+    return True
+
+
+def _args_dict(args: TrainArgs) -> dict:
+    d = dataclasses.asdict(args)
+    d["betas"] = list(d["betas"])
+    return d
+
+
+def _peak_flops(device: torch.device) -> float:
+    """Dense bf16 peak of the card, for MFU; an A100's when the card is unknown."""
+    name = torch.cuda.get_device_name(device)
+    for key, peak in (("H200", 989e12), ("H100", 989e12), ("A100", 312e12), ("A10", 125e12), ("L4", 121e12),
+                      ("4090", 165e12), ("3090", 71e12)):
+        if key in name:
+            return peak
+    return 312e12
+
+
+def pretrain(args: TrainArgs) -> int:
+    trainer = Trainer(args)
+    try:
+        return trainer.fit()
+    finally:
+        if trainer.distributed and dist.is_initialized():
+            dist.destroy_process_group()

@@ -1,0 +1,249 @@
+"""Data preparation, packing and the trainer: resume, crashes, NaN, SIGINT, DDP, learning."""
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from roberta_scratch.config import RobertaConfig
+from roberta_scratch.data import PackedDataset, TokenStream, iter_documents, prepare
+from roberta_scratch.tokenizer import ByteLevelBPETokenizer, Tokenizer
+from roberta_scratch.trainer import Trainer, TrainArgs, TrainingError, pretrain
+
+WORDS = ("the cat sat on a mat while the dog ran to the red house and a bird sang in the old tree "
+         "because every morning people walk past quiet gardens near the river").split()
+
+
+def make_corpus(directory, n_docs=120, seed=0):
+    """A few text files of blank-line separated documents, plus a Latin-1 file and an empty one."""
+    rng = np.random.default_rng(seed)
+    os.makedirs(directory, exist_ok=True)
+    docs = []
+    for _ in range(n_docs):
+        sentences = [" ".join(rng.choice(WORDS, rng.integers(4, 12))).capitalize() + "."
+                     for _ in range(rng.integers(1, 6))]
+        docs.append(" ".join(sentences))
+    half = len(docs) // 2
+    with open(os.path.join(directory, "a.txt"), "w", encoding="utf-8") as f:
+        f.write("\n\n".join(docs[:half]) + "\n")
+    with open(os.path.join(directory, "b.jsonl"), "w", encoding="utf-8") as f:
+        for d in docs[half:]:
+            f.write(json.dumps({"text": d}) + "\n")
+    with open(os.path.join(directory, "latin1.txt"), "wb") as f:
+        f.write("Caf\u00e9 cr\u00e8me for the cat.\n".encode("latin-1"))
+    open(os.path.join(directory, "empty.txt"), "w").close()
+    return docs
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pretrain")
+    make_corpus(root / "corpus")
+    tok = ByteLevelBPETokenizer.train(iter([" ".join(WORDS)] * 50 + ["Café crème."]), vocab_size=400,
+                                      show_progress=False)
+    tok.save_pretrained(str(root / "tok"))
+    prepare([str(root / "corpus")], str(root / "tok"), str(root / "data"), seq_len=32, val_fraction=0.1,
+            show_progress=False, num_workers=1)
+    return root
+
+
+def small_config(path, **overrides):
+    cfg = RobertaConfig(vocab_size=400, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=40, **overrides)
+    cfg.save(str(path))
+    return str(path)
+
+
+def args_for(prepared, out, **overrides):
+    kw = dict(data=str(prepared / "data"), out=str(out), config=small_config(prepared / "cfg.json"), steps=8,
+              batch_size=4, grad_accum=2, lr=3e-3, warmup=2, log_every=1, eval_every=4, eval_blocks=8,
+              save_every=4, progress=False, seed=0)
+    kw.update(overrides)
+    return TrainArgs(**kw)
+
+
+def losses(run_dir):
+    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+        return [json.loads(line)["loss"] for line in f if '"loss"' in line]
+
+
+# ----------------------------------------------------------------------------- data
+
+def test_preparation_reports_latin1_and_empty_files_and_rerun_is_a_noop(prepared, capsys):
+    meta = json.loads((prepared / "data" / "meta.json").read_text())
+    report = meta["report"]
+    assert [os.path.basename(p) for p in report["non_utf8_files"]] == ["latin1.txt"]
+    assert [os.path.basename(p) for p in report["empty_files"]] == ["empty.txt"]
+    assert report["documents"] == 121 and meta["dtype"] == "uint16"
+    before = {p: os.stat(prepared / "data" / p).st_mtime_ns for p in os.listdir(prepared / "data")}
+    prepare([str(prepared / "corpus")], str(prepared / "tok"), str(prepared / "data"), seq_len=32,
+            val_fraction=0.1, show_progress=False)
+    assert "already prepared" in capsys.readouterr().out
+    assert before == {p: os.stat(prepared / "data" / p).st_mtime_ns for p in os.listdir(prepared / "data")}
+
+
+def test_stream_holds_every_document_followed_by_eos(prepared):
+    tok = Tokenizer.from_pretrained(str(prepared / "data" / "tokenizer"))
+    docs = list(iter_documents([str(prepared / "corpus")]))
+    expected = {"train": [], "val": []}
+    for i, doc in enumerate(docs):  # the documented split rule
+        split = "val" if int((i + 1) * 0.1) > int(i * 0.1) else "train"
+        expected[split] += tok.encode(doc, add_special_tokens=False) + [tok.eos_token_id]
+    for split in ("train", "val"):
+        stream = TokenStream(str(prepared / "data"), split)
+        assert stream[0:len(stream)].tolist() == expected[split]
+        assert stream.doc_ends[-1] == len(stream)
+        assert all(stream[int(e) - 1:int(e)][0] == tok.eos_token_id for e in stream.doc_ends)
+
+
+def test_full_sentences_packing_is_exact_and_loses_nothing(prepared):
+    ds = PackedDataset(str(prepared / "data"), "train", seq_len=32, mode="full")
+    stream = TokenStream(str(prepared / "data"), "train")
+    blocks = [ds[i] for i in range(len(ds))]
+    assert all(len(b) == 32 for b in blocks[:-1]) and 3 <= len(blocks[-1]) <= 32
+    assert all(b[0] == 0 and b[-1] == 2 for b in blocks)
+    assert torch.cat([b[1:-1] for b in blocks]).tolist() == stream[0:len(stream)].tolist()
+
+
+def test_doc_sentences_packing_never_crosses_documents(prepared):
+    ds = PackedDataset(str(prepared / "data"), "train", seq_len=16, mode="doc")
+    stream = TokenStream(str(prepared / "data"), "train")
+    pieces = [ds[i][1:-1] for i in range(len(ds))]
+    assert all(len(p) <= 14 for p in pieces)
+    assert not any((p == 2).any() for p in pieces)  # no document's </s> inside a block
+    starts = np.concatenate([[0], stream.doc_ends[:-1]])
+    docs = [stream[int(a):int(b) - 1].tolist() for a, b in zip(starts, stream.doc_ends)]
+    assert torch.cat(pieces).tolist() == [t for d in docs for t in d]
+
+
+def test_bad_data_directory_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not a prepared data directory"):
+        PackedDataset(str(tmp_path))
+
+
+# ----------------------------------------------------------------------------- trainer
+
+def test_resumed_run_matches_uninterrupted_run_bit_for_bit(prepared, tmp_path):
+    assert pretrain(args_for(prepared, tmp_path / "straight")) == 0
+    assert pretrain(args_for(prepared, tmp_path / "split", steps=8, save_every=4)) == 0
+    # simulate a run that died after step 4: keep only the step-4 checkpoint, then resume
+    ckpt = tmp_path / "split" / "ckpt"
+    for name in os.listdir(ckpt):
+        if name != "step_00000004.pt":
+            os.remove(ckpt / name)
+    assert pretrain(args_for(prepared, tmp_path / "split", resume=True)) == 0
+    a, b = losses(tmp_path / "straight"), losses(tmp_path / "split")
+    assert len(a) == len(b) == 8 and a == b
+    straight = torch.load(tmp_path / "straight" / "ckpt" / "step_00000008.pt", weights_only=True)["model"]
+    resumed = torch.load(ckpt / "step_00000008.pt", weights_only=True)["model"]
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+
+
+def test_resume_with_different_settings_is_refused(prepared, tmp_path):
+    assert pretrain(args_for(prepared, tmp_path, steps=4)) == 0
+    with pytest.raises(TrainingError, match="lr"):
+        pretrain(args_for(prepared, tmp_path, steps=4, lr=1e-2, resume=True))
+
+
+def test_kill_during_save_keeps_the_previous_checkpoint(prepared, tmp_path, monkeypatch):
+    import roberta_scratch.trainer as trainer_module
+
+    real_save = torch.save
+    calls = {"n": 0}
+
+    def dying_save(obj, f, *a, **kw):  # the second checkpoint dies halfway through writing
+        calls["n"] += 1
+        if calls["n"] == 2:
+            f.write(b"partial")
+            raise OSError("killed")
+        return real_save(obj, f, *a, **kw)
+
+    monkeypatch.setattr(trainer_module.torch, "save", dying_save)
+    with pytest.raises(OSError, match="killed"):
+        pretrain(args_for(prepared, tmp_path))
+    monkeypatch.setattr(trainer_module.torch, "save", real_save)
+    assert [n for n in os.listdir(tmp_path / "ckpt") if n.endswith(".pt")] == ["step_00000004.pt"]
+    state = torch.load(tmp_path / "ckpt" / "step_00000004.pt", weights_only=True)
+    assert state["step"] == 4
+    assert pretrain(args_for(prepared, tmp_path, resume=True)) == 0  # and the run finishes from it
+
+
+def test_nan_loss_stops_without_a_poisoned_checkpoint(prepared, tmp_path, monkeypatch):
+    real = Trainer.forward_backward
+
+    def poisoned(self, step):
+        loss, tokens = real(self, step)
+        return (float("nan"), tokens) if step == 5 else (loss, tokens)
+
+    monkeypatch.setattr(Trainer, "forward_backward", poisoned)
+    with pytest.raises(TrainingError, match=r"loss is nan at step 6.*step_00000004.pt"):
+        pretrain(args_for(prepared, tmp_path))
+    assert sorted(os.listdir(tmp_path / "ckpt")) == ["step_00000004.pt"]
+
+
+def test_sigint_saves_and_exits_cleanly(prepared, tmp_path):
+    trainer = Trainer(args_for(prepared, tmp_path, steps=50, save_every=100))
+    real = trainer.forward_backward
+
+    def step_then_interrupt(step):
+        if step == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real(step)
+
+    trainer.forward_backward = step_then_interrupt
+    assert trainer.fit() == 130
+    assert sorted(os.listdir(tmp_path / "ckpt")) == ["step_00000003.pt"]
+
+
+def test_learning_drops_held_out_loss(prepared, tmp_path):
+    assert pretrain(args_for(prepared, tmp_path, steps=150, eval_every=150, save_every=150, lr=5e-3,
+                             warmup=5)) == 0
+    with open(tmp_path / "metrics.jsonl") as f:
+        evals = [json.loads(line) for line in f if "val_loss" in line]
+    start, end = evals[0]["val_loss"], evals[-1]["val_loss"]
+    assert start > 5.5  # about ln(400) = 6.0 at initialisation
+    assert end < start - 1.5, (start, end)  # the words are drawn at random: about ln(30) is the floor
+    assert os.path.isfile(tmp_path / "model" / "vocab.json")  # the model ships with its tokenizer
+
+
+DDP_SCRIPT = r"""
+import os, sys, torch, torch.distributed as dist
+sys.path.insert(0, {root!r})
+from roberta_scratch.trainer import Trainer, TrainArgs
+rank = int(sys.argv[1])
+os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT={port!r})
+args = TrainArgs(**{args!r})
+trainer = Trainer(args)
+loss, _ = trainer.forward_backward(0)
+if rank == 0:
+    torch.save({{n: p.grad for n, p in trainer.raw_model.named_parameters()}}, {out!r})
+dist.barrier()
+dist.destroy_process_group()
+"""
+
+
+def test_ddp_two_ranks_match_one_rank_on_the_same_global_batch(prepared, tmp_path):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = str(s.getsockname()[1])
+    # no dropout: each rank draws its own, while the masks are the same by construction
+    config = small_config(prepared / "no_dropout.json", hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    base = dict(data=str(prepared / "data"), config=config, batch_size=4, seed=3, progress=False)
+    single = Trainer(TrainArgs(out=str(tmp_path / "one"), grad_accum=2, **base))
+    single.forward_backward(0)
+    want = {n: p.grad for n, p in single.raw_model.named_parameters()}
+    script = DDP_SCRIPT.format(root=os.path.dirname(os.path.dirname(os.path.abspath(__file__))), port=port,
+                               args={**base, "out": str(tmp_path / "two"), "grad_accum": 1},
+                               out=str(tmp_path / "grads.pt"))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(r)], env=env) for r in range(2)]
+    assert [p.wait(timeout=300) for p in procs] == [0, 0]
+    got = torch.load(tmp_path / "grads.pt", weights_only=True)
+    for name, g in want.items():
+        torch.testing.assert_close(got[name], g, rtol=1e-5, atol=1e-6, msg=name)
