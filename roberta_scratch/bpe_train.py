@@ -36,11 +36,12 @@ from typing import Callable, Iterable, Iterator, Mapping, Sequence
 from tqdm.auto import tqdm
 
 
-def iter_lines(paths: Iterable[str | os.PathLike]) -> Iterator[str]:
+def iter_lines(paths: Iterable[str | os.PathLike], bad_files: list | None = None) -> Iterator[str]:
     """The lines of text files, each with its newline.
 
     Bytes that are not UTF-8 are read as U+FFFD, and each file that had any
-    is reported with a warning: one bad byte must not stop a run over a corpus.
+    is reported with a warning (and appended to `bad_files` when given): one
+    bad byte must not stop a run over a corpus.
     """
     for path in paths:
         if not os.path.isfile(path):
@@ -56,6 +57,8 @@ def iter_lines(paths: Iterable[str | os.PathLike]) -> Iterator[str]:
                     first_bad = first_bad or n
                     yield raw.decode("utf-8", errors="replace")
         if bad_lines:
+            if bad_files is not None:
+                bad_files.append(str(path))
             warnings.warn(
                 f"{path}: {bad_lines} line(s) are not valid UTF-8 (first: line {first_bad}); "
                 "their invalid bytes were read as U+FFFD",

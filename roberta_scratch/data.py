@@ -30,6 +30,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .bpe_train import iter_lines
+
 FORMAT_VERSION = 1
 SHARD_TOKENS = 1 << 28  # 512 MB of uint16 per shard file
 DEFAULT_CORPUS = "stdlib-docstrings"
@@ -46,20 +48,6 @@ class CorpusReport:
     characters: int = 0
     non_utf8_files: list = field(default_factory=list)
     empty_files: list = field(default_factory=list)
-
-
-def read_lines(path: str, report: CorpusReport) -> Iterator[str]:
-    """Lines of a text file, each with its newline; bytes that are not UTF-8 become U+FFFD."""
-    bad = False
-    with open(path, "rb") as f:
-        for raw in f:
-            try:
-                yield raw.decode("utf-8")
-            except UnicodeDecodeError:
-                bad = True
-                yield raw.decode("utf-8", errors="replace")
-    if bad:
-        report.non_utf8_files.append(path)
 
 
 def corpus_files(paths: Iterable[str]) -> list[str]:
@@ -96,7 +84,7 @@ def _file_documents(path: str, report: CorpusReport) -> Iterator[str]:
     report.files += 1
     n = 0
     if path.endswith(".jsonl"):
-        for lineno, line in enumerate(read_lines(path, report), start=1):
+        for lineno, line in enumerate(iter_lines([path], report.non_utf8_files), start=1):
             if not line.strip():
                 continue
             try:
@@ -108,7 +96,7 @@ def _file_documents(path: str, report: CorpusReport) -> Iterator[str]:
                 yield text
     else:
         paragraph: list[str] = []
-        for line in read_lines(path, report):
+        for line in iter_lines([path], report.non_utf8_files):
             if line.strip():
                 paragraph.append(line)
             elif paragraph:

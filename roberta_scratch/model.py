@@ -327,10 +327,8 @@ class RobertaForSequenceClassification(PreTrained):
     """
 
     def __init__(self, cfg: RobertaConfig, num_labels: Optional[int] = None):
-        if num_labels is not None and num_labels != cfg.num_labels:
-            cfg = cfg.replace(num_labels=num_labels, label_names=None)
         super().__init__()
-        self.config = cfg
+        self.config = cfg = with_num_labels(cfg, num_labels)
         self.roberta = RobertaModel(cfg)
         self.classifier = nn.Module()
         self.classifier.dense = nn.Linear(cfg.hidden_size, cfg.hidden_size)
@@ -374,10 +372,8 @@ class RobertaForTokenClassification(PreTrained):
     """One linear layer per token (NER, POS): dropout -> classifier."""
 
     def __init__(self, cfg: RobertaConfig, num_labels: Optional[int] = None):
-        if num_labels is not None and num_labels != cfg.num_labels:
-            cfg = cfg.replace(num_labels=num_labels, label_names=None)
         super().__init__()
-        self.config = cfg
+        self.config = cfg = with_num_labels(cfg, num_labels)
         self.roberta = RobertaModel(cfg)
         self.dropout = nn.Dropout(head_dropout(cfg))
         self.classifier = nn.Linear(cfg.hidden_size, cfg.num_labels)
@@ -422,6 +418,13 @@ class RobertaForQuestionAnswering(PreTrained):
         return Output(loss=loss, start_logits=start_logits.contiguous(), end_logits=end_logits.contiguous(),
                       last_hidden_state=out.last_hidden_state, hidden_states=out.hidden_states,
                       attentions=out.attentions)
+
+
+def with_num_labels(cfg: RobertaConfig, num_labels: Optional[int]) -> RobertaConfig:
+    """The config with num_labels set (label names only survive when the count is unchanged)."""
+    if num_labels is None or num_labels == cfg.num_labels:
+        return cfg
+    return cfg.replace(num_labels=num_labels, label_names=None)
 
 
 def head_dropout(cfg: RobertaConfig) -> float:
