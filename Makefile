@@ -10,7 +10,7 @@ PY         := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: install test test-slow test-gpu demo bench clean
+.PHONY: install test test-slow test-gpu demo bench compile-check bench-kernels clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -35,6 +35,16 @@ demo: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(PY) benchmarks/bench_model.py
+	$(PY) benchmarks/bench_pretrain.py
+
+compile-check: $(VENV)/.installed
+	$(PY) -m kernels.compile_check --arch 80 90
+
+bench-kernels: $(VENV)/.installed
+	$(PY) benchmarks/bench_attention.py
+	$(PY) benchmarks/bench_layernorm.py
+	$(PY) benchmarks/bench_pretrain.py --config base --attention triton
+	$(PY) benchmarks/bench_pretrain.py --config base --attention sdpa
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

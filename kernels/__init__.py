@@ -2,19 +2,124 @@
 
 Nothing here imports roberta_scratch: the kernels can be studied, tested and
 benchmarked on their own. The public functions below keep one signature
-whatever runs underneath, so the model calls them unconditionally.
+whatever runs underneath, so the model calls them unconditionally:
+
+    Triton kernels  when triton imports and the tensors are on CUDA, or when
+                    TRITON_INTERPRET=1 is set (then on CPU tensors too: that is
+                    how the tests run the real kernel code without a GPU);
+    the reference   (kernels/reference.py) everywhere else.
+
+The kernel modules, flash_attention.py and layernorm.py, are imported on
+first use, so `import kernels` never imports triton. (A submodule named
+`attention` would replace the function kernels.attention once imported.)
+Triton fixes compiled-or-interpreted for its own helpers when it is first
+imported, so set TRITON_INTERPRET=1 before anything imports it (see
+kernel_module).
 """
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+
 from .reference import attention_reference, layer_norm_reference
+
+_TRUTHY = ("1", "true", "on", "yes", "y")  # what Triton accepts for TRITON_INTERPRET
+
+
+def interpreter_requested() -> bool:
+    """True when TRITON_INTERPRET asks for Triton's CPU interpreter."""
+    return os.environ.get("TRITON_INTERPRET", "").strip().lower() in _TRUTHY
+
+
+def triton_available() -> bool:
+    """Whether triton is installed (without importing it: see kernel_module)."""
+    return importlib.util.find_spec("triton") is not None
+
+
+def use_triton(*tensors) -> bool:
+    """Whether the public functions take the Triton path for these tensors."""
+    if not (interpreter_requested() or all(t.is_cuda for t in tensors if t is not None)):
+        return False
+    return triton_available()
+
+
+_MODE_MISMATCH = {
+    True: "triton was imported before TRITON_INTERPRET=1 was set, so its interpreter cannot run in this "
+          "process: set TRITON_INTERPRET=1 before anything imports triton (transformers does)",
+    False: "triton was imported with TRITON_INTERPRET=1, so compiled kernels cannot run in this process: "
+           "run them in a process without it",
+}
+
+
+def kernel_module(name: str, interpret: bool | None = None):
+    """kernels.<name> with its kernels decorated for `interpret` (default: TRITON_INTERPRET).
+
+    subtle: Triton picks compiler or interpreter when a function is decorated,
+    not when it runs: for its own tl.* helpers when `triton` is first imported
+    (transformers, for one, imports it), for ours when this module is. So the
+    first import of triton happens under the requested setting, a kernel module
+    loaded under the other setting is reloaded, and a process whose triton was
+    imported the other way gets a clear error instead of a confusing one.
+    """
+    if interpret is None:
+        interpret = interpreter_requested()
+    saved = os.environ.get("TRITON_INTERPRET")
+    os.environ["TRITON_INTERPRET"] = "1" if interpret else "0"
+    try:
+        import triton
+        import triton.language as tl
+
+        if isinstance(tl.zeros, triton.runtime.JITFunction) == interpret:
+            raise RuntimeError(_MODE_MISMATCH[interpret])
+        module = importlib.import_module(f"{__name__}.{name}")
+        if module.INTERPRETED != interpret:
+            module = importlib.reload(module)
+    finally:
+        if saved is None:
+            del os.environ["TRITON_INTERPRET"]
+        else:
+            os.environ["TRITON_INTERPRET"] = saved
+    return module
 
 
 def attention(q, k, v, key_padding_mask=None, dropout_p=0.0, softmax_scale=None, seed=None):
-    """Non-causal attention over (B, H, T, D) with an optional (B, T) key-padding mask."""
+    """Non-causal attention over (B, H, T, D) with an optional (B, T) key-padding mask.
+
+    key_padding_mask is True for real tokens; padded query rows output zeros.
+    With dropout_p > 0, `seed` keys the kernel's dropout stream (None draws
+    one from torch's generator); the reference fallback uses torch's dropout.
+    """
+    if use_triton(q, k, v, key_padding_mask):
+        return kernel_module("flash_attention").attention(q, k, v, key_padding_mask, dropout_p, softmax_scale,
+                                                          seed)
     return attention_reference(q, k, v, key_padding_mask, dropout_p, softmax_scale)
 
 
 def layer_norm(x, weight, bias, eps=1e-5, residual=None, dropout_p=0.0, seed=None, return_prenorm=False):
-    """LN(dropout(x) + residual) over the last dimension."""
+    """LN(dropout(x) + residual) over the last dimension; with return_prenorm, also the sum."""
+    if use_triton(x, weight, bias, residual):
+        return kernel_module("layernorm").layer_norm(x, weight, bias, eps, residual, dropout_p, seed,
+                                                     return_prenorm)
     return layer_norm_reference(x, weight, bias, eps, residual, dropout_p, return_prenorm)
 
 
-__all__ = ["attention", "layer_norm", "attention_reference", "layer_norm_reference"]
+def attention_dropout_mask(seed, batch, heads, seq_len, dropout_p, device="cpu"):
+    """The (B, H, T, T) bool keep-mask that the Triton attention draws for `seed`.
+
+    It runs the kernels' own RNG, so it needs Triton: on CUDA, or on the CPU with TRITON_INTERPRET=1.
+    """
+    return kernel_module("flash_attention").attention_dropout_mask(seed, batch, heads, seq_len, dropout_p, device)
+
+
+def layer_norm_dropout_mask(seed, shape, dropout_p, device="cpu"):
+    """The bool keep-mask, shaped like x, that the Triton layer_norm draws for `seed`.
+
+    It runs the kernels' own RNG, so it needs Triton: on CUDA, or on the CPU with TRITON_INTERPRET=1.
+    """
+    return kernel_module("layernorm").layer_norm_dropout_mask(seed, shape, dropout_p, device)
+
+
+__all__ = ["attention", "layer_norm", "attention_reference", "layer_norm_reference",
+           "attention_dropout_mask", "layer_norm_dropout_mask",
+           "use_triton", "triton_available", "interpreter_requested", "kernel_module"]

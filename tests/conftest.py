@@ -1,4 +1,5 @@
 """Fixtures shared by the test files."""
+import importlib.util
 import os
 
 import pytest
@@ -10,3 +11,21 @@ def reference_dir():
     if not path or not os.path.isdir(path):
         pytest.skip("ROBERTA_REFERENCE_DIR is not set (it points at the real roberta-base tokenizer files)")
     return path
+
+
+def pytest_configure(config):
+    # Triton chooses compiler or CPU interpreter for its own tl.* helpers when it is
+    # first imported, and transformers imports it during collection. Import it here in
+    # interpreter mode, then unset the variable: the kernel tests set TRITON_INTERPRET=1
+    # per test and every other test sees it unset. `-m gpu` sessions keep the compiler.
+    if importlib.util.find_spec("triton") is None or config.getoption("markexpr") == "gpu":
+        return
+    saved = os.environ.get("TRITON_INTERPRET")
+    os.environ["TRITON_INTERPRET"] = "1"
+    try:
+        import triton  # noqa: F401
+    finally:
+        if saved is None:
+            del os.environ["TRITON_INTERPRET"]
+        else:
+            os.environ["TRITON_INTERPRET"] = saved

@@ -1,0 +1,431 @@
+"""Fused residual-add + dropout + LayerNorm: RoBERTa's post-LN step, forward and backward.
+
+Per row of N features, with Z the dropout keep-mask:
+
+    forward    h = x * Z / (1 - p) + residual
+               y = (h - mean(h)) * rstd * weight + bias,   rstd = 1 / sqrt(var(h) + eps)
+    backward   xhat = (h - mean) * rstd,  g = weight * dy
+               dh = rstd * (g - mean(g * xhat) * xhat - mean(g)) (+ the gradient of h if it was returned)
+               d_residual = dh,  dx = dh * Z / (1 - p)
+               dweight = sum over rows of dy * xhat,  dbias = sum over rows of dy
+
+The file has the four layers of every kernel in this package:
+  1. @triton.jit kernels, fp32 math (`_layer_norm_*_kernel`);
+  2. launchers that validate inputs and pick tiles and warps per architecture;
+  3. a thin torch.autograd.Function;
+  4. the public `layer_norm()`, plus `layer_norm_dropout_mask()` for tests.
+
+Design notes, against the Triton tutorial (05-layer-norm) and Liger-Kernel,
+whose backward is slower than torch at hidden sizes 768-1024:
+  - every program works on a (BLOCK_M, BLOCK_N) tile of several rows, so a
+    narrow hidden size still keeps enough loads in flight;
+  - dweight and dbias are summed in registers over all the tiles a program
+    visits, written once per program as a (programs, N) partial, and reduced
+    by one small torch sum: no locks, no atomics, deterministic;
+  - the forward stores only y, mean and rstd. The backward recomputes h from
+    x, the residual and the dropout seed, so the forward writes one tensor
+    instead of two, and x and the residual are tensors autograd keeps anyway;
+  - without dropout, dx equals d_residual and one tensor serves both.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+MAX_HIDDEN = 4096  # a whole row lives in registers; wider rows would spill (see layer_norm_configs)
+
+
+# ---------------------------------------------------------------------------
+# 1. Kernels
+# ---------------------------------------------------------------------------
+
+@triton.jit
+def _dropout_keep(seed, rows, cols, N, dropout_p):
+    """Keep-mask of elements (rows, cols) of the (M, N) input.
+
+    The Philox counter is the element's linear index in a dense (M, N) tensor,
+    so forward, backward and the debug helper draw the same bits.
+    """
+    return tl.rand(seed, rows.to(tl.int64) * N + cols) >= dropout_p
+
+
+@triton.jit(do_not_specialize=["seed"])
+def _layer_norm_fwd_kernel(
+    X,  # (M, N) branch output, dropped out before the add; unit column stride
+    Residual,  # (M, N) residual stream (read when HAS_RESIDUAL); unit column stride
+    W,  # (N,) weight
+    B,  # (N,) bias
+    Y,  # (M, N) out, unit column stride
+    PreNorm,  # (M, N) out: dropout(X) + Residual (written when STORE_PRENORM); unit column stride
+    Mean,  # (M,) fp32 out
+    Rstd,  # (M,) fp32 out: 1 / sqrt(var + eps)
+    stride_x, stride_r, stride_y, stride_h,  # row strides
+    M, N,
+    eps,
+    dropout_p,
+    seed,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    HAS_RESIDUAL: tl.constexpr,
+    HAS_DROPOUT: tl.constexpr,
+    STORE_PRENORM: tl.constexpr,
+):
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = tl.arange(0, BLOCK_N)
+    col_ok = cols < N
+    mask = (rows < M)[:, None] & col_ok[None, :]
+    rows64 = rows.to(tl.int64)[:, None]
+
+    h = tl.load(X + rows64 * stride_x + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    if HAS_DROPOUT:
+        keep = _dropout_keep(seed, rows[:, None], cols[None, :], N, dropout_p)
+        h = tl.where(keep, h / (1.0 - dropout_p), 0.0)
+    if HAS_RESIDUAL:
+        h += tl.load(Residual + rows64 * stride_r + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    if STORE_PRENORM:
+        tl.store(PreNorm + rows64 * stride_h + cols[None, :], h.to(PreNorm.dtype.element_ty), mask=mask)
+
+    mean = tl.sum(h, 1) / N
+    centered = tl.where(mask, h - mean[:, None], 0.0)
+    rstd = 1.0 / tl.sqrt(tl.sum(centered * centered, 1) / N + eps)
+    w = tl.load(W + cols, mask=col_ok, other=0.0).to(tl.float32)
+    b = tl.load(B + cols, mask=col_ok, other=0.0).to(tl.float32)
+    y = centered * rstd[:, None] * w[None, :] + b[None, :]
+    tl.store(Y + rows64 * stride_y + cols[None, :], y.to(Y.dtype.element_ty), mask=mask)
+    tl.store(Mean + rows, mean, mask=rows < M)
+    tl.store(Rstd + rows, rstd, mask=rows < M)
+
+
+@triton.jit(do_not_specialize=["seed"])
+def _layer_norm_bwd_kernel(
+    DY,  # (M, N) upstream gradient of y; unit column stride
+    DPreNorm,  # (M, N) upstream gradient of the returned pre-norm sum (read when HAS_DPRENORM)
+    X,  # (M, N) forward input x; unit column stride
+    Residual,  # (M, N) forward residual (read when HAS_RESIDUAL); unit column stride
+    W,  # (N,) weight
+    Mean,  # (M,) fp32 from the forward
+    Rstd,  # (M,) fp32 from the forward
+    DX,  # (M, N) out, contiguous
+    DResidual,  # (M, N) out, contiguous (written when STORE_DRESIDUAL, else DX serves both)
+    DWPartial,  # (programs, N) fp32 out: this program's share of dweight
+    DBPartial,  # (programs, N) fp32 out: this program's share of dbias
+    stride_dy, stride_dh, stride_x, stride_r,  # row strides of the inputs
+    M, N,
+    dropout_p,
+    seed,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    HAS_RESIDUAL: tl.constexpr,
+    HAS_DROPOUT: tl.constexpr,
+    HAS_DPRENORM: tl.constexpr,
+    STORE_DRESIDUAL: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    cols = tl.arange(0, BLOCK_N)
+    col_ok = cols < N
+    w = tl.load(W + cols, mask=col_ok, other=0.0).to(tl.float32)
+    # Column sums stay two-dimensional until the end: one cross-row reduction per program.
+    dw_acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+    db_acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+
+    for tile in range(pid, tl.cdiv(M, BLOCK_M), tl.num_programs(0)):
+        rows = tile * BLOCK_M + tl.arange(0, BLOCK_M)
+        row_ok = rows < M
+        mask = row_ok[:, None] & col_ok[None, :]
+        rows64 = rows.to(tl.int64)[:, None]
+
+        h = tl.load(X + rows64 * stride_x + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        if HAS_DROPOUT:
+            keep = _dropout_keep(seed, rows[:, None], cols[None, :], N, dropout_p)
+            h = tl.where(keep, h / (1.0 - dropout_p), 0.0)
+        if HAS_RESIDUAL:
+            h += tl.load(Residual + rows64 * stride_r + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        mean = tl.load(Mean + rows, mask=row_ok, other=0.0)
+        rstd = tl.load(Rstd + rows, mask=row_ok, other=0.0)
+        xhat = tl.where(mask, (h - mean[:, None]) * rstd[:, None], 0.0)
+        dy = tl.load(DY + rows64 * stride_dy + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+
+        g = dy * w[None, :]
+        mean_gx = tl.sum(g * xhat, 1) / N
+        mean_g = tl.sum(g, 1) / N
+        dh = (g - xhat * mean_gx[:, None] - mean_g[:, None]) * rstd[:, None]
+        if HAS_DPRENORM:
+            dh += tl.load(DPreNorm + rows64 * stride_dh + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        if STORE_DRESIDUAL:
+            tl.store(DResidual + rows64 * N + cols[None, :], dh.to(DResidual.dtype.element_ty), mask=mask)
+        dx = dh
+        if HAS_DROPOUT:
+            dx = tl.where(keep, dh / (1.0 - dropout_p), 0.0)
+        tl.store(DX + rows64 * N + cols[None, :], dx.to(DX.dtype.element_ty), mask=mask)
+        dw_acc += dy * xhat
+        db_acc += dy
+
+    tl.store(DWPartial + pid * N + cols, tl.sum(dw_acc, 0), mask=col_ok)
+    tl.store(DBPartial + pid * N + cols, tl.sum(db_acc, 0), mask=col_ok)
+
+
+@triton.jit(do_not_specialize=["seed"])
+def _layer_norm_dropout_mask_kernel(
+    Keep,  # (M, N) bool out, contiguous: the keep-mask the kernels above draw
+    M, N,
+    dropout_p,
+    seed,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    keep = _dropout_keep(seed, rows[:, None], cols[None, :], N, dropout_p)
+    tl.store(Keep + rows.to(tl.int64)[:, None] * N + cols[None, :], keep,
+             mask=(rows < M)[:, None] & (cols < N)[None, :])
+
+
+# True when the kernels above were decorated under TRITON_INTERPRET=1
+# (kernels/__init__.py reloads this module when that setting changes).
+INTERPRETED = not isinstance(_layer_norm_fwd_kernel, triton.runtime.JITFunction)
+
+
+# ---------------------------------------------------------------------------
+# 2. Launchers
+# ---------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class RowTileConfig:
+    BLOCK_M: int  # rows per tile
+    BLOCK_N: int  # columns per tile: the hidden size rounded up to a power of two
+    num_warps: int
+
+    def options(self) -> dict:
+        """Launch options; kernels.compile_check compiles with exactly these.
+
+        Three stages pipeline the backward's row loop. FMA contraction is
+        pinned on: Triton 3.10 turns its default off.
+        """
+        return dict(num_warps=self.num_warps, num_stages=3, enable_fp_fusion=True)
+
+
+def layer_norm_configs(hidden: int) -> dict[str, RowTileConfig]:
+    """Tiles and warps of the forward and backward for a hidden size.
+
+    Registers, not bandwidth, bound the tile. The forward keeps 16 elements
+    per thread. The backward recomputes h and the dropout mask and carries two
+    column-sum accumulators; it keeps 8, and stays at 4 warps up to hidden
+    1024, because ptxas caps 8-warp programs near 128 registers a thread and
+    the heaviest variant spills there. These limits are the same on sm_80 and
+    sm_90, so one table serves both; the architecture enters through the
+    backward's program count (two per SM). At hidden 768-1024 the forward runs
+    8 warps on 4 rows, the backward 4 warps on 1 row per step.
+    kernels.compile_check compiles every entry for sm_80 and sm_90 and fails
+    on any spill.
+    """
+    block_n = max(16, triton.next_power_of_2(hidden))
+    fwd_warps = 4 if block_n <= 512 else 8 if block_n <= 2048 else 16
+    bwd_warps = 4 if block_n <= 1024 else 8 if block_n <= 2048 else 16
+
+    def rows(elements_per_thread, num_warps):
+        return min(16, max(1, elements_per_thread * 32 * num_warps // block_n))
+
+    return {"fwd": RowTileConfig(rows(16, fwd_warps), block_n, fwd_warps),
+            "bwd": RowTileConfig(rows(8, bwd_warps), block_n, bwd_warps)}
+
+
+def _backward_programs(device: torch.device, tiles: int) -> int:
+    """Programs of the backward: two per SM on CUDA, each looping over tiles; 4 under the interpreter."""
+    if device.type != "cuda":
+        return min(tiles, 4)
+    return min(tiles, 2 * torch.cuda.get_device_properties(device).multi_processor_count)
+
+
+def _validate(x, weight, bias, residual, dropout_p):
+    N = x.shape[-1] if x.dim() else 0
+    if x.dim() == 0 or N == 0:
+        raise ValueError(f"layer_norm needs x of shape (..., N) with N > 0; got {tuple(x.shape)}")
+    if N > MAX_HIDDEN:
+        raise ValueError(f"the Triton layer_norm supports hidden sizes up to {MAX_HIDDEN}; got {N}")
+    if weight is None or bias is None or weight.shape != (N,) or bias.shape != (N,):
+        raise ValueError(f"weight and bias must both be ({N},)")
+    if residual is not None and residual.shape != x.shape:
+        raise ValueError(f"residual must match x's shape {tuple(x.shape)}; got {tuple(residual.shape)}")
+    for t in (x, weight, bias, residual):
+        if t is not None and t.dtype not in (torch.float16, torch.bfloat16, torch.float32):
+            raise TypeError(f"layer_norm supports float16, bfloat16 and float32; got {t.dtype}")
+        if t is not None and t.device != x.device:
+            raise ValueError("x, weight, bias and residual must be on one device")
+    if not 0.0 <= dropout_p < 1.0:
+        raise ValueError(f"dropout_p must be in [0, 1); got {dropout_p}")
+
+
+def _rows(t, N):
+    """View as (M, N) with unit column stride (copying only when it must)."""
+    t = t.reshape(-1, N)
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+
+def layer_norm_forward(x2, weight, bias, eps, r2, dropout_p, seed, out_dtype, store_prenorm):
+    """Launch the forward on (M, N) rows. Returns (y, prenorm or None, mean, rstd)."""
+    M, N = x2.shape
+    cfg = layer_norm_configs(N)["fwd"]
+    y = torch.empty(M, N, dtype=out_dtype, device=x2.device)
+    prenorm = torch.empty(M, N, dtype=out_dtype, device=x2.device) if store_prenorm else None
+    mean = torch.empty(M, dtype=torch.float32, device=x2.device)
+    rstd = torch.empty(M, dtype=torch.float32, device=x2.device)
+    r_arg = r2 if r2 is not None else x2  # never read without HAS_RESIDUAL
+    h_arg = prenorm if store_prenorm else y  # never written without STORE_PRENORM
+    _layer_norm_fwd_kernel[(triton.cdiv(M, cfg.BLOCK_M),)](
+        x2, r_arg, weight, bias, y, h_arg, mean, rstd,
+        x2.stride(0), r_arg.stride(0), y.stride(0), h_arg.stride(0),
+        M, N, eps, dropout_p, seed,
+        BLOCK_M=cfg.BLOCK_M, BLOCK_N=cfg.BLOCK_N, HAS_RESIDUAL=r2 is not None,
+        HAS_DROPOUT=dropout_p > 0.0, STORE_PRENORM=store_prenorm, **cfg.options())
+    return y, prenorm, mean, rstd
+
+
+def layer_norm_backward(dy2, dh2, x2, r2, weight, bias, mean, rstd, dropout_p, seed):
+    """Launch the backward on (M, N) rows with unit column stride.
+
+    Returns (dx, d_residual or None, dweight, dbias).
+    """
+    M, N = x2.shape
+    cfg = layer_norm_configs(N)["bwd"]
+    has_residual, has_dropout = r2 is not None, dropout_p > 0.0
+    # Without dropout dx == d_residual; a second copy is needed only to round it to another dtype.
+    store_dres = has_residual and (has_dropout or r2.dtype != x2.dtype)
+    dx = torch.empty(M, N, dtype=x2.dtype, device=x2.device)
+    dres = torch.empty(M, N, dtype=r2.dtype, device=x2.device) if store_dres else dx
+    programs = _backward_programs(x2.device, triton.cdiv(M, cfg.BLOCK_M))
+    dw_partial = torch.empty(programs, N, dtype=torch.float32, device=x2.device)
+    db_partial = torch.empty(programs, N, dtype=torch.float32, device=x2.device)
+    r_arg = r2 if has_residual else x2
+    dh_arg = dh2 if dh2 is not None else dy2  # never read without HAS_DPRENORM
+    _layer_norm_bwd_kernel[(programs,)](
+        dy2, dh_arg, x2, r_arg, weight, mean, rstd, dx, dres, dw_partial, db_partial,
+        dy2.stride(0), dh_arg.stride(0), x2.stride(0), r_arg.stride(0),
+        M, N, dropout_p, seed,
+        BLOCK_M=cfg.BLOCK_M, BLOCK_N=cfg.BLOCK_N, HAS_RESIDUAL=has_residual, HAS_DROPOUT=has_dropout,
+        HAS_DPRENORM=dh2 is not None, STORE_DRESIDUAL=store_dres, **cfg.options())
+    # The second, small reduction: (programs, N) -> (N,).
+    dweight = dw_partial.sum(0).to(weight.dtype)
+    dbias = db_partial.sum(0).to(bias.dtype)
+    return dx, (dres if has_residual else None), dweight, dbias
+
+
+# ---------------------------------------------------------------------------
+# 3. Autograd
+# ---------------------------------------------------------------------------
+
+class LayerNormFunction(torch.autograd.Function):
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, eps, residual, dropout_p, seed, return_prenorm):
+        N = x.shape[-1]
+        x2 = _rows(x, N)
+        r2 = _rows(residual, N) if residual is not None else None
+        out_dtype = x.dtype if residual is None else torch.promote_types(x.dtype, residual.dtype)
+        weight, bias = weight.contiguous(), bias.contiguous()
+        y, prenorm, mean, rstd = layer_norm_forward(x2, weight, bias, eps, r2, dropout_p, seed, out_dtype,
+                                                    return_prenorm)
+        ctx.save_for_backward(x2, r2, weight, bias, mean, rstd)
+        ctx.dropout_p, ctx.seed, ctx.shape = dropout_p, seed, x.shape
+        ctx.residual_shape = None if residual is None else residual.shape
+        ctx.set_materialize_grads(False)
+        y = y.view(x.shape)
+        return (y, prenorm.view(x.shape)) if return_prenorm else y
+
+    @staticmethod
+    def backward(ctx, dy, dprenorm=None):
+        x2, r2, weight, bias, mean, rstd = ctx.saved_tensors
+        N = x2.shape[1]
+        if dy is None:  # only the pre-norm sum was used downstream
+            dy = torch.zeros(x2.shape, dtype=x2.dtype if r2 is None else torch.promote_types(x2.dtype, r2.dtype),
+                             device=x2.device)
+        dh2 = _rows(dprenorm, N) if dprenorm is not None else None
+        dx, dres, dweight, dbias = layer_norm_backward(_rows(dy, N), dh2, x2, r2, weight, bias, mean, rstd,
+                                                       ctx.dropout_p, ctx.seed)
+        dres = dres.view(ctx.residual_shape) if dres is not None else None
+        return dx.view(ctx.shape), dweight, dbias, None, dres, None, None, None
+
+
+# ---------------------------------------------------------------------------
+# 4. Public functions
+# ---------------------------------------------------------------------------
+
+def fresh_seed() -> int:
+    """A dropout seed drawn from torch's default generator, so torch.manual_seed reproduces it."""
+    return int(torch.randint(0, 2**31 - 1, ()).item())
+
+
+def layer_norm(x, weight, bias, eps=1e-5, residual=None, dropout_p=0.0, seed=None, return_prenorm=False):
+    """LN(dropout(x) + residual) over the last dimension: kernels.layer_norm_reference, fused.
+
+    x, residual: (..., N); weight, bias: (N,). The output (and the pre-norm
+    sum, returned second with return_prenorm) has the promoted dtype of x and
+    the residual. dropout_p drops elements of x with a Philox stream keyed by
+    `seed` (drawn from torch's generator when None); layer_norm_dropout_mask
+    returns the keep-mask it used.
+    """
+    _validate(x, weight, bias, residual, dropout_p)
+    if dropout_p == 0.0:
+        seed = 0
+    elif seed is None:
+        seed = fresh_seed()
+    return LayerNormFunction.apply(x, weight, bias, float(eps), residual, float(dropout_p), int(seed),
+                                   bool(return_prenorm))
+
+
+_MASK_TILE = RowTileConfig(16, 64, 4)  # _layer_norm_dropout_mask_kernel (a debugging aid)
+
+
+def layer_norm_dropout_mask(seed, shape, dropout_p, device="cpu"):
+    """The bool keep-mask, shaped like x, that layer_norm(x, ..., dropout_p, seed=seed) applies.
+
+    Pass it as layer_norm_reference(..., dropout_mask=mask) to rebuild exactly
+    what the kernel computed.
+    """
+    shape = tuple(shape)
+    N = shape[-1]
+    M = 1
+    for size in shape[:-1]:
+        M *= size
+    keep = torch.empty(M, N, dtype=torch.bool, device=device)
+    grid = (triton.cdiv(M, _MASK_TILE.BLOCK_M), triton.cdiv(N, _MASK_TILE.BLOCK_N))
+    _layer_norm_dropout_mask_kernel[grid](keep, M, N, float(dropout_p), int(seed),
+                                          BLOCK_M=_MASK_TILE.BLOCK_M, BLOCK_N=_MASK_TILE.BLOCK_N,
+                                          **_MASK_TILE.options())
+    return keep.view(shape)
+
+
+# ---------------------------------------------------------------------------
+# Ahead-of-time compilation specs (kernels.compile_check)
+# ---------------------------------------------------------------------------
+
+def aot_specs(arch: int):
+    """Yield (variant, kernel, pointer dtypes, constexprs, launch options) for every
+    launch configuration the launchers above use on `arch`: each power-of-two
+    tile width up to MAX_HIDDEN, with bf16 activations (fp16 and fp32 take the
+    same tiles) and fp32 parameters, residual and dropout on and off.
+    """
+    yield ("", _layer_norm_dropout_mask_kernel, {"Keep": "*i1"},
+           {"BLOCK_M": _MASK_TILE.BLOCK_M, "BLOCK_N": _MASK_TILE.BLOCK_N}, _MASK_TILE.options())
+    block_n = 16
+    while block_n <= MAX_HIDDEN:
+        cfgs = layer_norm_configs(block_n)
+        for has_residual, has_dropout in ((False, False), (True, True)):
+            variant = f"N<={block_n} residual={int(has_residual)} dropout={int(has_dropout)}"
+            flags = {"HAS_RESIDUAL": has_residual, "HAS_DROPOUT": has_dropout}
+            fwd, bwd = cfgs["fwd"], cfgs["bwd"]
+            yield (variant, _layer_norm_fwd_kernel,
+                   {"X": "*bf16", "Residual": "*bf16", "W": "*fp32", "B": "*fp32", "Y": "*bf16",
+                    "PreNorm": "*bf16", "Mean": "*fp32", "Rstd": "*fp32"},
+                   {"BLOCK_M": fwd.BLOCK_M, "BLOCK_N": fwd.BLOCK_N, **flags, "STORE_PRENORM": has_residual},
+                   fwd.options())
+            yield (variant, _layer_norm_bwd_kernel,
+                   {"DY": "*bf16", "DPreNorm": "*bf16", "X": "*bf16", "Residual": "*bf16", "W": "*fp32",
+                    "Mean": "*fp32", "Rstd": "*fp32", "DX": "*bf16", "DResidual": "*bf16",
+                    "DWPartial": "*fp32", "DBPartial": "*fp32"},
+                   {"BLOCK_M": bwd.BLOCK_M, "BLOCK_N": bwd.BLOCK_N, **flags,
+                    "HAS_DPRENORM": has_residual, "STORE_DRESIDUAL": has_residual},
+                   bwd.options())
+        block_n *= 2

@@ -1,0 +1,246 @@
+"""The Triton attention kernel against the fp32 reference, forward and every gradient.
+
+Without a GPU the kernel code itself runs on the CPU through Triton's
+interpreter: an autouse fixture sets TRITON_INTERPRET=1 for each test, and
+kernels.kernel_module decorates the kernels to match. Triton also fixes the
+mode of its own tl.* helpers when it is first imported, and transformers
+imports it during collection, so tests/conftest.py imports triton in
+interpreter mode first (and unsets the variable for every other test); in a
+process where that did not happen these tests skip and say why. Tests marked
+`gpu` run the compiled kernels on CUDA, in a `-m gpu` session.
+
+Tolerances are max errors against the fp32 reference evaluated on the same
+(dtype-rounded) inputs, with q, k, v ~ N(0, 1):
+  fp32  atol 1e-4, rtol 1e-4: the interpreter matches to ~1e-6; on a GPU the
+        dots run as tf32x3 (fp32-level, ~1e-5).
+  bf16  atol 3e-2, rtol 2e-2: bf16 keeps 8 bits, and P and dS are rounded to
+        bf16 before their matmuls (as in FlashAttention); observed max errors
+        are ~1e-2 on outputs and gradients of size ~1.
+  fp16  atol 5e-3, rtol 5e-3: 11 bits.
+"""
+import pytest
+import torch
+
+import kernels
+from kernels import attention, attention_dropout_mask, attention_reference
+
+pytestmark = pytest.mark.skipif(not kernels.triton_available(), reason="triton is not installed")
+
+FP32 = (torch.float32, 1e-4, 1e-4)
+BF16 = (torch.bfloat16, 3e-2, 2e-2)
+FP16 = (torch.float16, 5e-3, 5e-3)
+PADDINGS = ("none", "right", "holes", "single")
+
+requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@pytest.fixture(autouse=True)
+def _triton_mode(request, monkeypatch):
+    """The interpreter for CPU tests, the compiled kernels for `gpu` tests (see the module docstring)."""
+    if request.node.get_closest_marker("gpu"):
+        monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    else:
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
+    try:
+        kernels.kernel_module("flash_attention")
+    except RuntimeError as exc:  # triton was imported the other way round in this process
+        pytest.skip(f"{exc}; tests/conftest.py imports it so, see tests/test_kernels_attention.py")
+
+
+def make_mask(kind, B, T, generator, device="cpu"):
+    """(B, T) bool key-padding mask, True for real tokens, or None.
+
+    right:  random real lengths, padding at the end (what a tokenizer produces);
+    holes:  random real tokens anywhere, including leading padding;
+    single: batch row 0 is all padding but one token in the middle;
+    empty:  batch row 0 has no real token at all.
+    """
+    if kind == "none":
+        return None
+    if kind == "right":
+        lengths = torch.randint(1, T + 1, (B,), generator=generator)
+        lengths[-1] = T
+        mask = torch.arange(T)[None, :] < lengths[:, None]
+    elif kind == "holes":
+        mask = torch.rand(B, T, generator=generator) < 0.6
+        mask[:, torch.randint(0, T, (1,), generator=generator)] = True
+    elif kind == "single":
+        mask = torch.ones(B, T, dtype=torch.bool)
+        mask[0] = False
+        mask[0, T // 2] = True
+    elif kind == "empty":
+        mask = torch.ones(B, T, dtype=torch.bool)
+        mask[0] = False
+    else:
+        raise ValueError(kind)
+    return mask.to(device)
+
+
+def run_and_compare(B, H, T, D, dtype, atol, rtol, padding, dropout_p=0.0, device="cpu", seed=1234):
+    """Forward and backward through the kernel and the fp32 reference; assert they agree."""
+    generator = torch.Generator().manual_seed(T * 1000 + D)
+    q, k, v, do = (torch.randn(B, H, T, D, generator=generator).to(device=device, dtype=dtype) for _ in range(4))
+    mask = make_mask(padding, B, T, generator, device)
+    q, k, v = (t.requires_grad_() for t in (q, k, v))
+    out = attention(q, k, v, key_padding_mask=mask, dropout_p=dropout_p, seed=seed)
+    out.backward(do)
+
+    ref_inputs = [t.detach().float().requires_grad_() for t in (q, k, v)]
+    keep = attention_dropout_mask(seed, B, H, T, dropout_p, device) if dropout_p > 0 else None
+    ref = attention_reference(*ref_inputs, key_padding_mask=mask, dropout_p=dropout_p, dropout_mask=keep)
+    ref.backward(do.float())
+
+    assert out.dtype == dtype and out.shape == (B, H, T, D)
+    torch.testing.assert_close(out.float(), ref, atol=atol, rtol=rtol, msg=lambda m: f"output: {m}")
+    for name, mine, theirs in zip("qkv", (q, k, v), ref_inputs):
+        assert mine.grad.dtype == dtype
+        torch.testing.assert_close(mine.grad.float(), theirs.grad, atol=atol, rtol=rtol,
+                                   msg=lambda m, name=name: f"d{name}: {m}")
+    return out, mask, (q.grad, k.grad, v.grad)
+
+
+def test_interpreter_runs_the_triton_code():
+    x = torch.zeros(1, 1, 16, 32)
+    assert kernels.use_triton(x)
+    assert kernels.kernel_module("flash_attention").INTERPRETED
+
+
+# A cross-section that runs in seconds; the full product is the slow test below.
+FAST_CASES = [
+    *[(T, 64, "right", FP32) for T in (1, 17, 77, 128, 130, 257)],
+    (130, 32, "right", FP32),
+    (130, 128, "right", FP32),
+    (77, 64, "none", FP32),
+    (130, 64, "holes", FP32),
+    (77, 32, "single", FP32),
+    (17, 64, "empty", FP32),
+    (17, 64, "right", BF16),
+    (130, 128, "holes", BF16),
+    (77, 32, "single", BF16),
+    (130, 64, "none", BF16),
+    (77, 64, "right", FP16),
+]
+
+
+@pytest.mark.parametrize("T, D, padding, tol", FAST_CASES,
+                         ids=[f"T{T}-D{D}-{p}-{str(t[0])[6:]}" for T, D, p, t in FAST_CASES])
+def test_matches_reference(T, D, padding, tol):
+    run_and_compare(2, 2, T, D, *tol, padding)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("tol", [FP32, BF16], ids=["float32", "bfloat16"])
+@pytest.mark.parametrize("padding", PADDINGS)
+@pytest.mark.parametrize("D", [32, 64, 128])
+@pytest.mark.parametrize("T", [1, 17, 77, 128, 130, 257])
+def test_matches_reference_all_shapes(T, D, padding, tol):
+    run_and_compare(2, 3, T, D, *tol, padding)
+
+
+@pytest.mark.parametrize("padding", ["single", "holes", "empty"])
+def test_padded_rows_are_exactly_zero(padding):
+    out, mask, grads = run_and_compare(2, 2, 77, 32, *FP32, padding)
+    padded = ~mask
+    assert (out.detach().transpose(1, 2)[padded] == 0).all()
+    for grad in grads:  # padded queries get no gradient; padded keys and values receive none
+        assert (grad.transpose(1, 2)[padded] == 0).all()
+    assert all(torch.isfinite(g).all() for g in grads)
+
+
+@pytest.mark.parametrize("T, D, padding, tol", [(77, 64, "right", FP32), (130, 32, "holes", BF16),
+                                                 (33, 128, "single", FP32)])
+def test_dropout_matches_reference_with_the_helper_mask(T, D, padding, tol):
+    run_and_compare(2, 2, T, D, *tol, padding, dropout_p=0.3)
+
+
+def test_dropout_keep_rate_and_seeds():
+    p = 0.2
+    keep = attention_dropout_mask(7, 2, 4, 128, p)  # 131072 draws
+    assert keep.shape == (2, 4, 128, 128) and keep.dtype == torch.bool
+    assert abs(keep.float().mean().item() - (1 - p)) < 0.01
+    assert torch.equal(keep, attention_dropout_mask(7, 2, 4, 128, p))
+    other = attention_dropout_mask(8, 2, 4, 128, p)
+    assert (keep != other).float().mean() > 0.2  # independent masks differ on 2p(1-p) = 32% of elements
+    # each head and each row draws its own bits
+    assert not torch.equal(keep[0, 0], keep[0, 1]) and not torch.equal(keep[0, 0, 0], keep[0, 0, 1])
+
+
+def test_seed_none_draws_from_torch_generator():
+    q = torch.randn(1, 2, 40, 32)
+    torch.manual_seed(0)
+    first = attention(q, q, q, dropout_p=0.5)
+    second = attention(q, q, q, dropout_p=0.5)
+    torch.manual_seed(0)
+    again = attention(q, q, q, dropout_p=0.5)
+    assert torch.equal(first, again)
+    assert not torch.equal(first, second)
+
+
+def test_strided_inputs_and_output_layout():
+    """q, k, v sliced from a packed (B, T, 3, H, D) projection, as a model produces them."""
+    B, T, H, D = 2, 45, 3, 32
+    qkv = torch.randn(B, T, 3, H, D)
+    q, k, v = (qkv[:, :, i].transpose(1, 2) for i in range(3))  # (B, H, T, D), non-contiguous
+    mask = make_mask("right", B, T, torch.Generator().manual_seed(0))
+    out = attention(q, k, v, key_padding_mask=mask)
+    torch.testing.assert_close(out, attention_reference(q, k, v, key_padding_mask=mask), atol=1e-4, rtol=1e-4)
+    assert out.transpose(1, 2).is_contiguous()  # (B, T, H, D) in memory: merging heads is free
+
+
+def test_softmax_scale_and_int_mask():
+    B, H, T, D = 1, 2, 20, 64
+    q, k, v = (torch.randn(B, H, T, D) for _ in range(3))
+    mask = torch.ones(B, T, dtype=torch.long)
+    mask[:, 15:] = 0
+    out = attention(q, k, v, key_padding_mask=mask, softmax_scale=0.3)
+    ref = attention_reference(q, k, v, key_padding_mask=mask.bool(), softmax_scale=0.3)
+    torch.testing.assert_close(out, ref, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("D", [16, 48, 256])
+def test_unsupported_head_dim_names_the_supported_ones(D):
+    q = torch.randn(1, 1, 8, D)
+    with pytest.raises(ValueError, match=r"\(32, 64, 128\)"):
+        attention(q, q, q)
+
+
+def test_bad_inputs_raise():
+    q = torch.randn(1, 2, 8, 32)
+    with pytest.raises(ValueError, match="key_padding_mask"):
+        attention(q, q, q, key_padding_mask=torch.ones(1, 9, dtype=torch.bool))
+    with pytest.raises(TypeError, match="dtype"):
+        attention(q, q.double(), q)
+    with pytest.raises(ValueError, match="dropout_p"):
+        attention(q, q, q, dropout_p=1.0)
+
+
+def test_fallback_without_interpreter_matches(monkeypatch):
+    """Without TRITON_INTERPRET, CPU tensors take the reference path with the same semantics."""
+    monkeypatch.delenv("TRITON_INTERPRET")
+    q = torch.randn(2, 2, 30, 48)  # a head dim the kernel refuses is fine for the fallback
+    mask = make_mask("single", 2, 30, torch.Generator().manual_seed(0))
+    assert not kernels.use_triton(q)
+    torch.testing.assert_close(kernels.attention(q, q, q, key_padding_mask=mask),
+                               attention_reference(q, q, q, key_padding_mask=mask))
+
+
+# ---------------------------------------------------------------------------
+# Compiled kernels on a GPU
+# ---------------------------------------------------------------------------
+
+@pytest.mark.gpu
+@requires_cuda
+@pytest.mark.parametrize("tol", [FP16, BF16, FP32], ids=["float16", "bfloat16", "float32"])
+@pytest.mark.parametrize("padding", ["none", "right", "holes", "single", "empty"])
+@pytest.mark.parametrize("T, D", [(1, 64), (77, 32), (130, 128), (257, 64), (512, 64), (1023, 128)])
+def test_gpu_matches_reference(T, D, padding, tol):
+    run_and_compare(3, 4, T, D, *tol, padding, device="cuda")
+
+
+@pytest.mark.gpu
+@requires_cuda
+@pytest.mark.parametrize("tol", [BF16, FP32], ids=["bfloat16", "float32"])
+def test_gpu_dropout_matches_reference(tol):
+    run_and_compare(2, 4, 300, 64, *tol, "right", dropout_p=0.1, device="cuda")
+    keep = attention_dropout_mask(3, 4, 8, 512, 0.1, "cuda")
+    assert abs(keep.float().mean().item() - 0.9) < 0.01

@@ -1,0 +1,190 @@
+"""The fused residual-add + dropout + LayerNorm kernel against the fp32 reference.
+
+Forward, dx, d_residual, dweight, dbias and (when returned) the pre-norm sum.
+The kernel runs on the CPU through Triton's interpreter, set up as in
+tests/test_kernels_attention.py (see its docstring); tests marked `gpu` run
+the compiled kernel on CUDA.
+
+Tolerances are max errors against the fp32 reference evaluated on the same
+(dtype-rounded) inputs, with x, residual ~ N(0, 1):
+  fp32  atol 1e-4, rtol 1e-4: both sides compute in fp32; they differ in
+        summation order (dweight, dbias sum over up to a few hundred rows).
+  bf16  atol 3e-2, rtol 2e-2: outputs of size ~4 are rounded to bf16 (8 bits).
+"""
+import pytest
+import torch
+
+import kernels
+from kernels import layer_norm, layer_norm_dropout_mask, layer_norm_reference
+
+pytestmark = pytest.mark.skipif(not kernels.triton_available(), reason="triton is not installed")
+
+FP32 = (torch.float32, 1e-4, 1e-4)
+BF16 = (torch.bfloat16, 3e-2, 2e-2)
+
+requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@pytest.fixture(autouse=True)
+def _triton_mode(request, monkeypatch):
+    """The interpreter for CPU tests, the compiled kernels for `gpu` tests."""
+    if request.node.get_closest_marker("gpu"):
+        monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    else:
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
+    try:
+        kernels.kernel_module("layernorm")
+    except RuntimeError as exc:  # triton was imported the other way round in this process
+        pytest.skip(f"{exc}; tests/conftest.py imports it so, see tests/test_kernels_attention.py")
+
+
+def run_and_compare(shape, dtype, atol, rtol, residual=True, dropout_p=0.0, prenorm=False,
+                    residual_dtype=None, device="cpu", seed=99):
+    """Forward and backward through the kernel and the reference; assert they agree."""
+    generator = torch.Generator().manual_seed(shape[-1] * 7 + len(shape))
+    N = shape[-1]
+    if N == 1:  # every output is the bias; rstd = 1/sqrt(eps) ~ 316 amplifies the reference's rounding of h - mean
+        atol = max(atol, 1e-3)
+
+    def randn(*size, scale=1.0, dtype=torch.float32):
+        return (scale * torch.randn(*size, generator=generator)).to(device=device, dtype=dtype)
+
+    x = randn(*shape, dtype=dtype).requires_grad_()
+    r = randn(*shape, dtype=residual_dtype or dtype).requires_grad_() if residual else None
+    w = (1.0 + randn(N, scale=0.1)).requires_grad_()
+    b = randn(N, scale=0.1).requires_grad_()
+    out = layer_norm(x, w, b, 1e-5, residual=r, dropout_p=dropout_p, seed=seed, return_prenorm=prenorm)
+    y, h = out if prenorm else (out, None)
+    dy = randn(*shape, dtype=y.dtype)
+    dh = randn(*shape, dtype=y.dtype) if prenorm else None
+    if prenorm:
+        torch.autograd.backward([y, h], [dy, dh])
+    else:
+        y.backward(dy)
+
+    xr = x.detach().float().requires_grad_()
+    rr = r.detach().float().requires_grad_() if residual else None
+    wr, br = w.detach().clone().requires_grad_(), b.detach().clone().requires_grad_()
+    keep = layer_norm_dropout_mask(seed, shape, dropout_p, device) if dropout_p > 0 else None
+    ref = layer_norm_reference(xr, wr, br, 1e-5, rr, dropout_p, prenorm, keep)
+    yr, hr = ref if prenorm else (ref, None)
+    if prenorm:
+        torch.autograd.backward([yr, hr], [dy.float(), dh.float()])
+    else:
+        yr.backward(dy.float())
+
+    expected_dtype = dtype if not residual else torch.promote_types(dtype, r.dtype)
+    assert y.dtype == expected_dtype and y.shape == x.shape
+    pairs = [("y", y, yr), ("dx", x.grad, xr.grad), ("dweight", w.grad, wr.grad), ("dbias", b.grad, br.grad)]
+    if residual:
+        pairs.append(("dresidual", r.grad, rr.grad))
+    if prenorm:
+        pairs.append(("prenorm", h, hr))
+    for name, mine, theirs in pairs:
+        torch.testing.assert_close(mine.float(), theirs, atol=atol, rtol=rtol, msg=lambda m, n=name: f"{n}: {m}")
+    assert x.grad.dtype == x.dtype and w.grad.dtype == w.dtype
+    return x, r
+
+
+def test_interpreter_runs_the_triton_code():
+    assert kernels.use_triton(torch.zeros(2, 8))
+    assert kernels.kernel_module("layernorm").INTERPRETED
+
+
+# Odd row counts and hidden sizes: tails in both directions, several programs in the backward.
+FAST_CASES = [
+    ((1, 77), FP32, True),
+    ((130, 1), FP32, True),
+    ((3, 5, 130), FP32, False),
+    ((77, 768), FP32, True),
+    ((17, 1023), FP32, True),
+    ((130, 1024), BF16, True),
+    ((2, 9, 77), BF16, False),
+    ((33, 4096), FP32, True),
+]
+
+
+@pytest.mark.parametrize("shape, tol, residual", FAST_CASES,
+                         ids=[f"{'x'.join(map(str, s))}-{str(t[0])[6:]}-res{int(r)}" for s, t, r in FAST_CASES])
+def test_matches_reference(shape, tol, residual):
+    run_and_compare(shape, *tol, residual=residual)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("tol", [FP32, BF16], ids=["float32", "bfloat16"])
+@pytest.mark.parametrize("residual", [False, True])
+@pytest.mark.parametrize("N", [1, 77, 130, 768, 1023, 1024, 4096])
+@pytest.mark.parametrize("M", [1, 77, 130, 1023])
+def test_matches_reference_all_shapes(M, N, residual, tol):
+    run_and_compare((M, N), *tol, residual=residual, dropout_p=0.1)
+
+
+@pytest.mark.parametrize("shape, tol", [((77, 130), FP32), ((40, 768), BF16)], ids=["float32", "bfloat16"])
+def test_dropout_and_prenorm_match_reference_with_the_helper_mask(shape, tol):
+    run_and_compare(shape, *tol, residual=True, dropout_p=0.1, prenorm=True)
+
+
+def test_bf16_branch_on_fp32_residual_stream():
+    """Under autocast a bf16 sublayer output meets an fp32 residual: the sum and output stay fp32."""
+    x, r = run_and_compare((65, 130), torch.bfloat16, 3e-2, 2e-2, residual=True, residual_dtype=torch.float32)
+    assert r.grad.dtype == torch.float32 and x.grad.dtype == torch.bfloat16
+
+
+def test_without_dropout_dx_equals_dresidual():
+    x, r = run_and_compare((20, 64), *FP32, residual=True)
+    torch.testing.assert_close(x.grad, r.grad, atol=0, rtol=0)
+
+
+def test_dropout_keep_rate_and_seeds():
+    p = 0.1
+    keep = layer_norm_dropout_mask(5, (4, 250, 128), p)  # 128000 draws
+    assert keep.shape == (4, 250, 128) and keep.dtype == torch.bool
+    assert abs(keep.float().mean().item() - (1 - p)) < 0.01
+    assert torch.equal(keep, layer_norm_dropout_mask(5, (4, 250, 128), p))
+    assert (keep != layer_norm_dropout_mask(6, (4, 250, 128), p)).float().mean() > 0.1  # 2p(1-p) = 18%
+
+
+def test_seed_none_draws_from_torch_generator():
+    x = torch.randn(16, 64)
+    w, b = torch.ones(64), torch.zeros(64)
+    torch.manual_seed(0)
+    first = layer_norm(x, w, b, dropout_p=0.5)
+    second = layer_norm(x, w, b, dropout_p=0.5)
+    torch.manual_seed(0)
+    assert torch.equal(first, layer_norm(x, w, b, dropout_p=0.5))
+    assert not torch.equal(first, second)
+
+
+def test_unsupported_inputs_raise():
+    x = torch.randn(4, 4097)
+    with pytest.raises(ValueError, match="4096"):
+        layer_norm(x, torch.ones(4097), torch.zeros(4097))
+    x = torch.randn(4, 8)
+    with pytest.raises(ValueError, match="weight and bias"):
+        layer_norm(x, None, None)
+    with pytest.raises(ValueError, match="residual"):
+        layer_norm(x, torch.ones(8), torch.zeros(8), residual=torch.randn(4, 9))
+    with pytest.raises(ValueError, match="dropout_p"):
+        layer_norm(x, torch.ones(8), torch.zeros(8), dropout_p=1.0)
+
+
+def test_fallback_without_interpreter_matches(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET")
+    x, r = torch.randn(6, 40), torch.randn(6, 40)
+    w, b = torch.rand(40), torch.rand(40)
+    assert not kernels.use_triton(x)
+    torch.testing.assert_close(kernels.layer_norm(x, w, b, residual=r),
+                               torch.nn.functional.layer_norm(x + r, (40,), w, b, 1e-5))
+
+
+# ---------------------------------------------------------------------------
+# Compiled kernel on a GPU
+# ---------------------------------------------------------------------------
+
+@pytest.mark.gpu
+@requires_cuda
+@pytest.mark.parametrize("tol", [FP32, BF16], ids=["float32", "bfloat16"])
+@pytest.mark.parametrize("N", [1, 77, 768, 1023, 1024, 4096])
+@pytest.mark.parametrize("M", [1, 130, 16384])
+def test_gpu_matches_reference(M, N, tol):
+    run_and_compare((M, N), *tol, residual=True, dropout_p=0.1, prenorm=True, device="cuda")
