@@ -168,6 +168,114 @@ def _add_tokenizer_parser(sub) -> None:
     e.set_defaults(func=_cmd_tokenizer_encode)
 
 
+def _cmd_finetune(args: argparse.Namespace) -> int:
+    from .finetune import FinetuneArgs, finetune
+    from .trainer import TrainingError
+
+    fields = {k: v for k, v in vars(args).items() if k not in ("command", "func") and v is not None}
+    try:
+        return finetune(FinetuneArgs(**fields))
+    except TrainingError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+
+
+def _add_finetune_parser(sub) -> None:
+    from .finetune import FinetuneArgs
+
+    d = FinetuneArgs(task="", model="", train="", out="")
+    p = sub.add_parser("finetune", help="train a task head end to end (seq-cls, token-cls, qa) with metrics")
+    p.add_argument("--task", required=True, choices=["seq-cls", "token-cls", "qa"])
+    p.add_argument("--model", required=True, help="a pretrained model dir (ours or Hugging Face) with its tokenizer")
+    p.add_argument("--train", required=True, help="seq-cls: .csv/.jsonl; token-cls: CoNLL or .jsonl; qa: SQuAD .json")
+    p.add_argument("--eval", default=None, help="the eval file, same format; metrics after each epoch")
+    p.add_argument("--out", required=True, help="run directory: ckpt/, metrics.jsonl, best/, model/")
+    p.add_argument("--epochs", type=float, default=None, help=f"default {d.epochs:g}")
+    for name in ("batch_size", "grad_accum", "max_length", "stride", "max_answer_length", "seed", "log_every",
+                 "eval_every", "save_every", "keep_last"):
+        p.add_argument("--" + name.replace("_", "-"), type=int, default=None,
+                       help=f"default {getattr(d, name)}" + (" (512; qa 384)" if name == "max_length" else "")
+                       + (" (once per epoch)" if name in ("eval_every", "save_every") else ""))
+    for name in ("lr", "warmup_ratio", "weight_decay", "clip"):
+        p.add_argument("--" + name.replace("_", "-"), type=float, default=None, help=f"default {getattr(d, name)}")
+    p.add_argument("--label-type", choices=["auto", "class", "regression"], default=None,
+                   help="seq-cls: auto (default) makes numeric labels regression")
+    p.add_argument("--on-bad-row", choices=["skip", "stop"], default=None,
+                   help="skip bad rows with a count (default), or stop at the first")
+    p.add_argument("--attention", choices=["eager", "sdpa", "triton"], default=None, help="default sdpa")
+    p.add_argument("--device", default=None, help="default: cuda when available, else cpu")
+    p.add_argument("--resume", action="store_true", default=None, help="continue from the last checkpoint in OUT/ckpt")
+    p.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
+    p.set_defaults(func=_cmd_finetune)
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    import json
+
+    from .finetune import predict
+    from .trainer import TrainingError
+
+    try:
+        if args.file == "-":
+            lines = sys.stdin.readlines()
+        else:
+            with open(args.file, encoding="utf-8") as f:
+                lines = f.readlines()
+        results = predict(args.model, lines, batch_size=args.batch_size, device=args.device)
+    except (TrainingError, OSError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    for r in results:
+        print(json.dumps(r, ensure_ascii=False))
+    return 0
+
+
+def _add_predict_parser(sub) -> None:
+    p = sub.add_parser("predict", help="run a fine-tuned model: labels, entities or answers, one JSON line per input")
+    p.add_argument("--model", required=True, help="a directory written by `roberta-scratch finetune` (RUN/model)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--device", default=None)
+    p.add_argument("file", help="one input per line (plain text, or JSON: text/text_pair, tokens, "
+                                "question/context), a SQuAD file for qa, or - for stdin")
+    p.set_defaults(func=_cmd_predict)
+
+
+def _cmd_features(args: argparse.Namespace) -> int:
+    from .probe import features, save_features
+
+    ids, states = features(args.model, args.text, args.layers)
+    save_features(ids, states, args.out)
+    shape = next(iter(states.values())).shape
+    print(f"wrote {len(states)} layer(s) of hidden states {tuple(shape)} for {len(ids)} tokens to {args.out}")
+    return 0
+
+
+def _add_features_parser(sub) -> None:
+    p = sub.add_parser("features", help="hidden states of every (or some) layer for a text, to .npy or .safetensors")
+    p.add_argument("--model", required=True)
+    p.add_argument("--layers", default="all", help="all (default), or indices such as 0,6,-1 (0 = embeddings)")
+    p.add_argument("--out", default="features.npy", help=".npy (layers, T, H) or .safetensors (layer_i, input_ids)")
+    p.add_argument("text")
+    p.set_defaults(func=_cmd_features)
+
+
+def _cmd_attention(args: argparse.Namespace) -> int:
+    from .probe import attention_maps, plot_attention
+
+    tokens, att = attention_maps(args.model, args.text)
+    plot_attention(tokens, att, args.out)
+    print(f"drew {att.shape[0]} layers x {att.shape[1]} heads of attention over {len(tokens)} tokens to {args.out}")
+    return 0
+
+
+def _add_attention_parser(sub) -> None:
+    p = sub.add_parser("attention", help="draw the attention maps of a text: a layer x head grid (needs matplotlib)")
+    p.add_argument("--model", required=True)
+    p.add_argument("--out", default="attn.png")
+    p.add_argument("text")
+    p.set_defaults(func=_cmd_attention)
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run
 
@@ -177,7 +285,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _add_demo_parser(sub) -> None:
     p = sub.add_parser("demo", help="tokenizer, data, a few minutes of pretraining and fill-mask, on the default corpus")
     p.add_argument("--out", default="runs/demo")
-    p.add_argument("--steps", type=int, default=600)
+    p.add_argument("--steps", type=int, default=1500)
     p.set_defaults(func=_cmd_demo)
 
 
@@ -190,6 +298,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_fill_mask_parser(sub)
     _add_demo_parser(sub)
     _add_tokenizer_parser(sub)
+    _add_finetune_parser(sub)
+    _add_predict_parser(sub)
+    _add_features_parser(sub)
+    _add_attention_parser(sub)
     return parser
 
 

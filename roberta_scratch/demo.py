@@ -23,8 +23,8 @@ SENTENCES = (
 )
 
 
-def run(out: str = "runs/demo", vocab_size: int = 8192, steps: int = 600, seq_len: int = 128,
-        batch_size: int = 16, lr: float = 2e-3) -> int:
+def run(out: str = "runs/demo", vocab_size: int = 4096, steps: int = 1500, seq_len: int = 128,
+        batch_size: int = 16, lr: float = 1e-3) -> int:
     from .cli import main as cli
     from .data import default_corpus, prepare
     from .tokenizer import ByteLevelBPETokenizer

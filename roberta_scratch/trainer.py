@@ -1,4 +1,10 @@
-"""MLM pretraining, the RoBERTa recipe: dynamic masking, FULL-SENTENCES blocks, big batches
+"""The training loop (BaseTrainer), and MLM pretraining on top of it (Trainer).
+
+BaseTrainer owns everything a run needs whatever it learns: optimizer and schedule,
+accumulation, clipping, checkpoints, resume, NaN stop, SIGINT, metrics and progress.
+A task is a subclass with a few hooks: MLM pretraining here, fine-tuning in finetune.py.
+
+MLM pretraining, the RoBERTa recipe: dynamic masking, FULL-SENTENCES blocks, big batches
 through gradient accumulation, AdamW(0.9, 0.98, eps 1e-6, wd 0.01), warmup then linear decay.
 
 One process, or DistributedDataParallel under torchrun (gloo on CPU, nccl on GPU):
@@ -80,11 +86,16 @@ class TrainingError(RuntimeError):
 
 # ----------------------------------------------------------------------------- helpers
 
+def linear_schedule(step: int, lr: float, warmup: int, steps: int) -> float:
+    """Linear warmup to lr over `warmup` steps, then linear decay to 0 at `steps`."""
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    return lr * max(0.0, (steps - step) / max(1, steps - warmup))
+
+
 def lr_at(step: int, args: TrainArgs) -> float:
-    """Linear warmup to args.lr over `warmup` steps, then linear decay to 0 at `steps`."""
-    if step < args.warmup:
-        return args.lr * (step + 1) / args.warmup
-    return args.lr * max(0.0, (args.steps - step) / max(1, args.steps - args.warmup))
+    """The pretraining schedule: linear_schedule with the run's lr, warmup and steps."""
+    return linear_schedule(step, args.lr, args.warmup, args.steps)
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list:
@@ -128,10 +139,30 @@ def _atomic_torch_save(obj, path: str) -> None:
         os.close(fd)
 
 
-# ----------------------------------------------------------------------------- the trainer
+# ----------------------------------------------------------------------------- the loop, shared by every task
 
-class Trainer:
-    def __init__(self, args: TrainArgs):
+class BaseTrainer:
+    """The training loop every task shares; a task subclass fills in five hooks.
+
+        build()                     -> the model; also sets self.train_set, self.total_steps, self.warmup_steps
+        collate(examples, step, m)  -> one micro-batch: a dict of the model's keyword arguments, labels included
+        evaluate()                  -> a dict of held-out metrics, or None
+        describe(metrics)           -> one line for the log (on_evaluated(metrics) may act on them)
+        export()                    -> what the run leaves behind in OUT when it finishes
+
+    Everything else lives here once: AdamW with decay on matrices only, warmup then linear decay,
+    gradient accumulation and clipping, DDP, atomic checkpoints (model, optimizer, scheduler, RNG,
+    data position) with keep-last-K and bit-for-bit --resume, the NaN stop, the SIGINT save,
+    metrics.jsonl and the progress bar. The data order is a function of (seed, step): step s
+    reads global positions [s * global_batch, (s + 1) * global_batch) of an endless stream of
+    training examples, permuted afresh each epoch with a generator seeded by (seed, epoch).
+    """
+
+    desc = "training"  # the progress bar's label
+    eval_at_start = False  # evaluate the untrained model once (a baseline for the curve)
+    extra_state_keys: tuple = ()  # attributes saved in checkpoints and restored on resume
+
+    def __init__(self, args):
         self.args = args
         self.distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
         if self.distributed and not dist.is_initialized():
@@ -146,17 +177,7 @@ class Trainer:
         else:
             self.device = torch.device("cpu")
 
-        meta = load_meta(args.data)
-        self.meta = meta
-        if args.seq_len is None:
-            args.seq_len = meta["seq_len"]
-        self.train_set = PackedDataset(args.data, "train", args.seq_len, args.packing)
-        self.val_set = PackedDataset(args.data, "val", args.seq_len, args.packing) \
-            if meta["splits"]["val"]["tokens"] else None
-
-        self.cfg = self._model_config(meta)
-        torch.manual_seed(args.seed)  # the same initial weights on every rank
-        self.raw_model = RobertaForMaskedLM(self.cfg).to(self.device)
+        self.raw_model = self.build().to(self.device)
         self.model = self.raw_model
         if self.distributed:
             self.model = torch.nn.parallel.DistributedDataParallel(
@@ -165,13 +186,275 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(param_groups(self.raw_model, args.weight_decay), lr=args.lr,
                                            betas=tuple(args.betas), eps=args.eps,
                                            fused=self.device.type == "cuda")
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_at(s, args) / args.lr)
-        self.collator = self._collator(meta)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: linear_schedule(s, 1.0, self.warmup_steps, self.total_steps))
         self.step = 0
         self._perms: dict = {}
         self._stop = False
 
-    # ---- setup ---------------------------------------------------------------------
+    # ---- the hooks -----------------------------------------------------------------
+
+    def build(self) -> torch.nn.Module:
+        raise NotImplementedError
+
+    def collate(self, examples: list, step: int, micro_batch: int) -> dict:
+        raise NotImplementedError
+
+    def evaluate(self) -> Optional[dict]:
+        return None
+
+    def describe(self, metrics: dict) -> str:
+        return ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items())
+
+    def on_evaluated(self, metrics: dict) -> None:
+        pass
+
+    def export(self) -> None:
+        pass
+
+    def train_flops_per_token(self) -> Optional[float]:
+        """Training FLOPs per token, for MFU on CUDA; None to leave MFU out."""
+        return None
+
+    # ---- data ----------------------------------------------------------------------
+
+    @property
+    def global_batch(self) -> int:
+        return self.args.batch_size * self.args.grad_accum * self.world
+
+    def _example(self, position: int):
+        """The training example at a global position of the (endless, epoch-permuted) stream."""
+        n = len(self.train_set)
+        epoch, i = divmod(position, n)
+        if epoch not in self._perms:
+            g = torch.Generator().manual_seed(_seed_for(self.args.seed, epoch))
+            self._perms = {epoch: torch.randperm(n, generator=g)}  # keep one epoch's permutation
+        return self.train_set[int(self._perms[epoch][i])]
+
+    def micro_batches(self, step: int) -> list[dict]:
+        """This rank's micro-batches of `step`: global micro-batch m = accum_index * world + rank."""
+        a = self.args
+        batches = []
+        for k in range(a.grad_accum):
+            m = k * self.world + self.rank
+            start = step * self.global_batch + m * a.batch_size
+            examples = [self._example(start + j) for j in range(a.batch_size)]
+            batches.append({k: v.to(self.device, non_blocking=True)
+                            for k, v in self.collate(examples, step, m).items()})
+        return batches
+
+    # ---- one step ------------------------------------------------------------------
+
+    def _autocast(self):
+        return torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda" \
+            else torch.autocast("cpu", enabled=False)
+
+    def forward_backward(self, step: int) -> tuple[float, int]:
+        """Accumulate gradients for `step`; returns (mean loss over ranks and micro-batches, tokens)."""
+        batches = self.micro_batches(step)
+        total = torch.zeros((), device=self.device)
+        tokens = 0
+        for k, batch in enumerate(batches):
+            sync = k == len(batches) - 1 or not self.distributed
+            ctx = self.model.no_sync() if not sync else contextlib.nullcontext()
+            with ctx, self._autocast():
+                loss = self.forward(**batch).loss / len(batches)
+                loss.backward()
+            total += loss.detach()
+            tokens += int(batch["attention_mask"].sum())
+        if self.distributed:
+            dist.all_reduce(total, op=dist.ReduceOp.AVG)
+        return total.item(), tokens * self.world
+
+    def optimizer_step(self) -> None:
+        if self.args.clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.raw_model.parameters(), self.args.clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    # ---- checkpoints ---------------------------------------------------------------
+
+    @property
+    def ckpt_dir(self) -> str:
+        return os.path.join(self.args.out, "ckpt")
+
+    def checkpoints(self) -> list[str]:
+        """Complete checkpoints, oldest first (a temp file left by a crash is not one)."""
+        return sorted(glob.glob(os.path.join(self.ckpt_dir, "step_*.pt")))
+
+    def save(self) -> Optional[str]:
+        if self.rank != 0:
+            return None
+        os.makedirs(self.ckpt_dir, exist_ok=True)
+        seen = self.step * self.global_batch
+        state = {
+            "step": self.step,
+            "model": self.raw_model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "rng": {"torch": torch.get_rng_state(),
+                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
+            "data": {"examples_seen": seen, "epoch": seen // len(self.train_set)},
+            "config": self.raw_model.config.to_dict(),
+            "args": _args_dict(self.args),
+            "extra": {k: getattr(self, k) for k in self.extra_state_keys},
+        }
+        path = os.path.join(self.ckpt_dir, f"step_{self.step:08d}.pt")
+        _atomic_torch_save(state, path)
+        for old in self.checkpoints()[:-self.args.keep_last] + glob.glob(path[:-len("step_00000000.pt")] + "*.tmp-*"):
+            os.remove(old)  # old checkpoints, and what a save killed midway left behind
+        return path
+
+    def load(self, path: str) -> None:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # a truncated or foreign file: say which, never unpickle further
+            raise TrainingError(f"cannot read checkpoint {path}: {e}") from None
+        saved, now = state["args"], _args_dict(self.args)
+        changed = {k: (saved.get(k), now[k]) for k in self.args.RESUME_KEYS if saved.get(k) != now[k]}
+        if changed:
+            raise TrainingError(f"cannot resume from {path}: these settings differ from the saved run "
+                                f"(saved, now): {changed}")
+        self.raw_model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"]["torch"])
+        if state["rng"]["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        for k, v in state.get("extra", {}).items():
+            setattr(self, k, v)
+        self.step = state["step"]
+
+    # ---- the loop ------------------------------------------------------------------
+
+    def fit(self) -> int:
+        """Train to self.total_steps. Returns 0 when done, 130 when stopped by SIGINT (after saving)."""
+        a = self.args
+        os.makedirs(a.out, exist_ok=True)
+        if a.resume and self.checkpoints():
+            self.load(self.checkpoints()[-1])
+            self._truncate_metrics()
+            self._log(f"resumed from step {self.step}")
+        elif a.resume:
+            self._log("nothing to resume from: starting at step 0")
+        previous = signal.signal(signal.SIGINT, self._on_sigint) if self.rank == 0 else None
+        try:
+            return self._loop()
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGINT, previous)
+
+    def _loop(self) -> int:
+        a, steps = self.args, self.total_steps
+        self.model.train()
+        if self.step == 0 and a.eval_every and self.eval_at_start:
+            self._record(self.evaluate(), "start")
+        bar = tqdm(total=steps, initial=self.step, desc=self.desc, unit=" steps",
+                   disable=not a.progress or self.rank != 0)
+        flops = self.train_flops_per_token()
+        window_tokens, window_start = 0, time.perf_counter()
+        while self.step < steps:
+            loss, tokens = self.forward_backward(self.step)
+            if not math.isfinite(loss):
+                last = self.checkpoints()[-1] if self.checkpoints() else "none yet"
+                raise TrainingError(f"loss is {loss} at step {self.step + 1}; stopping without saving. "
+                                    f"The last good checkpoint is {last}. Lower --lr or check the data.")
+            lr = self.scheduler.get_last_lr()[0]
+            self.optimizer_step()
+            self.step += 1
+            window_tokens += tokens
+            bar.update(1)
+            if self.step % a.log_every == 0 or self.step == steps:
+                elapsed = time.perf_counter() - window_start
+                tps = window_tokens / max(elapsed, 1e-9)
+                row = {"step": self.step, "loss": loss, "lr": lr, "tokens_per_s": tps}
+                if self.device.type == "cuda" and flops:
+                    row["mfu"] = tps * flops / _peak_flops(self.device) / self.world
+                bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{tps:,.0f}")
+                self._append_metrics(row)
+                window_tokens, window_start = 0, time.perf_counter()
+            if a.eval_every and (self.step % a.eval_every == 0 or self.step == steps):
+                self._record(self.evaluate(), f"step {self.step}")
+            if self.step % a.save_every == 0 or self.step == steps:
+                self.save()
+            if self._stopping():
+                self.save()
+                bar.close()
+                self._log(f"interrupted: saved step {self.step} to {self.ckpt_dir}; resume with --resume")
+                return 130
+        bar.close()
+        if self.rank == 0:
+            self.export()
+        return 0
+
+    def _on_sigint(self, signum, frame):
+        if self._stop:  # a second Ctrl-C: give up at once
+            raise KeyboardInterrupt
+        self._stop = True
+        self._log("SIGINT: finishing this step, then saving a checkpoint (Ctrl-C again to abort)")
+
+    def _stopping(self) -> bool:
+        if not self.distributed:
+            return self._stop
+        flag = torch.tensor([1.0 if self._stop else 0.0], device=self.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
+
+    # ---- output --------------------------------------------------------------------
+
+    def _log(self, message: str) -> None:
+        if self.rank == 0:
+            tqdm.write(message)
+
+    @property
+    def metrics_path(self) -> str:
+        return os.path.join(self.args.out, "metrics.jsonl")
+
+    def _append_metrics(self, row: dict) -> None:
+        if self.rank == 0:
+            with open(self.metrics_path, "a") as f:
+                f.write(json.dumps(row) + "\n")
+
+    def _record(self, metrics: Optional[dict], when: str) -> None:
+        if metrics is None:
+            return
+        self._append_metrics({"step": self.step, **metrics})
+        self._log(f"held-out at {when}: {self.describe(metrics)}")
+        self.on_evaluated(metrics)
+
+    def _truncate_metrics(self) -> None:
+        """Drop metric lines a killed run wrote after its last checkpoint; they will be redone."""
+        if self.rank != 0 or not os.path.isfile(self.metrics_path):
+            return
+        with open(self.metrics_path) as f:
+            rows = [line for line in f if line.strip() and json.loads(line)["step"] <= self.step]
+        with open(self.metrics_path, "w") as f:
+            f.writelines(rows)
+
+
+# ----------------------------------------------------------------------------- MLM pretraining
+
+class Trainer(BaseTrainer):
+    """MLM pretraining on a prepared data directory: the model, the masking, the held-out set."""
+
+    desc = "pretraining"
+    eval_at_start = True
+
+    def build(self) -> torch.nn.Module:
+        a = self.args
+        meta = load_meta(a.data)
+        self.meta = meta
+        if a.seq_len is None:
+            a.seq_len = meta["seq_len"]
+        self.train_set = PackedDataset(a.data, "train", a.seq_len, a.packing)
+        self.val_set = PackedDataset(a.data, "val", a.seq_len, a.packing) \
+            if meta["splits"]["val"]["tokens"] else None
+        self.total_steps, self.warmup_steps = a.steps, a.warmup
+        self.cfg = self._model_config(meta)
+        self.collator = self._collator(meta)
+        torch.manual_seed(a.seed)  # the same initial weights on every rank
+        return RobertaForMaskedLM(self.cfg)
 
     def _model_config(self, meta: dict) -> RobertaConfig:
         a = self.args
@@ -195,60 +478,14 @@ class Trainer:
                                                      static=a.static_masking, static_seed=a.seed,
                                                      generator=torch.Generator())
 
-    # ---- data ----------------------------------------------------------------------
+    def collate(self, examples: list, step: int, micro_batch: int) -> dict:
+        # each micro-batch's masks come from (seed, step, m): N ranks draw what one rank would
+        self.collator.generator.manual_seed(_seed_for(self.args.seed, step, micro_batch))
+        return self.collator(examples)
 
-    def _example(self, position: int) -> torch.Tensor:
-        """The training block at a global position of the (endless, epoch-permuted) stream."""
-        n = len(self.train_set)
-        epoch, i = divmod(position, n)
-        if epoch not in self._perms:
-            g = torch.Generator().manual_seed(_seed_for(self.args.seed, epoch))
-            self._perms = {epoch: torch.randperm(n, generator=g)}  # keep one epoch's permutation
-        return self.train_set[int(self._perms[epoch][i])]
-
-    def micro_batches(self, step: int) -> list[dict]:
-        """This rank's micro-batches of `step`: global micro-batch m = accum_index * world + rank."""
-        a = self.args
-        per_step = a.batch_size * a.grad_accum * self.world
-        batches = []
-        for k in range(a.grad_accum):
-            m = k * self.world + self.rank
-            start = step * per_step + m * a.batch_size
-            examples = [self._example(start + j) for j in range(a.batch_size)]
-            self.collator.generator.manual_seed(_seed_for(a.seed, step, m))
-            batches.append({k: v.to(self.device, non_blocking=True) for k, v in self.collator(examples).items()})
-        return batches
-
-    # ---- one step ------------------------------------------------------------------
-
-    def _autocast(self):
-        return torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda" \
-            else torch.autocast("cpu", enabled=False)
-
-    def forward_backward(self, step: int) -> tuple[float, int]:
-        """Accumulate gradients for `step`; returns (mean loss over ranks and micro-batches, tokens)."""
-        batches = self.micro_batches(step)
-        total = torch.zeros((), device=self.device)
-        tokens = 0
-        for k, batch in enumerate(batches):
-            sync = k == len(batches) - 1 or not self.distributed
-            ctx = self.model.no_sync() if not sync else contextlib.nullcontext()
-            with ctx, self._autocast():
-                loss = self.forward(batch["input_ids"], attention_mask=batch["attention_mask"],
-                                    labels=batch["labels"]).loss / len(batches)
-                loss.backward()
-            total += loss.detach()
-            tokens += int(batch["attention_mask"].sum())
-        if self.distributed:
-            dist.all_reduce(total, op=dist.ReduceOp.AVG)
-        return total.item(), tokens * self.world
-
-    def optimizer_step(self) -> None:
-        if self.args.clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.raw_model.parameters(), self.args.clip)
-        self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
+    def train_flops_per_token(self) -> float:
+        f = flops_per_token(self.cfg, self.args.seq_len)  # x3 for training; the head runs at masked positions only
+        return 3 * (f["attention"] + f["feed_forward"] + self.args.mlm_probability * f["mlm_head"])
 
     # ---- evaluation ----------------------------------------------------------------
 
@@ -286,165 +523,11 @@ class Trainer:
         return {"val_loss": loss, "val_ppl": math.exp(min(loss, 50.0)), "val_acc": correct / max(count, 1),
                 "val_tokens": count}
 
-    # ---- checkpoints ---------------------------------------------------------------
+    def describe(self, m: dict) -> str:
+        return (f"loss {m['val_loss']:.4f}, perplexity {m['val_ppl']:.2f}, masked accuracy {m['val_acc']:.2%} "
+                f"({m['val_tokens']:,} masked tokens)")
 
-    @property
-    def ckpt_dir(self) -> str:
-        return os.path.join(self.args.out, "ckpt")
-
-    def checkpoints(self) -> list[str]:
-        """Complete checkpoints, oldest first (a temp file left by a crash is not one)."""
-        return sorted(glob.glob(os.path.join(self.ckpt_dir, "step_*.pt")))
-
-    def save(self) -> Optional[str]:
-        if self.rank != 0:
-            return None
-        os.makedirs(self.ckpt_dir, exist_ok=True)
-        state = {
-            "step": self.step,
-            "model": self.raw_model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "rng": {"torch": torch.get_rng_state(),
-                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
-            "data": {"examples_seen": self.step * self.args.batch_size * self.args.grad_accum * self.world,
-                     "epoch": self.step * self.args.batch_size * self.args.grad_accum * self.world
-                     // len(self.train_set)},
-            "config": self.cfg.to_dict(),
-            "args": _args_dict(self.args),
-        }
-        path = os.path.join(self.ckpt_dir, f"step_{self.step:08d}.pt")
-        _atomic_torch_save(state, path)
-        for old in self.checkpoints()[:-self.args.keep_last] + glob.glob(path[:-len("step_00000000.pt")] + "*.tmp-*"):
-            os.remove(old)  # old checkpoints, and what a save killed midway left behind
-        return path
-
-    def load(self, path: str) -> None:
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:  # a truncated or foreign file: say which, never unpickle further
-            raise TrainingError(f"cannot read checkpoint {path}: {e}") from None
-        saved, now = state["args"], _args_dict(self.args)
-        changed = {k: (saved.get(k), now[k]) for k in TrainArgs.RESUME_KEYS if saved.get(k) != now[k]}
-        if changed:
-            raise TrainingError(f"cannot resume from {path}: these settings differ from the saved run "
-                                f"(saved, now): {changed}")
-        self.raw_model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["rng"]["torch"])
-        if state["rng"]["cuda"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
-        self.step = state["step"]
-
-    # ---- the loop ------------------------------------------------------------------
-
-    def fit(self) -> int:
-        """Train to args.steps. Returns 0 when done, 130 when stopped by SIGINT (after saving)."""
-        a = self.args
-        os.makedirs(a.out, exist_ok=True)
-        if a.resume and self.checkpoints():
-            self.load(self.checkpoints()[-1])
-            self._truncate_metrics()
-            self._log(f"resumed from step {self.step}")
-        elif a.resume:
-            self._log("nothing to resume from: starting at step 0")
-        previous = signal.signal(signal.SIGINT, self._on_sigint) if self.rank == 0 else None
-        try:
-            return self._loop()
-        finally:
-            if previous is not None:
-                signal.signal(signal.SIGINT, previous)
-
-    def _loop(self) -> int:
-        a = self.args
-        self.model.train()
-        if self.step == 0 and a.eval_every:
-            self._record(self.evaluate(), "start")
-        bar = tqdm(total=a.steps, initial=self.step, desc="pretraining", unit=" steps",
-                   disable=not a.progress or self.rank != 0)
-        f = flops_per_token(self.cfg, a.seq_len)  # x3 for training; the head runs at masked positions only
-        flops = 3 * (f["attention"] + f["feed_forward"] + a.mlm_probability * f["mlm_head"])
-        window_tokens, window_start = 0, time.perf_counter()
-        while self.step < a.steps:
-            loss, tokens = self.forward_backward(self.step)
-            if not math.isfinite(loss):
-                last = self.checkpoints()[-1] if self.checkpoints() else "none yet"
-                raise TrainingError(f"loss is {loss} at step {self.step + 1}; stopping without saving. "
-                                    f"The last good checkpoint is {last}. Lower --lr or check the data.")
-            lr = self.scheduler.get_last_lr()[0]
-            self.optimizer_step()
-            self.step += 1
-            window_tokens += tokens
-            bar.update(1)
-            if self.step % a.log_every == 0 or self.step == a.steps:
-                elapsed = time.perf_counter() - window_start
-                tps = window_tokens / max(elapsed, 1e-9)
-                row = {"step": self.step, "loss": loss, "lr": lr, "tokens_per_s": tps}
-                if self.device.type == "cuda":
-                    row["mfu"] = tps * flops / _peak_flops(self.device) / self.world
-                bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{tps:,.0f}")
-                self._append_metrics(row)
-                window_tokens, window_start = 0, time.perf_counter()
-            if a.eval_every and (self.step % a.eval_every == 0 or self.step == a.steps):
-                self._record(self.evaluate(), f"step {self.step}")
-            if self.step % a.save_every == 0 or self.step == a.steps:
-                self.save()
-            if self._stopping():
-                self.save()
-                bar.close()
-                self._log(f"interrupted: saved step {self.step} to {self.ckpt_dir}; resume with --resume")
-                return 130
-        bar.close()
-        if self.rank == 0:
-            self._export()
-        return 0
-
-    def _on_sigint(self, signum, frame):
-        if self._stop:  # a second Ctrl-C: give up at once
-            raise KeyboardInterrupt
-        self._stop = True
-        self._log("SIGINT: finishing this step, then saving a checkpoint (Ctrl-C again to abort)")
-
-    def _stopping(self) -> bool:
-        if not self.distributed:
-            return self._stop
-        flag = torch.tensor([1.0 if self._stop else 0.0], device=self.device)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return bool(flag.item())
-
-    # ---- output --------------------------------------------------------------------
-
-    def _log(self, message: str) -> None:
-        if self.rank == 0:
-            tqdm.write(message)
-
-    @property
-    def metrics_path(self) -> str:
-        return os.path.join(self.args.out, "metrics.jsonl")
-
-    def _append_metrics(self, row: dict) -> None:
-        if self.rank == 0:
-            with open(self.metrics_path, "a") as f:
-                f.write(json.dumps(row) + "\n")
-
-    def _record(self, metrics: Optional[dict], when: str) -> None:
-        if metrics is None:
-            return
-        self._append_metrics({"step": self.step, **metrics})
-        self._log(f"held-out at {when}: loss {metrics['val_loss']:.4f}, perplexity {metrics['val_ppl']:.2f}, "
-                  f"masked accuracy {metrics['val_acc']:.2%} ({metrics['val_tokens']:,} masked tokens)")
-
-    def _truncate_metrics(self) -> None:
-        """Drop metric lines a killed run wrote after its last checkpoint; they will be redone."""
-        if self.rank != 0 or not os.path.isfile(self.metrics_path):
-            return
-        with open(self.metrics_path) as f:
-            rows = [line for line in f if line.strip() and json.loads(line)["step"] <= self.step]
-        with open(self.metrics_path, "w") as f:
-            f.writelines(rows)
-
-    def _export(self) -> None:
+    def export(self) -> None:
         """RUN/model: the final model and its tokenizer, ready for from_pretrained and fill-mask."""
         from .tokenizer import Tokenizer
 

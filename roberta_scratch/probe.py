@@ -1,0 +1,102 @@
+"""Looking inside a model: hidden states per layer, and attention maps as pictures.
+
+    roberta-scratch features --model DIR "some text" --layers all --out feats.npy
+    roberta-scratch attention --model DIR "some text" --out attn.png
+"""
+from __future__ import annotations
+
+import os
+import warnings
+
+import numpy as np
+import torch
+
+from .model import RobertaModel
+from .tokenizer import Tokenizer
+
+
+def _load(path: str, **overrides):
+    with warnings.catch_warnings():  # a fine-tuned or MLM dir has a head the bare encoder ignores
+        warnings.simplefilter("ignore")
+        model = RobertaModel.from_pretrained(path, **overrides).eval()
+    return Tokenizer.from_pretrained(path), model
+
+
+def parse_layers(spec: str, n: int) -> list[int]:
+    """"all" or comma-separated indices into the n + 1 hidden states (0 = embeddings, -1 = last).
+
+    >>> parse_layers("0,-1", 13)
+    [0, 12]
+    """
+    if spec == "all":
+        return list(range(n))
+    try:
+        picked = [int(s) for s in spec.split(",")]
+    except ValueError:
+        raise ValueError(f"--layers {spec!r}: use 'all' or comma-separated integers such as 0,6,-1") from None
+    bad = [i for i in picked if not -n <= i < n]
+    if bad:
+        raise ValueError(f"--layers {bad}: this model has hidden states 0..{n - 1} (0 is the embeddings)")
+    return [i % n for i in picked]
+
+
+@torch.no_grad()
+def features(path: str, text: str, layers: str = "all") -> tuple[list[int], dict[int, np.ndarray]]:
+    """(token ids, {layer: hidden states (T, H) float32}) for one text; layer 0 is the embeddings."""
+    tok, model = _load(path)
+    ids = tok.encode(text)[:model.config.max_tokens]
+    out = model(torch.tensor([ids]), output_hidden_states=True)
+    picked = parse_layers(layers, len(out.hidden_states))
+    return ids, {i: out.hidden_states[i][0].float().numpy() for i in picked}
+
+
+def save_features(ids: list[int], states: dict[int, np.ndarray], out: str) -> None:
+    """.npy: one array (layers, T, H) in the order asked; .safetensors: `layer_{i}` (T, H) and `input_ids`."""
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    if out.endswith(".safetensors"):
+        from safetensors.numpy import save_file
+
+        tensors = {f"layer_{i}": np.ascontiguousarray(a) for i, a in states.items()}
+        tensors["input_ids"] = np.asarray(ids, dtype=np.int64)
+        save_file(tensors, out, metadata={"layers": ",".join(map(str, states))})
+    elif out.endswith(".npy"):
+        np.save(out, np.stack(list(states.values())))
+    else:
+        raise ValueError(f"--out {out}: use a .npy or .safetensors file name")
+
+
+@torch.no_grad()
+def attention_maps(path: str, text: str) -> tuple[list[str], torch.Tensor]:
+    """(token strings, probabilities (layers, heads, T, T)): the eager backend materialises them."""
+    tok, model = _load(path, attention="eager")
+    ids = tok.encode(text)[:model.config.max_tokens]
+    out = model(torch.tensor([ids]), output_attentions=True)
+    labels = [tok.decode([i]) for i in ids]
+    return labels, torch.stack([a[0] for a in out.attentions]).float()
+
+
+def plot_attention(tokens: list[str], att: torch.Tensor, out: str) -> None:
+    """A layer x head grid of heatmaps: rows are layers, columns heads; queries down, keys across."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise RuntimeError("drawing attention maps needs matplotlib: pip install 'roberta-scratch[plot]'") from None
+    L, nh, T, _ = att.shape
+    size = max(1.6, 0.22 * T)
+    fig, axes = plt.subplots(L, nh, figsize=(size * nh, size * L), squeeze=False)
+    for layer in range(L):
+        for head in range(nh):
+            ax = axes[layer][head]
+            ax.imshow(att[layer, head].numpy(), cmap="viridis", vmin=0.0, vmax=1.0)
+            ax.set_xticks(range(T))
+            ax.set_yticks(range(T))
+            ax.set_xticklabels(tokens, rotation=90, fontsize=6)
+            ax.set_yticklabels(tokens, fontsize=6)
+            ax.set_title(f"layer {layer} head {head}", fontsize=8)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    fig.savefig(out, dpi=100)
+    plt.close(fig)

@@ -1,0 +1,369 @@
+"""Fine-tuning end to end on tiny synthetic tasks, input formats and bad rows, windowing, predict,
+features / attention, and a Hugging Face directory that carries a classification head."""
+import csv
+import json
+import os
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from roberta_scratch import cli
+from roberta_scratch.config import RobertaConfig
+from roberta_scratch.finetune import (DataError, FinetuneArgs, FinetuneTrainer, TokenClassification, align_labels,
+                                      finetune, load_finetuned, predict, qa_windows)
+from roberta_scratch.model import RobertaForMaskedLM
+from roberta_scratch.tokenizer import ByteLevelBPETokenizer, Tokenizer
+
+POSITIVE = "good great happy excellent lovely wonderful".split()
+NEGATIVE = "bad awful sad terrible poor boring".split()
+FILLER = "the movie was a film and plot actors it really quite story with some music scenes".split()
+NAMES = ["Alice", "Bob", "Carol", "Dave", "Mary Smith", "John Brown"]
+PLACES = ["Paris", "London", "Berlin", "Rome", "New York"]
+VERBS = "went to visited left saw loved".split()
+COLOURS = "red blue green yellow black white".split()
+OBJECTS = "car ball house hat door cup bike box".split()
+
+
+# ----------------------------------------------------------------------------- synthetic data
+
+def sentiment_rows(n, seed):
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        label = rng.choice(["positive", "negative"])
+        words = [rng.choice(FILLER) for _ in range(rng.randint(4, 8))]
+        words.insert(rng.randint(0, len(words)), rng.choice(POSITIVE if label == "positive" else NEGATIVE))
+        rows.append({"text": " ".join(words), "label": label})
+    return rows
+
+
+def ner_rows(n, seed):
+    """Sentences like "Alice went to New York": names are PER, places LOC (multi-word ones B- I-)."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        tokens, tags = [], []
+        for kind, pool in rng.sample([("PER", NAMES), ("LOC", PLACES), (None, None), (None, None)], 4):
+            if kind is None:
+                words, wtags = [rng.choice(VERBS)], ["O"]
+            else:
+                words = rng.choice(pool).split()
+                wtags = [f"B-{kind}"] + [f"I-{kind}"] * (len(words) - 1)
+            tokens += words
+            tags += wtags
+        rows.append({"tokens": tokens, "tags": tags})
+    return rows
+
+
+def colour_squad(n, seed, impossible_every=0, n_facts=3, distractors=0):
+    """"What colour is the X?" over a context of a few "The Y is Z." facts, plus distractors "The Y is
+    <not a colour>."; every `impossible_every`-th question asks about an object not in the context."""
+    rng = random.Random(seed)
+    qas, paragraphs = 0, []
+    for i in range(n):
+        objects = rng.sample(OBJECTS, n_facts)
+        colours = [rng.choice(COLOURS) for _ in objects]
+        facts = [f"The {o} is {c}." for o, c in zip(objects, colours)]
+        others = [o for o in OBJECTS if o not in objects]
+        facts += [f"The {o} is {rng.choice(FILLER)}." for o in rng.sample(others, distractors)]
+        context = " ".join(rng.sample(facts, len(facts)))
+        k = rng.randrange(len(objects))
+        if impossible_every and i % impossible_every == 0:
+            missing = [o for o in OBJECTS if o not in objects][0]
+            qa = {"id": f"q{i}", "question": f"What colour is the {missing}?", "answers": [], "is_impossible": True}
+        else:
+            start = context.index(f"The {objects[k]} is ") + len(f"The {objects[k]} is ")
+            qa = {"id": f"q{i}", "question": f"What colour is the {objects[k]}?",
+                  "answers": [{"text": colours[k], "answer_start": start}]}
+        paragraphs.append({"context": context, "qas": [qa]})
+        qas += 1
+    return {"version": "v2.0", "data": [{"title": "colours", "paragraphs": paragraphs}]}
+
+
+def write_jsonl(path, rows):
+    with open(path, "w") as f:
+        for r in rows:
+            f.write(json.dumps(r) + "\n")
+    return str(path)
+
+
+def write_csv(path, rows, fields=("text", "label")):
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(fields))
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: r.get(k, "") for k in fields})
+    return str(path)
+
+
+def write_conll(path, rows):
+    with open(path, "w") as f:
+        f.write("-DOCSTART- -X- -X- O\n\n")
+        for r in rows:
+            for t, g in zip(r["tokens"], r["tags"]):
+                f.write(f"{t} NNP B-NP {g}\n")
+            f.write("\n")
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory):
+    """A tiny random RobertaForMaskedLM and its tokenizer in one dir, as pretraining leaves them."""
+    root = tmp_path_factory.mktemp("finetune")
+    texts = [r["text"] for r in sentiment_rows(200, 1)] + [" ".join(r["tokens"]) for r in ner_rows(200, 1)]
+    texts += [p["context"] + " " + p["qas"][0]["question"] for p in colour_squad(200, 1)["data"][0]["paragraphs"]]
+    tok = ByteLevelBPETokenizer.train(iter(texts * 3), vocab_size=420, show_progress=False)
+    cfg = RobertaConfig(vocab_size=tok.vocab_size, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=128, max_position_embeddings=130, hidden_dropout_prob=0.0,
+                        attention_probs_dropout_prob=0.0)
+    torch.manual_seed(0)
+    path = str(root / "pretrained")
+    RobertaForMaskedLM(cfg).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+def args_for(pretrained, task, train, out, **kw):
+    base = dict(task=task, model=pretrained, train=str(train), out=str(out), epochs=4, lr=2e-3, batch_size=16,
+                warmup_ratio=0.1, weight_decay=0.01, progress=False, log_every=5, max_length=64)
+    base.update(kw)
+    return FinetuneArgs(**base)
+
+
+def metric_rows(out):
+    with open(os.path.join(out, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def run_cli(capsys, *argv):
+    code = cli.main([str(a) for a in argv])
+    out = capsys.readouterr().out
+    return code, [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+
+
+# ----------------------------------------------------------------------------- each task learns
+
+def test_seq_cls_learns_sentiment_then_predicts(pretrained, tmp_path, capsys):
+    train = write_csv(tmp_path / "train.csv", sentiment_rows(320, 2))
+    dev = write_jsonl(tmp_path / "dev.jsonl", sentiment_rows(80, 3))
+    assert finetune(args_for(pretrained, "seq-cls", train, tmp_path / "run", eval=dev, epochs=2)) == 0
+    evals = [r for r in metric_rows(tmp_path / "run") if "accuracy" in r]
+    assert [r["epoch"] for r in evals] == [1.0, 2.0]  # metrics after each epoch
+    assert evals[-1]["accuracy"] > 0.9 and evals[-1]["macro_f1"] > 0.9  # chance is 0.5
+    for d in ("model", "best"):  # label map and tokenizer travel with the model
+        cfg = RobertaConfig.load(str(tmp_path / "run" / d))
+        assert cfg.label_names == ["negative", "positive"] and cfg.problem_type == "single_label_classification"
+        assert os.path.isfile(tmp_path / "run" / d / "vocab.json")
+    inputs = tmp_path / "in.txt"
+    inputs.write_text("it was a wonderful film\n\n" + json.dumps({"text": "the story was boring"}) + "\n")
+    code, rows = run_cli(capsys, "predict", "--model", tmp_path / "run" / "model", inputs)
+    assert code == 0 and [r["label"] for r in rows] == ["positive", "negative"]
+    assert all(0.5 < r["probability"] <= 1 and abs(sum(r["probabilities"].values()) - 1) < 1e-5 for r in rows)
+
+
+def test_seq_cls_numeric_labels_are_regression(pretrained, tmp_path):
+    rows = [{"text": r["text"], "label": 1.0 if r["label"] == "positive" else -1.0} for r in sentiment_rows(96, 4)]
+    train = write_jsonl(tmp_path / "train.jsonl", rows)
+    assert finetune(args_for(pretrained, "seq-cls", train, tmp_path / "run", eval=train, epochs=1)) == 0
+    cfg = RobertaConfig.load(str(tmp_path / "run" / "model"))
+    assert cfg.num_labels == 1 and cfg.problem_type == "regression"
+    last = metric_rows(tmp_path / "run")[-1]
+    assert {"pearson", "spearman"} <= set(last)
+
+
+def test_token_cls_learns_names_and_places_then_predicts_char_spans(pretrained, tmp_path, capsys):
+    train = write_conll(tmp_path / "train.conll", ner_rows(240, 2))
+    dev = write_jsonl(tmp_path / "dev.jsonl", ner_rows(60, 3))
+    assert finetune(args_for(pretrained, "token-cls", train, tmp_path / "run", eval=dev, epochs=3)) == 0
+    evals = [r for r in metric_rows(tmp_path / "run") if "f1" in r]
+    assert len(evals) == 3 and evals[-1]["f1"] > 0.7, evals
+    cfg = RobertaConfig.load(str(tmp_path / "run" / "model"))
+    assert cfg.label_names == ["O", "B-LOC", "I-LOC", "B-PER", "I-PER"]
+    inputs = tmp_path / "in.txt"
+    inputs.write_text("Bob saw Rome\n")
+    code, rows = run_cli(capsys, "predict", "--model", tmp_path / "run" / "best", inputs)
+    assert code == 0
+    ents = {(e["type"], e["text"], e["start"], e["end"]) for e in rows[0]["entities"]}
+    assert ("PER", "Bob", 0, 3) in ents or ("LOC", "Rome", 8, 12) in ents, rows
+
+
+def test_qa_learns_colours_then_predicts(pretrained, tmp_path, capsys):
+    train, dev = tmp_path / "train.json", tmp_path / "dev.json"
+    train.write_text(json.dumps(colour_squad(240, 2, n_facts=1, distractors=3)))
+    dev.write_text(json.dumps(colour_squad(60, 3, n_facts=1, distractors=3)))
+    assert finetune(args_for(pretrained, "qa", train, tmp_path / "run", eval=dev, epochs=2, stride=16)) == 0
+    last = metric_rows(tmp_path / "run")[-1]
+    assert last["exact_match"] > 80 and last["f1"] > 80, last  # a random span is almost never right
+    code, rows = run_cli(capsys, "predict", "--model", tmp_path / "run" / "model", dev)
+    gold = [p["qas"][0]["answers"][0]["text"] for p in json.loads(dev.read_text())["data"][0]["paragraphs"]]
+    assert code == 0 and np.mean([r["answer"] == g for r, g in zip(rows, gold)]) > 0.8
+
+
+# ----------------------------------------------------------------------------- alignment and windows
+
+def test_labels_go_on_the_first_sub_token_of_each_word(pretrained):
+    tok = Tokenizer.from_pretrained(pretrained)
+    words = ["Alice", "zqxjkv", "Paris"]  # an unseen word splits into several tokens
+    enc = tok([words], is_split_into_words=True)
+    word_ids = enc.word_ids(0)
+    assert word_ids.count(1) > 1 and word_ids[0] is None and word_ids[-1] is None
+    labels = align_labels(word_ids, [3, 0, 1])
+    firsts = [word_ids.index(w) for w in range(3)]
+    assert [labels[i] for i in firsts] == [3, 0, 1]
+    assert all(lab == -100 for i, lab in enumerate(labels) if i not in firsts)
+    assert align_labels([None, 0, 0, 1, None], [5, 7]) == [-100, 5, -100, 7, -100]
+
+
+def test_qa_windows_overlap_and_map_answers_across_boundaries(pretrained):
+    tok = Tokenizer.from_pretrained(pretrained)
+    context = " ".join(f"The {o} is {c}." for o, c in zip(OBJECTS, COLOURS + COLOURS))
+    question = "What colour is the hat?"
+    start = context.index("The hat is ") + len("The hat is ")
+    colour = context[start:].split(".")[0]
+    answer = {"text": colour, "start": start}
+    windows = qa_windows(tok, question, context, max_length=24, stride=6, answer=answer)
+    assert len(windows) > 2
+    n_q = len(tok.encode(question, add_special_tokens=False))
+    ctx = [[o for o in w["offsets"] if o is not None] for w in windows]
+    for a, b in zip(ctx, ctx[1:]):
+        assert a[-6:] == b[:6]  # consecutive windows share `stride` tokens
+    assert ctx[0][0][0] == 0 and ctx[-1][-1][1] == len(context)  # the windows cover the whole context
+    holding = [w for w in windows if w["start"] > 0]
+    assert holding and len(holding) < len(windows)  # windows without the whole answer point at <s>
+    for w in windows:
+        assert len(w["input_ids"]) <= 24 and w["input_ids"][:1] == [tok.cls_token_id]
+        assert w["input_ids"][n_q + 1:n_q + 3] == [tok.sep_token_id] * 2
+        if w["start"]:
+            s, e = w["offsets"][w["start"]][0], w["offsets"][w["end"]][1]
+            assert context[s:e] == colour
+        else:
+            assert w["end"] == 0
+    unanswerable = qa_windows(tok, question, context, max_length=24, stride=6, answer=None)
+    assert all(w["start"] == w["end"] == 0 for w in unanswerable)
+    with pytest.raises(ValueError, match="stride"):
+        qa_windows(tok, question, context, max_length=16, stride=12)
+
+
+def test_qa_prediction_reads_answers_from_any_window_and_abstains_for_v2(pretrained, tmp_path):
+    """Windows cut mid-context still give the right span back: train on long contexts with small windows."""
+    train = tmp_path / "train.json"
+    data = colour_squad(120, 2, n_facts=1, distractors=5, impossible_every=4)
+    train.write_text(json.dumps(data))
+    args = args_for(pretrained, "qa", train, tmp_path / "run", eval=str(train), epochs=3, max_length=32,
+                    stride=8, progress=False)
+    trainer = FinetuneTrainer(args)
+    assert trainer.task.version_2 and len(trainer.train_set) > 2 * len(trainer.eval_examples) * 0.9
+    assert trainer.fit() == 0
+    last = metric_rows(tmp_path / "run")[-1]
+    assert last["exact_match"] > 50, last  # abstaining everywhere scores 25, a random span about 0
+    task, model = load_finetuned(str(tmp_path / "run" / "model"))
+    assert task.name == "qa" and task.version_2 and task.args.max_length == 32 and task.args.stride == 8
+
+
+# ----------------------------------------------------------------------------- bad input
+
+def test_bad_rows_are_reported_with_file_and_line_then_skipped_or_stopped(pretrained, tmp_path, capsys):
+    good = sentiment_rows(40, 5)
+    train = tmp_path / "train.jsonl"
+    lines = [json.dumps(r) for r in good[:10]] + ['{"label": "positive"}', "not json", json.dumps(good[10])[:-1]]
+    train.write_text("\n".join(lines + [json.dumps(r) for r in good[10:]]) + "\n")
+    dev = write_csv(tmp_path / "dev.csv", good[:5] + [{"text": "meh", "label": "neutral"}] + good[5:8])
+    trainer = FinetuneTrainer(args_for(pretrained, "seq-cls", train, tmp_path / "run", eval=dev, epochs=1))
+    assert trainer.skipped == {"train": 3, "eval": 1} and len(trainer.train_set) == 40
+    err = capsys.readouterr().err
+    assert f"{train}:11: missing field 'text'" in err and f"{train}:12: not valid JSON" in err
+    assert f"{dev}:7: label 'neutral' was not seen in training" in err  # header is line 1
+    with pytest.raises(DataError, match=rf"{train}:11: missing field 'text'.*--on-bad-row skip"):
+        FinetuneTrainer(args_for(pretrained, "seq-cls", train, tmp_path / "run2", on_bad_row="stop"))
+
+    conll = tmp_path / "bad.conll"
+    conll.write_text("Alice B-PER\nwent O\n\nBob\nsaw O\n\nRome B-LOC\n")
+    ner_dev = write_jsonl(tmp_path / "ner_dev.jsonl", [{"tokens": ["Rome"], "tags": ["B-GPE"]},
+                                                        {"tokens": ["a", "b"], "tags": ["O"]}])
+    trainer = FinetuneTrainer(args_for(pretrained, "token-cls", conll, tmp_path / "run3", eval=ner_dev))
+    assert trainer.skipped == {"train": 1, "eval": 2} and len(trainer.train_set) == 2
+    err = capsys.readouterr().err
+    assert f"{conll}:4: expected a token and its tag" in err
+    assert f"{ner_dev}:1: tag(s) ['B-GPE'] not seen in training" in err and f"{ner_dev}:2: 2 tokens but 1 tags" in err
+
+    squad = colour_squad(6, 7, n_facts=1)
+    squad["data"][0]["paragraphs"][2]["qas"][0]["answers"][0]["text"] = "purple"
+    del squad["data"][0]["paragraphs"][4]["qas"][0]["question"]
+    qa_file = tmp_path / "bad.json"
+    qa_file.write_text(json.dumps(squad, indent=1))
+    with pytest.raises(DataError, match=rf"{qa_file}:\d+: question 'q2': answer 'purple' is not found"):
+        FinetuneTrainer(args_for(pretrained, "qa", qa_file, tmp_path / "run4", on_bad_row="stop", stride=16))
+    trainer = FinetuneTrainer(args_for(pretrained, "qa", qa_file, tmp_path / "run5", stride=16))
+    assert trainer.skipped == {"train": 2}
+    line = next(n for n, text in enumerate(qa_file.read_text().splitlines(), 1) if '"id": "q2"' in text)
+    assert f"{qa_file}:{line}: question 'q2'" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- resume
+
+def test_resumed_finetuning_matches_an_uninterrupted_run(pretrained, tmp_path):
+    train = write_jsonl(tmp_path / "train.jsonl", sentiment_rows(64, 6))
+    kw = dict(eval=train, epochs=2, batch_size=8, save_every=4, keep_last=10)
+    assert finetune(args_for(pretrained, "seq-cls", train, tmp_path / "straight", **kw)) == 0
+    assert finetune(args_for(pretrained, "seq-cls", train, tmp_path / "split", **kw)) == 0
+    ckpt = tmp_path / "split" / "ckpt"
+    for name in os.listdir(ckpt):  # as if the run died just after step 4
+        if name != "step_00000004.pt":
+            os.remove(ckpt / name)
+    assert finetune(args_for(pretrained, "seq-cls", train, tmp_path / "split", resume=True, **kw)) == 0
+    def strip(rows):  # everything but the timing
+        return [{k: v for k, v in r.items() if k != "tokens_per_s"} for r in rows]
+
+    assert strip(metric_rows(tmp_path / "straight")) == strip(metric_rows(tmp_path / "split"))
+    a = torch.load(tmp_path / "straight" / "ckpt" / "step_00000016.pt", weights_only=True)
+    b = torch.load(ckpt / "step_00000016.pt", weights_only=True)
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert a["extra"]["best"] == b["extra"]["best"]
+
+
+# ----------------------------------------------------------------------------- studying the model
+
+def test_features_and_attention_commands(pretrained, tmp_path, capsys):
+    from safetensors.numpy import load_file
+
+    text = "Alice went to Paris"
+    n_tokens = len(Tokenizer.from_pretrained(pretrained).encode(text))
+    assert cli.main(["features", "--model", pretrained, "--out", str(tmp_path / "h.npy"), text]) == 0
+    assert np.load(tmp_path / "h.npy").shape == (3, n_tokens, 64)  # embeddings + 2 layers
+    assert cli.main(["features", "--model", pretrained, "--layers", "0,-1", "--out", str(tmp_path / "h.safetensors"),
+                     text]) == 0
+    st = load_file(str(tmp_path / "h.safetensors"))
+    assert sorted(st) == ["input_ids", "layer_0", "layer_2"] and st["layer_2"].shape == (n_tokens, 64)
+    full = np.load(tmp_path / "h.npy")
+    np.testing.assert_allclose(st["layer_2"], full[2], rtol=1e-5, atol=1e-6)
+    assert cli.main(["attention", "--model", pretrained, "--out", str(tmp_path / "attn.png"), text]) == 0
+    assert (tmp_path / "attn.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "2 layers x 4 heads" in capsys.readouterr().out
+
+
+# ----------------------------------------------------------------------------- a Hugging Face directory
+
+def test_hf_directory_with_a_classification_head_keeps_it(pretrained, tmp_path, capsys, recwarn):
+    transformers = pytest.importorskip("transformers")
+    from helpers import random_hf_model
+
+    tok = Tokenizer.from_pretrained(pretrained)
+    hf = random_hf_model("RobertaForSequenceClassification", vocab_size=tok.vocab_size, num_labels=3,
+                         id2label={0: "neg", 1: "neu", 2: "pos"}, label2id={"neg": 0, "neu": 1, "pos": 2})
+    hf.save_pretrained(tmp_path / "hf")
+    tok.save_pretrained(str(tmp_path / "hf"))
+    texts = ["it was a wonderful film", "the story was boring and the actors were poor"]
+    task, model = load_finetuned(str(tmp_path / "hf"))
+    assert task.name == "seq-cls" and task.label_names == ["neg", "neu", "pos"]
+    assert not [w for w in recwarn if "newly initialised" in str(w.message)]  # the head was kept
+    enc = tok(texts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        want = hf(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits.softmax(-1)
+    (tmp_path / "in.txt").write_text("\n".join(texts) + "\n")
+    code, rows = run_cli(capsys, "predict", "--model", tmp_path / "hf", tmp_path / "in.txt")
+    assert code == 0
+    got = torch.tensor([[r["probabilities"][n] for n in ("neg", "neu", "pos")] for r in rows])
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+    assert [r["label"] for r in rows] == [["neg", "neu", "pos"][i] for i in want.argmax(-1).tolist()]
