@@ -23,7 +23,6 @@ import kernels
 from .config import RobertaConfig
 
 IGNORE_INDEX = -100  # label value for "nothing to predict here", as in torch's cross_entropy
-VOCAB_SLAB = 4096  # columns of the CPU inference vocabulary projection computed at a time (see predict)
 
 ACT2FN = {
     "gelu": F.gelu,  # exact erf form, as in the original
@@ -286,17 +285,7 @@ class RobertaForMaskedLM(PreTrained):
     def predict(self, h: torch.Tensor) -> torch.Tensor:
         """Hidden states (..., H) -> vocabulary logits (..., V)."""
         h = self.lm_head.norm(self.act(self.lm_head.dense(h)))
-        weight, bias = self.roberta.embeddings.word_embeddings.weight, self.lm_head.bias
-        if h.device.type != "cpu" or torch.is_grad_enabled():
-            return F.linear(h, weight, bias)
-        # subtle: on CPU one (N, V) addmm first writes the bias over the whole output, then
-        # streams that output through the GEMM again. Column slabs keep it in cache; this
-        # projection is most of an MLM forward, and slabs make it up to 1.6x faster.
-        out = h.new_empty(*h.shape[:-1], weight.shape[0])
-        h2, out2 = h.reshape(-1, h.shape[-1]), out.view(-1, weight.shape[0])
-        for j in range(0, weight.shape[0], VOCAB_SLAB):
-            torch.addmm(bias[j:j + VOCAB_SLAB], h2, weight[j:j + VOCAB_SLAB].t(), out=out2[:, j:j + VOCAB_SLAB])
-        return out
+        return F.linear(h, self.roberta.embeddings.word_embeddings.weight, self.lm_head.bias)
 
     def forward(self, input_ids, attention_mask=None, labels=None, output_hidden_states=False,
                 output_attentions=False) -> Output:
