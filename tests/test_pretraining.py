@@ -46,8 +46,9 @@ def prepared(tmp_path_factory):
     tok = ByteLevelBPETokenizer.train(iter([" ".join(WORDS)] * 50 + ["Café crème."]), vocab_size=400,
                                       show_progress=False)
     tok.save_pretrained(str(root / "tok"))
-    prepare([str(root / "corpus")], str(root / "tok"), str(root / "data"), seq_len=32, val_fraction=0.1,
-            show_progress=False, num_workers=1)
+    with pytest.warns(UserWarning, match=r"latin1\.txt: 1 line\(s\) are not valid UTF-8"):
+        prepare([str(root / "corpus")], str(root / "tok"), str(root / "data"), seq_len=32, val_fraction=0.1,
+                show_progress=False, num_workers=1)
     return root
 
 
@@ -88,7 +89,8 @@ def test_preparation_reports_latin1_and_empty_files_and_rerun_is_a_noop(prepared
 
 def test_stream_holds_every_document_followed_by_eos(prepared):
     tok = Tokenizer.from_pretrained(str(prepared / "data" / "tokenizer"))
-    docs = list(iter_documents([str(prepared / "corpus")]))
+    with pytest.warns(UserWarning, match="latin1"):
+        docs = list(iter_documents([str(prepared / "corpus")]))
     expected = {"train": [], "val": []}
     for i, doc in enumerate(docs):  # the documented split rule
         split = "val" if int((i + 1) * 0.1) > int(i * 0.1) else "train"
