@@ -35,3 +35,22 @@ def padded_batch(vocab_size=1000, lengths=(11, 7, 3), pad_id=1, seed=0):
         ids[row, :n] = torch.randint(4, vocab_size, (n,), generator=g)
         ids[row, 0], ids[row, n - 1] = 0, 2
     return ids, ids.ne(pad_id).long()
+
+
+def triton_mode_fixture(module: str):
+    """An autouse fixture for kernel tests: Triton's interpreter for CPU tests, the compiled
+    kernels for `gpu` tests. `module` is the kernels submodule the tests exercise."""
+    import kernels
+
+    @pytest.fixture(autouse=True)
+    def _triton_mode(request, monkeypatch):
+        if request.node.get_closest_marker("gpu"):
+            monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+        else:
+            monkeypatch.setenv("TRITON_INTERPRET", "1")
+        try:
+            kernels.kernel_module(module)
+        except RuntimeError as exc:  # triton was imported the other way round in this process
+            pytest.skip(f"{exc}; tests/conftest.py imports it so, see tests/test_kernels_attention.py")
+
+    return _triton_mode

@@ -22,6 +22,7 @@ import pytest
 import torch
 
 import kernels
+from helpers import triton_mode_fixture
 from kernels import attention, attention_dropout_mask, attention_reference
 
 pytestmark = pytest.mark.skipif(not kernels.triton_available(), reason="triton is not installed")
@@ -34,17 +35,7 @@ PADDINGS = ("none", "right", "holes", "single")
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
-@pytest.fixture(autouse=True)
-def _triton_mode(request, monkeypatch):
-    """The interpreter for CPU tests, the compiled kernels for `gpu` tests (see the module docstring)."""
-    if request.node.get_closest_marker("gpu"):
-        monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    else:
-        monkeypatch.setenv("TRITON_INTERPRET", "1")
-    try:
-        kernels.kernel_module("flash_attention")
-    except RuntimeError as exc:  # triton was imported the other way round in this process
-        pytest.skip(f"{exc}; tests/conftest.py imports it so, see tests/test_kernels_attention.py")
+_triton_mode = triton_mode_fixture("flash_attention")
 
 
 def make_mask(kind, B, T, generator, device="cpu"):

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 import kernels
+from helpers import triton_mode_fixture
 from kernels import layer_norm, layer_norm_dropout_mask, layer_norm_reference
 
 pytestmark = pytest.mark.skipif(not kernels.triton_available(), reason="triton is not installed")
@@ -25,17 +26,7 @@ BF16 = (torch.bfloat16, 3e-2, 2e-2)
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
-@pytest.fixture(autouse=True)
-def _triton_mode(request, monkeypatch):
-    """The interpreter for CPU tests, the compiled kernels for `gpu` tests."""
-    if request.node.get_closest_marker("gpu"):
-        monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    else:
-        monkeypatch.setenv("TRITON_INTERPRET", "1")
-    try:
-        kernels.kernel_module("layernorm")
-    except RuntimeError as exc:  # triton was imported the other way round in this process
-        pytest.skip(f"{exc}; tests/conftest.py imports it so, see tests/test_kernels_attention.py")
+_triton_mode = triton_mode_fixture("layernorm")
 
 
 def run_and_compare(shape, dtype, atol, rtol, residual=True, dropout_p=0.0, prenorm=False,
