@@ -485,12 +485,14 @@ def save_ours(cfg: RobertaConfig, sd: dict, path: str) -> None:
 
 # --------------------------------------------------------------------- loading a model
 
-def load_state(model, sd: dict) -> None:
+def load_state(model, sd: dict, reinit_mismatched_heads: bool = False) -> None:
     """Load a canonical state dict into `model`, reporting every problem by name.
 
     Errors: encoder keys missing or unexpected, any shape mismatch. Warnings: a head the
     checkpoint lacks (initialised fresh, as the original does) and heads it has that this
-    model does not (ignored). Then load_state_dict(strict=True).
+    model does not (ignored). reinit_mismatched_heads=True also starts a head afresh whose
+    shape differs (a classifier fine-tuned for another label set). Then
+    load_state_dict(strict=True).
     """
     from .model import RobertaModel
 
@@ -507,31 +509,39 @@ def load_state(model, sd: dict) -> None:
     unexpected = [k for k in unexpected if k not in ignored_heads]
     fresh = [k for k in missing if k.startswith(HEAD_PREFIXES)]
     missing = [k for k in missing if k not in fresh]
-    misshaped = [f"{k}: checkpoint {tuple(sd[k].shape)} vs model {tuple(target[k].shape)}"
-                 for k in sorted(set(sd) & set(target)) if sd[k].shape != target[k].shape]
+    mismatched = [k for k in sorted(set(sd) & set(target)) if sd[k].shape != target[k].shape]
+    reshaped = [k for k in mismatched if reinit_mismatched_heads and k.startswith(HEAD_PREFIXES)]
+    misshaped = [k for k in mismatched if k not in reshaped]
+
+    def shapes(keys):
+        return [f"{k}: checkpoint {tuple(sd[k].shape)} vs model {tuple(target[k].shape)}" for k in keys]
+
     problems = []
     if missing:
         problems.append(f"missing keys: {missing}")
     if unexpected:
         problems.append(f"unexpected keys: {unexpected}")
     if misshaped:
-        problems.append(f"mis-shaped keys: {misshaped}")
+        problems.append(f"mis-shaped keys: {shapes(misshaped)}")
     if problems:
         raise ValueError(f"checkpoint does not fit {type(model).__name__}: " + "; ".join(problems))
     if fresh:
         warnings.warn(f"{type(model).__name__}: the checkpoint has no weights for {fresh}; they are newly "
                       "initialised. Train the model on a downstream task before using it.", stacklevel=3)
+    if reshaped:
+        warnings.warn(f"{type(model).__name__}: checkpoint heads of another shape are newly initialised: "
+                      f"{shapes(reshaped)}. Train the model on a downstream task before using it.", stacklevel=3)
     if ignored_heads:
         warnings.warn(f"{type(model).__name__}: checkpoint weights not used by this model: {ignored_heads}",
                       stacklevel=3)
-    full = {k: sd[k] if k in sd else target[k] for k in target}
+    full = {k: sd[k] if k in sd and k not in reshaped else target[k] for k in target}
     model.load_state_dict(full, strict=True)
 
 
-def load_pretrained(cls, path: str, **config_overrides):
+def load_pretrained(cls, path: str, reinit_mismatched_heads: bool = False, **config_overrides):
     cfg, sd = read_checkpoint(path, **config_overrides)
     model = cls(cfg)
-    load_state(model, sd)
+    load_state(model, sd, reinit_mismatched_heads)
     return model
 
 

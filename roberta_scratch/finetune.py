@@ -631,8 +631,9 @@ class FinetuneTrainer(BaseTrainer):
         torch.manual_seed(a.seed)  # the fresh head starts the same on every rank and every run
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            model = self.task.model_class.from_pretrained(a.model, attention=a.attention,
-                                                          **self.task.config_overrides())
+            # a head trained for another label set starts afresh, with a warning naming it
+            model = self.task.model_class.from_pretrained(a.model, reinit_mismatched_heads=True,
+                                                          attention=a.attention, **self.task.config_overrides())
         for w in caught:
             self._log(f"note: {w.message}")
         limit = model.config.max_tokens

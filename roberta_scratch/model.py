@@ -198,15 +198,16 @@ class PreTrained(nn.Module):
         save_checkpoint(self, path)
 
     @classmethod
-    def from_pretrained(cls, path: str, **config_overrides):
+    def from_pretrained(cls, path: str, reinit_mismatched_heads: bool = False, **config_overrides):
         """Load this project's directory or a Hugging Face roberta directory.
 
         Keyword arguments override config fields, e.g. attention="eager" or num_labels=3.
-        A head the checkpoint lacks is initialised fresh, with a warning that names it.
+        A head the checkpoint lacks is initialised fresh, with a warning that names it; so is
+        one whose shape differs when reinit_mismatched_heads is set (else that is an error).
         """
         from .convert import load_pretrained
 
-        return load_pretrained(cls, path, **config_overrides)
+        return load_pretrained(cls, path, reinit_mismatched_heads, **config_overrides)
 
 
 def check_inputs(cfg: RobertaConfig, input_ids: torch.Tensor,

@@ -203,3 +203,17 @@ def test_console_script_inspect_prints_parameters_and_flops():
 def test_head_classes_accept_num_labels():
     assert RobertaForTokenClassification(tiny(), num_labels=7).classifier.out_features == 7
     assert RobertaForSequenceClassification(tiny(), 5).config.num_labels == 5
+
+
+def test_a_head_for_another_label_count_is_an_error_unless_reinitialised(tmp_path):
+    torch.manual_seed(0)
+    old = RobertaForSequenceClassification(tiny(), num_labels=3)
+    old.save_pretrained(str(tmp_path))
+    with pytest.raises(ValueError, match=r"classifier.out_proj.weight: checkpoint \(3, 96\) vs model \(5, 96\)"):
+        RobertaForSequenceClassification.from_pretrained(str(tmp_path), num_labels=5)
+    with pytest.warns(UserWarning, match=r"of another shape are newly initialised: \['classifier.out_proj.bias: "
+                      r"checkpoint \(3,\) vs model \(5,\)', 'classifier.out_proj.weight"):
+        new = RobertaForSequenceClassification.from_pretrained(str(tmp_path), num_labels=5, reinit_mismatched_heads=True)
+    assert new.classifier.out_proj.weight.shape == (5, 96)
+    assert torch.equal(new.classifier.dense.weight, old.classifier.dense.weight)  # the rest of the head is kept
+    assert torch.equal(new.roberta.layers[1].ffn.fc1.weight, old.roberta.layers[1].ffn.fc1.weight)
