@@ -627,6 +627,8 @@ class FinetuneTrainer(BaseTrainer):
         if not train:
             raise DataError(f"{a.train}: no usable training examples")
         self.eval_examples = self._read(a.eval, "eval") if a.eval else []
+        if a.eval and not self.eval_examples:
+            raise DataError(f"{a.eval}: no usable evaluation examples (every row was bad)")
 
         torch.manual_seed(a.seed)  # the fresh head starts the same on every rank and every run
         with warnings.catch_warnings(record=True) as caught:

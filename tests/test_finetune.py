@@ -277,11 +277,15 @@ def test_bad_rows_are_reported_with_file_and_line_then_skipped_or_stopped(pretra
     assert f"{dev}:7: label 'neutral' was not seen in training" in err  # header is line 1
     with pytest.raises(DataError, match=rf"{train}:11: missing field 'text'.*--on-bad-row skip"):
         FinetuneTrainer(args_for(pretrained, "seq-cls", train, tmp_path / "run2", on_bad_row="stop"))
+    all_bad = write_csv(tmp_path / "all_bad.csv", [{"text": "meh", "label": "neutral"}])
+    with pytest.raises(DataError, match=rf"{all_bad}: no usable evaluation examples"):
+        FinetuneTrainer(args_for(pretrained, "seq-cls", train, tmp_path / "run2b", eval=all_bad))
 
     conll = tmp_path / "bad.conll"
     conll.write_text("Alice B-PER\nwent O\n\nBob\nsaw O\n\nRome B-LOC\n")
     ner_dev = write_jsonl(tmp_path / "ner_dev.jsonl", [{"tokens": ["Rome"], "tags": ["B-GPE"]},
-                                                        {"tokens": ["a", "b"], "tags": ["O"]}])
+                                                        {"tokens": ["a", "b"], "tags": ["O"]},
+                                                        {"tokens": ["Bob"], "tags": ["B-PER"]}])
     trainer = FinetuneTrainer(args_for(pretrained, "token-cls", conll, tmp_path / "run3", eval=ner_dev))
     assert trainer.skipped == {"train": 1, "eval": 2} and len(trainer.train_set) == 2
     err = capsys.readouterr().err
