@@ -23,7 +23,7 @@ SENTENCES = (
 )
 
 
-def run(out: str = "runs/demo", vocab_size: int = 4096, steps: int = 1500, seq_len: int = 128,
+def run(out: str = "runs/demo", vocab_size: int = 4096, steps: int = 4000, seq_len: int = 128,
         batch_size: int = 16, lr: float = 1e-3) -> int:
     from .cli import main as cli
     from .data import default_corpus, prepare
