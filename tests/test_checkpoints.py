@@ -217,3 +217,14 @@ def test_a_head_for_another_label_count_is_an_error_unless_reinitialised(tmp_pat
     assert new.classifier.out_proj.weight.shape == (5, 96)
     assert torch.equal(new.classifier.dense.weight, old.classifier.dense.weight)  # the rest of the head is kept
     assert torch.equal(new.roberta.layers[1].ffn.fc1.weight, old.roberta.layers[1].ffn.fc1.weight)
+
+
+def test_sharded_hf_checkpoint_loads(tmp_path):
+    theirs = random_hf_model("RobertaForMaskedLM", num_hidden_layers=2)
+    theirs.save_pretrained(str(tmp_path), max_shard_size="200KB")
+    assert os.path.isfile(tmp_path / "model.safetensors.index.json")
+    ours = RobertaForMaskedLM.from_pretrained(str(tmp_path), attention="eager").eval()
+    ids, mask = padded_batch()
+    with torch.no_grad():
+        diff = (ours(ids, mask).logits - theirs(input_ids=ids, attention_mask=mask).logits).abs().max()
+    assert diff <= 1e-5
