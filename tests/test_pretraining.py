@@ -210,6 +210,7 @@ def test_learning_drops_held_out_loss(prepared, tmp_path):
     assert start > 5.5  # about ln(400) = 6.0 at initialisation
     assert end < start - 1.5, (start, end)  # the words are drawn at random: about ln(30) is the floor
     assert os.path.isfile(tmp_path / "model" / "vocab.json")  # the model ships with its tokenizer
+    assert (tmp_path / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 DDP_SCRIPT = r"""
