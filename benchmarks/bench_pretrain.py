@@ -30,7 +30,7 @@ from roberta_scratch.convert import save_hf  # noqa: E402
 from roberta_scratch.data import default_corpus, prepare, tokenizer_dir  # noqa: E402
 from roberta_scratch.masking import IGNORE_INDEX  # noqa: E402
 from roberta_scratch.tokenizer import ByteLevelBPETokenizer  # noqa: E402
-from roberta_scratch.trainer import Trainer, TrainArgs, lr_at, param_groups  # noqa: E402
+from roberta_scratch.trainer import Trainer, TrainArgs, linear_schedule, param_groups  # noqa: E402
 
 
 def default_data(seq_len: int) -> str:
@@ -60,7 +60,8 @@ class ReferenceLoop:
         a = ours.args
         self.optimizer = torch.optim.AdamW(param_groups(self.model, a.weight_decay), lr=a.lr, betas=tuple(a.betas),
                                            eps=a.eps)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_at(s, a) / a.lr)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(  # the same schedule as ours
+            self.optimizer, lambda s: linear_schedule(s, 1.0, ours.warmup_steps, ours.total_steps))
 
     def step(self, step: int) -> int:
         a = self.ours.args

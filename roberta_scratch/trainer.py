@@ -35,7 +35,6 @@ from typing import Optional
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .config import PRESETS, RobertaConfig
@@ -91,11 +90,6 @@ def linear_schedule(step: int, lr: float, warmup: int, steps: int) -> float:
     if step < warmup:
         return lr * (step + 1) / warmup
     return lr * max(0.0, (steps - step) / max(1, steps - warmup))
-
-
-def lr_at(step: int, args: TrainArgs) -> float:
-    """The pretraining schedule: linear_schedule with the run's lr, warmup and steps."""
-    return linear_schedule(step, args.lr, args.warmup, args.steps)
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list:
@@ -253,7 +247,7 @@ class BaseTrainer:
         """Accumulate gradients for `step`; returns (mean loss over ranks and micro-batches, tokens)."""
         batches = self.micro_batches(step)
         total = torch.zeros((), device=self.device)
-        tokens = 0
+        tokens = torch.zeros((), dtype=torch.long, device=self.device)
         for k, batch in enumerate(batches):
             sync = k == len(batches) - 1 or not self.distributed
             ctx = self.model.no_sync() if not sync else contextlib.nullcontext()
@@ -261,10 +255,11 @@ class BaseTrainer:
                 loss = self.forward(**batch).loss / len(batches)
                 loss.backward()
             total += loss.detach()
-            tokens += int(batch["attention_mask"].sum())
+            tokens += batch["attention_mask"].sum()
         if self.distributed:
             dist.all_reduce(total, op=dist.ReduceOp.AVG)
-        return total.item(), tokens * self.world
+        loss, tokens = torch.stack([total.double(), tokens.double()]).tolist()  # one device sync per step
+        return loss, int(tokens) * self.world
 
     def optimizer_step(self) -> None:
         if self.args.clip > 0:
@@ -514,8 +509,8 @@ class Trainer(BaseTrainer):
             batch = {k: v.to(self.device) for k, v in batch.items()}
             with self._autocast():
                 out = model(batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
-            labels = batch["labels"][batch["labels"] != IGNORE_INDEX]
-            loss_sum += F.cross_entropy(out.logits.float(), labels, reduction="sum").item()
+            labels = batch["labels"][batch["labels"] != IGNORE_INDEX]  # the rows of out.logits, in order
+            loss_sum += out.loss.item() * labels.numel()  # out.loss is the mean over them
             correct += int((out.logits.argmax(-1) == labels).sum())
             count += labels.numel()
         model.train()
