@@ -31,6 +31,7 @@ import os
 import warnings
 from collections import Counter, defaultdict
 from heapq import heapify, heappop, heappush
+from itertools import islice
 from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
 from tqdm.auto import tqdm
@@ -64,6 +65,13 @@ def iter_lines(paths: Iterable[str | os.PathLike], bad_files: list | None = None
                 "their invalid bytes were read as U+FFFD",
                 stacklevel=2,
             )
+
+
+def chunked(items: Iterable, n: int) -> Iterator[list]:
+    """Lists of n items at a time (the last may be shorter), reading `items` lazily."""
+    it = iter(items)
+    while batch := list(islice(it, n)):
+        yield batch
 
 
 def count_words(

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .bpe_train import iter_lines
+from .bpe_train import chunked, iter_lines
 
 FORMAT_VERSION = 1
 SHARD_TOKENS = 1 << 28  # 512 MB of uint16 per shard file
@@ -239,7 +239,7 @@ def prepare(corpus: Optional[list[str]], tokenizer_dir: str, out_dir: str, seq_l
         docs = iter_documents(corpus, report)
         bar = tqdm(desc="preparing", unit=" docs", disable=not show_progress)
         index = 0
-        for batch in _batched(docs, batch_documents):
+        for batch in chunked(docs, batch_documents):
             for ids in tok.encode_batch(batch, add_special_tokens=False, num_workers=num_workers):
                 in_val = int((index + 1) * val_fraction) > int(index * val_fraction)
                 writers["val" if in_val else "train"].add(ids + [eos])
@@ -283,17 +283,6 @@ def _print_report(meta: dict) -> None:
               + ", ".join(r["non_utf8_files"][:5]) + (" ..." if len(r["non_utf8_files"]) > 5 else ""))
     if r["empty_files"]:
         print(f"  {len(r['empty_files'])} file(s) held no text: " + ", ".join(r["empty_files"][:5]))
-
-
-def _batched(items: Iterable, n: int) -> Iterator[list]:
-    batch = []
-    for item in items:
-        batch.append(item)
-        if len(batch) == n:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
 
 
 # ----------------------------------------------------------------------------- reading back

@@ -42,13 +42,13 @@ import multiprocessing
 import os
 from collections import deque
 from functools import partial
-from itertools import chain, islice
+from itertools import chain
 from pathlib import Path
 from typing import Iterable, Iterator
 
 import regex
 
-from .bpe_train import count_words, iter_lines, learn_merges
+from .bpe_train import chunked, count_words, iter_lines, learn_merges
 
 # GPT-2's pre-tokenisation pattern (openai/gpt-2 encoder.py), used unchanged by RoBERTa.
 GPT2_SPLIT_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
@@ -375,7 +375,7 @@ class Tokenizer:
             >>> for ids in tok.encode_file("corpus.txt"):
             ...     shard.write(ids)
         """
-        batches = _batched(iter_lines([path]), lines_per_batch)
+        batches = chunked(iter_lines([path]), lines_per_batch)
         if num_workers <= 1:
             for batch in batches:
                 yield from _encode_all(self, batch, add_special_tokens)
@@ -939,9 +939,3 @@ def _available_cpus() -> int:
     if multiprocessing.current_process().daemon:  # a pool's worker may not start processes of its own
         return 1
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
-def _batched(iterable: Iterable, n: int) -> Iterator[list]:
-    it = iter(iterable)
-    while batch := list(islice(it, n)):
-        yield batch
