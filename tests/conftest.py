@@ -5,6 +5,14 @@ import os
 import pytest
 
 
+@pytest.fixture(scope="session")
+def docstrings() -> list:
+    """The standard library's docstrings (about 2 MB): the embedded default corpus, real prose."""
+    from roberta_scratch.data import default_corpus
+
+    return list(default_corpus())
+
+
 @pytest.fixture
 def reference_dir():
     path = os.environ.get("ROBERTA_REFERENCE_DIR")

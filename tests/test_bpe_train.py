@@ -10,7 +10,6 @@ import pytest
 import regex
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_tokenizer import docstrings  # noqa: F401  (session fixture: the stdlib docstrings, cached on disk)
 
 from roberta_scratch import bpe_train
 from roberta_scratch.bpe_train import learn_merges

@@ -1,7 +1,6 @@
 """save_pretrained / from_pretrained, Hugging Face round trips, and every bad checkpoint."""
 import json
 import os
-import pickle
 import subprocess
 import sys
 

@@ -11,8 +11,8 @@ import torch
 
 from roberta_scratch import cli
 from roberta_scratch.config import RobertaConfig
-from roberta_scratch.finetune import (DataError, FinetuneArgs, FinetuneTrainer, TokenClassification, align_labels,
-                                      finetune, load_finetuned, predict, qa_windows)
+from roberta_scratch.finetune import (DataError, FinetuneArgs, FinetuneTrainer, align_labels, finetune,
+                                      load_finetuned, qa_windows)
 from roberta_scratch.model import RobertaForMaskedLM
 from roberta_scratch.tokenizer import ByteLevelBPETokenizer, Tokenizer
 
@@ -350,7 +350,7 @@ def test_features_and_attention_commands(pretrained, tmp_path, capsys):
 # ----------------------------------------------------------------------------- a Hugging Face directory
 
 def test_hf_directory_with_a_classification_head_keeps_it(pretrained, tmp_path, capsys, recwarn):
-    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("transformers")
     from helpers import random_hf_model
 
     tok = Tokenizer.from_pretrained(pretrained)

@@ -9,7 +9,7 @@ import pytest
 import sentencepiece
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_tokenizer import ADVERSARIAL, FRAGMENTS, docstrings  # noqa: F401  (docstrings: session fixture)
+from test_tokenizer import ADVERSARIAL, FRAGMENTS
 
 from roberta_scratch.spm_tokenizer import SentencePieceTokenizer
 from roberta_scratch.tokenizer import SPM_FILE, ByteLevelBPETokenizer, Tokenizer
@@ -30,7 +30,7 @@ COMPARABLE = [s for s in ADVERSARIAL if comparable(s)]
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory, docstrings):  # noqa: F811
+def model_dir(tmp_path_factory, docstrings):
     """A 1000-piece unigram model (XLM-R's kind, despite the file name) saved as XLM-R ships it."""
     directory = tmp_path_factory.mktemp("xlmr")
     sentencepiece.SentencePieceTrainer.train(
@@ -38,6 +38,7 @@ def model_dir(tmp_path_factory, docstrings):  # noqa: F811
         model_prefix=str(directory / "sentencepiece.bpe"),
         vocab_size=1000,
         model_type="unigram",
+        character_coverage=1.0,  # every character of the training text, 日本語 included, is a piece
         num_threads=1,  # the same model every run
         minloglevel=2,
     )

@@ -7,14 +7,11 @@ a tiny hand-made vocabulary.
 """
 from __future__ import annotations
 
-import ast
 import json
 import os
-import pathlib
 import random
 import subprocess
 import sys
-import sysconfig
 import tracemalloc
 import unicodedata
 from unittest import mock
@@ -67,36 +64,6 @@ assigned_text = st.text(st.characters(blacklist_categories=("Cs", "Cn")), max_si
 
 
 # ---- corpora and tokenizers -------------------------------------------------------------
-
-
-def stdlib_docstrings() -> list[str]:
-    """Every docstring of the standard library's modules, classes and functions (about 2 MB).
-
-    Read with `ast` rather than by importing, so that no module runs.
-    """
-    root = pathlib.Path(sysconfig.get_paths()["stdlib"])
-    docs = []
-    for path in sorted(root.rglob("*.py")):
-        if path.relative_to(root).parts[0] in ("site-packages", "test"):
-            continue
-        try:
-            tree = ast.parse(path.read_bytes())
-        except (SyntaxError, ValueError):
-            continue
-        for node in ast.walk(tree):
-            if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
-                doc = ast.get_docstring(node, clean=False)
-                if doc:
-                    docs.append(doc)
-    return docs
-
-
-@pytest.fixture(scope="session")
-def docstrings(tmp_path_factory) -> list[str]:
-    cache = tmp_path_factory.getbasetemp() / "stdlib_docstrings.json"
-    if not cache.exists():
-        cache.write_text(json.dumps(stdlib_docstrings()), encoding="utf-8")
-    return json.loads(cache.read_text(encoding="utf-8"))
 
 
 def reference_tokenizer(**kwargs):
