@@ -135,9 +135,12 @@ def _add_fill_mask_parser(sub) -> None:
 
 
 def _cmd_tokenizer_train(args: argparse.Namespace) -> int:
+    from .data import iter_documents
     from .tokenizer import ByteLevelBPETokenizer
 
-    tok = ByteLevelBPETokenizer.train(args.corpus, vocab_size=args.vocab_size, min_frequency=args.min_frequency)
+    # the same reader as `prepare`: .txt, .jsonl, directories, or the default corpus
+    tok = ByteLevelBPETokenizer.train(iter_documents(args.corpus), vocab_size=args.vocab_size,
+                                      min_frequency=args.min_frequency)
     tok.save_pretrained(args.out)
     print(f"saved a {tok.vocab_size}-token byte-level BPE tokenizer ({len(tok.merges)} merges) to {args.out}")
     return 0
@@ -156,7 +159,8 @@ def _add_tokenizer_parser(sub) -> None:
     p = sub.add_parser("tokenizer", help="train a byte-level BPE tokenizer, or encode a file with one")
     tsub = p.add_subparsers(dest="tokenizer_command", required=True)
     t = tsub.add_parser("train", help="learn vocab.json + merges.txt from text files")
-    t.add_argument("--corpus", nargs="+", required=True, help="text files, read line by line")
+    t.add_argument("--corpus", nargs="+", default=None,
+                   help=".txt/.jsonl files or directories (default: the standard library's docstrings)")
     t.add_argument("--vocab-size", type=int, required=True, help="tokens in all: specials, 256 bytes and merges")
     t.add_argument("--min-frequency", type=int, default=2, help="stop merging below this pair count (default 2)")
     t.add_argument("--out", required=True, help="output directory")

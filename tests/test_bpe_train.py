@@ -167,6 +167,13 @@ def test_cli_train_and_encode(tmp_path, capsys):
     assert len(lines) == 40
     assert [int(i) for i in lines[0].split()] == tok.encode("the cat sat on the mat\n", add_special_tokens=False)
 
+    # like `prepare`, training reads directories of .txt and .jsonl files
+    (tmp_path / "dir").mkdir()
+    (tmp_path / "dir" / "a.jsonl").write_text('{"text": "the cat sat on the mat"}\n' * 20, encoding="utf-8")
+    assert cli_main(["tokenizer", "train", "--corpus", str(tmp_path / "dir"), "--vocab-size", "270",
+                     "--out", str(tmp_path / "tok2")]) == 0
+    assert Tokenizer.from_pretrained(tmp_path / "tok2").tokenize("the cat") == ["the", "Ġcat"]
+
 
 @pytest.mark.slow
 def test_training_8000_merges_on_10_mb_takes_minutes_at_most(tmp_path, docstrings):  # noqa: F811
