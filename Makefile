@@ -10,7 +10,7 @@ PY         := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: install test test-slow test-gpu demo bench compile-check bench-kernels clean
+.PHONY: install lint test test-slow test-gpu demo bench compile-check bench-kernels clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,7 +21,11 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 
 install: $(VENV)/.installed
 
+lint: $(VENV)/.installed
+	$(PY) -m ruff check .
+
 test: $(VENV)/.installed
+	$(PY) -m ruff check .
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 test-slow: $(VENV)/.installed

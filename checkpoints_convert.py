@@ -24,8 +24,15 @@ import warnings
 import torch
 
 from roberta_scratch.config import RobertaConfig
-from roberta_scratch.convert import (check_against_model, hf_architecture, load_state, read_checkpoint,
-                                     read_fairseq_dict, save_hf, save_ours)
+from roberta_scratch.convert import (
+    check_against_model,
+    hf_architecture,
+    load_state,
+    read_checkpoint,
+    read_fairseq_dict,
+    save_hf,
+    save_ours,
+)
 from roberta_scratch.model import MODEL_CLASSES
 
 TOLERANCE = 1e-4

@@ -30,7 +30,7 @@ from roberta_scratch.convert import save_hf  # noqa: E402
 from roberta_scratch.data import default_corpus, prepare, tokenizer_dir  # noqa: E402
 from roberta_scratch.masking import IGNORE_INDEX  # noqa: E402
 from roberta_scratch.tokenizer import ByteLevelBPETokenizer  # noqa: E402
-from roberta_scratch.trainer import Trainer, TrainArgs, linear_schedule, param_groups  # noqa: E402
+from roberta_scratch.trainer import TrainArgs, Trainer, linear_schedule, param_groups  # noqa: E402
 
 
 def default_data(seq_len: int) -> str:

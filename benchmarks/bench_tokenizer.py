@@ -31,8 +31,8 @@ from unittest import mock
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.common import print_table, time_interleaved, write_result  # noqa: E402
-from roberta_scratch.data import default_corpus  # noqa: E402
 from roberta_scratch import tokenizer as tokenizer_module  # noqa: E402
+from roberta_scratch.data import default_corpus  # noqa: E402
 from roberta_scratch.tokenizer import GPT2_SPLIT_PATTERN, ByteLevelBPETokenizer  # noqa: E402
 
 SPECIALS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]

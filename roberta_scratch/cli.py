@@ -287,7 +287,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _add_demo_parser(sub) -> None:
-    p = sub.add_parser("demo", help="tokenizer, data, a few minutes of pretraining and fill-mask, on the default corpus")
+    p = sub.add_parser("demo", help="tokenizer, data, a few minutes of pretraining and fill-mask, on the "
+                                    "default corpus")
     p.add_argument("--out", default="runs/demo")
     p.add_argument("--steps", type=int, default=4000)
     p.set_defaults(func=_cmd_demo)

@@ -34,8 +34,12 @@ from typing import Optional
 import torch
 
 from . import metrics as M
-from .model import (IGNORE_INDEX, RobertaForQuestionAnswering, RobertaForSequenceClassification,
-                    RobertaForTokenClassification)
+from .model import (
+    IGNORE_INDEX,
+    RobertaForQuestionAnswering,
+    RobertaForSequenceClassification,
+    RobertaForTokenClassification,
+)
 from .tokenizer import Tokenizer
 from .trainer import BaseTrainer, TrainingError
 

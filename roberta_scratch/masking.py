@@ -45,7 +45,8 @@ class DynamicMaskingCollator:
             raise ValueError(f"mask_replace_prob ({mask_replace_prob}) + random_replace_prob "
                              f"({random_replace_prob}) must be probabilities summing to at most 1")
         if word_start is not None and word_start.shape != (vocab_size,):
-            raise ValueError(f"word_start must be a bool tensor of shape ({vocab_size},), got {tuple(word_start.shape)}")
+            raise ValueError(f"word_start must be a bool tensor of shape ({vocab_size},), "
+                             f"got {tuple(word_start.shape)}")
         self.vocab_size = vocab_size
         self.mask_token_id = mask_token_id
         self.pad_token_id = pad_token_id

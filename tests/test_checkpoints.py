@@ -6,14 +6,19 @@ import sys
 
 import pytest
 import torch
+from helpers import padded_batch, random_hf_model
 from safetensors.torch import load_file, save_file
 
-from helpers import padded_batch, random_hf_model
-from roberta_scratch import (RobertaConfig, RobertaForMaskedLM, RobertaForQuestionAnswering,
-                             RobertaForSequenceClassification, RobertaForTokenClassification, RobertaModel)
-from roberta_scratch.model import MODEL_CLASSES
-
 import checkpoints_convert
+from roberta_scratch import (
+    RobertaConfig,
+    RobertaForMaskedLM,
+    RobertaForQuestionAnswering,
+    RobertaForSequenceClassification,
+    RobertaForTokenClassification,
+    RobertaModel,
+)
+from roberta_scratch.model import MODEL_CLASSES
 
 TINY = dict(vocab_size=1000, hidden_size=96, num_hidden_layers=2, num_attention_heads=3, intermediate_size=160,
             max_position_embeddings=40)

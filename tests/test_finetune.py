@@ -11,8 +11,15 @@ import torch
 
 from roberta_scratch import cli
 from roberta_scratch.config import RobertaConfig
-from roberta_scratch.finetune import (DataError, FinetuneArgs, FinetuneTrainer, align_labels, finetune,
-                                      load_finetuned, qa_windows)
+from roberta_scratch.finetune import (
+    DataError,
+    FinetuneArgs,
+    FinetuneTrainer,
+    align_labels,
+    finetune,
+    load_finetuned,
+    qa_windows,
+)
 from roberta_scratch.model import RobertaForMaskedLM
 from roberta_scratch.tokenizer import ByteLevelBPETokenizer, Tokenizer
 

@@ -20,9 +20,9 @@ Tolerances are max errors against the fp32 reference evaluated on the same
 """
 import pytest
 import torch
+from helpers import triton_mode_fixture
 
 import kernels
-from helpers import triton_mode_fixture
 from kernels import attention, attention_dropout_mask, attention_reference
 
 pytestmark = pytest.mark.skipif(not kernels.triton_available(), reason="triton is not installed")

@@ -3,8 +3,19 @@ import math
 
 import pytest
 
-from roberta_scratch.metrics import (accuracy, entity_prf, entity_spans, macro_f1, normalize_answer, pearson, ranks,
-                                     spearman, squad_exact, squad_f1, squad_scores)
+from roberta_scratch.metrics import (
+    accuracy,
+    entity_prf,
+    entity_spans,
+    macro_f1,
+    normalize_answer,
+    pearson,
+    ranks,
+    spearman,
+    squad_exact,
+    squad_f1,
+    squad_scores,
+)
 
 
 def test_accuracy_and_macro_f1_by_hand():

@@ -4,10 +4,15 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
-
 from helpers import padded_batch
-from roberta_scratch import (RobertaConfig, RobertaForMaskedLM, RobertaForSequenceClassification,
-                             RobertaForTokenClassification, RobertaModel)
+
+from roberta_scratch import (
+    RobertaConfig,
+    RobertaForMaskedLM,
+    RobertaForSequenceClassification,
+    RobertaForTokenClassification,
+    RobertaModel,
+)
 from roberta_scratch.model import MODEL_CLASSES
 
 TINY = dict(vocab_size=1000, hidden_size=96, num_hidden_layers=2, num_attention_heads=3, intermediate_size=160,

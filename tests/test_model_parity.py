@@ -5,10 +5,15 @@ included), saved, loaded here with from_pretrained, and run on the same padded b
 """
 import pytest
 import torch
-
 from helpers import padded_batch, random_hf_model
-from roberta_scratch import (RobertaForMaskedLM, RobertaForQuestionAnswering, RobertaForSequenceClassification,
-                             RobertaForTokenClassification, RobertaModel)
+
+from roberta_scratch import (
+    RobertaForMaskedLM,
+    RobertaForQuestionAnswering,
+    RobertaForSequenceClassification,
+    RobertaForTokenClassification,
+    RobertaModel,
+)
 
 transformers = pytest.importorskip("transformers")
 

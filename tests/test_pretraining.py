@@ -12,7 +12,7 @@ import torch
 from roberta_scratch.config import RobertaConfig
 from roberta_scratch.data import PackedDataset, TokenStream, iter_documents, prepare
 from roberta_scratch.tokenizer import ByteLevelBPETokenizer, Tokenizer
-from roberta_scratch.trainer import Trainer, TrainArgs, TrainingError, pretrain
+from roberta_scratch.trainer import TrainArgs, Trainer, TrainingError, pretrain
 
 WORDS = ("the cat sat on a mat while the dog ran to the red house and a bird sang in the old tree "
          "because every morning people walk past quiet gardens near the river").split()
