@@ -1,126 +1,13 @@
 #!/usr/bin/env python
 """Convert official RoBERTa checkpoints to this project's format, or ours to Hugging Face's.
 
-    python checkpoints_convert.py SRC DST [--to ours|hf] [--verify]
+    python checkpoints_convert.py SRC DST [--to ours|hf] [--verify] [--dict DICT]
 
-SRC is detected: this project's directory, a Hugging Face roberta directory
-(model.safetensors or pytorch_model.bin), or a fairseq model.pt (or the
-directory holding it) with its dict.txt beside it. Every release's fairseq
-names are understood (see roberta_scratch/convert.py for the key maps).
-
---verify runs this implementation and transformers' on the same padded batch
-and prints the max abs difference of every hidden state and of the logits;
-it exits 1 above 1e-4. It needs `transformers`, which the package itself
-never imports.
+The same command as `roberta-scratch convert`; see roberta_scratch/converter.py.
 """
-from __future__ import annotations
-
-import argparse
-import os
 import sys
-import tempfile
-import warnings
 
-import torch
-
-from roberta_scratch.config import RobertaConfig
-from roberta_scratch.convert import (
-    check_against_model,
-    hf_architecture,
-    load_state,
-    read_checkpoint,
-    read_fairseq_dict,
-    save_hf,
-    save_ours,
-)
-from roberta_scratch.model import MODEL_CLASSES
-
-TOLERANCE = 1e-4
-
-
-def padded_batch(cfg: RobertaConfig, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Three sequences of unequal length, <s> ... </s> then padding, ids drawn past the specials."""
-    g = torch.Generator().manual_seed(seed)
-    T = min(16, cfg.max_tokens)
-    lengths = [T, max(T // 2, 3), 3]
-    ids = torch.full((len(lengths), T), cfg.pad_token_id, dtype=torch.long)
-    for row, n in enumerate(lengths):
-        ids[row, :n] = torch.randint(4, cfg.vocab_size, (n,), generator=g)
-        ids[row, 0], ids[row, n - 1] = cfg.bos_token_id, cfg.eos_token_id
-    return ids, ids.ne(cfg.pad_token_id).long()
-
-
-def verify_against_transformers(cfg: RobertaConfig, sd: dict) -> dict:
-    """Max abs diff between our model and transformers' on one padded batch, per output."""
-    try:
-        import transformers
-    except ImportError:
-        raise SystemExit("--verify needs transformers: pip install transformers") from None
-    arch = hf_architecture(sd)
-    with tempfile.TemporaryDirectory() as tmp:
-        save_hf(cfg, sd, tmp)
-        theirs = getattr(transformers, arch).from_pretrained(tmp, attn_implementation="eager").eval()
-    ours = MODEL_CLASSES[arch](cfg.replace(attention="eager")).eval()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # heads other than arch's are expected to be unused here
-        load_state(ours, sd)
-
-    ids, mask = padded_batch(cfg)
-    with torch.no_grad():
-        a = ours(ids, attention_mask=mask, output_hidden_states=True)
-        b = theirs(input_ids=ids, attention_mask=mask, output_hidden_states=True)
-    diff = {f"hidden_states[{i}]": (x - y).abs().max().item()
-            for i, (x, y) in enumerate(zip(a.hidden_states, b.hidden_states))}
-    if len(a.hidden_states) != len(b.hidden_states):
-        raise SystemExit(f"hidden state count differs: ours {len(a.hidden_states)} vs {len(b.hidden_states)}")
-    for name in ("logits", "start_logits", "end_logits"):
-        x, y = getattr(a, name, None), getattr(b, name, None)
-        if x is not None and y is not None:
-            diff[name] = (x - y).abs().max().item()
-    return diff
-
-
-def convert(src: str, dst: str, to: str = "ours", verify: bool = False, dict_path: str | None = None) -> int:
-    cfg, sd = read_checkpoint(src)
-    fairseq_file = src if os.path.isfile(src) else os.path.join(src, "model.pt")
-    if os.path.isfile(fairseq_file) and not os.path.isfile(os.path.join(src, "config.json")):
-        dict_path = dict_path or os.path.join(os.path.dirname(fairseq_file), "dict.txt")
-        if os.path.isfile(dict_path):
-            n = read_fairseq_dict(dict_path)
-            if n != cfg.vocab_size:
-                raise ValueError(f"{dict_path} implies {n} ids (4 specials + its entries + <mask>) but the "
-                                 f"checkpoint's embedding has {cfg.vocab_size} rows")
-        else:
-            print(f"note: no dict.txt at {dict_path}; the vocabulary size is not cross-checked")
-    check_against_model(cfg, sd)
-    (save_hf if to == "hf" else save_ours)(cfg, sd, dst)
-    print(f"wrote {dst} ({to}): {hf_architecture(sd)}, {cfg.num_hidden_layers} layers, hidden {cfg.hidden_size}, "
-          f"vocab {cfg.vocab_size}, {sum(v.numel() for v in sd.values()):,} parameters")
-    if not verify:
-        return 0
-    diff = verify_against_transformers(cfg, sd)
-    for name, value in diff.items():
-        print(f"  max abs diff {name:20s} {value:.3e}")
-    worst = max(diff.values())
-    print(f"{'OK' if worst <= TOLERANCE else 'FAILED'}: worst {worst:.3e} (tolerance {TOLERANCE:g})")
-    return 0 if worst <= TOLERANCE else 1
-
-
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("src", help="this project's dir, a Hugging Face roberta dir, or a fairseq model.pt (or its dir)")
-    p.add_argument("dst", help="output directory")
-    p.add_argument("--to", choices=["ours", "hf"], default="ours", help="output format (default: ours)")
-    p.add_argument("--dict", default=None, help="fairseq dict.txt (default: next to model.pt)")
-    p.add_argument("--verify", action="store_true",
-                   help=f"compare against transformers on a padded batch; exit 1 above {TOLERANCE:g}")
-    args = p.parse_args(argv)
-    try:
-        return convert(args.src, args.dst, args.to, args.verify, args.dict)
-    except (ValueError, KeyError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-
+from roberta_scratch.converter import main
 
 if __name__ == "__main__":
     sys.exit(main())

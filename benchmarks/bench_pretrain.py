@@ -26,9 +26,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from benchmarks.common import print_table, write_result  # noqa: E402
-from roberta_scratch.convert import save_hf  # noqa: E402
+from roberta_scratch.checkpoint import save_hf  # noqa: E402
+from roberta_scratch.config import IGNORE_INDEX  # noqa: E402
 from roberta_scratch.data import default_corpus, prepare, tokenizer_dir  # noqa: E402
-from roberta_scratch.masking import IGNORE_INDEX  # noqa: E402
 from roberta_scratch.tokenizer import ByteLevelBPETokenizer  # noqa: E402
 from roberta_scratch.trainer import TrainArgs, Trainer, linear_schedule, param_groups  # noqa: E402
 

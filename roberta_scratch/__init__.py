@@ -9,7 +9,7 @@ from .model import (
     RobertaModel,
 )
 from .spm_tokenizer import SentencePieceTokenizer
-from .tokenizer import ByteLevelBPETokenizer, Tokenizer
+from .tokenizer import ByteLevelBPETokenizer, Tokenizer, load_tokenizer
 
 __all__ = [
     "RobertaConfig",
@@ -22,4 +22,5 @@ __all__ = [
     "ByteLevelBPETokenizer",
     "SentencePieceTokenizer",
     "Tokenizer",
+    "load_tokenizer",
 ]

@@ -27,51 +27,13 @@ the rule of Hugging Face's trainer, and both learn the same merges.
 """
 from __future__ import annotations
 
-import os
-import warnings
 from collections import Counter, defaultdict
 from heapq import heapify, heappop, heappush
-from itertools import islice
-from typing import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 from tqdm.auto import tqdm
 
-
-def iter_lines(paths: Iterable[str | os.PathLike], bad_files: list | None = None) -> Iterator[str]:
-    """The lines of text files, each with its newline.
-
-    Bytes that are not UTF-8 are read as U+FFFD, and each file that had any
-    is reported with a warning (and appended to `bad_files` when given): one
-    bad byte must not stop a run over a corpus.
-    """
-    for path in paths:
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"corpus file {str(path)!r} does not exist")
-        bad_lines, first_bad = 0, 0
-        # Binary, so that lines end at b"\n" only and "\r\n" comes back as written.
-        with open(path, "rb") as f:
-            for n, raw in enumerate(f, start=1):
-                try:
-                    yield raw.decode("utf-8")
-                except UnicodeDecodeError:
-                    bad_lines += 1
-                    first_bad = first_bad or n
-                    yield raw.decode("utf-8", errors="replace")
-        if bad_lines:
-            if bad_files is not None:
-                bad_files.append(str(path))
-            warnings.warn(
-                f"{path}: {bad_lines} line(s) are not valid UTF-8 (first: line {first_bad}); "
-                "their invalid bytes were read as U+FFFD",
-                stacklevel=2,
-            )
-
-
-def chunked(items: Iterable, n: int) -> Iterator[list]:
-    """Lists of n items at a time (the last may be shorter), reading `items` lazily."""
-    it = iter(items)
-    while batch := list(islice(it, n)):
-        yield batch
+from .bpe import merge
 
 
 def count_words(
@@ -148,7 +110,7 @@ def learn_merges(
             delta: dict[tuple[int, int], int] = defaultdict(int)
             for wi in where.pop(pair):
                 word = words[wi]
-                merged = _merge(word, pair, new_id)
+                merged = merge(word, pair, new_id)
                 if len(merged) == len(word):  # this word lost the pair in an earlier merge
                     continue
                 freq = freqs[wi]
@@ -170,17 +132,3 @@ def learn_merges(
                 if d > 0:
                     heappush(heap, entry(p, count))
     return merges
-
-
-def _merge(word: list[int], pair: tuple[int, int], new_id: int) -> list[int]:
-    """Replace each non-overlapping occurrence of `pair`, left to right: [1, 1, 1] with (1, 1) -> [new, 1]."""
-    left, right = pair
-    out, i, n = [], 0, len(word)
-    while i < n:
-        if word[i] == left and i + 1 < n and word[i + 1] == right:
-            out.append(new_id)
-            i += 2
-        else:
-            out.append(word[i])
-            i += 1
-    return out

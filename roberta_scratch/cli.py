@@ -7,15 +7,17 @@ in one file.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
+import typing
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
     import torch
 
     from .config import PRESETS, RobertaConfig
+    from .flops import flops_per_token
     from .model import RobertaForMaskedLM
-    from .trainer import flops_per_token
 
     cfg = RobertaConfig.preset(args.config) if args.config in PRESETS else RobertaConfig.load(args.config)
     with torch.device("meta"):
@@ -65,64 +67,65 @@ def _add_prepare_parser(sub) -> None:
     p.set_defaults(func=_cmd_prepare)
 
 
-def _cmd_pretrain(args: argparse.Namespace) -> int:
-    from .trainer import TrainArgs, TrainingError, pretrain
+def add_dataclass_arguments(p: argparse.ArgumentParser, settings: type) -> None:
+    """One flag per field of a settings dataclass (RunArgs and its subclasses): --batch-size for
+    batch_size, its type, its choices and its help from the field; a bool is a switch.
 
-    fields = {k: v for k, v in vars(args).items() if k not in ("command", "func") and v is not None}
+    Every default is None, so only the flags given reach the dataclass and its own defaults
+    apply to the rest; the help text shows them.
+    """
+    hints = typing.get_type_hints(settings)
+    for f in dataclasses.fields(settings):
+        if not f.metadata.get("cli", True):
+            continue
+        kind = hints[f.name]
+        if typing.get_origin(kind) is typing.Union:  # Optional[X]
+            kind = next(t for t in typing.get_args(kind) if t is not type(None))
+        flag = "--" + f.name.replace("_", "-")
+        helps = f.metadata.get("help", "")
+        if f.default is dataclasses.MISSING:
+            p.add_argument(flag, required=True, help=helps)
+        elif kind is bool:
+            p.add_argument(flag, action="store_true", default=None, help=helps)
+        else:
+            default = f" (default {f.default:g})" if isinstance(f.default, float) else \
+                f" (default {f.default})" if f.default is not None else ""
+            p.add_argument(flag, type=kind, default=None, choices=f.metadata.get("choices"), help=helps + default)
+
+
+def _given(args: argparse.Namespace) -> dict:
+    """The settings given on the command line (the dataclass fills in the rest)."""
+    return {k: v for k, v in vars(args).items() if k not in ("command", "func") and v is not None}
+
+
+def _cmd_pretrain(args: argparse.Namespace) -> int:
+    from .pretrain import TrainArgs, pretrain
+    from .training import TrainingError
+
     try:
-        return pretrain(TrainArgs(**fields))
+        return pretrain(TrainArgs(**_given(args)))
     except TrainingError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
 
 
 def _add_pretrain_parser(sub) -> None:
-    from .trainer import TrainArgs
+    from .pretrain import TrainArgs
 
-    d = TrainArgs(data="", out="")
     p = sub.add_parser("pretrain", help="MLM pretraining (single process, or DDP under torchrun)")
-    p.add_argument("--data", required=True, help="a directory made by `roberta-scratch prepare`")
-    p.add_argument("--out", required=True, help="run directory: ckpt/, metrics.jsonl, loss.png, model/")
-    p.add_argument("--config", default=d.config, help="tiny|small|base|large or a config.json")
-    for name in ("steps", "batch_size", "grad_accum", "warmup", "seed", "seq_len", "log_every", "eval_every",
-                 "eval_blocks", "save_every", "keep_last"):
-        p.add_argument("--" + name.replace("_", "-"), type=int, default=None,
-                       help=f"default {getattr(d, name)}" + (" (the data's)" if name == "seq_len" else ""))
-    for name in ("lr", "weight_decay", "clip", "mlm_probability"):
-        p.add_argument("--" + name.replace("_", "-"), type=float, default=None, help=f"default {getattr(d, name)}")
-    p.add_argument("--attention", choices=["eager", "sdpa", "triton"], default=None, help="default sdpa")
-    p.add_argument("--packing", choices=["full", "doc"], default=None, help="FULL- or DOC-SENTENCES (default full)")
-    p.add_argument("--device", default=None, help="default: cuda when available, else cpu")
-    for flag, help_ in (("resume", "continue from the last checkpoint in OUT/ckpt"),
-                        ("compile", "torch.compile the model"),
-                        ("whole-word", "mask whole words"),
-                        ("static-masking", "BERT's static masks instead of dynamic ones (ablation)")):
-        p.add_argument("--" + flag, action="store_true", default=None, help=help_)
+    add_dataclass_arguments(p, TrainArgs)
     p.set_defaults(func=_cmd_pretrain)
 
 
 def _cmd_fill_mask(args: argparse.Namespace) -> int:
-    import torch
+    from .probe import fill_mask, print_fill_mask
 
-    from .model import RobertaForMaskedLM
-    from .tokenizer import Tokenizer
-
-    tok = Tokenizer.from_pretrained(args.model)
-    model = RobertaForMaskedLM.from_pretrained(args.model).eval()
-    for text in args.text:
-        ids = tok.encode(text)
-        positions = [i for i, t in enumerate(ids) if t == tok.mask_token_id]
-        if not positions:
-            print(f"error: no {tok.mask_token} in {text!r}", file=sys.stderr)
-            return 2
-        with torch.no_grad():
-            logits = model(torch.tensor([ids])).logits[0]
-        print(text)
-        for pos in positions:
-            probs = logits[pos].softmax(-1)
-            top = probs.topk(args.top_k)
-            for p, i in zip(top.values.tolist(), top.indices.tolist()):
-                print(f"  {p:6.1%}  {tok.decode([i])!r}")
+    try:
+        results = fill_mask(args.model, args.text, top_k=args.top_k)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print_fill_mask(results)
     return 0
 
 
@@ -147,9 +150,9 @@ def _cmd_tokenizer_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_tokenizer_encode(args: argparse.Namespace) -> int:
-    from .tokenizer import Tokenizer
+    from .tokenizer import load_tokenizer
 
-    tok = Tokenizer.from_pretrained(args.tokenizer)
+    tok = load_tokenizer(args.tokenizer)
     for ids in tok.encode_file(args.file, num_workers=args.workers):
         print(" ".join(map(str, ids)))
     return 0
@@ -174,11 +177,10 @@ def _add_tokenizer_parser(sub) -> None:
 
 def _cmd_finetune(args: argparse.Namespace) -> int:
     from .finetune import FinetuneArgs, finetune
-    from .trainer import TrainingError
+    from .training import TrainingError
 
-    fields = {k: v for k, v in vars(args).items() if k not in ("command", "func") and v is not None}
     try:
-        return finetune(FinetuneArgs(**fields))
+        return finetune(FinetuneArgs(**_given(args)))
     except TrainingError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -187,37 +189,16 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
 def _add_finetune_parser(sub) -> None:
     from .finetune import FinetuneArgs
 
-    d = FinetuneArgs(task="", model="", train="", out="")
     p = sub.add_parser("finetune", help="train a task head end to end (seq-cls, token-cls, qa) with metrics")
-    p.add_argument("--task", required=True, choices=["seq-cls", "token-cls", "qa"])
-    p.add_argument("--model", required=True, help="a pretrained model dir (ours or Hugging Face) with its tokenizer")
-    p.add_argument("--train", required=True, help="seq-cls: .csv/.jsonl; token-cls: CoNLL or .jsonl; qa: SQuAD .json")
-    p.add_argument("--eval", default=None, help="the eval file, same format; metrics after each epoch")
-    p.add_argument("--out", required=True, help="run directory: ckpt/, metrics.jsonl, best/, model/")
-    p.add_argument("--epochs", type=float, default=None, help=f"default {d.epochs:g}")
-    for name in ("batch_size", "grad_accum", "max_length", "stride", "max_answer_length", "seed", "log_every",
-                 "eval_every", "save_every", "keep_last"):
-        p.add_argument("--" + name.replace("_", "-"), type=int, default=None,
-                       help=f"default {getattr(d, name)}" + (" (512; qa 384)" if name == "max_length" else "")
-                       + (" (once per epoch)" if name in ("eval_every", "save_every") else ""))
-    for name in ("lr", "warmup_ratio", "weight_decay", "clip"):
-        p.add_argument("--" + name.replace("_", "-"), type=float, default=None, help=f"default {getattr(d, name)}")
-    p.add_argument("--label-type", choices=["auto", "class", "regression"], default=None,
-                   help="seq-cls: auto (default) makes numeric labels regression")
-    p.add_argument("--on-bad-row", choices=["skip", "stop"], default=None,
-                   help="skip bad rows with a count (default), or stop at the first")
-    p.add_argument("--attention", choices=["eager", "sdpa", "triton"], default=None, help="default sdpa")
-    p.add_argument("--device", default=None, help="default: cuda when available, else cpu")
-    p.add_argument("--resume", action="store_true", default=None, help="continue from the last checkpoint in OUT/ckpt")
-    p.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
+    add_dataclass_arguments(p, FinetuneArgs)
     p.set_defaults(func=_cmd_finetune)
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
     import json
 
-    from .finetune import predict
-    from .trainer import TrainingError
+    from .predict import predict
+    from .training import TrainingError
 
     try:
         if args.file == "-":
@@ -280,6 +261,15 @@ def _add_attention_parser(sub) -> None:
     p.set_defaults(func=_cmd_attention)
 
 
+def _add_convert_parser(sub) -> None:
+    from . import converter
+
+    p = sub.add_parser("convert", help="convert a checkpoint (ours, Hugging Face, fairseq) to ours or Hugging "
+                                       "Face's, optionally verified against transformers")
+    converter.add_arguments(p)
+    p.set_defaults(func=converter.run)
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run
 
@@ -307,6 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_predict_parser(sub)
     _add_features_parser(sub)
     _add_attention_parser(sub)
+    _add_convert_parser(sub)
     return parser
 
 

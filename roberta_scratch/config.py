@@ -15,6 +15,7 @@ from typing import Optional
 ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu")
 ATTENTION_BACKENDS = ("eager", "sdpa", "triton")
 PROBLEM_TYPES = (None, "regression", "single_label_classification", "multi_label_classification")
+IGNORE_INDEX = -100  # label value for "nothing to predict here", as in torch's cross_entropy
 
 
 @dataclass

@@ -30,7 +30,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .bpe_train import chunked, iter_lines
+from .fileio import atomic_write, chunked, iter_jsonl, iter_lines
+from .tokenizer import load_tokenizer
 
 FORMAT_VERSION = 1
 SHARD_TOKENS = 1 << 28  # 512 MB of uint16 per shard file
@@ -84,13 +85,13 @@ def _file_documents(path: str, report: CorpusReport) -> Iterator[str]:
     report.files += 1
     n = 0
     if path.endswith(".jsonl"):
-        for lineno, line in enumerate(iter_lines([path], report.non_utf8_files), start=1):
-            if not line.strip():
-                continue
-            try:
-                text = json.loads(line)["text"]
-            except (json.JSONDecodeError, KeyError, TypeError) as e:
-                raise ValueError(f"{path}:{lineno}: expected a JSON object with a 'text' field ({e})") from None
+        def bad(lineno: int, problem: str):
+            raise ValueError(f"{path}:{lineno}: {problem}; expected a JSON object with a 'text' field")
+
+        for lineno, obj in iter_jsonl(path, bad, report.non_utf8_files):
+            text = obj.get("text")
+            if not isinstance(text, str):
+                bad(lineno, "no 'text' field" if text is None else f"'text' is a {type(text).__name__}, not a string")
             if text.strip():
                 n += 1
                 yield text
@@ -153,16 +154,6 @@ def inputs_fingerprint(paths: Optional[Iterable[str]]) -> str:
     return h.hexdigest()
 
 
-def tokenizer_hash(tokenizer_dir: str) -> str:
-    h = hashlib.sha256()
-    for name in ("vocab.json", "merges.txt", "sentencepiece.bpe.model"):
-        path = os.path.join(tokenizer_dir, name)
-        if os.path.isfile(path):
-            with open(path, "rb") as f:
-                h.update(name.encode() + f.read())
-    return h.hexdigest()
-
-
 # ----------------------------------------------------------------------------- writing
 
 class _SplitWriter:
@@ -213,14 +204,13 @@ def prepare(corpus: Optional[list[str]], tokenizer_dir: str, out_dir: str, seq_l
     floor((i + 1) * val_fraction) > floor(i * val_fraction): an even, deterministic spread.
     Re-running with the same inputs, tokenizer and settings does nothing.
     """
-    from .tokenizer import Tokenizer
-
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
     if seq_len < 8:
         raise ValueError(f"seq_len must be at least 8, got {seq_len}")
+    tok = load_tokenizer(tokenizer_dir)
     settings = {"format": FORMAT_VERSION, "inputs": inputs_fingerprint(corpus), "seq_len": seq_len,
-                "val_fraction": val_fraction, "tokenizer_hash": tokenizer_hash(tokenizer_dir)}
+                "val_fraction": val_fraction, "tokenizer_hash": tok.fingerprint()}
     meta_path = os.path.join(out_dir, "meta.json")
     if os.path.isfile(meta_path):
         with open(meta_path) as f:
@@ -229,7 +219,6 @@ def prepare(corpus: Optional[list[str]], tokenizer_dir: str, out_dir: str, seq_l
             print(f"{out_dir} is already prepared from these inputs; nothing to do")
             return meta
 
-    tok = Tokenizer.from_pretrained(tokenizer_dir)
     eos = tok.eos_token_id
     dtype = np.uint16 if tok.vocab_size <= np.iinfo(np.uint16).max + 1 else np.uint32
     os.makedirs(out_dir, exist_ok=True)
@@ -259,9 +248,8 @@ def prepare(corpus: Optional[list[str]], tokenizer_dir: str, out_dir: str, seq_l
             "bos_token_id": tok.bos_token_id, "eos_token_id": eos, "pad_token_id": tok.pad_token_id,
             "report": {"files": report.files, "documents": report.documents, "characters": report.characters,
                        "non_utf8_files": report.non_utf8_files, "empty_files": report.empty_files}}
-    with open(meta_path + ".tmp", "w") as f:  # written last: its presence means "complete"
+    with atomic_write(meta_path, "w") as f:  # written last: its presence means "complete"
         json.dump(meta, f, indent=2)
-    os.replace(meta_path + ".tmp", meta_path)
     _print_report(meta)
     return meta
 

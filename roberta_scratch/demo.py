@@ -25,10 +25,10 @@ SENTENCES = (
 
 def run(out: str = "runs/demo", vocab_size: int = 4096, steps: int = 4000, seq_len: int = 128,
         batch_size: int = 16, lr: float = 1e-3) -> int:
-    from .cli import main as cli
     from .data import default_corpus, prepare
+    from .pretrain import TrainArgs, pretrain
+    from .probe import fill_mask, print_fill_mask
     from .tokenizer import ByteLevelBPETokenizer
-    from .trainer import TrainArgs, pretrain
 
     tok_dir, data_dir, run_dir = (os.path.join(out, d) for d in ("tokenizer", "data", "run"))
     if not os.path.isfile(os.path.join(tok_dir, "vocab.json")):
@@ -49,4 +49,5 @@ def run(out: str = "runs/demo", vocab_size: int = 4096, steps: int = 4000, seq_l
     print(f"held-out loss {first['val_loss']:.3f} -> {last['val_loss']:.3f}, perplexity {first['val_ppl']:.0f} -> "
           f"{last['val_ppl']:.1f}, masked accuracy {first['val_acc']:.1%} -> {last['val_acc']:.1%}")
     print("== 4/4 fill-mask with the trained model")
-    return cli(["fill-mask", "--model", os.path.join(run_dir, "model"), *SENTENCES])
+    print_fill_mask(fill_mask(os.path.join(run_dir, "model"), list(SENTENCES)))
+    return 0

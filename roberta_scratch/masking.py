@@ -21,7 +21,7 @@ from typing import Optional, Sequence, Union
 
 import torch
 
-IGNORE_INDEX = -100
+from .config import IGNORE_INDEX
 
 
 class DynamicMaskingCollator:
@@ -31,8 +31,8 @@ class DynamicMaskingCollator:
     static=True gives every distinct example the same mask on every call (BERT's
     preprocessing-time masking, for the static-vs-dynamic ablation): its mask is drawn from a
     generator seeded by the example's ids and `static_seed`.
-    word_start: a bool tensor over the vocabulary, True for tokens that begin a word (the "Ġ"
-    tokens of byte-level BPE); when given, whole words are selected together.
+    word_start: a bool tensor over the vocabulary, True for tokens that begin a word (what the
+    tokenizer's word_start_mask() says); when given, whole words are selected together.
     """
 
     def __init__(self, vocab_size: int, mask_token_id: int, pad_token_id: int, special_token_ids: Sequence[int],
@@ -64,14 +64,10 @@ class DynamicMaskingCollator:
 
     @classmethod
     def from_tokenizer(cls, tokenizer, whole_word: bool = False, **kwargs) -> "DynamicMaskingCollator":
-        """Read the ids from a ByteLevelBPETokenizer; whole_word uses its "Ġ" word starts."""
-        vocab = tokenizer.vocab_size
-        word_start = None
-        if whole_word:
-            word_start = torch.tensor([tokenizer.id_to_token(i).startswith("\u0120") for i in range(vocab)])
-        specials = [tokenizer.token_to_id(t) for t in ("<s>", "<pad>", "</s>", "<unk>", "<mask>")]
-        return cls(vocab, tokenizer.mask_token_id, tokenizer.pad_token_id, [i for i in specials if i is not None],
-                   word_start=word_start, **kwargs)
+        """Read the ids from a tokenizer; whole_word groups tokens by its word_start_mask()."""
+        word_start = torch.tensor(tokenizer.word_start_mask(), dtype=torch.bool) if whole_word else None
+        return cls(tokenizer.vocab_size, tokenizer.mask_token_id, tokenizer.pad_token_id,
+                   sorted(tokenizer.special_tokens.values()), word_start=word_start, **kwargs)
 
     # ------------------------------------------------------------------ batching
     def pad(self, examples: Union[torch.Tensor, Sequence[torch.Tensor]]) -> torch.Tensor:
@@ -128,7 +124,7 @@ class DynamicMaskingCollator:
     def _per_word(self, ids: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
         """Give every token of a word the draw of its first token, so words are selected whole.
 
-        A word starts at a "Ġ" token, at the start of the row, or right after a special token.
+        A word starts at a word-start token, at the start of the row, or right after a special token.
         """
         T = ids.shape[1]
         prev_special = torch.ones_like(ids, dtype=torch.bool)

@@ -11,6 +11,7 @@ dicts onto it.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Optional
 
@@ -20,9 +21,9 @@ import torch.nn.functional as F
 
 import kernels
 
-from .config import RobertaConfig
-
-IGNORE_INDEX = -100  # label value for "nothing to predict here", as in torch's cross_entropy
+from .checkpoint import read_checkpoint, save_ours
+from .config import IGNORE_INDEX, RobertaConfig
+from .convert import ENCODER_PREFIX, HEAD_PREFIXES, normalise_prefix
 
 ACT2FN = {
     "gelu": F.gelu,  # exact erf form, as in the original
@@ -193,9 +194,7 @@ class PreTrained(nn.Module):
 
     def save_pretrained(self, path: str) -> None:
         """Write `config.json` and `model.safetensors` into the directory `path`."""
-        from .convert import save_checkpoint
-
-        save_checkpoint(self, path)
+        save_ours(self.config, self.state_dict(), path, model_class=type(self).__name__)
 
     @classmethod
     def from_pretrained(cls, path: str, reinit_mismatched_heads: bool = False, **config_overrides):
@@ -205,9 +204,10 @@ class PreTrained(nn.Module):
         A head the checkpoint lacks is initialised fresh, with a warning that names it; so is
         one whose shape differs when reinit_mismatched_heads is set (else that is an error).
         """
-        from .convert import load_pretrained
-
-        return load_pretrained(cls, path, reinit_mismatched_heads, **config_overrides)
+        cfg, sd = read_checkpoint(path, **config_overrides)
+        model = cls(cfg)
+        load_state(model, sd, reinit_mismatched_heads)
+        return model
 
 
 def check_inputs(cfg: RobertaConfig, input_ids: torch.Tensor,
@@ -438,3 +438,75 @@ MODEL_CLASSES = {
     for cls in (RobertaModel, RobertaForMaskedLM, RobertaForSequenceClassification,
                 RobertaForTokenClassification, RobertaForQuestionAnswering)
 }
+
+
+# --------------------------------------------------------------------------- loading weights
+
+def load_state(model, sd: dict, reinit_mismatched_heads: bool = False) -> None:
+    """Load a canonical state dict into `model`, reporting every problem by name.
+
+    Errors: encoder keys missing or unexpected, any shape mismatch. Warnings: a head the
+    checkpoint lacks (initialised fresh, as the original does) and heads it has that this
+    model does not (ignored). reinit_mismatched_heads=True also starts a head afresh whose
+    shape differs (a classifier fine-tuned for another label set). Then
+    load_state_dict(strict=True).
+    """
+    sd = normalise_prefix(sd)
+    bare = isinstance(model, RobertaModel)
+    if bare:
+        ignored_heads = sorted(k for k in sd if k.startswith(HEAD_PREFIXES))
+        sd = {k[len(ENCODER_PREFIX):]: v for k, v in sd.items() if k.startswith(ENCODER_PREFIX)}
+    target = model.state_dict()
+    missing = sorted(set(target) - set(sd))
+    unexpected = sorted(set(sd) - set(target))
+    if not bare:
+        ignored_heads = [k for k in unexpected if k.startswith(HEAD_PREFIXES)]
+    unexpected = [k for k in unexpected if k not in ignored_heads]
+    fresh = [k for k in missing if k.startswith(HEAD_PREFIXES)]
+    missing = [k for k in missing if k not in fresh]
+    mismatched = [k for k in sorted(set(sd) & set(target)) if sd[k].shape != target[k].shape]
+    reshaped = [k for k in mismatched if reinit_mismatched_heads and k.startswith(HEAD_PREFIXES)]
+    misshaped = [k for k in mismatched if k not in reshaped]
+
+    def shapes(keys):
+        return [f"{k}: checkpoint {tuple(sd[k].shape)} vs model {tuple(target[k].shape)}" for k in keys]
+
+    problems = []
+    if missing:
+        problems.append(f"missing keys: {missing}")
+    if unexpected:
+        problems.append(f"unexpected keys: {unexpected}")
+    if misshaped:
+        problems.append(f"mis-shaped keys: {shapes(misshaped)}")
+    if problems:
+        raise ValueError(f"checkpoint does not fit {type(model).__name__}: " + "; ".join(problems))
+    if fresh:
+        warnings.warn(f"{type(model).__name__}: the checkpoint has no weights for {fresh}; they are newly "
+                      "initialised. Train the model on a downstream task before using it.", stacklevel=3)
+    if reshaped:
+        warnings.warn(f"{type(model).__name__}: checkpoint heads of another shape are newly initialised: "
+                      f"{shapes(reshaped)}. Train the model on a downstream task before using it.", stacklevel=3)
+    if ignored_heads:
+        warnings.warn(f"{type(model).__name__}: checkpoint weights not used by this model: {ignored_heads}",
+                      stacklevel=3)
+    full = {k: sd[k] if k in sd and k not in reshaped else target[k] for k in target}
+    model.load_state_dict(full, strict=True)
+
+
+def check_state_dict(cfg: RobertaConfig, sd: dict) -> None:
+    """A canonical state dict holds every encoder key, only keys some model class has, each
+    with the shape `cfg` implies (heads optional): what a converted checkpoint must satisfy."""
+    wanted = {}
+    with torch.device("meta"):
+        for name, cls in MODEL_CLASSES.items():
+            if name == "RobertaModel":
+                continue
+            wanted.update({k: v.shape for k, v in cls(cfg).state_dict().items()})
+    encoder = {k for k in wanted if k.startswith(ENCODER_PREFIX)}
+    missing = sorted(encoder - set(sd))
+    unknown = sorted(set(sd) - set(wanted))
+    misshaped = [f"{k}: {tuple(sd[k].shape)} vs {tuple(wanted[k])}" for k in sd if k in wanted
+                 and sd[k].shape != wanted[k]]
+    if missing or unknown or misshaped:
+        raise ValueError(f"converted checkpoint is inconsistent: missing {missing}, unknown {unknown}, "
+                         f"mis-shaped {misshaped}")

@@ -1,5 +1,6 @@
-"""Looking inside a model: hidden states per layer, and attention maps as pictures.
+"""Looking inside a model: masked-token predictions, hidden states per layer, attention maps.
 
+    roberta-scratch fill-mask --model DIR "The capital of France is <mask>."
     roberta-scratch features --model DIR "some text" --layers all --out feats.npy
     roberta-scratch attention --model DIR "some text" --out attn.png
 """
@@ -11,15 +12,48 @@ import warnings
 import numpy as np
 import torch
 
-from .model import RobertaModel
-from .tokenizer import Tokenizer
+from .model import RobertaForMaskedLM, RobertaModel
+from .tokenizer import load_tokenizer
 
 
 def _load(path: str, **overrides):
     with warnings.catch_warnings():  # a fine-tuned or MLM dir has a head the bare encoder ignores
         warnings.simplefilter("ignore")
         model = RobertaModel.from_pretrained(path, **overrides).eval()
-    return Tokenizer.from_pretrained(path), model
+    return load_tokenizer(path), model
+
+
+@torch.no_grad()
+def fill_mask(path: str, texts: list[str], top_k: int = 5) -> list[dict]:
+    """For each text, the top-k tokens and probabilities at each <mask> in it.
+
+        >>> fill_mask("roberta-base/", ["The capital of France is <mask>."], top_k=1)
+        [{'text': 'The capital of France is <mask>.', 'masks': [[(' Paris', 0.3...)]]}]
+    """
+    tok = load_tokenizer(path)
+    model = RobertaForMaskedLM.from_pretrained(path).eval()
+    results = []
+    for text in texts:
+        ids = tok.encode(text)
+        positions = [i for i, t in enumerate(ids) if t == tok.mask_token_id]
+        if not positions:
+            raise ValueError(f"no {tok.mask_token} in {text!r}")
+        logits = model(torch.tensor([ids])).logits[0]
+        masks = []
+        for pos in positions:
+            top = logits[pos].float().softmax(-1).topk(top_k)
+            masks.append([(tok.decode([i]), p) for p, i in zip(top.values.tolist(), top.indices.tolist())])
+        results.append({"text": text, "masks": masks})
+    return results
+
+
+def print_fill_mask(results: list[dict]) -> None:
+    """Each text, then per <mask> its candidates, one a line: probability and token."""
+    for r in results:
+        print(r["text"])
+        for candidates in r["masks"]:
+            for token, p in candidates:
+                print(f"  {p:6.1%}  {token!r}")
 
 
 def parse_layers(spec: str, n: int) -> list[int]:

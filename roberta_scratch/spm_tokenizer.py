@@ -20,19 +20,34 @@ the space before it, is shared with the byte-level tokenizer.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import os
-import shutil
 from pathlib import Path
 
 import sentencepiece
 
-from .tokenizer import SPM_FILE, Tokenizer, _write_config
+from .fileio import atomic_write
+from .tokenizer_base import CONFIG_FILE, Tokenizer, write_config
 
+SPM_FILE = "sentencepiece.bpe.model"
 FAIRSEQ_OFFSET = 1  # fairseq id = spm id + 1
+WORD_START = "\u2581"  # "▁", sentencepiece's space: the first piece of every word starts with it
 
 
 class SentencePieceTokenizer(Tokenizer):
     """A sentencepiece model behind the same interface as `ByteLevelBPETokenizer`."""
+
+    files = (SPM_FILE, CONFIG_FILE)
+    model_files = (SPM_FILE,)
+
+    @classmethod
+    def _from_directory(cls, directory: Path, config: dict, **kwargs) -> SentencePieceTokenizer:
+        if not cls.holds(directory):
+            raise FileNotFoundError(f"{str(directory)!r} holds no {SPM_FILE}: not a SentencePiece tokenizer "
+                                    "(load_tokenizer(dir) picks the kind a directory holds)")
+        settings = {"model_max_length": config.get("model_max_length", 512)}
+        return cls(directory / SPM_FILE, **{**settings, **kwargs})
 
     def __init__(
         self, model_file: str | os.PathLike, *, split_special_tokens: bool = False, model_max_length: int = 512
@@ -102,10 +117,25 @@ class SentencePieceTokenizer(Tokenizer):
         spm_id = self.sp.piece_to_id(token)
         return None if spm_id == self.sp.unk_id() else spm_id + FAIRSEQ_OFFSET
 
+    def word_start_mask(self) -> list[bool]:
+        """True for the pieces that begin with "▁": sentencepiece marks each word's start so."""
+        mask = [False] * self.vocab_size
+        for spm_id in range(self.sp.get_piece_size()):
+            i = spm_id + FAIRSEQ_OFFSET
+            if i not in self._special_ids and not self.sp.is_control(spm_id):
+                mask[i] = self.sp.id_to_piece(spm_id).startswith(WORD_START)
+        return mask
+
+    def fingerprint(self) -> str:
+        """sha256 of the serialized model and the settings that change the ids."""
+        state = json.dumps({"kind": "sentencepiece", "split_special_tokens": self.split_special_tokens})
+        return hashlib.sha256(self.sp.serialized_model_proto() + state.encode()).hexdigest()
+
     def save_pretrained(self, directory: str | os.PathLike) -> None:
-        """Copy the model as sentencepiece.bpe.model and write tokenizer_config.json."""
+        """Write the model as sentencepiece.bpe.model and tokenizer_config.json."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         if self.model_file.resolve() != (directory / SPM_FILE).resolve():
-            shutil.copyfile(self.model_file, directory / SPM_FILE)
-        _write_config(directory, self, "XLMRobertaTokenizer")
+            with atomic_write(directory / SPM_FILE) as f:
+                f.write(self.model_file.read_bytes())
+        write_config(directory, self, "XLMRobertaTokenizer")

@@ -1,6 +1,8 @@
-"""Test helpers: tiny random Hugging Face models and padded batches."""
+"""Test helpers: tiny random Hugging Face models, padded batches, the Triton mode switch."""
 import pytest
 import torch
+
+from roberta_scratch.testing import padded_batch  # noqa: F401  (one helper for every test file)
 
 
 def hf_config(**overrides):
@@ -24,17 +26,6 @@ def random_hf_model(arch: str, seed: int = 0, **overrides):
         for p in model.parameters():
             p.normal_(0.0, 0.2)
     return model
-
-
-def padded_batch(vocab_size=1000, lengths=(11, 7, 3), pad_id=1, seed=0):
-    """<s> x... </s> then padding, unequal lengths; returns (input_ids, attention_mask)."""
-    g = torch.Generator().manual_seed(seed)
-    T = max(lengths)
-    ids = torch.full((len(lengths), T), pad_id, dtype=torch.long)
-    for row, n in enumerate(lengths):
-        ids[row, :n] = torch.randint(4, vocab_size, (n,), generator=g)
-        ids[row, 0], ids[row, n - 1] = 0, 2
-    return ids, ids.ne(pad_id).long()
 
 
 def triton_mode_fixture(module: str):

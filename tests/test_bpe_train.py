@@ -14,7 +14,12 @@ from hypothesis import strategies as st
 from roberta_scratch import bpe_train
 from roberta_scratch.bpe_train import learn_merges
 from roberta_scratch.cli import main as cli_main
-from roberta_scratch.tokenizer import GPT2_SPLIT_PATTERN, ByteLevelBPETokenizer, Tokenizer, bytes_to_unicode
+from roberta_scratch.tokenizer import (
+    GPT2_SPLIT_PATTERN,
+    ByteLevelBPETokenizer,
+    bytes_to_unicode,
+    load_tokenizer,
+)
 
 SPECIALS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
 
@@ -38,7 +43,7 @@ def naive_merges(word_counts: dict[bytes, int], num_merges: int, min_frequency: 
             break
         token_bytes[new_id] = token_bytes[pair[0]] + token_bytes[pair[1]]
         merges.append((token_bytes[pair[0]], token_bytes[pair[1]]))
-        words = {tuple(bpe_train._merge(list(w), pair, new_id)): n for w, n in words.items()}
+        words = {tuple(bpe_train.merge(list(w), pair, new_id)): n for w, n in words.items()}
         new_id += 1
     return merges
 
@@ -90,8 +95,8 @@ def test_incremental_counts_match_a_full_recount(words, min_frequency):
 
 def test_a_merge_touches_only_the_words_holding_its_pair(monkeypatch, docstrings):  # noqa: F811
     calls = []
-    real_merge = bpe_train._merge
-    monkeypatch.setattr(bpe_train, "_merge", lambda *a: calls.append(1) or real_merge(*a))
+    real_merge = bpe_train.merge
+    monkeypatch.setattr(bpe_train, "merge", lambda *a: calls.append(1) or real_merge(*a))
     counts = bpe_train.count_words(docstrings[:1500], regex.compile(GPT2_SPLIT_PATTERN).findall, show_progress=False)
     merges = learn_merges(counts, 1000, show_progress=False)
     assert len(merges) == 1000
@@ -122,7 +127,7 @@ def test_train_save_load_encode_round_trip(tmp_path, docstrings):  # noqa: F811
     tok = ByteLevelBPETokenizer.train(iter(docstrings[:800]), vocab_size=600, special_tokens=specials, show_progress=False)
     assert tok.vocab_size == 600 and tok.special_tokens["<extra>"] == 4 and tok.mask_token_id == 599
     tok.save_pretrained(tmp_path)
-    loaded = Tokenizer.from_pretrained(tmp_path)
+    loaded = load_tokenizer(tmp_path)
     assert loaded.vocab == tok.vocab and loaded.merges == tok.merges
     for text in [d for d in docstrings[800:900] if "<" not in d] + ["an <extra> token, a <mask>."]:
         ids = loaded.encode(text)
@@ -161,7 +166,7 @@ def test_cli_train_and_encode(tmp_path, capsys):
     corpus.write_text("the cat sat on the mat\nthe dog sat on the log\n" * 20, encoding="utf-8")
     assert cli_main(["tokenizer", "train", "--corpus", str(corpus), "--vocab-size", "270", "--out", str(tmp_path / "tok")]) == 0
     assert "saved a 270-token byte-level BPE tokenizer (9 merges)" in capsys.readouterr().out
-    tok = Tokenizer.from_pretrained(tmp_path / "tok")
+    tok = load_tokenizer(tmp_path / "tok")
     assert cli_main(["tokenizer", "encode", "--tokenizer", str(tmp_path / "tok"), str(corpus)]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 40
@@ -172,7 +177,7 @@ def test_cli_train_and_encode(tmp_path, capsys):
     (tmp_path / "dir" / "a.jsonl").write_text('{"text": "the cat sat on the mat"}\n' * 20, encoding="utf-8")
     assert cli_main(["tokenizer", "train", "--corpus", str(tmp_path / "dir"), "--vocab-size", "270",
                      "--out", str(tmp_path / "tok2")]) == 0
-    assert Tokenizer.from_pretrained(tmp_path / "tok2").tokenize("the cat") == ["the", "Ġcat"]
+    assert load_tokenizer(tmp_path / "tok2").tokenize("the cat") == ["the", "Ġcat"]
 
 
 @pytest.mark.slow

@@ -17,6 +17,7 @@ from roberta_scratch import (
     RobertaForSequenceClassification,
     RobertaForTokenClassification,
     RobertaModel,
+    converter,
 )
 from roberta_scratch.model import MODEL_CLASSES
 
@@ -181,14 +182,14 @@ def test_ours_to_hf_to_ours_is_bit_identical_and_transformers_loads_it(arch, tmp
 
 def test_verify_fails_loudly_when_weights_disagree(tmp_path, monkeypatch, capsys):
     RobertaForMaskedLM(tiny()).save_pretrained(str(tmp_path / "ours"))
-    real = checkpoints_convert.save_hf
+    real = converter.save_hf
 
     def corrupt(cfg, sd, path):  # what transformers sees differs from what we run
         sd = dict(sd)
         sd["roberta.layers.0.ffn.fc1.bias"] = sd["roberta.layers.0.ffn.fc1.bias"] + 1.0
         real(cfg, sd, path)
 
-    monkeypatch.setattr(checkpoints_convert, "save_hf", corrupt)
+    monkeypatch.setattr(converter, "save_hf", corrupt)
     assert checkpoints_convert.main([str(tmp_path / "ours"), str(tmp_path / "out"), "--verify"]) == 1
     assert "FAILED" in capsys.readouterr().out
 

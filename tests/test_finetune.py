@@ -11,17 +11,12 @@ import torch
 
 from roberta_scratch import cli
 from roberta_scratch.config import RobertaConfig
-from roberta_scratch.finetune import (
-    DataError,
-    FinetuneArgs,
-    FinetuneTrainer,
-    align_labels,
-    finetune,
-    load_finetuned,
-    qa_windows,
-)
+from roberta_scratch.finetune import FinetuneArgs, FinetuneTrainer, finetune
+from roberta_scratch.finetune_data import DataError
 from roberta_scratch.model import RobertaForMaskedLM
-from roberta_scratch.tokenizer import ByteLevelBPETokenizer, Tokenizer
+from roberta_scratch.predict import load_finetuned
+from roberta_scratch.tasks import align_labels, qa_windows
+from roberta_scratch.tokenizer import ByteLevelBPETokenizer, load_tokenizer
 
 POSITIVE = "good great happy excellent lovely wonderful".split()
 NEGATIVE = "bad awful sad terrible poor boring".split()
@@ -211,7 +206,7 @@ def test_qa_learns_colours_then_predicts(pretrained, tmp_path, capsys):
 # ----------------------------------------------------------------------------- alignment and windows
 
 def test_labels_go_on_the_first_sub_token_of_each_word(pretrained):
-    tok = Tokenizer.from_pretrained(pretrained)
+    tok = load_tokenizer(pretrained)
     words = ["Alice", "zqxjkv", "Paris"]  # an unseen word splits into several tokens
     enc = tok([words], is_split_into_words=True)
     word_ids = enc.word_ids(0)
@@ -224,7 +219,7 @@ def test_labels_go_on_the_first_sub_token_of_each_word(pretrained):
 
 
 def test_qa_windows_overlap_and_map_answers_across_boundaries(pretrained):
-    tok = Tokenizer.from_pretrained(pretrained)
+    tok = load_tokenizer(pretrained)
     context = " ".join(f"The {o} is {c}." for o, c in zip(OBJECTS, COLOURS + COLOURS))
     question = "What colour is the hat?"
     start = context.index("The hat is ") + len("The hat is ")
@@ -340,7 +335,7 @@ def test_features_and_attention_commands(pretrained, tmp_path, capsys):
     from safetensors.numpy import load_file
 
     text = "Alice went to Paris"
-    n_tokens = len(Tokenizer.from_pretrained(pretrained).encode(text))
+    n_tokens = len(load_tokenizer(pretrained).encode(text))
     assert cli.main(["features", "--model", pretrained, "--out", str(tmp_path / "h.npy"), text]) == 0
     assert np.load(tmp_path / "h.npy").shape == (3, n_tokens, 64)  # embeddings + 2 layers
     assert cli.main(["features", "--model", pretrained, "--layers", "0,-1", "--out", str(tmp_path / "h.safetensors"),
@@ -360,7 +355,7 @@ def test_hf_directory_with_a_classification_head_keeps_it(pretrained, tmp_path, 
     pytest.importorskip("transformers")
     from helpers import random_hf_model
 
-    tok = Tokenizer.from_pretrained(pretrained)
+    tok = load_tokenizer(pretrained)
     hf = random_hf_model("RobertaForSequenceClassification", vocab_size=tok.vocab_size, num_labels=3,
                          id2label={0: "neg", 1: "neu", 2: "pos"}, label2id={"neg": 0, "neu": 1, "pos": 2})
     hf.save_pretrained(tmp_path / "hf")

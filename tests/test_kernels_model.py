@@ -11,6 +11,7 @@ import torch
 
 import kernels
 from roberta_scratch import RobertaConfig, RobertaForMaskedLM
+from roberta_scratch.testing import padded_batch
 
 pytestmark = pytest.mark.skipif(not kernels.triton_available(), reason="triton is not installed")
 
@@ -48,16 +49,13 @@ def tiny(attention):
     return RobertaForMaskedLM(cfg), cfg
 
 
-def padded_batch(cfg, lengths, T):
+def masked_batch(cfg, lengths):
+    """A padded batch with MLM labels on about 30% of the real tokens (at least one)."""
+    ids, mask = padded_batch(VOCAB, lengths, cfg.pad_token_id, cfg.bos_token_id, cfg.eos_token_id, seed=1)
     g = torch.Generator().manual_seed(1)
-    ids = torch.randint(4, VOCAB, (len(lengths), T), generator=g)
-    mask = torch.arange(T)[None, :] < torch.tensor(lengths)[:, None]
-    ids[:, 0] = cfg.bos_token_id
-    ids[torch.arange(len(lengths)), torch.tensor(lengths) - 1] = cfg.eos_token_id
-    ids[~mask] = cfg.pad_token_id
-    labels = torch.where((torch.rand(ids.shape, generator=g) < 0.3) & mask, ids, -100)
+    labels = torch.where((torch.rand(ids.shape, generator=g) < 0.3) & mask.bool(), ids, -100)
     labels[0, 1] = ids[0, 1]  # at least one label
-    return ids, mask.long(), labels
+    return ids, mask, labels
 
 
 def test_triton_backend_matches_eager(kernel_calls):
@@ -65,7 +63,7 @@ def test_triton_backend_matches_eager(kernel_calls):
     fused, _ = tiny("triton")
     fused.load_state_dict(eager.state_dict())
     eager.eval(), fused.eval()
-    ids, mask, labels = padded_batch(cfg, lengths=[37, 20, 2], T=37)
+    ids, mask, labels = masked_batch(cfg, [37, 20, 2])
 
     out_e = eager(ids, attention_mask=mask, labels=labels)
     out_f = fused(ids, attention_mask=mask, labels=labels)
@@ -88,7 +86,7 @@ def test_triton_backend_trains_with_dropout(kernel_calls):
     """Dropout on: seeded runs repeat exactly, and gradients are finite."""
     model, cfg = tiny("triton")
     model.train()
-    ids, mask, labels = padded_batch(cfg, lengths=[30, 11], T=30)
+    ids, mask, labels = masked_batch(cfg, [30, 11])
 
     def step():
         torch.manual_seed(123)

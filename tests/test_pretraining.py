@@ -11,8 +11,9 @@ import torch
 
 from roberta_scratch.config import RobertaConfig
 from roberta_scratch.data import PackedDataset, TokenStream, iter_documents, prepare
-from roberta_scratch.tokenizer import ByteLevelBPETokenizer, Tokenizer
-from roberta_scratch.trainer import TrainArgs, Trainer, TrainingError, pretrain
+from roberta_scratch.pretrain import TrainArgs, Trainer, pretrain
+from roberta_scratch.tokenizer import ByteLevelBPETokenizer, load_tokenizer
+from roberta_scratch.training import TrainingError
 
 WORDS = ("the cat sat on a mat while the dog ran to the red house and a bird sang in the old tree "
          "because every morning people walk past quiet gardens near the river").split()
@@ -88,7 +89,7 @@ def test_preparation_reports_latin1_and_empty_files_and_rerun_is_a_noop(prepared
 
 
 def test_stream_holds_every_document_followed_by_eos(prepared):
-    tok = Tokenizer.from_pretrained(str(prepared / "data" / "tokenizer"))
+    tok = load_tokenizer(str(prepared / "data" / "tokenizer"))
     with pytest.warns(UserWarning, match="latin1"):
         docs = list(iter_documents([str(prepared / "corpus")]))
     expected = {"train": [], "val": []}
@@ -152,7 +153,7 @@ def test_resume_with_different_settings_is_refused(prepared, tmp_path):
 
 
 def test_kill_during_save_keeps_the_previous_checkpoint(prepared, tmp_path, monkeypatch):
-    import roberta_scratch.trainer as trainer_module
+    import roberta_scratch.training as trainer_module
 
     real_save = torch.save
     calls = {"n": 0}
@@ -216,7 +217,7 @@ def test_learning_drops_held_out_loss(prepared, tmp_path):
 DDP_SCRIPT = r"""
 import os, sys, torch, torch.distributed as dist
 sys.path.insert(0, {root!r})
-from roberta_scratch.trainer import Trainer, TrainArgs
+from roberta_scratch.pretrain import Trainer, TrainArgs
 rank = int(sys.argv[1])
 os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT={port!r})
 args = TrainArgs(**{args!r})

@@ -11,8 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_tokenizer import ADVERSARIAL, FRAGMENTS
 
-from roberta_scratch.spm_tokenizer import SentencePieceTokenizer
-from roberta_scratch.tokenizer import SPM_FILE, ByteLevelBPETokenizer, Tokenizer
+from roberta_scratch.spm_tokenizer import SPM_FILE, SentencePieceTokenizer
+from roberta_scratch.tokenizer import ByteLevelBPETokenizer, load_tokenizer
 
 MULTILINGUAL = ["日本語のテキストです。", "Привет, мир! Как дела?", "مرحبا بالعالم", "Ελληνικά κείμενα", "한국어 텍스트 😀"]
 # subtle: the reference re-implements sentencepiece's normaliser and differs from it: it splits
@@ -48,7 +48,7 @@ def model_dir(tmp_path_factory, docstrings):
 
 @pytest.fixture(scope="module")
 def ours(model_dir):
-    return Tokenizer.from_pretrained(model_dir)
+    return load_tokenizer(model_dir)
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +63,9 @@ def hf(model_dir):
 
 def test_from_pretrained_picks_sentencepiece_and_fairseq_ids(ours, model_dir):
     assert isinstance(ours, SentencePieceTokenizer)
-    assert isinstance(ByteLevelBPETokenizer.from_pretrained(model_dir), SentencePieceTokenizer)
+    assert isinstance(load_tokenizer(model_dir), SentencePieceTokenizer)
+    with pytest.raises(FileNotFoundError, match="not a byte-level BPE tokenizer"):
+        ByteLevelBPETokenizer.from_pretrained(model_dir)
     sp = sentencepiece.SentencePieceProcessor(model_file=str(model_dir / SPM_FILE))
     n = sp.get_piece_size()
     assert (ours.cls_token_id, ours.pad_token_id, ours.sep_token_id, ours.unk_token_id) == (0, 1, 2, 3)
@@ -124,7 +126,7 @@ def test_offsets_point_into_the_text(ours):
 def test_save_load_round_trip(ours, tmp_path):
     ours.save_pretrained(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == [SPM_FILE, "tokenizer_config.json"]
-    loaded = Tokenizer.from_pretrained(tmp_path)
+    loaded = load_tokenizer(tmp_path)
     assert isinstance(loaded, SentencePieceTokenizer)
     for text in COMPARABLE:
         assert loaded.encode(text) == ours.encode(text)

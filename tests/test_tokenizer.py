@@ -22,7 +22,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from roberta_scratch import tokenizer as tokenizer_module
-from roberta_scratch.tokenizer import ByteLevelBPETokenizer, Tokenizer, bytes_to_unicode
+from roberta_scratch import tokenizer_base
+from roberta_scratch.tokenizer import ByteLevelBPETokenizer, bytes_to_unicode, load_tokenizer
 
 REF = os.environ.get("ROBERTA_REFERENCE_DIR")
 needs_ref = pytest.mark.skipif(
@@ -409,10 +410,10 @@ def test_encode_batch_over_processes_matches_serial(monkeypatch):
     assert tok.encode_batch(texts, num_workers=2) == serial
     assert tok.encode_batch(texts, add_special_tokens=False, num_workers=2) == [s[1:-1] for s in serial]
     used = []
-    real_pool = tokenizer_module._worker_pool
-    monkeypatch.setattr(tokenizer_module, "_worker_pool", lambda *a: used.append(a[1]) or real_pool(*a))
-    monkeypatch.setattr(tokenizer_module, "PARALLEL_MIN_CHARS", 1000)  # "large" batches use every CPU
-    monkeypatch.setattr(tokenizer_module, "_available_cpus", lambda: 2)
+    real_pool = tokenizer_base._worker_pool
+    monkeypatch.setattr(tokenizer_base, "_worker_pool", lambda *a: used.append(a[1]) or real_pool(*a))
+    monkeypatch.setattr(tokenizer_base, "PARALLEL_MIN_CHARS", 1000)  # "large" batches use every CPU
+    monkeypatch.setattr(tokenizer_base, "_available_cpus", lambda: 2)
     assert tok(texts)["input_ids"] == serial
     assert used == [2]
 
@@ -463,7 +464,7 @@ def test_save_load_round_trip(tmp_path):
     tok.save_pretrained(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["merges.txt", "tokenizer_config.json", "vocab.json"]
     assert (tmp_path / "merges.txt").read_text().splitlines()[:2] == ["#version: 0.2", "Ġ t"]
-    loaded = Tokenizer.from_pretrained(tmp_path)
+    loaded = load_tokenizer(tmp_path)
     assert isinstance(loaded, ByteLevelBPETokenizer)
     assert loaded.vocab == tok.vocab and loaded.merges == tok.merges and loaded.add_prefix_space
     assert loaded.encode("the world <mask>") == tok.encode("the world <mask>")
@@ -471,9 +472,10 @@ def test_save_load_round_trip(tmp_path):
 
 @needs_ref
 def test_saved_directory_loads_in_transformers(ours, tmp_path):
-    from transformers import AutoTokenizer
 
     ours.save_pretrained(tmp_path)
+    from transformers import AutoTokenizer
+
     theirs = AutoTokenizer.from_pretrained(tmp_path)
     for s in ["The capital of France is <mask>.", "Hello world!", *ADVERSARIAL[:40]]:
         assert theirs(s)["input_ids"] == ours.encode(s), repr(s)
@@ -503,15 +505,15 @@ def test_bad_input_gives_clear_errors(tmp_path):
     with pytest.raises(ValueError, match="lacks 1 of the 256 byte tokens"):
         ByteLevelBPETokenizer({t: i for t, i in TINY_VOCAB.items() if t != "Ā"}, [])
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        Tokenizer.from_pretrained(tmp_path / "nowhere")
+        load_tokenizer(tmp_path / "nowhere")
     with pytest.raises(FileNotFoundError, match="holds neither"):
-        Tokenizer.from_pretrained(tmp_path)
+        load_tokenizer(tmp_path)
     (tmp_path / "vocab.json").write_text(json.dumps(TINY_VOCAB))
     with pytest.raises(FileNotFoundError, match="merges.txt' does not exist"):
-        Tokenizer.from_pretrained(tmp_path)
+        load_tokenizer(tmp_path)
     (tmp_path / "merges.txt").write_text("#version: 0.2\nĠ t\nthree tokens here\n")
     with pytest.raises(ValueError, match="merges.txt:3: expected two tokens"):
-        Tokenizer.from_pretrained(tmp_path)
+        load_tokenizer(tmp_path)
     with pytest.raises(ValueError, match="truncation='both'"):
         tok("a", truncation="both")
     with pytest.raises(ValueError, match="return_tensors='tf'"):
@@ -549,8 +551,8 @@ def test_encode_file_of_one_gigabyte_keeps_memory_flat(tmp_path):
     tiny().save_pretrained(tmp_path / "tok")
     script = (
         "import resource, sys\n"
-        "from roberta_scratch.tokenizer import Tokenizer\n"
-        "tok = Tokenizer.from_pretrained(sys.argv[2])\n"
+        "from roberta_scratch.tokenizer import load_tokenizer\n"
+        "tok = load_tokenizer(sys.argv[2])\n"
         "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
         "n = sum(len(ids) for ids in tok.encode_file(sys.argv[1], num_workers=2))\n"
         "print(n, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)\n"

@@ -1,22 +1,15 @@
-"""The training loop (BaseTrainer), and MLM pretraining on top of it (Trainer).
+"""The training loop every task shares (BaseTrainer) and the settings every run shares (RunArgs).
 
 BaseTrainer owns everything a run needs whatever it learns: optimizer and schedule,
 accumulation, clipping, checkpoints, resume, NaN stop, SIGINT, metrics and progress.
-A task is a subclass with a few hooks: MLM pretraining here, fine-tuning in finetune.py.
-
-MLM pretraining, the RoBERTa recipe: dynamic masking, FULL-SENTENCES blocks, big batches
-through gradient accumulation, AdamW(0.9, 0.98, eps 1e-6, wd 0.01), warmup then linear decay.
-
-One process, or DistributedDataParallel under torchrun (gloo on CPU, nccl on GPU):
-
-    roberta-scratch pretrain --data DATA --config tiny --out RUN --steps 1000
-    torchrun --nproc_per_node=8 -m roberta_scratch pretrain --data DATA --config base ...
+A task is a subclass with a few hooks: MLM pretraining in pretrain.py, fine-tuning in
+finetune.py. Their settings are dataclasses that extend RunArgs, and `roberta-scratch`
+builds each command's flags from those fields (cli.add_dataclass_arguments).
 
 Everything random is a function of (seed, step) or is checkpointed, so a run resumed
 from RUN/ckpt continues exactly as if it had never stopped:
-  - which blocks form step s's global batch: a per-epoch permutation seeded by (seed, epoch);
-  - each micro-batch's mask: a generator seeded by (seed, step, micro-batch index), which
-    also makes N ranks draw the same masks as one rank on the same global batch;
+  - which examples form step s's global batch: a per-epoch permutation seeded by (seed, epoch);
+  - anything a task draws per micro-batch (MLM masks): a generator seeded by (seed, step, m);
   - dropout: torch's global RNG, saved in every checkpoint.
 """
 from __future__ import annotations
@@ -29,7 +22,7 @@ import math
 import os
 import signal
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 import numpy as np
@@ -37,46 +30,41 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
-from .config import PRESETS, RobertaConfig
-from .data import PackedDataset, load_meta, tokenizer_dir
-from .masking import IGNORE_INDEX, DynamicMaskingCollator
-from .model import RobertaForMaskedLM
+from .fileio import atomic_write
+from .flops import peak_flops
 
 
-@dataclass
-class TrainArgs:
-    data: str
-    out: str
-    config: str = "tiny"  # a preset name or a config.json
-    steps: int = 1000
-    batch_size: int = 16  # per rank, per micro-batch
-    grad_accum: int = 1
-    lr: float = 5e-4
-    warmup: int = 100
-    weight_decay: float = 0.01
-    betas: tuple = (0.9, 0.98)
-    eps: float = 1e-6
-    clip: float = 1.0  # max gradient norm; 0 turns clipping off
-    seed: int = 0
-    seq_len: Optional[int] = None  # default: the prepared data's
-    packing: str = "full"  # "full" (FULL-SENTENCES) or "doc" (DOC-SENTENCES)
-    mlm_probability: float = 0.15
-    whole_word: bool = False
-    static_masking: bool = False
-    attention: str = "sdpa"
-    compile: bool = False
-    log_every: int = 10
-    eval_every: int = 100
-    eval_blocks: int = 256  # size of the fixed, pre-masked validation set
-    save_every: int = 100
-    keep_last: int = 3
-    resume: bool = False
-    device: Optional[str] = None
-    progress: bool = True
+def option(default=dataclasses.MISSING, help: str = "", **cli):
+    """A settings field that is also a command-line flag: `help` and argparse extras (choices,
+    cli=False to keep it off the command line) go in its metadata."""
+    return field(default=default, metadata={"help": help, **cli})
 
-    # The settings a resumed run must share with the run it continues.
-    RESUME_KEYS = ("data", "config", "steps", "batch_size", "grad_accum", "lr", "warmup", "weight_decay", "betas",
-                   "eps", "clip", "seed", "seq_len", "packing", "mlm_probability", "whole_word", "static_masking")
+
+@dataclass(kw_only=True)
+class RunArgs:
+    """The settings every training run shares; each task's settings extend these."""
+
+    out: str = option(help="run directory: ckpt/, metrics.jsonl, model/")
+    lr: float = option(5e-4, "peak learning rate")
+    batch_size: int = option(16, "sequences per rank per micro-batch")
+    grad_accum: int = option(1, "micro-batches per optimizer step")
+    weight_decay: float = option(0.01, "AdamW weight decay (never on biases and LayerNorm weights)")
+    betas: tuple = option((0.9, 0.98), cli=False)
+    eps: float = option(1e-6, cli=False)
+    clip: float = option(1.0, "max gradient norm; 0 turns clipping off")
+    seed: int = option(0, "seeds the weights, the data order, the masks and dropout")
+    attention: str = option("sdpa", "attention backend", choices=["eager", "sdpa", "triton"])
+    compile: bool = option(False, "torch.compile the model")
+    log_every: int = option(10, "steps between metrics.jsonl rows")
+    eval_every: Optional[int] = option(100, "steps between held-out evaluations")
+    save_every: Optional[int] = option(100, "steps between checkpoints")
+    keep_last: int = option(3, "checkpoints kept in OUT/ckpt")
+    resume: bool = option(False, "continue from the last checkpoint in OUT/ckpt")
+    device: Optional[str] = option(None, "default: cuda when available, else cpu")
+    progress: bool = option(True, cli=False)
+
+    # The settings a resumed run must share with the run it continues (a task adds its own).
+    RESUME_KEYS = ("batch_size", "grad_accum", "lr", "weight_decay", "betas", "eps", "clip", "seed")
 
 
 class TrainingError(RuntimeError):
@@ -99,38 +87,9 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def flops_per_token(cfg: RobertaConfig, seq_len: int) -> dict:
-    """Forward FLOPs per token by component (2 per multiply-add); training is about 3x.
-
-    The MLM head's vocabulary projection is counted at every position (inference); the
-    trainer's masked-only head runs it at mlm_probability of them.
-    """
-    H, I, L, V = cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers, cfg.vocab_size
-    return {
-        "embeddings": 0,  # lookups and one LayerNorm: no matmul
-        "attention": L * (2 * 4 * H * H + 2 * 2 * seq_len * H),  # qkv + out proj, then QK^T and PV
-        "feed_forward": L * 2 * 2 * H * I,
-        "mlm_head": 2 * H * H + 2 * H * V,
-    }
-
-
-def _seed_for(*parts: int) -> int:
+def seed_for(*parts: int) -> int:
+    """A 63-bit seed derived from integers, e.g. (seed, step, micro-batch)."""
     return int(np.random.SeedSequence(list(parts)).generate_state(1, dtype=np.uint64)[0] & ((1 << 63) - 1))
-
-
-def _atomic_torch_save(obj, path: str) -> None:
-    """temp file, fsync, rename, fsync the directory: a crash leaves the old file or the new one."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fd = os.open(os.path.dirname(path), os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 # ----------------------------------------------------------------------------- the loop, shared by every task
@@ -221,7 +180,7 @@ class BaseTrainer:
         n = len(self.train_set)
         epoch, i = divmod(position, n)
         if epoch not in self._perms:
-            g = torch.Generator().manual_seed(_seed_for(self.args.seed, epoch))
+            g = torch.Generator().manual_seed(seed_for(self.args.seed, epoch))
             self._perms = {epoch: torch.randperm(n, generator=g)}  # keep one epoch's permutation
         return self.train_set[int(self._perms[epoch][i])]
 
@@ -296,7 +255,8 @@ class BaseTrainer:
             "extra": {k: getattr(self, k) for k in self.extra_state_keys},
         }
         path = os.path.join(self.ckpt_dir, f"step_{self.step:08d}.pt")
-        _atomic_torch_save(state, path)
+        with atomic_write(path) as f:
+            torch.save(state, f)
         for old in self.checkpoints()[:-self.args.keep_last] + glob.glob(path[:-len("step_00000000.pt")] + "*.tmp-*"):
             os.remove(old)  # old checkpoints, and what a save killed midway left behind
         return path
@@ -365,7 +325,7 @@ class BaseTrainer:
                 tps = window_tokens / max(elapsed, 1e-9)
                 row = {"step": self.step, "loss": loss, "lr": lr, "tokens_per_s": tps}
                 if self.device.type == "cuda" and flops:
-                    row["mfu"] = tps * flops / _peak_flops(self.device) / self.world
+                    row["mfu"] = tps * flops / peak_flops(self.device) / self.world
                 bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{tps:,.0f}")
                 self._append_metrics(row)
                 window_tokens, window_start = 0, time.perf_counter()
@@ -428,111 +388,6 @@ class BaseTrainer:
             f.writelines(rows)
 
 
-# ----------------------------------------------------------------------------- MLM pretraining
-
-class Trainer(BaseTrainer):
-    """MLM pretraining on a prepared data directory: the model, the masking, the held-out set."""
-
-    desc = "pretraining"
-    eval_at_start = True
-
-    def build(self) -> torch.nn.Module:
-        a = self.args
-        meta = load_meta(a.data)
-        self.meta = meta
-        if a.seq_len is None:
-            a.seq_len = meta["seq_len"]
-        self.train_set = PackedDataset(a.data, "train", a.seq_len, a.packing)
-        self.val_set = PackedDataset(a.data, "val", a.seq_len, a.packing) \
-            if meta["splits"]["val"]["tokens"] else None
-        self.total_steps, self.warmup_steps = a.steps, a.warmup
-        self.cfg = self._model_config(meta)
-        self.collator = self._collator(meta)
-        torch.manual_seed(a.seed)  # the same initial weights on every rank
-        return RobertaForMaskedLM(self.cfg)
-
-    def _model_config(self, meta: dict) -> RobertaConfig:
-        a = self.args
-        if a.config in PRESETS:
-            cfg = RobertaConfig.preset(a.config)
-        elif os.path.isfile(a.config) or os.path.isdir(a.config):
-            cfg = RobertaConfig.load(a.config)
-        else:
-            raise TrainingError(f"--config {a.config!r} is neither a preset ({', '.join(PRESETS)}) nor a config.json")
-        positions = max(cfg.max_position_embeddings, a.seq_len + cfg.pad_token_id + 1)
-        return cfg.replace(vocab_size=meta["vocab_size"], max_position_embeddings=positions, attention=a.attention,
-                           pad_token_id=meta["pad_token_id"], bos_token_id=meta["bos_token_id"],
-                           eos_token_id=meta["eos_token_id"])
-
-    def _collator(self, meta: dict) -> DynamicMaskingCollator:
-        from .tokenizer import Tokenizer
-
-        a = self.args
-        tok = Tokenizer.from_pretrained(tokenizer_dir(self.args.data))
-        return DynamicMaskingCollator.from_tokenizer(tok, whole_word=a.whole_word, mlm_probability=a.mlm_probability,
-                                                     static=a.static_masking, static_seed=a.seed,
-                                                     generator=torch.Generator())
-
-    def collate(self, examples: list, step: int, micro_batch: int) -> dict:
-        # each micro-batch's masks come from (seed, step, m): N ranks draw what one rank would
-        self.collator.generator.manual_seed(_seed_for(self.args.seed, step, micro_batch))
-        return self.collator(examples)
-
-    def train_flops_per_token(self) -> float:
-        f = flops_per_token(self.cfg, self.args.seq_len)  # x3 for training; the head runs at masked positions only
-        return 3 * (f["attention"] + f["feed_forward"] + self.args.mlm_probability * f["mlm_head"])
-
-    # ---- evaluation ----------------------------------------------------------------
-
-    def validation_batches(self) -> list[dict]:
-        """A fixed validation set, masked once with a fixed seed, so every eval is comparable."""
-        if not hasattr(self, "_val_batches"):
-            self._val_batches = []
-            if self.val_set is not None:
-                n = min(len(self.val_set), self.args.eval_blocks)
-                g = torch.Generator().manual_seed(_seed_for(self.args.seed, 2**31))
-                for start in range(0, n, self.args.batch_size):
-                    examples = [self.val_set[i] for i in range(start, min(n, start + self.args.batch_size))]
-                    self.collator.generator.manual_seed(int(torch.randint(2**62, (1,), generator=g)))
-                    self._val_batches.append(self.collator(examples))
-        return self._val_batches
-
-    @torch.no_grad()
-    def evaluate(self) -> Optional[dict]:
-        batches = self.validation_batches()
-        if not batches:
-            return None
-        model = self.raw_model
-        model.eval()
-        loss_sum, correct, count = 0.0, 0, 0
-        for batch in batches:
-            batch = {k: v.to(self.device) for k, v in batch.items()}
-            with self._autocast():
-                out = model(batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
-            labels = batch["labels"][batch["labels"] != IGNORE_INDEX]  # the rows of out.logits, in order
-            loss_sum += out.loss.item() * labels.numel()  # out.loss is the mean over them
-            correct += int((out.logits.argmax(-1) == labels).sum())
-            count += labels.numel()
-        model.train()
-        loss = loss_sum / max(count, 1)
-        return {"val_loss": loss, "val_ppl": math.exp(min(loss, 50.0)), "val_acc": correct / max(count, 1),
-                "val_tokens": count}
-
-    def describe(self, m: dict) -> str:
-        return (f"loss {m['val_loss']:.4f}, perplexity {m['val_ppl']:.2f}, masked accuracy {m['val_acc']:.2%} "
-                f"({m['val_tokens']:,} masked tokens)")
-
-    def export(self) -> None:
-        """RUN/model: the final model and its tokenizer, ready for from_pretrained and fill-mask."""
-        from .tokenizer import Tokenizer
-
-        path = os.path.join(self.args.out, "model")
-        self.raw_model.save_pretrained(path)
-        Tokenizer.from_pretrained(tokenizer_dir(self.args.data)).save_pretrained(path)
-        plot_metrics(self.metrics_path, os.path.join(self.args.out, "loss.png"))
-        self._log(f"saved the model and its tokenizer to {path}")
-
-
 def plot_metrics(metrics_path: str, png_path: str) -> bool:
     """loss.png from metrics.jsonl: training loss and held-out loss against steps (needs matplotlib)."""
     try:
@@ -561,26 +416,7 @@ def plot_metrics(metrics_path: str, png_path: str) -> bool:
     return True
 
 
-def _args_dict(args: TrainArgs) -> dict:
+def _args_dict(args: RunArgs) -> dict:
     d = dataclasses.asdict(args)
     d["betas"] = list(d["betas"])
     return d
-
-
-def _peak_flops(device: torch.device) -> float:
-    """Dense bf16 peak of the card, for MFU; an A100's when the card is unknown."""
-    name = torch.cuda.get_device_name(device)
-    for key, peak in (("H200", 989e12), ("H100", 989e12), ("A100", 312e12), ("A10", 125e12), ("L4", 121e12),
-                      ("4090", 165e12), ("3090", 71e12)):
-        if key in name:
-            return peak
-    return 312e12
-
-
-def pretrain(args: TrainArgs) -> int:
-    trainer = Trainer(args)
-    try:
-        return trainer.fit()
-    finally:
-        if trainer.distributed and dist.is_initialized():
-            dist.destroy_process_group()

@@ -1,0 +1,137 @@
+"""File primitives every part of the project shares: reading text that may not be UTF-8,
+reading JSON lines with FILE:LINE errors, and writing so that a crash never leaves half a file.
+
+    for line in iter_lines(["corpus.txt"]): ...             # bad bytes become U+FFFD, reported once per file
+    for n, obj in iter_jsonl("train.jsonl", on_bad): ...    # on_bad(n, problem) for each bad line
+    with atomic_write("meta.json", "w") as f: ...           # the old file or the new one, never a mix
+    with atomic_files("model/") as tmp: ...                 # files written in tmp move into model/ together
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+import warnings
+from itertools import islice
+from typing import Callable, Iterable, Iterator
+
+# ----------------------------------------------------------------------------- reading
+
+
+def iter_lines(paths: Iterable[str | os.PathLike], bad_files: list | None = None) -> Iterator[str]:
+    """The lines of text files, each with its newline.
+
+    Bytes that are not UTF-8 are read as U+FFFD, and each file that had any
+    is reported with a warning (and appended to `bad_files` when given): one
+    bad byte must not stop a run over a corpus.
+    """
+    for path in paths:
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"corpus file {str(path)!r} does not exist")
+        bad_lines, first_bad = 0, 0
+        # Binary, so that lines end at b"\n" only and "\r\n" comes back as written.
+        with open(path, "rb") as f:
+            for n, raw in enumerate(f, start=1):
+                try:
+                    yield raw.decode("utf-8")
+                except UnicodeDecodeError:
+                    bad_lines += 1
+                    first_bad = first_bad or n
+                    yield raw.decode("utf-8", errors="replace")
+        if bad_lines:
+            if bad_files is not None:
+                bad_files.append(str(path))
+            warnings.warn(
+                f"{path}: {bad_lines} line(s) are not valid UTF-8 (first: line {first_bad}); "
+                "their invalid bytes were read as U+FFFD",
+                stacklevel=2,
+            )
+
+
+def iter_jsonl(path: str | os.PathLike, on_bad: Callable[[int, str], None],
+               bad_files: list | None = None) -> Iterator[tuple[int, dict]]:
+    """(line number, object) for each non-blank line of a JSON-lines file.
+
+    A line that is not JSON, or not a JSON object, is handed to `on_bad(line, problem)`
+    and skipped; `on_bad` may raise to stop instead.
+    """
+    for n, line in enumerate(iter_lines([path], bad_files), start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            on_bad(n, f"not valid JSON ({e.msg})")
+            continue
+        if not isinstance(obj, dict):
+            on_bad(n, f"expected a JSON object, got {type(obj).__name__}")
+            continue
+        yield n, obj
+
+
+def chunked(items: Iterable, n: int) -> Iterator[list]:
+    """Lists of n items at a time (the last may be shorter), reading `items` lazily."""
+    it = iter(items)
+    while batch := list(islice(it, n)):
+        yield batch
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+def fsync_dir(path: str | os.PathLike) -> None:
+    """Make a rename inside `path` durable (a no-op where directories cannot be opened)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike, mode: str = "wb", encoding: str | None = None):
+    """Write `path` through a temp file beside it: fsync, rename, fsync the directory.
+
+    A crash, a full disk or an exception in the block leaves the previous file (or
+    none) and no temp file behind: never a half-written `path`.
+    """
+    path = os.fspath(path)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    if "b" not in mode and encoding is None:
+        encoding = "utf-8"
+    try:
+        with open(tmp, mode, encoding=encoding) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+        raise
+    fsync_dir(os.path.dirname(os.path.abspath(path)))
+
+
+@contextlib.contextmanager
+def atomic_files(directory: str | os.PathLike, prefix: str = ".tmp-"):
+    """Yield a temp directory inside `directory`; the files written there are fsynced and
+    moved into `directory` when the block ends without error, else thrown away."""
+    directory = os.fspath(directory)
+    os.makedirs(directory, exist_ok=True)
+    tmp = tempfile.mkdtemp(dir=directory, prefix=prefix)
+    try:
+        yield tmp
+        names = sorted(os.listdir(tmp))
+        for name in names:
+            with open(os.path.join(tmp, name), "rb+") as f:
+                os.fsync(f.fileno())
+        for name in names:
+            os.replace(os.path.join(tmp, name), os.path.join(directory, name))
+        fsync_dir(directory)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -1,0 +1,526 @@
+"""Fine-tuning tasks: what each one reads, learns, feeds the model, scores and predicts.
+
+A task is a subclass of `Task` that fills in the hooks below; the trainer (finetune.py)
+and `predict` (predict.py) call only these, so adding a task means writing one class
+and naming it in TASKS. The four here:
+
+    seq-cls    SequenceClassification  classes from the <s> token (accuracy, macro F1)
+               SequenceRegression      one number from the <s> token (Pearson, Spearman);
+                                       seq-cls becomes it when the labels are numbers
+    token-cls  TokenClassification     a BIO tag per word (entity-level F1, conlleval's rules)
+    qa         QuestionAnswering       an answer span in a context (SQuAD exact match and F1)
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+from typing import Optional
+
+import torch
+
+from . import metrics as M
+from .config import IGNORE_INDEX, RobertaConfig
+from .finetune_data import BadRows, DataError, is_number, read_labelled_texts, read_squad, read_tagged_words
+from .model import RobertaForQuestionAnswering, RobertaForSequenceClassification, RobertaForTokenClassification
+from .tokenizer import Tokenizer
+
+
+def pad_rows(rows: list[list], value) -> torch.Tensor:
+    """A (len(rows), longest) tensor, each row right-padded with `value`."""
+    T = max(len(r) for r in rows)
+    return torch.tensor([list(r) + [value] * (T - len(r)) for r in rows])
+
+
+class Task:
+    """The contract of a fine-tuning task. `args` are the run's FinetuneArgs (max_length,
+    stride, label_type, ...); `tok` the model's tokenizer.
+
+    Fields a subclass sets: `name` (the --task value), `model_class` (the head it trains),
+    `best_metric` (the eval metric, higher is better, that picks OUT/best) and
+    `default_max_length` (tokens per example when --max-length is not given).
+    """
+
+    name: str
+    model_class: type
+    best_metric: str
+    default_max_length: int = 512
+
+    def __init__(self, args, tok: Tokenizer):
+        self.args, self.tok = args, tok
+
+    # ---- reading -----------------------------------------------------------------
+
+    def read(self, path: str, bad: BadRows) -> list[dict]:
+        """The examples of a training or eval file, one dict each with its "line"; bad rows go
+        to `bad` as (line, problem)."""
+        raise NotImplementedError
+
+    def fit_labels(self, examples: list[dict]) -> Task:
+        """Learn the label set from the training examples. Returns the task to train: this one,
+        or a more specific one the data calls for (seq-cls with numeric labels -> regression)."""
+        return self
+
+    def check_labels(self, examples: list[dict], bad: BadRows) -> list[dict]:
+        """The examples whose labels the fitted label set knows, each given its training target;
+        the others go to `bad`."""
+        return examples
+
+    # ---- the model ---------------------------------------------------------------
+
+    def config_overrides(self) -> dict:
+        """Config fields the head needs (num_labels, label names, problem_type)."""
+        return {}
+
+    def info(self) -> dict:
+        """What predict needs besides the model and its config: saved as finetune.json."""
+        return {"task": self.name, "max_length": self.args.max_length}
+
+    @classmethod
+    def from_saved(cls, info: dict, args, tok: Tokenizer, cfg: RobertaConfig) -> Task:
+        """The task a saved model was trained for, from its finetune.json `info` and config."""
+        return cls(args, tok)
+
+    # ---- features and batches ----------------------------------------------------
+
+    def features(self, examples: list[dict]) -> list[dict]:
+        """Model inputs of the examples: dicts with "input_ids" and the targets (an example may
+        give several features, as QA's windows do)."""
+        raise NotImplementedError
+
+    def collate_labels(self, features: list[dict]) -> dict:
+        """The targets of a batch, as the model's keyword arguments (labels=..., ...)."""
+        raise NotImplementedError
+
+    def collate(self, features: list[dict]) -> dict:
+        """One training batch: padded input_ids, attention_mask and collate_labels()."""
+        ids = pad_rows([f["input_ids"] for f in features], self.tok.pad_token_id)
+        batch = {"input_ids": ids, "attention_mask": ids.ne(self.tok.pad_token_id).long()}
+        batch.update(self.collate_labels(features))
+        return batch
+
+    def logits(self, model, features: list[dict], batch_size: int, device) -> list:
+        """Run the model over features in batches; one output object per batch."""
+        outs = []
+        for i in range(0, len(features), batch_size):
+            chunk = features[i:i + batch_size]
+            ids = pad_rows([f["input_ids"] for f in chunk], self.tok.pad_token_id).to(device)
+            outs.append(model(ids, attention_mask=ids.ne(self.tok.pad_token_id).long()))
+        return outs
+
+    # ---- evaluation and prediction -----------------------------------------------
+
+    def evaluate(self, model, examples: list[dict], features: list[dict], batch_size: int, device) -> dict:
+        """Held-out metrics, `best_metric` among them."""
+        raise NotImplementedError
+
+    def predict(self, model, rows: list[dict], batch_size: int, device) -> list[dict]:
+        """One JSON-able result per input row (labels, entities or answers)."""
+        raise NotImplementedError
+
+    def parse_input(self, line: str) -> dict:
+        """An input row from a plain-text line of predict's input."""
+        return {"text": line}
+
+    def read_inputs(self, lines: list[str]) -> list[dict]:
+        """predict's input rows: one a line, a JSON object or plain text (parse_input)."""
+        rows = []
+        for line in lines:
+            line = line.rstrip("\n")
+            if line.strip():
+                rows.append(json.loads(line) if line.lstrip().startswith("{") else self.parse_input(line))
+        return rows
+
+
+# ----------------------------------------------------------------------------- sequence classification
+
+class SequenceClassification(Task):
+    """Classes from the <s> token; string labels are class names, saved with the model."""
+
+    name, model_class, best_metric = "seq-cls", RobertaForSequenceClassification, "accuracy"
+
+    def __init__(self, args, tok: Tokenizer, label_names: Optional[list] = None):
+        super().__init__(args, tok)
+        self.label_names = label_names
+
+    def read(self, path: str, bad: BadRows) -> list[dict]:
+        return read_labelled_texts(path, bad)
+
+    def fit_labels(self, examples: list[dict]) -> Task:
+        """auto: numbers (JSON numbers, or CSV values that all parse as numbers) mean regression;
+        anything else, JSON strings like "1" included, is a class name. --label-type class|regression
+        says so explicitly."""
+        kind = self.args.label_type
+        if kind == "auto":
+            parse = self.args.train.endswith(".csv")
+            kind = "regression" if all(is_number(e["label"], parse) for e in examples) else "class"
+        if kind == "regression":
+            return SequenceRegression(self.args, self.tok)
+        self.label_names = sorted({str(e["label"]) for e in examples})
+        return self
+
+    def check_labels(self, examples: list[dict], bad: BadRows) -> list[dict]:
+        good = []
+        for e in examples:
+            if str(e["label"]) not in self.label_names:
+                bad(e["line"], f"label {e['label']!r} was not seen in training (known: {self.label_names})")
+                continue
+            e["target"] = self.label_names.index(str(e["label"]))
+            good.append(e)
+        return good
+
+    def config_overrides(self) -> dict:
+        return dict(num_labels=len(self.label_names), label_names=self.label_names,
+                    problem_type="single_label_classification")
+
+    @classmethod
+    def from_saved(cls, info: dict, args, tok: Tokenizer, cfg: RobertaConfig) -> Task:
+        if info.get("label_type") == "regression" or cfg.problem_type == "regression" or cfg.num_labels == 1:
+            return SequenceRegression(args, tok)
+        return cls(args, tok, cfg.label_names or [f"LABEL_{i}" for i in range(cfg.num_labels)])
+
+    def features(self, examples: list[dict]) -> list[dict]:
+        if not examples:
+            return []
+        workers = 1 if len(examples) < 10_000 else None  # a process pool only pays off on big files
+        pairs = [e["text_pair"] for e in examples]
+        if any(pairs) and not all(pairs):  # some rows have a pair and some do not: encode one by one
+            rows = [self.tok(e["text"], e["text_pair"], truncation=True, max_length=self.args.max_length)["input_ids"]
+                    for e in examples]
+        else:
+            rows = self.tok([e["text"] for e in examples], pairs if any(pairs) else None, truncation=True,
+                            max_length=self.args.max_length, num_workers=workers)["input_ids"]
+        return [{"input_ids": ids, "label": e.get("target")} for ids, e in zip(rows, examples)]
+
+    def collate_labels(self, features: list[dict]) -> dict:
+        return {"labels": torch.tensor([f["label"] for f in features], dtype=torch.long)}
+
+    @torch.no_grad()
+    def predictions(self, model, features, batch_size, device) -> list:
+        """Per feature: the probability of each class."""
+        outs = self.logits(model, features, batch_size, device)
+        return torch.cat([o.logits.float().cpu() for o in outs]).softmax(-1).tolist()
+
+    def evaluate(self, model, examples, features, batch_size, device) -> dict:
+        preds = self.predictions(model, features, batch_size, device)
+        gold = [f["label"] for f in features]
+        argmax = [max(range(len(p)), key=p.__getitem__) for p in preds]
+        return {"accuracy": M.accuracy(argmax, gold), "macro_f1": M.macro_f1(argmax, gold), "examples": len(gold)}
+
+    def predict(self, model, rows: list[dict], batch_size, device) -> list[dict]:
+        out = []
+        for r, p in zip(rows, self._predict_rows(model, rows, batch_size, device)):
+            best = max(range(len(p)), key=p.__getitem__)
+            out.append({**self._echo(r), "label": self.label_names[best], "probability": p[best],
+                        "probabilities": dict(zip(self.label_names, p))})
+        return out
+
+    def _predict_rows(self, model, rows: list[dict], batch_size, device) -> list:
+        for r in rows:
+            r.setdefault("text_pair", None)
+        return self.predictions(model, self.features(rows), batch_size, device)
+
+    @staticmethod
+    def _echo(row: dict) -> dict:
+        """The input as it is repeated in the result: text, and text_pair when there is one."""
+        return {"text": row["text"], **({"text_pair": row["text_pair"]} if row.get("text_pair") else {})}
+
+
+class SequenceRegression(SequenceClassification):
+    """One number from the <s> token (STS-B), trained with mean squared error."""
+
+    best_metric = "pearson"
+
+    def __init__(self, args, tok: Tokenizer, label_names: Optional[list] = None):
+        super().__init__(args, tok, None)
+
+    def info(self) -> dict:
+        return {**super().info(), "label_type": "regression"}
+
+    def check_labels(self, examples: list[dict], bad: BadRows) -> list[dict]:
+        good = []
+        for e in examples:
+            try:
+                e["target"] = float(e["label"])
+            except (TypeError, ValueError):
+                bad(e["line"], f"label {e['label']!r} is not a number (this is a regression task)")
+                continue
+            good.append(e)
+        return good
+
+    def config_overrides(self) -> dict:
+        return dict(num_labels=1, label_names=None, problem_type="regression")
+
+    def collate_labels(self, features: list[dict]) -> dict:
+        return {"labels": torch.tensor([f["label"] for f in features], dtype=torch.float32)}
+
+    @torch.no_grad()
+    def predictions(self, model, features, batch_size, device) -> list:
+        """Per feature: the predicted number."""
+        outs = self.logits(model, features, batch_size, device)
+        return torch.cat([o.logits.float().cpu() for o in outs])[:, 0].tolist()
+
+    def evaluate(self, model, examples, features, batch_size, device) -> dict:
+        preds = self.predictions(model, features, batch_size, device)
+        gold = [f["label"] for f in features]
+        return {"pearson": M.pearson(preds, gold), "spearman": M.spearman(preds, gold), "examples": len(gold)}
+
+    def predict(self, model, rows: list[dict], batch_size, device) -> list[dict]:
+        values = self._predict_rows(model, rows, batch_size, device)
+        return [{**self._echo(r), "value": v} for r, v in zip(rows, values)]
+
+
+# ----------------------------------------------------------------------------- token classification
+
+class TokenClassification(Task):
+    """NER: a tag per word; each word's tag goes on its first sub-token, the others get -100."""
+
+    name, model_class, best_metric = "token-cls", RobertaForTokenClassification, "f1"
+
+    def __init__(self, args, tok: Tokenizer, label_names: Optional[list] = None):
+        super().__init__(args, tok)
+        self.label_names = label_names
+
+    @classmethod
+    def from_saved(cls, info: dict, args, tok: Tokenizer, cfg: RobertaConfig) -> Task:
+        return cls(args, tok, cfg.label_names or [f"LABEL_{i}" for i in range(cfg.num_labels)])
+
+    def read(self, path: str, bad: BadRows) -> list[dict]:
+        return read_tagged_words(path, bad)
+
+    def fit_labels(self, examples: list[dict]) -> Task:
+        names = sorted({t for e in examples for t in e["tags"]} - {"O"}, key=lambda t: (t[2:], t))
+        self.label_names = ["O"] + names  # O first, then B-/I- of each type side by side
+        return self
+
+    def check_labels(self, examples: list[dict], bad: BadRows) -> list[dict]:
+        good = []
+        for e in examples:
+            unseen = sorted({t for t in e["tags"] if t not in self.label_names})
+            if unseen:
+                bad(e["line"], f"tag(s) {unseen} not seen in training (known: {self.label_names})")
+            else:
+                good.append(e)
+        return good
+
+    def config_overrides(self) -> dict:
+        return dict(num_labels=len(self.label_names), label_names=self.label_names)
+
+    def features(self, examples: list[dict]) -> list[dict]:
+        if not examples:
+            return []
+        enc = self.tok([e["tokens"] for e in examples], is_split_into_words=True, truncation=True,
+                       max_length=self.args.max_length)
+        feats = []
+        for i, e in enumerate(examples):
+            words = enc.word_ids(i)
+            labels = align_labels(words, [self.label_names.index(t) for t in e["tags"]] if "tags" in e else None)
+            feats.append({"input_ids": enc["input_ids"][i], "labels": labels, "word_ids": words})
+        return feats
+
+    def collate_labels(self, features: list[dict]) -> dict:
+        return {"labels": pad_rows([f["labels"] for f in features], IGNORE_INDEX)}
+
+    @torch.no_grad()
+    def word_predictions(self, model, examples, features, batch_size, device) -> list[list[tuple[str, float]]]:
+        """(tag, probability) per word; a word cut off by truncation is O."""
+        outs = self.logits(model, features, batch_size, device)
+        probs = [row for o in outs for row in o.logits.float().softmax(-1).cpu()]
+        result = []
+        for e, f, p in zip(examples, features, probs):
+            tags = [("O", 1.0)] * len(e["tokens"])
+            seen = set()
+            for t, w in enumerate(f["word_ids"]):
+                if w is not None and w not in seen:
+                    seen.add(w)
+                    k = int(p[t].argmax())
+                    tags[w] = (self.label_names[k], float(p[t, k]))
+            result.append(tags)
+        return result
+
+    def evaluate(self, model, examples, features, batch_size, device) -> dict:
+        pred = self.word_predictions(model, examples, features, batch_size, device)
+        scores = M.entity_prf([e["tags"] for e in examples], [[t for t, _ in p] for p in pred])
+        return {**scores, "sentences": len(examples)}
+
+    def predict(self, model, rows: list[dict], batch_size, device) -> list[dict]:
+        for r in rows:
+            if "tokens" not in r:  # plain text: split into words, keeping each word's characters
+                spans = [(m.start(), m.end()) for m in re.finditer(r"\w+|[^\w\s]", r["text"])]
+                r["tokens"], r["spans"] = [r["text"][a:b] for a, b in spans], spans
+        rows = [r for r in rows if r["tokens"]]
+        preds = self.word_predictions(model, rows, self.features(rows), batch_size, device)
+        out = []
+        for r, p in zip(rows, preds):
+            ents = []
+            for kind, a, b in M.entity_spans([t for t, _ in p]):
+                ent = {"type": kind, "words": [a, b], "text": " ".join(r["tokens"][a:b]),
+                       "score": min(s for _, s in p[a:b])}
+                if "spans" in r:
+                    ent["start"], ent["end"] = r["spans"][a][0], r["spans"][b - 1][1]
+                    ent["text"] = r["text"][ent["start"]:ent["end"]]
+                ents.append(ent)
+            out.append({"text": r.get("text", " ".join(r["tokens"])), "entities": ents})
+        return out
+
+
+def align_labels(word_ids: list, word_labels: Optional[list]) -> list[int]:
+    """Each word's label on its first sub-token; IGNORE_INDEX on its other sub-tokens and on
+    special tokens and padding (word id None).
+
+    >>> align_labels([None, 0, 0, 1, None], [5, 7])
+    [-100, 5, -100, 7, -100]
+    """
+    labels, previous = [], None
+    for w in word_ids:
+        first = w is not None and w != previous
+        labels.append(word_labels[w] if first and word_labels is not None else IGNORE_INDEX)
+        previous = w
+    return labels
+
+
+# ----------------------------------------------------------------------------- question answering
+
+class QuestionAnswering(Task):
+    """Extractive QA. A long context is cut into windows of max_length tokens that overlap by
+    `stride` tokens, each `<s> question </s></s> context piece </s>`. A window that holds the
+    whole answer points at it; one that does not (and an unanswerable question) points at <s>.
+    At prediction, the best span over all windows wins; for SQuAD v2.0-trained models, ""
+    when <s> (the "no answer" score) beats it."""
+
+    name, model_class, best_metric = "qa", RobertaForQuestionAnswering, "f1"
+    default_max_length = 384
+    max_question_tokens = 64
+
+    def __init__(self, args, tok: Tokenizer, version_2: bool = False):
+        super().__init__(args, tok)
+        self.version_2 = version_2
+
+    def info(self) -> dict:
+        return {**super().info(), "stride": self.args.stride, "max_answer_length": self.args.max_answer_length,
+                "version_2": self.version_2}
+
+    @classmethod
+    def from_saved(cls, info: dict, args, tok: Tokenizer, cfg: RobertaConfig) -> Task:
+        return cls(args, tok, version_2=info.get("version_2", False))
+
+    def read(self, path: str, bad: BadRows) -> list[dict]:
+        return read_squad(path, bad)
+
+    def fit_labels(self, examples: list[dict]) -> Task:
+        self.version_2 = any(not e["answers"] for e in examples)
+        return self
+
+    def features(self, examples: list[dict]) -> list[dict]:
+        feats = []
+        for k, e in enumerate(examples):
+            try:
+                windows = qa_windows(self.tok, e["question"], e["context"], self.args.max_length, self.args.stride,
+                                     self.max_question_tokens, e["answers"][0] if e.get("answers") else None)
+            except ValueError as err:
+                raise DataError(f"--max-length / --stride: {err}") from None
+            feats += [{**f, "example": k} for f in windows]
+        return feats
+
+    def collate_labels(self, features: list[dict]) -> dict:
+        return {"start_positions": torch.tensor([f["start"] for f in features]),
+                "end_positions": torch.tensor([f["end"] for f in features])}
+
+    @torch.no_grad()
+    def answers(self, model, examples, features, batch_size, device) -> list[dict]:
+        """The best answer of each example over its windows: text, character span, score."""
+        outs = self.logits(model, features, batch_size, device)
+        starts = [row for o in outs for row in o.start_logits.float().cpu()]
+        ends = [row for o in outs for row in o.end_logits.float().cpu()]
+        best = [{"answer": "", "start": None, "end": None, "score": -math.inf, "null": math.inf} for _ in examples]
+        L = self.args.max_answer_length
+        for f, s, e in zip(features, starts, ends):
+            b = best[f["example"]]
+            b["null"] = min(b["null"], float(s[0] + e[0]))
+            ctx = [i for i, o in enumerate(f["offsets"]) if o is not None]
+            lo, hi = ctx[0], ctx[-1] + 1
+            # every span of at most L tokens inside the context: (T, T) scores, masked
+            scores = s[lo:hi, None] + e[None, lo:hi]
+            i, j = torch.meshgrid(torch.arange(hi - lo), torch.arange(hi - lo), indexing="ij")
+            scores = scores.masked_fill((j < i) | (j - i >= L), -math.inf)
+            flat = int(scores.argmax())
+            a, z = divmod(flat, hi - lo)
+            score = float(scores.view(-1)[flat])
+            if score > b["score"]:
+                context = examples[f["example"]]["context"]
+                cs, ce = f["offsets"][lo + a][0], f["offsets"][lo + z][1]
+                b.update(answer=context[cs:ce], start=cs, end=ce, score=score)
+        for b in best:
+            if self.version_2 and b["null"] > b["score"]:
+                b.update(answer="", start=None, end=None, score=b["null"])
+            del b["null"]
+        return best
+
+    def evaluate(self, model, examples, features, batch_size, device) -> dict:
+        preds = self.answers(model, examples, features, batch_size, device)
+        scores = M.squad_scores([[a["text"] for a in e["answers"]] for e in examples], [p["answer"] for p in preds])
+        return {**scores, "questions": len(examples)}
+
+    def predict(self, model, rows: list[dict], batch_size, device) -> list[dict]:
+        for r in rows:
+            if not isinstance(r.get("question"), str) or not isinstance(r.get("context"), str):
+                raise DataError(f"a QA input needs 'question' and 'context', got keys {sorted(r)}")
+        preds = self.answers(model, rows, self.features(rows), batch_size, device)
+        return [{"question": r["question"], **p} for r, p in zip(rows, preds)]
+
+    def parse_input(self, line: str) -> dict:
+        raise DataError("QA input lines must be JSON objects with 'question' and 'context'")
+
+    def read_inputs(self, lines: list[str]) -> list[dict]:
+        """One JSON object with 'question' and 'context' per line, or a whole SQuAD file."""
+        text = "".join(lines)
+        if text.lstrip().startswith("{") and '"data"' in text[:200]:
+            try:
+                data = json.loads(text)["data"]
+                return [{"id": qa.get("id"), "question": qa["question"], "context": p["context"]}
+                        for art in data for p in art["paragraphs"] for qa in p["qas"]]
+            except (json.JSONDecodeError, KeyError):
+                pass
+        return super().read_inputs(lines)
+
+
+def qa_windows(tok: Tokenizer, question: str, context: str, max_length: int, stride: int,
+               max_question_tokens: int = 64, answer: Optional[dict] = None) -> list[dict]:
+    """Overlapping windows over a long context, each `<s> question </s></s> piece </s>`.
+
+    Returns per window: input_ids, offsets (the context character span of each token, None
+    for the question and special tokens), and start/end token positions of `answer`
+    ({"text", "start"} in characters) when the window holds all of it, else 0 (<s>).
+    """
+    q = tok.encode(question, add_special_tokens=False)[:max_question_tokens]
+    enc = tok(context, add_special_tokens=False, return_offsets_mapping=True)
+    ids, offs = enc["input_ids"], enc["offset_mapping"]
+    budget = max_length - len(q) - 4  # <s> q </s></s> ... </s>
+    if budget <= stride:
+        raise ValueError(f"max_length {max_length} leaves {budget} context tokens per window after a "
+                         f"{len(q)}-token question; that must be more than the stride ({stride})")
+    first = last = None
+    if answer is not None:
+        a0, a1 = answer["start"], answer["start"] + len(answer["text"])
+        inside = [i for i, (s, e) in enumerate(offs) if s < a1 and e > a0]
+        if inside:
+            first, last = inside[0], inside[-1]
+    windows, start = [], 0
+    while True:
+        end = min(start + budget, len(ids))
+        windows.append((start, end))
+        if end >= len(ids):
+            break
+        start = end - stride
+    head = [tok.cls_token_id] + q + [tok.sep_token_id, tok.sep_token_id]
+    out = []
+    for s, e in windows:
+        shift = len(head) - s  # context token i sits at position i + shift
+        pos = (first + shift, last + shift) if first is not None and s <= first and last < e else (0, 0)
+        out.append({"input_ids": head + ids[s:e] + [tok.sep_token_id],
+                    "offsets": [None] * len(head) + [tuple(o) for o in offs[s:e]] + [None],
+                    "start": pos[0], "end": pos[1]})
+    return out
+
+
+TASKS = {t.name: t for t in (SequenceClassification, TokenClassification, QuestionAnswering)}
