@@ -1,5 +1,5 @@
 """Fine-tuning end to end on tiny synthetic tasks, input formats and bad rows, windowing, predict,
-features / attention, and a Hugging Face directory that carries a classification head."""
+and a Hugging Face directory that carries a classification head."""
 import csv
 import json
 import os
@@ -327,26 +327,6 @@ def test_resumed_finetuning_matches_an_uninterrupted_run(pretrained, tmp_path):
     b = torch.load(ckpt / "step_00000016.pt", weights_only=True)
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
     assert a["extra"]["best"] == b["extra"]["best"]
-
-
-# ----------------------------------------------------------------------------- studying the model
-
-def test_features_and_attention_commands(pretrained, tmp_path, capsys):
-    from safetensors.numpy import load_file
-
-    text = "Alice went to Paris"
-    n_tokens = len(load_tokenizer(pretrained).encode(text))
-    assert cli.main(["features", "--model", pretrained, "--out", str(tmp_path / "h.npy"), text]) == 0
-    assert np.load(tmp_path / "h.npy").shape == (3, n_tokens, 64)  # embeddings + 2 layers
-    assert cli.main(["features", "--model", pretrained, "--layers", "0,-1", "--out", str(tmp_path / "h.safetensors"),
-                     text]) == 0
-    st = load_file(str(tmp_path / "h.safetensors"))
-    assert sorted(st) == ["input_ids", "layer_0", "layer_2"] and st["layer_2"].shape == (n_tokens, 64)
-    full = np.load(tmp_path / "h.npy")
-    np.testing.assert_allclose(st["layer_2"], full[2], rtol=1e-5, atol=1e-6)
-    assert cli.main(["attention", "--model", pretrained, "--out", str(tmp_path / "attn.png"), text]) == 0
-    assert (tmp_path / "attn.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "2 layers x 4 heads" in capsys.readouterr().out
 
 
 # ----------------------------------------------------------------------------- a Hugging Face directory

@@ -104,3 +104,73 @@ def test_bad_arguments_are_clear_errors():
         collator()([torch.tensor([0, 1000, 2])])
     with pytest.raises(ValueError, match="empty batch"):
         collator()([])
+
+
+# ----------------------------------------------------------------------------- whole words, from a real tokenizer
+
+def words_of(ids: torch.Tensor, word_start: torch.Tensor, special: torch.Tensor) -> list[list[int]]:
+    """Positions of each word of one row, as whole-word masking must group them: a word starts
+    at a word-start token or after a special token, and specials belong to no word."""
+    words = []
+    for t, i in enumerate(ids.tolist()):
+        if special[i]:
+            continue
+        if word_start[i] or not words or special[ids[t - 1]]:
+            words.append([])
+        words[-1].append(t)
+    return words
+
+
+def check_whole_word_masking(tok, texts):
+    """Word starts drawn from the tokenizer; whole words selected; about 15% of the tokens."""
+    collate = DynamicMaskingCollator.from_tokenizer(tok, whole_word=True, generator=torch.Generator().manual_seed(0))
+    word_start = collate.word_start
+    rows = [torch.tensor(tok.encode(t)) for t in texts]
+    selected_tokens = candidates = 0
+    sum_sq_len = 0
+    partly = 0
+    padded = collate.pad(rows)
+    for draw in range(3):
+        out = collate(rows)
+        for r, ids in enumerate(padded):
+            selected = (out["labels"][r] != -100).tolist()
+            words = words_of(ids, word_start, collate.special)
+            for w in words:
+                assert len({selected[t] for t in w}) == 1, f"word {[tok.id_to_token(int(ids[t])) for t in w]} split"
+            chosen = sum(selected[w[0]] for w in words)
+            assert chosen < len(words), "a whole row was selected at once"
+            partly += 0 < chosen
+            selected_tokens += sum(selected)
+            candidates += sum(len(w) for w in words)
+            sum_sq_len += sum(len(w) ** 2 for w in words)
+    assert partly > 0.9 * 3 * len(rows)  # nearly every row has some words selected, not all or nothing
+    # Each word is selected with probability 0.15, so the token rate's std is sqrt(p(1-p) * sum len^2) / N.
+    std = (0.15 * 0.85 * sum_sq_len) ** 0.5 / candidates
+    assert candidates > 30_000 and abs(selected_tokens / candidates - 0.15) < 5 * std, (selected_tokens / candidates, std)
+
+
+def test_whole_word_masking_with_a_sentencepiece_tokenizer(tmp_path, docstrings):
+    sentencepiece = pytest.importorskip("sentencepiece")
+    from roberta_scratch.spm_tokenizer import SentencePieceTokenizer
+
+    texts = [d for d in docstrings[:3000] if len(d.split()) >= 12][:1200]
+    sentencepiece.SentencePieceTrainer.train(sentence_iterator=iter(texts), model_prefix=str(tmp_path / "sp"),
+                                             vocab_size=600, model_type="unigram", num_threads=1, minloglevel=2)
+    tok = SentencePieceTokenizer(tmp_path / "sp.model", model_max_length=64)
+    starts = tok.word_start_mask()
+    # the word starts are exactly the "▁" pieces (never a special token)
+    assert starts == [i not in tok.special_tokens.values() and tok.id_to_token(i).startswith("\u2581")
+                      for i in range(tok.vocab_size)]
+    assert 100 < sum(starts) < tok.vocab_size
+    check_whole_word_masking(tok, [" ".join(t.split()[:40]) for t in texts[:600]])
+
+
+def test_whole_word_masking_with_a_byte_level_tokenizer(docstrings):
+    from roberta_scratch.tokenizer import ByteLevelBPETokenizer
+
+    texts = [d for d in docstrings[:3000] if len(d.split()) >= 12][:1200]
+    tok = ByteLevelBPETokenizer.train(iter(texts), vocab_size=600, show_progress=False)
+    starts = tok.word_start_mask()
+    assert starts == [i not in tok.special_tokens.values() and tok.id_to_token(i).startswith("\u0120")
+                      for i in range(tok.vocab_size)]
+    check_whole_word_masking(tok, [" ".join(t.split()[:40]) for t in texts[:600]])
