@@ -38,17 +38,17 @@ demo: $(VENV)/.installed
 	$(PY) -m roberta_scratch demo --out runs/demo
 
 bench: $(VENV)/.installed
-	$(PY) benchmarks/bench_model.py
-	$(PY) benchmarks/bench_pretrain.py
+	$(PY) -m benchmarks.bench_model
+	$(PY) -m benchmarks.bench_pretrain
 
 compile-check: $(VENV)/.installed
 	$(PY) -m kernels.compile_check --arch 80 90
 
 bench-kernels: $(VENV)/.installed
-	$(PY) benchmarks/bench_attention.py
-	$(PY) benchmarks/bench_layernorm.py
-	$(PY) benchmarks/bench_pretrain.py --config base --attention triton
-	$(PY) benchmarks/bench_pretrain.py --config base --attention sdpa
+	$(PY) -m benchmarks.bench_attention
+	$(PY) -m benchmarks.bench_layernorm
+	$(PY) -m benchmarks.bench_pretrain --config base --attention triton
+	$(PY) -m benchmarks.bench_pretrain --config base --attention sdpa
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

@@ -1,7 +1,7 @@
 """Fused Triton attention against torch's attention kernels, on one GPU.
 
-    python benchmarks/bench_attention.py [--tokens 16384] [--seq-lens 128 512 1024] [--head-dims 64 128]
-                                         [--heads 12] [--dtype bf16] [--pad 0 0.5] [--dropout 0]
+    python -m benchmarks.bench_attention [--tokens 16384] [--seq-lens 128 512 1024] [--head-dims 64 128]
+                                            [--heads 12] [--dtype bf16] [--pad 0 0.5] [--dropout 0]
 
 For every (T, D, padding) shape, with B = tokens // T sequences and right
 padding (every sequence has round(T * (1 - pad)) real tokens), it times the
@@ -27,52 +27,13 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
-import re
 import sys
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from benchmarks.common import print_table, write_result  # noqa: E402
-
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-
-# Dense peaks by device-name pattern: (fp16/bf16 TFLOP/s, tf32 TFLOP/s, HBM GB/s), from the vendors' data sheets.
-PEAKS = [
-    (r"H200", (989.0, 494.0, 4800.0)),
-    (r"H100.*NVL", (835.0, 418.0, 3900.0)),
-    (r"H100.*PCIe", (756.0, 378.0, 2000.0)),
-    (r"H100", (989.0, 494.0, 3350.0)),  # SXM5 ("NVIDIA H100 80GB HBM3")
-    (r"A100.*80GB", (312.0, 156.0, 2039.0)),
-    (r"A100", (312.0, 156.0, 1555.0)),
-    (r"L40S", (362.0, 183.0, 864.0)),
-    (r"A10\b", (125.0, 62.5, 600.0)),
-]
-
-
-def card_peaks(name: str):
-    """(16-bit TFLOP/s, tf32 TFLOP/s, GB/s) for a device name, or None when the card is not listed."""
-    for pattern, peaks in PEAKS:
-        if re.search(pattern, name):
-            return peaks
-    return None
-
-
-def card_slug(name: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", name.lower().replace("nvidia", "")).strip("-")
-
-
-def require_cuda(script: str) -> None:
-    if not torch.cuda.is_available():
-        sys.exit(f"{script}: needs a CUDA GPU and none is visible, so nothing was measured. "
-                 "The kernels' correctness is tested on the CPU by `make test` (Triton's interpreter).")
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        sys.exit(f"{script}: needs triton (pip install -e '.[kernels]'), so nothing was measured.")
+from benchmarks.common import DTYPES, card_slug, print_table, require_cuda, torch_dtype, write_result
+from roberta_scratch.flops import card_peaks
 
 
 def attention_flops(lengths: torch.Tensor, heads: int, head_dim: int) -> float:
@@ -174,7 +135,7 @@ def main(argv=None) -> int:
     require_cuda("bench_attention.py")
 
     card = torch.cuda.get_device_name()
-    dtype = DTYPES[args.dtype]
+    dtype = torch_dtype(args.dtype)
     peaks = card_peaks(card)
     peak_tflops = None if peaks is None else (peaks[1] if dtype == torch.float32 else peaks[0])
     print(f"{card}: dense peak {peak_tflops or 'unknown'} TFLOP/s ({args.dtype})")

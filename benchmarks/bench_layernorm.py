@@ -1,6 +1,6 @@
 """Fused residual-add + dropout + LayerNorm against torch's separate kernels, on one GPU.
 
-    python benchmarks/bench_layernorm.py [--tokens 16384] [--hidden 768 1024 4096] [--dtype bf16] [--dropout 0 0.1]
+    python -m benchmarks.bench_layernorm [--tokens 16384] [--hidden 768 1024 4096] [--dtype bf16] [--dropout 0 0.1]
 
 For every hidden size N (and dropout rate), on M = tokens rows, it times the
 forward and the forward+backward of y = LN(dropout(x) + residual) by
@@ -20,16 +20,13 @@ forward >= 2.3 TB/s (70% of HBM), forward+backward faster than torch's.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from benchmarks.bench_attention import DTYPES, card_peaks, card_slug, require_cuda  # noqa: E402
-from benchmarks.common import print_table, write_result  # noqa: E402
+from benchmarks.common import DTYPES, card_slug, print_table, require_cuda, torch_dtype, write_result
+from roberta_scratch.flops import card_peaks
 
 
 def torch_layer_norm(x, w, b, r, p):
@@ -106,7 +103,7 @@ def main(argv=None) -> int:
     rows = []
     for N in args.hidden:
         for p in args.dropout:
-            rows += bench_shape(args.tokens, N, p, args, DTYPES[args.dtype], peak_gbs)
+            rows += bench_shape(args.tokens, N, p, args, torch_dtype(args.dtype), peak_gbs)
     print_table(rows, ["provider", "M", "N", "dropout", "fwd_ms", "fwd_gbs", "fwd_peak_frac", "fwd_bwd_ms",
                        "fwd_bwd_gbs", "fwd_bwd_peak_frac", "fwd_bwd_speedup_vs_torch", "max_err_out", "max_err_grad"])
     path = write_result(f"layernorm_{card_slug(card)}", rows, {

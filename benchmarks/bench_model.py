@@ -1,6 +1,6 @@
 """Throughput of our RobertaForMaskedLM against transformers' with the same weights, same batch.
 
-    python benchmarks/bench_model.py [--configs tiny base] [--seq-len 128] [--repeats 5]
+    python -m benchmarks.bench_model [--configs tiny base] [--seq-len 128] [--repeats 5]
 
 Two measurements per config, in tokens/s, with the reference run in the same
 process and round-robin with ours (these machines are noisy, so ratios are what
@@ -13,16 +13,12 @@ Both sides use their default attention (SDPA). Results go to benchmarks/results/
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 import tempfile
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from benchmarks.common import print_table, time_interleaved, write_result  # noqa: E402
-from roberta_scratch import RobertaConfig, RobertaForMaskedLM  # noqa: E402
+from benchmarks.common import print_table, time_interleaved, write_result
+from roberta_scratch import RobertaConfig, RobertaForMaskedLM
 
 BATCH = {"tiny": 16, "small": 8, "base": 4, "large": 2}
 
@@ -86,13 +82,13 @@ def run(preset: str, seq_len: int, repeats: int, device: str) -> list:
     return rows
 
 
-def main() -> None:
+def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--configs", nargs="+", default=["tiny", "base"])
     p.add_argument("--seq-len", type=int, default=128)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     rows = []
     for preset in args.configs:
         rows += run(preset, args.seq_len, args.repeats, args.device)

@@ -1,8 +1,8 @@
 """Pretraining throughput and quality: our trainer against a reference loop built from
 transformers' RobertaForMaskedLM and DataCollatorForLanguageModeling, in one process.
 
-    python benchmarks/bench_pretrain.py [--config tiny] [--steps 200] [--batch-size 16] [--seq-len 128]
-                                        [--attention sdpa] [--data DATA_DIR]
+    python -m benchmarks.bench_pretrain [--config tiny] [--steps 200] [--batch-size 16] [--seq-len 128]
+                                           [--attention sdpa] [--data DATA_DIR]
 
 Same initial weights, same blocks in the same order, same optimiser (AdamW 0.9/0.98,
 eps 1e-6, wd 0.01 off biases and LayerNorms), same warmup + linear decay and clipping.
@@ -15,22 +15,21 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 import time
 
 import torch
 import torch.nn.functional as F
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+from benchmarks.common import print_table, write_result
+from roberta_scratch.checkpoint import save_hf
+from roberta_scratch.config import IGNORE_INDEX
+from roberta_scratch.data import default_corpus, prepare, tokenizer_dir
+from roberta_scratch.pretrain import TrainArgs, Trainer
+from roberta_scratch.tokenizer import ByteLevelBPETokenizer
+from roberta_scratch.training import linear_schedule, param_groups
 
-from benchmarks.common import print_table, write_result  # noqa: E402
-from roberta_scratch.checkpoint import save_hf  # noqa: E402
-from roberta_scratch.config import IGNORE_INDEX  # noqa: E402
-from roberta_scratch.data import default_corpus, prepare, tokenizer_dir  # noqa: E402
-from roberta_scratch.tokenizer import ByteLevelBPETokenizer  # noqa: E402
-from roberta_scratch.trainer import TrainArgs, Trainer, linear_schedule, param_groups  # noqa: E402
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def default_data(seq_len: int) -> str:
@@ -94,7 +93,7 @@ class ReferenceLoop:
         return total / count
 
 
-def main() -> None:
+def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", default=None)
     p.add_argument("--config", default="tiny")
@@ -103,7 +102,7 @@ def main() -> None:
     p.add_argument("--seq-len", type=int, default=128)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--attention", default="sdpa", choices=["eager", "sdpa", "triton"])
-    args = p.parse_args()
+    args = p.parse_args(argv)
     data = args.data or default_data(args.seq_len)
     with tempfile.TemporaryDirectory() as out:
         ours = Trainer(TrainArgs(data=data, out=out, config=args.config, steps=args.steps,

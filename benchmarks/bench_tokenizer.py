@@ -1,6 +1,6 @@
 """Speed of our byte-level BPE against `tokenizers` and tiktoken, same process, same text.
 
-    ROBERTA_REFERENCE_DIR=../shared/reference/roberta-base python benchmarks/bench_tokenizer.py [--repeats 5]
+    ROBERTA_REFERENCE_DIR=../shared/reference/roberta-base python -m benchmarks.bench_tokenizer [--repeats 5]
 
 The text is the project's default corpus (the standard library's docstrings
 and pydoc topics, about 2 MB), one document per call. Rows:
@@ -28,12 +28,10 @@ import tempfile
 import time
 from unittest import mock
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from benchmarks.common import print_table, time_interleaved, write_result  # noqa: E402
-from roberta_scratch import tokenizer as tokenizer_module  # noqa: E402
-from roberta_scratch.data import default_corpus  # noqa: E402
-from roberta_scratch.tokenizer import GPT2_SPLIT_PATTERN, ByteLevelBPETokenizer  # noqa: E402
+from benchmarks.common import print_table, time_interleaved, write_result
+from roberta_scratch import tokenizer_base
+from roberta_scratch.data import default_corpus
+from roberta_scratch.tokenizer import GPT2_SPLIT_PATTERN, ByteLevelBPETokenizer
 
 SPECIALS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
 
@@ -65,8 +63,8 @@ def bench_encode(ref: str, docs: list, repeats: int) -> list:
     backend, tiktoken_gpt2 = reference_tokenizers(ref)
     mb = sum(len(d.encode()) for d in docs) / 1e6
     # encode_batch's automatic choice for this batch (PARALLEL_MIN_CHARS), and every CPU.
-    cpus = tokenizer_module._available_cpus()
-    workers = cpus if sum(map(len, docs)) >= tokenizer_module.PARALLEL_MIN_CHARS else 1
+    cpus = tokenizer_base._available_cpus()
+    workers = cpus if sum(map(len, docs)) >= tokenizer_base.PARALLEL_MIN_CHARS else 1
 
     # Cold: fresh tokenizers, empty word caches, one pass each.
     ours = ByteLevelBPETokenizer.from_pretrained(ref)
@@ -128,7 +126,7 @@ def bench_train(docs: list, vocab_size: int) -> list:
              "reference_s": reference_s, "speedup": reference_s / ours_s, "same_merges": same}]
 
 
-def main() -> None:
+def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     default_ref = os.environ.get("ROBERTA_REFERENCE_DIR", os.path.join(os.path.dirname(__file__), "..", "..", "shared",
                                                                        "reference", "roberta-base"))
@@ -136,7 +134,7 @@ def main() -> None:
                         help="the roberta-base vocab.json, merges.txt and gpt2-encoder.json")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--vocab-size", type=int, default=8000, help="vocabulary size for the training row")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if not os.path.isfile(os.path.join(args.reference_dir, "vocab.json")):
         sys.exit(f"no roberta-base tokenizer files in {args.reference_dir}: set ROBERTA_REFERENCE_DIR")
 

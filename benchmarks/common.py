@@ -1,15 +1,45 @@
-"""What every benchmark shares: timing, the machine's description, and the JSON record."""
+"""What every benchmark shares: timing, the machine's description, the GPU checks, and the JSON record.
+
+Benchmarks run as modules from the repository root, e.g. `python -m benchmarks.bench_model`.
+"""
 from __future__ import annotations
 
 import datetime
 import json
 import os
 import platform
+import re
 import statistics
 import sys
 import time
 
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}  # --dtype names -> torch attribute names
+
+
+def torch_dtype(name: str):
+    """The torch dtype of a --dtype name (bf16, fp16, fp32)."""
+    import torch
+
+    return getattr(torch, DTYPES[name])
+
+
+def card_slug(name: str) -> str:
+    """A GPU's name as a file-name part: "NVIDIA H100 80GB HBM3" -> "h100-80gb-hbm3"."""
+    return re.sub(r"[^a-z0-9]+", "-", name.lower().replace("nvidia", "")).strip("-")
+
+
+def require_cuda(script: str) -> None:
+    """Exit with a clear message, before measuring anything, when there is no GPU or no triton."""
+    import torch
+
+    if not torch.cuda.is_available():
+        sys.exit(f"{script}: needs a CUDA GPU and none is visible, so nothing was measured. "
+                 "The kernels' correctness is tested on the CPU by `make test` (Triton's interpreter).")
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        sys.exit(f"{script}: needs triton (pip install -e '.[kernels]'), so nothing was measured.")
 
 
 def machine() -> dict:
@@ -64,7 +94,7 @@ def write_result(name: str, rows: list, extra: dict | None = None) -> str:
     record = {
         "benchmark": name,
         "date": now.isoformat(timespec="seconds"),
-        "command": " ".join(["python"] + sys.argv),
+        "command": command(),
         "machine": machine(),
         **(extra or {}),
         "results": rows,
@@ -73,6 +103,14 @@ def write_result(name: str, rows: list, extra: dict | None = None) -> str:
     with open(path, "w") as f:
         json.dump(record, f, indent=2)
     return path
+
+
+def command() -> str:
+    """The command line as the user typed it: `python -m benchmarks.x ...` for a module."""
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    program = ["python", "-m", spec.name] if spec is not None and spec.name else ["python", sys.argv[0]]
+    return " ".join(program + sys.argv[1:])
 
 
 def print_table(rows: list, columns: list) -> None:

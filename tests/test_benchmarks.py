@@ -1,0 +1,31 @@
+"""The benchmark scripts run as modules from the repository root, with no sys.path edits, and
+each parses its options (the measurements themselves are run by hand; see the README)."""
+import importlib
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "benchmarks").glob("bench_*.py"))
+
+
+@pytest.mark.parametrize("name", BENCHMARKS)
+def test_benchmark_module_imports_and_has_help(name, capsys):
+    module = importlib.import_module(f"benchmarks.{name}")
+    source = Path(module.__file__).read_text()
+    assert "sys.path" not in source
+    with pytest.raises(SystemExit) as e:
+        module.main(["--help"])
+    assert e.value.code == 0
+    assert f"python -m benchmarks.{name}" in (module.__doc__ or "")
+
+
+def test_command_is_recorded_as_the_module_invocation(monkeypatch):
+    import sys
+    import types
+
+    from benchmarks import common
+
+    monkeypatch.setattr(sys, "argv", ["/repo/benchmarks/bench_model.py", "--configs", "tiny"])
+    monkeypatch.setitem(sys.modules, "__main__", types.SimpleNamespace(__spec__=types.SimpleNamespace(
+        name="benchmarks.bench_model")))
+    assert common.command() == "python -m benchmarks.bench_model --configs tiny"
