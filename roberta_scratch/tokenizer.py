@@ -48,7 +48,7 @@ from typing import Iterable
 
 import regex
 
-from .bpe import GPT2_SPLIT_PATTERN, bytes_to_unicode, merge
+from .bpe import GPT2_SPLIT_PATTERN, MergeTable, apply_merges, bytes_to_unicode
 from .bpe_train import count_words, learn_merges
 from .fileio import atomic_write, iter_lines
 from .spm_tokenizer import SentencePieceTokenizer
@@ -62,7 +62,6 @@ from .tokenizer_base import (
 )
 
 VOCAB_FILE, MERGES_FILE = "vocab.json", "merges.txt"
-_NEVER = float("inf")  # the rank of a pair that is never merged
 
 
 class ByteLevelBPETokenizer(Tokenizer):
@@ -107,10 +106,11 @@ class ByteLevelBPETokenizer(Tokenizer):
             for token in (left, right, left + right):
                 if token not in self.vocab:
                     raise ValueError(f"merge #{rank} ({left!r}, {right!r}) uses {token!r}, which is not in the vocab")
-        self.merge_ranks = {pair: rank for rank, pair in enumerate(self.merges)}
+        # Merges as ids, for apply_merges; a pair listed twice keeps its last rank, as a dict would.
+        self._merge_table = MergeTable([(self.vocab[a], self.vocab[b], self.vocab[a + b]) for a, b in self.merges],
+                                       len(self.vocab) and max(self.vocab.values()) + 1)
+        self._byte_ids = [self.vocab[self.byte_encoder[b]] for b in range(256)]
         self.pattern = regex.compile(GPT2_SPLIT_PATTERN)
-        # str.translate table from a latin-1 decoded byte string to GPT-2's byte symbols.
-        self._byte_symbols = str.maketrans({chr(b): c for b, c in self.byte_encoder.items()})
         self._id_to_token = {i: t for t, i in self.vocab.items()}
         self._id_to_bytes = {i: self._token_bytes(t) for t, i in self.vocab.items()}
         self._cache: dict[str, tuple[int, ...]] = {}
@@ -244,20 +244,13 @@ class ByteLevelBPETokenizer(Tokenizer):
     # ---- encoding ---------------------------------------------------------------------
 
     def _bpe(self, word: str) -> tuple[int, ...]:
-        """Ids of one pre-tokenised word, by repeatedly merging its lowest-ranked adjacent pair.
+        """Ids of one pre-tokenised word: its bytes' symbols, then the learned merges applied,
+        the lowest-ranked pair present first, until none applies (bpe.apply_merges).
 
             " lower" -> [Ġ l o w e r] -> [Ġ l o w er] -> [Ġl o w er] -> [Ġl ow er] -> [Ġl ower] -> [Ġlower]
             (with roberta-base's merges: e+r is learned first, then Ġ+l, o+w, ow+er, Ġl+ower)
         """
-        symbols = list(word.encode("utf-8").decode("latin-1").translate(self._byte_symbols))
-        rank_of = self.merge_ranks.get
-        while len(symbols) > 1:
-            best = min([rank_of(pair, _NEVER) for pair in zip(symbols, symbols[1:])])
-            if best == _NEVER:
-                break
-            left, right = self.merges[best]
-            symbols = merge(symbols, (left, right), left + right)
-        return tuple(self.vocab[s] for s in symbols)
+        return tuple(apply_merges(list(map(self._byte_ids.__getitem__, word.encode("utf-8"))), self._merge_table))
 
     def _encode_words(self, words: list[str]) -> list[int]:
         cache = self._cache
