@@ -136,6 +136,9 @@ class FinetuneTrainer(BaseTrainer):
     def collate(self, examples: list, step: int, micro_batch: int) -> dict:
         return self.task.collate(examples)
 
+    def loss_weight(self, batch: dict) -> torch.Tensor:
+        return self.task.loss_weight(batch).to(self.device)
+
     def evaluate(self) -> Optional[dict]:
         if not self.eval_examples:
             return None

@@ -294,7 +294,8 @@ class RobertaForMaskedLM(PreTrained):
 
         With labels ((B, T), IGNORE_INDEX where nothing is predicted): the head runs only at
         the N labelled positions, like fairseq, so logits is (N, V) in row-major order and
-        loss is the mean cross-entropy there, the same number the full head gives.
+        loss is the mean cross-entropy there, the same number the full head gives (0 when
+        N = 0, where a plain mean would be NaN).
         """
         out = self.roberta(input_ids, attention_mask, output_hidden_states, output_attentions)
         h = out.last_hidden_state
@@ -304,7 +305,9 @@ class RobertaForMaskedLM(PreTrained):
         check_labels(labels, input_ids.shape, self.config.vocab_size)
         selected = labels != IGNORE_INDEX  # (B, T)
         logits = self.predict(h[selected])  # (N, V): the vocabulary projection only where it counts
-        loss = F.cross_entropy(logits.float(), labels[selected])
+        # subtle: the mean as sum / N, so a batch with nothing masked has loss 0 (and zero
+        # gradients) instead of the 0/0 = NaN of a mean over nothing.
+        loss = F.cross_entropy(logits.float(), labels[selected], reduction="sum") / selected.sum().clamp(min=1)
         return Output(loss=loss, logits=logits, last_hidden_state=h, hidden_states=out.hidden_states,
                       attentions=out.attentions)
 
@@ -376,7 +379,9 @@ class RobertaForTokenClassification(PreTrained):
         loss = None
         if labels is not None:
             check_labels(labels, input_ids.shape, self.config.num_labels)
-            loss = F.cross_entropy(logits.view(-1, self.config.num_labels), labels.reshape(-1))
+            # the mean over labelled tokens as sum / N: 0, not NaN, when nothing is labelled
+            loss = F.cross_entropy(logits.view(-1, self.config.num_labels), labels.reshape(-1),
+                                   reduction="sum") / (labels != IGNORE_INDEX).sum().clamp(min=1)
         return Output(loss=loss, logits=logits, last_hidden_state=out.last_hidden_state,
                       hidden_states=out.hidden_states,
                       attentions=out.attentions)

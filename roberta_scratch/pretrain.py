@@ -97,6 +97,10 @@ class Trainer(BaseTrainer):
         self.collator.generator.manual_seed(seed_for(self.args.seed, step, micro_batch))
         return self.collator(examples)
 
+    def loss_weight(self, batch: dict) -> torch.Tensor:
+        """The masked tokens: the MLM loss is their mean."""
+        return (batch["labels"] != IGNORE_INDEX).sum()
+
     def train_flops_per_token(self) -> float:
         return mlm_training_flops_per_token(self.cfg, self.args.seq_len, self.args.mlm_probability)
 

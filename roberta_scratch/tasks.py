@@ -92,6 +92,11 @@ class Task:
         """The targets of a batch, as the model's keyword arguments (labels=..., ...)."""
         raise NotImplementedError
 
+    def loss_weight(self, batch: dict) -> torch.Tensor:
+        """How many items the model's loss on `batch` is the mean over (the trainer weights
+        micro-batches by it): one per example here."""
+        return torch.tensor(batch["input_ids"].shape[0])
+
     def collate(self, features: list[dict]) -> dict:
         """One training batch: padded input_ids, attention_mask and collate_labels()."""
         ids = pad_rows([f["input_ids"] for f in features], self.tok.pad_token_id)
@@ -320,6 +325,10 @@ class TokenClassification(Task):
 
     def collate_labels(self, features: list[dict]) -> dict:
         return {"labels": pad_rows([f["labels"] for f in features], IGNORE_INDEX)}
+
+    def loss_weight(self, batch: dict) -> torch.Tensor:
+        """The labelled tokens (each word's first sub-token): the loss is their mean."""
+        return (batch["labels"] != IGNORE_INDEX).sum()
 
     @torch.no_grad()
     def word_predictions(self, model, examples, features, batch_size, device) -> list[list[tuple[str, float]]]:

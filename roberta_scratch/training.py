@@ -202,30 +202,67 @@ class BaseTrainer:
         return torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda" \
             else torch.autocast("cpu", enabled=False)
 
+    def loss_weight(self, batch: dict) -> torch.Tensor:
+        """How many items the batch's loss is the mean over: the batch size here; a task whose
+        loss averages over labelled tokens (MLM, NER) counts those. The micro-batches of a
+        step are weighted by it, so the step's loss is the mean over every item of the global
+        batch, whatever the split into micro-batches and ranks."""
+        return torch.tensor(batch["input_ids"].shape[0], device=self.device)
+
     def forward_backward(self, step: int) -> tuple[float, int]:
-        """Accumulate gradients for `step`; returns (mean loss over ranks and micro-batches, tokens)."""
+        """Accumulate gradients for `step`; returns (the step's loss, tokens).
+
+        Each micro-batch's mean loss is weighted by its share of the step's items
+        (loss_weight, summed over micro-batches and ranks), so gradients and loss are the
+        mean over the whole global batch: the same for 1 rank x 4 micro-batches as for
+        4 ranks x 1. A micro-batch with nothing to predict weighs 0; a step with nothing
+        at all has loss 0 and zero gradients.
+        """
         batches = self.micro_batches(step)
+        weights = torch.stack([self.loss_weight(b) for b in batches]).float()
+        total_weight = weights.sum()
+        if self.distributed:
+            dist.all_reduce(total_weight)
+        # DDP averages gradients over ranks, hence the world size.
+        scales = weights * (self.world / total_weight.clamp(min=1))
         total = torch.zeros((), device=self.device)
         tokens = torch.zeros((), dtype=torch.long, device=self.device)
         for k, batch in enumerate(batches):
             sync = k == len(batches) - 1 or not self.distributed
             ctx = self.model.no_sync() if not sync else contextlib.nullcontext()
             with ctx, self._autocast():
-                loss = self.forward(**batch).loss / len(batches)
-                loss.backward()
-            total += loss.detach()
+                loss = self.forward(**batch).loss
+                (loss * scales[k]).backward()
+            total += loss.detach().float() * weights[k]
             tokens += batch["attention_mask"].sum()
         if self.distributed:
-            dist.all_reduce(total, op=dist.ReduceOp.AVG)
-        loss, tokens = torch.stack([total.double(), tokens.double()]).tolist()  # one device sync per step
+            dist.all_reduce(total)
+        loss = total / total_weight.clamp(min=1)
+        loss, tokens = torch.stack([loss.double(), tokens.double()]).tolist()  # one device sync per step
         return loss, int(tokens) * self.world
 
     def optimizer_step(self) -> None:
         if self.args.clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.raw_model.parameters(), self.args.clip)
+            norm = torch.nn.utils.clip_grad_norm_(self.raw_model.parameters(), self.args.clip)
+            if not torch.isfinite(norm):
+                raise TrainingError(self._diverged(f"the gradient norm is {norm.item()}"))
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
+
+    def _diverged(self, what: str) -> str:
+        """The NaN stop's message, with advice that fits the cause."""
+        last = self.checkpoints()[-1] if self.checkpoints() else "none yet"
+        where = f"{what} at step {self.step + 1}; stopping without saving (the last good checkpoint is {last}). "
+        if not all(torch.isfinite(p).all() for p in self.raw_model.parameters()):
+            return where + ("The weights themselves are no longer finite: training diverged in an earlier "
+                            "update. Resume from that checkpoint with a lower --lr or --clip.")
+        if all(p.grad is None or torch.isfinite(p.grad).all() for p in self.raw_model.parameters()):
+            return where + ("The weights and gradients are finite, so the forward pass itself produced it: "
+                            "look at this step's data (labels, lengths), or at overflow under mixed precision. "
+                            "Lowering --lr will not help.")
+        return where + ("The weights are finite but the gradients overflowed: the step was too large for "
+                        "this learning rate. Resume from that checkpoint with a lower --lr or --clip.")
 
     # ---- checkpoints ---------------------------------------------------------------
 
@@ -312,9 +349,7 @@ class BaseTrainer:
         while self.step < steps:
             loss, tokens = self.forward_backward(self.step)
             if not math.isfinite(loss):
-                last = self.checkpoints()[-1] if self.checkpoints() else "none yet"
-                raise TrainingError(f"loss is {loss} at step {self.step + 1}; stopping without saving. "
-                                    f"The last good checkpoint is {last}. Lower --lr or check the data.")
+                raise TrainingError(self._diverged(f"the loss is {loss}"))
             lr = self.scheduler.get_last_lr()[0]
             self.optimizer_step()
             self.step += 1

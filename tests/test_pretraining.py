@@ -183,9 +183,84 @@ def test_nan_loss_stops_without_a_poisoned_checkpoint(prepared, tmp_path, monkey
         return (float("nan"), tokens) if step == 5 else (loss, tokens)
 
     monkeypatch.setattr(Trainer, "forward_backward", poisoned)
-    with pytest.raises(TrainingError, match=r"loss is nan at step 6.*step_00000004.pt"):
+    with pytest.raises(TrainingError, match=r"loss is nan at step 6.*step_00000004.pt") as e:
         pretrain(args_for(prepared, tmp_path))
     assert sorted(os.listdir(tmp_path / "ckpt")) == ["step_00000004.pt"]
+    # the weights and gradients are finite: the advice is about the data, not the learning rate
+    assert "forward pass itself" in str(e.value) and "Lowering --lr will not help" in str(e.value)
+
+
+def test_nan_advice_fits_a_diverged_model(prepared, tmp_path, monkeypatch):
+    real = Trainer.forward_backward
+
+    def diverge(self, step):
+        if step == 3:
+            with torch.no_grad():
+                self.raw_model.roberta.layers[0].ffn.fc1.weight.fill_(float("inf"))
+        return real(self, step)
+
+    monkeypatch.setattr(Trainer, "forward_backward", diverge)
+    with pytest.raises(TrainingError, match=r"step 4.*weights themselves are no longer finite.*lower --lr"):
+        pretrain(args_for(prepared, tmp_path))
+
+
+# ----------------------------------------------------------------------------- batches with nothing to predict
+
+def test_a_batch_with_nothing_masked_has_zero_loss_and_zero_gradient():
+    cfg = RobertaConfig(vocab_size=50, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=20)
+    from roberta_scratch import RobertaForMaskedLM
+
+    model = RobertaForMaskedLM(cfg)
+    ids = torch.randint(4, 50, (2, 6))
+    out = model(ids, labels=torch.full_like(ids, -100))
+    assert out.loss.item() == 0.0 and out.logits.shape == (0, 50)
+    out.loss.backward()
+    assert all(p.grad is None or not p.grad.any() for p in model.parameters())
+
+
+def test_micro_batches_are_weighted_by_their_masked_tokens(prepared, tmp_path):
+    """The step's gradient is that of the mean over every masked token of the global batch, even
+    when the micro-batches hold different numbers of them (one none at all)."""
+    config = small_config(prepared / "no_dropout.json", hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    trainer = Trainer(args_for(prepared, tmp_path, config=config, grad_accum=3, batch_size=2))
+    batches = trainer.micro_batches(0)
+    batches[1]["labels"][:] = -100  # nothing to predict in the middle micro-batch
+    batches[2]["labels"][1:] = -100  # and fewer in the last
+    trainer.micro_batches = lambda step: [dict(b) for b in batches]
+    loss, _ = trainer.forward_backward(0)
+    got = {n: p.grad.clone() for n, p in trainer.raw_model.named_parameters()}
+
+    trainer.optimizer.zero_grad(set_to_none=True)
+    total = sum(trainer.raw_model(**b).loss * (b["labels"] != -100).sum() for b in batches)
+    n = sum(int((b["labels"] != -100).sum()) for b in batches)
+    (total / n).backward()
+    assert n > 0 and loss == pytest.approx((total / n).item(), rel=1e-6)
+    for name, p in trainer.raw_model.named_parameters():
+        torch.testing.assert_close(got[name], p.grad, rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_short_documents_with_doc_packing_train_without_nan(tmp_path):
+    """Documents of 2-5 words, DOC-SENTENCES and 2 blocks a micro-batch: some micro-batches have
+    nothing masked. That made the loss NaN and stopped the run at the same step on every resume."""
+    rng = np.random.default_rng(0)
+    docs = [" ".join(rng.choice(WORDS, rng.integers(2, 6))) for _ in range(400)]
+    (tmp_path / "short.txt").write_text("\n\n".join(docs) + "\n")
+    tok = ByteLevelBPETokenizer.train(iter([" ".join(WORDS)] * 50), vocab_size=300, show_progress=False)
+    tok.save_pretrained(str(tmp_path / "tok"))
+    prepare([str(tmp_path / "short.txt")], str(tmp_path / "tok"), str(tmp_path / "data"), seq_len=16,
+            val_fraction=0.05, show_progress=False, num_workers=1)
+    cfg = RobertaConfig(vocab_size=300, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=40)
+    cfg.save(str(tmp_path / "cfg.json"))
+    args = TrainArgs(data=str(tmp_path / "data"), out=str(tmp_path / "run"), config=str(tmp_path / "cfg.json"),
+                     packing="doc", batch_size=2, steps=60, warmup=5, lr=1e-3, log_every=1, eval_every=0,
+                     save_every=60, progress=False)
+    trainer = Trainer(args)
+    empty = sum(int((b["labels"] != -100).sum() == 0) for s in range(60) for b in trainer.micro_batches(s))
+    assert empty > 0  # the case this test is about does occur
+    assert pretrain(args) == 0
+    assert all(np.isfinite(losses(tmp_path / "run")))
 
 
 def test_sigint_saves_and_exits_cleanly(prepared, tmp_path):
