@@ -9,9 +9,16 @@
                blocks never cross a document, and the rest is padding
 
 On disk, each split is a token stream in which every document is followed by </s>:
-    train-00000.bin ...   the stream, uint16 when the vocabulary fits, else uint32
-    train.docs.bin        int64 end offset (after the </s>) of every document in the stream
-    meta.json             counts, dtype, the tokenizer's hash and the inputs' fingerprint
+    meta.json                     the manifest: counts, dtype, the tokenizer's fingerprint, the
+                                  inputs' fingerprint, and every file below with its size and sha256
+    data-<id>/train-00000.bin ... the stream, uint16 when the vocabulary fits, else uint32
+    data-<id>/train.docs.bin      int64 end offset (after the </s>) of every document in the stream
+    data-<id>/tokenizer/          the tokenizer it was made with
+
+Committing is one atomic step: a run writes a fresh data-<id>/ folder, then replaces
+meta.json, the only file that names it. Until then the previous data stays whole and in
+use; after it, the new data is. A run killed at any moment leaves one or the other, never
+a mix, and the next run removes what the killed one left behind.
 """
 from __future__ import annotations
 
@@ -20,9 +27,12 @@ import glob
 import hashlib
 import json
 import os
+import re
+import shutil
 import sys
 import sysconfig
 import tempfile
+import uuid
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator, Optional
 
@@ -30,10 +40,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .fileio import atomic_write, chunked, iter_jsonl, iter_lines
+from .fileio import atomic_write, chunked, fsync_dir, iter_jsonl, iter_lines, lock_dir
 from .tokenizer import load_tokenizer
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: files in data-<id>/, named with sizes and checksums in meta.json
+LEGACY_FILE = re.compile(r"(train|val)(-\d{5}\.bin|\.docs\.bin)")  # format 1 kept these at the top
 SHARD_TOKENS = 1 << 28  # 512 MB of uint16 per shard file
 DEFAULT_CORPUS = "stdlib-docstrings"
 
@@ -164,8 +175,17 @@ class _SplitWriter:
         self.tokens = 0
         self.documents = 0
         self.shards: list[int] = []  # tokens per shard
+        self.files: dict[str, dict] = {}  # name -> {"bytes", "sha256"}, for the manifest
         self._shard = None
-        self._docs = open(os.path.join(directory, f"{split}.docs.bin"), "wb")
+        self._shard_name = None
+        self._hashes: dict = {}  # name -> running sha256 of what was written
+        self._docs_name = f"{split}.docs.bin"
+        self._docs = open(os.path.join(directory, self._docs_name), "wb")
+        self._hashes[self._docs_name] = hashlib.sha256()
+
+    def _write(self, f, name: str, data: bytes) -> None:
+        f.write(data)
+        self._hashes[name].update(data)
 
     def add(self, ids: list[int]) -> None:
         arr = np.asarray(ids, dtype=self.dtype)
@@ -173,25 +193,31 @@ class _SplitWriter:
             if self._shard is None or self.shards[-1] == self.shard_tokens:
                 self._next_shard()
             room = self.shard_tokens - self.shards[-1]
-            self._shard.write(arr[:room].tobytes())
+            self._write(self._shard, self._shard_name, arr[:room].tobytes())
             self.shards[-1] += len(arr[:room])
             arr = arr[room:]
         self.tokens += len(ids)
         self.documents += 1
-        self._docs.write(np.int64(self.tokens).tobytes())
+        self._write(self._docs, self._docs_name, np.int64(self.tokens).tobytes())
 
     def _next_shard(self):
         if self._shard is not None:
-            self._shard.close()
-        self._shard = open(os.path.join(self.directory, f"{self.split}-{len(self.shards):05d}.bin"), "wb")
+            self._finish(self._shard, self._shard_name)
+        self._shard_name = f"{self.split}-{len(self.shards):05d}.bin"
+        self._shard = open(os.path.join(self.directory, self._shard_name), "wb")
+        self._hashes[self._shard_name] = hashlib.sha256()
         self.shards.append(0)
 
+    def _finish(self, f, name: str) -> None:
+        f.flush()
+        os.fsync(f.fileno())
+        self.files[name] = {"bytes": f.tell(), "sha256": self._hashes[name].hexdigest()}
+        f.close()
+
     def close(self) -> dict:
-        for f in (self._shard, self._docs):
-            if f is not None:
-                f.flush()
-                os.fsync(f.fileno())
-                f.close()
+        if self._shard is not None:
+            self._finish(self._shard, self._shard_name)
+        self._finish(self._docs, self._docs_name)
         return {"tokens": self.tokens, "documents": self.documents, "shards": self.shards}
 
 
@@ -202,7 +228,8 @@ def prepare(corpus: Optional[list[str]], tokenizer_dir: str, out_dir: str, seq_l
 
     Every document is followed by </s>. Document i goes to the validation split when
     floor((i + 1) * val_fraction) > floor(i * val_fraction): an even, deterministic spread.
-    Re-running with the same inputs, tokenizer and settings does nothing.
+    Re-running with the same inputs, tokenizer and settings does nothing. The new data
+    replaces the old in one atomic step (see the module docstring).
     """
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
@@ -211,19 +238,28 @@ def prepare(corpus: Optional[list[str]], tokenizer_dir: str, out_dir: str, seq_l
     tok = load_tokenizer(tokenizer_dir)
     settings = {"format": FORMAT_VERSION, "inputs": inputs_fingerprint(corpus), "seq_len": seq_len,
                 "val_fraction": val_fraction, "tokenizer_hash": tok.fingerprint()}
-    meta_path = os.path.join(out_dir, "meta.json")
-    if os.path.isfile(meta_path):
-        with open(meta_path) as f:
-            meta = json.load(f)
-        if all(meta.get(k) == v for k, v in settings.items()):
+    with lock_dir(out_dir, "prepare"):
+        meta = _current_meta(out_dir)
+        done = (meta is not None and all(meta.get(k) == v for k, v in settings.items())
+                and not check_files(out_dir, meta))
+        _remove_leftovers(out_dir, meta)
+        if done:
             print(f"{out_dir} is already prepared from these inputs; nothing to do")
             return meta
+        meta = _write_data(corpus, tok, out_dir, settings, num_workers, batch_documents, shard_tokens, show_progress)
+        _remove_leftovers(out_dir, meta)
+    _print_report(meta)
+    return meta
 
-    eos = tok.eos_token_id
+
+def _write_data(corpus, tok, out_dir: str, settings: dict, num_workers, batch_documents: int, shard_tokens: int,
+                show_progress: bool) -> dict:
+    """Tokenize into a fresh data-<id>/ folder, then commit it by replacing meta.json."""
+    eos, val_fraction = tok.eos_token_id, settings["val_fraction"]
     dtype = np.uint16 if tok.vocab_size <= np.iinfo(np.uint16).max + 1 else np.uint32
-    os.makedirs(out_dir, exist_ok=True)
     report = CorpusReport()
-    with tempfile.TemporaryDirectory(dir=out_dir, prefix=".prepare-") as tmp:
+    tmp = tempfile.mkdtemp(dir=out_dir, prefix=".prepare-")
+    try:
         writers = {s: _SplitWriter(tmp, s, dtype, shard_tokens) for s in ("train", "val")}
         docs = iter_documents(corpus, report)
         bar = tqdm(desc="preparing", unit=" docs", disable=not show_progress)
@@ -239,25 +275,74 @@ def prepare(corpus: Optional[list[str]], tokenizer_dir: str, out_dir: str, seq_l
         splits = {s: w.close() for s, w in writers.items()}
         if splits["train"]["tokens"] == 0:
             raise ValueError("the corpus produced no training tokens: every document was empty")
-        for name in os.listdir(tmp):
-            os.replace(os.path.join(tmp, name), os.path.join(out_dir, name))
-    _remove_stale_shards(out_dir, splits)
-    tok.save_pretrained(os.path.join(out_dir, "tokenizer"))  # the data dir is self-contained
+        tok.save_pretrained(os.path.join(tmp, "tokenizer"))  # the data dir is self-contained
+        files = {name: info for w in writers.values() for name, info in w.files.items()}
+        for name in sorted(os.listdir(os.path.join(tmp, "tokenizer"))):
+            files[f"tokenizer/{name}"] = _file_info(os.path.join(tmp, "tokenizer", name))
+        name = f"data-{uuid.uuid4().hex[:16]}"
+        os.rename(tmp, os.path.join(out_dir, name))  # not in use yet: only meta.json would name it
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    fsync_dir(out_dir)
     meta = {**settings, "dtype": np.dtype(dtype).name, "vocab_size": tok.vocab_size, "splits": splits,
             "corpus": DEFAULT_CORPUS if corpus is None else corpus_files(corpus),
             "bos_token_id": tok.bos_token_id, "eos_token_id": eos, "pad_token_id": tok.pad_token_id,
             "report": {"files": report.files, "documents": report.documents, "characters": report.characters,
-                       "non_utf8_files": report.non_utf8_files, "empty_files": report.empty_files}}
-    with atomic_write(meta_path, "w") as f:  # written last: its presence means "complete"
+                       "non_utf8_files": report.non_utf8_files, "empty_files": report.empty_files},
+            "files_dir": name, "files": files,
+            # what the data is, for `pretrain --resume` to compare: the hashes of every file
+            "fingerprint": hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()}
+    with atomic_write(os.path.join(out_dir, "meta.json"), "w") as f:  # the commit
         json.dump(meta, f, indent=2)
-    _print_report(meta)
     return meta
 
 
-def _remove_stale_shards(out_dir: str, splits: dict) -> None:
-    for split, info in splits.items():
-        for path in glob.glob(os.path.join(out_dir, f"{split}-*.bin")):
-            if int(os.path.basename(path)[len(split) + 1:-4]) >= len(info["shards"]):
+def _file_info(path: str) -> dict:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return {"bytes": os.path.getsize(path), "sha256": h.hexdigest()}
+
+
+def _current_meta(out_dir: str) -> Optional[dict]:
+    """The committed manifest, or None when there is none (or it cannot be read)."""
+    try:
+        return load_meta(out_dir)
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def check_files(data_dir: str, meta: dict, checksums: bool = False) -> list[str]:
+    """What is wrong with the files a manifest names: missing, of another size, or (with
+    checksums) of other content. An empty list means the data is whole."""
+    problems = []
+    base = files_dir(data_dir, meta)
+    for name, info in meta.get("files", {}).items():
+        path = os.path.join(base, name)
+        if not os.path.isfile(path):
+            problems.append(f"{path} is missing")
+        elif os.path.getsize(path) != info["bytes"]:
+            problems.append(f"{path} has {os.path.getsize(path)} bytes, the manifest says {info['bytes']}")
+        elif checksums and _file_info(path)["sha256"] != info["sha256"]:
+            problems.append(f"{path} does not match its sha256 in the manifest")
+    return problems
+
+
+def _remove_leftovers(out_dir: str, meta: Optional[dict]) -> None:
+    """Remove what no manifest names: a killed run's .prepare-* and data-* folders, data from
+    before the last commit, and the files of the old layout (format 1 kept shards at the top)."""
+    keep = meta.get("files_dir") if meta else None
+    legacy = meta is not None and "files_dir" not in meta
+    for name in os.listdir(out_dir):
+        path = os.path.join(out_dir, name)
+        stale = name.startswith(".prepare-") or (name.startswith("data-") and name != keep and os.path.isdir(path))
+        old_layout = not legacy and (LEGACY_FILE.fullmatch(name) or (name == "tokenizer" and os.path.isdir(path)))
+        if stale or old_layout:
+            if os.path.isdir(path):
+                shutil.rmtree(path, ignore_errors=True)
+            else:
                 os.remove(path)
 
 
@@ -275,18 +360,30 @@ def _print_report(meta: dict) -> None:
 
 # ----------------------------------------------------------------------------- reading back
 
+def files_dir(data_dir: str, meta: dict) -> str:
+    """Where a manifest's files are: its data-<id>/ folder (the top folder for format 1)."""
+    return os.path.join(data_dir, meta.get("files_dir", ""))
+
+
 def tokenizer_dir(data_dir: str) -> str:
     """The copy of the tokenizer a prepared data directory was made with."""
-    return os.path.join(data_dir, "tokenizer")
+    return os.path.join(files_dir(data_dir, load_meta(data_dir)), "tokenizer")
 
 
 def load_meta(data_dir: str) -> dict:
+    """The manifest of a prepared data directory; ValueError when it is unreadable."""
     path = os.path.join(data_dir, "meta.json")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{data_dir} is not a prepared data directory (no meta.json); "
                                 "run `roberta-scratch prepare` first")
-    with open(path) as f:
-        return json.load(f)
+    try:
+        with open(path, encoding="utf-8") as f:
+            meta = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path} is not valid JSON ({e}); run `roberta-scratch prepare` again") from None
+    if not isinstance(meta, dict) or "splits" not in meta:
+        raise ValueError(f"{path} is not a prepared data manifest; run `roberta-scratch prepare` again")
+    return meta
 
 
 class TokenStream:
@@ -294,11 +391,16 @@ class TokenStream:
 
     def __init__(self, data_dir: str, split: str):
         meta = load_meta(data_dir)
+        problems = check_files(data_dir, meta)
+        if problems:
+            raise ValueError(f"{data_dir} is damaged: " + "; ".join(problems[:3]) + "; run `roberta-scratch "
+                             "prepare` again")
         info = meta["splits"][split]
-        self.shards = [np.memmap(os.path.join(data_dir, f"{split}-{i:05d}.bin"), dtype=meta["dtype"], mode="r",
+        base = files_dir(data_dir, meta)
+        self.shards = [np.memmap(os.path.join(base, f"{split}-{i:05d}.bin"), dtype=meta["dtype"], mode="r",
                                  shape=(n,)) for i, n in enumerate(info["shards"])]
         self.starts = np.cumsum([0] + info["shards"])  # global offset of each shard
-        self.doc_ends = np.fromfile(os.path.join(data_dir, f"{split}.docs.bin"), dtype=np.int64)
+        self.doc_ends = np.fromfile(os.path.join(base, f"{split}.docs.bin"), dtype=np.int64)
         self.meta = meta
 
     def __len__(self) -> int:

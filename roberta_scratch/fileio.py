@@ -135,3 +135,35 @@ def atomic_files(directory: str | os.PathLike, prefix: str = ".tmp-"):
         fsync_dir(directory)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+class DirectoryBusy(RuntimeError):
+    """Another process holds the lock on a directory (a run, a prepare) that this one wants."""
+
+
+@contextlib.contextmanager
+def lock_dir(directory: str | os.PathLike, what: str = "this directory"):
+    """Hold an exclusive lock on `directory` (a `.lock` file in it, flock'ed) for the block.
+
+    A second process asking for the same directory gets DirectoryBusy at once, naming the
+    holder's pid, instead of the two interleaving their writes. The lock dies with its
+    process, so a killed run never leaves the directory locked.
+    """
+    import fcntl
+
+    directory = os.fspath(directory)
+    os.makedirs(directory, exist_ok=True)
+    path = os.path.join(directory, ".lock")
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+            raise DirectoryBusy(f"{directory} is in use by another process (pid {holder}) working on {what}; "
+                                "wait for it to finish, or use another directory") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # closing releases the flock

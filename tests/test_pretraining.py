@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from roberta_scratch.config import RobertaConfig
-from roberta_scratch.data import PackedDataset, TokenStream, iter_documents, prepare
+from roberta_scratch.data import PackedDataset, TokenStream, iter_documents, prepare, tokenizer_dir
 from roberta_scratch.pretrain import TrainArgs, Trainer, pretrain
 from roberta_scratch.tokenizer import ByteLevelBPETokenizer, load_tokenizer
 from roberta_scratch.training import TrainingError
@@ -81,15 +81,21 @@ def test_preparation_reports_latin1_and_empty_files_and_rerun_is_a_noop(prepared
     assert [os.path.basename(p) for p in report["non_utf8_files"]] == ["latin1.txt"]
     assert [os.path.basename(p) for p in report["empty_files"]] == ["empty.txt"]
     assert report["documents"] == 121 and meta["dtype"] == "uint16"
-    before = {p: os.stat(prepared / "data" / p).st_mtime_ns for p in os.listdir(prepared / "data")}
+    before = data_files(prepared / "data")
     prepare([str(prepared / "corpus")], str(prepared / "tok"), str(prepared / "data"), seq_len=32,
             val_fraction=0.1, show_progress=False)
     assert "already prepared" in capsys.readouterr().out
-    assert before == {p: os.stat(prepared / "data" / p).st_mtime_ns for p in os.listdir(prepared / "data")}
+    assert before == data_files(prepared / "data")
+
+
+def data_files(directory):
+    """Every file under a data directory with its mtime, except the lock (which is not data)."""
+    return {str(p.relative_to(directory)): p.stat().st_mtime_ns for p in directory.rglob("*")
+            if p.is_file() and p.name != ".lock"}
 
 
 def test_stream_holds_every_document_followed_by_eos(prepared):
-    tok = load_tokenizer(str(prepared / "data" / "tokenizer"))
+    tok = load_tokenizer(tokenizer_dir(str(prepared / "data")))
     with pytest.warns(UserWarning, match="latin1"):
         docs = list(iter_documents([str(prepared / "corpus")]))
     expected = {"train": [], "val": []}
