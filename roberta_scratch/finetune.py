@@ -23,6 +23,7 @@ Input formats (every bad row is reported as FILE:LINE and skipped, or stops the 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -65,8 +66,8 @@ class FinetuneArgs(RunArgs):
     save_every: Optional[int] = option(None, "steps between checkpoints (default: once per epoch)")
     keep_last: int = option(2, "checkpoints kept in OUT/ckpt")
 
-    RESUME_KEYS = RunArgs.RESUME_KEYS + ("task", "model", "train", "eval", "epochs", "warmup_ratio", "max_length",
-                                         "stride", "label_type")
+    # the model and the training data are compared by content, and epochs may change (training.RESUMING)
+    RESUME_KEYS = RunArgs.RESUME_KEYS + ("task", "warmup_ratio", "max_length", "stride", "label_type")
 
 
 # ----------------------------------------------------------------------------- the trainer
@@ -135,6 +136,13 @@ class FinetuneTrainer(BaseTrainer):
 
     def collate(self, examples: list, step: int, micro_batch: int) -> dict:
         return self.task.collate(examples)
+
+    def data_fingerprint(self) -> str:
+        """What the model learns from: every training feature (ids and targets) and the labels."""
+        h = hashlib.sha256(json.dumps(self.task.info(), sort_keys=True, default=str).encode())
+        for f in self.train_set:
+            h.update(json.dumps({k: v for k, v in f.items() if k != "example"}, sort_keys=True, default=str).encode())
+        return h.hexdigest()
 
     def loss_weight(self, batch: dict) -> torch.Tensor:
         return self.task.loss_weight(batch).to(self.device)

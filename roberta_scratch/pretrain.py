@@ -14,6 +14,8 @@ one rank on the same global batch.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import os
 from dataclasses import dataclass
@@ -47,8 +49,9 @@ class TrainArgs(RunArgs):
     static_masking: bool = option(False, "BERT's static masks instead of dynamic ones (ablation)")
     eval_blocks: int = option(256, "size of the fixed, pre-masked validation set")
 
-    RESUME_KEYS = RunArgs.RESUME_KEYS + ("data", "config", "steps", "warmup", "seq_len", "packing",
-                                         "mlm_probability", "whole_word", "static_masking")
+    # data and config are compared by content, and steps may change (training.RESUMING)
+    RESUME_KEYS = RunArgs.RESUME_KEYS + ("warmup", "seq_len", "packing", "mlm_probability", "whole_word",
+                                         "static_masking")
 
 
 class Trainer(BaseTrainer):
@@ -96,6 +99,14 @@ class Trainer(BaseTrainer):
         # each micro-batch's masks come from (seed, step, m): N ranks draw what one rank would
         self.collator.generator.manual_seed(seed_for(self.args.seed, step, micro_batch))
         return self.collator(examples)
+
+    def data_fingerprint(self) -> str:
+        """The prepared data's fingerprint: the sha256 of every file, tokenizer included."""
+        meta = self.meta
+        if "fingerprint" in meta:
+            return meta["fingerprint"]
+        legacy = {k: meta.get(k) for k in ("splits", "tokenizer_hash", "inputs", "seq_len", "val_fraction")}
+        return hashlib.sha256(json.dumps(legacy, sort_keys=True).encode()).hexdigest()  # format 1
 
     def loss_weight(self, batch: dict) -> torch.Tensor:
         """The masked tokens: the MLM loss is their mean."""

@@ -20,6 +20,7 @@ import glob
 import json
 import math
 import os
+import shutil
 import signal
 import time
 from dataclasses import dataclass, field
@@ -30,7 +31,7 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
-from .fileio import atomic_write
+from .fileio import DirectoryBusy, atomic_write, lock_dir
 from .flops import peak_flops
 
 
@@ -60,15 +61,45 @@ class RunArgs:
     save_every: Optional[int] = option(100, "steps between checkpoints")
     keep_last: int = option(3, "checkpoints kept in OUT/ckpt")
     resume: bool = option(False, "continue from the last checkpoint in OUT/ckpt")
+    overwrite: bool = option(False, "start over in an OUT that already holds a run, deleting its checkpoints, "
+                                    "metrics and models")
     device: Optional[str] = option(None, "default: cuda when available, else cpu")
     progress: bool = option(True, cli=False)
 
-    # The settings a resumed run must share with the run it continues (a task adds its own).
+    # The settings a resumed run must share with the run it continues (a task adds its own). The
+    # data and the model are compared by content (BaseTrainer.load), not by these strings, and
+    # the length of the run may change (the schedule is re-anchored): see RESUMING.
     RESUME_KEYS = ("batch_size", "grad_accum", "lr", "weight_decay", "betas", "eps", "clip", "seed")
+
+
+RESUMING = """What --resume checks. A resumed run must continue the saved one:
+  - the same data, by content: the prepared data's fingerprint (every file's sha256), or the
+    fine-tuning features; the same path re-prepared with another tokenizer is refused, while
+    ./data and data are the same;
+  - the same model config (the attention backend may change: the same math);
+  - the same optimisation settings (RESUME_KEYS).
+Safe to change, with a note: where and how often to log, evaluate and save, the device, compile,
+and the length of the run (--steps, --epochs). With a new length the schedule is the one the new
+length describes (the same warmup, then linear decay to 0 at the new last step), from the step
+the run resumes at on: a finished run extended from 1000 to 2000 steps goes on at half the peak
+rate, as a 2000-step run would be at step 1000. The note says the rate before and after."""
+
+
+# What a run writes into OUT: what --overwrite deletes.
+RUN_FILES = ("ckpt", "metrics.jsonl", "loss.png", "model", "best")
 
 
 class TrainingError(RuntimeError):
     """Stops a run with a message for the user (NaN loss, mismatched resume, ...)."""
+
+
+class CheckpointUnusable(Exception):
+    """A checkpoint file that cannot be resumed from; the message says why."""
+
+
+def _non_finite(state: dict) -> list[str]:
+    """The names of the floating-point tensors in a state dict that hold NaN or inf."""
+    return [k for k, v in state.items() if torch.is_tensor(v) and v.is_floating_point() and not torch.isfinite(v).all()]
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -78,6 +109,18 @@ def linear_schedule(step: int, lr: float, warmup: int, steps: int) -> float:
     if step < warmup:
         return lr * (step + 1) / warmup
     return lr * max(0.0, (steps - step) / max(1, steps - warmup))
+
+
+class LinearSchedule:
+    """The learning-rate factor of each step: linear_schedule as an object, so that torch's
+    LambdaLR saves and restores `warmup` and `total` with its own state, and a resumed run
+    can set a new total (see RESUMING)."""
+
+    def __init__(self, warmup: int, total: int):
+        self.warmup, self.total = warmup, total
+
+    def __call__(self, step: int) -> float:
+        return linear_schedule(step, 1.0, self.warmup, self.total)
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list:
@@ -139,8 +182,8 @@ class BaseTrainer:
         self.optimizer = torch.optim.AdamW(param_groups(self.raw_model, args.weight_decay), lr=args.lr,
                                            betas=tuple(args.betas), eps=args.eps,
                                            fused=self.device.type == "cuda")
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: linear_schedule(s, 1.0, self.warmup_steps, self.total_steps))
+        self.schedule = LinearSchedule(self.warmup_steps, self.total_steps)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.schedule)
         self.step = 0
         self._perms: dict = {}
         self._stop = False
@@ -164,6 +207,10 @@ class BaseTrainer:
 
     def export(self) -> None:
         pass
+
+    def data_fingerprint(self) -> Optional[str]:
+        """What the training data are, by content, for --resume to compare; None: not compared."""
+        return None
 
     def train_flops_per_token(self) -> Optional[float]:
         """Training FLOPs per token, for MFU on CUDA; None to leave MFU out."""
@@ -277,6 +324,9 @@ class BaseTrainer:
     def save(self) -> Optional[str]:
         if self.rank != 0:
             return None
+        bad = _non_finite(self.raw_model.state_dict())
+        if bad:  # never a checkpoint that resuming or exporting would spread
+            raise TrainingError(self._diverged(f"the weights {bad[:3]} are not finite"))
         os.makedirs(self.ckpt_dir, exist_ok=True)
         seen = self.step * self.global_batch
         state = {
@@ -289,6 +339,7 @@ class BaseTrainer:
             "data": {"examples_seen": seen, "epoch": seen // len(self.train_set)},
             "config": self.raw_model.config.to_dict(),
             "args": _args_dict(self.args),
+            "data_fingerprint": self.data_fingerprint(),
             "extra": {k: getattr(self, k) for k in self.extra_state_keys},
         }
         path = os.path.join(self.ckpt_dir, f"step_{self.step:08d}.pt")
@@ -298,16 +349,47 @@ class BaseTrainer:
             os.remove(old)  # old checkpoints, and what a save killed midway left behind
         return path
 
-    def load(self, path: str) -> None:
+    def read_checkpoint(self, path: str) -> dict:
+        """A checkpoint's state, or CheckpointUnusable saying why not (empty, truncated, not
+        ours, weights that are not finite). Nothing beyond tensors is ever unpickled."""
+        if os.path.getsize(path) == 0:
+            raise CheckpointUnusable("it is empty (0 bytes): the disk filled up or the save was cut short")
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:  # a truncated or foreign file: say which, never unpickle further
-            raise TrainingError(f"cannot read checkpoint {path}: {e}") from None
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise CheckpointUnusable(f"it cannot be read ({reason[:200]}): it is truncated or not a "
+                                     "checkpoint") from None
+        missing = [k for k in ("step", "model", "optimizer", "scheduler", "rng", "args") if k not in state] \
+            if isinstance(state, dict) else ["everything"]
+        if missing:
+            raise CheckpointUnusable(f"it is not a training checkpoint of this project (no {missing})")
+        bad = _non_finite(state["model"])
+        if bad:
+            raise CheckpointUnusable(f"its weights are not finite ({bad[:3]})")
+        return state
+
+    def load(self, path: str, state: Optional[dict] = None) -> None:
+        """Continue from a checkpoint, after checking it continues this run (see RESUMING)."""
+        state = self.read_checkpoint(path) if state is None else state
         saved, now = state["args"], _args_dict(self.args)
         changed = {k: (saved.get(k), now[k]) for k in self.args.RESUME_KEYS if saved.get(k) != now[k]}
         if changed:
             raise TrainingError(f"cannot resume from {path}: these settings differ from the saved run "
-                                f"(saved, now): {changed}")
+                                f"(saved, now): {changed}. {RESUMING}")
+        fingerprint = self.data_fingerprint()
+        if state.get("data_fingerprint") and fingerprint and state["data_fingerprint"] != fingerprint:
+            raise TrainingError(f"cannot resume from {path}: the training data differ from the saved run's "
+                                f"(fingerprint {state['data_fingerprint'][:12]} vs {fingerprint[:12]}): they were "
+                                "prepared again, from other files or with another tokenizer. Start a new run in "
+                                "another --out, or pass --overwrite to start this one over.")
+        config = {k: v for k, v in self.raw_model.config.to_dict().items() if k != "attention"}
+        saved_config = {k: v for k, v in state.get("config", {}).items() if k != "attention"}
+        if saved_config and saved_config != config:
+            diff = {k: (saved_config.get(k), config.get(k)) for k in sorted(set(config) | set(saved_config))
+                    if saved_config.get(k) != config.get(k)}
+            raise TrainingError(f"cannot resume from {path}: the model config differs from the saved run's "
+                                f"(saved, now): {diff}")
         self.raw_model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -317,25 +399,84 @@ class BaseTrainer:
         for k, v in state.get("extra", {}).items():
             setattr(self, k, v)
         self.step = state["step"]
+        self._note_safe_changes(saved, now)
+        if self.schedule.total != self.total_steps:
+            if self.total_steps <= self.step:
+                raise TrainingError(f"cannot resume from {path}: it is at step {self.step}, and the run would now "
+                                    f"end at step {self.total_steps}")
+            old_total, old_lr = self.schedule.total, self.scheduler.get_last_lr()[0]
+            self.schedule.total = self.total_steps
+            for group, base in zip(self.optimizer.param_groups, self.scheduler.base_lrs):
+                group["lr"] = base * self.schedule(self.step)
+            self.scheduler._last_lr = [g["lr"] for g in self.optimizer.param_groups]
+            self._log(f"note: the run now ends at step {self.total_steps} instead of {old_total}; the learning rate "
+                      f"follows that schedule from here: {self.scheduler.get_last_lr()[0]:.3g} at step {self.step} "
+                      f"(it was {old_lr:.3g}), decaying linearly to 0 at step {self.total_steps}")
+
+    def _note_safe_changes(self, saved: dict, now: dict) -> None:
+        strict = set(self.args.RESUME_KEYS) | {"resume", "overwrite"}
+        changed = {k: (saved.get(k), now[k]) for k in now if k not in strict and saved.get(k) != now[k]}
+        if changed:
+            self._log("note: resuming with settings changed, which is safe (saved, now): "
+                      + ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in sorted(changed.items())))
+
+    def _resume(self) -> None:
+        """Load the newest usable checkpoint; an unusable one is set aside with a note."""
+        for path in reversed(self.checkpoints()):
+            try:
+                state = self.read_checkpoint(path)
+            except (CheckpointUnusable, OSError) as e:
+                self._log(f"note: skipping {path}: {e}")
+                if self.rank == 0 and os.path.exists(path):
+                    os.replace(path, path + ".unusable")  # kept for a look, out of the way
+                continue
+            self.load(path, state)
+            self._log(f"resumed from step {self.step} ({path})")
+            return
+        self._log("nothing to resume from: starting at step 0")
+
+    def _claim_out(self) -> None:
+        """OUT holds one run: refuse to start a second one over it unless told which way to go."""
+        a = self.args
+        if a.resume and a.overwrite:
+            raise TrainingError("--resume continues the run in OUT and --overwrite deletes it: pass one of them")
+        existing = sorted(n for n in os.listdir(a.out) if n != ".lock")
+        if existing and not a.resume and not a.overwrite:
+            raise TrainingError(f"{a.out} already holds files ({', '.join(existing[:5])}"
+                                f"{', ...' if len(existing) > 5 else ''}): pass --resume to continue that run, or "
+                                "--overwrite to delete it and start over")
+        if a.overwrite and self.rank == 0:
+            for name in RUN_FILES:
+                path = os.path.join(a.out, name)
+                if os.path.isdir(path):
+                    shutil.rmtree(path)
+                elif os.path.exists(path):
+                    os.remove(path)
+            self._log(f"--overwrite: deleted the previous run's {', '.join(n for n in RUN_FILES if n in existing)}")
 
     # ---- the loop ------------------------------------------------------------------
 
     def fit(self) -> int:
-        """Train to self.total_steps. Returns 0 when done, 130 when stopped by SIGINT (after saving)."""
+        """Train to self.total_steps. Returns 0 when done; 130 (SIGINT) or 143 (SIGTERM) when
+        stopped by a signal, after saving a checkpoint."""
         a = self.args
         os.makedirs(a.out, exist_ok=True)
-        if a.resume and self.checkpoints():
-            self.load(self.checkpoints()[-1])
-            self._truncate_metrics()
-            self._log(f"resumed from step {self.step}")
-        elif a.resume:
-            self._log("nothing to resume from: starting at step 0")
-        previous = signal.signal(signal.SIGINT, self._on_sigint) if self.rank == 0 else None
+        lock = lock_dir(a.out, f"a {self.desc} run") if self.rank == 0 else contextlib.nullcontext()
         try:
-            return self._loop()
-        finally:
-            if previous is not None:
-                signal.signal(signal.SIGINT, previous)
+            with lock:
+                self._claim_out()
+                if a.resume:
+                    self._resume()
+                    self._truncate_metrics()
+                handled = (signal.SIGINT, signal.SIGTERM) if self.rank == 0 else ()
+                previous = {sig: signal.signal(sig, self._on_signal) for sig in handled}
+                try:
+                    return self._loop()
+                finally:
+                    for sig, handler in previous.items():
+                        signal.signal(sig, handler)
+        except DirectoryBusy as e:
+            raise TrainingError(str(e)) from None
 
     def _loop(self) -> int:
         a, steps = self.args, self.total_steps
@@ -372,24 +513,27 @@ class BaseTrainer:
                 self.save()
                 bar.close()
                 self._log(f"interrupted: saved step {self.step} to {self.ckpt_dir}; resume with --resume")
-                return 130
+                return 128 + (self._stop or signal.SIGINT)
         bar.close()
         if self.rank == 0:
             self.export()
         return 0
 
-    def _on_sigint(self, signum, frame):
-        if self._stop:  # a second Ctrl-C: give up at once
+    def _on_signal(self, signum, frame):
+        """SIGINT (Ctrl-C) and SIGTERM (what schedulers send): finish the step, save, exit."""
+        if self._stop:  # a second signal: give up at once
             raise KeyboardInterrupt
-        self._stop = True
-        self._log("SIGINT: finishing this step, then saving a checkpoint (Ctrl-C again to abort)")
+        self._stop = signum
+        self._log(f"{signal.Signals(signum).name}: finishing this step, then saving a checkpoint "
+                  "(send it again to abort)")
 
     def _stopping(self) -> bool:
         if not self.distributed:
             return self._stop
-        flag = torch.tensor([1.0 if self._stop else 0.0], device=self.device)
+        flag = torch.tensor([float(self._stop or 0)], device=self.device)
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return bool(flag.item())
+        self._stop = int(flag.item())
+        return bool(self._stop)
 
     # ---- output --------------------------------------------------------------------
 
@@ -414,12 +558,24 @@ class BaseTrainer:
         self.on_evaluated(metrics)
 
     def _truncate_metrics(self) -> None:
-        """Drop metric lines a killed run wrote after its last checkpoint; they will be redone."""
+        """Drop metric lines a killed run wrote after its last checkpoint (they will be redone),
+        and a line cut short by a crash or a full disk."""
         if self.rank != 0 or not os.path.isfile(self.metrics_path):
             return
-        with open(self.metrics_path) as f:
-            rows = [line for line in f if line.strip() and json.loads(line)["step"] <= self.step]
-        with open(self.metrics_path, "w") as f:
+        rows, broken = [], 0
+        with open(self.metrics_path, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                try:
+                    row = json.loads(line)
+                    step = row["step"]
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    broken += bool(line.strip())
+                    continue
+                if step <= self.step:
+                    rows.append(json.dumps(row) + "\n")
+        if broken:
+            self._log(f"note: dropped {broken} unreadable line(s) of {self.metrics_path} (a write cut short)")
+        with atomic_write(self.metrics_path, "w") as f:
             f.writelines(rows)
 
 

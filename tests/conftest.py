@@ -13,6 +13,26 @@ def docstrings() -> list:
     return list(default_corpus())
 
 
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    """A corpus (a .txt, a .jsonl, a Latin-1 file and an empty one), a 400-token BPE, and the
+    data prepared from them, as pretraining tests use them."""
+    from pretraining_helpers import WORDS, make_corpus
+
+    from roberta_scratch.data import prepare
+    from roberta_scratch.tokenizer import ByteLevelBPETokenizer
+
+    root = tmp_path_factory.mktemp("pretrain")
+    make_corpus(root / "corpus")
+    tok = ByteLevelBPETokenizer.train(iter([" ".join(WORDS)] * 50 + ["Café crème."]), vocab_size=400,
+                                      show_progress=False)
+    tok.save_pretrained(str(root / "tok"))
+    with pytest.warns(UserWarning, match=r"latin1\.txt: 1 line\(s\) are not valid UTF-8"):
+        prepare([str(root / "corpus")], str(root / "tok"), str(root / "data"), seq_len=32, val_fraction=0.1,
+                show_progress=False, num_workers=1)
+    return root
+
+
 @pytest.fixture
 def reference_dir():
     path = os.environ.get("ROBERTA_REFERENCE_DIR")

@@ -45,8 +45,9 @@ def test_every_subcommand_has_help(capsys):
 
 
 def test_training_commands_keep_their_flags():
-    assert flags("pretrain") == PRETRAIN_FLAGS
-    assert flags("finetune") == FINETUNE_FLAGS
+    # every flag they had, plus --overwrite (start over in a folder that holds a run)
+    assert flags("pretrain") == PRETRAIN_FLAGS | {"--overwrite"}
+    assert flags("finetune") == FINETUNE_FLAGS | {"--overwrite"}
 
 
 def test_flags_reach_the_settings_and_defaults_stay_the_dataclass_ones():

@@ -17,6 +17,7 @@ from roberta_scratch.model import RobertaForMaskedLM
 from roberta_scratch.predict import load_finetuned
 from roberta_scratch.tasks import align_labels, qa_windows
 from roberta_scratch.tokenizer import ByteLevelBPETokenizer, load_tokenizer
+from roberta_scratch.training import TrainingError
 
 POSITIVE = "good great happy excellent lovely wonderful".split()
 NEGATIVE = "bad awful sad terrible poor boring".split()
@@ -173,6 +174,13 @@ def test_seq_cls_numeric_labels_are_regression(pretrained, tmp_path):
     assert cfg.num_labels == 1 and cfg.problem_type == "regression"
     last = metric_rows(tmp_path / "run")[-1]
     assert {"pearson", "spearman"} <= set(last)
+    # the folder holds a finished run now: a second one is refused unless asked to continue or start over
+    with pytest.raises(TrainingError, match="already holds files"):
+        finetune(args_for(pretrained, "seq-cls", train, tmp_path / "run", eval=train, epochs=1))
+    assert finetune(args_for(pretrained, "seq-cls", train, tmp_path / "run", eval=train, epochs=1,
+                             overwrite=True)) == 0
+    assert len(metric_rows(tmp_path / "run")) == len(metric_rows(tmp_path / "run")) and \
+        [r["step"] for r in metric_rows(tmp_path / "run")] == sorted(r["step"] for r in metric_rows(tmp_path / "run"))
 
 
 def test_token_cls_learns_names_and_places_then_predicts_char_spans(pretrained, tmp_path, capsys):

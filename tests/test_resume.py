@@ -1,0 +1,179 @@
+"""Run folders and --resume: one run per folder, resume compares content not strings, a
+damaged checkpoint or metrics line falls back instead of stopping, SIGTERM saves like SIGINT."""
+import json
+import os
+import re
+import shutil
+import signal
+import time
+
+import pytest
+import torch
+from pretraining_helpers import WORDS, args_for, losses, small_config
+
+from roberta_scratch.data import prepare
+from roberta_scratch.pretrain import Trainer, pretrain
+from roberta_scratch.tokenizer import ByteLevelBPETokenizer
+from roberta_scratch.training import TrainingError
+
+
+def metric_rows(run):
+    with open(run / "metrics.jsonl") as f:
+        return [json.loads(line) for line in f]
+
+
+# ----------------------------------------------------------------------------- one run per folder
+
+def test_a_finished_folder_is_not_silently_reused(prepared, tmp_path):
+    assert pretrain(args_for(prepared, tmp_path)) == 0
+    with pytest.raises(TrainingError, match=r"already holds files \(ckpt, loss.png, metrics.jsonl, model\).*"
+                                            r"--resume.*--overwrite"):
+        pretrain(args_for(prepared, tmp_path))
+    with pytest.raises(TrainingError, match="pass one of them"):
+        pretrain(args_for(prepared, tmp_path, resume=True, overwrite=True))
+    first = metric_rows(tmp_path)
+    (tmp_path / "notes.txt").write_text("mine")  # not the run's: --overwrite leaves it
+    assert pretrain(args_for(prepared, tmp_path, overwrite=True)) == 0
+    again = metric_rows(tmp_path)
+    assert [r["step"] for r in again] == [r["step"] for r in first]  # started over: no rows appended
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_two_runs_on_one_folder_are_refused(prepared, tmp_path):
+    pid = os.fork()
+    if pid == 0:  # a long run holding the folder
+        try:
+            pretrain(args_for(prepared, tmp_path, steps=100_000, save_every=100_000, eval_every=0))
+        finally:
+            os._exit(0)
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            lock = tmp_path / ".lock"
+            if lock.exists() and lock.read_text().strip() == str(pid):
+                break
+            time.sleep(0.05)
+        with pytest.raises(TrainingError, match=f"in use by another process \\(pid {pid}\\)"):
+            pretrain(args_for(prepared, tmp_path, resume=True))
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+
+
+# ----------------------------------------------------------------------------- resume compares content
+
+def test_resume_accepts_the_same_data_under_another_path(prepared, tmp_path):
+    assert pretrain(args_for(prepared, tmp_path, steps=4, save_every=4)) == 0
+    same = str(prepared) + "/./data"  # another string, the same directory
+    assert pretrain(args_for(prepared, tmp_path, data=same, steps=6, resume=True)) == 0
+
+
+def test_resume_refuses_data_prepared_again_with_another_tokenizer(prepared, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(prepared / "data", data)
+    run = tmp_path / "run"
+    assert pretrain(args_for(prepared, run, data=str(data), steps=4, save_every=4)) == 0
+    other = ByteLevelBPETokenizer.train(iter([" ".join(WORDS)] * 50), vocab_size=380, show_progress=False)
+    other.save_pretrained(str(tmp_path / "tok2"))
+    with pytest.warns(UserWarning, match="latin1"):
+        prepare([str(prepared / "corpus")], str(tmp_path / "tok2"), str(data), seq_len=32, val_fraction=0.1,
+                show_progress=False, num_workers=1)
+    with pytest.raises(TrainingError, match="the training data differ from the saved run's"):
+        pretrain(args_for(prepared, run, data=str(data), steps=8, resume=True))
+
+
+def test_resume_refuses_an_edited_config(prepared, tmp_path):
+    config = small_config(tmp_path / "cfg.json")
+    assert pretrain(args_for(prepared, tmp_path / "run", config=config, steps=4, save_every=4)) == 0
+    edited = json.loads((tmp_path / "cfg.json").read_text())
+    (tmp_path / "cfg.json").write_text(json.dumps({**edited, "intermediate_size": 96}))  # the same path, edited
+    with pytest.raises(TrainingError, match=r"model config differs.*'intermediate_size': \(64, 96\)"):
+        pretrain(args_for(prepared, tmp_path / "run", config=config, steps=8, resume=True))
+
+
+def test_extending_steps_follows_the_longer_schedule_and_says_so(prepared, tmp_path, capsys):
+    assert pretrain(args_for(prepared, tmp_path / "run", steps=8, save_every=4)) == 0
+    assert pretrain(args_for(prepared, tmp_path / "run", steps=12, save_every=4, resume=True)) == 0
+    out = capsys.readouterr().out + capsys.readouterr().err
+    assert "now ends at step 12 instead of 8" in out
+    rows = [r for r in metric_rows(tmp_path / "run") if "lr" in r]
+    lr = {r["step"]: r["lr"] for r in rows}
+    # steps 9..12 run at the 12-step schedule's rates: warmup 2, then decay to 0 at 12
+    for step in range(9, 13):
+        assert lr[step] == pytest.approx(3e-3 * (12 - (step - 1)) / (12 - 2)), step
+    with pytest.raises(TrainingError, match="it is at step 12, and the run would now end at step 10"):
+        pretrain(args_for(prepared, tmp_path / "run", steps=10, resume=True))
+
+
+def test_safe_changes_are_allowed_with_a_note(prepared, tmp_path, capsys):
+    assert pretrain(args_for(prepared, tmp_path, steps=4, save_every=4)) == 0
+    assert pretrain(args_for(prepared, tmp_path, steps=4, log_every=2, attention="eager", resume=True)) == 0
+    out = capsys.readouterr()
+    assert "settings changed, which is safe" in out.out + out.err and "log_every 1 -> 2" in out.out + out.err
+    with pytest.raises(TrainingError, match=r"'lr': \(0.003, 0.001\)"):
+        pretrain(args_for(prepared, tmp_path, steps=6, lr=1e-3, resume=True))
+
+
+# ----------------------------------------------------------------------------- damaged files
+
+def test_a_partial_last_metrics_line_is_dropped(prepared, tmp_path):
+    assert pretrain(args_for(prepared, tmp_path, steps=4, save_every=4)) == 0
+    with open(tmp_path / "metrics.jsonl", "a") as f:
+        f.write('{"step": 5, "loss": 3.1')  # power went out mid-line
+    assert pretrain(args_for(prepared, tmp_path, steps=8, resume=True)) == 0
+    assert [r["step"] for r in metric_rows(tmp_path) if "loss" in r] == list(range(1, 9))
+
+
+@pytest.mark.parametrize("damage, reason", [
+    ("truncate", "cannot be read"),
+    ("empty", r"empty \(0 bytes\)"),
+    ("nan", "weights are not finite"),
+])
+def test_a_damaged_last_checkpoint_falls_back_to_the_one_before(prepared, tmp_path, capsys, damage, reason):
+    uninterrupted = tmp_path / "straight"
+    assert pretrain(args_for(prepared, uninterrupted, steps=8, save_every=2, keep_last=3)) == 0
+    run = tmp_path / "run"
+    shutil.copytree(uninterrupted, run)
+    last = run / "ckpt" / "step_00000008.pt"
+    if damage == "truncate":
+        last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])
+    elif damage == "empty":
+        last.write_bytes(b"")
+    else:
+        state = torch.load(last, weights_only=True)
+        next(v for k, v in state["model"].items() if k.endswith("fc1.weight")).fill_(float("nan"))
+        torch.save(state, last)
+    capsys.readouterr()
+    assert pretrain(args_for(prepared, run, steps=8, save_every=2, keep_last=3, resume=True)) == 0
+    out = capsys.readouterr()
+    assert f"skipping {last}" in out.out + out.err and "resumed from step 6" in out.out + out.err
+    assert len(re.findall(reason, out.out + out.err)) == 1
+    assert (run / "ckpt" / "step_00000008.pt.unusable").exists()
+    # steps 7 and 8 again, from step 6: exactly what the uninterrupted run did
+    assert losses(run) == losses(uninterrupted)
+    a = torch.load(run / "ckpt" / "step_00000008.pt", weights_only=True)["model"]
+    b = torch.load(uninterrupted / "ckpt" / "step_00000008.pt", weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_weights_that_are_not_finite_are_never_saved(prepared, tmp_path):
+    trainer = Trainer(args_for(prepared, tmp_path))
+    with torch.no_grad():
+        trainer.raw_model.lm_head.bias.fill_(float("inf"))
+    with pytest.raises(TrainingError, match=r"weights \['lm_head.bias'\] are not finite"):
+        trainer.save()
+    assert not (tmp_path / "ckpt").exists() or not os.listdir(tmp_path / "ckpt")
+
+
+def test_sigterm_saves_like_sigint(prepared, tmp_path):
+    trainer = Trainer(args_for(prepared, tmp_path, steps=50, save_every=100))
+    real = trainer.forward_backward
+
+    def step_then_terminate(step):
+        if step == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(step)
+
+    trainer.forward_backward = step_then_terminate
+    assert trainer.fit() == 143
+    assert sorted(os.listdir(tmp_path / "ckpt")) == ["step_00000003.pt"]
