@@ -162,6 +162,10 @@ class SequenceClassification(Task):
         if kind == "regression":
             return SequenceRegression(self.args, self.tok)
         self.label_names = sorted({str(e["label"]) for e in examples})
+        if len(self.label_names) < 2:
+            raise DataError(f"{self.args.train}: every training example has the label {self.label_names}: a "
+                            "classifier needs at least two classes (for a numeric target, pass --label-type "
+                            "regression)")
         return self
 
     def check_labels(self, examples: list[dict], bad: BadRows) -> list[dict]:
@@ -296,6 +300,8 @@ class TokenClassification(Task):
     def fit_labels(self, examples: list[dict]) -> Task:
         names = sorted({t for e in examples for t in e["tags"]} - {"O"}, key=lambda t: (t[2:], t))
         self.label_names = ["O"] + names  # O first, then B-/I- of each type side by side
+        if not names:
+            raise DataError(f"{self.args.train}: every word is tagged O: there is no entity type to learn")
         return self
 
     def check_labels(self, examples: list[dict], bad: BadRows) -> list[dict]:

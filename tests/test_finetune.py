@@ -315,6 +315,51 @@ def test_bad_rows_are_reported_with_file_and_line_then_skipped_or_stopped(pretra
     assert f"{qa_file}:{line}: question 'q2'" in capsys.readouterr().err
 
 
+def test_values_of_the_wrong_kind_are_bad_rows_while_reading(pretrained, tmp_path, capsys):
+    """Caught while reading, with FILE:LINE, before any training: not at the first evaluation."""
+    good = sentiment_rows(20, 8)
+    train = tmp_path / "train.jsonl"
+    odd = [{"text": 42, "label": "positive"}, {"text": "fine", "text_pair": ["x"], "label": "positive"},
+           {"text": "fine", "label": ["positive"]}]
+    train.write_text("\n".join([json.dumps(r) for r in good] + [json.dumps(r) for r in odd]) + "\n")
+    trainer = FinetuneTrainer(args_for(pretrained, "seq-cls", train, tmp_path / "run", epochs=1))
+    err = capsys.readouterr().err
+    assert trainer.skipped == {"train": 3}
+    assert f"{train}:21: 'text' must be a string, got int" in err
+    assert f"{train}:22: 'text_pair' must be a string, got list" in err and f"{train}:23: 'label' must be" in err
+
+    ner = write_jsonl(tmp_path / "ner.jsonl", ner_rows(20, 8) + [{"tokens": ["Bob", "ran"], "tags": ["PER", "O"]}])
+    with pytest.raises(DataError, match=rf"{ner}:21: tag 'PER' \(word 1\) is not O, B-TYPE or I-TYPE"):
+        FinetuneTrainer(args_for(pretrained, "token-cls", ner, tmp_path / "run2", on_bad_row="stop"))
+    conll = tmp_path / "bio.conll"
+    conll.write_text("Alice B-PER\nwent O\n\nBob PERSON\nsaw O\n\nRome B-LOC\n")
+    trainer = FinetuneTrainer(args_for(pretrained, "token-cls", conll, tmp_path / "run3"))
+    assert trainer.skipped == {"train": 1} and f"{conll}:4: tag 'PERSON'" in capsys.readouterr().err
+
+    squad = colour_squad(6, 9, n_facts=1)
+    squad["data"][0]["paragraphs"][1]["qas"][0]["answers"][0]["answer_start"] = "12"
+    squad["data"][0]["paragraphs"][3]["qas"][0]["answers"][0]["answer_start"] = 3.5
+    start = squad["data"][0]["paragraphs"][4]["qas"][0]["answers"][0]["answer_start"]
+    squad["data"][0]["paragraphs"][4]["qas"][0]["answers"][0]["answer_start"] = float(start)  # 12.0 is fine
+    qa_file = tmp_path / "kinds.json"
+    qa_file.write_text(json.dumps(squad, indent=1))
+    trainer = FinetuneTrainer(args_for(pretrained, "qa", qa_file, tmp_path / "run4", stride=16))
+    assert trainer.skipped == {"train": 2}
+    err = capsys.readouterr().err
+    assert "question 'q1': 'answer_start' must be a whole number of characters, got str '12'" in err
+    assert "question 'q3': 'answer_start' must be a whole number of characters, got float 3.5" in err
+
+
+def test_a_training_file_with_one_class_is_refused(pretrained, tmp_path):
+    rows = [{"text": r["text"], "label": "positive"} for r in sentiment_rows(20, 10)]
+    train = write_jsonl(tmp_path / "one.jsonl", rows)
+    with pytest.raises(DataError, match=r"every training example has the label \['positive'\].*two classes"):
+        FinetuneTrainer(args_for(pretrained, "seq-cls", train, tmp_path / "run"))
+    only_o = write_jsonl(tmp_path / "o.jsonl", [{"tokens": ["a", "b"], "tags": ["O", "O"]}] * 5)
+    with pytest.raises(DataError, match="every word is tagged O"):
+        FinetuneTrainer(args_for(pretrained, "token-cls", only_o, tmp_path / "run2"))
+
+
 # ----------------------------------------------------------------------------- resume
 
 def test_resumed_finetuning_matches_an_uninterrupted_run(pretrained, tmp_path):

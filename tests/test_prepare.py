@@ -138,3 +138,13 @@ def test_two_prepares_on_one_folder_do_not_interleave(setup, tmp_path):
                 os._exit(3)
         _, status = os.waitpid(pid, 0)
     assert os.WEXITSTATUS(status) == 0
+
+
+def test_a_jsonl_record_without_a_text_string_is_named_by_file_and_line(setup, tmp_path):
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text('{"text": "the cat"}\n{"text": 5}\n')
+    with pytest.raises(ValueError, match=rf"{corpus}:2: 'text' is a int, not a string"):
+        prepare([str(corpus)], str(setup / "tok_a"), str(tmp_path / "out"), seq_len=16, show_progress=False)
+    corpus.write_text('{"text": "the cat"}\n{"body": "x"}\n')
+    with pytest.raises(ValueError, match=rf"{corpus}:2: no 'text' field"):
+        prepare([str(corpus)], str(setup / "tok_a"), str(tmp_path / "out"), seq_len=16, show_progress=False)
