@@ -29,13 +29,15 @@ from .convert import (
     fairseq_config,
     fairseq_num_layers,
     fairseq_to_ours,
+    fairseq_vocab,
     hf_architecture,
     hf_to_ours,
     is_hf_state_dict,
     normalise_prefix,
     ours_to_hf,
 )
-from .fileio import atomic_files
+from .fileio import atomic_files, iter_lines, quote_line
+from .tokenizer import ByteLevelBPETokenizer, load_tokenizer
 
 # ------------------------------------------------------------------- safe unpickling
 
@@ -109,14 +111,50 @@ def read_fairseq(path: str, classification_head: Optional[str] = None) -> tuple[
     return fairseq_config(args, sd), sd
 
 
-def read_fairseq_dict(path: str) -> int:
-    """Number of model ids a fairseq dict.txt implies: 4 specials + its lines + <mask>."""
-    with open(path, encoding="utf-8") as f:
-        lines = [line for line in f if line.strip()]
-    for i, line in enumerate(lines):
-        if len(line.split()) < 2:
-            raise ValueError(f"{path}:{i + 1}: expected '<symbol> <count>', got {line.strip()!r}")
-    return 4 + len(lines) + 1
+def read_fairseq_dict(path: str) -> list[str]:
+    """The symbols of a fairseq dict.txt, in order: model id 4 + i is symbols[i]."""
+    symbols = []
+    for i, line in enumerate((line for line in iter_lines([path]) if line.strip()), start=1):
+        parts = line.split()
+        if len(parts) < 2:
+            raise ValueError(f"{path}:{i}: expected '<symbol> <count>', got {quote_line(path, line.strip())}")
+        symbols.append(parts[0])
+    return symbols
+
+
+# The GPT-2 BPE files fairseq's RoBERTa uses, under the names they are downloaded with.
+GPT2_ENCODER_FILES = ("encoder.json", "gpt2-encoder.json")
+GPT2_MERGES_FILES = ("vocab.bpe", "merges.txt")
+
+
+def find_tokenizer(src: str):
+    """(tokenizer, None) for the tokenizer that belongs with a checkpoint, or (None, why not).
+
+    A model directory (ours or Hugging Face's) holds its tokenizer's files. A fairseq
+    model.pt has dict.txt beside it; with GPT-2's encoder.json and vocab.bpe there too,
+    the byte-level BPE is rebuilt with fairseq's ids (convert.fairseq_vocab).
+    """
+    folder = src if os.path.isdir(src) else os.path.dirname(os.path.abspath(src))
+    try:
+        return load_tokenizer(folder), None
+    except FileNotFoundError:
+        pass
+    found = {kind: next((os.path.join(folder, n) for n in names if os.path.isfile(os.path.join(folder, n))), None)
+             for kind, names in (("dict", ("dict.txt",)), ("encoder", GPT2_ENCODER_FILES),
+                                 ("merges", GPT2_MERGES_FILES))}
+    if found["dict"] is None:
+        return None, f"{folder} holds no tokenizer files (vocab.json + merges.txt, sentencepiece.bpe.model)"
+    if found["encoder"] is None or found["merges"] is None:
+        return None, (f"{folder} has fairseq's dict.txt but not GPT-2's encoder.json and vocab.bpe beside it, "
+                      "which the tokenizer is rebuilt from")
+    try:
+        with open(found["encoder"], encoding="utf-8") as f:
+            encoder = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{found['encoder']}: not valid JSON ({e})") from None
+    vocab = fairseq_vocab(read_fairseq_dict(found["dict"]), encoder)
+    merges = ByteLevelBPETokenizer.from_files(found["encoder"], found["merges"]).merges
+    return ByteLevelBPETokenizer(vocab, merges), None
 
 
 # ---------------------------------------------------------------- our directory format

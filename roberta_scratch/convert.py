@@ -297,6 +297,23 @@ def fairseq_num_layers(sd: dict) -> int:
     return len(layers)
 
 
+def fairseq_vocab(symbols: list[str], gpt2_encoder: dict[str, int]) -> dict[str, int]:
+    """The byte-level BPE vocabulary (token -> model id) of a fairseq RoBERTa.
+
+    fairseq numbers tokens by its dict.txt: <s> <pad> </s> <unk> take 0..3, line i of the
+    dict takes 4 + i, <mask> comes last. Each line names a GPT-2 id (fairseq's BPE step
+    turns text into GPT-2 ids written as numbers); GPT-2's encoder.json gives its token
+    string. Other symbols (madeupword0000, ...) stand for themselves.
+    """
+    token_of = {i: token for token, i in gpt2_encoder.items()}
+    vocab = {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3}
+    for i, symbol in enumerate(symbols):
+        token = token_of[int(symbol)] if symbol.isdigit() and int(symbol) in token_of else symbol
+        vocab.setdefault(token, 4 + i)
+    vocab["<mask>"] = 4 + len(symbols)
+    return vocab
+
+
 def normalise_prefix(sd: dict) -> dict:
     """Give encoder keys the "roberta." prefix (a bare RobertaModel saves them without)."""
     return {k if k.startswith((ENCODER_PREFIX,) + HEAD_PREFIXES) else ENCODER_PREFIX + k: v for k, v in sd.items()}

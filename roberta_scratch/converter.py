@@ -22,7 +22,7 @@ import warnings
 
 import torch
 
-from .checkpoint import read_checkpoint, read_fairseq_dict, save_hf, save_ours
+from .checkpoint import find_tokenizer, read_checkpoint, read_fairseq_dict, save_hf, save_ours
 from .config import RobertaConfig
 from .convert import hf_architecture
 from .model import MODEL_CLASSES, check_state_dict, load_state
@@ -69,19 +69,28 @@ def convert(src: str, dst: str, to: str = "ours", verify: bool = False, dict_pat
     if os.path.isfile(fairseq_file) and not os.path.isfile(os.path.join(src, "config.json")):
         dict_path = dict_path or os.path.join(os.path.dirname(fairseq_file), "dict.txt")
         if os.path.isfile(dict_path):
-            n = read_fairseq_dict(dict_path)
+            n = 4 + len(read_fairseq_dict(dict_path)) + 1
             if n != cfg.vocab_size:
                 raise ValueError(f"{dict_path} implies {n} ids (4 specials + its entries + <mask>) but the "
                                  f"checkpoint's embedding has {cfg.vocab_size} rows")
         else:
             print(f"note: no dict.txt at {dict_path}; the vocabulary size is not cross-checked")
     check_state_dict(cfg, sd)
+    tok, why_not = find_tokenizer(src)
+    if tok is not None and tok.vocab_size > cfg.vocab_size:
+        raise ValueError(f"the tokenizer beside {src} has {tok.vocab_size} tokens but the model's embedding has "
+                         f"only {cfg.vocab_size} rows: they do not belong together")
     if to == "hf":
         save_hf(cfg, sd, dst)
     else:
         save_ours(cfg, sd, dst)
+    if tok is not None:
+        tok.save_pretrained(dst)  # vocab.json + merges.txt (or the sentencepiece model) + tokenizer_config.json
     print(f"wrote {dst} ({to}): {hf_architecture(sd)}, {cfg.num_hidden_layers} layers, hidden {cfg.hidden_size}, "
-          f"vocab {cfg.vocab_size}, {sum(v.numel() for v in sd.values()):,} parameters")
+          f"vocab {cfg.vocab_size}, {sum(v.numel() for v in sd.values()):,} parameters"
+          + (f", and its {type(tok).__name__} ({tok.vocab_size} tokens)" if tok is not None else ""))
+    if tok is None:
+        print(f"note: {why_not}; {dst} holds the model only, and fill-mask and predict need a tokenizer there")
     if not verify:
         return 0
     diff = verify_against_transformers(cfg, sd)

@@ -71,6 +71,16 @@ def iter_jsonl(path: str | os.PathLike, on_bad: Callable[[int, str], None],
         yield n, obj
 
 
+def quote_line(path: str | os.PathLike, line: str) -> str:
+    """A line of a file, quoted for an error message, unless the file is a link to somewhere
+    outside its folder: an error must not show what a model folder's link points at."""
+    path = os.fspath(path)
+    real, folder = os.path.realpath(path), os.path.realpath(os.path.dirname(os.path.abspath(path)))
+    if os.path.commonpath([real, folder]) != folder:
+        return "(a line not shown: the file is a link to outside its folder)"
+    return repr(line[:200])
+
+
 def chunked(items: Iterable, n: int) -> Iterator[list]:
     """Lists of n items at a time (the last may be shorter), reading `items` lazily."""
     it = iter(items)

@@ -50,7 +50,7 @@ import regex
 
 from .bpe import GPT2_SPLIT_PATTERN, MergeTable, apply_merges, bytes_to_unicode
 from .bpe_train import count_words, learn_merges
-from .fileio import atomic_write, iter_lines
+from .fileio import atomic_write, iter_lines, quote_line
 from .spm_tokenizer import SentencePieceTokenizer
 from .tokenizer_base import (
     CONFIG_FILE,
@@ -146,14 +146,21 @@ class ByteLevelBPETokenizer(Tokenizer):
         for path in (vocab_file, merges_file):
             if not Path(path).is_file():
                 raise FileNotFoundError(f"tokenizer file {str(path)!r} does not exist")
-        vocab = json.loads(Path(vocab_file).read_text(encoding="utf-8"))
+        try:
+            vocab = json.loads(Path(vocab_file).read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(f"{vocab_file}: not a JSON file ({e})") from None
+        if not isinstance(vocab, dict) or not all(isinstance(i, int) and not isinstance(i, bool)
+                                                  for i in vocab.values()):
+            raise ValueError(f"{vocab_file}: expected a JSON object from token strings to integer ids")
         merges = []
         for n, line in enumerate(Path(merges_file).read_text(encoding="utf-8").splitlines(), start=1):
             if line.startswith("#version") or not line.strip():
                 continue
             pair = line.split(" ")
             if len(pair) != 2:
-                raise ValueError(f"{merges_file}:{n}: expected two tokens separated by a space, got {line!r}")
+                raise ValueError(f"{merges_file}:{n}: expected two tokens separated by a space, got "
+                                 f"{quote_line(merges_file, line)}")
             merges.append(tuple(pair))
         return cls(vocab, merges, **kwargs)
 

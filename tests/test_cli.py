@@ -106,3 +106,45 @@ def test_convert_as_processes_gives_the_same_output(tmp_path):
         outs.append((proc.returncode, proc.stdout.replace(str(tmp_path / name), "DST"),
                      (tmp_path / name / "model.safetensors").read_bytes()))
     assert outs[0] == outs[1] and outs[0][0] == 0
+
+
+def test_convert_carries_the_tokenizer_both_ways(tmp_path, capsys):
+    from roberta_scratch.tokenizer import ByteLevelBPETokenizer, load_tokenizer
+
+    src = tiny_model_dir(tmp_path / "src")
+    texts = ["the cat sat on the mat", "a dog ran to the red house"] * 20
+    tok = ByteLevelBPETokenizer.train(iter(texts), vocab_size=300, show_progress=False)
+    tok.save_pretrained(src)
+    assert cli.main(["convert", src, str(tmp_path / "hf"), "--to", "hf"]) == 0
+    assert cli.main(["convert", str(tmp_path / "hf"), str(tmp_path / "back")]) == 0
+    out = capsys.readouterr().out
+    assert out.count(f"and its ByteLevelBPETokenizer ({tok.vocab_size} tokens)") == 2
+    for d in ("hf", "back"):
+        assert {"vocab.json", "merges.txt", "tokenizer_config.json"} <= set(os.listdir(tmp_path / d))
+        assert load_tokenizer(tmp_path / d).fingerprint() == tok.fingerprint()
+    transformers = pytest.importorskip("transformers")
+    theirs = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "hf"))
+    for text in ["the cat sat on the <mask>.", "a dog ran"]:
+        assert theirs(text)["input_ids"] == tok.encode(text)
+    assert cli.main(["fill-mask", "--model", str(tmp_path / "back"), "the cat sat on the <mask>."]) == 0
+
+
+def test_convert_says_when_there_is_no_tokenizer_to_carry(tmp_path, capsys):
+    src = tiny_model_dir(tmp_path / "src")
+    assert cli.main(["convert", src, str(tmp_path / "out")]) == 0
+    assert "holds no tokenizer files" in capsys.readouterr().out
+
+
+def test_fairseq_dictionary_and_gpt2_files_rebuild_roberta_base_exactly(reference_dir, tmp_path):
+    import json
+    import shutil
+
+    from roberta_scratch.checkpoint import find_tokenizer
+
+    for name in ("dict.txt", "gpt2-encoder.json", "merges.txt"):  # as a fairseq model folder has them
+        shutil.copy(os.path.join(reference_dir, name), tmp_path / name)
+    tok, why_not = find_tokenizer(str(tmp_path))
+    assert why_not is None
+    with open(os.path.join(reference_dir, "vocab.json"), encoding="utf-8") as f:
+        assert tok.vocab == json.load(f)
+    assert tok.encode("Hello world!") == [0, 31414, 232, 328, 2]
