@@ -125,10 +125,11 @@ def bench_shape(T, D, pad, args, dtype, peak_tflops):
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--tokens", type=int, default=16384, help="B * T per shape (default 16384)")
-    parser.add_argument("--seq-lens", type=int, nargs="+", default=[128, 512, 1024])
-    parser.add_argument("--head-dims", type=int, nargs="+", default=[64, 128])
-    parser.add_argument("--heads", type=int, default=12)
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
+    parser.add_argument("--seq-lens", type=int, nargs="+", default=[128, 512, 1024],
+                        help="sequence lengths T to sweep (default 128 512 1024)")
+    parser.add_argument("--head-dims", type=int, nargs="+", default=[64, 128], help="head dims D (default 64 128)")
+    parser.add_argument("--heads", type=int, default=12, help="attention heads H (default 12)")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="bf16", help="input dtype (default bf16)")
     parser.add_argument("--pad", type=float, nargs="+", default=[0.0, 0.5], help="fractions of padding tokens")
     parser.add_argument("--dropout", type=float, default=0.0, help="dropout_p while timing (errors use 0)")
     args = parser.parse_args(argv)

@@ -90,9 +90,11 @@ def bench_shape(M, N, p, args, dtype, peak_gbs):
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--tokens", type=int, default=16384, help="rows M (default 16384)")
-    parser.add_argument("--hidden", type=int, nargs="+", default=[768, 1024, 4096])
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
-    parser.add_argument("--dropout", type=float, nargs="+", default=[0.0, 0.1])
+    parser.add_argument("--hidden", type=int, nargs="+", default=[768, 1024, 4096],
+                        help="hidden sizes N (default 768 1024 4096)")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="bf16", help="input dtype (default bf16)")
+    parser.add_argument("--dropout", type=float, nargs="+", default=[0.0, 0.1],
+                        help="dropout rates before the residual add (default 0 0.1)")
     args = parser.parse_args(argv)
     require_cuda("bench_layernorm.py")
 

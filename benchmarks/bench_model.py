@@ -84,15 +84,16 @@ def run(preset: str, seq_len: int, repeats: int, device: str) -> list:
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--configs", nargs="+", default=["tiny", "base"])
-    p.add_argument("--seq-len", type=int, default=128)
-    p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--configs", nargs="+", default=["tiny", "base"], help="model presets (default tiny base)")
+    p.add_argument("--seq-len", type=int, default=128, help="tokens per sequence (default 128)")
+    p.add_argument("--repeats", type=int, default=5, help="timed rounds; the median counts (default 5)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="default: cuda when available, else cpu")
     args = p.parse_args(argv)
     rows = []
     for preset in args.configs:
         rows += run(preset, args.seq_len, args.repeats, args.device)
-        print_table(rows[-2:], ["config", "mode", "batch", "tokens_per_s_ours", "tokens_per_s_ref", "speedup"])
+        print(f"{preset}: " + ", ".join(f"{r['mode']} {r['speedup']:.2f}x" for r in rows[-2:]), flush=True)
     print()
     print_table(rows, ["config", "mode", "batch", "tokens_per_s_ours", "tokens_per_s_ref", "speedup",
                        "logits_max_abs_diff"])

@@ -95,13 +95,15 @@ class ReferenceLoop:
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data", default=None)
-    p.add_argument("--config", default="tiny")
-    p.add_argument("--steps", type=int, default=200)
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--seq-len", type=int, default=128)
-    p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--attention", default="sdpa", choices=["eager", "sdpa", "triton"])
+    p.add_argument("--data", default=None, help="a prepared data dir (default: the default corpus, prepared under "
+                                                "benchmarks/.cache/)")
+    p.add_argument("--config", default="tiny", help="model preset or config.json (default tiny)")
+    p.add_argument("--steps", type=int, default=200, help="optimizer steps of each loop (default 200)")
+    p.add_argument("--batch-size", type=int, default=16, help="sequences per step (default 16)")
+    p.add_argument("--seq-len", type=int, default=128, help="tokens per sequence (default 128)")
+    p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate of both loops (default 2e-3)")
+    p.add_argument("--attention", default="sdpa", choices=["eager", "sdpa", "triton"],
+                   help="our model's attention backend (default sdpa)")
     args = p.parse_args(argv)
     data = args.data or default_data(args.seq_len)
     with tempfile.TemporaryDirectory() as out:

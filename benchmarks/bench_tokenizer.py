@@ -132,7 +132,7 @@ def main(argv=None) -> None:
                                                                        "reference", "roberta-base"))
     parser.add_argument("--reference-dir", default=default_ref,
                         help="the roberta-base vocab.json, merges.txt and gpt2-encoder.json")
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=5, help="timed rounds of the warm rows; the median counts")
     parser.add_argument("--vocab-size", type=int, default=8000, help="vocabulary size for the training row")
     args = parser.parse_args(argv)
     if not os.path.isfile(os.path.join(args.reference_dir, "vocab.json")):

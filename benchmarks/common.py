@@ -100,7 +100,11 @@ def write_result(name: str, rows: list, extra: dict | None = None) -> str:
         "results": rows,
     }
     path = os.path.join(RESULTS_DIR, f"{name}_{now:%Y-%m-%d}.json")
-    with open(path, "w") as f:
+    n = 1
+    while os.path.exists(path):  # a second run the same day gets its own file: results are never overwritten
+        n += 1
+        path = os.path.join(RESULTS_DIR, f"{name}_{now:%Y-%m-%d}-{n}.json")
+    with open(path, "x") as f:
         json.dump(record, f, indent=2)
     return path
 

@@ -31,9 +31,8 @@ from collections import Counter, defaultdict
 from heapq import heapify, heappop, heappush
 from typing import Callable, Iterable, Mapping, Sequence
 
-from tqdm.auto import tqdm
-
 from .bpe import merge
+from .progress import progress
 
 
 def count_words(
@@ -45,7 +44,7 @@ def count_words(
         {b'the': 2, b'cat': 1, b'end': 1}
     """
     counts: Counter[str] = Counter()
-    for text in tqdm(texts, desc="counting words", unit=" texts", disable=not show_progress):
+    for text in progress(texts, desc="counting words", unit="texts", disable=not show_progress):
         counts.update(split(text))
     # subtle: a lone surrogate has no UTF-8 form; it is counted as "?".
     return {word.encode("utf-8", errors="replace"): n for word, n in counts.items()}
@@ -86,7 +85,7 @@ def learn_merges(
     heapify(heap)
     merges: list[tuple[bytes, bytes]] = []
     new_tokens: set[bytes] = set()
-    with tqdm(total=num_merges, desc="learning merges", unit=" merges", disable=not show_progress) as bar:
+    with progress(total=num_merges, desc="learning merges", unit="merges", disable=not show_progress) as bar:
         while len(new_tokens) < num_merges and heap:
             neg_count, _, _, pair = heappop(heap)
             count = pair_counts.get(pair, 0)

@@ -164,7 +164,7 @@ def read_state_dict(path: str) -> tuple[dict, str]:
     st = os.path.join(path, "model.safetensors")
     pt = os.path.join(path, "pytorch_model.bin")
     if os.path.isfile(st):
-        sd = load_file(st)
+        sd = _load_safetensors(st)
     elif os.path.isfile(pt):
         sd = safe_torch_load(pt)
         if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
@@ -174,10 +174,40 @@ def read_state_dict(path: str) -> tuple[dict, str]:
             shards = sorted(set(json.load(f)["weight_map"].values()))
         sd = {}
         for shard in shards:
-            sd.update(load_file(os.path.join(path, shard)))
+            sd.update(_load_safetensors(os.path.join(path, shard)))
     else:
         raise FileNotFoundError(f"no model.safetensors or pytorch_model.bin in {path}")
     return sd, ("hf" if is_hf_state_dict(sd) else "ours")
+
+
+def _load_safetensors(path: str) -> dict:
+    try:
+        return load_file(path)
+    except Exception as e:  # safetensors raises its own error type for a bad header or a short file
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"{path}: not a readable safetensors file, it is damaged or truncated ({reason[:200]})") \
+            from None
+
+
+# The folders a `finetune` or `pretrain` run leaves its models in, best first.
+RUN_MODEL_DIRS = ("best", "model")
+
+
+def find_model_dir(path: str) -> tuple[str, Optional[str]]:
+    """(the model folder, a note) for a model folder, a fairseq .pt, or a run folder: a run
+    folder gives its best/ (the best on the eval set) or else its model/, with a note saying
+    which; the note is None otherwise."""
+    if os.path.isfile(path) or os.path.isfile(os.path.join(path, "config.json")) \
+            or os.path.isfile(os.path.join(path, "model.pt")):
+        return path, None
+    for name in RUN_MODEL_DIRS:
+        candidate = os.path.join(path, name)
+        if os.path.isfile(os.path.join(candidate, "config.json")):
+            return candidate, f"{path} is a run folder: using {candidate}"
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"{path} does not exist")
+    raise FileNotFoundError(f"{path} holds no model: no config.json there, nor in a run's "
+                            f"{' or '.join(n + '/' for n in RUN_MODEL_DIRS)}")
 
 
 def read_checkpoint(path: str, **config_overrides) -> tuple[RobertaConfig, dict]:

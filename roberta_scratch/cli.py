@@ -7,9 +7,11 @@ in one file.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import sys
 import typing
+import warnings
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
@@ -197,19 +199,12 @@ def _add_finetune_parser(sub) -> None:
 def _cmd_predict(args: argparse.Namespace) -> int:
     import json
 
+    from .fileio import iter_lines
     from .predict import predict
-    from .training import TrainingError
 
-    try:
-        if args.file == "-":
-            lines = sys.stdin.readlines()
-        else:
-            with open(args.file, encoding="utf-8") as f:
-                lines = f.readlines()
-        results = predict(args.model, lines, batch_size=args.batch_size, device=args.device)
-    except (TrainingError, OSError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    lines = sys.stdin.readlines() if args.file == "-" else list(iter_lines([args.file]))
+    source = "standard input" if args.file == "-" else args.file
+    results = predict(args.model, lines, batch_size=args.batch_size, device=args.device, source=source)
     for r in results:
         print(json.dumps(r, ensure_ascii=False))
     return 0
@@ -231,7 +226,10 @@ def _cmd_features(args: argparse.Namespace) -> int:
     ids, states = features(args.model, args.text, args.layers)
     save_features(ids, states, args.out)
     shape = next(iter(states.values())).shape
-    print(f"wrote {len(states)} layer(s) of hidden states {tuple(shape)} for {len(ids)} tokens to {args.out}")
+    asked = args.layers.split(",") if args.layers != "all" else [str(i) for i in states]
+    which = ", ".join(str(i) if str(i) == a else f"{i} (asked as {a})" for i, a in zip(states, asked))
+    print(f"wrote the hidden states {tuple(shape)} of layers {which} for {len(ids)} tokens to {args.out}"
+          " (layer 0 is the embeddings; .safetensors keys are layer_<number>)")
     return 0
 
 
@@ -302,8 +300,52 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run a subcommand. A failure is one `error: ...` line (the traceback with --debug, which
+    may go anywhere on the command line); warnings are `note: ...` lines, each said once."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
     args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    with _notes():
+        if debug:
+            return int(args.func(args) or 0)
+        try:
+            return int(args.func(args) or 0)
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            return 130
+        except Exception as e:  # noqa: BLE001 (every failure becomes one readable line)
+            print(f"error: {_describe(e)} (--debug shows where)", file=sys.stderr)
+            return 1
+
+
+def _describe(e: Exception) -> str:
+    """An exception as one line: the message alone for the errors that speak to the user (bad
+    input, a missing file, a refused run), with the exception's name for anything else."""
+    from .fileio import DirectoryBusy
+    from .training import TrainingError
+
+    text = (str(e).strip().splitlines() or [""])[0]
+    if text and isinstance(e, (ValueError, OSError, TrainingError, DirectoryBusy)):
+        return text
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
+@contextlib.contextmanager
+def _notes():
+    """Show warnings as `note: ...` lines on stderr, each text once (not a UserWarning with a source line)."""
+    seen = set()
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        text = str(message)
+        if text not in seen:
+            seen.add(text)
+            print(f"note: {text}", file=sys.stderr)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("default")
+        warnings.showwarning = show
+        yield
 
 
 if __name__ == "__main__":

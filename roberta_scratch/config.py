@@ -60,7 +60,21 @@ class RobertaConfig:
         for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
                      "intermediate_size", "max_position_embeddings", "type_vocab_size", "num_labels"):
             value = getattr(self, name)
-            need(isinstance(value, int) and value > 0, f"{name} must be a positive int, got {value!r}")
+            need(isinstance(value, int) and not isinstance(value, bool) and value > 0,
+                 f"{name} must be a positive int, got {value!r}")
+        for name in ("hidden_dropout_prob", "attention_probs_dropout_prob", "layer_norm_eps", "initializer_range"):
+            value = getattr(self, name)
+            need(isinstance(value, (int, float)) and not isinstance(value, bool),
+                 f"{name} must be a number, got {type(value).__name__} {value!r}")
+        for name in ("hidden_act", "attention"):
+            value = getattr(self, name)
+            need(isinstance(value, str), f"{name} must be a string, got {type(value).__name__} {value!r}")
+        need(self.classifier_dropout is None or (isinstance(self.classifier_dropout, (int, float))
+                                                 and not isinstance(self.classifier_dropout, bool)),
+             f"classifier_dropout must be a number or null, got {self.classifier_dropout!r}")
+        need(self.label_names is None or (isinstance(self.label_names, list)
+                                          and all(isinstance(n, str) for n in self.label_names)),
+             f"label_names must be a list of strings, got {self.label_names!r}")
         need(self.hidden_size % self.num_attention_heads == 0,
              f"hidden_size ({self.hidden_size}) is not divisible by num_attention_heads "
              f"({self.num_attention_heads})")
@@ -162,11 +176,19 @@ class RobertaConfig:
             path = os.path.join(path, "config.json")
         if not os.path.isfile(path):
             raise FileNotFoundError(f"no config.json at {path}")
-        with open(path) as f:
-            d = json.load(f)
-        if d.pop("format", None) == CONFIG_FORMAT:
-            return cls.from_dict({**d, **overrides})
-        return cls.from_hf_dict(d, **overrides)
+        try:
+            with open(path, encoding="utf-8") as f:
+                d = json.load(f)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(f"{path}: not a JSON file ({e})") from None
+        if not isinstance(d, dict):
+            raise ValueError(f"{path}: expected a JSON object, got {type(d).__name__}")
+        try:
+            if d.pop("format", None) == CONFIG_FORMAT:
+                return cls.from_dict({**d, **overrides})
+            return cls.from_hf_dict(d, **overrides)
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"{path}: {e}") from None
 
 
 CONFIG_FORMAT = "roberta-scratch"

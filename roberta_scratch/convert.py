@@ -278,10 +278,14 @@ def fairseq_config(args: dict, sd: dict) -> RobertaConfig:
                          "RoBERTa does not")
     vocab, hidden = sd[ENCODER_PREFIX + "embeddings.word_embeddings.weight"].shape
     act = get("activation_fn", "gelu")
+    if get("encoder_attention_heads") is None:  # the one number the weights cannot tell
+        raise ValueError("fairseq checkpoint's config has no encoder_attention_heads (the weights do not say "
+                         "how the attention is split into heads)")
+    layers = len({k.split(".")[2] for k in sd if k.startswith(ENCODER_PREFIX + "layers.")})
     return RobertaConfig(
         vocab_size=vocab,
         hidden_size=hidden,
-        num_hidden_layers=int(get("encoder_layers")),
+        num_hidden_layers=int(get("encoder_layers", layers)),
         num_attention_heads=int(get("encoder_attention_heads")),
         intermediate_size=sd[ENCODER_PREFIX + "layers.0.ffn.fc1.weight"].shape[0],
         hidden_act={"gelu_fast": "gelu_new", "gelu_accurate": "gelu_new"}.get(act, act),

@@ -38,9 +38,9 @@ from typing import Iterable, Iterator, Optional
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from .fileio import atomic_write, chunked, fsync_dir, iter_jsonl, iter_lines, lock_dir
+from .progress import progress
 from .tokenizer import load_tokenizer
 
 FORMAT_VERSION = 2  # 2: files in data-<id>/, named with sizes and checksums in meta.json
@@ -262,7 +262,7 @@ def _write_data(corpus, tok, out_dir: str, settings: dict, num_workers, batch_do
     try:
         writers = {s: _SplitWriter(tmp, s, dtype, shard_tokens) for s in ("train", "val")}
         docs = iter_documents(corpus, report)
-        bar = tqdm(desc="preparing", unit=" docs", disable=not show_progress)
+        bar = progress(desc="preparing", unit="docs", disable=not show_progress)
         index = 0
         for batch in chunked(docs, batch_documents):
             for ids in tok.encode_batch(batch, add_special_tokens=False, num_workers=num_workers):

@@ -29,7 +29,7 @@ def iter_lines(paths: Iterable[str | os.PathLike], bad_files: list | None = None
     """
     for path in paths:
         if not os.path.isfile(path):
-            raise FileNotFoundError(f"corpus file {str(path)!r} does not exist")
+            raise FileNotFoundError(f"file {str(path)!r} does not exist")
         bad_lines, first_bad = 0, 0
         # Binary, so that lines end at b"\n" only and "\r\n" comes back as written.
         with open(path, "rb") as f:

@@ -110,8 +110,10 @@ class FinetuneTrainer(BaseTrainer):
 
         self.train_set = self.task.features(train)
         self.eval_features = self.task.features(self.eval_examples)
+        # An epoch is steps_per_epoch steps (the last batch of a pass tops up from the next), so
+        # --epochs 2 ends on an evaluation labelled epoch 2.0.
         self.steps_per_epoch = math.ceil(len(self.train_set) / self.global_batch)
-        self.total_steps = max(1, math.ceil(a.epochs * len(self.train_set) / self.global_batch))
+        self.total_steps = max(1, math.ceil(a.epochs * self.steps_per_epoch))
         self.warmup_steps = round(a.warmup_ratio * self.total_steps)
         a.eval_every = a.eval_every or self.steps_per_epoch
         a.save_every = a.save_every or self.steps_per_epoch

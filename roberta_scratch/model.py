@@ -210,14 +210,17 @@ class PreTrained(nn.Module):
         return model
 
 
+ID_DTYPES = (torch.int64, torch.int32)  # what an embedding lookup takes; bool and uint8 would be masks
+
+
 def check_inputs(cfg: RobertaConfig, input_ids: torch.Tensor,
                  attention_mask: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
     """Validate on the host, so bad input is a ValueError on every device (never a CUDA assert).
 
     Returns the key-padding mask as (B, T) bool, or None when nothing is padded.
     """
-    if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2 or input_ids.is_floating_point():
-        raise ValueError(f"input_ids must be an integer tensor of shape (batch, seq_len), got "
+    if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2 or input_ids.dtype not in ID_DTYPES:
+        raise ValueError(f"input_ids must be an int64 or int32 tensor of shape (batch, seq_len), got "
                          f"{getattr(input_ids, 'dtype', type(input_ids))} {tuple(getattr(input_ids, 'shape', ()))}")
     B, T = input_ids.shape
     if T > cfg.max_tokens:
@@ -231,10 +234,18 @@ def check_inputs(cfg: RobertaConfig, input_ids: torch.Tensor,
         if tuple(attention_mask.shape) != (B, T):
             raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}, expected (batch, seq_len) "
                              f"= {(B, T)} like input_ids")
-        attention_mask = attention_mask.to(device=input_ids.device, dtype=torch.bool)
+        attention_mask = attention_mask.to(device=input_ids.device)
+        if attention_mask.dtype != torch.bool:  # 1 and 0 only: 2, -1 or NaN is a bug upstream, not "real"
+            odd = (attention_mask != 0) & (attention_mask != 1)
+            stats.append(odd.any().to(input_ids.dtype))
+            attention_mask = attention_mask == 1
         real = attention_mask.sum(dim=1)
         stats += [real.min(), real.max()]
     stats = torch.stack(stats).tolist()  # one device sync for every check
+    if attention_mask is not None and len(stats) == 5:
+        if stats.pop(2):
+            raise ValueError("attention_mask must hold only 1 (a real token) and 0 (padding); it holds other "
+                             "values (2, -1 or NaN, say)")
     if stats[0] < 0 or stats[1] >= cfg.vocab_size:
         bad = stats[0] if stats[0] < 0 else stats[1]
         raise ValueError(f"token id {bad} is out of range for vocab_size {cfg.vocab_size}")

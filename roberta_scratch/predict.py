@@ -10,33 +10,43 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 
-from .config import RobertaConfig
+from .checkpoint import find_model_dir, read_checkpoint
 from .finetune import TASK_FILE, FinetuneArgs
+from .finetune_data import DataError
+from .model import load_state
 from .tasks import TASKS
 from .tokenizer import load_tokenizer
+from .training import TrainingError
+
+# Which task a checkpoint's head keys say it was trained for, for folders without finetune.json.
+HEAD_TASKS = (("qa_outputs.weight", "qa"), ("classifier.out_proj.weight", "seq-cls"),
+              ("classifier.weight", "token-cls"))
 
 
 def load_finetuned(path: str, device=None):
-    """(task, model) from a directory written by finetune (or a Hugging Face one with a head)."""
+    """(task, model) from a folder written by finetune, a run folder (its best/, else model/),
+    or a Hugging Face folder whose weights carry a task head."""
+    path, note = find_model_dir(path)
+    if note:
+        warnings.warn(note, stacklevel=2)
+    cfg, sd = read_checkpoint(path, attention="sdpa")
     info = {}
     if os.path.isfile(os.path.join(path, TASK_FILE)):
-        with open(os.path.join(path, TASK_FILE)) as f:
+        with open(os.path.join(path, TASK_FILE), encoding="utf-8") as f:
             info = json.load(f)
-    else:  # not ours: guess the task from the model class the weights were saved as
-        from safetensors import safe_open
-
-        st = os.path.join(path, "model.safetensors")
-        cls_name = ""
-        if os.path.isfile(st):
-            with safe_open(st, "pt") as f:
-                cls_name = (f.metadata() or {}).get("model_class", "")
-        cfg = RobertaConfig.load(path)
-        task = {"RobertaForTokenClassification": "token-cls", "RobertaForQuestionAnswering": "qa"}.get(cls_name)
-        info = {"task": task or "seq-cls", "max_length": cfg.max_tokens}
+    else:  # not written by finetune: the head in the weights says which task
+        task = next((t for key, t in HEAD_TASKS if key in sd), None)
+        if task is None:
+            raise TrainingError(f"{path} has no fine-tuned task head (its weights hold "
+                                f"{'an MLM head' if 'lm_head.bias' in sd else 'the encoder alone'}): fine-tune it "
+                                "first with `roberta-scratch finetune`, or use fill-mask or features with it")
+        info = {"task": task, "max_length": cfg.max_tokens}
     task_cls = TASKS[info["task"]]
-    model = task_cls.model_class.from_pretrained(path, attention="sdpa").eval().to(device or "cpu")
-    cfg = model.config
+    model = task_cls.model_class(cfg)
+    load_state(model, sd)
+    model = model.eval().to(device or "cpu")
     args = FinetuneArgs(task=info["task"], model=path, train="", out="",
                         max_length=min(info.get("max_length") or cfg.max_tokens, cfg.max_tokens),
                         stride=info.get("stride", 128), max_answer_length=info.get("max_answer_length", 30))
@@ -44,6 +54,10 @@ def load_finetuned(path: str, device=None):
     return task, model
 
 
-def predict(path: str, lines: list[str], batch_size: int = 32, device=None) -> list[dict]:
+def predict(path: str, lines: list[str], batch_size: int = 32, device=None, source: str = "the input") -> list[dict]:
+    """One result per input line (or per question of a SQuAD file), from a fine-tuned model."""
     task, model = load_finetuned(path, device)
-    return task.predict(model, task.read_inputs(lines), batch_size, device or "cpu")
+    rows = task.read_inputs(lines)
+    if not rows:
+        raise DataError(f"{source} holds no inputs: it is empty or blank")
+    return task.predict(model, rows, batch_size, device or "cpu")

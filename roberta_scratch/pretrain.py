@@ -160,8 +160,10 @@ class Trainer(BaseTrainer):
         path = os.path.join(self.args.out, "model")
         self.raw_model.save_pretrained(path)
         load_tokenizer(tokenizer_dir(self.args.data)).save_pretrained(path)
-        plot_metrics(self.metrics_path, os.path.join(self.args.out, "loss.png"))
-        self._log(f"saved the model and its tokenizer to {path}")
+        png = os.path.join(self.args.out, "loss.png")
+        drawn = plot_metrics(self.metrics_path, png)
+        self._log(f"saved the model and its tokenizer to {path}; the metrics are in {self.metrics_path}"
+                  + (f", the loss curve in {png}" if drawn else " (pip install matplotlib to draw loss.png)"))
 
 
 def pretrain(args: TrainArgs) -> int:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import warnings
 from typing import Optional
 
 import torch
@@ -24,6 +25,14 @@ from .config import IGNORE_INDEX, RobertaConfig
 from .finetune_data import BadRows, DataError, is_number, read_labelled_texts, read_squad, read_tagged_words
 from .model import RobertaForQuestionAnswering, RobertaForSequenceClassification, RobertaForTokenClassification
 from .tokenizer import Tokenizer
+
+
+def warn_truncated(lengths: list[int], limit: int, consequence: str = "only their beginning is used") -> None:
+    """A warning when inputs are longer than the model takes: never cut text without a word."""
+    long = [i for i, n in enumerate(lengths) if n > limit]
+    if long:
+        warnings.warn(f"{len(long)} input(s) are longer than the {limit} tokens this model takes "
+                      f"(the first: input {long[0] + 1}); {consequence}", stacklevel=3)
 
 
 def pad_rows(rows: list[list], value) -> torch.Tensor:
@@ -227,6 +236,10 @@ class SequenceClassification(Task):
     def _predict_rows(self, model, rows: list[dict], batch_size, device) -> list:
         for r in rows:
             r.setdefault("text_pair", None)
+            if not isinstance(r.get("text"), str) or not isinstance(r["text_pair"], (str, type(None))):
+                raise DataError(f"a seq-cls input needs a string 'text' (and optionally 'text_pair'), got {r}"[:300])
+        lengths = [len(ids) for ids in self.tok([r["text"] for r in rows], num_workers=1)["input_ids"]]
+        warn_truncated([n + (2 if r["text_pair"] else 0) for n, r in zip(lengths, rows)], self.args.max_length)
         return self.predictions(model, self.features(rows), batch_size, device)
 
     @staticmethod
@@ -364,7 +377,12 @@ class TokenClassification(Task):
                 spans = [(m.start(), m.end()) for m in re.finditer(r"\w+|[^\w\s]", r["text"])]
                 r["tokens"], r["spans"] = [r["text"][a:b] for a, b in spans], spans
         rows = [r for r in rows if r["tokens"]]
-        preds = self.word_predictions(model, rows, self.features(rows), batch_size, device)
+        features = self.features(rows)
+        # a row whose last word has no token left was cut short
+        cut = [len(r["tokens"]) - 1 not in f["word_ids"] for r, f in zip(rows, features)]
+        warn_truncated([self.args.max_length + 1 if c else 0 for c in cut], self.args.max_length,
+                       "the words past the end are tagged O")
+        preds = self.word_predictions(model, rows, features, batch_size, device)
         out = []
         for r, p in zip(rows, preds):
             ents = []

@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 
 from .fileio import DirectoryBusy, atomic_write, lock_dir
 from .flops import peak_flops
+from .progress import progress
 
 
 def option(default=dataclasses.MISSING, help: str = "", **cli):
@@ -465,6 +466,7 @@ class BaseTrainer:
         try:
             with lock:
                 self._claim_out()
+                self._log(f"{self.desc} into {a.out}: checkpoints in {self.ckpt_dir}, metrics in {self.metrics_path}")
                 if a.resume:
                     self._resume()
                     self._truncate_metrics()
@@ -483,7 +485,7 @@ class BaseTrainer:
         self.model.train()
         if self.step == 0 and a.eval_every and self.eval_at_start:
             self._record(self.evaluate(), "start")
-        bar = tqdm(total=steps, initial=self.step, desc=self.desc, unit=" steps",
+        bar = progress(total=steps, initial=self.step, desc=self.desc, unit="steps",
                    disable=not a.progress or self.rank != 0)
         flops = self.train_flops_per_token()
         window_tokens, window_start = 0, time.perf_counter()

@@ -29,3 +29,36 @@ def test_command_is_recorded_as_the_module_invocation(monkeypatch):
     monkeypatch.setitem(sys.modules, "__main__", types.SimpleNamespace(__spec__=types.SimpleNamespace(
         name="benchmarks.bench_model")))
     assert common.command() == "python -m benchmarks.bench_model --configs tiny"
+
+
+@pytest.mark.parametrize("name", BENCHMARKS)
+def test_every_option_says_what_it_does(name, monkeypatch):
+    import argparse
+
+    module = importlib.import_module(f"benchmarks.{name}")
+    parsers = []
+    real = argparse.ArgumentParser.parse_args
+
+    def capture(self, args=None, namespace=None):
+        parsers.append(self)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", capture)
+    with pytest.raises(SystemExit):
+        module.main([])
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", real)
+    [parser] = parsers
+    silent = [a.option_strings for a in parser._actions if not a.help]
+    assert not silent, f"options without help text: {silent}"
+
+
+def test_a_second_result_the_same_day_does_not_overwrite_the_first(tmp_path, monkeypatch):
+    from benchmarks import common
+
+    monkeypatch.setattr(common, "RESULTS_DIR", str(tmp_path))
+    first = common.write_result("demo", [{"a": 1}])
+    second = common.write_result("demo", [{"a": 2}])
+    assert first != second and second.endswith("-2.json")
+    import json
+
+    assert json.load(open(first))["results"] == [{"a": 1}] and json.load(open(second))["results"] == [{"a": 2}]

@@ -350,6 +350,12 @@ def test_values_of_the_wrong_kind_are_bad_rows_while_reading(pretrained, tmp_pat
     assert "question 'q3': 'answer_start' must be a whole number of characters, got float 3.5" in err
 
 
+def test_the_last_evaluation_of_two_epochs_is_labelled_epoch_2(pretrained, tmp_path):
+    train = write_jsonl(tmp_path / "train.jsonl", sentiment_rows(100, 11))  # 100 / 16: a partial last batch
+    assert finetune(args_for(pretrained, "seq-cls", train, tmp_path / "run", eval=train, epochs=2)) == 0
+    assert [r["epoch"] for r in metric_rows(tmp_path / "run") if "epoch" in r] == [1.0, 2.0]
+
+
 def test_a_training_file_with_one_class_is_refused(pretrained, tmp_path):
     rows = [{"text": r["text"], "label": "positive"} for r in sentiment_rows(20, 10)]
     train = write_jsonl(tmp_path / "one.jsonl", rows)

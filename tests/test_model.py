@@ -144,9 +144,9 @@ def test_wrong_mask_shape_is_a_value_error(mask_shape):
 
 def test_other_bad_inputs_are_value_errors():
     model = RobertaForMaskedLM(tiny())
-    with pytest.raises(ValueError, match="integer tensor of shape"):
+    with pytest.raises(ValueError, match="an int64 or int32 tensor of shape"):
         model(torch.ones(1, 4))
-    with pytest.raises(ValueError, match="integer tensor of shape"):
+    with pytest.raises(ValueError, match="an int64 or int32 tensor of shape"):
         model(torch.ones(4, dtype=torch.long))
     with pytest.raises(ValueError, match="no real tokens"):
         model(torch.full((2, 4), 5), attention_mask=torch.tensor([[1, 1, 0, 0], [0, 0, 0, 0]]))
