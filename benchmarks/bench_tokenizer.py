@@ -8,6 +8,8 @@ and pydoc topics, about 2 MB), one document per call. Rows:
                       against `tokenizers`' serial `Tokenizer.encode` (RobertaTokenizerFast's
                       backend); warm caches (median of repeats) and cold (a fresh
                       tokenizer's first pass, once each);
+  1 MB word:          a megabyte with no space (DNA, base64, minified prose), a fresh tokenizer
+                      on each side for each of `--repeats` rounds (target: within 2x of `tokenizers`);
   encode_batch:       `encode_batch(docs, add_special_tokens=False)`, GPT-2's vocabulary,
                       against tiktoken's `encode_ordinary_batch` (threads): with the
                       automatic choice (one process below PARALLEL_MIN_CHARS = 4 MiB), and
@@ -108,6 +110,39 @@ def bench_encode(ref: str, docs: list, repeats: int) -> list:
     ]
 
 
+def long_words(docs: list, n: int = 1_000_000) -> dict:
+    """Texts of n characters with no space, as they arrive in real corpora: one regex word each."""
+    import random
+    import re
+
+    rng = random.Random(0)
+    letters = re.sub(r"[^A-Za-z]", "", " ".join(docs))
+    return {"DNA (ACGT)": "".join(rng.choice("ACGT") for _ in range(n)),
+            "minified prose (letters only)": (letters * (n // len(letters) + 1))[:n],
+            "base64": "".join(rng.choice("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/")
+                              for _ in range(n))}
+
+
+def bench_long_words(ref: str, docs: list, repeats: int) -> list:
+    """A 1 MB word: fresh tokenizers on both sides (no cache can help), alternating, median of repeats."""
+    import statistics
+
+    rows = []
+    for kind, text in long_words(docs).items():
+        times = {"ours": [], "tokenizers": []}
+        for _ in range(repeats):
+            ours = ByteLevelBPETokenizer.from_pretrained(ref)
+            theirs, _ = reference_tokenizers(ref)
+            times["ours"].append(once(lambda: ours.encode(text)))
+            times["tokenizers"].append(once(lambda: theirs.encode(text)))
+        assert ours.encode(text) == theirs.encode(text).ids, f"ids differ from tokenizers on {kind}"
+        ours_s, ref_s = statistics.median(times["ours"]), statistics.median(times["tokenizers"])
+        rows.append({"task": f"1 MB word, {kind}, cold", "ours_s": ours_s, "ours_MB/s": 1.0 / ours_s,
+                     "reference": "tokenizers encode, fresh", "reference_s": ref_s, "speedup": ref_s / ours_s,
+                     "target": 0.5, "met": ref_s / ours_s >= 0.5})
+    return rows
+
+
 def bench_train(docs: list, vocab_size: int) -> list:
     from tokenizers import ByteLevelBPETokenizer as ReferenceTrainer
 
@@ -134,6 +169,8 @@ def main(argv=None) -> None:
                         help="the roberta-base vocab.json, merges.txt and gpt2-encoder.json")
     parser.add_argument("--repeats", type=int, default=5, help="timed rounds of the warm rows; the median counts")
     parser.add_argument("--vocab-size", type=int, default=8000, help="vocabulary size for the training row")
+    parser.add_argument("--sections", nargs="+", default=["encode", "long-words", "train"],
+                        choices=["encode", "long-words", "train"], help="which rows to measure (default: all)")
     args = parser.parse_args(argv)
     if not os.path.isfile(os.path.join(args.reference_dir, "vocab.json")):
         sys.exit(f"no roberta-base tokenizer files in {args.reference_dir}: set ROBERTA_REFERENCE_DIR")
@@ -141,7 +178,13 @@ def main(argv=None) -> None:
     docs = list(default_corpus())
     mb = sum(len(d.encode()) for d in docs) / 1e6
     print(f"text: {len(docs)} documents, {mb:.2f} MB (the standard library's docstrings and pydoc topics)")
-    rows = bench_encode(args.reference_dir, docs, args.repeats) + bench_train(docs, args.vocab_size)
+    rows = []
+    if "encode" in args.sections:
+        rows += bench_encode(args.reference_dir, docs, args.repeats)
+    if "long-words" in args.sections:
+        rows += bench_long_words(args.reference_dir, docs, args.repeats)
+    if "train" in args.sections:
+        rows += bench_train(docs, args.vocab_size)
     print_table(rows, ["task", "ours_s", "ours_MB/s", "reference", "reference_s", "speedup", "target", "met"])
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
     print(f"load average (1, 5, 15 min): {load}")

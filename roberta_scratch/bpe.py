@@ -81,16 +81,15 @@ def encode_reference(ids: list[int], ranks: dict[tuple[int, int], tuple[int, int
 
 
 class MergeTable:
-    """Merges in the form apply_merges reads fast: one dict from a pair of ids, packed into
-    one int (left << bits | right), to its rank and merged id, packed likewise."""
+    """Merges in the form apply_merges reads fast: `rank_of` maps a pair of ids, packed into one
+    int (left << bits | right), to its rank; `pairs[rank]` is (left, right, merged id)."""
 
     def __init__(self, merges: Sequence[tuple[int, int, int]], vocab_size: int):
         """merges: (left id, right id, merged id) in rank order (the order they were learned)."""
         self.bits = max(1, (vocab_size - 1).bit_length())
-        self.mask = (1 << self.bits) - 1
-        self.table = {}
-        for rank, (left, right, new) in enumerate(merges):
-            self.table[left << self.bits | right] = rank << self.bits | new  # listed twice: the last rank wins
+        self.pairs = [tuple(m) for m in merges]
+        # a pair listed twice keeps its last rank, as a dict built in rank order would
+        self.rank_of = {left << self.bits | right: rank for rank, (left, right, _) in enumerate(self.pairs)}
 
 
 def apply_merges(ids: list[int], merges: MergeTable) -> list[int]:
@@ -110,57 +109,57 @@ def apply_merges(ids: list[int], merges: MergeTable) -> list[int]:
     n = len(ids)
     if n < 2:
         return list(ids)
-    bits, mask, get = merges.bits, merges.mask, merges.table.get
+    bits, pairs, rank_of = merges.bits, merges.pairs, merges.rank_of.get
     ids = list(ids)
     nxt = list(range(1, n + 1))
     nxt[-1] = -1
     prv = list(range(-1, n - 1))
     buckets: dict[int, list[int]] = {}
     # The first pairs, looked up in C: left << bits | right for every adjacent pair.
-    found = map(get, map(operator.or_, map(operator.lshift, ids, repeat(bits)), ids[1:]))
-    for i, m in enumerate(found):
-        if m is not None:
-            bucket = buckets.get(m >> bits)
+    found = map(rank_of, map(operator.or_, map(operator.lshift, ids, repeat(bits)), ids[1:]))
+    for i, rank in enumerate(found):
+        if rank is not None:
+            bucket = buckets.get(rank)
             if bucket is None:
-                buckets[m >> bits] = [i]
+                buckets[rank] = [i]
             else:
                 bucket.append(i)
     pending = list(buckets)  # the ranks with pairs waiting
     heapq.heapify(pending)
-    push, pop = heapq.heappush, heapq.heappop
-
-    def file(position: int, m: int) -> None:
-        rank = m >> bits
-        bucket = buckets.get(rank)
-        if bucket is None:
-            buckets[rank] = [position]
-            push(pending, rank)
-        else:
-            bucket.append(position)
+    push, pop, waiting = heapq.heappush, heapq.heappop, buckets.get
 
     while pending:
         rank = pop(pending)
+        left, right, new = pairs[rank]
         positions = buckets.pop(rank)
         positions.sort()
         for i in positions:
-            left, j = ids[i], nxt[i]
-            if left < 0 or j < 0:  # merged into its left neighbour, or now the last symbol
+            if ids[i] != left:  # merged away, or merged into something else, since it was filed
                 continue
-            m = get(left << bits | ids[j])
-            if m is None or m >> bits != rank:  # the pair here changed since it was filed
+            j = nxt[i]
+            if j < 0 or ids[j] != right:
                 continue
-            new = m & mask
             ids[i], ids[j] = new, -1
             k = nxt[j]
             nxt[i] = k
-            if k >= 0:
+            if k >= 0:  # file the pair (new, next)
                 prv[k] = i
-                m = get(new << bits | ids[k])
-                if m is not None:
-                    file(i, m)
+                r = rank_of(new << bits | ids[k])
+                if r is not None:
+                    bucket = waiting(r)
+                    if bucket is None:
+                        buckets[r] = [i]
+                        push(pending, r)
+                    else:
+                        bucket.append(i)
             p = prv[i]
-            if p >= 0:
-                m = get(ids[p] << bits | new)
-                if m is not None:
-                    file(p, m)
+            if p >= 0:  # file the pair (previous, new)
+                r = rank_of(ids[p] << bits | new)
+                if r is not None:
+                    bucket = waiting(r)
+                    if bucket is None:
+                        buckets[r] = [p]
+                        push(pending, r)
+                    else:
+                        bucket.append(p)
     return [x for x in ids if x >= 0]
