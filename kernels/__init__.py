@@ -12,6 +12,8 @@ whatever runs underneath, so the model calls them unconditionally:
 The kernel modules, flash_attention.py and layernorm.py, are imported on
 first use, so `import kernels` never imports triton. (A submodule named
 `attention` would replace the function kernels.attention once imported.)
+What they share (tile configs, input checks, dropout seeds) is in utils.py,
+which is plain torch.
 Triton fixes compiled-or-interpreted for its own helpers when it is first
 imported, so set TRITON_INTERPRET=1 before anything imports it (see
 kernel_module).

@@ -38,11 +38,12 @@ view, so merging the heads afterwards needs no copy.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 import triton
 import triton.language as tl
+
+from .utils import TileConfig, check_dropout_p, check_float_dtypes, check_same_device, kernel_seed
 
 LOG2E = 1.4426950408889634
 SUPPORTED_HEAD_DIMS = (32, 64, 128)
@@ -51,6 +52,10 @@ SUPPORTED_HEAD_DIMS = (32, 64, 128)
 # ---------------------------------------------------------------------------
 # 1. Kernels
 # ---------------------------------------------------------------------------
+# Small @triton.jit helpers first, as _attn_fwd_inner in the Triton tutorial.
+# Triton inlines them, yet they are not quite free: each inlined call leaves
+# debug line-info labels in the PTX, and ptxas allocates registers around them
+# differently. kernels.compile_check is the judge (see _attn_bwd_dkdv_kernel).
 
 @triton.jit
 def _mma_operand(x, dtype: tl.constexpr, UPCAST: tl.constexpr):
@@ -77,6 +82,91 @@ def _dropout_keep(seed, rows, cols, T, dropout_p):
     """
     offsets = rows.to(tl.int64) * T + cols
     return tl.rand(seed, offsets) >= dropout_p
+
+
+@triton.jit
+def _head_ptr(X, b, h, stride_b, stride_h):
+    """Pointer to token 0 of head h of sequence b in a (B, H, T, D) tensor.
+
+    The offsets are int64: B * H * T * D passes 2**31 elements at real sizes.
+    """
+    return X + b.to(tl.int64) * stride_b + h.to(tl.int64) * stride_h
+
+
+@triton.jit
+def _load_rows(head, offs, offs_d, stride_t, T):
+    """(BLOCK, HEAD_DIM) tile of one head (a _head_ptr): tokens offs (BLOCK,) by features offs_d (HEAD_DIM,).
+
+    Tokens at or past T read as 0, which is what lets any T work.
+    """
+    in_bounds = (offs < T)[:, None]
+    return tl.load(head + offs[:, None] * stride_t + offs_d[None, :], mask=in_bounds, other=0.0)
+
+
+@triton.jit
+def _load_operand(head, offs, offs_d, stride_t, T, UPCAST: tl.constexpr):
+    """(BLOCK, HEAD_DIM) Q, K, V or dO tile: _load_rows, rounded for tl.dot by _mma_operand."""
+    return _mma_operand(_load_rows(head, offs, offs_d, stride_t, T), head.dtype.element_ty, UPCAST)
+
+
+@triton.jit
+def _store_rows(head, offs, offs_d, stride_t, T, x):
+    """Store x, an fp32 (BLOCK, HEAD_DIM) tile, as tokens offs of one head, in the head's dtype.
+
+    Tokens at or past T are not written: they lie past the end of the tensor.
+    """
+    tl.store(head + offs[:, None] * stride_t + offs_d[None, :], x.to(head.dtype.element_ty),
+             mask=(offs < T)[:, None])
+
+
+@triton.jit
+def _is_real(KeyMask, stride_mb, b, offs, T, HAS_MASK: tl.constexpr):
+    """(BLOCK,) bool: whether tokens offs of sequence b are real, that is in bounds and, with a mask, unpadded."""
+    if HAS_MASK:
+        real = tl.load(KeyMask + b * stride_mb + offs, mask=offs < T, other=0) != 0
+    else:
+        real = offs < T
+    return real
+
+
+@triton.jit
+def _tile_range(KVRange, b, start, T, BLOCK: tl.constexpr, HAS_MASK: tl.constexpr):
+    """(lo, hi), int32 scalars: the tokens of the other side that a program owning
+    tokens [start, start + BLOCK) of sequence b loops over.
+
+    The other side is the keys for a query tile and the queries for a key tile
+    (self-attention: both have the same real tokens). lo is the sequence's
+    first real token and hi one past its last, from _attn_kv_range_kernel; the
+    loop is `range((lo // LOOP_BLOCK) * LOOP_BLOCK, hi, LOOP_BLOCK)`, so tiles
+    of pure padding at either end are skipped. When the owned tile is all
+    padding, hi drops to lo: the loop visits at most the tile holding lo, and
+    the owned rows' results are discarded anyway (zeroed output, -inf scores,
+    +inf lse). Without a mask: (0, T).
+
+    subtle: the rounding down stays at the loop, not in here: moved in, it
+    spilled the fp32 dK/dV kernel on sm_80 (kernels.compile_check).
+    """
+    if HAS_MASK:
+        lo = tl.load(KVRange + 2 * b)
+        hi = tl.load(KVRange + 2 * b + 1)
+        hi = tl.where((start < hi) & (start + BLOCK > lo), hi, lo)
+    else:
+        lo = 0
+        hi = T
+    return lo, hi
+
+
+@triton.jit
+def _load_row_stats(LSE, Delta, row_base, offs_m, q_real):
+    """(lse, delta), each (BLOCK_M,) fp32: the forward's log-sum-exp and the backward's delta for queries offs_m.
+
+    row_base is the head's row offset, (b * H + h) * T. subtle: padded query
+    rows load lse = +inf, so their probabilities exp2(s - lse), and every
+    gradient through them, are exactly 0.
+    """
+    lse = tl.load(LSE + row_base + offs_m, mask=q_real, other=float("inf"))
+    delta = tl.load(Delta + row_base + offs_m, mask=q_real, other=0.0)
+    return lse, delta
 
 
 @triton.jit
@@ -130,44 +220,29 @@ def _attn_fwd_kernel(
     b = tl.program_id(2)
     offs_m = start_m + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, HEAD_DIM)
-    q_base = Q + b.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh
-    k_base = K + b.to(tl.int64) * stride_kb + h.to(tl.int64) * stride_kh
-    v_base = V + b.to(tl.int64) * stride_vb + h.to(tl.int64) * stride_vh
-    o_base = Out + b.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh
+    q_head = _head_ptr(Q, b, h, stride_qb, stride_qh)
+    k_head = _head_ptr(K, b, h, stride_kb, stride_kh)
+    v_head = _head_ptr(V, b, h, stride_vb, stride_vh)
+    o_head = _head_ptr(Out, b, h, stride_ob, stride_oh)
     row_base = (b * H + h) * T  # row offset of this head in the (B, H, T) LSE and dropout counters
 
-    if HAS_MASK:
-        kv_lo = tl.load(KVRange + 2 * b)
-        kv_hi = tl.load(KVRange + 2 * b + 1)
-        q_real = tl.load(KeyMask + b * stride_mb + offs_m, mask=offs_m < T, other=0) != 0
-        # A query tile outside [kv_lo, kv_hi) is all padding: its key loop is left empty.
-        kv_hi = tl.where((start_m < kv_hi) & (start_m + BLOCK_M > kv_lo), kv_hi, kv_lo)
-    else:
-        kv_lo = 0
-        kv_hi = T
-        q_real = offs_m < T
-
-    q = tl.load(q_base + offs_m[:, None] * stride_qt + offs_d[None, :], mask=(offs_m < T)[:, None], other=0.0)
-    q = _mma_operand(q, Q.dtype.element_ty, UPCAST_DOTS)
+    # A query tile of pure padding leaves its key loop (nearly) empty: see _tile_range.
+    lo, hi = _tile_range(KVRange, b, start_m, T, BLOCK_M, HAS_MASK)
+    q_real = _is_real(KeyMask, stride_mb, b, offs_m, T, HAS_MASK)
+    q = _load_operand(q_head, offs_m, offs_d, stride_qt, T, UPCAST_DOTS)  # (BLOCK_M, HEAD_DIM)
 
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)  # running row max, log2 units
     l_i = tl.zeros([BLOCK_M], tl.float32)  # running softmax denominator (before dropout)
     acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
     keep_scale = 1.0 / (1.0 - dropout_p)
 
-    # subtle: the first tile visited holds kv_lo, a real key, so every row's max
-    # is finite after it and exp2(m_i - m_new) never sees -inf - -inf.
-    for start_n in range((kv_lo // BLOCK_N) * BLOCK_N, kv_hi, BLOCK_N):
+    # subtle: the first tile visited holds the first real key, so every row's
+    # max is finite after it and exp2(m_i - m_new) never sees -inf - -inf.
+    for start_n in range((lo // BLOCK_N) * BLOCK_N, hi, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
-        in_bounds = (offs_n < T)[:, None]
-        k = tl.load(k_base + offs_n[:, None] * stride_kt + offs_d[None, :], mask=in_bounds, other=0.0)
-        v = tl.load(v_base + offs_n[:, None] * stride_vt + offs_d[None, :], mask=in_bounds, other=0.0)
-        k = _mma_operand(k, K.dtype.element_ty, UPCAST_DOTS)
-        v = _mma_operand(v, V.dtype.element_ty, UPCAST_DOTS)
-        if HAS_MASK:
-            k_real = tl.load(KeyMask + b * stride_mb + offs_n, mask=offs_n < T, other=0) != 0
-        else:
-            k_real = offs_n < T
+        k = _load_operand(k_head, offs_n, offs_d, stride_kt, T, UPCAST_DOTS)  # (BLOCK_N, HEAD_DIM)
+        v = _load_operand(v_head, offs_n, offs_d, stride_vt, T, UPCAST_DOTS)  # (BLOCK_N, HEAD_DIM)
+        k_real = _is_real(KeyMask, stride_mb, b, offs_n, T, HAS_MASK)
         s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)  # (BLOCK_M, BLOCK_N)
         s = s * qk_scale + tl.where(k_real, 0.0, float("-inf"))[None, :]
         m_new = tl.maximum(m_i, tl.max(s, 1))
@@ -181,10 +256,9 @@ def _attn_fwd_kernel(
         acc = acc * alpha[:, None] + tl.dot(p, v, input_precision=DOT_PRECISION)
         m_i = m_new
 
-    l_safe = tl.where(l_i > 0.0, l_i, 1.0)  # an all-padding tile never entered the loop
+    l_safe = tl.where(l_i > 0.0, l_i, 1.0)  # l_i is 0 when the loop was empty: an all-padding tile
     out = tl.where(q_real[:, None], acc / l_safe[:, None], 0.0)
-    tl.store(o_base + offs_m[:, None] * stride_ot + offs_d[None, :], out.to(Out.dtype.element_ty),
-             mask=(offs_m < T)[:, None])
+    _store_rows(o_head, offs_m, offs_d, stride_ot, T, out)
     tl.store(LSE + row_base + offs_m, m_i + tl.log2(l_safe), mask=offs_m < T)
 
 
@@ -203,11 +277,8 @@ def _attn_bwd_preprocess_kernel(
     h = tl.program_id(1)
     b = tl.program_id(2)
     offs_d = tl.arange(0, HEAD_DIM)
-    in_bounds = (offs_m < T)[:, None]
-    o = tl.load(Out + b.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh
-                + offs_m[:, None] * stride_ot + offs_d[None, :], mask=in_bounds, other=0.0).to(tl.float32)
-    do = tl.load(DOut + b.to(tl.int64) * stride_dob + h.to(tl.int64) * stride_doh
-                 + offs_m[:, None] * stride_dot + offs_d[None, :], mask=in_bounds, other=0.0).to(tl.float32)
+    o = _load_rows(_head_ptr(Out, b, h, stride_ob, stride_oh), offs_m, offs_d, stride_ot, T).to(tl.float32)
+    do = _load_rows(_head_ptr(DOut, b, h, stride_dob, stride_doh), offs_m, offs_d, stride_dot, T).to(tl.float32)
     tl.store(Delta + (b * H + h) * T + offs_m, tl.sum(o * do, 1), mask=offs_m < T)
 
 
@@ -250,46 +321,35 @@ def _attn_bwd_dkdv_kernel(
     b = tl.program_id(2)
     offs_n = start_n + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, HEAD_DIM)
-    q_base = Q + b.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh
-    do_base = DOut + b.to(tl.int64) * stride_dob + h.to(tl.int64) * stride_doh
+    q_head = _head_ptr(Q, b, h, stride_qb, stride_qh)
+    k_head = _head_ptr(K, b, h, stride_kb, stride_kh)
+    v_head = _head_ptr(V, b, h, stride_vb, stride_vh)
+    do_head = _head_ptr(DOut, b, h, stride_dob, stride_doh)
     row_base = (b * H + h) * T
 
-    if HAS_MASK:
-        lo = tl.load(KVRange + 2 * b)
-        hi = tl.load(KVRange + 2 * b + 1)
-        k_real = tl.load(KeyMask + b * stride_mb + offs_n, mask=offs_n < T, other=0) != 0
-        hi = tl.where((start_n < hi) & (start_n + BLOCK_N > lo), hi, lo)  # all-padding key tile: no loop
-    else:
-        lo = 0
-        hi = T
-        k_real = offs_n < T
+    # A key tile of pure padding leaves its query loop (nearly) empty: see _tile_range.
+    lo, hi = _tile_range(KVRange, b, start_n, T, BLOCK_N, HAS_MASK)
+    k_real = _is_real(KeyMask, stride_mb, b, offs_n, T, HAS_MASK)
     k_bias = tl.where(k_real, 0.0, float("-inf"))
 
-    in_bounds = (offs_n < T)[:, None]
-    k = tl.load(K + b.to(tl.int64) * stride_kb + h.to(tl.int64) * stride_kh
-                + offs_n[:, None] * stride_kt + offs_d[None, :], mask=in_bounds, other=0.0)
-    v = tl.load(V + b.to(tl.int64) * stride_vb + h.to(tl.int64) * stride_vh
-                + offs_n[:, None] * stride_vt + offs_d[None, :], mask=in_bounds, other=0.0)
-    k = _mma_operand(k, K.dtype.element_ty, UPCAST_DOTS)
-    v = _mma_operand(v, V.dtype.element_ty, UPCAST_DOTS)
+    k = _load_operand(k_head, offs_n, offs_d, stride_kt, T, UPCAST_DOTS)  # (BLOCK_N, HEAD_DIM)
+    v = _load_operand(v_head, offs_n, offs_d, stride_vt, T, UPCAST_DOTS)  # (BLOCK_N, HEAD_DIM)
     dk = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
     dv = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
     keep_scale = 1.0 / (1.0 - dropout_p)
 
     for start_m in range((lo // BLOCK_M) * BLOCK_M, hi, BLOCK_M):
         offs_m = start_m + tl.arange(0, BLOCK_M)
-        rows_in = (offs_m < T)[:, None]
-        q = tl.load(q_base + offs_m[:, None] * stride_qt + offs_d[None, :], mask=rows_in, other=0.0)
-        do = tl.load(do_base + offs_m[:, None] * stride_dot + offs_d[None, :], mask=rows_in, other=0.0)
-        q = _mma_operand(q, Q.dtype.element_ty, UPCAST_DOTS)
-        do = _mma_operand(do, DOut.dtype.element_ty, UPCAST_DOTS)
+        q = _load_operand(q_head, offs_m, offs_d, stride_qt, T, UPCAST_DOTS)  # (BLOCK_M, HEAD_DIM)
+        do = _load_operand(do_head, offs_m, offs_d, stride_dot, T, UPCAST_DOTS)  # (BLOCK_M, HEAD_DIM)
+        # subtle: this is _is_real written out. Called here, its debug line-info
+        # labels make ptxas use up to 61 more registers a thread (sm_90, D=64,
+        # mask and dropout); without line info both forms compile alike.
         if HAS_MASK:
             q_real = tl.load(KeyMask + b * stride_mb + offs_m, mask=offs_m < T, other=0) != 0
         else:
             q_real = offs_m < T
-        # Padded query rows load lse = +inf, so their probabilities are exactly 0.
-        lse = tl.load(LSE + row_base + offs_m, mask=q_real, other=float("inf"))
-        delta = tl.load(Delta + row_base + offs_m, mask=q_real, other=0.0)
+        lse, delta = _load_row_stats(LSE, Delta, row_base, offs_m, q_real)
         s_t = tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION)  # (BLOCK_N, BLOCK_M)
         p_t = tl.exp2(s_t * qk_scale + k_bias[:, None] - lse[None, :])
         dp_t = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)  # (BLOCK_N, BLOCK_M)
@@ -304,11 +364,8 @@ def _attn_bwd_dkdv_kernel(
         ds_t = p_t * (dp_t - delta[None, :])
         dk += tl.dot(_mma_operand(ds_t, Q.dtype.element_ty, UPCAST_DOTS), q, input_precision=DOT_PRECISION)
 
-    dk = dk * sm_scale
-    tl.store(DK + b.to(tl.int64) * stride_dkb + h.to(tl.int64) * stride_dkh
-             + offs_n[:, None] * stride_dkt + offs_d[None, :], dk.to(DK.dtype.element_ty), mask=in_bounds)
-    tl.store(DV + b.to(tl.int64) * stride_dvb + h.to(tl.int64) * stride_dvh
-             + offs_n[:, None] * stride_dvt + offs_d[None, :], dv.to(DV.dtype.element_ty), mask=in_bounds)
+    _store_rows(_head_ptr(DK, b, h, stride_dkb, stride_dkh), offs_n, offs_d, stride_dkt, T, dk * sm_scale)
+    _store_rows(_head_ptr(DV, b, h, stride_dvb, stride_dvh), offs_n, offs_d, stride_dvt, T, dv)
 
 
 @triton.jit(do_not_specialize=["seed"])
@@ -346,44 +403,27 @@ def _attn_bwd_dq_kernel(
     b = tl.program_id(2)
     offs_m = start_m + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, HEAD_DIM)
-    k_base = K + b.to(tl.int64) * stride_kb + h.to(tl.int64) * stride_kh
-    v_base = V + b.to(tl.int64) * stride_vb + h.to(tl.int64) * stride_vh
+    q_head = _head_ptr(Q, b, h, stride_qb, stride_qh)
+    k_head = _head_ptr(K, b, h, stride_kb, stride_kh)
+    v_head = _head_ptr(V, b, h, stride_vb, stride_vh)
+    do_head = _head_ptr(DOut, b, h, stride_dob, stride_doh)
     row_base = (b * H + h) * T
 
-    if HAS_MASK:
-        lo = tl.load(KVRange + 2 * b)
-        hi = tl.load(KVRange + 2 * b + 1)
-        q_real = tl.load(KeyMask + b * stride_mb + offs_m, mask=offs_m < T, other=0) != 0
-        hi = tl.where((start_m < hi) & (start_m + BLOCK_M > lo), hi, lo)  # all-padding query tile: no loop
-    else:
-        lo = 0
-        hi = T
-        q_real = offs_m < T
+    # A query tile of pure padding leaves its key loop (nearly) empty: see _tile_range.
+    lo, hi = _tile_range(KVRange, b, start_m, T, BLOCK_M, HAS_MASK)
+    q_real = _is_real(KeyMask, stride_mb, b, offs_m, T, HAS_MASK)
 
-    rows_in = (offs_m < T)[:, None]
-    q = tl.load(Q + b.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh
-                + offs_m[:, None] * stride_qt + offs_d[None, :], mask=rows_in, other=0.0)
-    do = tl.load(DOut + b.to(tl.int64) * stride_dob + h.to(tl.int64) * stride_doh
-                 + offs_m[:, None] * stride_dot + offs_d[None, :], mask=rows_in, other=0.0)
-    q = _mma_operand(q, Q.dtype.element_ty, UPCAST_DOTS)
-    do = _mma_operand(do, DOut.dtype.element_ty, UPCAST_DOTS)
-    # Padded query rows load lse = +inf, so their probabilities, and dQ, are exactly 0.
-    lse = tl.load(LSE + row_base + offs_m, mask=q_real, other=float("inf"))
-    delta = tl.load(Delta + row_base + offs_m, mask=q_real, other=0.0)
+    q = _load_operand(q_head, offs_m, offs_d, stride_qt, T, UPCAST_DOTS)  # (BLOCK_M, HEAD_DIM)
+    do = _load_operand(do_head, offs_m, offs_d, stride_dot, T, UPCAST_DOTS)  # (BLOCK_M, HEAD_DIM)
+    lse, delta = _load_row_stats(LSE, Delta, row_base, offs_m, q_real)  # padded rows: dQ is exactly 0
     dq = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
     keep_scale = 1.0 / (1.0 - dropout_p)
 
     for start_n in range((lo // BLOCK_N) * BLOCK_N, hi, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
-        in_bounds = (offs_n < T)[:, None]
-        k = tl.load(k_base + offs_n[:, None] * stride_kt + offs_d[None, :], mask=in_bounds, other=0.0)
-        v = tl.load(v_base + offs_n[:, None] * stride_vt + offs_d[None, :], mask=in_bounds, other=0.0)
-        k = _mma_operand(k, K.dtype.element_ty, UPCAST_DOTS)
-        v = _mma_operand(v, V.dtype.element_ty, UPCAST_DOTS)
-        if HAS_MASK:
-            k_real = tl.load(KeyMask + b * stride_mb + offs_n, mask=offs_n < T, other=0) != 0
-        else:
-            k_real = offs_n < T
+        k = _load_operand(k_head, offs_n, offs_d, stride_kt, T, UPCAST_DOTS)  # (BLOCK_N, HEAD_DIM)
+        v = _load_operand(v_head, offs_n, offs_d, stride_vt, T, UPCAST_DOTS)  # (BLOCK_N, HEAD_DIM)
+        k_real = _is_real(KeyMask, stride_mb, b, offs_n, T, HAS_MASK)
         s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)  # (BLOCK_M, BLOCK_N)
         p = tl.exp2(s * qk_scale + tl.where(k_real, 0.0, float("-inf"))[None, :] - lse[:, None])
         dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)  # (BLOCK_M, BLOCK_N)
@@ -393,9 +433,7 @@ def _attn_bwd_dq_kernel(
         ds = p * (dp - delta[:, None])
         dq += tl.dot(_mma_operand(ds, K.dtype.element_ty, UPCAST_DOTS), k, input_precision=DOT_PRECISION)
 
-    dq = dq * sm_scale
-    tl.store(DQ + b.to(tl.int64) * stride_dqb + h.to(tl.int64) * stride_dqh
-             + offs_m[:, None] * stride_dqt + offs_d[None, :], dq.to(DQ.dtype.element_ty), mask=rows_in)
+    _store_rows(_head_ptr(DQ, b, h, stride_dqb, stride_dqh), offs_m, offs_d, stride_dqt, T, dq * sm_scale)
 
 
 @triton.jit(do_not_specialize=["seed"])
@@ -425,24 +463,10 @@ INTERPRETED = not isinstance(_attn_fwd_kernel, triton.runtime.JITFunction)
 # 2. Launchers
 # ---------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class TileConfig:
-    BLOCK_M: int  # query rows per tile
-    BLOCK_N: int  # key rows per tile
-    num_warps: int
-    num_stages: int
-
-    def options(self) -> dict:
-        """Launch options; kernels.compile_check compiles with exactly these.
-
-        FMA contraction is pinned on: Triton 3.10 turns its default off.
-        """
-        return dict(num_warps=self.num_warps, num_stages=self.num_stages, enable_fp_fusion=True)
-
-
 def attention_configs(arch: int, head_dim: int, dtype: torch.dtype) -> dict[str, TileConfig]:
     """Tiles, warps and pipeline stages of each kernel for one architecture.
 
+    In a TileConfig here, BLOCK_M counts query rows and BLOCK_N key rows.
     arch is the compute capability as an int (80 for A100, 90 for H100); the
     Hopper table serves 90 and newer, the Ampere table everything older.
     Key tiles of dK/dV and query tiles of dQ are the tiles a program keeps
@@ -505,11 +529,9 @@ def _validate(q, k, v, key_padding_mask, dropout_p):
     if q.dim() != 4 or q.shape != k.shape or q.shape != v.shape:
         raise ValueError(f"q, k, v must all be (B, H, T, D); got {tuple(q.shape)}, {tuple(k.shape)}, "
                          f"{tuple(v.shape)}")
-    if not (q.dtype == k.dtype == v.dtype) or q.dtype not in (torch.float16, torch.bfloat16, torch.float32):
-        raise TypeError(f"q, k, v must share one dtype among float16, bfloat16, float32; got "
-                        f"{q.dtype}, {k.dtype}, {v.dtype}")
-    if not (q.device == k.device == v.device):
-        raise ValueError("q, k, v must be on one device")
+    check_float_dtypes(q, k, v, same=True,
+                       message="q, k, v must share one dtype among float16, bfloat16, float32; got {dtypes}")
+    check_same_device(q, k, v, message="q, k, v must be on one device")
     B, H, T, D = q.shape
     if D not in SUPPORTED_HEAD_DIMS:
         raise ValueError(f"the Triton attention kernel supports head dims {SUPPORTED_HEAD_DIMS}; got {D}")
@@ -520,10 +542,8 @@ def _validate(q, k, v, key_padding_mask, dropout_p):
     if key_padding_mask is not None:
         if key_padding_mask.shape != (B, T):
             raise ValueError(f"key_padding_mask must be (B, T) = {(B, T)}; got {tuple(key_padding_mask.shape)}")
-        if key_padding_mask.device != q.device:
-            raise ValueError("key_padding_mask must be on the same device as q")
-    if not 0.0 <= dropout_p < 1.0:
-        raise ValueError(f"dropout_p must be in [0, 1); got {dropout_p}")
+        check_same_device(q, key_padding_mask, message="key_padding_mask must be on the same device as q")
+    check_dropout_p(dropout_p)
 
 
 def _unit_last_stride(t):
@@ -625,11 +645,6 @@ class FlashAttentionFunction(torch.autograd.Function):
 # 4. Public functions
 # ---------------------------------------------------------------------------
 
-def fresh_seed() -> int:
-    """A dropout seed drawn from torch's default generator, so torch.manual_seed reproduces it."""
-    return int(torch.randint(0, 2**31 - 1, ()).item())
-
-
 def attention(q, k, v, key_padding_mask=None, dropout_p=0.0, softmax_scale=None, seed=None):
     """Fused non-causal attention over (B, H, T, D); the semantics of kernels.attention_reference.
 
@@ -645,12 +660,8 @@ def attention(q, k, v, key_padding_mask=None, dropout_p=0.0, softmax_scale=None,
         key_padding_mask = key_padding_mask.contiguous()
     if softmax_scale is None:
         softmax_scale = 1.0 / math.sqrt(q.shape[-1])
-    if dropout_p == 0.0:
-        seed = 0
-    elif seed is None:
-        seed = fresh_seed()
     return FlashAttentionFunction.apply(q, k, v, key_padding_mask, float(dropout_p), float(softmax_scale),
-                                        int(seed))
+                                        kernel_seed(seed, dropout_p))
 
 
 def attention_dropout_mask(seed, batch, heads, seq_len, dropout_p, device="cpu"):

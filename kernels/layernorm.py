@@ -35,6 +35,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .utils import TileConfig, check_dropout_p, check_float_dtypes, check_same_device, kernel_seed
+
 MAX_HIDDEN = 4096  # a whole row lives in registers; wider rows would spill (see layer_norm_configs)
 
 
@@ -50,6 +52,26 @@ def _dropout_keep(seed, rows, cols, N, dropout_p):
     so forward, backward and the debug helper draw the same bits.
     """
     return tl.rand(seed, rows.to(tl.int64) * N + cols) >= dropout_p
+
+
+@triton.jit
+def _prenorm(X, Residual, rows, cols, mask, stride_x, stride_r, N, dropout_p, seed,
+             HAS_RESIDUAL: tl.constexpr, HAS_DROPOUT: tl.constexpr):
+    """(h, keep), each (BLOCK_M, BLOCK_N): h = dropout(x) + residual in fp32 for rows x cols, 0 outside `mask`.
+
+    keep is the dropout keep-mask (without dropout, `mask`: every element is
+    kept). The forward and the backward both call this, so the backward's
+    recomputed h is the forward's, bit for bit.
+    """
+    rows64 = rows.to(tl.int64)[:, None]
+    h = tl.load(X + rows64 * stride_x + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    keep = mask
+    if HAS_DROPOUT:
+        keep = _dropout_keep(seed, rows[:, None], cols[None, :], N, dropout_p)
+        h = tl.where(keep, h / (1.0 - dropout_p), 0.0)
+    if HAS_RESIDUAL:
+        h += tl.load(Residual + rows64 * stride_r + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    return h, keep
 
 
 @triton.jit(do_not_specialize=["seed"])
@@ -79,12 +101,7 @@ def _layer_norm_fwd_kernel(
     mask = (rows < M)[:, None] & col_ok[None, :]
     rows64 = rows.to(tl.int64)[:, None]
 
-    h = tl.load(X + rows64 * stride_x + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-    if HAS_DROPOUT:
-        keep = _dropout_keep(seed, rows[:, None], cols[None, :], N, dropout_p)
-        h = tl.where(keep, h / (1.0 - dropout_p), 0.0)
-    if HAS_RESIDUAL:
-        h += tl.load(Residual + rows64 * stride_r + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    h, _ = _prenorm(X, Residual, rows, cols, mask, stride_x, stride_r, N, dropout_p, seed, HAS_RESIDUAL, HAS_DROPOUT)
     if STORE_PRENORM:
         tl.store(PreNorm + rows64 * stride_h + cols[None, :], h.to(PreNorm.dtype.element_ty), mask=mask)
 
@@ -137,12 +154,8 @@ def _layer_norm_bwd_kernel(
         mask = row_ok[:, None] & col_ok[None, :]
         rows64 = rows.to(tl.int64)[:, None]
 
-        h = tl.load(X + rows64 * stride_x + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-        if HAS_DROPOUT:
-            keep = _dropout_keep(seed, rows[:, None], cols[None, :], N, dropout_p)
-            h = tl.where(keep, h / (1.0 - dropout_p), 0.0)
-        if HAS_RESIDUAL:
-            h += tl.load(Residual + rows64 * stride_r + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        h, keep = _prenorm(X, Residual, rows, cols, mask, stride_x, stride_r, N, dropout_p, seed,
+                           HAS_RESIDUAL, HAS_DROPOUT)
         mean = tl.load(Mean + rows, mask=row_ok, other=0.0)
         rstd = tl.load(Rstd + rows, mask=row_ok, other=0.0)
         xhat = tl.where(mask, (h - mean[:, None]) * rstd[:, None], 0.0)
@@ -193,18 +206,9 @@ INTERPRETED = not isinstance(_layer_norm_fwd_kernel, triton.runtime.JITFunction)
 # ---------------------------------------------------------------------------
 
 @dataclass(frozen=True)
-class RowTileConfig:
-    BLOCK_M: int  # rows per tile
-    BLOCK_N: int  # columns per tile: the hidden size rounded up to a power of two
-    num_warps: int
-
-    def options(self) -> dict:
-        """Launch options; kernels.compile_check compiles with exactly these.
-
-        Three stages pipeline the backward's row loop. FMA contraction is
-        pinned on: Triton 3.10 turns its default off.
-        """
-        return dict(num_warps=self.num_warps, num_stages=3, enable_fp_fusion=True)
+class RowTileConfig(TileConfig):
+    """A TileConfig over rows: BLOCK_M rows of BLOCK_N columns, the hidden size rounded up to a power of two."""
+    num_stages: int = 3  # pipelines the backward's row loop
 
 
 def layer_norm_configs(hidden: int) -> dict[str, RowTileConfig]:
@@ -249,13 +253,10 @@ def _validate(x, weight, bias, residual, dropout_p):
         raise ValueError(f"weight and bias must both be ({N},)")
     if residual is not None and residual.shape != x.shape:
         raise ValueError(f"residual must match x's shape {tuple(x.shape)}; got {tuple(residual.shape)}")
-    for t in (x, weight, bias, residual):
-        if t is not None and t.dtype not in (torch.float16, torch.bfloat16, torch.float32):
-            raise TypeError(f"layer_norm supports float16, bfloat16 and float32; got {t.dtype}")
-        if t is not None and t.device != x.device:
-            raise ValueError("x, weight, bias and residual must be on one device")
-    if not 0.0 <= dropout_p < 1.0:
-        raise ValueError(f"dropout_p must be in [0, 1); got {dropout_p}")
+    check_float_dtypes(x, weight, bias, residual,
+                       message="layer_norm supports float16, bfloat16 and float32; got {dtype}")
+    check_same_device(x, weight, bias, residual, message="x, weight, bias and residual must be on one device")
+    check_dropout_p(dropout_p)
 
 
 def _rows(t, N):
@@ -352,11 +353,6 @@ class LayerNormFunction(torch.autograd.Function):
 # 4. Public functions
 # ---------------------------------------------------------------------------
 
-def fresh_seed() -> int:
-    """A dropout seed drawn from torch's default generator, so torch.manual_seed reproduces it."""
-    return int(torch.randint(0, 2**31 - 1, ()).item())
-
-
 def layer_norm(x, weight, bias, eps=1e-5, residual=None, dropout_p=0.0, seed=None, return_prenorm=False):
     """LN(dropout(x) + residual) over the last dimension: kernels.layer_norm_reference, fused.
 
@@ -367,12 +363,8 @@ def layer_norm(x, weight, bias, eps=1e-5, residual=None, dropout_p=0.0, seed=Non
     returns the keep-mask it used.
     """
     _validate(x, weight, bias, residual, dropout_p)
-    if dropout_p == 0.0:
-        seed = 0
-    elif seed is None:
-        seed = fresh_seed()
-    return LayerNormFunction.apply(x, weight, bias, float(eps), residual, float(dropout_p), int(seed),
-                                   bool(return_prenorm))
+    return LayerNormFunction.apply(x, weight, bias, float(eps), residual, float(dropout_p),
+                                   kernel_seed(seed, dropout_p), bool(return_prenorm))
 
 
 _MASK_TILE = RowTileConfig(16, 64, 4)  # _layer_norm_dropout_mask_kernel (a debugging aid)

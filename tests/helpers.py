@@ -28,9 +28,9 @@ def random_hf_model(arch: str, seed: int = 0, **overrides):
     return model
 
 
-def triton_mode_fixture(module: str):
+def triton_mode_fixture(*modules: str):
     """An autouse fixture for kernel tests: Triton's interpreter for CPU tests, the compiled
-    kernels for `gpu` tests. `module` is the kernels submodule the tests exercise."""
+    kernels for `gpu` tests. `modules` are the kernels submodules the tests exercise."""
     import kernels
 
     @pytest.fixture(autouse=True)
@@ -40,7 +40,8 @@ def triton_mode_fixture(module: str):
         else:
             monkeypatch.setenv("TRITON_INTERPRET", "1")
         try:
-            kernels.kernel_module(module)
+            for module in modules:
+                kernels.kernel_module(module)
         except RuntimeError as exc:  # triton was imported the other way round in this process
             pytest.skip(f"{exc}; tests/conftest.py imports it so, see tests/test_kernels_attention.py")
 

@@ -201,6 +201,8 @@ def test_bad_inputs_raise():
         attention(q, q, q, key_padding_mask=torch.ones(1, 9, dtype=torch.bool))
     with pytest.raises(TypeError, match="dtype"):
         attention(q, q.double(), q)
+    with pytest.raises(TypeError, match="got torch.float32, torch.float64, torch.float32$"):
+        attention(q, q.double(), q)
     with pytest.raises(ValueError, match="dropout_p"):
         attention(q, q, q, dropout_p=1.0)
 

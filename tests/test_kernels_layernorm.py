@@ -157,6 +157,8 @@ def test_unsupported_inputs_raise():
         layer_norm(x, torch.ones(8), torch.zeros(8), residual=torch.randn(4, 9))
     with pytest.raises(ValueError, match="dropout_p"):
         layer_norm(x, torch.ones(8), torch.zeros(8), dropout_p=1.0)
+    with pytest.raises(TypeError, match="float32; got torch.float64$"):
+        layer_norm(x, torch.ones(8), torch.zeros(8), residual=x.double())
 
 
 def test_fallback_without_interpreter_matches(monkeypatch):

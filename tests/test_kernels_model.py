@@ -8,6 +8,7 @@ set up as in tests/test_kernels_attention.py (see its docstring).
 """
 import pytest
 import torch
+from helpers import triton_mode_fixture
 
 import kernels
 from roberta_scratch import RobertaConfig, RobertaForMaskedLM
@@ -18,14 +19,7 @@ pytestmark = pytest.mark.skipif(not kernels.triton_available(), reason="triton i
 VOCAB = 300
 
 
-@pytest.fixture(autouse=True)
-def _interpreter(monkeypatch):
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
-    try:
-        kernels.kernel_module("flash_attention")
-        kernels.kernel_module("layernorm")
-    except RuntimeError as exc:  # triton was imported without the interpreter in this process
-        pytest.skip(f"{exc}; tests/conftest.py imports it so, see tests/test_kernels_attention.py")
+_triton_mode = triton_mode_fixture("flash_attention", "layernorm")  # the interpreter on CPU
 
 
 @pytest.fixture
