@@ -26,6 +26,9 @@ import os
 import sys
 
 from .reference import attention_reference, layer_norm_reference
+from .registry import Implementation, register
+from .registry import get as get_implementation
+from .registry import names as implementations
 
 _TRUTHY = ("1", "true", "on", "yes", "y")  # what Triton accepts for TRITON_INTERPRET
 
@@ -127,5 +130,6 @@ def layer_norm_dropout_mask(seed, shape, dropout_p, device="cpu"):
 
 
 __all__ = ["attention", "layer_norm", "attention_reference", "layer_norm_reference",
+           "register", "get_implementation", "implementations", "Implementation",
            "attention_dropout_mask", "layer_norm_dropout_mask",
            "use_triton", "triton_available", "interpreter_requested", "kernel_module"]

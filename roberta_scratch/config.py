@@ -12,8 +12,9 @@ import os
 from dataclasses import dataclass, field
 from typing import Optional
 
+import kernels
+
 ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu")
-ATTENTION_BACKENDS = ("eager", "sdpa", "triton")
 PROBLEM_TYPES = (None, "regression", "single_label_classification", "multi_label_classification")
 IGNORE_INDEX = -100  # label value for "nothing to predict here", as in torch's cross_entropy
 
@@ -39,9 +40,13 @@ class RobertaConfig:
     bos_token_id: int = 0
     eos_token_id: int = 2
     initializer_range: float = 0.02
-    # Which attention implementation runs; see model.SelfAttention. Not part of the
+    # Which attention implementation runs: a name in kernels' registry (eager, sdpa, triton,
+    # flex, or one you registered) or MODULE:FUNCTION; see model.SelfAttention. Not part of the
     # architecture: any backend loads any checkpoint.
     attention: str = "sdpa"
+    # The residual + dropout + LayerNorm step, likewise: None means triton's with attention="triton",
+    # else torch's.
+    layer_norm: Optional[str] = None
     # Task heads. classifier_dropout=None means "use hidden_dropout_prob", as in the original.
     classifier_dropout: Optional[float] = None
     num_labels: int = 2
@@ -79,8 +84,12 @@ class RobertaConfig:
              f"hidden_size ({self.hidden_size}) is not divisible by num_attention_heads "
              f"({self.num_attention_heads})")
         need(self.hidden_act in ACTIVATIONS, f"hidden_act {self.hidden_act!r} is not one of {ACTIVATIONS}")
-        need(self.attention in ATTENTION_BACKENDS,
-             f"attention {self.attention!r} is not one of {ATTENTION_BACKENDS}")
+        for op, name in (("attention", self.attention), ("layer_norm", self.layer_norm)):
+            if name is not None:
+                try:
+                    kernels.get_implementation(op, name)
+                except (ValueError, TypeError) as e:
+                    need(False, str(e))
         for name in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
             p = getattr(self, name)
             need(0.0 <= p < 1.0, f"{name} must be in [0, 1), got {p}")
@@ -134,7 +143,7 @@ class RobertaConfig:
     def to_hf_dict(self) -> dict:
         """A Hugging Face `config.json` that transformers' RobertaConfig loads unchanged."""
         d = {k: v for k, v in self.to_dict().items()
-             if k not in ("attention", "label_names", "problem_type", "classifier_dropout")}
+             if k not in ("attention", "layer_norm", "label_names", "problem_type", "classifier_dropout")}
         d.update(model_type="roberta", position_embedding_type="absolute", classifier_dropout=self.classifier_dropout)
         if self.problem_type is not None:
             d["problem_type"] = self.problem_type
@@ -152,7 +161,7 @@ class RobertaConfig:
         if d.get("position_embedding_type", "absolute") != "absolute":
             raise ValueError(f"position_embedding_type {d['position_embedding_type']!r} is not supported "
                              "(only RoBERTa's absolute positions)")
-        names = {f.name for f in dataclasses.fields(cls)} - {"attention", "label_names", "num_labels"}
+        names = {f.name for f in dataclasses.fields(cls)} - {"attention", "layer_norm", "label_names", "num_labels"}
         kwargs = {k: d[k] for k in names if d.get(k) is not None}
         id2label = d.get("id2label")
         if id2label:

@@ -73,30 +73,34 @@ class RobertaEmbeddings(nn.Module):
 class AddNorm(nn.LayerNorm):
     """LN(dropout(x) + residual), or LN(x) -> dropout without a residual (the embeddings).
 
-    With the triton backend the whole step is one fused kernel (kernels.layer_norm).
+    config.layer_norm names the implementation of the residual step (kernels' registry);
+    by default torch's, or our fused kernel (kernels.layer_norm) with attention="triton".
     """
 
     def __init__(self, cfg: RobertaConfig, dropout: Optional[float] = None):
         super().__init__(cfg.hidden_size, eps=cfg.layer_norm_eps)
         self.dropout = cfg.hidden_dropout_prob if dropout is None else dropout
-        self.fused = cfg.attention == "triton"
+        name = cfg.layer_norm or ("triton" if cfg.attention == "triton" else "torch")
+        self.impl = None if name == "torch" else kernels.get_implementation("layer_norm", name)
 
     def forward(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None) -> torch.Tensor:
         p = self.dropout if self.training else 0.0
         if residual is None:  # embeddings: the dropout comes after the norm
             return F.dropout(super().forward(x), p, self.training)
-        if self.fused:
-            return kernels.layer_norm(x, self.weight, self.bias, self.eps, residual=residual, dropout_p=p)
+        if self.impl is not None:
+            return self.impl.fn(x, self.weight, self.bias, self.eps, residual=residual, dropout_p=p)
         return super().forward(residual + F.dropout(x, p, self.training))
 
 
 class SelfAttention(nn.Module):
     """Multi-head self-attention with a key-padding mask; no causal mask (an encoder).
 
-    Three backends compute the same thing; config.attention picks one:
+    Every implementation computes the same thing; config.attention picks one by name:
       eager:  the math written out below. It is the reference.
       sdpa:   torch's F.scaled_dot_product_attention (flash / memory-efficient kernels).
       triton: kernels.attention, our fused kernel (falls back to torch off-GPU).
+      flex, a name you registered, or MODULE:FUNCTION: from kernels' registry, called as
+              fn(q, k, v, key_padding_mask=..., dropout_p=...) (see kernels/registry.py).
     """
 
     def __init__(self, cfg: RobertaConfig):
@@ -106,6 +110,7 @@ class SelfAttention(nn.Module):
         self.proj = nn.Linear(cfg.hidden_size, cfg.hidden_size)
         self.dropout = cfg.attention_probs_dropout_prob
         self.backend = cfg.attention
+        self.impl = None if self.backend == "eager" else kernels.get_implementation("attention", self.backend)
 
     def forward(self, x: torch.Tensor, pad_mask: Optional[torch.Tensor], need_weights: bool = False):
         """x: (B, T, C); pad_mask: (B, T) bool, True for real tokens, or None for no padding.
@@ -127,11 +132,8 @@ class SelfAttention(nn.Module):
             att = F.softmax(att, dim=-1, dtype=torch.float32).to(q.dtype)
             att = F.dropout(att, p, self.training)
             y = att @ v  # (B, nh, T, hs)
-        elif self.backend == "sdpa":
-            mask = None if pad_mask is None else pad_mask[:, None, None, :]  # (B, 1, 1, T)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
-        else:  # triton
-            y = kernels.attention(q, k, v, key_padding_mask=pad_mask, dropout_p=p)
+        else:  # sdpa, triton, flex or yours: the registry's contract
+            y = self.impl.fn(q, k, v, key_padding_mask=pad_mask, dropout_p=p)  # (B, nh, T, hs)
 
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble the heads side by side
         return self.proj(y), (att if need_weights else None)

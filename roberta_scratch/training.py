@@ -55,7 +55,8 @@ class RunArgs:
     eps: float = option(1e-6, cli=False)
     clip: float = option(1.0, "max gradient norm; 0 turns clipping off")
     seed: int = option(0, "seeds the weights, the data order, the masks and dropout")
-    attention: str = option("sdpa", "attention backend", choices=["eager", "sdpa", "triton"])
+    attention: str = option("sdpa", "attention implementation: eager, sdpa, triton, flex, one registered with "
+                                    "kernels.register, or MODULE:FUNCTION")
     compile: bool = option(False, "torch.compile the model")
     log_every: int = option(10, "steps between metrics.jsonl rows")
     eval_every: Optional[int] = option(100, "steps between held-out evaluations")

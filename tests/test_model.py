@@ -167,7 +167,8 @@ def test_other_bad_inputs_are_value_errors():
 @pytest.mark.parametrize("kwargs,message", [
     (dict(hidden_size=100, num_attention_heads=3), "not divisible by num_attention_heads"),
     (dict(hidden_act="swish"), "hidden_act 'swish' is not one of"),
-    (dict(attention="flash"), "attention 'flash' is not one of"),
+    (dict(attention="flash"), "unknown attention implementation 'flash': registered are eager, sdpa, triton"),
+    (dict(attention="no_such_module:fn"), "cannot import 'no_such_module'"),
     (dict(hidden_dropout_prob=1.0), "hidden_dropout_prob must be in"),
     (dict(vocab_size=0), "vocab_size must be a positive int"),
     (dict(pad_token_id=60000), r"pad_token_id \(60000\) must be an id"),
