@@ -81,6 +81,8 @@ def kernel_module(name: str, interpret: bool | None = None):
 
         if isinstance(tl.zeros, triton.runtime.JITFunction) == interpret:
             raise RuntimeError(_MODE_MISMATCH[interpret])
+        if interpret:
+            _fix_interpreter_scalars()
         module = importlib.import_module(f"{__name__}.{name}")
         if module.INTERPRETED != interpret:
             module = importlib.reload(module)
@@ -90,6 +92,30 @@ def kernel_module(name: str, interpret: bool | None = None):
         else:
             os.environ["TRITON_INTERPRET"] = saved
     return module
+
+
+def _fix_interpreter_scalars() -> None:
+    """Make Triton's interpreter turn a scalar into an int the way numpy >= 2.4 allows.
+
+    subtle: triton 3.6's interpreter gives tensors `__index__ = int(data)`, and a scalar's data
+    is a 1-element array, which numpy >= 2.4 refuses to convert ("only 0-dimensional arrays
+    can be converted to Python scalars"). Every `range(lo, hi, BLOCK)` with bounds loaded
+    from memory reaches it. Newer triton squeezes the array first; this wraps the
+    interpreter's tensor patch to do the same, so the kernels run under triton 3.6 with any
+    numpy. It changes nothing where the interpreter already squeezes.
+    """
+    from triton.runtime import interpreter
+
+    patch = getattr(interpreter, "_patch_lang_tensor", None)
+    if patch is None or getattr(patch, "squeezes_scalars", False):
+        return
+
+    def patched(tensor, scope):
+        patch(tensor, scope)
+        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.squeeze()))
+
+    patched.squeezes_scalars = True
+    interpreter._patch_lang_tensor = patched
 
 
 def attention(q, k, v, key_padding_mask=None, dropout_p=0.0, softmax_scale=None, seed=None):
