@@ -216,24 +216,28 @@ def layer_norm_configs(hidden: int) -> dict[str, RowTileConfig]:
 
     Registers, not bandwidth, bound the tile. The forward keeps 16 elements
     per thread. The backward recomputes h and the dropout mask and carries two
-    column-sum accumulators; it keeps 8, and stays at 4 warps up to hidden
-    1024, because ptxas caps 8-warp programs near 128 registers a thread and
-    the heaviest variant spills there. These limits are the same on sm_80 and
-    sm_90, so one table serves both; the architecture enters through the
-    backward's program count (two per SM). At hidden 768-1024 the forward runs
-    8 warps on 4 rows, the backward 4 warps on 1 row per step.
+    column-sum accumulators; it keeps 4. From hidden 1024 up that is one row
+    per step, on 4 warps up to 1024 (ptxas caps 8-warp programs near 128
+    registers a thread, and the heaviest variant spills there). Up to hidden
+    512 the backward runs 8 warps: with 4 warps, ptxas spilled the residual +
+    dropout variant on sm_90 under one triton or the other (16 B at 2 rows under
+    3.6, 12 B at 1 row under 3.9); 8 warps on 2 rows spill under neither.
+    These limits are the same on sm_80 and sm_90, so one table serves both;
+    the architecture enters through the backward's program count (two per SM).
+    At hidden 768-1024 the forward runs 8 warps on 4 rows, the backward 4 warps
+    on 1 row per step.
     kernels.compile_check compiles every entry for sm_80 and sm_90 and fails
     on any spill.
     """
     block_n = max(16, triton.next_power_of_2(hidden))
     fwd_warps = 4 if block_n <= 512 else 8 if block_n <= 2048 else 16
-    bwd_warps = 4 if block_n <= 1024 else 8 if block_n <= 2048 else 16
+    bwd_warps = 8 if block_n <= 512 else 4 if block_n <= 1024 else 8 if block_n <= 2048 else 16
 
     def rows(elements_per_thread, num_warps):
         return min(16, max(1, elements_per_thread * 32 * num_warps // block_n))
 
     return {"fwd": RowTileConfig(rows(16, fwd_warps), block_n, fwd_warps),
-            "bwd": RowTileConfig(rows(8, bwd_warps), block_n, bwd_warps)}
+            "bwd": RowTileConfig(rows(4, bwd_warps), block_n, bwd_warps)}
 
 
 def _backward_programs(device: torch.device, tiles: int) -> int:
