@@ -10,7 +10,7 @@ PY         := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: install lint test test-slow test-gpu demo bench compile-check bench-kernels clean
+.PHONY: install lint compat-check test test-slow test-gpu demo bench compile-check bench-kernels clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -52,3 +52,20 @@ bench-kernels: $(VENV)/.installed
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache
+
+# On a lent GPU (no venv, no network): correctness, kernel timings and end to end, within a budget.
+.PHONY: gpu-check
+gpu-check:
+	python3 benchmarks/gpu_suite.py --out gpu-results
+
+# The oldest triton the kernels claim (setup.cfg) is the one on the lent GPU machines: its
+# interpreter tests and an ahead-of-time compile for sm_80 and sm_90, in a venv of its own.
+TRITON_OLDEST ?= 3.6.0
+compat-check: $(VENV)/.installed
+	test -x .venv-triton-oldest/bin/python || $(PYTHON) -m venv .venv-triton-oldest
+	.venv-triton-oldest/bin/python -m pip install -q $(TORCH_SPEC) "triton==$(TRITON_OLDEST)" numpy pytest hypothesis
+	.venv-triton-oldest/bin/python -m pip install -q --no-deps -e .
+	.venv-triton-oldest/bin/python -m pip install -q regex sentencepiece safetensors tqdm
+	.venv-triton-oldest/bin/python -m pytest -q tests/test_kernels_attention.py tests/test_kernels_layernorm.py tests/test_kernels_model.py
+	env -u TRITON_INTERPRET .venv-triton-oldest/bin/python -m kernels.compile_check --arch 80 90
+
