@@ -32,7 +32,7 @@ from unittest import mock
 
 from benchmarks.common import print_table, time_interleaved, write_result
 from roberta_scratch import tokenizer_base
-from roberta_scratch.data import default_corpus
+from roberta_scratch.corpus import default_corpus
 from roberta_scratch.tokenizer import GPT2_SPLIT_PATTERN, ByteLevelBPETokenizer
 
 SPECIALS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]

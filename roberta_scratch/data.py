@@ -22,147 +22,27 @@ a mix, and the next run removes what the killed one left behind.
 """
 from __future__ import annotations
 
-import ast
-import glob
 import hashlib
 import json
 import os
 import re
 import shutil
-import sys
-import sysconfig
 import tempfile
 import uuid
-from dataclasses import dataclass, field
-from typing import Iterable, Iterator, Optional
+from typing import Optional
 
 import numpy as np
 import torch
 
-from .fileio import atomic_write, chunked, fsync_dir, iter_jsonl, iter_lines, lock_dir
+from .corpus import DEFAULT_CORPUS, CorpusReport, corpus_files, inputs_fingerprint, iter_documents
+from .fileio import atomic_write, chunked, fsync_dir, lock_dir
 from .progress import progress
 from .tokenizer import load_tokenizer
+from .tokenizer_base import _available_cpus
 
 FORMAT_VERSION = 2  # 2: files in data-<id>/, named with sizes and checksums in meta.json
 LEGACY_FILE = re.compile(r"(train|val)(-\d{5}\.bin|\.docs\.bin)")  # format 1 kept these at the top
 SHARD_TOKENS = 1 << 28  # 512 MB of uint16 per shard file
-DEFAULT_CORPUS = "stdlib-docstrings"
-
-
-# ----------------------------------------------------------------------------- reading
-
-@dataclass
-class CorpusReport:
-    """What was read, for the user: files, documents, and files that were not UTF-8."""
-
-    files: int = 0
-    documents: int = 0
-    characters: int = 0
-    non_utf8_files: list = field(default_factory=list)
-    empty_files: list = field(default_factory=list)
-
-
-def corpus_files(paths: Iterable[str]) -> list[str]:
-    """Expand directories (recursively, .txt and .jsonl) into a sorted, de-duplicated file list."""
-    files = []
-    for path in paths:
-        if os.path.isdir(path):
-            found = [f for ext in ("txt", "jsonl") for f in glob.glob(os.path.join(path, "**", f"*.{ext}"),
-                                                                        recursive=True)]
-            if not found:
-                raise FileNotFoundError(f"corpus directory {path} holds no .txt or .jsonl files")
-            files += sorted(found)
-        elif os.path.isfile(path):
-            files.append(path)
-        else:
-            raise FileNotFoundError(f"corpus path {path} does not exist")
-    return list(dict.fromkeys(files))
-
-
-def iter_documents(paths: Optional[Iterable[str]], report: Optional[CorpusReport] = None) -> Iterator[str]:
-    """Every document of the corpus, in a fixed order. paths=None means the default corpus."""
-    report = report if report is not None else CorpusReport()
-    if paths is None:
-        docs = default_corpus()
-    else:
-        docs = (doc for path in corpus_files(paths) for doc in _file_documents(path, report))
-    for doc in docs:
-        report.documents += 1
-        report.characters += len(doc)
-        yield doc
-
-
-def _file_documents(path: str, report: CorpusReport) -> Iterator[str]:
-    report.files += 1
-    n = 0
-    if path.endswith(".jsonl"):
-        def bad(lineno: int, problem: str):
-            raise ValueError(f"{path}:{lineno}: {problem}; expected a JSON object with a 'text' field")
-
-        for lineno, obj in iter_jsonl(path, bad, report.non_utf8_files):
-            text = obj.get("text")
-            if not isinstance(text, str):
-                bad(lineno, "no 'text' field" if text is None else f"'text' is a {type(text).__name__}, not a string")
-            if text.strip():
-                n += 1
-                yield text
-    else:
-        paragraph: list[str] = []
-        for line in iter_lines([path], report.non_utf8_files):
-            if line.strip():
-                paragraph.append(line)
-            elif paragraph:
-                n += 1
-                yield "".join(paragraph).rstrip("\n")
-                paragraph = []
-        if paragraph:
-            n += 1
-            yield "".join(paragraph).rstrip("\n")
-    if n == 0:
-        report.empty_files.append(path)
-
-
-def default_corpus() -> Iterator[str]:
-    """The docstrings of this Python's standard library, then pydoc's help topics.
-
-    Real English prose that exists on every machine with Python: nothing is downloaded,
-    nothing is committed. Sources are parsed (never imported), in sorted order.
-    """
-    stdlib = sysconfig.get_paths()["stdlib"]
-    skip = ("site-packages", "dist-packages", "test", "tests", "idlelib", "lib2to3", "__pycache__", "turtledemo")
-    for root, dirs, files in os.walk(stdlib):
-        dirs[:] = sorted(d for d in dirs if d not in skip)
-        for name in sorted(files):
-            if not name.endswith(".py"):
-                continue
-            try:
-                with open(os.path.join(root, name), encoding="utf-8") as f:
-                    tree = ast.parse(f.read())
-            except (SyntaxError, UnicodeDecodeError, ValueError):
-                continue
-            for node in [tree] + [n for n in ast.walk(tree)
-                                  if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))]:
-                doc = ast.get_docstring(node)
-                if doc and len(doc) >= 40:
-                    yield doc
-    try:
-        from pydoc_data.topics import topics
-    except ImportError:
-        return
-    for key in sorted(topics):
-        yield topics[key].strip()
-
-
-def inputs_fingerprint(paths: Optional[Iterable[str]]) -> str:
-    """Identifies the inputs: each file's path, size and mtime, or the Python for the default."""
-    h = hashlib.sha256()
-    if paths is None:
-        h.update(f"{DEFAULT_CORPUS}:{sys.version}:{sysconfig.get_paths()['stdlib']}".encode())
-    else:
-        for path in corpus_files(paths):
-            st = os.stat(path)
-            h.update(f"{os.path.abspath(path)}:{st.st_size}:{st.st_mtime_ns}\n".encode())
-    return h.hexdigest()
 
 
 # ----------------------------------------------------------------------------- writing
@@ -170,8 +50,9 @@ def inputs_fingerprint(paths: Optional[Iterable[str]]) -> str:
 class _SplitWriter:
     """Appends documents to one split's shard files and document index, streaming."""
 
-    def __init__(self, directory: str, split: str, dtype, shard_tokens: int):
+    def __init__(self, directory: str, split: str, dtype, shard_tokens: int, eos: int):
         self.directory, self.split, self.dtype, self.shard_tokens = directory, split, dtype, shard_tokens
+        self.eos = eos
         self.tokens = 0
         self.documents = 0
         self.shards: list[int] = []  # tokens per shard
@@ -187,8 +68,9 @@ class _SplitWriter:
         f.write(data)
         self._hashes[name].update(data)
 
-    def add(self, ids: list[int]) -> None:
-        arr = np.asarray(ids, dtype=self.dtype)
+    def add(self, ids) -> None:
+        """Append one document: its ids (a list or an array), then </s>."""
+        arr = np.append(np.asarray(ids, dtype=self.dtype), self.dtype(self.eos))
         while len(arr):
             if self._shard is None or self.shards[-1] == self.shard_tokens:
                 self._next_shard()
@@ -196,7 +78,7 @@ class _SplitWriter:
             self._write(self._shard, self._shard_name, arr[:room].tobytes())
             self.shards[-1] += len(arr[:room])
             arr = arr[room:]
-        self.tokens += len(ids)
+        self.tokens += len(ids) + 1
         self.documents += 1
         self._write(self._docs, self._docs_name, np.int64(self.tokens).tobytes())
 
@@ -222,14 +104,18 @@ class _SplitWriter:
 
 
 def prepare(corpus: Optional[list[str]], tokenizer_dir: str, out_dir: str, seq_len: int = 512,
-            val_fraction: float = 0.01, num_workers: Optional[int] = None, batch_documents: int = 512,
-            shard_tokens: int = SHARD_TOKENS, show_progress: bool = True) -> dict:
-    """Tokenize a corpus (None: the default one) into out_dir; returns meta.json's contents.
+            val_fraction: float = 0.01, num_workers: Optional[int] = None, batch_documents: int = 256,
+            shard_tokens: int = SHARD_TOKENS, show_progress: bool = True, text_field: str = "text") -> dict:
+    """Tokenize a corpus (None: the default one; see corpus.py for the formats) into out_dir;
+    returns meta.json's contents.
 
     Every document is followed by </s>. Document i goes to the validation split when
     floor((i + 1) * val_fraction) > floor(i * val_fraction): an even, deterministic spread.
-    Re-running with the same inputs, tokenizer and settings does nothing. The new data
-    replaces the old in one atomic step (see the module docstring).
+    num_workers processes tokenize (None: one per usable core), batch_documents documents
+    at a time, in order: the output is byte-identical whatever the number of workers, and
+    memory stays bounded whatever the size of the corpus. Re-running with the same inputs,
+    tokenizer and settings does nothing. The new data replaces the old in one atomic step
+    (see the module docstring).
     """
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
@@ -237,7 +123,8 @@ def prepare(corpus: Optional[list[str]], tokenizer_dir: str, out_dir: str, seq_l
         raise ValueError(f"seq_len must be at least 8, got {seq_len}")
     tok = load_tokenizer(tokenizer_dir)
     settings = {"format": FORMAT_VERSION, "inputs": inputs_fingerprint(corpus), "seq_len": seq_len,
-                "val_fraction": val_fraction, "tokenizer_hash": tok.fingerprint()}
+                "val_fraction": val_fraction, "tokenizer_hash": tok.fingerprint(), "text_field": text_field}
+    num_workers = _available_cpus() if num_workers is None else max(1, num_workers)
     with lock_dir(out_dir, "prepare"):
         meta = _current_meta(out_dir)
         done = (meta is not None and all(meta.get(k) == v for k, v in settings.items())
@@ -246,7 +133,8 @@ def prepare(corpus: Optional[list[str]], tokenizer_dir: str, out_dir: str, seq_l
         if done:
             print(f"{out_dir} is already prepared from these inputs; nothing to do")
             return meta
-        meta = _write_data(corpus, tok, out_dir, settings, num_workers, batch_documents, shard_tokens, show_progress)
+        meta = _write_data(corpus, tok, out_dir, settings, num_workers, batch_documents, shard_tokens,
+                           show_progress)
         _remove_leftovers(out_dir, meta)
     _print_report(meta)
     return meta
@@ -260,16 +148,16 @@ def _write_data(corpus, tok, out_dir: str, settings: dict, num_workers, batch_do
     report = CorpusReport()
     tmp = tempfile.mkdtemp(dir=out_dir, prefix=".prepare-")
     try:
-        writers = {s: _SplitWriter(tmp, s, dtype, shard_tokens) for s in ("train", "val")}
-        docs = iter_documents(corpus, report)
+        writers = {s: _SplitWriter(tmp, s, dtype, shard_tokens, eos) for s in ("train", "val")}
+        docs = iter_documents(corpus, report, settings["text_field"])
         bar = progress(desc="preparing", unit="docs", disable=not show_progress)
         index = 0
-        for batch in chunked(docs, batch_documents):
-            for ids in tok.encode_batch(batch, add_special_tokens=False, num_workers=num_workers):
+        for rows in tok.encode_batches(chunked(docs, batch_documents), num_workers=num_workers):
+            for ids in rows:
                 in_val = int((index + 1) * val_fraction) > int(index * val_fraction)
-                writers["val" if in_val else "train"].add(ids + [eos])
+                writers["val" if in_val else "train"].add(ids)
                 index += 1
-            bar.update(len(batch))
+            bar.update(len(rows))
             bar.set_postfix(tokens=f"{sum(w.tokens for w in writers.values()):,}")
         bar.close()
         splits = {s: w.close() for s, w in writers.items()}

@@ -25,7 +25,8 @@ SENTENCES = (
 
 def run(out: str = "runs/demo", vocab_size: int = 4096, steps: int = 4000, seq_len: int = 128,
         batch_size: int = 16, lr: float = 1e-3) -> int:
-    from .data import default_corpus, prepare
+    from .corpus import default_corpus
+    from .data import prepare
     from .pretrain import TrainArgs, pretrain
     from .probe import fill_mask, print_fill_mask
     from .tokenizer import ByteLevelBPETokenizer

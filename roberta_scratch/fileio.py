@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import lzma
 import os
 import shutil
 import tempfile
@@ -20,20 +21,43 @@ from typing import Callable, Iterable, Iterator
 # ----------------------------------------------------------------------------- reading
 
 
+# Compressed files are read through these, streaming, by their suffix.
+COMPRESSED = {".gz": "gzip", ".bz2": "bz2", ".xz": "lzma"}
+
+
+def open_binary(path: str | os.PathLike):
+    """A file opened for reading bytes, decompressed on the fly when it ends in .gz, .bz2 or .xz."""
+    name = os.fspath(path)
+    for suffix, module in COMPRESSED.items():
+        if name.lower().endswith(suffix):
+            import importlib
+
+            return importlib.import_module(module).open(name, "rb")
+    return open(name, "rb")
+
+
 def iter_lines(paths: Iterable[str | os.PathLike], bad_files: list | None = None) -> Iterator[str]:
-    """The lines of text files, each with its newline.
+    """The lines of text files (plain, or .gz, .bz2, .xz), each with its newline.
 
     Bytes that are not UTF-8 are read as U+FFFD, and each file that had any
     is reported with a warning (and appended to `bad_files` when given): one
-    bad byte must not stop a run over a corpus.
+    bad byte must not stop a run over a corpus. A damaged compressed file is a
+    ValueError naming it.
     """
     for path in paths:
         if not os.path.isfile(path):
             raise FileNotFoundError(f"file {str(path)!r} does not exist")
         bad_lines, first_bad = 0, 0
         # Binary, so that lines end at b"\n" only and "\r\n" comes back as written.
-        with open(path, "rb") as f:
-            for n, raw in enumerate(f, start=1):
+        with open_binary(path) as f:
+            lines, n = enumerate(f, start=1), 0
+            while True:
+                try:
+                    n, raw = next(lines)
+                except StopIteration:
+                    break
+                except (OSError, EOFError, ValueError, lzma.LZMAError) as e:  # a damaged or cut-off archive
+                    raise ValueError(f"{path}: damaged after line {n}: {type(e).__name__}: {e}") from None
                 try:
                     yield raw.decode("utf-8")
                 except UnicodeDecodeError:

@@ -336,19 +336,31 @@ class Tokenizer:
             >>> for ids in tok.encode_file("corpus.txt"):
             ...     shard.write(ids)
         """
-        batches = chunked(iter_lines([path]), lines_per_batch)
+        for rows in self.encode_batches(chunked(iter_lines([path]), lines_per_batch), add_special_tokens,
+                                        num_workers):
+            yield from (r if isinstance(r, list) else r.tolist() for r in rows)
+
+    def encode_batches(self, batches: Iterable[list[str]], add_special_tokens: bool = False,
+                       num_workers: int = 1) -> Iterator[list[list[int]]]:
+        """The ids of each batch of texts, in order, encoded over `num_workers` processes.
+
+        A stream of any length: at most `2 * num_workers` batches are in flight,
+        so memory stays bounded, and the output is the same whatever the
+        number of workers (`prepare --workers` relies on both). Rows come back
+        as lists in this process, as int32 arrays from workers.
+        """
         if num_workers <= 1:
             for batch in batches:
-                yield from _encode_all(self, batch, add_special_tokens)
+                yield _encode_all(self, batch, add_special_tokens)
             return
         with _worker_pool(self, num_workers) as pool:
             pending: deque = deque()
             for batch in batches:
-                pending.append(pool.apply_async(_encode_in_worker, (batch, add_special_tokens)))
+                pending.append(pool.apply_async(_encode_packed, (batch, add_special_tokens)))
                 if len(pending) >= 2 * num_workers:
-                    yield from pending.popleft().get()
+                    yield _unpack(*pending.popleft().get())
             while pending:
-                yield from pending.popleft().get()
+                yield _unpack(*pending.popleft().get())
 
     # ---- the batch API ---------------------------------------------------------------
 
@@ -628,6 +640,21 @@ def _encode_all(tok: Tokenizer, texts: list[str], add_special_tokens: bool) -> l
 
 def _encode_in_worker(texts: list[str], add_special_tokens: bool) -> list[list[int]]:
     return _encode_all(_worker_tokenizer, texts, add_special_tokens)
+
+
+def _encode_packed(texts: list[str], add_special_tokens: bool):
+    """In a worker: the ids of `texts` as one flat int32 array and the lengths (cheap to send back)."""
+    import numpy as np
+
+    rows = _encode_all(_worker_tokenizer, texts, add_special_tokens)
+    return np.fromiter(chain.from_iterable(rows), dtype=np.int32), np.array([len(r) for r in rows], dtype=np.int64)
+
+
+def _unpack(flat, lengths) -> list:
+    """The rows _encode_packed flattened, as int32 arrays (views, no copy)."""
+    import numpy as np
+
+    return np.split(flat, np.cumsum(lengths)[:-1]) if len(lengths) else []
 
 
 def _worker_pool(tok: Tokenizer, num_workers: int):

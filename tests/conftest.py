@@ -8,7 +8,7 @@ import pytest
 @pytest.fixture(scope="session")
 def docstrings() -> list:
     """The standard library's docstrings (about 2 MB): the embedded default corpus, real prose."""
-    from roberta_scratch.data import default_corpus
+    from roberta_scratch.corpus import default_corpus
 
     return list(default_corpus())
 

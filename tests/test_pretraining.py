@@ -11,7 +11,8 @@ import torch
 from pretraining_helpers import WORDS, args_for, losses, small_config
 
 from roberta_scratch.config import RobertaConfig
-from roberta_scratch.data import PackedDataset, TokenStream, iter_documents, prepare, tokenizer_dir
+from roberta_scratch.corpus import iter_documents
+from roberta_scratch.data import PackedDataset, TokenStream, prepare, tokenizer_dir
 from roberta_scratch.pretrain import TrainArgs, Trainer, pretrain
 from roberta_scratch.tokenizer import ByteLevelBPETokenizer, load_tokenizer
 from roberta_scratch.training import TrainingError
