@@ -66,6 +66,8 @@ class RunArgs:
     overwrite: bool = option(False, "start over in an OUT that already holds a run, deleting its checkpoints, "
                                     "metrics and models")
     device: Optional[str] = option(None, "default: cuda when available, else cpu")
+    threads: Optional[int] = option(None, "CPU threads for torch (default: OMP_NUM_THREADS if set, else the usable "
+                                          "cores less the machine's load, shared among torchrun's local ranks)")
     progress: bool = option(True, cli=False)
 
     # The settings a resumed run must share with the run it continues (a task adds its own). The
@@ -132,6 +134,53 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+def cpu_threads(requested: Optional[int] = None) -> tuple[int, str]:
+    """How many intra-op threads torch should use on the CPU, and why.
+
+    subtle: torch's threads spin while they wait for each other. On a machine where another
+    process is busy, as many threads as cores fight it for every core and training slows
+    ten-fold; one thread fewer per busy core keeps most of the speed. So: an explicit
+    request wins, then OMP_NUM_THREADS, then the usable cores (shared among torchrun's local
+    ranks) less the cores other processes keep busy right now (busy_elsewhere), at least one.
+    """
+    if requested:
+        return requested, "--threads"
+    if os.environ.get("OMP_NUM_THREADS", "").strip().isdigit():
+        return max(1, int(os.environ["OMP_NUM_THREADS"])), "OMP_NUM_THREADS"
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    share = max(1, cores // local)
+    elsewhere = busy_elsewhere()
+    busy = min(share - 1, int(elsewhere / local + 0.5)) if elsewhere > 0.5 else 0
+    return share - busy, (f"{cores} usable cores" + (f" over {local} local ranks" if local > 1 else "")
+                          + (f", {elsewhere:.1f} busy with other work" if busy else ""))
+
+
+def _cpu_ticks() -> tuple[int, int, int]:
+    """(all cores' ticks, their idle + iowait ticks, this process's user + system ticks) so far."""
+    with open("/proc/stat") as f:
+        ticks = [int(x) for x in f.readline().split()[1:9]]
+    with open("/proc/self/stat") as f:
+        own = f.read().rsplit(")", 1)[1].split()
+    return sum(ticks), ticks[3] + ticks[4], int(own[11]) + int(own[12])
+
+
+def busy_elsewhere(interval: float = 0.2) -> float:
+    """How many cores other processes keep busy now: the machine's busy time over `interval`,
+    less this process's own (/proc/stat and /proc/self/stat); the 1-minute load average where
+    /proc is missing (which counts this process too)."""
+    try:
+        (total0, idle0, own0), _ = _cpu_ticks(), time.sleep(interval)
+        total1, idle1, own1 = _cpu_ticks()
+    except (OSError, ValueError, IndexError):
+        return os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    total = total1 - total0
+    if total <= 0:
+        return 0.0
+    busy = (total - (idle1 - idle0)) - (own1 - own0)
+    return max(0.0, busy / total * (os.cpu_count() or 1))
+
+
 def seed_for(*parts: int) -> int:
     """A 63-bit seed derived from integers, e.g. (seed, step, micro-batch)."""
     return int(np.random.SeedSequence(list(parts)).generate_state(1, dtype=np.uint64)[0] & ((1 << 63) - 1))
@@ -174,6 +223,10 @@ class BaseTrainer:
             torch.cuda.set_device(self.device)
         else:
             self.device = torch.device("cpu")
+        if self.device.type == "cpu":
+            threads, why = cpu_threads(args.threads)
+            torch.set_num_threads(threads)
+            self._log(f"torch uses {threads} CPU thread{'s' if threads > 1 else ''} ({why})")
 
         self.raw_model = self.build().to(self.device)
         self.model = self.raw_model
@@ -342,6 +395,7 @@ class BaseTrainer:
             "config": self.raw_model.config.to_dict(),
             "args": _args_dict(self.args),
             "data_fingerprint": self.data_fingerprint(),
+            "threads": torch.get_num_threads() if self.device.type == "cpu" else None,
             "extra": {k: getattr(self, k) for k in self.extra_state_keys},
         }
         path = os.path.join(self.ckpt_dir, f"step_{self.step:08d}.pt")
@@ -392,6 +446,13 @@ class BaseTrainer:
                     if saved_config.get(k) != config.get(k)}
             raise TrainingError(f"cannot resume from {path}: the model config differs from the saved run's "
                                 f"(saved, now): {diff}")
+        saved_threads = state.get("threads")
+        if saved_threads and self.device.type == "cpu" and saved_threads != torch.get_num_threads() \
+                and cpu_threads(self.args.threads)[1] not in ("--threads", "OMP_NUM_THREADS"):
+            # subtle: CPU matmuls can round differently with another thread count, and a resumed
+            # run must continue exactly: keep the saved run's count unless told otherwise
+            torch.set_num_threads(saved_threads)
+            self._log(f"torch uses {saved_threads} CPU threads, as the saved run did (pass --threads to change)")
         self.raw_model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])

@@ -4,6 +4,11 @@ import os
 
 import pytest
 
+# One CPU thread count for the whole session: the trainer otherwise picks it from the load on
+# the machine (training.cpu_threads), and runs compared bit for bit must use the same count.
+os.environ.setdefault("OMP_NUM_THREADS", str(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                                             else os.cpu_count() or 1))
+
 
 @pytest.fixture(scope="session")
 def docstrings() -> list:

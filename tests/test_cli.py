@@ -45,9 +45,9 @@ def test_every_subcommand_has_help(capsys):
 
 
 def test_training_commands_keep_their_flags():
-    # every flag they had, plus --overwrite (start over in a folder that holds a run)
-    assert flags("pretrain") == PRETRAIN_FLAGS | {"--overwrite"}
-    assert flags("finetune") == FINETUNE_FLAGS | {"--overwrite"}
+    # every flag they had, plus --overwrite (start over in a folder that holds a run) and --threads
+    assert flags("pretrain") == PRETRAIN_FLAGS | {"--overwrite", "--threads"}
+    assert flags("finetune") == FINETUNE_FLAGS | {"--overwrite", "--threads"}
 
 
 def test_flags_reach_the_settings_and_defaults_stay_the_dataclass_ones():

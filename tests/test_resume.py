@@ -177,3 +177,47 @@ def test_sigterm_saves_like_sigint(prepared, tmp_path):
     trainer.forward_backward = step_then_terminate
     assert trainer.fit() == 143
     assert sorted(os.listdir(tmp_path / "ckpt")) == ["step_00000003.pt"]
+
+
+def test_cpu_threads_follow_the_request_then_omp_then_the_free_cores(monkeypatch):
+    from roberta_scratch import training
+
+    monkeypatch.setattr(training.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    monkeypatch.setattr(training, "busy_elsewhere", lambda: 0.1)
+    assert training.cpu_threads(None) == (4, "4 usable cores")
+    monkeypatch.setattr(training, "busy_elsewhere", lambda: 1.8)  # two cores busy elsewhere
+    assert training.cpu_threads(None) == (2, "4 usable cores, 1.8 busy with other work")
+    monkeypatch.setattr(training, "busy_elsewhere", lambda: 9.0)
+    assert training.cpu_threads(None)[0] == 1  # never fewer than one
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    monkeypatch.setattr(training, "busy_elsewhere", lambda: 0.0)
+    assert training.cpu_threads(None) == (2, "4 usable cores over 2 local ranks")
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert training.cpu_threads(None) == (3, "OMP_NUM_THREADS")
+    assert training.cpu_threads(5) == (5, "--threads")
+
+
+def test_busy_elsewhere_does_not_count_this_process(monkeypatch):
+    from roberta_scratch import training
+
+    # 4 cores, 0.2 s = 80 ticks: 20 idle, so 60 busy, of which 30 are this process's own
+    samples = iter([(1000, 500, 100), (1080, 520, 130)])
+    monkeypatch.setattr(training, "_cpu_ticks", lambda: next(samples))
+    monkeypatch.setattr(training.os, "cpu_count", lambda: 4)
+    assert training.busy_elsewhere(0.0) == pytest.approx((60 - 30) / 80 * 4)
+
+
+def test_a_resumed_run_keeps_the_saved_thread_count(prepared, tmp_path, capsys, monkeypatch):
+    before = torch.get_num_threads()
+    try:
+        assert pretrain(args_for(prepared, tmp_path, steps=4, save_every=4, threads=1)) == 0
+        monkeypatch.delenv("OMP_NUM_THREADS")
+        monkeypatch.setattr("roberta_scratch.training.busy_elsewhere", lambda: 0.0)
+        torch.set_num_threads(2)
+        assert pretrain(args_for(prepared, tmp_path, steps=6, resume=True)) == 0
+        assert torch.get_num_threads() == 1
+        assert "torch uses 1 CPU threads, as the saved run did" in capsys.readouterr().out
+    finally:
+        torch.set_num_threads(before)
