@@ -14,10 +14,12 @@ and reports milliseconds, TFLOP/s with FlashAttention's FLOP count on real
 tokens only (forward 4 * H * D * sum(L_b^2), backward 2.5 times that), the
 fraction of the card's dense peak, and the max error of the output and of
 dQ/dK/dV against the fp32 reference on real rows (padded rows are zero in
-ours, arbitrary in torch's). Timings use triton.testing.do_bench (median,
-L2 flushed). Results go to benchmarks/results/attention_<card>_<date>.json
-with the card's name, the date and the command; numbers from different cards
-are not comparable. Needs a CUDA GPU.
+ours, arbitrary in torch's; no gradient arrives at them, as in the model).
+Timings are medians: triton.testing.do_bench with return_mode="median" (its
+default is the mean), L2 flushed. Results go to
+benchmarks/results/attention_<card>_<date>.json with the card's name, the
+date and the command; numbers from different cards are not comparable.
+Needs a CUDA GPU.
 
 Targets from the kernels issue (H100, bf16, 16k tokens, T = 512, D = 64):
 forward >= 280 TFLOP/s, forward+backward >= 200 TFLOP/s, and with half the
@@ -78,6 +80,8 @@ def bench_shape(T, D, pad, args, dtype, peak_tflops):
     g = torch.Generator(device="cuda").manual_seed(0)
     q, k, v, do = (torch.randn(B, H, T, D, device="cuda", dtype=dtype, generator=g) for _ in range(4))
     q, k, v = (t.requires_grad_() for t in (q, k, v))
+    if mask is not None:  # no gradient arrives at padded query rows (the model's loss never reads them): with one
+        do = do.masked_fill(~mask[:, None, :, None], 0)  # there, torch's padded rows would add it to real dK, dV
     flops = attention_flops(lengths, H, D)
 
     # fp32 reference on real rows (dropout off, so all providers compute the same function)
@@ -108,8 +112,8 @@ def bench_shape(T, D, pad, args, dtype, peak_tflops):
             def fwd_bwd():
                 fn(q, k, v, mask, args.dropout).backward(do)
 
-            ms_fwd = do_bench(fwd, warmup=25, rep=100)
-            ms_all = do_bench(fwd_bwd, warmup=25, rep=100, grad_to_none=[q, k, v])
+            ms_fwd = do_bench(fwd, warmup=25, rep=100, return_mode="median")  # subtle: its default is the mean
+            ms_all = do_bench(fwd_bwd, warmup=25, rep=100, grad_to_none=[q, k, v], return_mode="median")
             row.update(fwd_ms=ms_fwd, fwd_bwd_ms=ms_all,
                        fwd_tflops=flops / ms_fwd * 1e-9, fwd_bwd_tflops=3.5 * flops / ms_all * 1e-9)
             if peak_tflops:

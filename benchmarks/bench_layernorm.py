@@ -10,7 +10,8 @@ and reports milliseconds, GB/s over the bytes the fused op must move (forward:
 read x and r, write y; backward: read dy, x and r, write dx, and d_residual
 when dropout makes it differ from dx), the fraction of the card's HBM
 bandwidth, and the max error of y and of every gradient against the fp32
-reference. Timings use triton.testing.do_bench (median, L2 flushed). Results
+reference. Timings are medians: triton.testing.do_bench with
+return_mode="median" (its default is the mean), L2 flushed. Results
 go to benchmarks/results/layernorm_<card>_<date>.json with the card's name,
 the date and the command. Needs a CUDA GPU.
 
@@ -74,8 +75,8 @@ def bench_shape(M, N, p, args, dtype, peak_gbs):
         def fwd_bwd():
             fn(x, w, b, r, p).backward(dy)
 
-        ms_fwd = do_bench(fwd, warmup=25, rep=100)
-        ms_all = do_bench(fwd_bwd, warmup=25, rep=100, grad_to_none=leaves)
+        ms_fwd = do_bench(fwd, warmup=25, rep=100, return_mode="median")  # subtle: its default is the mean
+        ms_all = do_bench(fwd_bwd, warmup=25, rep=100, grad_to_none=leaves, return_mode="median")
         row.update(fwd_ms=ms_fwd, fwd_bwd_ms=ms_all,
                    fwd_gbs=bytes_fwd / ms_fwd * 1e-6, fwd_bwd_gbs=(bytes_fwd + bytes_bwd) / ms_all * 1e-6)
         if peak_gbs:

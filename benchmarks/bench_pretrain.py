@@ -5,7 +5,9 @@ transformers' RobertaForMaskedLM and DataCollatorForLanguageModeling, in one pro
                                            [--attention sdpa] [--data DATA_DIR]
 
 Same initial weights, same blocks in the same order, same optimiser (AdamW 0.9/0.98,
-eps 1e-6, wd 0.01 off biases and LayerNorms), same warmup + linear decay and clipping.
+eps 1e-6, wd 0.01 off biases and LayerNorms; the fused one on CUDA for both), same warmup +
+linear decay and clipping, and the same autocast: our trainer's (bf16 on CUDA, none on the
+CPU) wraps the reference's forward passes too, training and evaluation.
 The two loops alternate step by step, so machine noise hits both alike. Reports
 tokens/s of each and the held-out MLM loss of each, at equal steps, on the same fixed
 masked validation set. Without --data it trains a tokenizer on the default corpus
@@ -24,7 +26,8 @@ import torch.nn.functional as F
 from benchmarks.common import print_table, write_result
 from roberta_scratch.checkpoint import save_hf
 from roberta_scratch.config import IGNORE_INDEX
-from roberta_scratch.data import default_corpus, prepare, tokenizer_dir
+from roberta_scratch.corpus import default_corpus
+from roberta_scratch.data import prepare, tokenizer_dir
 from roberta_scratch.pretrain import TrainArgs, Trainer
 from roberta_scratch.tokenizer import ByteLevelBPETokenizer
 from roberta_scratch.training import linear_schedule, param_groups
@@ -58,7 +61,7 @@ class ReferenceLoop:
         self.collator = transformers.DataCollatorForLanguageModeling(tok, mlm_probability=ours.args.mlm_probability)
         a = ours.args
         self.optimizer = torch.optim.AdamW(param_groups(self.model, a.weight_decay), lr=a.lr, betas=tuple(a.betas),
-                                           eps=a.eps)
+                                           eps=a.eps, fused=ours.device.type == "cuda")  # as the trainer's
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(  # the same schedule as ours
             self.optimizer, lambda s: linear_schedule(s, 1.0, ours.warmup_steps, ours.total_steps))
 
@@ -70,8 +73,9 @@ class ReferenceLoop:
             start = step * per_step + k * a.batch_size
             examples = [{"input_ids": self.ours._example(start + j).tolist()} for j in range(a.batch_size)]
             batch = {key: v.to(self.ours.device) for key, v in self.collator(examples).items()}
-            loss = self.model(**batch).loss / a.grad_accum
-            loss.backward()
+            with self.ours._autocast():  # like for like: ours runs every forward under it
+                loss = self.model(**batch).loss / a.grad_accum
+                loss.backward()
             tokens += int(batch["attention_mask"].sum())
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), a.clip)
         self.optimizer.step()
@@ -85,7 +89,8 @@ class ReferenceLoop:
         total, count = 0.0, 0
         for batch in self.ours.validation_batches():
             batch = {k: v.to(self.ours.device) for k, v in batch.items()}
-            logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            with self.ours._autocast():  # as Trainer.evaluate
+                logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
             total += F.cross_entropy(logits.view(-1, logits.shape[-1]).float(), batch["labels"].view(-1),
                                      ignore_index=IGNORE_INDEX, reduction="sum").item()
             count += int((batch["labels"] != IGNORE_INDEX).sum())

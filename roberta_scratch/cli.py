@@ -49,23 +49,28 @@ def _add_inspect_parser(sub) -> None:
     p.set_defaults(func=_cmd_inspect)
 
 
+CORPUS_HELP = (".txt, .jsonl or .json lines (plain, .gz, .bz2 or .xz), .parquet, datasets save_to_disk folders, or "
+               "directories of them (default: the standard library's docstrings)")
+
+
 def _cmd_prepare(args: argparse.Namespace) -> int:
     from .data import prepare
 
     prepare(args.corpus, args.tokenizer, args.out, seq_len=args.seq_len, val_fraction=args.val_fraction,
-            num_workers=args.workers)
+            num_workers=args.workers, text_field=args.text_field)
     return 0
 
 
 def _add_prepare_parser(sub) -> None:
     p = sub.add_parser("prepare", help="tokenize a corpus into packed on-disk shards for pretraining")
-    p.add_argument("--corpus", nargs="+", default=None,
-                   help=".txt/.jsonl files or directories (default: the standard library's docstrings)")
+    p.add_argument("--corpus", nargs="+", default=None, help=CORPUS_HELP)
+    p.add_argument("--text-field", default="text", help="the JSON key or column holding the text (default text)")
     p.add_argument("--tokenizer", required=True, help="tokenizer directory (vocab.json + merges.txt)")
     p.add_argument("--out", required=True, help="output data directory")
-    p.add_argument("--seq-len", type=int, default=512)
-    p.add_argument("--val-fraction", type=float, default=0.01)
-    p.add_argument("--workers", type=int, default=None, help="tokenizer processes (default: one per CPU)")
+    p.add_argument("--seq-len", type=int, default=512, help="block length the data is checked for (default 512)")
+    p.add_argument("--val-fraction", type=float, default=0.01, help="share of documents held out (default 0.01)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="tokenizer processes (default: one per usable core); the output is the same for any number")
     p.set_defaults(func=_cmd_prepare)
 
 
@@ -140,12 +145,12 @@ def _add_fill_mask_parser(sub) -> None:
 
 
 def _cmd_tokenizer_train(args: argparse.Namespace) -> int:
-    from .data import iter_documents
+    from .corpus import iter_documents
     from .tokenizer import ByteLevelBPETokenizer
 
-    # the same reader as `prepare`: .txt, .jsonl, directories, or the default corpus
-    tok = ByteLevelBPETokenizer.train(iter_documents(args.corpus), vocab_size=args.vocab_size,
-                                      min_frequency=args.min_frequency)
+    # the same reader as `prepare`: every format corpus.py reads, or the default corpus
+    docs = iter_documents(args.corpus, text_field=args.text_field)
+    tok = ByteLevelBPETokenizer.train(docs, vocab_size=args.vocab_size, min_frequency=args.min_frequency)
     tok.save_pretrained(args.out)
     print(f"saved a {tok.vocab_size}-token byte-level BPE tokenizer ({len(tok.merges)} merges) to {args.out}")
     return 0
@@ -164,8 +169,8 @@ def _add_tokenizer_parser(sub) -> None:
     p = sub.add_parser("tokenizer", help="train a byte-level BPE tokenizer, or encode a file with one")
     tsub = p.add_subparsers(dest="tokenizer_command", required=True)
     t = tsub.add_parser("train", help="learn vocab.json + merges.txt from text files")
-    t.add_argument("--corpus", nargs="+", default=None,
-                   help=".txt/.jsonl files or directories (default: the standard library's docstrings)")
+    t.add_argument("--text-field", default="text", help="the JSON key or column holding the text (default text)")
+    t.add_argument("--corpus", nargs="+", default=None, help=CORPUS_HELP)
     t.add_argument("--vocab-size", type=int, required=True, help="tokens in all: specials, 256 bytes and merges")
     t.add_argument("--min-frequency", type=int, default=2, help="stop merging below this pair count (default 2)")
     t.add_argument("--out", required=True, help="output directory")
@@ -259,6 +264,30 @@ def _add_attention_parser(sub) -> None:
     p.set_defaults(func=_cmd_attention)
 
 
+def _add_kernels_parser(sub) -> None:
+    """`roberta-scratch kernels check|bench|converge`: the kernel lab (see kernels/registry.py)."""
+    p = sub.add_parser("kernels", help="the kernel lab: check, benchmark, or train with an attention or LayerNorm "
+                                       "implementation (built-in, registered, or MODULE:FUNCTION)")
+    ksub = p.add_subparsers(dest="kernels_command", required=True)
+    from kernels import bench as kernel_bench
+    from kernels import check as kernel_check
+
+    from . import converge
+
+    for name, module, help_ in (
+            ("check", kernel_check, "the standard correctness suite against a float64 reference: forward and "
+                                    "every gradient, odd lengths, padding, dtypes, dropout"),
+            ("bench", kernel_bench, "time implementations against every reference (on CUDA; --dry-run on the CPU)"),
+            ("converge", converge, "train a tiny MLM with an implementation and with sdpa, and compare the losses")):
+        q = ksub.add_parser(name, help=help_, description=help_)
+        module.add_arguments(q)
+        q.set_defaults(func=module.run)
+    from .flops import card_peaks
+
+    # kernels/ may not import the package: `kernels bench` learns data-sheet peaks through this hook
+    ksub.choices["bench"].set_defaults(card_peaks=card_peaks)
+
+
 def _add_convert_parser(sub) -> None:
     from . import converter
 
@@ -296,6 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_features_parser(sub)
     _add_attention_parser(sub)
     _add_convert_parser(sub)
+    _add_kernels_parser(sub)
     return parser
 
 
