@@ -35,7 +35,6 @@ works, and its numbers mean nothing.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import datetime
 import faulthandler
@@ -508,24 +507,6 @@ def run_stages(suite: Suite, stages: list) -> None:
               + f", {record['seconds']:.1f} s", flush=True)
 
 
-@contextlib.contextmanager
-def _triton_mode(dry_run: bool):
-    """The dry run asks for Triton's interpreter (before anything imports triton); a real run makes sure it
-    is off, since interpreted kernels on a GPU would time nothing real. Restored afterwards."""
-    saved = os.environ.get("TRITON_INTERPRET")
-    if dry_run:
-        os.environ["TRITON_INTERPRET"] = "1"
-    else:
-        os.environ.pop("TRITON_INTERPRET", None)
-    try:
-        yield
-    finally:
-        if saved is None:
-            os.environ.pop("TRITON_INTERPRET", None)
-        else:
-            os.environ["TRITON_INTERPRET"] = saved
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="gpu_suite.py", description=__doc__.split("\n")[0])
     parser.add_argument("--out", required=True, help="directory for summary.md, a JSON per stage and bench-*/")
@@ -540,7 +521,11 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     started = time.monotonic()
 
-    with _triton_mode(args.dry_run):
+    # the dry run asks for Triton's interpreter; a real run makes sure it is off (interpreted kernels on a
+    # GPU would time nothing real)
+    from kernels import triton_interpreter  # imports neither triton nor torch's CUDA state
+
+    with triton_interpreter(args.dry_run):
         import torch
 
         if not args.dry_run and not torch.cuda.is_available():

@@ -20,6 +20,7 @@ kernel_module).
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import os
@@ -94,6 +95,29 @@ def kernel_module(name: str, interpret: bool | None = None):
     return module
 
 
+@contextlib.contextmanager
+def triton_interpreter(on: bool):
+    """TRITON_INTERPRET=1 inside the block when `on` (Triton code runs in the CPU interpreter),
+    unset otherwise (compiled); the variable is restored afterwards.
+
+    subtle: Triton decides interpreted or compiled when a function is decorated, which for its
+    own helpers is when `triton` is first imported: enter this before anything imports triton.
+    kernels.attention and kernels.layer_norm read the variable on every call.
+    """
+    saved = os.environ.get("TRITON_INTERPRET")
+    if on:
+        os.environ["TRITON_INTERPRET"] = "1"
+    else:
+        os.environ.pop("TRITON_INTERPRET", None)
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("TRITON_INTERPRET", None)
+        else:
+            os.environ["TRITON_INTERPRET"] = saved
+
+
 def _fix_interpreter_scalars() -> None:
     """Make Triton's interpreter turn a scalar into an int the way numpy >= 2.4 allows.
 
@@ -158,4 +182,4 @@ def layer_norm_dropout_mask(seed, shape, dropout_p, device="cpu"):
 __all__ = ["attention", "layer_norm", "attention_reference", "layer_norm_reference",
            "register", "get_implementation", "implementations", "Implementation",
            "attention_dropout_mask", "layer_norm_dropout_mask",
-           "use_triton", "triton_available", "interpreter_requested", "kernel_module"]
+           "use_triton", "triton_available", "interpreter_requested", "kernel_module", "triton_interpreter"]

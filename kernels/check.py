@@ -106,7 +106,6 @@ import contextlib
 import functools
 import inspect
 import math
-import os
 import time
 from dataclasses import dataclass
 from typing import Callable, Optional
@@ -418,28 +417,15 @@ def _poisoned(device: torch.device, outputs: list[tuple]):
 # ----------------------------------------------------------------------------- Triton mode
 
 
-@contextlib.contextmanager
 def triton_environment(device):
     """TRITON_INTERPRET=1 inside on the CPU (Triton code runs interpreted), unset on CUDA (compiled).
 
-    subtle: Triton decides interpreted or compiled when a function is decorated, which for its
-    own helpers is when `triton` is first imported: enter this before anything imports triton
-    or a module with Triton kernels (run() does, before it imports MODULE:FUNCTION).
-    kernels.attention and kernels.layer_norm read the variable on every call, so for them
-    this is all it takes.
+    Enter it before anything imports triton or a module with Triton kernels (run() does,
+    before it imports MODULE:FUNCTION): see kernels.triton_interpreter.
     """
-    saved = os.environ.get("TRITON_INTERPRET")
-    if torch.device(device).type == "cpu":
-        os.environ["TRITON_INTERPRET"] = "1"
-    else:
-        os.environ.pop("TRITON_INTERPRET", None)
-    try:
-        yield
-    finally:
-        if saved is None:
-            os.environ.pop("TRITON_INTERPRET", None)
-        else:
-            os.environ["TRITON_INTERPRET"] = saved
+    from . import triton_interpreter
+
+    return triton_interpreter(torch.device(device).type == "cpu")
 
 
 def _triton_unavailable(impl: Implementation, device: torch.device) -> Optional[str]:
