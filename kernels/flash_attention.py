@@ -19,14 +19,24 @@ The file has the four layers of every kernel in this package:
 What differs from the Triton tutorial (06-fused-attention), whose non-causal
 backward gives wrong gradients (triton #4541, #5660, #7216) and which needs T
 divisible by 128 and has no padding mask:
-  - every key and query tile is bounds-checked, so any T works;
+  - any T works: the tiles at a sequence's edges check bounds and padding,
+    and every loop runs in three parts, a masked head and tail around an
+    unmasked middle of tiles that are in bounds and entirely real
+    (_full_tiles; a sequence with padding in the middle is masked
+    throughout). The unmasked tiles fold the softmax scale into one FMA
+    per score and advance their pointers by one tile a step;
   - the backward is two kernels, dK/dV (one program per key tile, looping over
     all query tiles) and dQ (one program per query tile, looping over all key
     tiles), both over the full non-causal range, no atomics;
   - a small kernel finds each sequence's first and last real token, and every
     loop runs only over the tiles between them: tiles that are entirely
     padding at either end are skipped, so time scales with the real lengths.
-    Padding in the middle of a sequence is masked, not skipped.
+    Padding in the middle of a sequence is masked, not skipped;
+  - dropout draws eight keep-decisions of 16 bits per Philox call (see
+    _dropout_keep), and its 1 / (1 - p) is applied once to O, dV, dK and dQ
+    rather than to every probability: dropout adds ~20 PTX instructions per
+    score to a loop (sm_90, bf16, D=64), where a Philox per element added
+    ~80 (python -m kernels.compile_check --report).
 
 Self-attention only: q, k and v share T, and key_padding_mask marks both the
 keys to ignore and the query rows to zero. Splitting dQ from dK/dV costs two
@@ -73,15 +83,43 @@ def _mma_operand(x, dtype: tl.constexpr, UPCAST: tl.constexpr):
 
 
 @triton.jit
-def _dropout_keep(seed, rows, cols, T, dropout_p):
-    """Keep-mask of the attention-probability elements (rows, cols) of one head.
+def _dropout_threshold(dropout_p):
+    """uint32 scalar: an element is kept when its 16 random bits are >= this.
 
-    rows: query indices offset by (b * H + h) * T; cols: key indices. The
-    Philox counter is the element's linear index in a dense (B, H, T, T)
-    tensor, so forward, backward and the debug helper draw the same bits.
+    The keep probability is 1 - floor(p * 2**16) / 2**16: p is rounded down to
+    a multiple of 2**-16 (FlashAttention rounds it to 2**-8). p < 1 keeps
+    the threshold at most 65535.
     """
-    offsets = rows.to(tl.int64) * T + cols
-    return tl.rand(seed, offsets) >= dropout_p
+    return tl.cast(dropout_p * 65536.0, tl.uint32)
+
+
+@triton.jit
+def _dropout_keep(seed, head, rows, start_n, T, threshold, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """(BLOCK_M, BLOCK_N) bool keep-mask of one head's probabilities: query rows `rows` (BLOCK_M,) by
+    keys start_n + arange(BLOCK_N), with start_n and BLOCK_N multiples of 8.
+
+    One Philox call draws the eight decisions of keys 8g .. 8g + 7 of a row:
+    its counter is (row * cdiv(T, 8) + g, head), head = b * H + h, and its
+    four 32-bit outputs r0..r3 give 16 bits to each key: key 8g + 2k takes the
+    low half of r_k, key 8g + 2k + 1 the high half. A full Philox (10 rounds)
+    per element would cost ~8x more. The counter depends on the element
+    alone, not on the tiling, so the forward, both backward kernels and the
+    debug helper draw the same bits with their own tiles. Rows and T are int32
+    (T * T / 8 < 2**31 up to T = 131072).
+    """
+    groups = start_n // 8 + tl.arange(0, BLOCK_N // 8)
+    counter = rows[:, None] * ((T + 7) // 8) + groups[None, :]  # (BLOCK_M, BLOCK_N // 8)
+    r0, r1, r2, r3 = tl.philox(seed, counter, counter * 0 + head, 0, 0)
+    # subtle: tl.join appends the new axis last, so join(join(x0, x2), join(x1, x3))
+    # is indexed [.., a, b] and holds x_(2a + b); joining the low and the high
+    # halves that way last puts the half innermost: flattened, key 8g + 2k + half.
+    # Compared before joining: bools hold fewer registers than 32-bit words through the joins.
+    k0, k1, k2, k3 = (r0 & 0xFFFF) >= threshold, (r1 & 0xFFFF) >= threshold, (r2 & 0xFFFF) >= threshold, \
+        (r3 & 0xFFFF) >= threshold
+    low = tl.join(tl.join(k0, k2), tl.join(k1, k3))
+    high = tl.join(tl.join((r0 >> 16) >= threshold, (r2 >> 16) >= threshold),
+                   tl.join((r1 >> 16) >= threshold, (r3 >> 16) >= threshold))
+    return tl.reshape(tl.join(low, high), (BLOCK_M, BLOCK_N))
 
 
 @triton.jit
@@ -147,13 +185,36 @@ def _tile_range(KVRange, b, start, T, BLOCK: tl.constexpr, HAS_MASK: tl.constexp
     spilled the fp32 dK/dV kernel on sm_80 (kernels.compile_check).
     """
     if HAS_MASK:
-        lo = tl.load(KVRange + 2 * b)
-        hi = tl.load(KVRange + 2 * b + 1)
+        lo = tl.load(KVRange + 3 * b)
+        hi = tl.load(KVRange + 3 * b + 1)
         hi = tl.where((start < hi) & (start + BLOCK > lo), hi, lo)
     else:
         lo = 0
         hi = T
     return lo, hi
+
+
+@triton.jit
+def _full_tiles(KVRange, b, lo, hi, LOOP_BLOCK: tl.constexpr, HAS_MASK: tl.constexpr):
+    """(full_lo, full_hi), int32 scalars: the loop tiles of [lo, hi) (from _tile_range) that need no masking.
+
+    A loop over [(lo // LOOP_BLOCK) * LOOP_BLOCK, hi) splits into three:
+    [.., full_lo) masked (at most the tile holding lo), [full_lo, full_hi)
+    unmasked, [full_hi, hi) masked (at most the tile holding hi - 1). The
+    unmasked tiles lie inside [lo, hi), so they are in bounds, and when the
+    sequence is dense (no padding between its first and last real token,
+    _attn_kv_range_kernel's flag; always without a mask) they hold only real
+    tokens. A sequence with holes is masked throughout: full_lo = full_hi =
+    the first tile.
+    """
+    first = (lo // LOOP_BLOCK) * LOOP_BLOCK
+    full_lo = ((lo + LOOP_BLOCK - 1) // LOOP_BLOCK) * LOOP_BLOCK
+    full_hi = tl.maximum(full_lo, (hi // LOOP_BLOCK) * LOOP_BLOCK)
+    if HAS_MASK:
+        dense = tl.load(KVRange + 3 * b + 2) != 0
+        full_lo = tl.where(dense, full_lo, first)
+        full_hi = tl.where(dense, full_hi, first)
+    return full_lo, full_hi
 
 
 @triton.jit
@@ -172,7 +233,7 @@ def _load_row_stats(LSE, Delta, row_base, offs_m, q_real):
 @triton.jit
 def _attn_kv_range_kernel(
     KeyMask,  # (B, T) bool, True for real tokens
-    KVRange,  # (B, 2) int32 out: first real token, one past the last ([0, 0) when none)
+    KVRange,  # (B, 3) int32 out: first real token, one past the last ([0, 0) when none), 1 if all between are real
     stride_mb,
     T,
     BLOCK: tl.constexpr,
@@ -180,13 +241,65 @@ def _attn_kv_range_kernel(
     b = tl.program_id(0)
     first = tl.zeros((), tl.int32) + T
     last = tl.zeros((), tl.int32)
+    count = tl.zeros((), tl.int32)
     for start in range(0, T, BLOCK):
         offs = start + tl.arange(0, BLOCK)
         real = tl.load(KeyMask + b * stride_mb + offs, mask=offs < T, other=0) != 0
         first = tl.minimum(first, tl.min(tl.where(real, offs, T), 0))
         last = tl.maximum(last, tl.max(tl.where(real, offs + 1, 0), 0))
-    tl.store(KVRange + 2 * b, tl.minimum(first, last))
-    tl.store(KVRange + 2 * b + 1, last)
+        count += tl.sum(real.to(tl.int32), 0)
+    first = tl.minimum(first, last)
+    tl.store(KVRange + 3 * b, first)
+    tl.store(KVRange + 3 * b + 1, last)
+    tl.store(KVRange + 3 * b + 2, (count == last - first).to(tl.int32))
+
+
+@triton.jit
+def _attn_fwd_inner(acc, l_i, m_i, q, k_head, v_head, KeyMask, stride_mb, b, offs_m, offs_d, stride_kt, stride_vt,
+                    start, stop, T, qk_scale, seed, head, threshold,
+                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr, HAS_MASK: tl.constexpr,
+                    HAS_DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr, UPCAST_DOTS: tl.constexpr):
+    """The forward's loop over key tiles [start, stop): online softmax into (acc, l_i, m_i), returned updated.
+
+    MASKED tiles check bounds and padding; the others (see _full_tiles) load
+    without masks and fold the softmax scale into one FMA per score, as the
+    Triton tutorial does: the row max is taken before scaling, which needs
+    qk_scale >= 0 (attention() moves a negative scale's sign onto k).
+    """
+    # subtle: pointers advance by one tile a step; recomputing them from offs_n
+    # each step costs ~50 integer instructions a step (sm_90, D=64).
+    k_ptrs = k_head + (start + tl.arange(0, BLOCK_N))[:, None] * stride_kt + offs_d[None, :]
+    v_ptrs = v_head + (start + tl.arange(0, BLOCK_N))[:, None] * stride_vt + offs_d[None, :]
+    # subtle: masked runs are one tile (bar a sequence with holes), so they pipeline two stages, not
+    # the launch's three: at three, a mask spilled the 128-key Hopper tiles (and D=128 with dropout);
+    # at one, K and V are loaded into registers instead of shared memory, and spilled too.
+    for start_n in tl.range(start, stop, BLOCK_N, num_stages=2 if MASKED else None):
+        if MASKED:
+            offs_n = start_n + tl.arange(0, BLOCK_N)
+            in_bounds = (offs_n < T)[:, None]
+            k = _mma_operand(tl.load(k_ptrs, mask=in_bounds, other=0.0), k_head.dtype.element_ty, UPCAST_DOTS)
+            v = _mma_operand(tl.load(v_ptrs, mask=in_bounds, other=0.0), v_head.dtype.element_ty, UPCAST_DOTS)
+            k_real = _is_real(KeyMask, stride_mb, b, offs_n, T, HAS_MASK)
+            s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)  # (BLOCK_M, BLOCK_N)
+            s = s * qk_scale + tl.where(k_real, 0.0, float("-inf"))[None, :]
+            m_new = tl.maximum(m_i, tl.max(s, 1))
+            p = tl.exp2(s - m_new[:, None])
+        else:
+            k = _mma_operand(tl.load(k_ptrs), k_head.dtype.element_ty, UPCAST_DOTS)  # (BLOCK_N, HEAD_DIM)
+            v = _mma_operand(tl.load(v_ptrs), v_head.dtype.element_ty, UPCAST_DOTS)  # (BLOCK_N, HEAD_DIM)
+            s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)  # (BLOCK_M, BLOCK_N)
+            m_new = tl.maximum(m_i, tl.max(s, 1) * qk_scale)
+            p = tl.exp2(s * qk_scale - m_new[:, None])
+        k_ptrs += BLOCK_N * stride_kt
+        v_ptrs += BLOCK_N * stride_vt
+        alpha = tl.exp2(m_i - m_new)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        if HAS_DROPOUT:
+            p = tl.where(_dropout_keep(seed, head, offs_m, start_n, T, threshold, BLOCK_M, BLOCK_N), p, 0.0)
+        p = _mma_operand(p, v_head.dtype.element_ty, UPCAST_DOTS)
+        acc = tl.dot(p, v, acc * alpha[:, None], input_precision=DOT_PRECISION)
+        m_i = m_new
+    return acc, l_i, m_i
 
 
 @triton.jit(do_not_specialize=["seed"])
@@ -195,7 +308,7 @@ def _attn_fwd_kernel(
     K,  # (B, H, T, D) keys, unit stride along D
     V,  # (B, H, T, D) values, unit stride along D
     KeyMask,  # (B, T) bool, True for real tokens (read when HAS_MASK)
-    KVRange,  # (B, 2) int32 from _attn_kv_range_kernel (read when HAS_MASK)
+    KVRange,  # (B, 3) int32 from _attn_kv_range_kernel (read when HAS_MASK)
     Out,  # (B, H, T, D) out, unit stride along D
     LSE,  # (B, H, T) fp32 out: log2 of the softmax denominator, scores in log2 units
     stride_qb, stride_qh, stride_qt,
@@ -224,7 +337,8 @@ def _attn_fwd_kernel(
     k_head = _head_ptr(K, b, h, stride_kb, stride_kh)
     v_head = _head_ptr(V, b, h, stride_vb, stride_vh)
     o_head = _head_ptr(Out, b, h, stride_ob, stride_oh)
-    row_base = (b * H + h) * T  # row offset of this head in the (B, H, T) LSE and dropout counters
+    head = b * H + h  # this head's index among the B * H: keys the dropout counters
+    row_base = head * T  # row offset of this head in the (B, H, T) LSE
 
     # A query tile of pure padding leaves its key loop (nearly) empty: see _tile_range.
     lo, hi = _tile_range(KVRange, b, start_m, T, BLOCK_M, HAS_MASK)
@@ -234,30 +348,30 @@ def _attn_fwd_kernel(
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)  # running row max, log2 units
     l_i = tl.zeros([BLOCK_M], tl.float32)  # running softmax denominator (before dropout)
     acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
-    keep_scale = 1.0 / (1.0 - dropout_p)
+    threshold = _dropout_threshold(dropout_p)
 
+    # Key tiles in three runs: masked head, unmasked middle, masked tail (_full_tiles).
     # subtle: the first tile visited holds the first real key, so every row's
     # max is finite after it and exp2(m_i - m_new) never sees -inf - -inf.
-    for start_n in range((lo // BLOCK_N) * BLOCK_N, hi, BLOCK_N):
-        offs_n = start_n + tl.arange(0, BLOCK_N)
-        k = _load_operand(k_head, offs_n, offs_d, stride_kt, T, UPCAST_DOTS)  # (BLOCK_N, HEAD_DIM)
-        v = _load_operand(v_head, offs_n, offs_d, stride_vt, T, UPCAST_DOTS)  # (BLOCK_N, HEAD_DIM)
-        k_real = _is_real(KeyMask, stride_mb, b, offs_n, T, HAS_MASK)
-        s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)  # (BLOCK_M, BLOCK_N)
-        s = s * qk_scale + tl.where(k_real, 0.0, float("-inf"))[None, :]
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        alpha = tl.exp2(m_i - m_new)
-        p = tl.exp2(s - m_new[:, None])
-        l_i = l_i * alpha + tl.sum(p, 1)
-        if HAS_DROPOUT:
-            keep = _dropout_keep(seed, row_base + offs_m[:, None], offs_n[None, :], T, dropout_p)
-            p = tl.where(keep, p * keep_scale, 0.0)
-        p = _mma_operand(p, V.dtype.element_ty, UPCAST_DOTS)
-        acc = acc * alpha[:, None] + tl.dot(p, v, input_precision=DOT_PRECISION)
-        m_i = m_new
+    full_lo, full_hi = _full_tiles(KVRange, b, lo, hi, BLOCK_N, HAS_MASK)
+    acc, l_i, m_i = _attn_fwd_inner(
+        acc, l_i, m_i, q, k_head, v_head, KeyMask, stride_mb, b, offs_m, offs_d, stride_kt, stride_vt,
+        (lo // BLOCK_N) * BLOCK_N, full_lo, T, qk_scale, seed, head, threshold,
+        BLOCK_M, BLOCK_N, True, HAS_MASK, HAS_DROPOUT, DOT_PRECISION, UPCAST_DOTS)
+    acc, l_i, m_i = _attn_fwd_inner(
+        acc, l_i, m_i, q, k_head, v_head, KeyMask, stride_mb, b, offs_m, offs_d, stride_kt, stride_vt,
+        full_lo, full_hi, T, qk_scale, seed, head, threshold,
+        BLOCK_M, BLOCK_N, False, HAS_MASK, HAS_DROPOUT, DOT_PRECISION, UPCAST_DOTS)
+    acc, l_i, m_i = _attn_fwd_inner(
+        acc, l_i, m_i, q, k_head, v_head, KeyMask, stride_mb, b, offs_m, offs_d, stride_kt, stride_vt,
+        full_hi, hi, T, qk_scale, seed, head, threshold,
+        BLOCK_M, BLOCK_N, True, HAS_MASK, HAS_DROPOUT, DOT_PRECISION, UPCAST_DOTS)
 
     l_safe = tl.where(l_i > 0.0, l_i, 1.0)  # l_i is 0 when the loop was empty: an all-padding tile
-    out = tl.where(q_real[:, None], acc / l_safe[:, None], 0.0)
+    out = acc / l_safe[:, None]
+    if HAS_DROPOUT:  # the kept probabilities' 1 / (1 - p), applied once to the sum rather than in the loop
+        out = out * (1.0 / (1.0 - dropout_p))
+    out = tl.where(q_real[:, None], out, 0.0)
     _store_rows(o_head, offs_m, offs_d, stride_ot, T, out)
     tl.store(LSE + row_base + offs_m, m_i + tl.log2(l_safe), mask=offs_m < T)
 
@@ -282,6 +396,53 @@ def _attn_bwd_preprocess_kernel(
     tl.store(Delta + (b * H + h) * T + offs_m, tl.sum(o * do, 1), mask=offs_m < T)
 
 
+@triton.jit
+def _attn_dkdv_inner(dk, dv, k, v, q_head, do_head, KeyMask, stride_mb, b, LSE, Delta, row_base, offs_d,
+                     stride_qt, stride_dot, start, stop, start_n, T, qk_scale, dropout_p, seed, head, threshold,
+                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr, HAS_MASK: tl.constexpr,
+                     HAS_DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr, UPCAST_DOTS: tl.constexpr):
+    """dK/dV's loop over query tiles [start, stop) for keys start_n + arange(BLOCK_N): (dk, dv), returned updated.
+
+    Scores are transposed, (BLOCK_N, BLOCK_M). MASKED tiles check the
+    queries' bounds and padding (padded queries load lse = +inf, so p = 0);
+    the others load without masks. Keys are never masked here: row n of dK
+    and dV depends only on key n's scores, so the kernel zeroes the rows of
+    padded keys once, after the loop (whatever they hold, even inf or nan).
+    """
+    for start_m in tl.range(start, stop, BLOCK_M, num_stages=2 if MASKED else None):
+        offs_m = start_m + tl.arange(0, BLOCK_M)
+        # subtle: addresses are recomputed each step, not carried as pointers as in the
+        # forward: the carried pointers' registers spilled the fp32 D=128 kernel on sm_90.
+        q_ptrs = q_head + offs_m[:, None] * stride_qt + offs_d[None, :]
+        do_ptrs = do_head + offs_m[:, None] * stride_dot + offs_d[None, :]
+        if MASKED:
+            in_bounds = (offs_m < T)[:, None]
+            q = _mma_operand(tl.load(q_ptrs, mask=in_bounds, other=0.0), q_head.dtype.element_ty, UPCAST_DOTS)
+            do = _mma_operand(tl.load(do_ptrs, mask=in_bounds, other=0.0), do_head.dtype.element_ty, UPCAST_DOTS)
+            lse, delta = _load_row_stats(LSE, Delta, row_base, offs_m,
+                                         _is_real(KeyMask, stride_mb, b, offs_m, T, HAS_MASK))
+        else:
+            q = _mma_operand(tl.load(q_ptrs), q_head.dtype.element_ty, UPCAST_DOTS)  # (BLOCK_M, HEAD_DIM)
+            do = _mma_operand(tl.load(do_ptrs), do_head.dtype.element_ty, UPCAST_DOTS)  # (BLOCK_M, HEAD_DIM)
+            lse = tl.load(LSE + row_base + offs_m)
+            delta = tl.load(Delta + row_base + offs_m)
+        s_t = tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION)  # (BLOCK_N, BLOCK_M)
+        p_t = tl.exp2(s_t * qk_scale - lse[None, :])
+        dp_t = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)  # (BLOCK_N, BLOCK_M)
+        if HAS_DROPOUT:
+            keep_t = tl.trans(_dropout_keep(seed, head, offs_m, start_n, T, threshold, BLOCK_M, BLOCK_N))
+            p_drop_t = tl.where(keep_t, p_t, 0.0)  # 1 / (1 - p) is applied to dV once, at the end
+            dp_t = tl.where(keep_t, dp_t, 0.0)
+            delta = delta * (1.0 - dropout_p)  # dS without its 1 / (1 - p): see the dQ kernel
+        else:
+            p_drop_t = p_t
+        dv = tl.dot(_mma_operand(p_drop_t, do_head.dtype.element_ty, UPCAST_DOTS), do, dv,
+                    input_precision=DOT_PRECISION)
+        ds_t = p_t * (dp_t - delta[None, :])
+        dk = tl.dot(_mma_operand(ds_t, q_head.dtype.element_ty, UPCAST_DOTS), q, dk, input_precision=DOT_PRECISION)
+    return dk, dv
+
+
 @triton.jit(do_not_specialize=["seed"])
 def _attn_bwd_dkdv_kernel(
     Q,  # (B, H, T, D) queries, unit stride along D
@@ -289,7 +450,7 @@ def _attn_bwd_dkdv_kernel(
     V,  # (B, H, T, D) values, unit stride along D
     DOut,  # (B, H, T, D) upstream gradient, unit stride along D
     KeyMask,  # (B, T) bool, True for real tokens (read when HAS_MASK)
-    KVRange,  # (B, 2) int32 from _attn_kv_range_kernel (read when HAS_MASK)
+    KVRange,  # (B, 3) int32 from _attn_kv_range_kernel (read when HAS_MASK)
     LSE,  # (B, H, T) fp32 from the forward
     Delta,  # (B, H, T) fp32 from _attn_bwd_preprocess_kernel
     DK,  # (B, H, T, D) out, unit stride along D
@@ -325,47 +486,79 @@ def _attn_bwd_dkdv_kernel(
     k_head = _head_ptr(K, b, h, stride_kb, stride_kh)
     v_head = _head_ptr(V, b, h, stride_vb, stride_vh)
     do_head = _head_ptr(DOut, b, h, stride_dob, stride_doh)
-    row_base = (b * H + h) * T
+    head = b * H + h
+    row_base = head * T
 
     # A key tile of pure padding leaves its query loop (nearly) empty: see _tile_range.
     lo, hi = _tile_range(KVRange, b, start_n, T, BLOCK_N, HAS_MASK)
-    k_real = _is_real(KeyMask, stride_mb, b, offs_n, T, HAS_MASK)
-    k_bias = tl.where(k_real, 0.0, float("-inf"))
-
     k = _load_operand(k_head, offs_n, offs_d, stride_kt, T, UPCAST_DOTS)  # (BLOCK_N, HEAD_DIM)
     v = _load_operand(v_head, offs_n, offs_d, stride_vt, T, UPCAST_DOTS)  # (BLOCK_N, HEAD_DIM)
     dk = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
     dv = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
     keep_scale = 1.0 / (1.0 - dropout_p)
+    threshold = _dropout_threshold(dropout_p)
 
-    for start_m in range((lo // BLOCK_M) * BLOCK_M, hi, BLOCK_M):
-        offs_m = start_m + tl.arange(0, BLOCK_M)
-        q = _load_operand(q_head, offs_m, offs_d, stride_qt, T, UPCAST_DOTS)  # (BLOCK_M, HEAD_DIM)
-        do = _load_operand(do_head, offs_m, offs_d, stride_dot, T, UPCAST_DOTS)  # (BLOCK_M, HEAD_DIM)
-        # subtle: this is _is_real written out. Called here, its debug line-info
-        # labels make ptxas use up to 61 more registers a thread (sm_90, D=64,
-        # mask and dropout); without line info both forms compile alike.
-        if HAS_MASK:
-            q_real = tl.load(KeyMask + b * stride_mb + offs_m, mask=offs_m < T, other=0) != 0
-        else:
-            q_real = offs_m < T
-        lse, delta = _load_row_stats(LSE, Delta, row_base, offs_m, q_real)
-        s_t = tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION)  # (BLOCK_N, BLOCK_M)
-        p_t = tl.exp2(s_t * qk_scale + k_bias[:, None] - lse[None, :])
-        dp_t = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)  # (BLOCK_N, BLOCK_M)
-        if HAS_DROPOUT:
-            keep_t = _dropout_keep(seed, row_base + offs_m[None, :], offs_n[:, None], T, dropout_p)
-            p_drop_t = tl.where(keep_t, p_t * keep_scale, 0.0)
-            dp_t = tl.where(keep_t, dp_t * keep_scale, 0.0)
-        else:
-            p_drop_t = p_t
-        dv += tl.dot(_mma_operand(p_drop_t, DOut.dtype.element_ty, UPCAST_DOTS), do,
-                     input_precision=DOT_PRECISION)
-        ds_t = p_t * (dp_t - delta[None, :])
-        dk += tl.dot(_mma_operand(ds_t, Q.dtype.element_ty, UPCAST_DOTS), q, input_precision=DOT_PRECISION)
+    # Query tiles in three runs, as in the forward: masked head, unmasked middle, masked tail.
+    full_lo, full_hi = _full_tiles(KVRange, b, lo, hi, BLOCK_M, HAS_MASK)
+    dk, dv = _attn_dkdv_inner(
+        dk, dv, k, v, q_head, do_head, KeyMask, stride_mb, b, LSE, Delta, row_base, offs_d, stride_qt, stride_dot,
+        (lo // BLOCK_M) * BLOCK_M, full_lo, start_n, T, qk_scale, dropout_p, seed, head, threshold,
+        BLOCK_M, BLOCK_N, True, HAS_MASK, HAS_DROPOUT, DOT_PRECISION, UPCAST_DOTS)
+    dk, dv = _attn_dkdv_inner(
+        dk, dv, k, v, q_head, do_head, KeyMask, stride_mb, b, LSE, Delta, row_base, offs_d, stride_qt, stride_dot,
+        full_lo, full_hi, start_n, T, qk_scale, dropout_p, seed, head, threshold,
+        BLOCK_M, BLOCK_N, False, HAS_MASK, HAS_DROPOUT, DOT_PRECISION, UPCAST_DOTS)
+    dk, dv = _attn_dkdv_inner(
+        dk, dv, k, v, q_head, do_head, KeyMask, stride_mb, b, LSE, Delta, row_base, offs_d, stride_qt, stride_dot,
+        full_hi, hi, start_n, T, qk_scale, dropout_p, seed, head, threshold,
+        BLOCK_M, BLOCK_N, True, HAS_MASK, HAS_DROPOUT, DOT_PRECISION, UPCAST_DOTS)
 
+    # Padded keys were not masked in the loop: their rows of dK and dV are dropped here.
+    k_real = _is_real(KeyMask, stride_mb, b, offs_n, T, HAS_MASK)[:, None]
+    dk = tl.where(k_real, dk, 0.0)
+    dv = tl.where(k_real, dv, 0.0)
+    if HAS_DROPOUT:  # the kept probabilities' 1 / (1 - p), left out of the loop
+        dv = dv * keep_scale
+        dk = dk * keep_scale
     _store_rows(_head_ptr(DK, b, h, stride_dkb, stride_dkh), offs_n, offs_d, stride_dkt, T, dk * sm_scale)
     _store_rows(_head_ptr(DV, b, h, stride_dvb, stride_dvh), offs_n, offs_d, stride_dvt, T, dv)
+
+
+@triton.jit
+def _attn_dq_inner(dq, q, do, lse, delta, k_head, v_head, KeyMask, stride_mb, b, offs_m, offs_d, stride_kt, stride_vt,
+                   start, stop, T, qk_scale, seed, head, threshold,
+                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr, HAS_MASK: tl.constexpr,
+                   HAS_DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr, UPCAST_DOTS: tl.constexpr):
+    """dQ's loop over key tiles [start, stop): dq (BLOCK_M, HEAD_DIM) fp32, returned updated.
+
+    MASKED and pipelining as in _attn_fwd_inner; here the scale and the
+    log-sum-exp fold into one FMA on every tile. Padded query rows have
+    lse = +inf, so their p is 0 on both paths.
+    """
+    k_ptrs = k_head + (start + tl.arange(0, BLOCK_N))[:, None] * stride_kt + offs_d[None, :]
+    v_ptrs = v_head + (start + tl.arange(0, BLOCK_N))[:, None] * stride_vt + offs_d[None, :]
+    for start_n in tl.range(start, stop, BLOCK_N, num_stages=2 if MASKED else None):
+        if MASKED:
+            offs_n = start_n + tl.arange(0, BLOCK_N)
+            in_bounds = (offs_n < T)[:, None]
+            k = _mma_operand(tl.load(k_ptrs, mask=in_bounds, other=0.0), k_head.dtype.element_ty, UPCAST_DOTS)
+            v = _mma_operand(tl.load(v_ptrs, mask=in_bounds, other=0.0), v_head.dtype.element_ty, UPCAST_DOTS)
+            k_bias = tl.where(_is_real(KeyMask, stride_mb, b, offs_n, T, HAS_MASK), 0.0, float("-inf"))
+            s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)  # (BLOCK_M, BLOCK_N)
+            p = tl.exp2(s * qk_scale + k_bias[None, :] - lse[:, None])
+        else:
+            k = _mma_operand(tl.load(k_ptrs), k_head.dtype.element_ty, UPCAST_DOTS)  # (BLOCK_N, HEAD_DIM)
+            v = _mma_operand(tl.load(v_ptrs), v_head.dtype.element_ty, UPCAST_DOTS)  # (BLOCK_N, HEAD_DIM)
+            s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)  # (BLOCK_M, BLOCK_N)
+            p = tl.exp2(s * qk_scale - lse[:, None])
+        dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)  # (BLOCK_M, BLOCK_N)
+        if HAS_DROPOUT:
+            dp = tl.where(_dropout_keep(seed, head, offs_m, start_n, T, threshold, BLOCK_M, BLOCK_N), dp, 0.0)
+        ds = p * (dp - delta[:, None])
+        dq = tl.dot(_mma_operand(ds, k_head.dtype.element_ty, UPCAST_DOTS), k, dq, input_precision=DOT_PRECISION)
+        k_ptrs += BLOCK_N * stride_kt
+        v_ptrs += BLOCK_N * stride_vt
+    return dq
 
 
 @triton.jit(do_not_specialize=["seed"])
@@ -375,7 +568,7 @@ def _attn_bwd_dq_kernel(
     V,  # (B, H, T, D) values, unit stride along D
     DOut,  # (B, H, T, D) upstream gradient, unit stride along D
     KeyMask,  # (B, T) bool, True for real tokens (read when HAS_MASK)
-    KVRange,  # (B, 2) int32 from _attn_kv_range_kernel (read when HAS_MASK)
+    KVRange,  # (B, 3) int32 from _attn_kv_range_kernel (read when HAS_MASK)
     LSE,  # (B, H, T) fp32 from the forward
     Delta,  # (B, H, T) fp32 from _attn_bwd_preprocess_kernel
     DQ,  # (B, H, T, D) out, unit stride along D
@@ -407,7 +600,8 @@ def _attn_bwd_dq_kernel(
     k_head = _head_ptr(K, b, h, stride_kb, stride_kh)
     v_head = _head_ptr(V, b, h, stride_vb, stride_vh)
     do_head = _head_ptr(DOut, b, h, stride_dob, stride_doh)
-    row_base = (b * H + h) * T
+    head = b * H + h
+    row_base = head * T
 
     # A query tile of pure padding leaves its key loop (nearly) empty: see _tile_range.
     lo, hi = _tile_range(KVRange, b, start_m, T, BLOCK_M, HAS_MASK)
@@ -417,21 +611,27 @@ def _attn_bwd_dq_kernel(
     do = _load_operand(do_head, offs_m, offs_d, stride_dot, T, UPCAST_DOTS)  # (BLOCK_M, HEAD_DIM)
     lse, delta = _load_row_stats(LSE, Delta, row_base, offs_m, q_real)  # padded rows: dQ is exactly 0
     dq = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
-    keep_scale = 1.0 / (1.0 - dropout_p)
+    threshold = _dropout_threshold(dropout_p)
+    if HAS_DROPOUT:
+        # dS = P * (Z * dP / (1 - p) - delta) = P * (Z * dP - (1 - p) * delta) / (1 - p): the loop
+        # accumulates the second form without the division, applied to dQ once at the end.
+        delta = delta * (1.0 - dropout_p)
+        sm_scale = sm_scale / (1.0 - dropout_p)
 
-    for start_n in range((lo // BLOCK_N) * BLOCK_N, hi, BLOCK_N):
-        offs_n = start_n + tl.arange(0, BLOCK_N)
-        k = _load_operand(k_head, offs_n, offs_d, stride_kt, T, UPCAST_DOTS)  # (BLOCK_N, HEAD_DIM)
-        v = _load_operand(v_head, offs_n, offs_d, stride_vt, T, UPCAST_DOTS)  # (BLOCK_N, HEAD_DIM)
-        k_real = _is_real(KeyMask, stride_mb, b, offs_n, T, HAS_MASK)
-        s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)  # (BLOCK_M, BLOCK_N)
-        p = tl.exp2(s * qk_scale + tl.where(k_real, 0.0, float("-inf"))[None, :] - lse[:, None])
-        dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)  # (BLOCK_M, BLOCK_N)
-        if HAS_DROPOUT:
-            keep = _dropout_keep(seed, row_base + offs_m[:, None], offs_n[None, :], T, dropout_p)
-            dp = tl.where(keep, dp * keep_scale, 0.0)
-        ds = p * (dp - delta[:, None])
-        dq += tl.dot(_mma_operand(ds, K.dtype.element_ty, UPCAST_DOTS), k, input_precision=DOT_PRECISION)
+    # Key tiles in three runs, as in the forward: masked head, unmasked middle, masked tail.
+    full_lo, full_hi = _full_tiles(KVRange, b, lo, hi, BLOCK_N, HAS_MASK)
+    dq = _attn_dq_inner(
+        dq, q, do, lse, delta, k_head, v_head, KeyMask, stride_mb, b, offs_m, offs_d, stride_kt, stride_vt,
+        (lo // BLOCK_N) * BLOCK_N, full_lo, T, qk_scale, seed, head, threshold,
+        BLOCK_M, BLOCK_N, True, HAS_MASK, HAS_DROPOUT, DOT_PRECISION, UPCAST_DOTS)
+    dq = _attn_dq_inner(
+        dq, q, do, lse, delta, k_head, v_head, KeyMask, stride_mb, b, offs_m, offs_d, stride_kt, stride_vt,
+        full_lo, full_hi, T, qk_scale, seed, head, threshold,
+        BLOCK_M, BLOCK_N, False, HAS_MASK, HAS_DROPOUT, DOT_PRECISION, UPCAST_DOTS)
+    dq = _attn_dq_inner(
+        dq, q, do, lse, delta, k_head, v_head, KeyMask, stride_mb, b, offs_m, offs_d, stride_kt, stride_vt,
+        full_hi, hi, T, qk_scale, seed, head, threshold,
+        BLOCK_M, BLOCK_N, True, HAS_MASK, HAS_DROPOUT, DOT_PRECISION, UPCAST_DOTS)
 
     _store_rows(_head_ptr(DQ, b, h, stride_dqb, stride_dqh), offs_m, offs_d, stride_dqt, T, dq * sm_scale)
 
@@ -446,10 +646,12 @@ def _attn_dropout_mask_kernel(
     BLOCK_N: tl.constexpr,
 ):
     offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-    row_base = (tl.program_id(2) * H + tl.program_id(1)) * T
+    head = tl.program_id(2) * H + tl.program_id(1)
+    row_base = head * T
+    threshold = _dropout_threshold(dropout_p)
     for start_n in range(0, T, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
-        keep = _dropout_keep(seed, row_base + offs_m[:, None], offs_n[None, :], T, dropout_p)
+        keep = _dropout_keep(seed, head, offs_m, start_n, T, threshold, BLOCK_M, BLOCK_N)
         offsets = (row_base + offs_m[:, None]).to(tl.int64) * T + offs_n[None, :]
         tl.store(Keep + offsets, keep, mask=(offs_m < T)[:, None] & (offs_n < T)[None, :])
 
@@ -463,7 +665,7 @@ INTERPRETED = not isinstance(_attn_fwd_kernel, triton.runtime.JITFunction)
 # 2. Launchers
 # ---------------------------------------------------------------------------
 
-def attention_configs(arch: int, head_dim: int, dtype: torch.dtype) -> dict[str, TileConfig]:
+def attention_configs(arch: int, head_dim: int, dtype: torch.dtype, dropout: bool = False) -> dict[str, TileConfig]:
     """Tiles, warps and pipeline stages of each kernel for one architecture.
 
     In a TileConfig here, BLOCK_M counts query rows and BLOCK_N key rows.
@@ -472,22 +674,31 @@ def attention_configs(arch: int, head_dim: int, dtype: torch.dtype) -> dict[str,
     Key tiles of dK/dV and query tiles of dQ are the tiles a program keeps
     for its whole loop, so they are the large ones. fp32 inputs run their dots
     as tf32x3 (see _dot_precision), which triples the operand registers, so
-    they get small tiles. Every entry is compiled for sm_80 and sm_90 by
-    kernels.compile_check, which fails on any register spill.
+    they get small tiles. dropout: whether the kernels draw dropout bits,
+    which hold registers of their own. Every entry is compiled for sm_80 and
+    sm_90 by kernels.compile_check, which fails on any register spill.
     """
     hopper = arch >= 90
     if dtype == torch.float32:
-        return {"fwd": TileConfig(16, 32, 4, 2), "dkdv": TileConfig(32, 16, 8, 2), "dq": TileConfig(16, 32, 4, 2)}
+        # subtle: with dropout at D=128, dQ spilled 8 B on sm_90 at 4 warps, dK/dV 28-52 B at 32 query rows.
+        heavy = dropout and head_dim > 64
+        return {"fwd": TileConfig(16, 32, 4, 2), "dkdv": TileConfig(16 if heavy else 32, 16, 8, 2),
+                "dq": TileConfig(16, 32, 8 if heavy else 4, 2)}
     if head_dim <= 64:
         return {
-            "fwd": TileConfig(128, 64, 8, 3),
+            # 128-key tiles on Hopper, as the Triton tutorial: the loop's fixed cost per step (wgmma
+            # descriptors, pointers, barriers) is spread over twice the scores (compile_check --report).
+            # With dropout's bits on top they spilled (mask + dropout, D=32 and 64): 64 there.
+            "fwd": TileConfig(128, 128 if hopper and not dropout else 64, 8, 3),
             "dkdv": TileConfig(32, 128, 8, 3),
-            "dq": TileConfig(128, 32, 4 if hopper else 8, 3),
+            # 8 warps with dropout on Hopper: at 4, its bits spilled dQ (24 B, D=64)
+            "dq": TileConfig(128, 32, 4 if hopper and not dropout else 8, 3),
         }
     return {
         "fwd": TileConfig(128, 64, 8, 3) if hopper else TileConfig(128, 32, 8, 2),
         "dkdv": TileConfig(32, 64, 8, 3),
-        "dq": TileConfig(64, 32, 4, 3),
+        # subtle: 8 warps on sm_80: at 4, dropout's bit unpacking spilled mask + dropout (24 B).
+        "dq": TileConfig(64, 32, 4 if hopper else 8, 3),
     }
 
 
@@ -555,9 +766,9 @@ def _strides3(t):
 
 
 def _kv_range(key_padding_mask):
-    """(B, 2) int32: each sequence's first real token and one past its last."""
+    """(B, 3) int32: each sequence's first real token, one past its last, and 1 if every token between is real."""
     B, T = key_padding_mask.shape
-    kv_range = torch.empty(B, 2, dtype=torch.int32, device=key_padding_mask.device)
+    kv_range = torch.empty(B, 3, dtype=torch.int32, device=key_padding_mask.device)
     _attn_kv_range_kernel[(B,)](key_padding_mask, kv_range, key_padding_mask.stride(0), T,
                                 BLOCK=_KV_RANGE_TILE.BLOCK_M, **_KV_RANGE_TILE.options())
     return kv_range
@@ -576,7 +787,7 @@ def attention_forward(q, k, v, key_padding_mask, dropout_p, softmax_scale, seed)
     out is laid out (B, T, H, D) in memory and returned as a (B, H, T, D) view.
     """
     B, H, T, D = q.shape
-    cfg = attention_configs(_arch(q.device), D, q.dtype)["fwd"]
+    cfg = attention_configs(_arch(q.device), D, q.dtype, dropout_p > 0.0)["fwd"]
     kv_range = _kv_range(key_padding_mask) if key_padding_mask is not None else None
     mask, kv_range_arg, stride_mb = _mask_args(key_padding_mask, kv_range, q)
     out = torch.empty(B, T, H, D, dtype=q.dtype, device=q.device).transpose(1, 2)
@@ -595,7 +806,7 @@ def attention_backward(do, q, k, v, out, lse, key_padding_mask, kv_range, dropou
     """Launch the backward: delta, then dK/dV, then dQ. Returns (dq, dk, dv)."""
     B, H, T, D = q.shape
     do = _unit_last_stride(do)
-    cfgs = attention_configs(_arch(q.device), D, q.dtype)
+    cfgs = attention_configs(_arch(q.device), D, q.dtype, dropout_p > 0.0)
     has_mask, has_dropout = key_padding_mask is not None, dropout_p > 0.0
     mask, kv_range, stride_mb = _mask_args(key_padding_mask, kv_range, q)
 
@@ -660,6 +871,8 @@ def attention(q, k, v, key_padding_mask=None, dropout_p=0.0, softmax_scale=None,
         key_padding_mask = key_padding_mask.contiguous()
     if softmax_scale is None:
         softmax_scale = 1.0 / math.sqrt(q.shape[-1])
+    if softmax_scale < 0:  # the forward's unmasked loop needs scale >= 0 (_attn_fwd_inner): q (-k)^T |scale|
+        k, softmax_scale = -k, -softmax_scale
     return FlashAttentionFunction.apply(q, k, v, key_padding_mask, float(dropout_p), float(softmax_scale),
                                         kernel_seed(seed, dropout_p))
 
@@ -686,8 +899,10 @@ def aot_specs(arch: int):
     """Yield (variant, kernel, pointer dtypes, constexprs, launch options) for every
     launch configuration the launchers above use on `arch`.
 
-    fp16 shares the bf16 tiles, so bf16 stands for both. Masks and dropout are
-    compiled on and off: the mask-and-dropout variant holds the most registers.
+    fp16 shares the bf16 tiles, so bf16 stands for both. Every combination of
+    mask and dropout is compiled: the tiles depend on dropout, the
+    mask-and-dropout variant holds the most registers, and the pairs show
+    what each costs (compile_check --report).
     """
     yield ("", _attn_kv_range_kernel, {"KeyMask": "*i1", "KVRange": "*i32"},
            {"BLOCK": _KV_RANGE_TILE.BLOCK_M}, _KV_RANGE_TILE.options())
@@ -698,8 +913,8 @@ def aot_specs(arch: int):
         for D in SUPPORTED_HEAD_DIMS:
             yield (f"D={D} {dtype_name}", _attn_bwd_preprocess_kernel, {"Out": io, "DOut": io, "Delta": "*fp32"},
                    {"HEAD_DIM": D, "BLOCK_M": _PREPROCESS_TILE.BLOCK_M}, _PREPROCESS_TILE.options())
-            cfgs = attention_configs(arch, D, dtype)
-            for has_mask, has_dropout in ((False, False), (True, True)):
+            for has_mask, has_dropout in ((False, False), (True, False), (False, True), (True, True)):
+                cfgs = attention_configs(arch, D, dtype, has_dropout)
                 variant = f"D={D} {dtype_name} mask={int(has_mask)} dropout={int(has_dropout)}"
                 common = {"Q": io, "K": io, "V": io, "KeyMask": "*i1", "KVRange": "*i32", "LSE": "*fp32"}
                 for name, kernel, outs in (

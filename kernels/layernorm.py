@@ -25,7 +25,9 @@ whose backward is slower than torch at hidden sizes 768-1024:
   - the forward stores only y, mean and rstd. The backward recomputes h from
     x, the residual and the dropout seed, so the forward writes one tensor
     instead of two, and x and the residual are tensors autograd keeps anyway;
-  - without dropout, dx equals d_residual and one tensor serves both.
+  - without dropout, dx equals d_residual and one tensor serves both;
+  - dropout draws eight keep-decisions of 16 bits per Philox call
+    (_dropout_keep), not one Philox per element (except above hidden 2048).
 """
 from __future__ import annotations
 
@@ -45,13 +47,37 @@ MAX_HIDDEN = 4096  # a whole row lives in registers; wider rows would spill (see
 # ---------------------------------------------------------------------------
 
 @triton.jit
-def _dropout_keep(seed, rows, cols, N, dropout_p):
-    """Keep-mask of elements (rows, cols) of the (M, N) input.
+def _dropout_keep(seed, rows, start_col, N, dropout_p, BLOCK_N: tl.constexpr, PER_ELEMENT: tl.constexpr):
+    """(BLOCK_M, BLOCK_N) bool keep-mask of the (M, N) input's rows `rows` (BLOCK_M,) by
+    columns start_col + arange(BLOCK_N), with start_col and BLOCK_N multiples of 8.
 
-    The Philox counter is the element's linear index in a dense (M, N) tensor,
-    so forward, backward and the debug helper draw the same bits.
+    As in flash_attention._dropout_keep: one Philox call draws the eight
+    decisions of columns 8g .. 8g + 7 of a row, with counter
+    (row * cdiv(N, 8) + g, 0); column 8g + 2k takes the low 16 bits of output
+    k, column 8g + 2k + 1 the high 16. An element is kept when its 16 bits are
+    >= floor(p * 2**16), so p is rounded down to a multiple of 2**-16. The
+    counter depends on the element alone, so forward, backward and the debug
+    helper draw the same bits. int32 counters: M * N < 2**34.
     """
-    return tl.rand(seed, rows.to(tl.int64) * N + cols) >= dropout_p
+    threshold = tl.cast(dropout_p * 65536.0, tl.uint32)
+    if PER_ELEMENT:
+        # subtle: the rows of 16-warp programs (hidden > 2048) draw one Philox per element, as
+        # tl.rand: joined from eight, the decisions spilled there (36 B, sm_80, triton 3.6, sliced
+        # rows with residual and dropout). It is a different stream, so a launch picks one scheme
+        # by its hidden size alone (_per_element_dropout) and the debug helper follows it.
+        cols = start_col + tl.arange(0, BLOCK_N)
+        return tl.rand(seed, rows.to(tl.int64)[:, None] * N + cols[None, :]) >= dropout_p
+    groups = start_col // 8 + tl.arange(0, BLOCK_N // 8)
+    counter = rows[:, None] * ((N + 7) // 8) + groups[None, :]  # (BLOCK_M, BLOCK_N // 8)
+    r0, r1, r2, r3 = tl.philox(seed, counter, counter * 0, 0, 0)
+    # subtle: tl.join appends the new axis last, so join(join(x0, x2), join(x1, x3)) holds
+    # x_(2a + b) at [.., a, b]; joining the halves last puts them innermost: column 8g + 2k + half.
+    # Compared before joining: bools hold fewer registers than 32-bit words through the joins.
+    low = tl.join(tl.join((r0 & 0xFFFF) >= threshold, (r2 & 0xFFFF) >= threshold),
+                  tl.join((r1 & 0xFFFF) >= threshold, (r3 & 0xFFFF) >= threshold))
+    high = tl.join(tl.join((r0 >> 16) >= threshold, (r2 >> 16) >= threshold),
+                   tl.join((r1 >> 16) >= threshold, (r3 >> 16) >= threshold))
+    return tl.reshape(tl.join(low, high), (rows.shape[0], BLOCK_N))
 
 
 @triton.jit
@@ -66,8 +92,8 @@ def _prenorm(X, Residual, rows, cols, mask, stride_x, stride_r, N, dropout_p, se
     rows64 = rows.to(tl.int64)[:, None]
     h = tl.load(X + rows64 * stride_x + cols[None, :], mask=mask, other=0.0).to(tl.float32)
     keep = mask
-    if HAS_DROPOUT:
-        keep = _dropout_keep(seed, rows[:, None], cols[None, :], N, dropout_p)
+    if HAS_DROPOUT:  # cols is arange(BLOCK_N): the whole row
+        keep = _dropout_keep(seed, rows, 0, N, dropout_p, cols.shape[0], cols.shape[0] > 2048)
         h = tl.where(keep, h / (1.0 - dropout_p), 0.0)
     if HAS_RESIDUAL:
         h += tl.load(Residual + rows64 * stride_r + cols[None, :], mask=mask, other=0.0).to(tl.float32)
@@ -188,10 +214,11 @@ def _layer_norm_dropout_mask_kernel(
     seed,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
+    PER_ELEMENT: tl.constexpr,  # the kernels' scheme for this hidden size: _per_element_dropout(N)
 ):
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    keep = _dropout_keep(seed, rows[:, None], cols[None, :], N, dropout_p)
+    keep = _dropout_keep(seed, rows, tl.program_id(1) * BLOCK_N, N, dropout_p, BLOCK_N, PER_ELEMENT)
     tl.store(Keep + rows.to(tl.int64)[:, None] * N + cols[None, :], keep,
              mask=(rows < M)[:, None] & (cols < N)[None, :])
 
@@ -374,6 +401,11 @@ def layer_norm(x, weight, bias, eps=1e-5, residual=None, dropout_p=0.0, seed=Non
 _MASK_TILE = RowTileConfig(16, 64, 4)  # _layer_norm_dropout_mask_kernel (a debugging aid)
 
 
+def _per_element_dropout(hidden: int) -> bool:
+    """Whether layer_norm draws one Philox per element at this hidden size (see _dropout_keep)."""
+    return layer_norm_configs(hidden)["bwd"].BLOCK_N > 2048
+
+
 def layer_norm_dropout_mask(seed, shape, dropout_p, device="cpu"):
     """The bool keep-mask, shaped like x, that layer_norm(x, ..., dropout_p, seed=seed) applies.
 
@@ -389,7 +421,7 @@ def layer_norm_dropout_mask(seed, shape, dropout_p, device="cpu"):
     grid = (triton.cdiv(M, _MASK_TILE.BLOCK_M), triton.cdiv(N, _MASK_TILE.BLOCK_N))
     _layer_norm_dropout_mask_kernel[grid](keep, M, N, float(dropout_p), int(seed),
                                           BLOCK_M=_MASK_TILE.BLOCK_M, BLOCK_N=_MASK_TILE.BLOCK_N,
-                                          **_MASK_TILE.options())
+                                          PER_ELEMENT=_per_element_dropout(N), **_MASK_TILE.options())
     return keep.view(shape)
 
 
@@ -398,30 +430,40 @@ def layer_norm_dropout_mask(seed, shape, dropout_p, device="cpu"):
 # ---------------------------------------------------------------------------
 
 def aot_specs(arch: int):
-    """Yield (variant, kernel, pointer dtypes, constexprs, launch options) for every
+    """Yield (variant, kernel, pointer dtypes, constexprs, launch options, divisible) for every
     launch configuration the launchers above use on `arch`: each power-of-two
     tile width up to MAX_HIDDEN, with bf16 activations (fp16 and fp32 take the
-    same tiles) and fp32 parameters, residual and dropout on and off.
+    same tiles) and fp32 parameters, residual and dropout on and off, and dropout alone.
+
+    Each is compiled three times, as the runtime specialises it: for hidden
+    sizes that are multiples of 16 (768, 1024: N and the row strides are
+    marked 16-divisible, and the row loads vectorise), for others in rows
+    sliced from a wider tensor (x[:, :1000] of a (M, 1024) one: the strides
+    only) and for others in contiguous rows (77: nothing is).
     """
-    yield ("", _layer_norm_dropout_mask_kernel, {"Keep": "*i1"},
-           {"BLOCK_M": _MASK_TILE.BLOCK_M, "BLOCK_N": _MASK_TILE.BLOCK_N}, _MASK_TILE.options())
+    for per_element in (False, True):
+        yield (f"per_element={int(per_element)}", _layer_norm_dropout_mask_kernel, {"Keep": "*i1"},
+               {"BLOCK_M": _MASK_TILE.BLOCK_M, "BLOCK_N": _MASK_TILE.BLOCK_N, "PER_ELEMENT": per_element},
+               _MASK_TILE.options())
     block_n = 16
     while block_n <= MAX_HIDDEN:
         cfgs = layer_norm_configs(block_n)
-        for has_residual, has_dropout in ((False, False), (True, True)):
-            variant = f"N<={block_n} residual={int(has_residual)} dropout={int(has_dropout)}"
-            flags = {"HAS_RESIDUAL": has_residual, "HAS_DROPOUT": has_dropout}
-            fwd, bwd = cfgs["fwd"], cfgs["bwd"]
-            yield (variant, _layer_norm_fwd_kernel,
-                   {"X": "*bf16", "Residual": "*bf16", "W": "*fp32", "B": "*fp32", "Y": "*bf16",
-                    "PreNorm": "*bf16", "Mean": "*fp32", "Rstd": "*fp32"},
-                   {"BLOCK_M": fwd.BLOCK_M, "BLOCK_N": fwd.BLOCK_N, **flags, "STORE_PRENORM": has_residual},
-                   fwd.options())
-            yield (variant, _layer_norm_bwd_kernel,
-                   {"DY": "*bf16", "DPreNorm": "*bf16", "X": "*bf16", "Residual": "*bf16", "W": "*fp32",
-                    "Mean": "*fp32", "Rstd": "*fp32", "DX": "*bf16", "DResidual": "*bf16",
-                    "DWPartial": "*fp32", "DBPartial": "*fp32"},
-                   {"BLOCK_M": bwd.BLOCK_M, "BLOCK_N": bwd.BLOCK_N, **flags,
-                    "HAS_DPRENORM": has_residual, "STORE_DRESIDUAL": has_residual},
-                   bwd.options())
+        strides = {"stride_x", "stride_r", "stride_y", "stride_h", "stride_dy", "stride_dh"}
+        for alignment, divisible in (("N%16=0", {"N", *strides}), ("sliced", strides), ("N%16>0", set())):
+            for has_residual, has_dropout in ((False, False), (False, True), (True, True)):
+                variant = f"N<={block_n} {alignment} residual={int(has_residual)} dropout={int(has_dropout)}"
+                flags = {"HAS_RESIDUAL": has_residual, "HAS_DROPOUT": has_dropout}
+                fwd, bwd = cfgs["fwd"], cfgs["bwd"]
+                yield (variant, _layer_norm_fwd_kernel,
+                       {"X": "*bf16", "Residual": "*bf16", "W": "*fp32", "B": "*fp32", "Y": "*bf16",
+                        "PreNorm": "*bf16", "Mean": "*fp32", "Rstd": "*fp32"},
+                       {"BLOCK_M": fwd.BLOCK_M, "BLOCK_N": fwd.BLOCK_N, **flags, "STORE_PRENORM": has_residual},
+                       fwd.options(), divisible)
+                yield (variant, _layer_norm_bwd_kernel,
+                       {"DY": "*bf16", "DPreNorm": "*bf16", "X": "*bf16", "Residual": "*bf16", "W": "*fp32",
+                        "Mean": "*fp32", "Rstd": "*fp32", "DX": "*bf16", "DResidual": "*bf16",
+                        "DWPartial": "*fp32", "DBPartial": "*fp32"},
+                       {"BLOCK_M": bwd.BLOCK_M, "BLOCK_N": bwd.BLOCK_N, **flags,
+                        "HAS_DPRENORM": has_residual, "STORE_DRESIDUAL": has_residual},
+                       bwd.options(), divisible)
         block_n *= 2

@@ -30,7 +30,7 @@ pytestmark = pytest.mark.skipif(not kernels.triton_available(), reason="triton i
 FP32 = (torch.float32, 1e-4, 1e-4)
 BF16 = (torch.bfloat16, 3e-2, 2e-2)
 FP16 = (torch.float16, 5e-3, 5e-3)
-PADDINGS = ("none", "right", "holes", "single")
+PADDINGS = ("none", "right", "left", "holes", "single")
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -42,6 +42,7 @@ def make_mask(kind, B, T, generator, device="cpu"):
     """(B, T) bool key-padding mask, True for real tokens, or None.
 
     right:  random real lengths, padding at the end (what a tokenizer produces);
+    left:   the same, padding at the start: the real keys start inside a tile;
     holes:  random real tokens anywhere, including leading padding;
     single: batch row 0 is all padding but one token in the middle;
     empty:  batch row 0 has no real token at all.
@@ -52,6 +53,9 @@ def make_mask(kind, B, T, generator, device="cpu"):
         lengths = torch.randint(1, T + 1, (B,), generator=generator)
         lengths[-1] = T
         mask = torch.arange(T)[None, :] < lengths[:, None]
+    elif kind == "left":
+        lengths = torch.randint(1, T + 1, (B,), generator=generator)
+        mask = torch.arange(T)[None, :] >= T - lengths[:, None]
     elif kind == "holes":
         mask = torch.rand(B, T, generator=generator) < 0.6
         mask[:, torch.randint(0, T, (1,), generator=generator)] = True
@@ -110,6 +114,9 @@ FAST_CASES = [
     (77, 32, "single", BF16),
     (130, 64, "none", BF16),
     (77, 64, "right", FP16),
+    (130, 64, "left", FP32),
+    (257, 32, "left", BF16),
+    (150, 64, "left", BF16),
 ]
 
 
@@ -154,6 +161,9 @@ def test_dropout_keep_rate_and_seeds():
     assert (keep != other).float().mean() > 0.2  # independent masks differ on 2p(1-p) = 32% of elements
     # each head and each row draws its own bits
     assert not torch.equal(keep[0, 0], keep[0, 1]) and not torch.equal(keep[0, 0, 0], keep[0, 0, 1])
+    # p near 1 keeps almost nothing (the 16-bit threshold must not wrap around), p = 0 everything
+    assert attention_dropout_mask(7, 1, 2, 77, 0.9999).float().mean() < 0.01
+    assert attention_dropout_mask(7, 1, 2, 77, 0.0).all()
 
 
 def test_seed_none_draws_from_torch_generator():
@@ -186,6 +196,25 @@ def test_softmax_scale_and_int_mask():
     out = attention(q, k, v, key_padding_mask=mask, softmax_scale=0.3)
     ref = attention_reference(q, k, v, key_padding_mask=mask.bool(), softmax_scale=0.3)
     torch.testing.assert_close(out, ref, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("scale", [-0.2, 0.0])
+@pytest.mark.parametrize("padding", ["none", "right"])
+def test_negative_and_zero_softmax_scale(scale, padding):
+    """The unmasked key tiles take the row max before scaling (scale >= 0); a negative scale goes onto k."""
+    B, H, T, D = 2, 2, 150, 32  # 150 keys: full tiles and a tail under every tile config
+    generator = torch.Generator().manual_seed(5)
+    q, k, v, do = (torch.randn(B, H, T, D, generator=generator) for _ in range(4))
+    mask = make_mask(padding, B, T, generator)
+    mine = [t.clone().requires_grad_() for t in (q, k, v)]
+    theirs = [t.clone().requires_grad_() for t in (q, k, v)]
+    out = attention(*mine, key_padding_mask=mask, softmax_scale=scale)
+    ref = attention_reference(*theirs, key_padding_mask=mask, softmax_scale=scale)
+    out.backward(do)
+    ref.backward(do)
+    torch.testing.assert_close(out, ref, atol=1e-4, rtol=1e-4)
+    for name, a, r in zip("qkv", mine, theirs):
+        torch.testing.assert_close(a.grad, r.grad, atol=1e-4, rtol=1e-4, msg=lambda m, name=name: f"d{name}: {m}")
 
 
 @pytest.mark.parametrize("D", [16, 48, 256])

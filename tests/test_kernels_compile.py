@@ -6,9 +6,13 @@ the tiles, warps and stages the launchers pick. It catches what the
 interpreter forgives (layouts, shared memory, spills). It runs in a
 subprocess because compiling needs triton imported without TRITON_INTERPRET,
 which the interpreter tests in this process need set. The first run compiles
-about 80 kernels per architecture (a minute or so on 2 cores); Triton's cache
-makes later runs fast.
+about 200 kernels per architecture (several minutes on 2 cores); Triton's
+cache makes later runs fast.
+
+`--report` reads the main loop's cost from the PTX (see kernels/compile_check.py);
+one test pins the forward's cost, the figure the kernels were tuned on.
 """
+import json
 import os
 import subprocess
 import sys
@@ -37,3 +41,20 @@ def test_every_kernel_compiles_without_spills(arch):
     assert lines and all(line.endswith(" ok") for line in lines), report
     for name in KERNELS:  # every kernel appears, under its own name
         assert f" {name} " in proc.stdout, f"{name} was not compiled:\n{report}"
+
+
+def test_report_counts_the_forward_main_loop(tmp_path):
+    """sm_90, bf16, D=64, no mask or dropout: wgmma, cp.async, and at most 8.5 PTX instructions per score
+    (the Triton tutorial's Hopper forward: ~7.7; this kernel before its unmasked loop: 12.6)."""
+    env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
+    out = tmp_path / "report.json"
+    proc = subprocess.run([sys.executable, "-m", "kernels.compile_check", "--arch", "90", "--jobs", "1", "--report",
+                           "--json", str(out), "--only", "_attn_fwd_kernel D=64 bf16 mask=0 dropout=0"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    [row] = json.loads(out.read_text())
+    assert row["kernel"] == "_attn_fwd_kernel" and row["spill_bytes"] == 0
+    assert row["wgmma"] > 0 and row["mma_sync"] == 0 and row["cp_async"] > 0
+    assert row["loop_instructions"] > 0 and row["loop_compare_select"] <= 10
+    per_element = row["loop_instructions"] * row["threads"] / row["elements"]
+    assert row["instructions_per_element"] == round(per_element, 2) <= 8.5

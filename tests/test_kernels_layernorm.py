@@ -110,7 +110,8 @@ def test_matches_reference_all_shapes(M, N, residual, tol):
     run_and_compare((M, N), *tol, residual=residual, dropout_p=0.1)
 
 
-@pytest.mark.parametrize("shape, tol", [((77, 130), FP32), ((40, 768), BF16)], ids=["float32", "bfloat16"])
+@pytest.mark.parametrize("shape, tol", [((77, 130), FP32), ((40, 768), BF16), ((9, 4001), FP32)],
+                         ids=["float32", "bfloat16", "float32-wide"])
 def test_dropout_and_prenorm_match_reference_with_the_helper_mask(shape, tol):
     run_and_compare(shape, *tol, residual=True, dropout_p=0.1, prenorm=True)
 
@@ -133,6 +134,9 @@ def test_dropout_keep_rate_and_seeds():
     assert abs(keep.float().mean().item() - (1 - p)) < 0.01
     assert torch.equal(keep, layer_norm_dropout_mask(5, (4, 250, 128), p))
     assert (keep != layer_norm_dropout_mask(6, (4, 250, 128), p)).float().mean() > 0.1  # 2p(1-p) = 18%
+    # p near 1 keeps almost nothing (the 16-bit threshold must not wrap around), p = 0 everything
+    assert layer_norm_dropout_mask(5, (40, 77), 0.9999).float().mean() < 0.01
+    assert layer_norm_dropout_mask(5, (40, 77), 0.0).all()
 
 
 def test_seed_none_draws_from_torch_generator():
