@@ -70,7 +70,18 @@ class _SplitWriter:
 
     def add(self, ids) -> None:
         """Append one document: its ids (a list or an array), then </s>."""
-        arr = np.append(np.asarray(ids, dtype=self.dtype), self.dtype(self.eos))
+        self.add_many([ids])
+
+    def add_many(self, docs: list) -> None:
+        """Append documents, each followed by </s>, with one write per shard and one index write."""
+        if not docs:
+            return
+        eos = np.array([self.eos], dtype=self.dtype)
+        arr = np.concatenate([part for ids in docs for part in (np.asarray(ids, dtype=self.dtype), eos)])
+        ends = self.tokens + np.cumsum([len(ids) + 1 for ids in docs], dtype=np.int64)
+        self.tokens = int(ends[-1])
+        self.documents += len(docs)
+        self._write(self._docs, self._docs_name, ends.tobytes())
         while len(arr):
             if self._shard is None or self.shards[-1] == self.shard_tokens:
                 self._next_shard()
@@ -78,9 +89,6 @@ class _SplitWriter:
             self._write(self._shard, self._shard_name, arr[:room].tobytes())
             self.shards[-1] += len(arr[:room])
             arr = arr[room:]
-        self.tokens += len(ids) + 1
-        self.documents += 1
-        self._write(self._docs, self._docs_name, np.int64(self.tokens).tobytes())
 
     def _next_shard(self):
         if self._shard is not None:
@@ -153,10 +161,13 @@ def _write_data(corpus, tok, out_dir: str, settings: dict, num_workers, batch_do
         bar = progress(desc="preparing", unit="docs", disable=not show_progress)
         index = 0
         for rows in tok.encode_batches(chunked(docs, batch_documents), num_workers=num_workers):
+            split = {"train": [], "val": []}
             for ids in rows:
                 in_val = int((index + 1) * val_fraction) > int(index * val_fraction)
-                writers["val" if in_val else "train"].add(ids)
+                split["val" if in_val else "train"].append(ids)
                 index += 1
+            for name, docs_of_split in split.items():
+                writers[name].add_many(docs_of_split)
             bar.update(len(rows))
             bar.set_postfix(tokens=f"{sum(w.tokens for w in writers.values()):,}")
         bar.close()
