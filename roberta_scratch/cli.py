@@ -107,13 +107,8 @@ def _given(args: argparse.Namespace) -> dict:
 
 def _cmd_pretrain(args: argparse.Namespace) -> int:
     from .pretrain import TrainArgs, pretrain
-    from .training import TrainingError
 
-    try:
-        return pretrain(TrainArgs(**_given(args)))
-    except TrainingError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    return pretrain(TrainArgs(**_given(args)))  # a TrainingError is main()'s error line
 
 
 def _add_pretrain_parser(sub) -> None:
@@ -184,13 +179,8 @@ def _add_tokenizer_parser(sub) -> None:
 
 def _cmd_finetune(args: argparse.Namespace) -> int:
     from .finetune import FinetuneArgs, finetune
-    from .training import TrainingError
 
-    try:
-        return finetune(FinetuneArgs(**_given(args)))
-    except TrainingError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    return finetune(FinetuneArgs(**_given(args)))
 
 
 def _add_finetune_parser(sub) -> None:
@@ -355,8 +345,10 @@ def _describe(e: Exception) -> str:
     from .fileio import DirectoryBusy
     from .training import TrainingError
 
+    if isinstance(e, TrainingError) and str(e).strip():
+        return str(e).strip()  # written for the user, advice included (it may run to several lines)
     text = (str(e).strip().splitlines() or [""])[0]
-    if text and isinstance(e, (ValueError, OSError, TrainingError, DirectoryBusy)):
+    if text and isinstance(e, (ValueError, OSError, DirectoryBusy)):
         return text
     return f"{type(e).__name__}: {text}" if text else type(e).__name__
 

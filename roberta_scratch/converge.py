@@ -31,7 +31,7 @@ Tolerances, with K = 10 (fp32 on the CPU; bf16 autocast on CUDA):
 from __future__ import annotations
 
 import argparse
-import os
+import contextlib
 import sys
 from dataclasses import dataclass
 
@@ -158,12 +158,13 @@ def run(args: argparse.Namespace) -> int:
 
     names = [("attention", args.attention)] + ([("layer_norm", args.layer_norm)] if args.layer_norm else [])
     triton_on_cpu = args.device == "cpu" and any(kernels.get_implementation(op, n).triton for op, n in names)
-    if triton_on_cpu:  # run the Triton code itself, in the interpreter, not the torch fallback
-        os.environ["TRITON_INTERPRET"] = "1"
-        for module in ("flash_attention", "layernorm"):
-            kernels.kernel_module(module, interpret=True)
-    result = converge(args.attention, args.layer_norm, args.steps, args.batch_size, args.seq_len, args.device,
-                      args.seed)
+    # on the CPU, Triton code runs in the interpreter (not the torch fallback); elsewhere as it is
+    with kernels.triton_interpreter(True) if triton_on_cpu else contextlib.nullcontext():
+        if triton_on_cpu:
+            for module in ("flash_attention", "layernorm"):
+                kernels.kernel_module(module, interpret=True)
+        result = converge(args.attention, args.layer_norm, args.steps, args.batch_size, args.seq_len, args.device,
+                          args.seed)
     cand, ref, first, tol = result["candidate"], result["reference"], result["first_divergence"], result["tolerance"]
     print(f"{cand.name} against {ref.name}: {args.steps} steps of {args.batch_size} x {args.seq_len} (padded), "
           f"{tol['dtype']}, tolerance atol {tol['atol']:g} + rtol {tol['rtol']:g} (step 0: {tol['step0_rtol']:g}) "
