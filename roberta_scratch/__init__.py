@@ -3,6 +3,7 @@ from .config import RobertaConfig
 from .masking import DynamicMaskingCollator
 from .model import (
     RobertaForMaskedLM,
+    RobertaForPreTraining,
     RobertaForQuestionAnswering,
     RobertaForSequenceClassification,
     RobertaForTokenClassification,
@@ -18,6 +19,7 @@ __all__ = [
     "RobertaForSequenceClassification",
     "RobertaForTokenClassification",
     "RobertaForQuestionAnswering",
+    "RobertaForPreTraining",
     "DynamicMaskingCollator",
     "ByteLevelBPETokenizer",
     "SentencePieceTokenizer",

@@ -7,9 +7,10 @@ along dim 0 (their separate query/key/value -> our fused qkv), and split back
 on the way out. Keys of theirs that we deliberately drop are listed with why.
 
 Our canonical state dict is RobertaForMaskedLM's and friends': encoder keys
-under "roberta.", head keys ("lm_head.", "classifier.", "qa_outputs.") at the
-top level. A file may hold several heads at once; each model class takes the
-keys it has and says which it ignored.
+under "roberta.", head keys ("lm_head.", "classifier.", "qa_outputs.", and
+RobertaForPreTraining's next-sentence head "nsp.") at the top level. A file may
+hold several heads at once; each model class takes the keys it has and says
+which it ignored.
 
 Everything here maps a state dict (or a config) to another: no files. Reading and
 writing them is checkpoint.py's job, and loading into a model is model.py's.
@@ -25,7 +26,10 @@ import torch
 from .config import RobertaConfig
 
 ENCODER_PREFIX = "roberta."
-HEAD_PREFIXES = ("lm_head.", "classifier.", "qa_outputs.")
+HEAD_PREFIXES = ("lm_head.", "classifier.", "qa_outputs.", "nsp.")
+# RobertaForPreTraining's next-sentence head (pooler + classifier): no Hugging Face RoBERTa
+# class has one, so an export drops it, with a warning, and keeps the encoder and the MLM head.
+NSP_PREFIX = "nsp."
 
 # ----------------------------------------------------------------------------- key maps
 
@@ -192,6 +196,12 @@ def ours_to_hf(sd: dict, num_layers: int) -> dict:
     for ours, theirs in HF_HEAD_MAP.items():
         if ours in sd:
             out[theirs] = sd.pop(ours)
+    nsp = sorted(k for k in sd if k.startswith(NSP_PREFIX))
+    if nsp:
+        warnings.warn(f"dropping {nsp}: the next-sentence head of RobertaForPreTraining, which no Hugging Face "
+                      "RoBERTa class has; the encoder and the MLM head are exported", stacklevel=3)
+        for k in nsp:
+            del sd[k]
     if sd:
         raise KeyError(f"no Hugging Face name for {sorted(sd)}")
     return out

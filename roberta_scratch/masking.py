@@ -13,6 +13,12 @@ Example:
     torch.Size([2, 6])
 
 batch["labels"] holds the original id where a token was selected and -100 elsewhere.
+
+Examples may also be dicts, as the pair formats (pairs.PairDataset) and BERT's static
+copies (StaticCopies) give them: {"input_ids": 1-D, "token_type_ids": 1-D (optional),
+"next_sentence_label": int (optional), "mask_copy": int (optional)}. token_type_ids are
+padded with 0 and next_sentence_label stacked into the batch; mask_copy picks which of an
+example's static masks it gets (see DynamicMaskingCollator).
 """
 from __future__ import annotations
 
@@ -30,7 +36,10 @@ class DynamicMaskingCollator:
     special_token_ids are never selected nor drawn as random replacements; neither is padding.
     static=True gives every distinct example the same mask on every call (BERT's
     preprocessing-time masking, for the static-vs-dynamic ablation): its mask is drawn from a
-    generator seeded by the example's ids and `static_seed`.
+    generator seeded by the example's ids and `static_seed`. An example given as a dict with
+    "mask_copy": c gets its c-th static mask instead (c = 0 is the one above): BERT's
+    dupe_factor, where each sequence was written out K times with K different masks (see
+    StaticCopies).
     word_start: a bool tensor over the vocabulary, True for tokens that begin a word (what the
     tokenizer's word_start_mask() says); when given, whole words are selected together.
     """
@@ -91,6 +100,12 @@ class DynamicMaskingCollator:
         return ids
 
     def __call__(self, examples) -> dict:
+        """A list of 1-D sequences, a padded (B, T) batch, or a list of dicts (see the module
+        docstring) -> {"input_ids", "attention_mask", "labels"}, plus "token_type_ids" and
+        "next_sentence_label" when the dicts have them."""
+        extra, copies = {}, None
+        if not isinstance(examples, torch.Tensor) and len(examples) and isinstance(examples[0], dict):
+            examples, extra, copies = self._unpack(examples)
         ids = self.pad(examples)
         if self.static:
             input_ids, labels = ids.clone(), torch.full_like(ids, IGNORE_INDEX)
@@ -98,10 +113,41 @@ class DynamicMaskingCollator:
                 # subtle: draw over the unpadded tokens only, so the mask does not depend on
                 # how much padding this batch happened to need
                 real = ids[row, :n]
-                input_ids[row, :n], labels[row, :n] = self._draw(real[None], _static_generator(real, self.static_seed))
+                g = _static_generator(real, self.static_seed, 0 if copies is None else copies[row])
+                input_ids[row, :n], labels[row, :n] = self._draw(real[None], g)
         else:
+            if copies is not None and any(copies):
+                raise ValueError("examples carry mask_copy (BERT's static copies) but the collator draws dynamic "
+                                 "masks: pass static=True")
             input_ids, labels = self._draw(ids, self.generator)
-        return {"input_ids": input_ids, "attention_mask": ids.ne(self.pad_token_id).long(), "labels": labels}
+        batch = {"input_ids": input_ids, "attention_mask": ids.ne(self.pad_token_id).long(), "labels": labels}
+        if "token_type_ids" in extra:
+            types = torch.zeros_like(ids)  # padding gets type 0, like HF's
+            for row, t in enumerate(extra["token_type_ids"]):
+                types[row, :len(t)] = torch.as_tensor(t, dtype=torch.long)
+            batch["token_type_ids"] = types
+        if "next_sentence_label" in extra:
+            batch["next_sentence_label"] = torch.as_tensor([int(x) for x in extra["next_sentence_label"]],
+                                                           dtype=torch.long)
+        return batch
+
+    KEYS = ("input_ids", "token_type_ids", "next_sentence_label", "mask_copy")
+
+    def _unpack(self, examples: Sequence[dict]):
+        """(the input_ids of each, {extra key: one value per example}, mask copies or None)."""
+        keys = set(examples[0])
+        unknown = keys - set(self.KEYS)
+        if "input_ids" not in keys or unknown:
+            raise ValueError(f"example dicts need 'input_ids' and may have {list(self.KEYS[1:])}; got {sorted(keys)}")
+        if any(set(e) != keys for e in examples):
+            raise ValueError("every example of a batch must have the same keys")
+        for e in examples:
+            if "token_type_ids" in e and len(e["token_type_ids"]) != len(e["input_ids"]):
+                raise ValueError(f"token_type_ids has {len(e['token_type_ids'])} entries for "
+                                 f"{len(e['input_ids'])} input_ids")
+        extra = {k: [e[k] for e in examples] for k in ("token_type_ids", "next_sentence_label") if k in keys}
+        copies = [int(e["mask_copy"]) for e in examples] if "mask_copy" in keys else None
+        return [e["input_ids"] for e in examples], extra, copies
 
     # ------------------------------------------------------------------ masking
     def _draw(self, ids: torch.Tensor, g: Optional[torch.Generator]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -135,6 +181,37 @@ class DynamicMaskingCollator:
         return u.gather(1, first)
 
 
-def _static_generator(row: torch.Tensor, seed: int) -> torch.Generator:
-    digest = hashlib.blake2b(row.numpy().tobytes(), digest_size=8, key=str(seed).encode()).digest()
+class StaticCopies(torch.utils.data.Dataset):
+    """BERT's static masking with dupe_factor K: the data seen as K copies, each with its own mask.
+
+    Item c * N + i is example i of `dataset` as copy c: {"input_ids": ..., "mask_copy": c}
+    (a dict example keeps its other keys), which a static collator masks with mask c of that
+    example. An epoch over this dataset is K epochs of the data, with each (example, copy)
+    pair once in the trainer's shuffled order; so 4K epochs of the data show every sequence
+    with each of its K masks 4 times, as BERT's 10 copies over 40 epochs did. K = 1 is the
+    one fixed mask of static=True.
+    """
+
+    def __init__(self, dataset, copies: int):
+        if copies < 1:
+            raise ValueError(f"copies must be at least 1, got {copies}")
+        self.dataset, self.copies = dataset, copies
+
+    def __len__(self) -> int:
+        return len(self.dataset) * self.copies
+
+    def __getitem__(self, j: int) -> dict:
+        copy, i = divmod(int(j), len(self.dataset))
+        if not 0 <= copy < self.copies:
+            raise IndexError(f"index {j} is out of range for {len(self)} (example, copy) pairs")
+        example = self.dataset[i]
+        example = dict(example) if isinstance(example, dict) else {"input_ids": example}
+        return {**example, "mask_copy": copy}
+
+
+def _static_generator(row: torch.Tensor, seed: int, copy: int = 0) -> torch.Generator:
+    # copy 0 keeps the key of the single static mask; others add the copy (seed 1 copy 0 and
+    # seed 0 copy 1 must not share a mask, so never seed + copy)
+    key = str(seed) if copy == 0 else f"{seed}/copy{copy}"
+    digest = hashlib.blake2b(row.numpy().tobytes(), digest_size=8, key=key.encode()).digest()
     return torch.Generator().manual_seed(int.from_bytes(digest, "little") & (2**63 - 1))

@@ -2,7 +2,8 @@
 
     embeddings:  LN(word + position + token_type) -> dropout
     N layers:    h = LN(x + drop(attn(x)));  x = LN(h + drop(fc2(gelu(fc1(h)))))   (post-LN)
-    heads:       masked LM, sequence classification, token classification, QA
+    heads:       masked LM, sequence classification, token classification, QA, and BERT's
+                 pretraining pair (masked LM + next-sentence prediction, for the ablations)
 
 Numbers match the reference implementations (fairseq, Hugging Face) to fp32
 rounding; the module structure is our own, and convert.py maps their state
@@ -39,6 +40,9 @@ class Output:
 
     loss: Optional[torch.Tensor] = None
     logits: Optional[torch.Tensor] = None
+    nsp_logits: Optional[torch.Tensor] = None  # (B, 2): next-sentence prediction, RobertaForPreTraining only
+    mlm_loss: Optional[torch.Tensor] = None  # RobertaForPreTraining: the two terms of its loss
+    nsp_loss: Optional[torch.Tensor] = None
     start_logits: Optional[torch.Tensor] = None  # question answering only
     end_logits: Optional[torch.Tensor] = None
     last_hidden_state: Optional[torch.Tensor] = None  # (B, T, H)
@@ -58,14 +62,17 @@ class RobertaEmbeddings(nn.Module):
         self.token_type_embeddings = nn.Embedding(cfg.type_vocab_size, cfg.hidden_size)
         self.norm = AddNorm(cfg)
 
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, token_type_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
         # subtle: positions count real tokens only and start at padding_idx + 1, so with
         # padding_idx=1 the first token sits at position 2 and every pad at position 1,
         # whose row is zero. The reference derives them from the ids, not the attention mask.
         real = input_ids.ne(self.padding_idx).int()  # (B, T)
         position_ids = torch.cumsum(real, dim=1, dtype=torch.int32) * real + self.padding_idx
-        # Every token has token type 0 (RoBERTa has no segments): add that one row.
-        x = self.word_embeddings(input_ids) + self.token_type_embeddings.weight[0]
+        if token_type_ids is None:
+            # Every token has token type 0 (RoBERTa has no segments): add that one row.
+            x = self.word_embeddings(input_ids) + self.token_type_embeddings.weight[0]
+        else:  # BERT's segments A (0) and B (1), for the pair formats of the ablations
+            x = self.word_embeddings(input_ids) + self.token_type_embeddings(token_type_ids)
         x = x + self.position_embeddings(position_ids.long())  # (B, T, H)
         return self.norm(x)
 
@@ -215,8 +222,8 @@ class PreTrained(nn.Module):
 ID_DTYPES = (torch.int64, torch.int32)  # what an embedding lookup takes; bool and uint8 would be masks
 
 
-def check_inputs(cfg: RobertaConfig, input_ids: torch.Tensor,
-                 attention_mask: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+def check_inputs(cfg: RobertaConfig, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor],
+                 token_type_ids: Optional[torch.Tensor] = None) -> Optional[torch.Tensor]:
     """Validate on the host, so bad input is a ValueError on every device (never a CUDA assert).
 
     Returns the key-padding mask as (B, T) bool, or None when nothing is padded.
@@ -232,6 +239,12 @@ def check_inputs(cfg: RobertaConfig, input_ids: torch.Tensor,
     if input_ids.numel() == 0:
         raise ValueError(f"input_ids is empty, shape {tuple(input_ids.shape)}")
     stats = [input_ids.min(), input_ids.max()]
+    if token_type_ids is not None:
+        if not isinstance(token_type_ids, torch.Tensor) or tuple(token_type_ids.shape) != (B, T) \
+                or token_type_ids.dtype not in ID_DTYPES:
+            raise ValueError(f"token_type_ids must be an int64 or int32 tensor of shape (batch, seq_len) = {(B, T)} "
+                             f"like input_ids, got {getattr(token_type_ids, 'dtype', type(token_type_ids))} "
+                             f"{tuple(getattr(token_type_ids, 'shape', ()))}")
     if attention_mask is not None:
         if tuple(attention_mask.shape) != (B, T):
             raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}, expected (batch, seq_len) "
@@ -243,7 +256,16 @@ def check_inputs(cfg: RobertaConfig, input_ids: torch.Tensor,
             attention_mask = attention_mask == 1
         real = attention_mask.sum(dim=1)
         stats += [real.min(), real.max()]
+    if token_type_ids is not None:
+        stats += [token_type_ids.min().to(device=input_ids.device, dtype=input_ids.dtype),
+                  token_type_ids.max().to(device=input_ids.device, dtype=input_ids.dtype)]
     stats = torch.stack(stats).tolist()  # one device sync for every check
+    if token_type_ids is not None:
+        low, high = stats.pop(-2), stats.pop(-1)
+        if low < 0 or high >= cfg.type_vocab_size:
+            raise ValueError(f"token type id {low if low < 0 else high} is out of range for type_vocab_size "
+                             f"{cfg.type_vocab_size}" + (" (RoBERTa's configs have one token type; the pair "
+                             "formats need a config with type_vocab_size=2)" if cfg.type_vocab_size == 1 else ""))
     if attention_mask is not None and len(stats) == 5:
         if stats.pop(2):
             raise ValueError("attention_mask must hold only 1 (a real token) and 0 (padding); it holds other "
@@ -268,9 +290,11 @@ class RobertaModel(PreTrained):
         self.layers = nn.ModuleList([Layer(cfg) for _ in range(cfg.num_hidden_layers)])
         self.init_weights()
 
-    def forward(self, input_ids, attention_mask=None, output_hidden_states=False, output_attentions=False) -> Output:
-        pad_mask = check_inputs(self.config, input_ids, attention_mask)
-        x = self.embeddings(input_ids)  # (B, T, H)
+    def forward(self, input_ids, attention_mask=None, output_hidden_states=False, output_attentions=False,
+                token_type_ids=None) -> Output:
+        """token_type_ids (B, T): None adds type 0 everywhere, as RoBERTa does (one token type)."""
+        pad_mask = check_inputs(self.config, input_ids, attention_mask, token_type_ids)
+        x = self.embeddings(input_ids, token_type_ids)  # (B, T, H)
         hidden_states, attentions = [x], []
         for layer in self.layers:
             x, att = layer(x, pad_mask, output_attentions)
@@ -282,27 +306,48 @@ class RobertaModel(PreTrained):
 
 # --------------------------------------------------------------------------- heads
 
-class RobertaForMaskedLM(PreTrained):
-    """Encoder + LM head: dense -> gelu -> LN -> decoder tied to the word embeddings (+ own bias)."""
+def lm_head(cfg: RobertaConfig) -> nn.Module:
+    """The MLM head's own weights: dense -> gelu -> LN, then a bias on the tied decoder."""
+    head = nn.Module()
+    head.dense = nn.Linear(cfg.hidden_size, cfg.hidden_size)
+    head.norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+    head.bias = nn.Parameter(torch.zeros(cfg.vocab_size))
+    return head
 
-    def __init__(self, cfg: RobertaConfig):
-        super().__init__()
-        self.config = cfg
-        self.roberta = RobertaModel(cfg)
-        self.lm_head = nn.Module()
-        self.lm_head.dense = nn.Linear(cfg.hidden_size, cfg.hidden_size)
-        self.lm_head.norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
-        self.lm_head.bias = nn.Parameter(torch.zeros(cfg.vocab_size))
-        self.act = ACT2FN[cfg.hidden_act]
-        self.init_weights()
+
+class MaskedLMHead:
+    """What RobertaForMaskedLM and RobertaForPreTraining share: the LM head and its masked-only loss.
+    The class using it has self.roberta, self.lm_head (lm_head(cfg)) and self.act."""
 
     def predict(self, h: torch.Tensor) -> torch.Tensor:
         """Hidden states (..., H) -> vocabulary logits (..., V)."""
         h = self.lm_head.norm(self.act(self.lm_head.dense(h)))
         return F.linear(h, self.roberta.embeddings.word_embeddings.weight, self.lm_head.bias)
 
+    def masked_lm(self, h: torch.Tensor, labels: torch.Tensor, input_shape) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits (N, V) at the N labelled positions in row-major order, their mean cross-entropy)."""
+        check_labels(labels, input_shape, self.config.vocab_size)
+        selected = labels != IGNORE_INDEX  # (B, T)
+        logits = self.predict(h[selected])  # (N, V): the vocabulary projection only where it counts
+        # subtle: the mean as sum / N, so a batch with nothing masked has loss 0 (and zero
+        # gradients) instead of the 0/0 = NaN of a mean over nothing.
+        loss = F.cross_entropy(logits.float(), labels[selected], reduction="sum") / selected.sum().clamp(min=1)
+        return logits, loss
+
+
+class RobertaForMaskedLM(MaskedLMHead, PreTrained):
+    """Encoder + LM head: dense -> gelu -> LN -> decoder tied to the word embeddings (+ own bias)."""
+
+    def __init__(self, cfg: RobertaConfig):
+        super().__init__()
+        self.config = cfg
+        self.roberta = RobertaModel(cfg)
+        self.lm_head = lm_head(cfg)
+        self.act = ACT2FN[cfg.hidden_act]
+        self.init_weights()
+
     def forward(self, input_ids, attention_mask=None, labels=None, output_hidden_states=False,
-                output_attentions=False) -> Output:
+                output_attentions=False, token_type_ids=None) -> Output:
         """Without labels: logits (B, T, V) at every position.
 
         With labels ((B, T), IGNORE_INDEX where nothing is predicted): the head runs only at
@@ -310,18 +355,59 @@ class RobertaForMaskedLM(PreTrained):
         loss is the mean cross-entropy there, the same number the full head gives (0 when
         N = 0, where a plain mean would be NaN).
         """
-        out = self.roberta(input_ids, attention_mask, output_hidden_states, output_attentions)
+        out = self.roberta(input_ids, attention_mask, output_hidden_states, output_attentions, token_type_ids)
         h = out.last_hidden_state
         if labels is None:
             return Output(logits=self.predict(h), last_hidden_state=h, hidden_states=out.hidden_states,
                       attentions=out.attentions)
-        check_labels(labels, input_ids.shape, self.config.vocab_size)
-        selected = labels != IGNORE_INDEX  # (B, T)
-        logits = self.predict(h[selected])  # (N, V): the vocabulary projection only where it counts
-        # subtle: the mean as sum / N, so a batch with nothing masked has loss 0 (and zero
-        # gradients) instead of the 0/0 = NaN of a mean over nothing.
-        loss = F.cross_entropy(logits.float(), labels[selected], reduction="sum") / selected.sum().clamp(min=1)
+        logits, loss = self.masked_lm(h, labels, input_ids.shape)
         return Output(loss=loss, logits=logits, last_hidden_state=h, hidden_states=out.hidden_states,
+                      attentions=out.attentions)
+
+
+class RobertaForPreTraining(MaskedLMHead, PreTrained):
+    """BERT's pretraining objective on RoBERTa's encoder: masked LM + next-sentence prediction.
+
+    The baseline RoBERTa's ablations remove (SEGMENT-PAIR+NSP, SENTENCE-PAIR+NSP). The MLM head
+    is RobertaForMaskedLM's, under the same names (lm_head.*), so a checkpoint of this class
+    loads into RobertaForMaskedLM and the fine-tuning heads, which ignore the NSP head.
+    The NSP head is BERT's: a pooler (dense -> tanh on the <s> vector), then a linear layer to
+    2 classes, 0 = B follows A (IsNext), 1 = B is a random segment (HF and BERT's convention).
+    Its weights are nsp.pooler.* and nsp.classifier.*. Give token_type_ids (0 for `<s> A </s>`,
+    1 for `</s> B </s>`) and a config with type_vocab_size=2.
+    """
+
+    def __init__(self, cfg: RobertaConfig):
+        super().__init__()
+        self.config = cfg
+        self.roberta = RobertaModel(cfg)
+        self.lm_head = lm_head(cfg)
+        self.act = ACT2FN[cfg.hidden_act]
+        self.nsp = nn.Module()
+        self.nsp.pooler = nn.Linear(cfg.hidden_size, cfg.hidden_size)
+        self.nsp.classifier = nn.Linear(cfg.hidden_size, 2)
+        self.init_weights()
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None, next_sentence_label=None,
+                output_hidden_states=False, output_attentions=False) -> Output:
+        """logits: the MLM logits, (B, T, V) without labels, else (N, V) at the N labelled
+        positions only, as RobertaForMaskedLM. nsp_logits: (B, 2). loss: mlm_loss + nsp_loss,
+        each a mean (over the masked tokens, over the sequences); the one given alone when
+        only labels or only next_sentence_label is given."""
+        out = self.roberta(input_ids, attention_mask, output_hidden_states, output_attentions, token_type_ids)
+        h = out.last_hidden_state
+        nsp_logits = self.nsp.classifier(torch.tanh(self.nsp.pooler(h[:, 0])))  # (B, 2): from <s>
+        mlm_loss = nsp_loss = None
+        if labels is None:
+            logits = self.predict(h)
+        else:
+            logits, mlm_loss = self.masked_lm(h, labels, input_ids.shape)
+        if next_sentence_label is not None:
+            check_labels(next_sentence_label, (input_ids.shape[0],), 2)
+            nsp_loss = F.cross_entropy(nsp_logits.float(), next_sentence_label)
+        loss = nsp_loss if mlm_loss is None else mlm_loss if nsp_loss is None else mlm_loss + nsp_loss
+        return Output(loss=loss, logits=logits, nsp_logits=nsp_logits, mlm_loss=mlm_loss,
+                      nsp_loss=nsp_loss, last_hidden_state=h, hidden_states=out.hidden_states,
                       attentions=out.attentions)
 
 
@@ -343,8 +429,8 @@ class RobertaForSequenceClassification(PreTrained):
         self.init_weights()
 
     def forward(self, input_ids, attention_mask=None, labels=None, output_hidden_states=False,
-                output_attentions=False) -> Output:
-        out = self.roberta(input_ids, attention_mask, output_hidden_states, output_attentions)
+                output_attentions=False, token_type_ids=None) -> Output:
+        out = self.roberta(input_ids, attention_mask, output_hidden_states, output_attentions, token_type_ids)
         x = self.dropout(out.last_hidden_state[:, 0])  # (B, H): the <s> token
         x = self.dropout(torch.tanh(self.classifier.dense(x)))
         logits = self.classifier.out_proj(x)  # (B, num_labels)
@@ -386,8 +472,8 @@ class RobertaForTokenClassification(PreTrained):
         self.init_weights()
 
     def forward(self, input_ids, attention_mask=None, labels=None, output_hidden_states=False,
-                output_attentions=False) -> Output:
-        out = self.roberta(input_ids, attention_mask, output_hidden_states, output_attentions)
+                output_attentions=False, token_type_ids=None) -> Output:
+        out = self.roberta(input_ids, attention_mask, output_hidden_states, output_attentions, token_type_ids)
         logits = self.classifier(self.dropout(out.last_hidden_state))  # (B, T, num_labels)
         loss = None
         if labels is not None:
@@ -411,8 +497,8 @@ class RobertaForQuestionAnswering(PreTrained):
         self.init_weights()
 
     def forward(self, input_ids, attention_mask=None, start_positions=None, end_positions=None,
-                output_hidden_states=False, output_attentions=False) -> Output:
-        out = self.roberta(input_ids, attention_mask, output_hidden_states, output_attentions)
+                output_hidden_states=False, output_attentions=False, token_type_ids=None) -> Output:
+        out = self.roberta(input_ids, attention_mask, output_hidden_states, output_attentions, token_type_ids)
         start_logits, end_logits = self.qa_outputs(out.last_hidden_state).unbind(dim=-1)  # 2 x (B, T)
         loss = None
         if start_positions is not None and end_positions is not None:
@@ -454,7 +540,7 @@ def check_labels(labels: torch.Tensor, shape, num_classes: int) -> None:
 MODEL_CLASSES = {
     cls.__name__: cls
     for cls in (RobertaModel, RobertaForMaskedLM, RobertaForSequenceClassification,
-                RobertaForTokenClassification, RobertaForQuestionAnswering)
+                RobertaForTokenClassification, RobertaForQuestionAnswering, RobertaForPreTraining)
 }
 
 
