@@ -13,6 +13,8 @@ On disk, each split is a token stream in which every document is followed by </s
                                   inputs' fingerprint, and every file below with its size and sha256
     data-<id>/train-00000.bin ... the stream, uint16 when the vocabulary fits, else uint32
     data-<id>/train.docs.bin      int64 end offset (after the </s>) of every document in the stream
+    data-<id>/train.sents.bin     with --sentences: int64 end offset of every sentence (sentences.py),
+                                  a document's last one at its end (after the </s>), for the pair formats
     data-<id>/tokenizer/          the tokenizer it was made with
 
 Committing is one atomic step: a run writes a fresh data-<id>/ folder, then replaces
@@ -29,7 +31,8 @@ import re
 import shutil
 import tempfile
 import uuid
-from typing import Optional
+from collections import deque
+from typing import Iterator, Optional
 
 import numpy as np
 import torch
@@ -37,6 +40,7 @@ import torch
 from .corpus import DEFAULT_CORPUS, CorpusReport, corpus_files, inputs_fingerprint, iter_documents
 from .fileio import atomic_write, chunked, fsync_dir, lock_dir
 from .progress import progress
+from .sentences import split_sentences
 from .tokenizer import load_tokenizer
 from .tokenizer_base import _available_cpus
 
@@ -50,7 +54,7 @@ SHARD_TOKENS = 1 << 28  # 512 MB of uint16 per shard file
 class _SplitWriter:
     """Appends documents to one split's shard files and document index, streaming."""
 
-    def __init__(self, directory: str, split: str, dtype, shard_tokens: int, eos: int):
+    def __init__(self, directory: str, split: str, dtype, shard_tokens: int, eos: int, sentences: bool = False):
         self.directory, self.split, self.dtype, self.shard_tokens = directory, split, dtype, shard_tokens
         self.eos = eos
         self.tokens = 0
@@ -63,6 +67,10 @@ class _SplitWriter:
         self._docs_name = f"{split}.docs.bin"
         self._docs = open(os.path.join(directory, self._docs_name), "wb")
         self._hashes[self._docs_name] = hashlib.sha256()
+        self._sents_name = f"{split}.sents.bin" if sentences else None
+        self._sents = open(os.path.join(directory, self._sents_name), "wb") if sentences else None
+        if sentences:
+            self._hashes[self._sents_name] = hashlib.sha256()
 
     def _write(self, f, name: str, data: bytes) -> None:
         f.write(data)
@@ -72,10 +80,13 @@ class _SplitWriter:
         """Append one document: its ids (a list or an array), then </s>."""
         self.add_many([ids])
 
-    def add_many(self, docs: list) -> None:
-        """Append documents, each followed by </s>, with one write per shard and one index write."""
+    def add_many(self, docs: list, sentence_lengths: Optional[list] = None) -> None:
+        """Append documents, each followed by </s>, with one write per shard and one index write.
+        With sentences, sentence_lengths[d] holds the token count of each sentence of docs[d]."""
         if not docs:
             return
+        if self._sents is not None:
+            self._write(self._sents, self._sents_name, _sentence_ends(docs, sentence_lengths, self.tokens).tobytes())
         eos = np.array([self.eos], dtype=self.dtype)
         arr = np.concatenate([part for ids in docs for part in (np.asarray(ids, dtype=self.dtype), eos)])
         ends = self.tokens + np.cumsum([len(ids) + 1 for ids in docs], dtype=np.int64)
@@ -108,12 +119,49 @@ class _SplitWriter:
         if self._shard is not None:
             self._finish(self._shard, self._shard_name)
         self._finish(self._docs, self._docs_name)
+        if self._sents is not None:
+            self._finish(self._sents, self._sents_name)
         return {"tokens": self.tokens, "documents": self.documents, "shards": self.shards}
+
+
+def _sentence_ends(docs: list, sentence_lengths: list, offset: int) -> np.ndarray:
+    """The stream offsets where the sentences of `docs` end, the stream holding `offset` tokens
+    before them: each document's sentences back to back, its last one ending after its </s>."""
+    ends = []
+    for ids, lengths in zip(docs, sentence_lengths):
+        if sum(lengths) != len(ids):
+            raise AssertionError(f"sentence lengths {lengths} do not add up to the document's {len(ids)} tokens")
+        ends.append(offset + np.cumsum(lengths[:-1], dtype=np.int64))
+        offset += len(ids) + 1
+        ends.append(np.array([offset], dtype=np.int64))  # a document's end is a sentence end
+    return np.concatenate(ends)
+
+
+def _sentence_batches(batches, counts: deque) -> Iterator[list[str]]:
+    """Each batch of documents as the flat list of their sentences; how many each document has
+    goes on `counts` (one list per batch, in order) for _regroup."""
+    for docs in batches:
+        pieces = [split_sentences(doc) for doc in docs]
+        counts.append([len(p) for p in pieces])
+        yield [sentence for p in pieces for sentence in p]
+
+
+def _regroup(rows: list, counts: list) -> tuple[list, list]:
+    """(each document's ids, each document's sentence lengths) from the ids of its sentences.
+    Exact: encoding sentence by sentence gives the document's ids (sentences.py)."""
+    docs, lengths, i = [], [], 0
+    for n in counts:
+        part = rows[i:i + n]
+        docs.append(np.concatenate([np.asarray(r, dtype=np.int64) for r in part]) if part else [])
+        lengths.append([len(r) for r in part])
+        i += n
+    return docs, lengths
 
 
 def prepare(corpus: Optional[list[str]], tokenizer_dir: str, out_dir: str, seq_len: int = 512,
             val_fraction: float = 0.01, num_workers: Optional[int] = None, batch_documents: int = 256,
-            shard_tokens: int = SHARD_TOKENS, show_progress: bool = True, text_field: str = "text") -> dict:
+            shard_tokens: int = SHARD_TOKENS, show_progress: bool = True, text_field: str = "text",
+            sentences: bool = False) -> dict:
     """Tokenize a corpus (None: the default one; see corpus.py for the formats) into out_dir;
     returns meta.json's contents.
 
@@ -123,7 +171,8 @@ def prepare(corpus: Optional[list[str]], tokenizer_dir: str, out_dir: str, seq_l
     at a time, in order: the output is byte-identical whatever the number of workers, and
     memory stays bounded whatever the size of the corpus. Re-running with the same inputs,
     tokenizer and settings does nothing. The new data replaces the old in one atomic step
-    (see the module docstring).
+    (see the module docstring). sentences=True also records where each sentence ends
+    ({split}.sents.bin, for the pair formats); the token stream is the same either way.
     """
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
@@ -132,6 +181,8 @@ def prepare(corpus: Optional[list[str]], tokenizer_dir: str, out_dir: str, seq_l
     tok = load_tokenizer(tokenizer_dir)
     settings = {"format": FORMAT_VERSION, "inputs": inputs_fingerprint(corpus), "seq_len": seq_len,
                 "val_fraction": val_fraction, "tokenizer_hash": tok.fingerprint(), "text_field": text_field}
+    if sentences:  # only when asked: data prepared before sentences existed stays up to date
+        settings["sentences"] = True
     num_workers = _available_cpus() if num_workers is None else max(1, num_workers)
     with lock_dir(out_dir, "prepare"):
         meta = _current_meta(out_dir)
@@ -156,18 +207,28 @@ def _write_data(corpus, tok, out_dir: str, settings: dict, num_workers, batch_do
     report = CorpusReport()
     tmp = tempfile.mkdtemp(dir=out_dir, prefix=".prepare-")
     try:
-        writers = {s: _SplitWriter(tmp, s, dtype, shard_tokens, eos) for s in ("train", "val")}
+        sentences = settings.get("sentences", False)
+        writers = {s: _SplitWriter(tmp, s, dtype, shard_tokens, eos, sentences) for s in ("train", "val")}
         docs = iter_documents(corpus, report, settings["text_field"])
         bar = progress(desc="preparing", unit="docs", disable=not show_progress)
         index = 0
-        for rows in tok.encode_batches(chunked(docs, batch_documents), num_workers=num_workers):
+        batches, counts = chunked(docs, batch_documents), deque()
+        if sentences:  # encode sentence by sentence, then put each document back together
+            batches = _sentence_batches(batches, counts)
+        for rows in tok.encode_batches(batches, num_workers=num_workers):
+            lengths = None
+            if sentences:
+                rows, lengths = _regroup(rows, counts.popleft())
             split = {"train": [], "val": []}
-            for ids in rows:
+            split_lengths = {"train": [], "val": []}
+            for d, ids in enumerate(rows):
                 in_val = int((index + 1) * val_fraction) > int(index * val_fraction)
                 split["val" if in_val else "train"].append(ids)
+                if lengths is not None:
+                    split_lengths["val" if in_val else "train"].append(lengths[d])
                 index += 1
             for name, docs_of_split in split.items():
-                writers[name].add_many(docs_of_split)
+                writers[name].add_many(docs_of_split, split_lengths[name] if sentences else None)
             bar.update(len(rows))
             bar.set_postfix(tokens=f"{sum(w.tokens for w in writers.values()):,}")
         bar.close()
@@ -300,6 +361,9 @@ class TokenStream:
                                  shape=(n,)) for i, n in enumerate(info["shards"])]
         self.starts = np.cumsum([0] + info["shards"])  # global offset of each shard
         self.doc_ends = np.fromfile(os.path.join(base, f"{split}.docs.bin"), dtype=np.int64)
+        # where each sentence ends (every document end is one), when prepared with --sentences
+        self.sent_ends = np.fromfile(os.path.join(base, f"{split}.sents.bin"), dtype=np.int64) \
+            if meta.get("sentences") else None
         self.meta = meta
 
     def __len__(self) -> int:

@@ -83,11 +83,13 @@ def test_columnar_files_without_pyarrow_name_the_extra(tmp_path, monkeypatch):
         list(iter_documents([str(tmp_path / "c.parquet")]))
 
 
-def test_prepare_with_two_workers_writes_the_same_bytes_as_one(tmp_path, docstrings):
+@pytest.mark.parametrize("sentences", [False, True])
+def test_prepare_with_two_workers_writes_the_same_bytes_as_one(tmp_path, docstrings, sentences):
     corpus = write_jsonl(tmp_path / "c.jsonl.xz", docstrings[:1500], opener=lzma.open)
     tok = ByteLevelBPETokenizer.train(iter(docstrings[:500]), vocab_size=600, show_progress=False)
     tok.save_pretrained(str(tmp_path / "tok"))
     metas = [prepare([corpus], str(tmp_path / "tok"), str(tmp_path / f"w{n}"), seq_len=64, num_workers=n,
-                     batch_documents=64, show_progress=False) for n in (1, 2)]
+                     batch_documents=64, show_progress=False, sentences=sentences) for n in (1, 2)]
     assert metas[0]["files"] == metas[1]["files"]  # every file, by size and sha256
+    assert ("train.sents.bin" in metas[0]["files"]) == sentences
     assert metas[0]["splits"] == metas[1]["splits"] and metas[0]["splits"]["train"]["documents"] > 1000
