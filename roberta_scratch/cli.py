@@ -304,6 +304,31 @@ def _add_demo_parser(sub) -> None:
     p.set_defaults(func=_cmd_demo)
 
 
+def _cmd_study(args: argparse.Namespace) -> int:
+    from .study import run_study
+
+    return run_study(args.study, args.preset, args.out, seeds=args.seeds, corpus=args.corpus,
+                     text_field=args.text_field, overwrite=args.overwrite, command=["roberta-scratch"] + sys.argv[1:])
+
+
+def _add_study_parser(sub) -> None:
+    from .study import PRESETS, STUDIES
+
+    p = sub.add_parser("study", help="the RoBERTa paper's pretraining ablations (masking, input formats, batch size) "
+                                     "as one resumable study: runs, table.md, results.json, curves.png")
+    p.add_argument("study", choices=STUDIES, help="masking (Table 1), formats (Table 2), batch (Table 3), or all")
+    p.add_argument("--preset", required=True, choices=list(PRESETS),
+                   help="ci (a few CPU minutes), cpu (study all under 45 min on 2 cores), gpu-small (about an hour "
+                        "on one GPU)")
+    p.add_argument("--out", required=True, help="the study folder: runs/, data/, table.md, results.json, curves.png")
+    p.add_argument("--seeds", type=int, default=None, help="seeds per arm (default: the preset's)")
+    p.add_argument("--corpus", nargs="+", default=None, help=CORPUS_HELP)
+    p.add_argument("--text-field", default="text", help="the JSON key or column holding the text (default text)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="delete the runs (or the whole study) whose settings differ, and train them again")
+    p.set_defaults(func=_cmd_study)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="roberta-scratch", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -312,6 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_pretrain_parser(sub)
     _add_fill_mask_parser(sub)
     _add_demo_parser(sub)
+    _add_study_parser(sub)
     _add_tokenizer_parser(sub)
     _add_finetune_parser(sub)
     _add_predict_parser(sub)

@@ -1,0 +1,521 @@
+"""`roberta-scratch study`: the RoBERTa paper's pretraining ablations, at the scale a machine allows.
+
+    roberta-scratch study masking --preset ci  --out runs/study-ci      # Table 1, in a few CPU minutes
+    roberta-scratch study all     --preset cpu --out runs/study-cpu     # Tables 1-3, under 45 minutes on 2 cores
+    roberta-scratch study formats --preset gpu-small --out runs/study-gpu --seeds 3
+
+The paper (Liu et al. 2019, "RoBERTa: A Robustly Optimized BERT Pretraining Approach") asks
+what BERT's recipe needs, one change at a time:
+
+    masking   Table 1: one static mask, BERT's 10 static copies, dynamic masking
+    formats   Table 2: SEGMENT-PAIR+NSP, SENTENCE-PAIR+NSP, FULL-SENTENCES, DOC-SENTENCES
+    batch     Table 3: batch sizes 1x / 8x / 32x at one token budget (steps 1 / 1/8 / 1/32),
+              the learning rate scaled by the paper's own ratios (1e-4 : 7e-4 : 1e-3 = 1 : 7 : 10)
+    all       the three; the arms they share (the baseline) are run once
+
+Every arm is an ordinary `pretrain` run under OUT/runs/<arm>-s<seed>/ (checkpoints,
+metrics.jsonl, model/), then an ordinary `finetune` run of the downstream task from its
+model into OUT/runs/<arm>-s<seed>/downstream/. The baseline is FULL-SENTENCES with dynamic
+masking and the smallest batch, RoBERTa's recipe; each arm changes one thing from it, and
+every arm of a study gets the same data, model size, token budget and held-out evaluation.
+
+What makes it safe to stop and rerun:
+  - OUT/runs/<run>/study.json records the run's settings hash before it trains, and its
+    results once it is done (written atomically). A rerun skips a done run whose hash still
+    matches, resumes an unfinished one from its last checkpoint, and refuses a run whose
+    settings changed (--overwrite deletes what differs and trains it again);
+  - the tokenizer, the prepared data and the downstream task are rebuilt only when their
+    inputs change, and OUT is locked while a study runs in it.
+
+Output: OUT/table.md (the paper's layout, mean ± std over seeds, the paper's numbers beside
+ours, the 2-std noise verdict), OUT/results.json (everything) and OUT/curves.png (held-out
+loss against training tokens); see study_report.py.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import inspect
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from typing import Optional
+
+from .corpus import iter_documents
+from .data import PackedDataset, prepare
+from .fileio import DirectoryBusy, atomic_write, lock_dir
+from .finetune import FinetuneArgs, finetune
+from .pretrain import TrainArgs, pretrain
+from .progress import progress
+from .study_task import TaskSpec, build_task, write_if_changed
+from .tokenizer import ByteLevelBPETokenizer
+from .training import TrainingError
+
+SUBSTUDIES = ("masking", "formats", "batch")
+STUDIES = SUBSTUDIES + ("all",)
+
+
+class StudyError(TrainingError):
+    """A study that cannot go on as asked (changed settings, a bad name); the message says what to do."""
+
+
+# ----------------------------------------------------------------------------- presets
+
+@dataclass(frozen=True)
+class Preset:
+    """The size of a study: the model, the data, the token budget, the downstream task.
+
+    The baseline arm trains `steps` steps of `batch_size` sequences of `seq_len` tokens: that
+    token budget is every arm's. Arms with shorter examples (DOC-SENTENCES, the pair
+    formats) get proportionally bigger batches, as in the paper; the batch arms trade steps
+    for batch size at the same budget.
+    """
+
+    name: str
+    description: str
+    model: dict  # RobertaConfig fields; the vocabulary, positions and special ids come from the data
+    vocab_size: int  # the byte-level BPE trained on the corpus
+    seq_len: int
+    batch_size: int  # sequences per optimizer step, baseline arm
+    micro_batch: int  # most sequences per forward pass; gradient accumulation makes up the rest
+    steps: int
+    lr: float
+    seeds: int
+    warmup: float = 0.06  # share of each run's steps (RoBERTa: 24K of 500K; BERT 10K of 1M)
+    evals: int = 8  # held-out evaluations along each run: the points of curves.png
+    eval_blocks: int = 256  # the fixed held-out set, in blocks of seq_len
+    val_fraction: float = 0.05  # share of the corpus' documents held out for it
+    max_documents: Optional[int] = None  # pretrain on every k-th document only (keeps `ci` tiny)
+    static_copies: int = 10  # BERT's dupe_factor
+    batch_scales: tuple = (1, 8, 32)  # the paper's 256 / 2K / 8K
+    lr_ratios: tuple = (1.0, 7.0, 10.0)  # the paper's 1e-4 / 7e-4 / 1e-3
+    task: TaskSpec = field(default_factory=TaskSpec)
+    ft_epochs: float = 3.0
+    ft_lr: float = 1e-4
+    ft_batch: int = 16
+    ft_max_length: int = 128
+    attention: str = "sdpa"  # "auto": the fused Triton kernels where the registry says they run, else sdpa
+    device: Optional[str] = None  # None: cuda when available, else cpu
+
+
+PRESETS = {
+    # Proves the pipeline: `study masking --preset ci` in a few minutes on 2 CPU cores.
+    "ci": Preset(
+        name="ci", description="a pipeline check, not an experiment: a hidden-64, 2-layer encoder, "
+                               "a quarter of the corpus, about one pass over it",
+        model=dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=256),
+        vocab_size=2048, seq_len=64, batch_size=16, micro_batch=64, steps=120, lr=1e-3, seeds=2, evals=4,
+        eval_blocks=128, max_documents=1600, task=TaskSpec(train_per_class=40, test_per_class=20),
+        ft_epochs=2.0, ft_lr=2e-4, ft_max_length=64),
+    # The smallest study whose differences we expect above the seed noise: ~2M tokens a run
+    # (about 3 passes over the stdlib docstrings), 2 seeds; `study all` under 45 min on 2 cores.
+    "cpu": Preset(
+        name="cpu", description="the `tiny` encoder (hidden 128, 2 layers), 2M tokens a run, 2 seeds",
+        model=dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=2, intermediate_size=512),
+        vocab_size=4096, seq_len=128, batch_size=16, micro_batch=64, steps=1000, lr=5e-4, seeds=2,
+        task=TaskSpec(), ft_epochs=3.0, ft_lr=1e-4, ft_max_length=128),
+    # About an hour on one GPU: a 4-layer, hidden-512 encoder, bf16 autocast (the trainer's
+    # default on CUDA), the fused Triton attention and LayerNorm where they run.
+    "gpu-small": Preset(
+        name="gpu-small", description="hidden 512, 4 layers, 8 heads; 33M tokens a run (about 50 passes over "
+                                      "the stdlib docstrings, as BERT made 40), 3 seeds, bf16",
+        model=dict(hidden_size=512, num_hidden_layers=4, num_attention_heads=8, intermediate_size=2048),
+        vocab_size=8192, seq_len=256, batch_size=64, micro_batch=256, steps=2000, lr=5e-4, seeds=3,
+        evals=10, eval_blocks=512, task=TaskSpec(), ft_epochs=3.0, ft_lr=5e-5, ft_batch=32, ft_max_length=256,
+        attention="auto"),
+}
+
+
+# ----------------------------------------------------------------------------- arms
+
+@dataclass(frozen=True)
+class Arm:
+    """One pretraining recipe: the baseline with one thing changed."""
+
+    name: str  # the run folder's stem
+    packing: str = "full"
+    static_copies: int = 0  # 0: dynamic masking; 1: one fixed mask; K: BERT's K static copies
+    batch_scale: int = 1  # x the preset's batch, / the preset's steps
+    lr_ratio: float = 1.0  # x the preset's learning rate
+
+    @property
+    def nsp(self) -> bool:
+        return self.packing in ("segment-pair", "sentence-pair")
+
+
+def arms_of(substudy: str, preset: Preset) -> list[tuple[Arm, str]]:
+    """(arm, its row label in the paper's wording) of one sub-study, in the paper's row order."""
+    base = Arm("baseline")
+    if substudy == "masking":
+        return [(Arm("static", static_copies=1), "static, 1 mask"),
+                (Arm(f"static-x{preset.static_copies}", static_copies=preset.static_copies),
+                 f"static, {preset.static_copies} copies (BERT)"),
+                (base, "dynamic")]
+    if substudy == "formats":
+        return [(Arm("segment-pair", packing="segment-pair"), "SEGMENT-PAIR + NSP"),
+                (Arm("sentence-pair", packing="sentence-pair"), "SENTENCE-PAIR + NSP"),
+                (base, "FULL-SENTENCES"), (Arm("doc", packing="doc"), "DOC-SENTENCES")]
+    if substudy == "batch":
+        rows = []
+        for scale, ratio in zip(preset.batch_scales, preset.lr_ratios):
+            arm = base if scale == 1 else Arm(f"batch-x{scale}", batch_scale=scale, lr_ratio=ratio)
+            rows.append((arm, f"bsz {preset.batch_size * scale}"))
+        return rows
+    raise StudyError(f"unknown sub-study {substudy!r}: choose one of {', '.join(STUDIES)}")
+
+
+def missing_feature(arm: Arm) -> Optional[str]:
+    """What this checkout lacks to train the arm, or None: the pair formats and BERT's static
+    copies come with the trainer's packing choices and TrainArgs.static_copies."""
+    fields = {f.name: f for f in dataclasses.fields(TrainArgs)}
+    if arm.packing not in (fields["packing"].metadata.get("choices") or ["full", "doc"]):
+        return f"TrainArgs.packing has no {arm.packing!r}"
+    if arm.static_copies > 1 and "static_copies" not in fields:
+        return "TrainArgs has no static_copies (BERT's K static masks)"
+    return None
+
+
+def resolve_attention(choice: str, device: Optional[str], head_dim: int) -> str:
+    """"auto": our fused Triton attention (and with it the fused LayerNorm) when CUDA, Triton and
+    the registry's capabilities allow it for bf16 with dropout at this head dim; else sdpa."""
+    if choice != "auto":
+        return choice
+    import torch
+
+    import kernels
+
+    on_cuda = torch.cuda.is_available() and (device is None or device.startswith("cuda"))
+    if not on_cuda:
+        return "sdpa"
+    try:
+        impl = kernels.get_implementation("attention", "triton")
+        ok = impl.unsupported(dtype=torch.bfloat16, head_dim=head_dim, dropout_p=0.1, device="cuda") is None
+    except (ValueError, ImportError, AttributeError):
+        ok = False
+    return "triton" if ok else "sdpa"
+
+
+# ----------------------------------------------------------------------------- the study's folder
+
+class Study:
+    """One study folder: OUT/tokenizer, OUT/data, OUT/downstream, OUT/runs/<arm>-s<seed>."""
+
+    def __init__(self, out: str, preset: Preset, corpus: Optional[list[str]] = None, text_field: str = "text",
+                 overwrite: bool = False, show_progress: bool = True):
+        self.out, self.preset, self.corpus, self.text_field = out, preset, corpus, text_field
+        self.overwrite, self.show_progress = overwrite, show_progress
+        self.tok_dir, self.data_dir, self.task_dir, self.runs_dir = (
+            os.path.join(out, d) for d in ("tokenizer", "data", "downstream", "runs"))
+        self._lengths: dict = {}
+        self.attention = resolve_attention(preset.attention, preset.device,
+                                           preset.model["hidden_size"] // preset.model["num_attention_heads"])
+
+    # ---- data: the downstream task, the pretraining corpus, the tokenizer, prepare ----
+
+    def data_settings(self) -> dict:
+        p = self.preset
+        from .corpus import inputs_fingerprint
+
+        return {"corpus": inputs_fingerprint(self.corpus), "text_field": self.text_field,
+                "vocab_size": p.vocab_size, "seq_len": p.seq_len, "val_fraction": p.val_fraction,
+                "max_documents": p.max_documents, "task": dataclasses.asdict(p.task)}
+
+    def prepare_data(self) -> None:
+        """The downstream task, then the pretraining corpus (the default one less the test
+        modules' docstrings), the tokenizer trained on it, and its `prepare --sentences`."""
+        p = self.preset
+        settings = self.data_settings()
+        state_path = os.path.join(self.out, "data_settings.json")
+        previous = _read_json(state_path)
+        if previous is not None and previous != settings:
+            changed = sorted(k for k in settings if previous.get(k) != settings[k])
+            if not self.overwrite:
+                raise StudyError(f"{self.out} holds a study prepared from other data settings ({', '.join(changed)} "
+                                 "differ): pass --overwrite to delete its tokenizer, data and runs and start over, "
+                                 "or choose another --out")
+            for d in (self.tok_dir, self.data_dir, self.task_dir, self.runs_dir):
+                shutil.rmtree(d, ignore_errors=True)
+            print(f"--overwrite: deleted the study in {self.out} ({', '.join(changed)} changed)")
+        self.task, held_out = build_task(self.task_dir, p.task)
+        self.corpus_note = self._write_corpus(held_out)
+        if not os.path.isfile(os.path.join(self.tok_dir, "vocab.json")):
+            print(f"training a {p.vocab_size}-token byte-level BPE on the pretraining corpus")
+            docs = iter_documents(self.pretrain_corpus, text_field=self.text_field)
+            ByteLevelBPETokenizer.train(docs, vocab_size=p.vocab_size, show_progress=self.show_progress
+                                        ).save_pretrained(self.tok_dir)
+        kwargs = {"sentences": True} if "sentences" in inspect.signature(prepare).parameters else {}
+        self.meta = prepare(self.pretrain_corpus, self.tok_dir, self.data_dir, seq_len=p.seq_len,
+                            val_fraction=p.val_fraction, text_field=self.text_field,
+                            show_progress=self.show_progress, **kwargs)
+        self.has_sentences = bool(kwargs)
+        os.makedirs(self.out, exist_ok=True)
+        with atomic_write(state_path, "w") as f:
+            json.dump(settings, f, indent=1)
+        self.model_config = os.path.join(self.out, "model_config.json")
+        write_if_changed(self.model_config, json.dumps(p.model, indent=1, sort_keys=True) + "\n")
+
+    def _write_corpus(self, held_out: set) -> str:
+        """Decide the pretraining corpus; returns what table.md says about it. The default corpus
+        is written to OUT/corpus.jsonl without the downstream test modules' docstrings (and
+        thinned to max_documents); a user's corpus is used as it is unless it must be thinned."""
+        p = self.preset
+        if self.corpus is not None and p.max_documents is None:
+            self.pretrain_corpus = self.corpus
+            return ("your corpus, as given: if it holds the standard library's docstrings, the downstream "
+                    "test documents may be in it (without their labels)")
+        docs = [d for d in iter_documents(self.corpus, text_field=self.text_field) if d not in held_out]
+        removed = "" if self.corpus is not None else " less the docstrings of the downstream test modules"
+        if p.max_documents and len(docs) > p.max_documents:
+            step = len(docs) / p.max_documents
+            docs = [docs[int(i * step)] for i in range(p.max_documents)]
+            removed += f", thinned to every {step:.3g}th document"
+        path = os.path.join(self.out, "corpus.jsonl")
+        write_if_changed(path, "".join(json.dumps({"text": d}, ensure_ascii=False) + "\n" for d in docs))
+        self.pretrain_corpus = [path]
+        source = "the standard library's docstrings" if self.corpus is None else "your corpus"
+        return f"{source}{removed}: {len(docs):,} documents"
+
+    # ---- one arm x seed ----------------------------------------------------------
+
+    def run_name(self, arm: Arm, seed: int) -> str:
+        return f"{arm.name}-s{seed}"
+
+    def example_length(self, packing: str) -> float:
+        """The mean length in tokens of a training example of a packing (pairs are short)."""
+        if packing not in self._lengths:
+            self._lengths[packing] = self._example_length(packing)
+        return self._lengths[packing]
+
+    def _example_length(self, packing: str) -> float:
+        if packing in ("full", "doc"):
+            spans = PackedDataset(self.data_dir, "train", self.preset.seq_len, packing).spans
+            return float((spans[:, 1] - spans[:, 0]).mean()) + 2
+        from . import pairs  # the pair formats (issue 15's foundations)
+
+        ds = pairs.PairDataset(self.data_dir, "train", self.preset.seq_len, packing)
+        return float(ds.mean_length)
+
+    def train_args(self, arm: Arm, seed: int) -> TrainArgs:
+        """The arm's `pretrain` settings: the token budget split into steps and batches, the
+        learning rate scaled, evaluation and checkpoints spaced over the run."""
+        p = self.preset
+        steps = max(1, round(p.steps / arm.batch_scale))
+        scale = arm.batch_scale
+        if arm.packing != "full":  # shorter examples: a bigger batch, so each step holds about as many tokens
+            scale *= self.example_length("full") / self.example_length(arm.packing)
+        batch = max(1, round(p.batch_size * scale))
+        accum = math.ceil(batch / p.micro_batch)
+        micro = math.ceil(batch / accum)
+        every = max(1, steps // p.evals)
+        kw = dict(data=self.data_dir, out=os.path.join(self.runs_dir, self.run_name(arm, seed)),
+                  config=self.model_config, steps=steps, warmup=max(1, round(p.warmup * steps)), seq_len=p.seq_len,
+                  packing=arm.packing, lr=p.lr * arm.lr_ratio, batch_size=micro, grad_accum=accum, seed=seed,
+                  eval_every=every, save_every=every, log_every=max(1, steps // 50), keep_last=1,
+                  eval_blocks=p.eval_blocks, attention=self.attention, device=p.device, resume=True,
+                  progress=self.show_progress)
+        if arm.static_copies > 1 or (arm.static_copies == 1 and _has_field("static_copies")):
+            kw["static_copies"] = arm.static_copies
+        elif arm.static_copies == 1:
+            kw["static_masking"] = True
+        return TrainArgs(**kw)
+
+    def finetune_args(self, run_dir: str, seed: int) -> FinetuneArgs:
+        p = self.preset
+        return FinetuneArgs(task="seq-cls", model=os.path.join(run_dir, "model"),
+                            train=os.path.join(self.task_dir, "train.jsonl"),
+                            eval=os.path.join(self.task_dir, "test.jsonl"), out=os.path.join(run_dir, "downstream"),
+                            epochs=p.ft_epochs, lr=p.ft_lr, batch_size=p.ft_batch, max_length=p.ft_max_length,
+                            seed=seed, keep_last=1, attention=self.attention, device=p.device, resume=True,
+                            progress=self.show_progress, log_every=10)
+
+    def settings_hash(self, args: TrainArgs, ft: FinetuneArgs) -> tuple[str, dict]:
+        """What a run's results depend on, by content: its settings (not paths, devices or
+        progress bars), the prepared data's fingerprint, the model config, the task's files."""
+        volatile = {"out", "data", "model", "train", "eval", "config", "progress", "threads", "device", "resume",
+                    "overwrite", "attention"}
+        settings = {"pretrain": {k: v for k, v in dataclasses.asdict(args).items() if k not in volatile},
+                    "finetune": {k: v for k, v in dataclasses.asdict(ft).items() if k not in volatile},
+                    "data_fingerprint": self.meta.get("fingerprint"), "model": self.preset.model,
+                    "task": _files_sha256([ft.train, ft.eval])}
+        settings = json.loads(json.dumps(settings))  # tuples as lists, as they come back from disk
+        return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest(), settings
+
+    def run(self, arm: Arm, seed: int) -> dict:
+        """Pretrain then fine-tune one arm x seed, or skip what is already done. Returns its
+        study.json record; status "done", "failed" (a TrainingError, kept: delete the folder to
+        retry) or "interrupted" (with the exit code)."""
+        args = self.train_args(arm, seed)
+        ft = self.finetune_args(args.out, seed)
+        digest, settings = self.settings_hash(args, ft)
+        record_path = os.path.join(args.out, "study.json")
+        record = _read_json(record_path)
+        if os.path.isdir(args.out) and os.listdir(args.out) and (record is None or record["hash"] != digest):
+            if not self.overwrite:
+                why = "holds a run this study did not start" if record is None else \
+                    "was trained with other settings: " + _diff(record.get("settings", {}), settings)
+                raise StudyError(f"{args.out} {why}. Pass --overwrite to delete it and train it again, or choose "
+                                 "another --out")
+            shutil.rmtree(args.out)
+            record = None
+        if record is not None:
+            self._forget_missing(record, args, ft)
+            if record["status"] in ("done", "failed"):
+                return record
+        record = record or {"run": self.run_name(arm, seed), "arm": arm.name, "seed": seed, "hash": digest,
+                            "settings": settings, "wall_s": {"pretrain": 0.0, "finetune": 0.0},
+                            "tokens_per_step": args.batch_size * args.grad_accum * self.example_length(arm.packing)}
+        record["status"] = "training"
+        self._save(record_path, record)
+        for stage, fn, stage_args in (("pretrain", pretrain, args), ("finetune", finetune, ft)):
+            if stage in record:
+                continue
+            start = time.perf_counter()
+            try:
+                code = fn(stage_args)
+            except TrainingError as e:
+                code, record["error"] = None, f"{stage}: {str(e).strip().splitlines()[0]}"
+            record["wall_s"][stage] += time.perf_counter() - start
+            if code != 0:
+                record["status"] = "failed" if code is None else "interrupted"
+                if code is not None:
+                    record["exit_code"] = code
+                self._save(record_path, record)
+                return record
+            record[stage] = _final_metrics(os.path.join(stage_args.out, "metrics.jsonl"), stage)
+            self._save(record_path, record)
+        record["status"] = "done"
+        self._save(record_path, record)
+        return record
+
+    @staticmethod
+    def _forget_missing(record: dict, args: TrainArgs, ft: FinetuneArgs) -> None:
+        """A stage whose model folder is gone is not done (the fine-tuning depends on the
+        pretrained model): it runs again, resuming from its checkpoints."""
+        for stage, out in (("pretrain", args.out), ("finetune", ft.out)):
+            if stage in record and not os.path.isfile(os.path.join(out, "model", "config.json")):
+                record.pop(stage)
+                record.pop("finetune", None)
+                if record["status"] == "done":
+                    record["status"] = "training"
+
+    @staticmethod
+    def _save(path: str, record: dict) -> None:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with atomic_write(path, "w") as f:
+            json.dump(record, f, indent=1)
+
+
+def _final_metrics(metrics_path: str, stage: str) -> dict:
+    """A finished run's last held-out evaluation, its curve (pretraining: held-out loss at each
+    evaluation against the training tokens so far) and its token count."""
+    with open(metrics_path, encoding="utf-8") as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    key = "val_loss" if stage == "pretrain" else "accuracy"
+    evals = [r for r in rows if key in r]
+    if not evals:
+        raise StudyError(f"{metrics_path} holds no held-out evaluation: the run evaluated nothing")
+    result = dict(evals[-1])
+    if stage == "pretrain":
+        result["curve"] = [[r["step"], r.get("tokens"), r["val_loss"]] for r in evals]
+        train = [r for r in rows if "loss" in r and "tokens" in r]
+        result["train_tokens"] = train[-1]["tokens"] if train else None
+    return result
+
+
+# ----------------------------------------------------------------------------- the command
+
+def plan(study: str, preset: Preset) -> list[tuple[str, Arm, str]]:
+    """(sub-study, arm, row label) for every row of the tables asked for."""
+    subs = SUBSTUDIES if study == "all" else (study,)
+    return [(s, arm, label) for s in subs for arm, label in arms_of(s, preset)]
+
+
+def run_study(study: str, preset, out: str, seeds: Optional[int] = None, corpus: Optional[list[str]] = None,
+              text_field: str = "text", overwrite: bool = False, show_progress: bool = True,
+              command: Optional[list[str]] = None) -> int:
+    """Run (or continue) a study into `out` and write its table, results and curves. `preset`
+    is a name in PRESETS or a Preset. Returns 0, or the exit code of an interrupted run."""
+    from .study_report import write_report
+
+    if study not in STUDIES:
+        raise StudyError(f"unknown study {study!r}: choose one of {', '.join(STUDIES)}")
+    if isinstance(preset, str):
+        if preset not in PRESETS:
+            raise StudyError(f"unknown preset {preset!r}: choose one of {', '.join(PRESETS)}")
+        preset = PRESETS[preset]
+    n_seeds = preset.seeds if seeds is None else seeds
+    if n_seeds < 1:
+        raise StudyError(f"--seeds must be at least 1, got {n_seeds}")
+    os.makedirs(out, exist_ok=True)
+    try:
+        with lock_dir(out, f"a {study} study"):
+            s = Study(out, preset, corpus, text_field, overwrite, show_progress)
+            s.prepare_data()
+            rows = plan(study, preset)
+            arms = list({arm.name: arm for _, arm, _ in rows}.values())  # each shared arm once
+            todo, skipped = [], {}
+            for arm in arms:
+                why = missing_feature(arm)
+                if why is None and arm.packing in ("segment-pair", "sentence-pair") and not s.has_sentences:
+                    why = "prepare() has no sentences=True (sentence boundaries)"
+                if why:
+                    skipped[arm.name] = why
+                    print(f"note: arm {arm.name} is not run: {why}")
+                else:
+                    todo += [(arm, seed) for seed in range(n_seeds)]
+            todo.sort(key=lambda t: t[1])  # every arm of seed 0 first: a partial study is already a table
+            records, code = {}, 0
+            bar = progress(total=len(todo), desc=f"study {study}", unit="runs", disable=not show_progress)
+            for i, (arm, seed) in enumerate(todo):
+                print(f"== study {study}: run {i + 1}/{len(todo)}: {s.run_name(arm, seed)}", flush=True)
+                record = s.run(arm, seed)
+                records[record["run"]] = record
+                bar.update(1)
+                if record["status"] == "interrupted":
+                    code = record.get("exit_code", 130)
+                    print(f"stopped in {s.run_name(arm, seed)}: run the same command again to continue")
+                    break
+            bar.close()
+            write_report(s, study, rows, n_seeds, records, skipped, command)
+            return code
+    except DirectoryBusy as e:
+        raise StudyError(str(e)) from None
+
+
+# ----------------------------------------------------------------------------- helpers
+
+def _has_field(name: str) -> bool:
+    return name in {f.name for f in dataclasses.fields(TrainArgs)}
+
+
+def _read_json(path: str) -> Optional[dict]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def _files_sha256(paths: list[str]) -> str:
+    h = hashlib.sha256()
+    for path in paths:
+        with open(path, "rb") as f:
+            h.update(f.read())
+    return h.hexdigest()
+
+
+def _diff(old: dict, new: dict, prefix: str = "") -> str:
+    """The settings that differ, as `key old -> new`, for the refusal message."""
+    out = []
+    for k in sorted(set(old) | set(new)):
+        a, b = old.get(k), new.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            inner = _diff(a, b, f"{prefix}{k}.")
+            if inner:
+                out.append(inner)
+        elif a != b:
+            out.append(f"{prefix}{k} {a!r} -> {b!r}")
+    return ", ".join(out)

@@ -1,0 +1,200 @@
+"""`roberta-scratch study`: the downstream task's split, the noise rule, and a whole (tiny) study:
+its outputs, a rerun that trains nothing, an interrupted study that resumes, changed settings."""
+import dataclasses
+import json
+import os
+import signal
+
+import pytest
+
+from roberta_scratch import study as study_mod
+from roberta_scratch.cli import main
+from roberta_scratch.study import PRESETS, StudyError, run_study
+from roberta_scratch.study_report import noise_verdict, summarize
+from roberta_scratch.study_task import TaskSpec, build_task, split_files
+
+# Smaller than `ci` (which stays a few-minute pipeline check): seconds per run.
+TEST_PRESET = dataclasses.replace(
+    PRESETS["ci"], name="test", model=dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                           intermediate_size=64),
+    vocab_size=400, seq_len=32, batch_size=8, micro_batch=8, steps=8, evals=2, eval_blocks=16, max_documents=200,
+    seeds=2, task=TaskSpec(max_classes=3, train_per_class=12, test_per_class=6), ft_epochs=1.0, ft_batch=8,
+    ft_max_length=32)
+
+
+# ----------------------------------------------------------------------------- the downstream task
+
+def write_module(path, docstrings):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    body = "".join(f'def f{i}():\n    """{d}"""\n\n' for i, d in enumerate(docstrings))
+    with open(path, "w") as f:
+        f.write(body)
+
+
+def fake_stdlib(root):
+    """Three packages of several modules, one too small to be a class, and a skipped test folder."""
+    for pkg in ("alpha", "beta", "gamma"):
+        for m in range(5):
+            write_module(root / pkg / f"mod{m}.py", [f"{pkg} module {m} function {i} does a documented thing here."
+                                                     for i in range(4 + m)])
+    write_module(root / "alpha" / "shared.py", ["This exact docstring is repeated in two different packages, verbatim."])
+    write_module(root / "beta" / "shared.py", ["This exact docstring is repeated in two different packages, verbatim."])
+    write_module(root / "tiny" / "only.py", ["A package with a single module cannot be split by module file."])
+    write_module(root / "alpha" / "tests" / "test_x.py", ["Tests are skipped, as the default corpus skips them."])
+
+
+def test_downstream_split_is_by_module_and_deterministic(tmp_path):
+    fake_stdlib(tmp_path / "lib")
+    spec = TaskSpec(min_files=3, min_docs=10, test_fraction=0.3, train_per_class=100, test_per_class=100)
+    summary, held_out = build_task(str(tmp_path / "task"), spec, stdlib=str(tmp_path / "lib"))
+    assert summary["classes"] == ["alpha", "beta", "gamma"]  # tiny has one file; tests/ is skipped
+    rows = {s: [json.loads(line) for line in open(tmp_path / "task" / f"{s}.jsonl")] for s in ("train", "test")}
+    for label in summary["classes"]:
+        files = summary["files"][label]
+        assert files["train"] and files["test"] and not set(files["train"]) & set(files["test"])
+    modules = {s: {r["module"] for r in rows[s]} for s in rows}
+    assert not modules["train"] & modules["test"]  # no module in both splits
+    assert not {r["text"] for r in rows["train"]} & {r["text"] for r in rows["test"]}  # nor any document
+    assert {r["text"] for r in rows["test"]} <= held_out
+    assert all("tests/" not in m for m in modules["train"] | modules["test"])
+    before = {s: (tmp_path / "task" / f"{s}.jsonl").read_bytes() for s in rows}
+    build_task(str(tmp_path / "task2"), spec, stdlib=str(tmp_path / "lib"))
+    assert before == {s: (tmp_path / "task2" / f"{s}.jsonl").read_bytes() for s in rows}
+
+
+def test_split_files_keeps_a_training_file_and_a_share_near_the_target():
+    files = {f"p/m{i}.py": ["d"] * 10 for i in range(10)}
+    train, test = split_files(files, 0.3)
+    assert len(test) == 3 and len(train) == 7 and not set(train) & set(test)
+    train, test = split_files({"p/big.py": ["d"] * 50, "p/small.py": ["d"]}, 0.3)
+    assert train == ["p/big.py"] and test == ["p/small.py"]
+
+
+def test_the_real_stdlib_task_has_no_module_in_both_splits(tmp_path):
+    summary, _ = build_task(str(tmp_path), TaskSpec())
+    assert 2 <= len(summary["classes"]) <= 10
+    for label, files in summary["files"].items():
+        assert not set(files["train"]) & set(files["test"]), label
+        assert all(f.split("/")[0] == label for f in files["train"] + files["test"])
+
+
+# ----------------------------------------------------------------------------- the noise rule
+
+def test_noise_verdict_is_the_two_std_rule():
+    a, b = summarize([10.0, 12.0]), summarize([13.0, 15.0])  # stds sqrt(2), pooled sqrt(2) = 1.41
+    v = noise_verdict(a, b)
+    assert v["delta"] == pytest.approx(-3.0) and v["pooled_std"] == pytest.approx(2 ** 0.5)
+    assert v["beyond"] is True  # 3.0 > 2.83
+    v = noise_verdict(summarize([10.0, 12.0]), summarize([12.0, 14.0]))
+    assert v["beyond"] is False  # 2.0 < 2.83
+    v = noise_verdict(summarize([10.0, 10.0, 10.0]), summarize([10.5, 10.5]))
+    assert v["beyond"] is True  # no noise at all: any gap counts
+    assert noise_verdict(summarize([1.0]), summarize([2.0]))["beyond"] is None  # one seed: no std, no verdict
+    assert summarize([None, None]) is None and noise_verdict(None, summarize([1.0, 2.0])) is None
+
+
+# ----------------------------------------------------------------------------- a whole study
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    out = tmp_path_factory.mktemp("study") / "masking"
+    assert run_study("masking", TEST_PRESET, str(out), show_progress=False) == 0
+    return out
+
+
+def test_study_writes_the_table_the_json_and_the_curves(finished):
+    table = (finished / "table.md").read_text()
+    assert "### Table 1: static vs dynamic masking" in table
+    for row in ("| static, 1 mask |", "| dynamic |", "| static, 10 copies (BERT) |"):
+        assert row in table
+    assert "| 78.7 | 84.0 | 92.9 |" in table  # the paper's dynamic row beside ours
+    assert "Gap to dynamic (the baseline)" in table and "noise" in table
+    results = json.loads((finished / "results.json").read_text())
+    assert results["preset"]["name"] == "test" and results["seeds"] == 2
+    assert set(results["arms"]) == {"static", "static-x10", "baseline"}
+    runs = results["arms"]["baseline"]["runs"]
+    assert [r["seed"] for r in runs] == [0, 1] and all(r["status"] == "done" for r in runs)
+    agg = results["arms"]["baseline"]["aggregate"]
+    assert agg["seeds_done"] == 2 and agg["ppl"]["std"] is not None and 0 <= agg["down_acc"]["mean"] <= 100
+    assert results["versions"]["torch"] and results["machine"]["cpus"] and results["date"]
+    assert (finished / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for seed in (0, 1):  # every arm x seed is an ordinary run: a model, metrics, checkpoints
+        run = finished / "runs" / f"baseline-s{seed}"
+        assert (run / "model" / "config.json").is_file() and (run / "metrics.jsonl").is_file()
+        assert (run / "downstream" / "model" / "config.json").is_file()
+
+
+def test_a_second_invocation_trains_nothing(finished, monkeypatch):
+    def refuse(args):
+        raise AssertionError(f"trained {args.out} again")
+
+    monkeypatch.setattr(study_mod, "pretrain", refuse)
+    monkeypatch.setattr(study_mod, "finetune", refuse)
+    checkpoints = {p: p.stat().st_mtime_ns for p in (finished / "runs").rglob("*.pt")}
+    assert checkpoints
+    assert run_study("masking", TEST_PRESET, str(finished), show_progress=False) == 0
+    assert checkpoints == {p: p.stat().st_mtime_ns for p in (finished / "runs").rglob("*.pt")}
+
+
+def test_changed_settings_are_refused_then_overwritten(finished, monkeypatch):
+    changed = dataclasses.replace(TEST_PRESET, steps=TEST_PRESET.steps + 2)
+    with pytest.raises(StudyError, match=r"other settings: .*steps 8 -> 10.*--overwrite"):
+        run_study("masking", changed, str(finished), seeds=1, show_progress=False)
+    trained = []
+    monkeypatch.setattr(study_mod, "pretrain", lambda args: trained.append(args.out) or 130)
+    assert run_study("masking", changed, str(finished), seeds=1, overwrite=True, show_progress=False) == 130
+    assert trained == [str(finished / "runs" / "static-s0")]  # deleted and trained again (stopped at once here)
+
+
+def test_an_interrupted_study_resumes_where_it_stopped(tmp_path, monkeypatch):
+    from roberta_scratch.pretrain import Trainer
+
+    calls = []
+    real_pretrain = study_mod.pretrain
+    monkeypatch.setattr(study_mod, "pretrain", lambda args: calls.append(os.path.basename(args.out)) or
+                        real_pretrain(args))
+    real_step = Trainer.optimizer_step
+
+    def stop_midway(self):  # what Ctrl-C does: finish the step, save a checkpoint, return 130
+        real_step(self)
+        if os.path.basename(self.args.out) == "baseline-s0" and self.step == 4:  # during step 5 (of 8)
+            self._stop = signal.SIGINT
+
+    monkeypatch.setattr(Trainer, "optimizer_step", stop_midway)
+    out = tmp_path / "study"
+    assert run_study("masking", TEST_PRESET, str(out), seeds=1, show_progress=False) == 130
+    assert calls == ["static-s0", "baseline-s0"]
+    record = json.loads((out / "runs" / "baseline-s0" / "study.json").read_text())
+    assert record["status"] == "interrupted" and "pretrain" not in record
+    assert (out / "runs" / "baseline-s0" / "ckpt" / "step_00000005.pt").is_file()
+
+    monkeypatch.setattr(Trainer, "optimizer_step", real_step)
+    calls.clear()
+    assert run_study("masking", TEST_PRESET, str(out), seeds=1, show_progress=False) == 0
+    assert calls == ["baseline-s0"]  # the finished arm is not run again
+    rows = [json.loads(line) for line in open(out / "runs" / "baseline-s0" / "metrics.jsonl")]
+    steps = [r["step"] for r in rows if "loss" in r]
+    assert steps == sorted(set(steps)) and steps[-1] == TEST_PRESET.steps  # resumed, not restarted
+    assert json.loads((out / "runs" / "baseline-s0" / "study.json").read_text())["status"] == "done"
+    assert "| dynamic |" in (out / "table.md").read_text()
+
+
+# ----------------------------------------------------------------------------- the command line
+
+@pytest.mark.parametrize("argv, message", [
+    (["study", "sizes", "--preset", "ci"], "invalid choice: 'sizes'"),
+    (["study", "masking", "--preset", "huge"], "invalid choice: 'huge'"),
+])
+def test_cli_names_a_bad_study_or_preset(tmp_path, capsys, argv, message):
+    with pytest.raises(SystemExit) as e:
+        main(argv + ["--out", str(tmp_path)])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "choose from" in err
+
+
+def test_run_study_names_a_bad_preset_or_study(tmp_path):
+    with pytest.raises(StudyError, match="unknown preset 'huge': choose one of ci, cpu, gpu-small"):
+        run_study("masking", "huge", str(tmp_path))
+    with pytest.raises(StudyError, match="unknown study 'sizes'"):
+        run_study("sizes", "ci", str(tmp_path))
