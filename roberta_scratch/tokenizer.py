@@ -39,6 +39,7 @@ directory holds.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -102,21 +103,27 @@ class ByteLevelBPETokenizer(Tokenizer):
                 f"vocab lacks {len(missing)} of the 256 byte tokens (first: {missing[0]!r}); "
                 "a byte-level BPE vocabulary needs all of them"
             )
-        for rank, (left, right) in enumerate(self.merges):
-            for token in (left, right, left + right):
-                if token not in self.vocab:
-                    raise ValueError(f"merge #{rank} ({left!r}, {right!r}) uses {token!r}, which is not in the vocab")
         # Merges as ids, for apply_merges; a pair listed twice keeps its last rank, as a dict would.
-        self._merge_table = MergeTable([(self.vocab[a], self.vocab[b], self.vocab[a + b]) for a, b in self.merges],
-                                       len(self.vocab) and max(self.vocab.values()) + 1)
+        vocab = self.vocab
+        try:
+            triples = [(vocab[a], vocab[b], vocab[a + b]) for a, b in self.merges]
+        except KeyError:  # say which merge, and which of its tokens
+            rank, token = next((r, t) for r, (a, b) in enumerate(self.merges) for t in (a, b, a + b) if t not in vocab)
+            raise ValueError(f"merge #{rank} {self.merges[rank]!r} uses {token!r}, which is not in the vocab") from None
+        self._merge_table = MergeTable(triples, len(vocab) and max(vocab.values()) + 1)
         self._byte_ids = [self.vocab[self.byte_encoder[b]] for b in range(256)]
         self.pattern = regex.compile(GPT2_SPLIT_PATTERN)
         self._id_to_token = {i: t for t, i in self.vocab.items()}
-        self._id_to_bytes = {i: self._token_bytes(t) for t, i in self.vocab.items()}
         self._cache: dict[str, tuple[int, ...]] = {}
         super().__init__(
             {t: self.vocab[t] for t in special_tokens if t in self.vocab}, split_special_tokens, model_max_length
         )
+
+    @functools.cached_property
+    def _id_to_bytes(self) -> dict[int, bytes]:
+        """Each id's bytes, for decoding and offsets: built on first use, so that loading a
+        tokenizer only to encode (prepare's workers, the benchmarks' cold case) does not pay for it."""
+        return {i: self._token_bytes(t) for t, i in self.vocab.items()}
 
     def _token_bytes(self, token: str) -> bytes:
         try:
@@ -153,15 +160,13 @@ class ByteLevelBPETokenizer(Tokenizer):
         if not isinstance(vocab, dict) or not all(isinstance(i, int) and not isinstance(i, bool)
                                                   for i in vocab.values()):
             raise ValueError(f"{vocab_file}: expected a JSON object from token strings to integer ids")
-        merges = []
-        for n, line in enumerate(Path(merges_file).read_text(encoding="utf-8").splitlines(), start=1):
-            if line.startswith("#version") or not line.strip():
-                continue
-            pair = line.split(" ")
-            if len(pair) != 2:
-                raise ValueError(f"{merges_file}:{n}: expected two tokens separated by a space, got "
-                                 f"{quote_line(merges_file, line)}")
-            merges.append(tuple(pair))
+        lines = Path(merges_file).read_text(encoding="utf-8").splitlines()
+        merges = [line.split(" ") for line in lines if line and not line.startswith("#version") and not line.isspace()]
+        if any(len(pair) != 2 for pair in merges):  # one C-speed pass; the slow one only to name the line
+            n, line = next((n, line) for n, line in enumerate(lines, start=1) if len(line.split(" ")) != 2
+                           and line and not line.startswith("#version") and not line.isspace())
+            raise ValueError(f"{merges_file}:{n}: expected two tokens separated by a space, got "
+                             f"{quote_line(merges_file, line)}")
         return cls(vocab, merges, **kwargs)
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
