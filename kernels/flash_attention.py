@@ -32,11 +32,13 @@ divisible by 128 and has no padding mask:
     loop runs only over the tiles between them: tiles that are entirely
     padding at either end are skipped, so time scales with the real lengths.
     Padding in the middle of a sequence is masked, not skipped;
-  - dropout draws eight keep-decisions of 16 bits per Philox call (see
-    _dropout_keep), and its 1 / (1 - p) is applied once to O, dV, dK and dQ
-    rather than to every probability: dropout adds ~20 PTX instructions per
-    score to a loop (sm_90, bf16, D=64), where a Philox per element added
-    ~80 (python -m kernels.compile_check --report).
+  - dropout draws sixteen keep-decisions of 8 bits per Philox call, grouped
+    as the tensor cores' accumulator holds them, so no thread needs another's
+    bits (see _dropout_keep), and its 1 / (1 - p) is applied once to O, dV,
+    dK and dQ rather than to every probability: dropout adds ~8-10 PTX
+    instructions per score to a loop (sm_90, bf16, D=64), where eight 16-bit
+    decisions per call added ~20 and a Philox per element ~80
+    (python -m kernels.compile_check --report).
 
 Self-attention only: q, k and v share T, and key_padding_mask marks both the
 keys to ignore and the query rows to zero. Splitting dQ from dK/dV costs two
@@ -84,42 +86,82 @@ def _mma_operand(x, dtype: tl.constexpr, UPCAST: tl.constexpr):
 
 @triton.jit
 def _dropout_threshold(dropout_p):
-    """uint32 scalar: an element is kept when its 16 random bits are >= this.
+    """uint32 scalar: an element is kept when its 8 random bits are >= this.
 
-    The keep probability is 1 - floor(p * 2**16) / 2**16: p is rounded down to
-    a multiple of 2**-16 (FlashAttention rounds it to 2**-8). p < 1 keeps
-    the threshold at most 65535.
+    The threshold is round(p * 256), at most 255, so an element is dropped
+    with probability threshold / 256: p rounded to the nearest multiple of
+    2**-8, as FlashAttention's 8-bit threshold. The kept values are still
+    scaled by the exact 1 / (1 - p), so the output's expectation is off by
+    (threshold / 256 - p) / (1 - p), at most 2**-9 / (1 - p) in size: 0.18%
+    low at RoBERTa's p = 0.1 (threshold 26, drop rate 0.1016), below one bf16
+    rounding step (2**-8). tests/test_kernels_attention.py pins the rate.
     """
-    return tl.cast(dropout_p * 65536.0, tl.uint32)
+    return tl.minimum(tl.cast(dropout_p * 256.0 + 0.5, tl.uint32), 255)
 
 
 @triton.jit
-def _dropout_keep(seed, head, rows, start_n, T, threshold, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    """(BLOCK_M, BLOCK_N) bool keep-mask of one head's probabilities: query rows `rows` (BLOCK_M,) by
-    keys start_n + arange(BLOCK_N), with start_n and BLOCK_N multiples of 8.
+def _bytes_kept(r, threshold):
+    """Four bools: whether each byte of the uint32 r is >= threshold (< 256).
 
-    One Philox call draws the eight decisions of keys 8g .. 8g + 7 of a row:
-    its counter is (row * cdiv(T, 8) + g, head), head = b * H + h, and its
-    four 32-bit outputs r0..r3 give 16 bits to each key: key 8g + 2k takes the
-    low half of r_k, key 8g + 2k + 1 the high half. A full Philox (10 rounds)
-    per element would cost ~8x more. The counter depends on the element
-    alone, not on the tiling, so the forward, both backward kernels and the
-    debug helper draw the same bits with their own tiles. Rows and T are int32
-    (T * T / 8 < 2**31 up to T = 131072).
+    Masking a byte in place and comparing with the threshold shifted to the
+    same byte is one AND and one compare per byte, no shift; the top byte needs no AND.
     """
-    groups = start_n // 8 + tl.arange(0, BLOCK_N // 8)
-    counter = rows[:, None] * ((T + 7) // 8) + groups[None, :]  # (BLOCK_M, BLOCK_N // 8)
-    r0, r1, r2, r3 = tl.philox(seed, counter, counter * 0 + head, 0, 0)
-    # subtle: tl.join appends the new axis last, so join(join(x0, x2), join(x1, x3))
-    # is indexed [.., a, b] and holds x_(2a + b); joining the low and the high
-    # halves that way last puts the half innermost: flattened, key 8g + 2k + half.
-    # Compared before joining: bools hold fewer registers than 32-bit words through the joins.
-    k0, k1, k2, k3 = (r0 & 0xFFFF) >= threshold, (r1 & 0xFFFF) >= threshold, (r2 & 0xFFFF) >= threshold, \
-        (r3 & 0xFFFF) >= threshold
-    low = tl.join(tl.join(k0, k2), tl.join(k1, k3))
-    high = tl.join(tl.join((r0 >> 16) >= threshold, (r2 >> 16) >= threshold),
-                   tl.join((r1 >> 16) >= threshold, (r3 >> 16) >= threshold))
-    return tl.reshape(tl.join(low, high), (BLOCK_M, BLOCK_N))
+    return ((r & 0xFF) >= threshold, (r & 0xFF00) >= (threshold << 8),
+            (r & 0xFF0000) >= (threshold << 16), r >= (threshold << 24))
+
+
+@triton.jit
+def _bytes_joined(r, threshold):
+    """(.., 2, 2) bool from (..) uint32: [.., e, jb] is byte 2 * jb + e of r >= threshold."""
+    b0, b1, b2, b3 = _bytes_kept(r, threshold)
+    return tl.join(tl.join(b0, b1), tl.join(b2, b3))
+
+
+@triton.jit
+def _dropout_keep(seed, head, rows, start_n, threshold, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """(BLOCK_M, BLOCK_N) bool keep-mask of one head's probabilities: query rows `rows` (BLOCK_M,) by
+    keys start_n + arange(BLOCK_N), with BLOCK_N a power of two >= 16 and start_n a multiple of it.
+
+    Keys are grouped in blocks of 64, key n = 64 blk + 8 j + 2 q + e (j < 8,
+    q < 4, e < 2). One Philox call, counter (4 blk + q, row, head, 0), draws
+    the 16 decisions of group (row, blk, q), 8 bits each: decision (j, e) is
+    byte 2 (j % 2) + e of output word j // 2 (see _dropout_threshold for
+    what 8 bits cost in precision). The grouping is the tensor cores' own:
+    in the accumulator of a Hopper wgmma or an Ampere mma.sync, a thread
+    holds keys 2 q + e + 8 j of its rows, so the forward and dQ kernels draw
+    exactly the bits each thread needs and unpack them in its own registers,
+    with no layout conversion through shared memory; the joins and the
+    permute below only relabel registers. That and the 8-bit lanes took
+    dropout from ~21 to ~9 PTX instructions per score (python -m
+    kernels.compile_check --report). The counter depends on the element
+    alone, not on the tiling, so the forward, both backward kernels (dK/dV
+    with transposed tiles) and the debug helper draw the same bits.
+    """
+    if BLOCK_N >= 64:
+        groups = start_n // 16 + tl.arange(0, BLOCK_N // 16)  # 4 blk + q
+        g = (rows * 0)[:, None] + groups[None, :]  # (BLOCK_M, BLOCK_N // 16)
+        row = rows[:, None] + (groups * 0)[None, :]
+        r0, r1, r2, r3 = tl.philox(seed, g, row, row * 0 + head, row * 0)
+        # tl.join appends its axis last: (.., e, jb, w0, w1), word w = 2 w1 + w0
+        x = tl.join(tl.join(_bytes_joined(r0, threshold), _bytes_joined(r1, threshold)),
+                    tl.join(_bytes_joined(r2, threshold), _bytes_joined(r3, threshold)))
+        x = tl.reshape(x, (BLOCK_M, BLOCK_N // 64, 4, 2, 2, 2, 2))  # (row, blk, q, e, jb, w0, w1)
+        x = tl.permute(x, (0, 1, 6, 5, 4, 2, 3))  # (row, blk, w1, w0, jb, q, e): key order, j = 2 w + jb
+    else:
+        # A tile narrower than a block takes its share of one block's group: j0 <= j < j0 + BLOCK_N / 8
+        groups = (start_n // 64) * 4 + tl.arange(0, 4)
+        g = (rows * 0)[:, None] + groups[None, :]  # (BLOCK_M, 4)
+        row = rows[:, None] + (groups * 0)[None, :]
+        r0, r1, r2, r3 = tl.philox(seed, g, row, row * 0 + head, row * 0)
+        part = (start_n % 64) // BLOCK_N
+        if BLOCK_N == 32:  # words 2 part, 2 part + 1
+            x = tl.join(_bytes_joined(tl.where(part == 0, r0, r2), threshold),
+                        _bytes_joined(tl.where(part == 0, r1, r3), threshold))  # (row, q, e, jb, w0)
+            x = tl.permute(x, (0, 4, 3, 1, 2))  # (row, w0, jb, q, e)
+        else:  # BLOCK_N == 16: word `part`
+            word = tl.where(part == 0, r0, tl.where(part == 1, r1, tl.where(part == 2, r2, r3)))
+            x = tl.permute(_bytes_joined(word, threshold), (0, 3, 1, 2))  # (row, jb, q, e)
+    return tl.reshape(x, (BLOCK_M, BLOCK_N))
 
 
 @triton.jit
@@ -295,7 +337,7 @@ def _attn_fwd_inner(acc, l_i, m_i, q, k_head, v_head, KeyMask, stride_mb, b, off
         alpha = tl.exp2(m_i - m_new)
         l_i = l_i * alpha + tl.sum(p, 1)
         if HAS_DROPOUT:
-            p = tl.where(_dropout_keep(seed, head, offs_m, start_n, T, threshold, BLOCK_M, BLOCK_N), p, 0.0)
+            p = tl.where(_dropout_keep(seed, head, offs_m, start_n, threshold, BLOCK_M, BLOCK_N), p, 0.0)
         p = _mma_operand(p, v_head.dtype.element_ty, UPCAST_DOTS)
         acc = tl.dot(p, v, acc * alpha[:, None], input_precision=DOT_PRECISION)
         m_i = m_new
@@ -430,7 +472,7 @@ def _attn_dkdv_inner(dk, dv, k, v, q_head, do_head, KeyMask, stride_mb, b, LSE, 
         p_t = tl.exp2(s_t * qk_scale - lse[None, :])
         dp_t = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)  # (BLOCK_N, BLOCK_M)
         if HAS_DROPOUT:
-            keep_t = tl.trans(_dropout_keep(seed, head, offs_m, start_n, T, threshold, BLOCK_M, BLOCK_N))
+            keep_t = tl.trans(_dropout_keep(seed, head, offs_m, start_n, threshold, BLOCK_M, BLOCK_N))
             p_drop_t = tl.where(keep_t, p_t, 0.0)  # 1 / (1 - p) is applied to dV once, at the end
             dp_t = tl.where(keep_t, dp_t, 0.0)
             delta = delta * (1.0 - dropout_p)  # dS without its 1 / (1 - p): see the dQ kernel
@@ -553,7 +595,7 @@ def _attn_dq_inner(dq, q, do, lse, delta, k_head, v_head, KeyMask, stride_mb, b,
             p = tl.exp2(s * qk_scale - lse[:, None])
         dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)  # (BLOCK_M, BLOCK_N)
         if HAS_DROPOUT:
-            dp = tl.where(_dropout_keep(seed, head, offs_m, start_n, T, threshold, BLOCK_M, BLOCK_N), dp, 0.0)
+            dp = tl.where(_dropout_keep(seed, head, offs_m, start_n, threshold, BLOCK_M, BLOCK_N), dp, 0.0)
         ds = p * (dp - delta[:, None])
         dq = tl.dot(_mma_operand(ds, k_head.dtype.element_ty, UPCAST_DOTS), k, dq, input_precision=DOT_PRECISION)
         k_ptrs += BLOCK_N * stride_kt
@@ -651,7 +693,7 @@ def _attn_dropout_mask_kernel(
     threshold = _dropout_threshold(dropout_p)
     for start_n in range(0, T, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
-        keep = _dropout_keep(seed, head, offs_m, start_n, T, threshold, BLOCK_M, BLOCK_N)
+        keep = _dropout_keep(seed, head, offs_m, start_n, threshold, BLOCK_M, BLOCK_N)
         offsets = (row_base + offs_m[:, None]).to(tl.int64) * T + offs_n[None, :]
         tl.store(Keep + offsets, keep, mask=(offs_m < T)[:, None] & (offs_n < T)[None, :])
 
@@ -688,14 +730,19 @@ def attention_configs(arch: int, head_dim: int, dtype: torch.dtype, dropout: boo
         return {
             # 128-key tiles on Hopper, as the Triton tutorial: the loop's fixed cost per step (wgmma
             # descriptors, pointers, barriers) is spread over twice the scores (compile_check --report).
-            # With dropout's bits on top they spilled (mask + dropout, D=32 and 64): 64 there.
-            "fwd": TileConfig(128, 128 if hopper and not dropout else 64, 8, 3),
+            # With dropout's bits on top they spilled (mask + dropout, D=32 and 64): 64 there,
+            # and 32 on sm_80, where 64 spilled 8-16 B.
+            "fwd": TileConfig(128, (128 if not dropout else 64) if hopper else (32 if dropout else 64), 8, 3),
             "dkdv": TileConfig(32, 128, 8, 3),
-            # 8 warps with dropout on Hopper: at 4, its bits spilled dQ (24 B, D=64)
-            "dq": TileConfig(128, 32, 4 if hopper and not dropout else 8, 3),
+            # 8 warps with dropout on Hopper: at 4, its bits spilled dQ (24 B, D=64). 64 keys a step
+            # with dropout on Hopper: one Philox draws a row's 16 decisions in 64 keys (_dropout_keep),
+            # so 32-key tiles would throw half of every draw away; on sm_80 64 keys spilled (48 B, D=64).
+            "dq": TileConfig(128, 64 if hopper and dropout else 32, 4 if hopper and not dropout else 8, 3),
         }
     return {
-        "fwd": TileConfig(128, 64, 8, 3) if hopper else TileConfig(128, 32, 8, 2),
+        # sm_80 with dropout: 128 x 32 on 8 warps spilled 16 B (mask + dropout)
+        "fwd": (TileConfig(128, 64, 8, 3) if hopper else
+                TileConfig(64, 32, 4, 2) if dropout else TileConfig(128, 32, 8, 2)),
         "dkdv": TileConfig(32, 64, 8, 3),
         # subtle: 8 warps on sm_80: at 4, dropout's bit unpacking spilled mask + dropout (24 B).
         "dq": TileConfig(64, 32, 4 if hopper else 8, 3),

@@ -166,6 +166,33 @@ def test_dropout_keep_rate_and_seeds():
     assert attention_dropout_mask(7, 1, 2, 77, 0.0).all()
 
 
+def test_dropout_rate_is_p_rounded_to_eight_bits():
+    """Each decision compares 8 random bits with round(p * 256): the drop rate is p rounded to 2**-8,
+    within 2**-9 of p (the bias the exact 1 / (1 - p) scaling keeps), at every one of the 16 byte
+    positions of a Philox draw, which are keys n mod 64 (kernels/flash_attention.py, _dropout_keep)."""
+    for p in (0.1, 0.3):
+        keep = attention_dropout_mask(11, 1, 4, 512, p).float()  # 2**20 draws
+        rate = 1 - round(p * 256) / 256
+        assert abs(rate - (1 - p)) <= 2**-9
+        sigma = (rate * (1 - rate) / keep.numel()) ** 0.5
+        assert abs(keep.mean().item() - rate) < 5 * sigma
+        by_key = keep.reshape(-1, 64).mean(0)  # 16384 draws per position
+        assert (by_key - rate).abs().max().item() < 5 * sigma * 8
+
+
+HOPPER_CASES = [(130, 64, "left", BF16, 0.0), (77, 64, "holes", BF16, 0.2), (33, 128, "right", FP32, 0.2),
+                (150, 32, "none", FP16, 0.1)]
+
+
+@pytest.mark.parametrize("T, D, padding, tol, dropout_p", HOPPER_CASES,
+                         ids=[f"T{T}-D{D}-{p}-{str(t[0])[6:]}-p{dp}" for T, D, p, t, dp in HOPPER_CASES])
+def test_hopper_launch_in_the_interpreter(monkeypatch, T, D, padding, tol, dropout_p):
+    """The launch a Hopper GPU gets (sm_90 tiles: 128-key forward tiles, 64-key dQ tiles with dropout),
+    run through the interpreter: the same kernels, forward and every gradient, as in the tests above."""
+    monkeypatch.setattr(kernels.kernel_module("flash_attention"), "_arch", lambda device: 90)
+    run_and_compare(2, 2, T, D, *tol, padding, dropout_p=dropout_p)
+
+
 def test_seed_none_draws_from_torch_generator():
     q = torch.randn(1, 2, 40, 32)
     torch.manual_seed(0)
