@@ -8,7 +8,13 @@ counts):
   inference: eval mode, no grad, full-vocabulary logits at every position;
   train:     one MLM step (forward + backward + AdamW) with 15% of positions labelled,
              dropout on, as in pretraining.
-Both sides use their default attention (SDPA). Results go to benchmarks/results/.
+Both sides use their default attention (SDPA).
+
+Against the machine's own limit: the same process measures its fp32 GEMM rate
+(benchmarks.common.cpu_gemm_flops) before and after, and each side's achieved FLOP/s is
+reported as a fraction of the better of the two. Achieved means the FLOPs each side really
+executes: in training ours projects only the labelled positions onto the vocabulary, the
+reference every position (roberta_scratch.flops counts them). Results go to benchmarks/results/.
 """
 from __future__ import annotations
 
@@ -17,8 +23,9 @@ import tempfile
 
 import torch
 
-from benchmarks.common import print_table, time_interleaved, write_result
+from benchmarks.common import cpu_gemm_flops, print_table, time_interleaved, write_result
 from roberta_scratch import RobertaConfig, RobertaForMaskedLM
+from roberta_scratch.flops import flops_per_token
 
 BATCH = {"tiny": 16, "small": 8, "base": 4, "large": 2}
 
@@ -73,12 +80,19 @@ def run(preset: str, seq_len: int, repeats: int, device: str) -> list:
         diff = (ours.eval()(ids, attention_mask=mask).logits - theirs.eval()(input_ids=ids, attention_mask=mask).logits)
     max_diff = diff.abs().max().item()
 
+    f = flops_per_token(cfg, seq_len)
+    body, head, labelled = f["attention"] + f["feed_forward"], f["mlm_head"], int((labels != -100).sum())
+    executed = {  # FLOPs per call; training is forward + backward = 3x the forward
+        "inference": {"ours": tokens * (body + head), "ref": tokens * (body + head)},
+        "train": {"ours": 3 * (tokens * body + labelled * head), "ref": 3 * tokens * (body + head)},
+    }
     rows = []
     for mode, make in (("inference", infer), ("train", train)):
         t = time_interleaved({"ours": make(ours, True), "ref": make(theirs, False)}, repeats, sync=sync)
         rows.append({"config": preset, "mode": mode, "batch": list(ids.shape), "tokens_per_s_ours": tokens / t["ours"],
                      "tokens_per_s_ref": tokens / t["ref"], "speedup": t["ref"] / t["ours"],
-                     "logits_max_abs_diff": max_diff})
+                     "gflops_ours": executed[mode]["ours"] / t["ours"] / 1e9,
+                     "gflops_ref": executed[mode]["ref"] / t["ref"] / 1e9, "logits_max_abs_diff": max_diff})
     return rows
 
 
@@ -90,15 +104,27 @@ def main(argv=None) -> None:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                    help="default: cuda when available, else cpu")
     args = p.parse_args(argv)
+    on_cpu = args.device == "cpu"
+    gemm = [cpu_gemm_flops()] if on_cpu else []
     rows = []
     for preset in args.configs:
         rows += run(preset, args.seq_len, args.repeats, args.device)
         print(f"{preset}: " + ", ".join(f"{r['mode']} {r['speedup']:.2f}x" for r in rows[-2:]), flush=True)
+    columns = ["config", "mode", "batch", "tokens_per_s_ours", "tokens_per_s_ref", "speedup"]
+    if on_cpu:
+        gemm.append(cpu_gemm_flops())
+        limit = max(gemm) / 1e9
+        for r in rows:
+            r["gemm_fraction_ours"], r["gemm_fraction_ref"] = r["gflops_ours"] / limit, r["gflops_ref"] / limit
+        columns += ["gflops_ours", "gflops_ref", "gemm_fraction_ours", "gemm_fraction_ref"]
+        print(f"\nthis machine's fp32 GEMM: {limit:.1f} GFLOP/s with {torch.get_num_threads()} threads "
+              f"(before / after: {gemm[0] / 1e9:.1f} / {gemm[1] / 1e9:.1f})")
     print()
-    print_table(rows, ["config", "mode", "batch", "tokens_per_s_ours", "tokens_per_s_ref", "speedup",
-                       "logits_max_abs_diff"])
-    path = write_result("model_" + args.device, rows, {"seq_len": args.seq_len, "repeats": args.repeats,
-                                                      "reference": "transformers RobertaForMaskedLM (sdpa)"})
+    print_table(rows, columns + ["logits_max_abs_diff"])
+    extra = {"seq_len": args.seq_len, "repeats": args.repeats, "reference": "transformers RobertaForMaskedLM (sdpa)"}
+    if on_cpu:
+        extra["gemm_gflops_before_after"] = [g / 1e9 for g in gemm]
+    path = write_result("model_" + args.device, rows, extra)
     print(f"wrote {path}")
 
 

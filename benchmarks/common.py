@@ -87,6 +87,23 @@ def time_interleaved(fns: dict, repeats: int, warmup: int = 1, sync=lambda: None
     return {name: statistics.median(t) for name, t in times.items()}
 
 
+def cpu_gemm_flops(sizes=(1024, 2048), repeats: int = 3) -> float:
+    """This machine's fp32 matmul rate in FLOP/s, now, in this process, with torch's current
+    threads: the best of `repeats` square GEMMs of each size. It is the ceiling a CPU training
+    step is compared with (a step is mostly GEMMs; everything else only lowers the fraction)."""
+    import torch
+
+    best = 0.0
+    for n in sizes:
+        a, b = torch.randn(n, n), torch.randn(n, n)
+        torch.mm(a, b)  # warm: threads started, pages touched
+        for _ in range(repeats):
+            start = time.perf_counter()
+            torch.mm(a, b)
+            best = max(best, 2 * n ** 3 / (time.perf_counter() - start))
+    return best
+
+
 def write_result(name: str, rows: list, extra: dict | None = None) -> str:
     """benchmarks/results/<name>_<date>.json with the machine, the date and the command."""
     os.makedirs(RESULTS_DIR, exist_ok=True)
