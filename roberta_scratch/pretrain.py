@@ -11,6 +11,18 @@ One process, or DistributedDataParallel under torchrun (gloo on CPU, nccl on GPU
 Each micro-batch's mask is drawn from a generator seeded by (seed, step, micro-batch index),
 so a resumed run draws the masks it would have drawn, and N ranks draw the same masks as
 one rank on the same global batch.
+
+The RoBERTa paper's ablations run through the same loop:
+  --packing full | doc                    FULL- and DOC-SENTENCES: RobertaForMaskedLM
+  --packing segment-pair | sentence-pair  BERT's formats with next-sentence prediction (pairs.py,
+                                          data prepared with --sentences): RobertaForPreTraining with
+                                          two token types, trained on MLM + NSP
+  --static-masking, --static-copies K     BERT's static masks: one fixed mask, or K copies of the
+                                          data with K masks (its dupe_factor) instead of dynamic ones
+Whatever the run, the held-out MLM metrics (val_loss, val_ppl, val_acc) are measured on the
+same blocks: the val split's FULL-SENTENCES blocks, masked once with --eval-seed (not --seed),
+so runs of other packings, maskings or seeds are scored on identical inputs. Pair runs also
+report val_nsp_acc on held-out pairs of the val split.
 """
 from __future__ import annotations
 
@@ -27,8 +39,9 @@ import torch.distributed as dist
 from .config import IGNORE_INDEX, PRESETS, RobertaConfig
 from .data import PackedDataset, load_meta, tokenizer_dir
 from .flops import mlm_training_flops_per_token
-from .masking import DynamicMaskingCollator
-from .model import RobertaForMaskedLM
+from .masking import DynamicMaskingCollator, StaticCopies
+from .model import RobertaForMaskedLM, RobertaForPreTraining
+from .pairs import PAIR_MODES, PairDataset
 from .tokenizer import load_tokenizer
 from .training import BaseTrainer, RunArgs, TrainingError, option, plot_metrics, seed_for
 
@@ -43,15 +56,22 @@ class TrainArgs(RunArgs):
     steps: int = option(1000, "optimizer steps")
     warmup: int = option(100, "steps of linear warmup, then linear decay to 0")
     seq_len: Optional[int] = option(None, "block length (default: the data's)")
-    packing: str = option("full", "FULL- or DOC-SENTENCES", choices=["full", "doc"])
+    packing: str = option("full", "input format: full (FULL-SENTENCES), doc (DOC-SENTENCES), segment-pair "
+                                  "(SEGMENT-PAIR+NSP) or sentence-pair (SENTENCE-PAIR+NSP); the pair formats need "
+                                  "data prepared with --sentences", choices=["full", "doc", *PAIR_MODES])
     mlm_probability: float = option(0.15, "share of tokens selected for prediction")
     whole_word: bool = option(False, "mask whole words")
-    static_masking: bool = option(False, "BERT's static masks instead of dynamic ones (ablation)")
+    static_masking: bool = option(False, "BERT's static masks instead of dynamic ones: one fixed mask per "
+                                         "sequence (the same as --static-copies 1)")
+    static_copies: int = option(0, "BERT's static masking: K fixed masks per sequence, the data duplicated K "
+                                   "times (0 = dynamic)")
     eval_blocks: int = option(256, "size of the fixed, pre-masked validation set")
+    eval_seed: int = option(0, "seeds the held-out set's masks and pairs; not --seed, so that runs of every seed, "
+                               "packing and masking are scored on the same inputs")
 
     # data and config are compared by content, and steps may change (training.RESUMING)
     RESUME_KEYS = RunArgs.RESUME_KEYS + ("warmup", "seq_len", "packing", "mlm_probability", "whole_word",
-                                         "static_masking")
+                                         "static_masking", "static_copies")
 
 
 class Trainer(BaseTrainer):
@@ -66,14 +86,48 @@ class Trainer(BaseTrainer):
         self.meta = meta
         if a.seq_len is None:
             a.seq_len = meta["seq_len"]
-        self.train_set = PackedDataset(a.data, "train", a.seq_len, a.packing)
-        self.val_set = PackedDataset(a.data, "val", a.seq_len, a.packing) \
-            if meta["splits"]["val"]["tokens"] else None
+        self.pairs = a.packing in PAIR_MODES
+        copies = self._static_copies()
+        has_val = bool(meta["splits"]["val"]["tokens"])
+        if self.pairs:
+            if not meta.get("sentences"):
+                raise TrainingError(f"--packing {a.packing} needs sentence boundaries, and {a.data} was prepared "
+                                    "without them: run `roberta-scratch prepare --sentences ...` again")
+            self.train_set = self._pairs("train", a.seed)
+        else:
+            self.train_set = PackedDataset(a.data, "train", a.seq_len, a.packing)
+        if copies:
+            self.train_set = StaticCopies(self.train_set, copies)
+        # the held-out MLM set is FULL-SENTENCES blocks whatever the packing: comparable across runs
+        self.val_set = PackedDataset(a.data, "val", a.seq_len, "full") if has_val else None
+        self.val_pairs = None
+        if self.pairs and has_val:
+            try:
+                self.val_pairs = PairDataset(a.data, "val", a.seq_len, a.packing, seed=a.eval_seed)
+            except ValueError as e:
+                self._log(f"note: no held-out next-sentence accuracy: {e}")
         self.total_steps, self.warmup_steps = a.steps, a.warmup
         self.cfg = self._model_config(meta)
-        self.collator = self._collator(meta)
+        self.collator = self._collator(meta, static=bool(copies))
+        self.eval_collator = self._collator(meta, static=False)
         torch.manual_seed(a.seed)  # the same initial weights on every rank
-        return RobertaForMaskedLM(self.cfg)
+        return RobertaForPreTraining(self.cfg) if self.pairs else RobertaForMaskedLM(self.cfg)
+
+    def _pairs(self, split: str, seed: int) -> PairDataset:
+        try:
+            return PairDataset(self.args.data, split, self.args.seq_len, self.args.packing, seed=seed)
+        except ValueError as e:
+            raise TrainingError(str(e)) from None
+
+    def _static_copies(self) -> int:
+        """K, the static masks per sequence (0: dynamic masking), from --static-copies and --static-masking."""
+        a = self.args
+        if a.static_copies < 0:
+            raise TrainingError(f"--static-copies must be 0 (dynamic masking) or more, got {a.static_copies}")
+        if a.static_masking and a.static_copies > 1:
+            raise TrainingError(f"--static-masking is one fixed mask per sequence (--static-copies 1), but "
+                                f"--static-copies is {a.static_copies}: pass one of them")
+        return a.static_copies or int(a.static_masking)
 
     def _model_config(self, meta: dict) -> RobertaConfig:
         a = self.args
@@ -84,16 +138,17 @@ class Trainer(BaseTrainer):
         else:
             raise TrainingError(f"--config {a.config!r} is neither a preset ({', '.join(PRESETS)}) nor a config.json")
         positions = max(cfg.max_position_embeddings, a.seq_len + cfg.pad_token_id + 1)
+        # the pair formats give A and B their own token type, as BERT does (RoBERTa has one)
+        types = max(2, cfg.type_vocab_size) if self.pairs else cfg.type_vocab_size
         return cfg.replace(vocab_size=meta["vocab_size"], max_position_embeddings=positions, attention=a.attention,
                            pad_token_id=meta["pad_token_id"], bos_token_id=meta["bos_token_id"],
-                           eos_token_id=meta["eos_token_id"])
+                           eos_token_id=meta["eos_token_id"], type_vocab_size=types)
 
-    def _collator(self, meta: dict) -> DynamicMaskingCollator:
+    def _collator(self, meta: dict, static: bool) -> DynamicMaskingCollator:
         a = self.args
         tok = load_tokenizer(tokenizer_dir(self.args.data))
         return DynamicMaskingCollator.from_tokenizer(tok, whole_word=a.whole_word, mlm_probability=a.mlm_probability,
-                                                     static=a.static_masking, static_seed=a.seed,
-                                                     generator=torch.Generator())
+                                                     static=static, static_seed=a.seed, generator=torch.Generator())
 
     def collate(self, examples: list, step: int, micro_batch: int) -> dict:
         # each micro-batch's masks come from (seed, step, m): N ranks draw what one rank would
@@ -109,26 +164,41 @@ class Trainer(BaseTrainer):
         return hashlib.sha256(json.dumps(legacy, sort_keys=True).encode()).hexdigest()  # format 1
 
     def loss_weight(self, batch: dict) -> torch.Tensor:
-        """The masked tokens: the MLM loss is their mean."""
+        """The masked tokens: the MLM loss is their mean.
+
+        subtle: with NSP the loss is MLM + NSP, and the micro-batches are weighted by their
+        masked tokens for both terms, so the step's NSP term is a mean over its sequences
+        weighted by their micro-batch's masked tokens. With one micro-batch per step (and
+        one rank) it is exactly MLM mean + NSP mean, BERT's loss.
+        """
         return (batch["labels"] != IGNORE_INDEX).sum()
+
+    def loss_parts(self, out) -> dict:
+        """The pair formats log their two terms: mlm_loss and nsp_loss."""
+        return {} if out.nsp_loss is None else {"mlm_loss": out.mlm_loss, "nsp_loss": out.nsp_loss}
 
     def train_flops_per_token(self) -> float:
         return mlm_training_flops_per_token(self.cfg, self.args.seq_len, self.args.mlm_probability)
 
     # ---- evaluation ----------------------------------------------------------------
 
-    def validation_batches(self) -> list[dict]:
-        """A fixed validation set, masked once with a fixed seed, so every eval is comparable."""
-        if not hasattr(self, "_val_batches"):
-            self._val_batches = []
-            if self.val_set is not None:
-                n = min(len(self.val_set), self.args.eval_blocks)
-                g = torch.Generator().manual_seed(seed_for(self.args.seed, 2**31))
+    def validation_batches(self, dataset=None) -> list[dict]:
+        """A fixed validation set, masked once with --eval-seed, so every eval (of every run with
+        the same data, seq_len and eval settings) is comparable: the val split's FULL-SENTENCES
+        blocks, or the given dataset (the held-out pairs)."""
+        cache = "_val_batches" if dataset is None else "_val_pair_batches"
+        dataset = self.val_set if dataset is None else dataset
+        if not hasattr(self, cache):
+            batches = []
+            if dataset is not None:
+                n = min(len(dataset), self.args.eval_blocks)
+                g = torch.Generator().manual_seed(seed_for(self.args.eval_seed, 2**31))
                 for start in range(0, n, self.args.batch_size):
-                    examples = [self.val_set[i] for i in range(start, min(n, start + self.args.batch_size))]
-                    self.collator.generator.manual_seed(int(torch.randint(2**62, (1,), generator=g)))
-                    self._val_batches.append(self.collator(examples))
-        return self._val_batches
+                    examples = [dataset[i] for i in range(start, min(n, start + self.args.batch_size))]
+                    self.eval_collator.generator.manual_seed(int(torch.randint(2**62, (1,), generator=g)))
+                    batches.append(self.eval_collator(examples))
+            setattr(self, cache, batches)
+        return getattr(self, cache)
 
     @torch.no_grad()
     def evaluate(self) -> Optional[dict]:
@@ -146,14 +216,33 @@ class Trainer(BaseTrainer):
             loss_sum += out.loss.item() * labels.numel()  # out.loss is the mean over them
             correct += int((out.logits.argmax(-1) == labels).sum())
             count += labels.numel()
-        model.train()
         loss = loss_sum / max(count, 1)
-        return {"val_loss": loss, "val_ppl": math.exp(min(loss, 50.0)), "val_acc": correct / max(count, 1),
-                "val_tokens": count}
+        metrics = {"val_loss": loss, "val_ppl": math.exp(min(loss, 50.0)), "val_acc": correct / max(count, 1),
+                   "val_tokens": count}
+        if self.val_pairs is not None:
+            metrics.update(self._evaluate_nsp(model))
+        model.train()
+        return metrics
+
+    def _evaluate_nsp(self, model) -> dict:
+        """Next-sentence accuracy and loss on the held-out pairs (masked like training, fixed seed)."""
+        loss_sum, correct, count = 0.0, 0, 0
+        for batch in self.validation_batches(self.val_pairs):
+            batch = {k: v.to(self.device) for k, v in batch.items()}
+            with self._autocast():
+                out = model(batch["input_ids"], attention_mask=batch["attention_mask"],
+                            token_type_ids=batch["token_type_ids"], next_sentence_label=batch["next_sentence_label"])
+            n = len(batch["next_sentence_label"])
+            loss_sum += out.loss.item() * n
+            correct += int((out.nsp_logits.argmax(-1) == batch["next_sentence_label"]).sum())
+            count += n
+        return {"val_nsp_loss": loss_sum / max(count, 1), "val_nsp_acc": correct / max(count, 1), "val_pairs": count}
 
     def describe(self, m: dict) -> str:
+        nsp = (f"; next-sentence accuracy {m['val_nsp_acc']:.2%} ({m['val_pairs']:,} pairs)"
+               if "val_nsp_acc" in m else "")
         return (f"loss {m['val_loss']:.4f}, perplexity {m['val_ppl']:.2f}, masked accuracy {m['val_acc']:.2%} "
-                f"({m['val_tokens']:,} masked tokens)")
+                f"({m['val_tokens']:,} masked tokens){nsp}")
 
     def export(self) -> None:
         """RUN/model: the final model and its tokenizer, ready for from_pretrained and fill-mask."""

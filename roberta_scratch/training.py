@@ -196,11 +196,12 @@ class BaseTrainer:
         evaluate()                  -> a dict of held-out metrics, or None
         describe(metrics)           -> one line for the log (on_evaluated(metrics) may act on them)
         export()                    -> what the run leaves behind in OUT when it finishes
+        loss_parts(out) (optional)  -> named terms of the loss to log beside it (MLM and NSP)
 
     Everything else lives here once: AdamW with decay on matrices only, warmup then linear decay,
     gradient accumulation and clipping, DDP, atomic checkpoints (model, optimizer, scheduler, RNG,
     data position) with keep-last-K and bit-for-bit --resume, the NaN stop, the SIGINT save,
-    metrics.jsonl and the progress bar. The data order is a function of (seed, step): step s
+    metrics.jsonl (every row with "tokens", the training tokens seen so far) and the progress bar. The data order is a function of (seed, step): step s
     reads global positions [s * global_batch, (s + 1) * global_batch) of an endless stream of
     training examples, permuted afresh each epoch with a generator seeded by (seed, epoch).
     """
@@ -240,6 +241,8 @@ class BaseTrainer:
         self.schedule = LinearSchedule(self.warmup_steps, self.total_steps)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.schedule)
         self.step = 0
+        self.tokens_seen = 0  # non-padding training tokens so far, over every rank (metrics.jsonl's "tokens")
+        self.last_loss_parts: dict = {}  # the last step's loss_parts, for the log
         self._perms: dict = {}
         self._stop = False
 
@@ -266,6 +269,11 @@ class BaseTrainer:
     def data_fingerprint(self) -> Optional[str]:
         """What the training data are, by content, for --resume to compare; None: not compared."""
         return None
+
+    def loss_parts(self, out) -> dict:
+        """Named terms of a micro-batch's loss to log beside it (e.g. {"mlm_loss": ..., "nsp_loss": ...}),
+        as scalar tensors; each is averaged over the step like the loss itself."""
+        return {}
 
     def train_flops_per_token(self) -> Optional[float]:
         """Training FLOPs per token, for MFU on CUDA; None to leave MFU out."""
@@ -329,19 +337,26 @@ class BaseTrainer:
         scales = weights * (self.world / total_weight.clamp(min=1))
         total = torch.zeros((), device=self.device)
         tokens = torch.zeros((), dtype=torch.long, device=self.device)
+        parts: dict = {}
         for k, batch in enumerate(batches):
             sync = k == len(batches) - 1 or not self.distributed
             ctx = self.model.no_sync() if not sync else contextlib.nullcontext()
             with ctx, self._autocast():
-                loss = self.forward(**batch).loss
+                out = self.forward(**batch)
+                loss = out.loss
                 (loss * scales[k]).backward()
             total += loss.detach().float() * weights[k]
+            for name, value in self.loss_parts(out).items():
+                parts[name] = parts.get(name, 0.0) + value.detach().float() * weights[k]
             tokens += batch["attention_mask"].sum()
+        names = sorted(parts)
+        sums = torch.stack([total] + [parts[n] for n in names])
         if self.distributed:
-            dist.all_reduce(total)
-        loss = total / total_weight.clamp(min=1)
-        loss, tokens = torch.stack([loss.double(), tokens.double()]).tolist()  # one device sync per step
-        return loss, int(tokens) * self.world
+            dist.all_reduce(sums)
+        means = sums / total_weight.clamp(min=1)
+        values = torch.cat([means.double(), tokens.double()[None]]).tolist()  # one device sync per step
+        self.last_loss_parts = dict(zip(names, values[1:-1]))
+        return values[0], int(values[-1]) * self.world
 
     def optimizer_step(self) -> None:
         if self.args.clip > 0:
@@ -396,6 +411,7 @@ class BaseTrainer:
             "args": _args_dict(self.args),
             "data_fingerprint": self.data_fingerprint(),
             "threads": torch.get_num_threads() if self.device.type == "cpu" else None,
+            "tokens_seen": self.tokens_seen,
             "extra": {k: getattr(self, k) for k in self.extra_state_keys},
         }
         path = os.path.join(self.ckpt_dir, f"step_{self.step:08d}.pt")
@@ -462,6 +478,7 @@ class BaseTrainer:
         for k, v in state.get("extra", {}).items():
             setattr(self, k, v)
         self.step = state["step"]
+        self.tokens_seen = state.get("tokens_seen")  # None from a checkpoint older than the count: not logged
         self._note_safe_changes(saved, now)
         if self.schedule.total != self.total_steps:
             if self.total_steps <= self.step:
@@ -559,11 +576,14 @@ class BaseTrainer:
             self.optimizer_step()
             self.step += 1
             window_tokens += tokens
+            if self.tokens_seen is not None:
+                self.tokens_seen += tokens
             bar.update(1)
             if self.step % a.log_every == 0 or self.step == steps:
                 elapsed = time.perf_counter() - window_start
                 tps = window_tokens / max(elapsed, 1e-9)
-                row = {"step": self.step, "loss": loss, "lr": lr, "tokens_per_s": tps}
+                row = {"step": self.step, "loss": loss, **self.last_loss_parts, "lr": lr, "tokens_per_s": tps,
+                       **self._tokens()}
                 if self.device.type == "cuda" and flops:
                     row["mfu"] = tps * flops / peak_flops(self.device) / self.world
                 bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{tps:,.0f}")
@@ -617,9 +637,14 @@ class BaseTrainer:
     def _record(self, metrics: Optional[dict], when: str) -> None:
         if metrics is None:
             return
-        self._append_metrics({"step": self.step, **metrics})
+        self._append_metrics({"step": self.step, **self._tokens(), **metrics})
         self._log(f"held-out at {when}: {self.describe(metrics)}")
         self.on_evaluated(metrics)
+
+    def _tokens(self) -> dict:
+        """{"tokens": training tokens seen so far} for a metrics row, so curves can be drawn
+        against tokens; empty when resumed from a checkpoint that did not count them."""
+        return {} if self.tokens_seen is None else {"tokens": self.tokens_seen}
 
     def _truncate_metrics(self) -> None:
         """Drop metric lines a killed run wrote after its last checkpoint (they will be redone),

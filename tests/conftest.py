@@ -38,6 +38,21 @@ def prepared(tmp_path_factory):
     return root
 
 
+@pytest.fixture(scope="module")
+def prepared_sentences(prepared):
+    """The `prepared` corpus prepared again with sentence boundaries (prepare --sentences), for the
+    pair formats: returns its data directory."""
+    import warnings
+
+    from roberta_scratch.data import prepare
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the corpus's Latin-1 file, which `prepared` checks the warning for
+        prepare([str(prepared / "corpus")], str(prepared / "tok"), str(prepared / "data_sents"), seq_len=32,
+                val_fraction=0.1, show_progress=False, num_workers=1, sentences=True)
+    return str(prepared / "data_sents")
+
+
 @pytest.fixture
 def reference_dir():
     path = os.environ.get("ROBERTA_REFERENCE_DIR")

@@ -45,8 +45,9 @@ def test_every_subcommand_has_help(capsys):
 
 
 def test_training_commands_keep_their_flags():
-    # every flag they had, plus --overwrite (start over in a folder that holds a run) and --threads
-    assert flags("pretrain") == PRETRAIN_FLAGS | {"--overwrite", "--threads"}
+    # every flag they had, plus --overwrite (start over in a folder that holds a run) and --threads;
+    # pretrain also has the ablations' --static-copies (BERT's K masks) and --eval-seed (one held-out set)
+    assert flags("pretrain") == PRETRAIN_FLAGS | {"--overwrite", "--threads", "--static-copies", "--eval-seed"}
     assert flags("finetune") == FINETUNE_FLAGS | {"--overwrite", "--threads"}
 
 

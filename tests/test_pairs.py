@@ -14,14 +14,9 @@ from roberta_scratch.sentences import split_sentences
 from roberta_scratch.tokenizer import load_tokenizer
 
 
-@pytest.fixture(scope="module")
-def sentences_data(prepared):
-    """The `prepared` corpus, prepared again with sentence boundaries."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the corpus's Latin-1 file, reported by the fixture already
-        prepare([str(prepared / "corpus")], str(prepared / "tok"), str(prepared / "data_sents"), seq_len=32,
-                val_fraction=0.1, show_progress=False, num_workers=1, sentences=True)
-    return str(prepared / "data_sents")
+@pytest.fixture
+def sentences_data(prepared_sentences):
+    return prepared_sentences
 
 
 def test_prepare_records_sentence_ends_and_keeps_the_same_tokens(prepared, sentences_data):

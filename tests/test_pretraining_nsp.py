@@ -1,5 +1,7 @@
 """BERT's pretraining baseline that RoBERTa's ablations remove: token types, RobertaForPreTraining
 (MLM + next-sentence prediction), the collator on pair examples, and BERT's static copies."""
+import json
+import os
 import warnings
 
 import pytest
@@ -272,3 +274,113 @@ def test_k_static_copies_cycle_through_exactly_k_masks(k):
 def test_dynamic_masking_differs_across_epochs():
     seen = masks_seen(collator(generator=torch.Generator().manual_seed(0)), ROWS, epochs=4)
     assert all(len(masks) == 4 for masks in seen.values())
+
+
+# ----------------------------------------------------------------------------- the trainer: pair formats, static copies
+
+def run_and_resume(prepared, tmp_path, **overrides):
+    """An 8-step run, and the same run killed after step 4 and resumed: both metrics rows and final weights."""
+    from pretraining_helpers import args_for
+
+    from roberta_scratch.pretrain import pretrain
+
+    assert pretrain(args_for(prepared, tmp_path / "straight", **overrides)) == 0
+    assert pretrain(args_for(prepared, tmp_path / "split", **overrides)) == 0
+    ckpt = tmp_path / "split" / "ckpt"
+    for name in os.listdir(ckpt):
+        if name != "step_00000004.pt":
+            os.remove(ckpt / name)
+    assert pretrain(args_for(prepared, tmp_path / "split", resume=True, **overrides)) == 0
+    rows = {}
+    for run in ("straight", "split"):
+        with open(tmp_path / run / "metrics.jsonl") as f:
+            rows[run] = [{k: v for k, v in json.loads(line).items() if k != "tokens_per_s"} for line in f]
+        state = torch.load(tmp_path / run / "ckpt" / "step_00000008.pt", weights_only=True)["model"]
+        rows[run + "_model"] = state
+    a, b = rows["straight_model"], rows["split_model"]
+    assert list(a) == list(b) and all(torch.equal(a[k], b[k]) for k in a)
+    assert rows["straight"] == rows["split"]
+    return rows["straight"]
+
+
+@pytest.mark.parametrize("packing", ["segment-pair", "sentence-pair"])
+def test_pair_formats_train_log_nsp_and_resume_exactly(prepared, prepared_sentences, tmp_path, packing):
+    rows = run_and_resume(prepared, tmp_path, data=prepared_sentences, packing=packing)
+    train = [r for r in rows if "loss" in r]
+    evals = [r for r in rows if "val_loss" in r]
+    assert len(train) == 8 and len(evals) == 3  # at the start, step 4 and step 8
+    for r in train:
+        assert r["loss"] == pytest.approx(r["mlm_loss"] + r["nsp_loss"], rel=1e-6)
+        assert 0.3 < r["nsp_loss"] < 1.2  # about ln 2 this early
+    assert all(0 <= r["val_nsp_acc"] <= 1 and r["val_pairs"] > 0 and "val_ppl" in r for r in evals)
+    tokens = [r["tokens"] for r in rows]
+    assert tokens == sorted(tokens) and tokens[0] == 0 and tokens[-1] > 0
+    model = RobertaForPreTraining.from_pretrained(str(tmp_path / "straight" / "model"))
+    assert model.config.type_vocab_size == 2
+
+
+def test_pair_formats_need_sentence_boundaries(prepared, tmp_path):
+    from pretraining_helpers import args_for
+
+    from roberta_scratch.pretrain import pretrain
+    from roberta_scratch.training import TrainingError
+
+    with pytest.raises(TrainingError, match=r"needs sentence boundaries.*prepare --sentences"):
+        pretrain(args_for(prepared, tmp_path, packing="segment-pair"))
+
+
+def test_every_run_is_scored_on_the_same_held_out_blocks(prepared, prepared_sentences, tmp_path):
+    from pretraining_helpers import args_for
+
+    from roberta_scratch.pretrain import Trainer
+
+    def batches(**overrides):
+        return Trainer(args_for(prepared, tmp_path / str(len(os.listdir(tmp_path))), data=prepared_sentences,
+                                **overrides)).validation_batches()
+
+    reference = batches()
+    for other in (batches(seed=5), batches(packing="doc"), batches(packing="segment-pair", seed=2),
+                  batches(static_copies=3)):
+        assert len(other) == len(reference)
+        for x, y in zip(reference, other):
+            assert sorted(x) == sorted(y) == ["attention_mask", "input_ids", "labels"]
+            assert all(torch.equal(x[k], y[k]) for k in x)
+    assert not torch.equal(batches(eval_seed=1)[0]["labels"], reference[0]["labels"])
+
+
+def test_static_copies_resume_exactly_and_one_copy_is_static_masking(prepared, tmp_path):
+    from pretraining_helpers import args_for, losses
+
+    from roberta_scratch.pretrain import Trainer, pretrain
+    from roberta_scratch.training import TrainingError
+
+    run_and_resume(prepared, tmp_path / "k3", static_copies=3)
+    trainer = Trainer(args_for(prepared, tmp_path / "t", static_copies=3))
+    assert len(trainer.train_set) == 3 * len(trainer.train_set.dataset)
+    assert pretrain(args_for(prepared, tmp_path / "one", static_copies=1, steps=4)) == 0
+    assert pretrain(args_for(prepared, tmp_path / "flag", static_masking=True, steps=4)) == 0
+    assert losses(tmp_path / "one") == losses(tmp_path / "flag")
+    with pytest.raises(TrainingError, match="--static-masking is one fixed mask.*--static-copies is 4"):
+        Trainer(args_for(prepared, tmp_path / "bad", static_masking=True, static_copies=4))
+    with pytest.raises(TrainingError, match="--static-copies must be 0"):
+        Trainer(args_for(prepared, tmp_path / "bad", static_copies=-1))
+    with pytest.raises(TrainingError, match="static_copies"):
+        pretrain(args_for(prepared, tmp_path / "k3" / "straight", static_copies=2, steps=10, resume=True))
+
+
+def test_metrics_count_the_training_tokens(prepared, tmp_path):
+    from pretraining_helpers import args_for
+
+    from roberta_scratch.pretrain import Trainer, pretrain
+
+    assert pretrain(args_for(prepared, tmp_path / "run", packing="doc")) == 0
+    trainer = Trainer(args_for(prepared, tmp_path / "count", packing="doc"))
+    expected = 0
+    per_step = []
+    for step in range(8):
+        expected += sum(int(b["attention_mask"].sum()) for b in trainer.micro_batches(step))
+        per_step.append(expected)
+    with open(tmp_path / "run" / "metrics.jsonl") as f:
+        rows = [json.loads(line) for line in f]
+    assert [r["tokens"] for r in rows if "loss" in r] == per_step
+    assert [r["tokens"] for r in rows if "val_loss" in r] == [0, per_step[3], per_step[7]]
