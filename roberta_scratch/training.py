@@ -201,9 +201,10 @@ class BaseTrainer:
     Everything else lives here once: AdamW with decay on matrices only, warmup then linear decay,
     gradient accumulation and clipping, DDP, atomic checkpoints (model, optimizer, scheduler, RNG,
     data position) with keep-last-K and bit-for-bit --resume, the NaN stop, the SIGINT save,
-    metrics.jsonl (every row with "tokens", the training tokens seen so far) and the progress bar. The data order is a function of (seed, step): step s
-    reads global positions [s * global_batch, (s + 1) * global_batch) of an endless stream of
-    training examples, permuted afresh each epoch with a generator seeded by (seed, epoch).
+    metrics.jsonl (every row with "tokens", the training tokens seen so far) and the progress
+    bar. The data order is a function of (seed, step): step s reads global positions
+    [s * global_batch, (s + 1) * global_batch) of an endless stream of training examples,
+    permuted afresh each epoch with a generator seeded by (seed, epoch).
     """
 
     desc = "training"  # the progress bar's label
