@@ -185,20 +185,39 @@ class Trainer(BaseTrainer):
     def validation_batches(self, dataset=None) -> list[dict]:
         """A fixed validation set, masked once with --eval-seed, so every eval (of every run with
         the same data, seq_len and eval settings) is comparable: the val split's FULL-SENTENCES
-        blocks, or the given dataset (the held-out pairs)."""
+        blocks, or the given dataset (the held-out pairs).
+
+        Example i is masked alone, by a generator seeded by (eval_seed, i), then grouped into
+        batches: the masks depend neither on --seed nor on --batch-size, so the arms of a
+        batch-size study are scored on the same masked tokens too.
+        """
         cache = "_val_batches" if dataset is None else "_val_pair_batches"
         dataset = self.val_set if dataset is None else dataset
         if not hasattr(self, cache):
             batches = []
             if dataset is not None:
                 n = min(len(dataset), self.args.eval_blocks)
-                g = torch.Generator().manual_seed(seed_for(self.args.eval_seed, 2**31))
-                for start in range(0, n, self.args.batch_size):
-                    examples = [dataset[i] for i in range(start, min(n, start + self.args.batch_size))]
-                    self.eval_collator.generator.manual_seed(int(torch.randint(2**62, (1,), generator=g)))
-                    batches.append(self.eval_collator(examples))
+                rows = []
+                for i in range(n):
+                    self.eval_collator.generator.manual_seed(seed_for(self.args.eval_seed, 2**31, i))
+                    rows.append(self.eval_collator([dataset[i]]))
+                batches = [self._stack(rows[s:s + self.args.batch_size]) for s in range(0, n, self.args.batch_size)]
             setattr(self, cache, batches)
         return getattr(self, cache)
+
+    def _stack(self, rows: list[dict]) -> dict:
+        """One batch from single-example batches, right-padded like the collator pads."""
+        T = max(r["input_ids"].shape[1] for r in rows)
+        fill = {"input_ids": self.eval_collator.pad_token_id, "attention_mask": 0, "labels": IGNORE_INDEX,
+                "token_type_ids": 0}
+        batch = {}
+        for key in rows[0]:
+            if key in fill:
+                batch[key] = torch.cat([torch.nn.functional.pad(r[key], (0, T - r[key].shape[1]), value=fill[key])
+                                        for r in rows])
+            else:  # next_sentence_label: one per example
+                batch[key] = torch.cat([r[key] for r in rows])
+        return batch
 
     @torch.no_grad()
     def evaluate(self) -> Optional[dict]:

@@ -334,18 +334,20 @@ def test_every_run_is_scored_on_the_same_held_out_blocks(prepared, prepared_sent
 
     from roberta_scratch.pretrain import Trainer
 
-    def batches(**overrides):
-        return Trainer(args_for(prepared, tmp_path / str(len(os.listdir(tmp_path))), data=prepared_sentences,
-                                **overrides)).validation_batches()
+    def held_out(**overrides):
+        """The held-out set as one (N, T) batch per key, whatever the batch size."""
+        trainer = Trainer(args_for(prepared, tmp_path / str(len(os.listdir(tmp_path))), data=prepared_sentences,
+                                   **overrides))
+        batches = trainer.validation_batches()
+        assert sorted(batches[0]) == ["attention_mask", "input_ids", "labels"]
+        return {k: torch.cat([b[k] for b in batches]) for k in batches[0]}
 
-    reference = batches()
-    for other in (batches(seed=5), batches(packing="doc"), batches(packing="segment-pair", seed=2),
-                  batches(static_copies=3)):
-        assert len(other) == len(reference)
-        for x, y in zip(reference, other):
-            assert sorted(x) == sorted(y) == ["attention_mask", "input_ids", "labels"]
-            assert all(torch.equal(x[k], y[k]) for k in x)
-    assert not torch.equal(batches(eval_seed=1)[0]["labels"], reference[0]["labels"])
+    reference = held_out()
+    assert (reference["labels"] != -100).sum() > 10
+    for other in (held_out(seed=5), held_out(packing="doc"), held_out(packing="segment-pair", seed=2),
+                  held_out(static_copies=3), held_out(batch_size=3, grad_accum=1)):
+        assert all(torch.equal(reference[k], other[k]) for k in reference)
+    assert not torch.equal(held_out(eval_seed=1)["labels"], reference["labels"])
 
 
 def test_static_copies_resume_exactly_and_one_copy_is_static_masking(prepared, tmp_path):
