@@ -163,7 +163,7 @@ def test_an_interrupted_study_resumes_where_it_stopped(tmp_path, monkeypatch):
     monkeypatch.setattr(Trainer, "optimizer_step", stop_midway)
     out = tmp_path / "study"
     assert run_study("masking", TEST_PRESET, str(out), seeds=1, show_progress=False) == 130
-    assert calls == ["static-s0", "baseline-s0"]
+    assert calls == ["static-s0", "static-x10-s0", "baseline-s0"]
     record = json.loads((out / "runs" / "baseline-s0" / "study.json").read_text())
     assert record["status"] == "interrupted" and "pretrain" not in record
     assert (out / "runs" / "baseline-s0" / "ckpt" / "step_00000005.pt").is_file()
