@@ -101,7 +101,9 @@ def _fmt(s: Optional[dict], digits: int = 2) -> str:
 
 
 def _tokens(s: Optional[dict]) -> str:
-    return "–" if s is None else f"{s['mean'] / 1e6:.2f}M"
+    if s is None:
+        return "–"
+    return f"{s['mean'] / 1e6:.2f}M" if s["mean"] >= 1e5 else f"{s['mean'] / 1e3:.1f}K"
 
 
 def _wall(s: Optional[dict]) -> str:

@@ -198,3 +198,27 @@ def test_run_study_names_a_bad_preset_or_study(tmp_path):
         run_study("masking", "huge", str(tmp_path))
     with pytest.raises(StudyError, match="unknown study 'sizes'"):
         run_study("sizes", "ci", str(tmp_path))
+
+
+@pytest.mark.slow
+def test_study_all_runs_every_arm_once_with_the_pair_formats(tmp_path):
+    out = tmp_path / "all"
+    assert run_study("all", TEST_PRESET, str(out), seeds=1, show_progress=False) == 0
+    runs = sorted(p.name for p in (out / "runs").iterdir())
+    assert runs == sorted(f"{a}-s0" for a in ("static", "static-x10", "baseline", "segment-pair", "sentence-pair",
+                                              "doc", "batch-x8", "batch-x32"))  # the baseline once, for 3 tables
+    table = (out / "table.md").read_text()
+    for title in ("Table 1", "Table 2", "Table 3"):
+        assert f"### {title}:" in table
+    for row in ("| SEGMENT-PAIR + NSP |", "| SENTENCE-PAIR + NSP |", "| FULL-SENTENCES |", "| DOC-SENTENCES |",
+                "| bsz 8 |", "| bsz 64 |", "| bsz 256 |"):
+        assert row in table
+    results = json.loads((out / "results.json").read_text())
+    pair = results["arms"]["sentence-pair"]["runs"][0]["pretrain"]
+    assert 0 <= pair["val_nsp_acc"] <= 1  # NSP accuracy for the NSP arms
+    budget = [results["arms"][a]["aggregate"]["tokens"]["mean"] for a in ("baseline", "doc", "sentence-pair",
+                                                                         "batch-x8")]
+    assert max(budget) / min(budget) < 1.35  # about one token budget for every arm
+    x32 = results["arms"]["batch-x32"]["settings"]
+    assert x32["batch_size"] * x32["grad_accum"] == 32 * TEST_PRESET.batch_size
+    assert x32["lr"] == pytest.approx(10 * TEST_PRESET.lr)
