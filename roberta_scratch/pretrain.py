@@ -65,6 +65,9 @@ class TrainArgs(RunArgs):
                                          "sequence (the same as --static-copies 1)")
     static_copies: int = option(0, "BERT's static masking: K fixed masks per sequence, the data duplicated K "
                                    "times (0 = dynamic)")
+    eval_mlm_probability: Optional[float] = option(None, "share of tokens masked in the held-out set (default: "
+                                                          "--mlm-probability); fix it to compare runs that train "
+                                                          "with different rates")
     eval_blocks: int = option(256, "size of the fixed, pre-masked validation set")
     eval_seed: int = option(0, "seeds the held-out set's masks and pairs; not --seed, so that runs of every seed, "
                                "packing and masking are scored on the same inputs")
@@ -109,7 +112,8 @@ class Trainer(BaseTrainer):
         self.total_steps, self.warmup_steps = a.steps, a.warmup
         self.cfg = self._model_config(meta)
         self.collator = self._collator(meta, static=bool(copies))
-        self.eval_collator = self._collator(meta, static=False)
+        eval_rate = a.mlm_probability if a.eval_mlm_probability is None else a.eval_mlm_probability
+        self.eval_collator = self._collator(meta, static=False, mlm_probability=eval_rate)
         torch.manual_seed(a.seed)  # the same initial weights on every rank
         return RobertaForPreTraining(self.cfg) if self.pairs else RobertaForMaskedLM(self.cfg)
 
@@ -144,10 +148,11 @@ class Trainer(BaseTrainer):
                            pad_token_id=meta["pad_token_id"], bos_token_id=meta["bos_token_id"],
                            eos_token_id=meta["eos_token_id"], type_vocab_size=types)
 
-    def _collator(self, meta: dict, static: bool) -> DynamicMaskingCollator:
+    def _collator(self, meta: dict, static: bool, mlm_probability: Optional[float] = None) -> DynamicMaskingCollator:
         a = self.args
         tok = load_tokenizer(tokenizer_dir(self.args.data))
-        return DynamicMaskingCollator.from_tokenizer(tok, whole_word=a.whole_word, mlm_probability=a.mlm_probability,
+        rate = a.mlm_probability if mlm_probability is None else mlm_probability
+        return DynamicMaskingCollator.from_tokenizer(tok, whole_word=a.whole_word, mlm_probability=rate,
                                                      static=static, static_seed=a.seed, generator=torch.Generator())
 
     def collate(self, examples: list, step: int, micro_batch: int) -> dict:

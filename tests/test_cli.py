@@ -46,8 +46,10 @@ def test_every_subcommand_has_help(capsys):
 
 def test_training_commands_keep_their_flags():
     # every flag they had, plus --overwrite (start over in a folder that holds a run) and --threads;
-    # pretrain also has the ablations' --static-copies (BERT's K masks) and --eval-seed (one held-out set)
-    assert flags("pretrain") == PRETRAIN_FLAGS | {"--overwrite", "--threads", "--static-copies", "--eval-seed"}
+    # pretrain also has the ablations' --static-copies (BERT's K masks), --eval-seed (one held-out set) and
+    # --eval-mlm-probability (one masking rate for that set, whatever the runs train with)
+    assert flags("pretrain") == PRETRAIN_FLAGS | {"--overwrite", "--threads", "--static-copies", "--eval-seed",
+                                                  "--eval-mlm-probability"}
     assert flags("finetune") == FINETUNE_FLAGS | {"--overwrite", "--threads"}
 
 

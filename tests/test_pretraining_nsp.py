@@ -345,9 +345,12 @@ def test_every_run_is_scored_on_the_same_held_out_blocks(prepared, prepared_sent
     reference = held_out()
     assert (reference["labels"] != -100).sum() > 10
     for other in (held_out(seed=5), held_out(packing="doc"), held_out(packing="segment-pair", seed=2),
-                  held_out(static_copies=3), held_out(batch_size=3, grad_accum=1)):
+                  held_out(static_copies=3), held_out(batch_size=3, grad_accum=1),
+                  held_out(mlm_probability=0.4, eval_mlm_probability=0.15)):
         assert all(torch.equal(reference[k], other[k]) for k in reference)
     assert not torch.equal(held_out(eval_seed=1)["labels"], reference["labels"])
+    # training at another rate moves the held-out rate with it, unless --eval-mlm-probability fixes it
+    assert (held_out(mlm_probability=0.4)["labels"] != -100).sum() > 2 * (reference["labels"] != -100).sum()
 
 
 def test_static_copies_resume_exactly_and_one_copy_is_static_masking(prepared, tmp_path):
