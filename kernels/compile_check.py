@@ -15,7 +15,8 @@ when a kernel fails to compile or spills (with or without --report).
     mma         tensor-core instructions: wgmma.mma_async (Hopper) and mma.sync
                 (Ampere), counted over the whole kernel;
     loads       how tiles reach shared memory: cp.async copies (cp.async.ca/cg)
-                and TMA copies (cp.async.bulk.tensor), whole kernel;
+                and TMA copies (cp.async.bulk.tensor), whole kernel, with the
+                mbarrier instructions that track the TMA copies (mbar);
     main loop   the innermost loop (a label and a later branch back to it,
                 containing no other such loop) with the most mma instructions;
                 among equals, the one with the fewest instructions, which is
@@ -76,6 +77,7 @@ class Result:
     mma_sync: int = 0
     cp_async: int = 0
     tma: int = 0
+    mbarrier: int = 0
     loop_instructions: int = 0
     loop_compare_select: int = 0
     threads: int = 0
@@ -172,6 +174,7 @@ def ptx_report(result: Result, ptx: str, elements: int, threads: int) -> None:
     result.mma_sync = sum(op.startswith("mma.sync") for op in opcodes)
     result.cp_async = sum(op.startswith(("cp.async.ca.", "cp.async.cg.")) for op in opcodes)
     result.tma = sum(op.startswith("cp.async.bulk.tensor") for op in opcodes)
+    result.mbarrier = sum(op.startswith("mbarrier.") for op in opcodes)
     result.threads, result.elements = threads, elements
     lines = ptx.splitlines()
     loop = _main_loop(lines)
@@ -257,11 +260,12 @@ def check(arches, modules=MODULES, jobs=1, out=sys.stdout, only=()) -> list[Resu
 def print_report(results, out=sys.stdout) -> None:
     """The --report table: one line per kernel configuration (columns: see the module docstring)."""
     print(f"\n{'arch':<5} {'kernel':<32} {'variant':<35} {'regs':>4} {'smem':>6} {'wgmma':>5} {'mma':>4} "
-          f"{'cp.as':>5} {'tma':>4} {'instr':>5} {'cmp/sel':>7} {'instr/elem':>10}", file=out)
+          f"{'cp.as':>5} {'tma':>4} {'mbar':>4} {'instr':>5} {'cmp/sel':>7} {'instr/elem':>10}", file=out)
     for r in results:
         per_element = f"{r.instructions_per_element:10.2f}" if r.loop_instructions else f"{'-':>10}"
         print(f"sm_{r.arch:<2} {r.kernel:<32} {r.variant:<35} {r.registers:>4} {r.shared_bytes:>6} {r.wgmma:>5} "
-              f"{r.mma_sync:>4} {r.cp_async:>5} {r.tma:>4} {r.loop_instructions:>5} {r.loop_compare_select:>7} "
+              f"{r.mma_sync:>4} {r.cp_async:>5} {r.tma:>4} {r.mbarrier:>4} {r.loop_instructions:>5} "
+              f"{r.loop_compare_select:>7} "
               f"{per_element}", file=out)
 
 

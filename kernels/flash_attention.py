@@ -184,9 +184,43 @@ def _load_rows(head, offs, offs_d, stride_t, T):
 
 
 @triton.jit
-def _load_operand(head, offs, offs_d, stride_t, T, UPCAST: tl.constexpr):
-    """(BLOCK, HEAD_DIM) Q, K, V or dO tile: _load_rows, rounded for tl.dot by _mma_operand."""
-    return _mma_operand(_load_rows(head, offs, offs_d, stride_t, T), head.dtype.element_ty, UPCAST)
+def _tile_desc(head, T, stride_t, BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr, USE_TMA: tl.constexpr):
+    """What the Hopper path reads a head's (BLOCK, HEAD_DIM) tiles through: a TMA tensor descriptor
+    of the head's (T, HEAD_DIM) rows; without USE_TMA, `head` itself (a placeholder, never used).
+
+    The descriptor is made on the device, per program (the launcher gives Triton an allocator for
+    it: _tma_allocator). TMA copies whole tiles from global to shared memory in the background,
+    tracked by an mbarrier, and fills rows past T with zeros, so no load needs a bounds mask. It
+    needs 16-byte aligned addresses and strides: the launcher checks (_tma_fits).
+    """
+    desc = head
+    if USE_TMA:
+        desc = tl.make_tensor_descriptor(head, shape=[T, HEAD_DIM], strides=[stride_t, 1],
+                                         block_shape=[BLOCK, HEAD_DIM])
+    return desc
+
+
+@triton.jit
+def _load_tile(desc, ptrs, start, T, BLOCK: tl.constexpr, MASKED: tl.constexpr, USE_TMA: tl.constexpr):
+    """(BLOCK, HEAD_DIM) tile of rows start + arange(BLOCK) of one head, in its dtype: through the
+    TMA descriptor `desc` (rows past T are zeros) or from `ptrs`, masked to rows < T when MASKED."""
+    if USE_TMA:
+        x = desc.load([start, 0])
+    elif MASKED:
+        x = tl.load(ptrs, mask=((start + tl.arange(0, BLOCK)) < T)[:, None], other=0.0)
+    else:
+        x = tl.load(ptrs)
+    return x
+
+
+@triton.jit
+def _store_tile(head, desc, start, offs_d, stride_t, T, x, BLOCK: tl.constexpr, USE_TMA: tl.constexpr):
+    """Store x, an fp32 (BLOCK, HEAD_DIM) tile, as rows start + arange(BLOCK) of one head in its
+    dtype: through the TMA descriptor `desc` or by _store_rows. Rows at or past T are not written."""
+    if USE_TMA:
+        desc.store([start, 0], x.to(head.dtype.element_ty))
+    else:
+        _store_rows(head, start + tl.arange(0, BLOCK), offs_d, stride_t, T, x)
 
 
 @triton.jit
@@ -297,10 +331,11 @@ def _attn_kv_range_kernel(
 
 
 @triton.jit
-def _attn_fwd_inner(acc, l_i, m_i, q, k_head, v_head, KeyMask, stride_mb, b, offs_m, offs_d, stride_kt, stride_vt,
-                    start, stop, T, qk_scale, seed, head, threshold,
+def _attn_fwd_inner(acc, l_i, m_i, q, k_head, v_head, k_desc, v_desc, KeyMask, stride_mb, b, offs_m, offs_d,
+                    stride_kt, stride_vt, start, stop, T, qk_scale, seed, head, threshold,
                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr, HAS_MASK: tl.constexpr,
-                    HAS_DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr, UPCAST_DOTS: tl.constexpr):
+                    HAS_DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr, UPCAST_DOTS: tl.constexpr,
+                    USE_TMA: tl.constexpr):
     """The forward's loop over key tiles [start, stop): online softmax into (acc, l_i, m_i), returned updated.
 
     MASKED tiles check bounds and padding; the others (see _full_tiles) load
@@ -316,24 +351,22 @@ def _attn_fwd_inner(acc, l_i, m_i, q, k_head, v_head, KeyMask, stride_mb, b, off
     # the launch's three: at three, a mask spilled the 128-key Hopper tiles (and D=128 with dropout);
     # at one, K and V are loaded into registers instead of shared memory, and spilled too.
     for start_n in tl.range(start, stop, BLOCK_N, num_stages=2 if MASKED else None):
+        k = _mma_operand(_load_tile(k_desc, k_ptrs, start_n, T, BLOCK_N, MASKED, USE_TMA), k_head.dtype.element_ty,
+                         UPCAST_DOTS)  # (BLOCK_N, HEAD_DIM)
+        v = _mma_operand(_load_tile(v_desc, v_ptrs, start_n, T, BLOCK_N, MASKED, USE_TMA), v_head.dtype.element_ty,
+                         UPCAST_DOTS)  # (BLOCK_N, HEAD_DIM)
+        s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)  # (BLOCK_M, BLOCK_N)
         if MASKED:
-            offs_n = start_n + tl.arange(0, BLOCK_N)
-            in_bounds = (offs_n < T)[:, None]
-            k = _mma_operand(tl.load(k_ptrs, mask=in_bounds, other=0.0), k_head.dtype.element_ty, UPCAST_DOTS)
-            v = _mma_operand(tl.load(v_ptrs, mask=in_bounds, other=0.0), v_head.dtype.element_ty, UPCAST_DOTS)
-            k_real = _is_real(KeyMask, stride_mb, b, offs_n, T, HAS_MASK)
-            s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)  # (BLOCK_M, BLOCK_N)
+            k_real = _is_real(KeyMask, stride_mb, b, start_n + tl.arange(0, BLOCK_N), T, HAS_MASK)
             s = s * qk_scale + tl.where(k_real, 0.0, float("-inf"))[None, :]
             m_new = tl.maximum(m_i, tl.max(s, 1))
             p = tl.exp2(s - m_new[:, None])
         else:
-            k = _mma_operand(tl.load(k_ptrs), k_head.dtype.element_ty, UPCAST_DOTS)  # (BLOCK_N, HEAD_DIM)
-            v = _mma_operand(tl.load(v_ptrs), v_head.dtype.element_ty, UPCAST_DOTS)  # (BLOCK_N, HEAD_DIM)
-            s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)  # (BLOCK_M, BLOCK_N)
             m_new = tl.maximum(m_i, tl.max(s, 1) * qk_scale)
             p = tl.exp2(s * qk_scale - m_new[:, None])
-        k_ptrs += BLOCK_N * stride_kt
-        v_ptrs += BLOCK_N * stride_vt
+        if not USE_TMA:
+            k_ptrs += BLOCK_N * stride_kt
+            v_ptrs += BLOCK_N * stride_vt
         alpha = tl.exp2(m_i - m_new)
         l_i = l_i * alpha + tl.sum(p, 1)
         if HAS_DROPOUT:
@@ -369,6 +402,7 @@ def _attn_fwd_kernel(
     HAS_DROPOUT: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
     UPCAST_DOTS: tl.constexpr,
+    USE_TMA: tl.constexpr,  # load and store tiles through TMA descriptors (sm_90+), else by pointers
 ):
     start_m = tl.program_id(0) * BLOCK_M
     h = tl.program_id(1)
@@ -385,7 +419,11 @@ def _attn_fwd_kernel(
     # A query tile of pure padding leaves its key loop (nearly) empty: see _tile_range.
     lo, hi = _tile_range(KVRange, b, start_m, T, BLOCK_M, HAS_MASK)
     q_real = _is_real(KeyMask, stride_mb, b, offs_m, T, HAS_MASK)
-    q = _load_operand(q_head, offs_m, offs_d, stride_qt, T, UPCAST_DOTS)  # (BLOCK_M, HEAD_DIM)
+    k_desc = _tile_desc(k_head, T, stride_kt, BLOCK_N, HEAD_DIM, USE_TMA)
+    v_desc = _tile_desc(v_head, T, stride_vt, BLOCK_N, HEAD_DIM, USE_TMA)
+    q = _mma_operand(_load_tile(_tile_desc(q_head, T, stride_qt, BLOCK_M, HEAD_DIM, USE_TMA),
+                                q_head + offs_m[:, None] * stride_qt + offs_d[None, :], start_m, T, BLOCK_M, True,
+                                USE_TMA), q_head.dtype.element_ty, UPCAST_DOTS)  # (BLOCK_M, HEAD_DIM)
 
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)  # running row max, log2 units
     l_i = tl.zeros([BLOCK_M], tl.float32)  # running softmax denominator (before dropout)
@@ -397,24 +435,25 @@ def _attn_fwd_kernel(
     # max is finite after it and exp2(m_i - m_new) never sees -inf - -inf.
     full_lo, full_hi = _full_tiles(KVRange, b, lo, hi, BLOCK_N, HAS_MASK)
     acc, l_i, m_i = _attn_fwd_inner(
-        acc, l_i, m_i, q, k_head, v_head, KeyMask, stride_mb, b, offs_m, offs_d, stride_kt, stride_vt,
+        acc, l_i, m_i, q, k_head, v_head, k_desc, v_desc, KeyMask, stride_mb, b, offs_m, offs_d, stride_kt, stride_vt,
         (lo // BLOCK_N) * BLOCK_N, full_lo, T, qk_scale, seed, head, threshold,
-        BLOCK_M, BLOCK_N, True, HAS_MASK, HAS_DROPOUT, DOT_PRECISION, UPCAST_DOTS)
+        BLOCK_M, BLOCK_N, True, HAS_MASK, HAS_DROPOUT, DOT_PRECISION, UPCAST_DOTS, USE_TMA)
     acc, l_i, m_i = _attn_fwd_inner(
-        acc, l_i, m_i, q, k_head, v_head, KeyMask, stride_mb, b, offs_m, offs_d, stride_kt, stride_vt,
+        acc, l_i, m_i, q, k_head, v_head, k_desc, v_desc, KeyMask, stride_mb, b, offs_m, offs_d, stride_kt, stride_vt,
         full_lo, full_hi, T, qk_scale, seed, head, threshold,
-        BLOCK_M, BLOCK_N, False, HAS_MASK, HAS_DROPOUT, DOT_PRECISION, UPCAST_DOTS)
+        BLOCK_M, BLOCK_N, False, HAS_MASK, HAS_DROPOUT, DOT_PRECISION, UPCAST_DOTS, USE_TMA)
     acc, l_i, m_i = _attn_fwd_inner(
-        acc, l_i, m_i, q, k_head, v_head, KeyMask, stride_mb, b, offs_m, offs_d, stride_kt, stride_vt,
+        acc, l_i, m_i, q, k_head, v_head, k_desc, v_desc, KeyMask, stride_mb, b, offs_m, offs_d, stride_kt, stride_vt,
         full_hi, hi, T, qk_scale, seed, head, threshold,
-        BLOCK_M, BLOCK_N, True, HAS_MASK, HAS_DROPOUT, DOT_PRECISION, UPCAST_DOTS)
+        BLOCK_M, BLOCK_N, True, HAS_MASK, HAS_DROPOUT, DOT_PRECISION, UPCAST_DOTS, USE_TMA)
 
     l_safe = tl.where(l_i > 0.0, l_i, 1.0)  # l_i is 0 when the loop was empty: an all-padding tile
     out = acc / l_safe[:, None]
     if HAS_DROPOUT:  # the kept probabilities' 1 / (1 - p), applied once to the sum rather than in the loop
         out = out * (1.0 / (1.0 - dropout_p))
     out = tl.where(q_real[:, None], out, 0.0)
-    _store_rows(o_head, offs_m, offs_d, stride_ot, T, out)
+    _store_tile(o_head, _tile_desc(o_head, T, stride_ot, BLOCK_M, HEAD_DIM, USE_TMA), start_m, offs_d, stride_ot, T,
+                out, BLOCK_M, USE_TMA)
     tl.store(LSE + row_base + offs_m, m_i + tl.log2(l_safe), mask=offs_m < T)
 
 
@@ -439,10 +478,11 @@ def _attn_bwd_preprocess_kernel(
 
 
 @triton.jit
-def _attn_dkdv_inner(dk, dv, k, v, q_head, do_head, KeyMask, stride_mb, b, LSE, Delta, row_base, offs_d,
-                     stride_qt, stride_dot, start, stop, start_n, T, qk_scale, dropout_p, seed, head, threshold,
-                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr, HAS_MASK: tl.constexpr,
-                     HAS_DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr, UPCAST_DOTS: tl.constexpr):
+def _attn_dkdv_inner(dk, dv, k, v, q_head, do_head, q_desc, do_desc, KeyMask, stride_mb, b, LSE, Delta, row_base,
+                     offs_d, stride_qt, stride_dot, start, stop, start_n, T, qk_scale, dropout_p, seed, head,
+                     threshold, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr,
+                     HAS_MASK: tl.constexpr, HAS_DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr,
+                     UPCAST_DOTS: tl.constexpr, USE_TMA: tl.constexpr):
     """dK/dV's loop over query tiles [start, stop) for keys start_n + arange(BLOCK_N): (dk, dv), returned updated.
 
     Scores are transposed, (BLOCK_N, BLOCK_M). MASKED tiles check the
@@ -457,15 +497,14 @@ def _attn_dkdv_inner(dk, dv, k, v, q_head, do_head, KeyMask, stride_mb, b, LSE, 
         # forward: the carried pointers' registers spilled the fp32 D=128 kernel on sm_90.
         q_ptrs = q_head + offs_m[:, None] * stride_qt + offs_d[None, :]
         do_ptrs = do_head + offs_m[:, None] * stride_dot + offs_d[None, :]
+        q = _mma_operand(_load_tile(q_desc, q_ptrs, start_m, T, BLOCK_M, MASKED, USE_TMA), q_head.dtype.element_ty,
+                         UPCAST_DOTS)  # (BLOCK_M, HEAD_DIM)
+        do = _mma_operand(_load_tile(do_desc, do_ptrs, start_m, T, BLOCK_M, MASKED, USE_TMA),
+                          do_head.dtype.element_ty, UPCAST_DOTS)  # (BLOCK_M, HEAD_DIM)
         if MASKED:
-            in_bounds = (offs_m < T)[:, None]
-            q = _mma_operand(tl.load(q_ptrs, mask=in_bounds, other=0.0), q_head.dtype.element_ty, UPCAST_DOTS)
-            do = _mma_operand(tl.load(do_ptrs, mask=in_bounds, other=0.0), do_head.dtype.element_ty, UPCAST_DOTS)
             lse, delta = _load_row_stats(LSE, Delta, row_base, offs_m,
                                          _is_real(KeyMask, stride_mb, b, offs_m, T, HAS_MASK))
         else:
-            q = _mma_operand(tl.load(q_ptrs), q_head.dtype.element_ty, UPCAST_DOTS)  # (BLOCK_M, HEAD_DIM)
-            do = _mma_operand(tl.load(do_ptrs), do_head.dtype.element_ty, UPCAST_DOTS)  # (BLOCK_M, HEAD_DIM)
             lse = tl.load(LSE + row_base + offs_m)
             delta = tl.load(Delta + row_base + offs_m)
         s_t = tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION)  # (BLOCK_N, BLOCK_M)
@@ -516,6 +555,7 @@ def _attn_bwd_dkdv_kernel(
     HAS_DROPOUT: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
     UPCAST_DOTS: tl.constexpr,
+    USE_TMA: tl.constexpr,  # load and store tiles through TMA descriptors (sm_90+), else by pointers
 ):
     # One program owns BLOCK_N keys and walks every query tile; scores are
     # computed transposed, (BLOCK_N, BLOCK_M), so dK and dV need no transposes.
@@ -533,8 +573,14 @@ def _attn_bwd_dkdv_kernel(
 
     # A key tile of pure padding leaves its query loop (nearly) empty: see _tile_range.
     lo, hi = _tile_range(KVRange, b, start_n, T, BLOCK_N, HAS_MASK)
-    k = _load_operand(k_head, offs_n, offs_d, stride_kt, T, UPCAST_DOTS)  # (BLOCK_N, HEAD_DIM)
-    v = _load_operand(v_head, offs_n, offs_d, stride_vt, T, UPCAST_DOTS)  # (BLOCK_N, HEAD_DIM)
+    k = _mma_operand(_load_tile(_tile_desc(k_head, T, stride_kt, BLOCK_N, HEAD_DIM, USE_TMA),
+                                k_head + offs_n[:, None] * stride_kt + offs_d[None, :], start_n, T, BLOCK_N, True,
+                                USE_TMA), k_head.dtype.element_ty, UPCAST_DOTS)  # (BLOCK_N, HEAD_DIM)
+    v = _mma_operand(_load_tile(_tile_desc(v_head, T, stride_vt, BLOCK_N, HEAD_DIM, USE_TMA),
+                                v_head + offs_n[:, None] * stride_vt + offs_d[None, :], start_n, T, BLOCK_N, True,
+                                USE_TMA), v_head.dtype.element_ty, UPCAST_DOTS)  # (BLOCK_N, HEAD_DIM)
+    q_desc = _tile_desc(q_head, T, stride_qt, BLOCK_M, HEAD_DIM, USE_TMA)
+    do_desc = _tile_desc(do_head, T, stride_dot, BLOCK_M, HEAD_DIM, USE_TMA)
     dk = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
     dv = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
     keep_scale = 1.0 / (1.0 - dropout_p)
@@ -543,17 +589,20 @@ def _attn_bwd_dkdv_kernel(
     # Query tiles in three runs, as in the forward: masked head, unmasked middle, masked tail.
     full_lo, full_hi = _full_tiles(KVRange, b, lo, hi, BLOCK_M, HAS_MASK)
     dk, dv = _attn_dkdv_inner(
-        dk, dv, k, v, q_head, do_head, KeyMask, stride_mb, b, LSE, Delta, row_base, offs_d, stride_qt, stride_dot,
+        dk, dv, k, v, q_head, do_head, q_desc, do_desc, KeyMask, stride_mb, b, LSE, Delta, row_base, offs_d,
+        stride_qt, stride_dot,
         (lo // BLOCK_M) * BLOCK_M, full_lo, start_n, T, qk_scale, dropout_p, seed, head, threshold,
-        BLOCK_M, BLOCK_N, True, HAS_MASK, HAS_DROPOUT, DOT_PRECISION, UPCAST_DOTS)
+        BLOCK_M, BLOCK_N, True, HAS_MASK, HAS_DROPOUT, DOT_PRECISION, UPCAST_DOTS, USE_TMA)
     dk, dv = _attn_dkdv_inner(
-        dk, dv, k, v, q_head, do_head, KeyMask, stride_mb, b, LSE, Delta, row_base, offs_d, stride_qt, stride_dot,
+        dk, dv, k, v, q_head, do_head, q_desc, do_desc, KeyMask, stride_mb, b, LSE, Delta, row_base, offs_d,
+        stride_qt, stride_dot,
         full_lo, full_hi, start_n, T, qk_scale, dropout_p, seed, head, threshold,
-        BLOCK_M, BLOCK_N, False, HAS_MASK, HAS_DROPOUT, DOT_PRECISION, UPCAST_DOTS)
+        BLOCK_M, BLOCK_N, False, HAS_MASK, HAS_DROPOUT, DOT_PRECISION, UPCAST_DOTS, USE_TMA)
     dk, dv = _attn_dkdv_inner(
-        dk, dv, k, v, q_head, do_head, KeyMask, stride_mb, b, LSE, Delta, row_base, offs_d, stride_qt, stride_dot,
+        dk, dv, k, v, q_head, do_head, q_desc, do_desc, KeyMask, stride_mb, b, LSE, Delta, row_base, offs_d,
+        stride_qt, stride_dot,
         full_hi, hi, start_n, T, qk_scale, dropout_p, seed, head, threshold,
-        BLOCK_M, BLOCK_N, True, HAS_MASK, HAS_DROPOUT, DOT_PRECISION, UPCAST_DOTS)
+        BLOCK_M, BLOCK_N, True, HAS_MASK, HAS_DROPOUT, DOT_PRECISION, UPCAST_DOTS, USE_TMA)
 
     # Padded keys were not masked in the loop: their rows of dK and dV are dropped here.
     k_real = _is_real(KeyMask, stride_mb, b, offs_n, T, HAS_MASK)[:, None]
@@ -562,15 +611,20 @@ def _attn_bwd_dkdv_kernel(
     if HAS_DROPOUT:  # the kept probabilities' 1 / (1 - p), left out of the loop
         dv = dv * keep_scale
         dk = dk * keep_scale
-    _store_rows(_head_ptr(DK, b, h, stride_dkb, stride_dkh), offs_n, offs_d, stride_dkt, T, dk * sm_scale)
-    _store_rows(_head_ptr(DV, b, h, stride_dvb, stride_dvh), offs_n, offs_d, stride_dvt, T, dv)
+    dk_head = _head_ptr(DK, b, h, stride_dkb, stride_dkh)
+    dv_head = _head_ptr(DV, b, h, stride_dvb, stride_dvh)
+    _store_tile(dk_head, _tile_desc(dk_head, T, stride_dkt, BLOCK_N, HEAD_DIM, USE_TMA), start_n, offs_d, stride_dkt,
+                T, dk * sm_scale, BLOCK_N, USE_TMA)
+    _store_tile(dv_head, _tile_desc(dv_head, T, stride_dvt, BLOCK_N, HEAD_DIM, USE_TMA), start_n, offs_d, stride_dvt,
+                T, dv, BLOCK_N, USE_TMA)
 
 
 @triton.jit
-def _attn_dq_inner(dq, q, do, lse, delta, k_head, v_head, KeyMask, stride_mb, b, offs_m, offs_d, stride_kt, stride_vt,
-                   start, stop, T, qk_scale, seed, head, threshold,
+def _attn_dq_inner(dq, q, do, lse, delta, k_head, v_head, k_desc, v_desc, KeyMask, stride_mb, b, offs_m, offs_d,
+                   stride_kt, stride_vt, start, stop, T, qk_scale, seed, head, threshold,
                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr, HAS_MASK: tl.constexpr,
-                   HAS_DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr, UPCAST_DOTS: tl.constexpr):
+                   HAS_DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr, UPCAST_DOTS: tl.constexpr,
+                   USE_TMA: tl.constexpr):
     """dQ's loop over key tiles [start, stop): dq (BLOCK_M, HEAD_DIM) fp32, returned updated.
 
     MASKED and pipelining as in _attn_fwd_inner; here the scale and the
@@ -580,26 +634,24 @@ def _attn_dq_inner(dq, q, do, lse, delta, k_head, v_head, KeyMask, stride_mb, b,
     k_ptrs = k_head + (start + tl.arange(0, BLOCK_N))[:, None] * stride_kt + offs_d[None, :]
     v_ptrs = v_head + (start + tl.arange(0, BLOCK_N))[:, None] * stride_vt + offs_d[None, :]
     for start_n in tl.range(start, stop, BLOCK_N, num_stages=2 if MASKED else None):
+        k = _mma_operand(_load_tile(k_desc, k_ptrs, start_n, T, BLOCK_N, MASKED, USE_TMA), k_head.dtype.element_ty,
+                         UPCAST_DOTS)  # (BLOCK_N, HEAD_DIM)
+        v = _mma_operand(_load_tile(v_desc, v_ptrs, start_n, T, BLOCK_N, MASKED, USE_TMA), v_head.dtype.element_ty,
+                         UPCAST_DOTS)  # (BLOCK_N, HEAD_DIM)
+        s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)  # (BLOCK_M, BLOCK_N)
         if MASKED:
-            offs_n = start_n + tl.arange(0, BLOCK_N)
-            in_bounds = (offs_n < T)[:, None]
-            k = _mma_operand(tl.load(k_ptrs, mask=in_bounds, other=0.0), k_head.dtype.element_ty, UPCAST_DOTS)
-            v = _mma_operand(tl.load(v_ptrs, mask=in_bounds, other=0.0), v_head.dtype.element_ty, UPCAST_DOTS)
-            k_bias = tl.where(_is_real(KeyMask, stride_mb, b, offs_n, T, HAS_MASK), 0.0, float("-inf"))
-            s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)  # (BLOCK_M, BLOCK_N)
-            p = tl.exp2(s * qk_scale + k_bias[None, :] - lse[:, None])
+            k_real = _is_real(KeyMask, stride_mb, b, start_n + tl.arange(0, BLOCK_N), T, HAS_MASK)
+            p = tl.exp2(s * qk_scale + tl.where(k_real, 0.0, float("-inf"))[None, :] - lse[:, None])
         else:
-            k = _mma_operand(tl.load(k_ptrs), k_head.dtype.element_ty, UPCAST_DOTS)  # (BLOCK_N, HEAD_DIM)
-            v = _mma_operand(tl.load(v_ptrs), v_head.dtype.element_ty, UPCAST_DOTS)  # (BLOCK_N, HEAD_DIM)
-            s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)  # (BLOCK_M, BLOCK_N)
             p = tl.exp2(s * qk_scale - lse[:, None])
         dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)  # (BLOCK_M, BLOCK_N)
         if HAS_DROPOUT:
             dp = tl.where(_dropout_keep(seed, head, offs_m, start_n, threshold, BLOCK_M, BLOCK_N), dp, 0.0)
         ds = p * (dp - delta[:, None])
         dq = tl.dot(_mma_operand(ds, k_head.dtype.element_ty, UPCAST_DOTS), k, dq, input_precision=DOT_PRECISION)
-        k_ptrs += BLOCK_N * stride_kt
-        v_ptrs += BLOCK_N * stride_vt
+        if not USE_TMA:
+            k_ptrs += BLOCK_N * stride_kt
+            v_ptrs += BLOCK_N * stride_vt
     return dq
 
 
@@ -632,6 +684,7 @@ def _attn_bwd_dq_kernel(
     HAS_DROPOUT: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
     UPCAST_DOTS: tl.constexpr,
+    USE_TMA: tl.constexpr,  # load and store tiles through TMA descriptors (sm_90+), else by pointers
 ):
     start_m = tl.program_id(0) * BLOCK_M
     h = tl.program_id(1)
@@ -649,8 +702,14 @@ def _attn_bwd_dq_kernel(
     lo, hi = _tile_range(KVRange, b, start_m, T, BLOCK_M, HAS_MASK)
     q_real = _is_real(KeyMask, stride_mb, b, offs_m, T, HAS_MASK)
 
-    q = _load_operand(q_head, offs_m, offs_d, stride_qt, T, UPCAST_DOTS)  # (BLOCK_M, HEAD_DIM)
-    do = _load_operand(do_head, offs_m, offs_d, stride_dot, T, UPCAST_DOTS)  # (BLOCK_M, HEAD_DIM)
+    q = _mma_operand(_load_tile(_tile_desc(q_head, T, stride_qt, BLOCK_M, HEAD_DIM, USE_TMA),
+                                q_head + offs_m[:, None] * stride_qt + offs_d[None, :], start_m, T, BLOCK_M, True,
+                                USE_TMA), q_head.dtype.element_ty, UPCAST_DOTS)  # (BLOCK_M, HEAD_DIM)
+    do = _mma_operand(_load_tile(_tile_desc(do_head, T, stride_dot, BLOCK_M, HEAD_DIM, USE_TMA),
+                                 do_head + offs_m[:, None] * stride_dot + offs_d[None, :], start_m, T, BLOCK_M, True,
+                                 USE_TMA), do_head.dtype.element_ty, UPCAST_DOTS)  # (BLOCK_M, HEAD_DIM)
+    k_desc = _tile_desc(k_head, T, stride_kt, BLOCK_N, HEAD_DIM, USE_TMA)
+    v_desc = _tile_desc(v_head, T, stride_vt, BLOCK_N, HEAD_DIM, USE_TMA)
     lse, delta = _load_row_stats(LSE, Delta, row_base, offs_m, q_real)  # padded rows: dQ is exactly 0
     dq = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
     threshold = _dropout_threshold(dropout_p)
@@ -663,19 +722,24 @@ def _attn_bwd_dq_kernel(
     # Key tiles in three runs, as in the forward: masked head, unmasked middle, masked tail.
     full_lo, full_hi = _full_tiles(KVRange, b, lo, hi, BLOCK_N, HAS_MASK)
     dq = _attn_dq_inner(
-        dq, q, do, lse, delta, k_head, v_head, KeyMask, stride_mb, b, offs_m, offs_d, stride_kt, stride_vt,
+        dq, q, do, lse, delta, k_head, v_head, k_desc, v_desc, KeyMask, stride_mb, b, offs_m, offs_d, stride_kt,
+        stride_vt,
         (lo // BLOCK_N) * BLOCK_N, full_lo, T, qk_scale, seed, head, threshold,
-        BLOCK_M, BLOCK_N, True, HAS_MASK, HAS_DROPOUT, DOT_PRECISION, UPCAST_DOTS)
+        BLOCK_M, BLOCK_N, True, HAS_MASK, HAS_DROPOUT, DOT_PRECISION, UPCAST_DOTS, USE_TMA)
     dq = _attn_dq_inner(
-        dq, q, do, lse, delta, k_head, v_head, KeyMask, stride_mb, b, offs_m, offs_d, stride_kt, stride_vt,
+        dq, q, do, lse, delta, k_head, v_head, k_desc, v_desc, KeyMask, stride_mb, b, offs_m, offs_d, stride_kt,
+        stride_vt,
         full_lo, full_hi, T, qk_scale, seed, head, threshold,
-        BLOCK_M, BLOCK_N, False, HAS_MASK, HAS_DROPOUT, DOT_PRECISION, UPCAST_DOTS)
+        BLOCK_M, BLOCK_N, False, HAS_MASK, HAS_DROPOUT, DOT_PRECISION, UPCAST_DOTS, USE_TMA)
     dq = _attn_dq_inner(
-        dq, q, do, lse, delta, k_head, v_head, KeyMask, stride_mb, b, offs_m, offs_d, stride_kt, stride_vt,
+        dq, q, do, lse, delta, k_head, v_head, k_desc, v_desc, KeyMask, stride_mb, b, offs_m, offs_d, stride_kt,
+        stride_vt,
         full_hi, hi, T, qk_scale, seed, head, threshold,
-        BLOCK_M, BLOCK_N, True, HAS_MASK, HAS_DROPOUT, DOT_PRECISION, UPCAST_DOTS)
+        BLOCK_M, BLOCK_N, True, HAS_MASK, HAS_DROPOUT, DOT_PRECISION, UPCAST_DOTS, USE_TMA)
 
-    _store_rows(_head_ptr(DQ, b, h, stride_dqb, stride_dqh), offs_m, offs_d, stride_dqt, T, dq * sm_scale)
+    dq_head = _head_ptr(DQ, b, h, stride_dqb, stride_dqh)
+    _store_tile(dq_head, _tile_desc(dq_head, T, stride_dqt, BLOCK_M, HEAD_DIM, USE_TMA), start_m, offs_d, stride_dqt,
+                T, dq * sm_scale, BLOCK_M, USE_TMA)
 
 
 @triton.jit(do_not_specialize=["seed"])
@@ -770,11 +834,66 @@ def _dot_precision(dtype: torch.dtype) -> str:
 
 
 def _constexprs(cfg: TileConfig, head_dim: int, has_mask: bool, has_dropout: bool, dtype: torch.dtype,
-                interpreted: bool) -> dict:
+                interpreted: bool, use_tma: bool = False) -> dict:
     """The compile-time arguments shared by the forward and backward kernels."""
     return dict(HEAD_DIM=head_dim, BLOCK_M=cfg.BLOCK_M, BLOCK_N=cfg.BLOCK_N, HAS_MASK=has_mask,
                 HAS_DROPOUT=has_dropout, DOT_PRECISION=_dot_precision(dtype),
-                UPCAST_DOTS=interpreted and dtype == torch.bfloat16)
+                UPCAST_DOTS=interpreted and dtype == torch.bfloat16, USE_TMA=use_tma)
+
+
+# Whether this triton can make TMA descriptors in a kernel (tl.make_tensor_descriptor: triton >= 3.4).
+TMA_AVAILABLE = hasattr(tl, "make_tensor_descriptor")
+
+
+def tma_kernels(arch: int, head_dim: int, dtype: torch.dtype, dropout: bool = False) -> frozenset:
+    """Which of the kernels ("fwd", "dkdv", "dq") load and store through TMA on `arch`, when the
+    tensors allow it (_use_tma). kernels.compile_check compiles both paths of each.
+
+    None before sm_90, nor for fp32 inputs: their tf32x3 dots hold three times the operand
+    registers, and with TMA most of their variants spilled (8 B to 3 KB, sm_90). The dK/dV kernel
+    at D=128 with dropout keeps cp.async: with TMA it spilled 216 B (mask + dropout), and smaller
+    tiles cost 2-4x the instructions per score.
+    """
+    if arch < 90 or not TMA_AVAILABLE or dtype == torch.float32:
+        return frozenset()
+    if dropout and head_dim > 64:
+        return frozenset({"fwd", "dq"})
+    return frozenset({"fwd", "dkdv", "dq"})
+
+
+def _tma_fits(*tensors) -> bool:
+    """Whether TMA can address every tensor given: a 16-byte aligned start and 16-byte multiples for
+    every stride but the last (unit) one, so that each head's start is aligned too."""
+    return all(t.data_ptr() % 16 == 0 and all(s * t.element_size() % 16 == 0 for s in t.stride()[:-1])
+               for t in tensors)
+
+
+def _use_tma(arch: int, *tensors) -> bool:
+    """The Hopper path: TMA loads and stores on sm_90 and newer when this triton has descriptors and
+    the tensors' layout allows them (for the kernels in tma_kernels); everything else (sm_80, older
+    triton, odd strides) takes cp.async.
+
+    The descriptors are made on the device, in a global-memory scratch buffer that Triton allocates
+    at launch through triton.set_allocator; on CUDA an allocator is set here unless one was already.
+    """
+    if arch < 90 or not TMA_AVAILABLE or not _tma_fits(*tensors):
+        return False
+    if tensors[0].device.type == "cuda":
+        _set_tma_allocator()
+    return True
+
+
+def _tma_scratch(size: int, alignment: int, stream):
+    """Triton's allocator protocol: `size` bytes of device memory for the kernels' TMA descriptors."""
+    return torch.empty(size, dtype=torch.int8, device="cuda")
+
+
+def _set_tma_allocator() -> None:
+    """Give Triton _tma_scratch as its allocator, unless the caller has set one of their own."""
+    from triton.runtime import _allocation  # no public getter; set_allocator is public
+
+    if isinstance(_allocation._allocator.get(), _allocation.NullAllocator):
+        triton.set_allocator(_tma_scratch)
 
 
 # The small kernels: one fixed tile each (BLOCK_N unused by the first two).
@@ -840,11 +959,13 @@ def attention_forward(q, k, v, key_padding_mask, dropout_p, softmax_scale, seed)
     out = torch.empty(B, T, H, D, dtype=q.dtype, device=q.device).transpose(1, 2)
     lse = torch.empty(B, H, T, dtype=torch.float32, device=q.device)
     grid = (triton.cdiv(T, cfg.BLOCK_M), H, B)
+    arch = _arch(q.device)
+    use_tma = "fwd" in tma_kernels(arch, D, q.dtype, dropout_p > 0.0) and _use_tma(arch, q, k, v, out)
     _attn_fwd_kernel[grid](
         q, k, v, mask, kv_range_arg, out, lse,
         *_strides3(q), *_strides3(k), *_strides3(v), *_strides3(out), stride_mb,
         H, T, softmax_scale * LOG2E, dropout_p, seed,
-        **_constexprs(cfg, D, key_padding_mask is not None, dropout_p > 0.0, q.dtype, INTERPRETED),
+        **_constexprs(cfg, D, key_padding_mask is not None, dropout_p > 0.0, q.dtype, INTERPRETED, use_tma),
         **cfg.options())
     return out, lse, kv_range
 
@@ -853,8 +974,8 @@ def attention_backward(do, q, k, v, out, lse, key_padding_mask, kv_range, dropou
     """Launch the backward: delta, then dK/dV, then dQ. Returns (dq, dk, dv)."""
     B, H, T, D = q.shape
     do = _unit_last_stride(do)
-    cfgs = attention_configs(_arch(q.device), D, q.dtype, dropout_p > 0.0)
     has_mask, has_dropout = key_padding_mask is not None, dropout_p > 0.0
+    cfgs = attention_configs(_arch(q.device), D, q.dtype, has_dropout)
     mask, kv_range, stride_mb = _mask_args(key_padding_mask, kv_range, q)
 
     delta = torch.empty(B, H, T, dtype=torch.float32, device=q.device)
@@ -863,18 +984,20 @@ def attention_backward(do, q, k, v, out, lse, key_padding_mask, kv_range, dropou
         HEAD_DIM=D, BLOCK_M=_PREPROCESS_TILE.BLOCK_M, **_PREPROCESS_TILE.options())
 
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    arch = _arch(q.device)
+    tma = tma_kernels(arch, D, q.dtype, has_dropout) if _use_tma(arch, q, k, v, do, dq, dk, dv) else frozenset()
     common = (*_strides3(q), *_strides3(k), *_strides3(v), *_strides3(do))
     scalars = (H, T, softmax_scale, softmax_scale * LOG2E, dropout_p, seed)
     cfg = cfgs["dkdv"]
     _attn_bwd_dkdv_kernel[(triton.cdiv(T, cfg.BLOCK_N), H, B)](
         q, k, v, do, mask, kv_range, lse, delta, dk, dv,
         *common, *_strides3(dk), *_strides3(dv), stride_mb, *scalars,
-        **_constexprs(cfg, D, has_mask, has_dropout, q.dtype, INTERPRETED), **cfg.options())
+        **_constexprs(cfg, D, has_mask, has_dropout, q.dtype, INTERPRETED, "dkdv" in tma), **cfg.options())
     cfg = cfgs["dq"]
     _attn_bwd_dq_kernel[(triton.cdiv(T, cfg.BLOCK_M), H, B)](
         q, k, v, do, mask, kv_range, lse, delta, dq,
         *common, *_strides3(dq), stride_mb, *scalars,
-        **_constexprs(cfg, D, has_mask, has_dropout, q.dtype, INTERPRETED), **cfg.options())
+        **_constexprs(cfg, D, has_mask, has_dropout, q.dtype, INTERPRETED, "dq" in tma), **cfg.options())
     return dq, dk, dv
 
 
@@ -962,13 +1085,18 @@ def aot_specs(arch: int):
                    {"HEAD_DIM": D, "BLOCK_M": _PREPROCESS_TILE.BLOCK_M}, _PREPROCESS_TILE.options())
             for has_mask, has_dropout in ((False, False), (True, False), (False, True), (True, True)):
                 cfgs = attention_configs(arch, D, dtype, has_dropout)
-                variant = f"D={D} {dtype_name} mask={int(has_mask)} dropout={int(has_dropout)}"
                 common = {"Q": io, "K": io, "V": io, "KeyMask": "*i1", "KVRange": "*i32", "LSE": "*fp32"}
-                for name, kernel, outs in (
-                    ("fwd", _attn_fwd_kernel, {"Out": io}),
-                    ("dkdv", _attn_bwd_dkdv_kernel, {"DOut": io, "Delta": "*fp32", "DK": io, "DV": io}),
-                    ("dq", _attn_bwd_dq_kernel, {"DOut": io, "Delta": "*fp32", "DQ": io}),
-                ):
-                    cfg = cfgs[name]
-                    yield (variant, kernel, {**common, **outs},
-                           _constexprs(cfg, D, has_mask, has_dropout, dtype, interpreted=False), cfg.options())
+                tma = tma_kernels(arch, D, dtype, has_dropout)
+                for use_tma in (False, True) if tma else (False,):
+                    variant = f"{'tma ' if use_tma else ''}D={D} {dtype_name} mask={int(has_mask)} " \
+                              f"dropout={int(has_dropout)}"
+                    for name, kernel, outs in (
+                        ("fwd", _attn_fwd_kernel, {"Out": io}),
+                        ("dkdv", _attn_bwd_dkdv_kernel, {"DOut": io, "Delta": "*fp32", "DK": io, "DV": io}),
+                        ("dq", _attn_bwd_dq_kernel, {"DOut": io, "Delta": "*fp32", "DQ": io}),
+                    ):
+                        if use_tma and name not in tma:
+                            continue
+                        cfg = cfgs[name]
+                        yield (variant, kernel, {**common, **outs},
+                               _constexprs(cfg, D, has_mask, has_dropout, dtype, False, use_tma), cfg.options())

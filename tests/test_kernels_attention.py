@@ -180,17 +180,38 @@ def test_dropout_rate_is_p_rounded_to_eight_bits():
         assert (by_key - rate).abs().max().item() < 5 * sigma * 8
 
 
-HOPPER_CASES = [(130, 64, "left", BF16, 0.0), (77, 64, "holes", BF16, 0.2), (33, 128, "right", FP32, 0.2),
+HOPPER_CASES = [(130, 64, "left", BF16, 0.0), (77, 64, "holes", BF16, 0.2), (33, 128, "right", BF16, 0.2),
                 (150, 32, "none", FP16, 0.1)]
 
 
 @pytest.mark.parametrize("T, D, padding, tol, dropout_p", HOPPER_CASES,
                          ids=[f"T{T}-D{D}-{p}-{str(t[0])[6:]}-p{dp}" for T, D, p, t, dp in HOPPER_CASES])
 def test_hopper_launch_in_the_interpreter(monkeypatch, T, D, padding, tol, dropout_p):
-    """The launch a Hopper GPU gets (sm_90 tiles: 128-key forward tiles, 64-key dQ tiles with dropout),
-    run through the interpreter: the same kernels, forward and every gradient, as in the tests above."""
-    monkeypatch.setattr(kernels.kernel_module("flash_attention"), "_arch", lambda device: 90)
+    """The launch a Hopper GPU gets (sm_90 tiles: 128-key forward tiles, 64-key dQ tiles with dropout;
+    tiles loaded and stored through TMA descriptors, rows past T zero-filled), run through the
+    interpreter: the same kernels, forward and every gradient, as in the tests above."""
+    module = kernels.kernel_module("flash_attention")
+    monkeypatch.setattr(module, "_arch", lambda device: 90)
+    x = torch.randn(2, 2, T, D).to(tol[0])
+    assert module._use_tma(90, x, x.transpose(1, 2).contiguous().transpose(1, 2))
+    # the descriptor path runs for 16-bit inputs (fp32 keeps cp.async: module.tma_kernels)
+    assert "fwd" in module.tma_kernels(90, D, tol[0], dropout_p > 0) or tol[0] == torch.float32
     run_and_compare(2, 2, T, D, *tol, padding, dropout_p=dropout_p)
+
+
+def test_hopper_launch_falls_back_to_cp_async_on_unaligned_strides(monkeypatch):
+    """TMA needs 16-byte aligned strides: heads sliced from rows of 68 bf16 (136 bytes) take the
+    pointer path on sm_90, with the same results."""
+    module = kernels.kernel_module("flash_attention")
+    monkeypatch.setattr(module, "_arch", lambda device: 90)
+    generator = torch.Generator().manual_seed(5)
+    q, k, v = (torch.randn(1, 2, 45, 68, generator=generator).to(torch.bfloat16)[..., :64] for _ in range(3))
+    assert not module._use_tma(90, q) and module._use_tma(90, q.contiguous())
+    mask = make_mask("right", 1, 45, generator)
+    out = attention(q, k, v, key_padding_mask=mask, dropout_p=0.1, seed=3)
+    keep = attention_dropout_mask(3, 1, 2, 45, 0.1)
+    ref = attention_reference(q.float(), k.float(), v.float(), key_padding_mask=mask, dropout_p=0.1, dropout_mask=keep)
+    torch.testing.assert_close(out.float(), ref, atol=BF16[1], rtol=BF16[2])
 
 
 def test_seed_none_draws_from_torch_generator():
