@@ -46,9 +46,11 @@ def machine() -> dict:
     """Where the numbers come from: CPU or GPU model, cores, library versions."""
     import torch
 
+    from roberta_scratch.training import cpu_name
+
     info = {
         "platform": platform.platform(),
-        "processor": _cpu_name(),
+        "processor": cpu_name(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "python": platform.python_version(),
@@ -58,17 +60,6 @@ def machine() -> dict:
         info["gpu"] = torch.cuda.get_device_name()
         info["cuda"] = torch.version.cuda
     return info
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def time_interleaved(fns: dict, repeats: int, warmup: int = 1, sync=lambda: None) -> dict:

@@ -318,7 +318,9 @@ def _jsonable(obj) -> dict:
 def _machine() -> dict:
     import torch
 
-    info = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+    from .training import cpu_name
+
+    info = {"platform": platform.platform(), "processor": cpu_name(),
             "cpus": os.cpu_count(), "usable_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
             else None, "torch_threads": torch.get_num_threads()}
     if torch.cuda.is_available():

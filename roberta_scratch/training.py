@@ -20,6 +20,7 @@ import glob
 import json
 import math
 import os
+import platform
 import shutil
 import signal
 import time
@@ -154,6 +155,18 @@ def cpu_threads(requested: Optional[int] = None) -> tuple[int, str]:
     busy = min(share - 1, int(elsewhere / local + 0.5)) if elsewhere > 0.5 else 0
     return share - busy, (f"{cores} usable cores" + (f" over {local} local ranks" if local > 1 else "")
                           + (f", {elsewhere:.1f} busy with other work" if busy else ""))
+
+
+def cpu_name() -> str:
+    """The processor's model name ("AMD EPYC 7B13"), for the records benchmarks and studies write."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
 
 
 def _cpu_ticks() -> tuple[int, int, int]:
