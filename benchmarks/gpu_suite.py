@@ -474,6 +474,13 @@ def write_summary(suite: Suite) -> str:
     return path
 
 
+def _autotuned_configs() -> dict:
+    """The attention kernels' autotune picks so far (kernels/flash_attention.py, tuned_configs)."""
+    from kernels import kernel_module
+
+    return kernel_module("flash_attention", interpret=False).tuned_configs()
+
+
 def run_stages(suite: Suite, stages: list) -> None:
     """Each stage in order, if its estimate fits what is left of the budget; a JSON per stage either way."""
     import torch
@@ -500,6 +507,8 @@ def run_stages(suite: Suite, stages: list) -> None:
             if suite.device == "cuda":
                 torch.cuda.empty_cache()
             record = {**base, **result, "seconds": time.monotonic() - t}
+            if suite.device == "cuda":  # which tile config triton.autotune picked, per kernel and key
+                record["autotuned"] = _autotuned_configs()
         suite.records[stage.name] = record
         write_json(path, record)
         write_summary(suite)

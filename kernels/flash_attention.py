@@ -813,6 +813,72 @@ def attention_configs(arch: int, head_dim: int, dtype: torch.dtype, dropout: boo
     }
 
 
+def attention_candidates(arch: int, head_dim: int, dtype: torch.dtype, dropout: bool = False,
+                         tma: bool = True) -> dict[str, list[TileConfig]]:
+    """Each kernel's tuning table: the configs triton.autotune times on a GPU, attention_configs' first.
+
+    The first is the one used where nothing is timed: under the interpreter and on the CPU the
+    launchers always take it, so results there are deterministic. The second halves the tile's
+    long side on 4 warps: the same registers per thread, twice the programs, which wins when
+    B * H * cdiv(T, tile) leaves SMs idle (short sequences, few heads) or on a card whose
+    shared memory or scheduler prefers smaller CTAs. fp32 inputs have one config (their tiles are
+    already the smallest that run tf32x3 without spilling), and so does sm_90's cp.async fallback
+    (tma=False where the kernel has a TMA path: tma_kernels), which real tensors rarely take.
+    kernels.compile_check compiles every entry, for sm_80 and sm_90, and fails on any spill.
+    """
+    base = attention_configs(arch, head_dim, dtype, dropout)
+    fallback = not tma and arch >= 90 and TMA_AVAILABLE
+    tables = {name: [cfg] for name, cfg in base.items()}
+    if dtype == torch.float32:
+        return tables
+    fwd, dkdv, dq = base["fwd"], base["dkdv"], base["dq"]
+    alternatives = {"dq": TileConfig(dq.BLOCK_M // 2, dq.BLOCK_N, 4, dq.num_stages)}
+    # subtle: the halved forward spilled on sm_80 (16-32 B, D=64 mask, D=128 mask + dropout) and the
+    # halved dK/dV at D=128 on sm_90 (76-484 B, TMA), so those keep their single config.
+    if arch >= 90:
+        alternatives["fwd"] = TileConfig(fwd.BLOCK_M // 2, fwd.BLOCK_N, 4, fwd.num_stages)
+    if head_dim <= 64:
+        alternatives["dkdv"] = TileConfig(dkdv.BLOCK_M, dkdv.BLOCK_N // 2, 4, dkdv.num_stages)
+    for name, alternative in alternatives.items():
+        if not (fallback and name in tma_kernels(arch, head_dim, dtype, dropout)):
+            tables[name].append(alternative)
+    return tables
+
+
+# triton.autotune wrappers, one per kernel and tuning table (attention_candidates), made on first use.
+_AUTOTUNED: dict = {}
+
+
+def _launch(kernel, grid, args: tuple, constexprs: dict, candidates: list[TileConfig], device: torch.device):
+    """Launch `kernel` over `grid`, a function of the tile config (a dict with BLOCK_M, BLOCK_N).
+
+    On CUDA with more than one candidate, triton.autotune picks among them, timing each the first
+    time it meets a key: T, the head dim, the mask, dropout and TMA flags, and (autotune adds them)
+    the dtypes of the tensor arguments. Timing runs a kernel several times on the real arguments,
+    which is safe here without reset_to_zero or restore_value: every kernel only overwrites its
+    outputs (no atomics, nothing accumulated across launches) and reads its inputs, dropout's
+    seed included, unchanged, so each run writes the same values. Elsewhere the first candidate.
+    """
+    if device.type != "cuda" or len(candidates) == 1:
+        cfg = candidates[0]
+        meta = {"BLOCK_M": cfg.BLOCK_M, "BLOCK_N": cfg.BLOCK_N}
+        kernel[grid(meta)](*args, **constexprs, **meta, **cfg.options())
+        return
+    key = (kernel.__name__, tuple(candidates))
+    if key not in _AUTOTUNED:
+        configs = [triton.Config({"BLOCK_M": c.BLOCK_M, "BLOCK_N": c.BLOCK_N}, num_warps=c.num_warps,
+                                 num_stages=c.num_stages) for c in candidates]
+        _AUTOTUNED[key] = triton.autotune(configs, key=["T", "HEAD_DIM", "HAS_MASK", "HAS_DROPOUT", "USE_TMA"])(kernel)
+    _AUTOTUNED[key][grid](*args, **constexprs, enable_fp_fusion=True)
+
+
+def tuned_configs() -> dict[str, str]:
+    """What autotune picked so far in this process: "kernel [candidates]" -> the best config, for
+    every autotuned kernel that has run (benchmarks/gpu_suite.py records it with its timings)."""
+    return {f"{name} {[str(c) for c in candidates]}": str(tuner.best_config)
+            for (name, candidates), tuner in _AUTOTUNED.items() if getattr(tuner, "best_config", None) is not None}
+
+
 def _arch(device: torch.device) -> int:
     """Compute capability of a CUDA device; the interpreter uses the Ampere table."""
     if device.type != "cuda":
@@ -833,10 +899,12 @@ def _dot_precision(dtype: torch.dtype) -> str:
     return "tf32"
 
 
-def _constexprs(cfg: TileConfig, head_dim: int, has_mask: bool, has_dropout: bool, dtype: torch.dtype,
+def _constexprs(cfg: TileConfig | None, head_dim: int, has_mask: bool, has_dropout: bool, dtype: torch.dtype,
                 interpreted: bool, use_tma: bool = False) -> dict:
-    """The compile-time arguments shared by the forward and backward kernels."""
-    return dict(HEAD_DIM=head_dim, BLOCK_M=cfg.BLOCK_M, BLOCK_N=cfg.BLOCK_N, HAS_MASK=has_mask,
+    """The compile-time arguments shared by the forward and backward kernels; the tile's
+    BLOCK_M and BLOCK_N only with a cfg (without, the launch's tile config adds them: _launch)."""
+    tile = {} if cfg is None else dict(BLOCK_M=cfg.BLOCK_M, BLOCK_N=cfg.BLOCK_N)
+    return dict(HEAD_DIM=head_dim, **tile, HAS_MASK=has_mask,
                 HAS_DROPOUT=has_dropout, DOT_PRECISION=_dot_precision(dtype),
                 UPCAST_DOTS=interpreted and dtype == torch.bfloat16, USE_TMA=use_tma)
 
@@ -953,20 +1021,18 @@ def attention_forward(q, k, v, key_padding_mask, dropout_p, softmax_scale, seed)
     out is laid out (B, T, H, D) in memory and returned as a (B, H, T, D) view.
     """
     B, H, T, D = q.shape
-    cfg = attention_configs(_arch(q.device), D, q.dtype, dropout_p > 0.0)["fwd"]
     kv_range = _kv_range(key_padding_mask) if key_padding_mask is not None else None
     mask, kv_range_arg, stride_mb = _mask_args(key_padding_mask, kv_range, q)
     out = torch.empty(B, T, H, D, dtype=q.dtype, device=q.device).transpose(1, 2)
     lse = torch.empty(B, H, T, dtype=torch.float32, device=q.device)
-    grid = (triton.cdiv(T, cfg.BLOCK_M), H, B)
     arch = _arch(q.device)
     use_tma = "fwd" in tma_kernels(arch, D, q.dtype, dropout_p > 0.0) and _use_tma(arch, q, k, v, out)
-    _attn_fwd_kernel[grid](
-        q, k, v, mask, kv_range_arg, out, lse,
-        *_strides3(q), *_strides3(k), *_strides3(v), *_strides3(out), stride_mb,
-        H, T, softmax_scale * LOG2E, dropout_p, seed,
-        **_constexprs(cfg, D, key_padding_mask is not None, dropout_p > 0.0, q.dtype, INTERPRETED, use_tma),
-        **cfg.options())
+    _launch(_attn_fwd_kernel, lambda meta: (triton.cdiv(T, meta["BLOCK_M"]), H, B),
+            (q, k, v, mask, kv_range_arg, out, lse,
+             *_strides3(q), *_strides3(k), *_strides3(v), *_strides3(out), stride_mb,
+             H, T, softmax_scale * LOG2E, dropout_p, seed),
+            _constexprs(None, D, key_padding_mask is not None, dropout_p > 0.0, q.dtype, INTERPRETED, use_tma),
+            attention_candidates(arch, D, q.dtype, dropout_p > 0.0, use_tma)["fwd"], q.device)
     return out, lse, kv_range
 
 
@@ -975,7 +1041,6 @@ def attention_backward(do, q, k, v, out, lse, key_padding_mask, kv_range, dropou
     B, H, T, D = q.shape
     do = _unit_last_stride(do)
     has_mask, has_dropout = key_padding_mask is not None, dropout_p > 0.0
-    cfgs = attention_configs(_arch(q.device), D, q.dtype, has_dropout)
     mask, kv_range, stride_mb = _mask_args(key_padding_mask, kv_range, q)
 
     delta = torch.empty(B, H, T, dtype=torch.float32, device=q.device)
@@ -988,16 +1053,15 @@ def attention_backward(do, q, k, v, out, lse, key_padding_mask, kv_range, dropou
     tma = tma_kernels(arch, D, q.dtype, has_dropout) if _use_tma(arch, q, k, v, do, dq, dk, dv) else frozenset()
     common = (*_strides3(q), *_strides3(k), *_strides3(v), *_strides3(do))
     scalars = (H, T, softmax_scale, softmax_scale * LOG2E, dropout_p, seed)
-    cfg = cfgs["dkdv"]
-    _attn_bwd_dkdv_kernel[(triton.cdiv(T, cfg.BLOCK_N), H, B)](
-        q, k, v, do, mask, kv_range, lse, delta, dk, dv,
-        *common, *_strides3(dk), *_strides3(dv), stride_mb, *scalars,
-        **_constexprs(cfg, D, has_mask, has_dropout, q.dtype, INTERPRETED, "dkdv" in tma), **cfg.options())
-    cfg = cfgs["dq"]
-    _attn_bwd_dq_kernel[(triton.cdiv(T, cfg.BLOCK_M), H, B)](
-        q, k, v, do, mask, kv_range, lse, delta, dq,
-        *common, *_strides3(dq), stride_mb, *scalars,
-        **_constexprs(cfg, D, has_mask, has_dropout, q.dtype, INTERPRETED, "dq" in tma), **cfg.options())
+    _launch(_attn_bwd_dkdv_kernel, lambda meta: (triton.cdiv(T, meta["BLOCK_N"]), H, B),
+            (q, k, v, do, mask, kv_range, lse, delta, dk, dv,
+             *common, *_strides3(dk), *_strides3(dv), stride_mb, *scalars),
+            _constexprs(None, D, has_mask, has_dropout, q.dtype, INTERPRETED, "dkdv" in tma),
+            attention_candidates(arch, D, q.dtype, has_dropout, "dkdv" in tma)["dkdv"], q.device)
+    _launch(_attn_bwd_dq_kernel, lambda meta: (triton.cdiv(T, meta["BLOCK_M"]), H, B),
+            (q, k, v, do, mask, kv_range, lse, delta, dq, *common, *_strides3(dq), stride_mb, *scalars),
+            _constexprs(None, D, has_mask, has_dropout, q.dtype, INTERPRETED, "dq" in tma),
+            attention_candidates(arch, D, q.dtype, has_dropout, "dq" in tma)["dq"], q.device)
     return dq, dk, dv
 
 
@@ -1084,12 +1148,9 @@ def aot_specs(arch: int):
             yield (f"D={D} {dtype_name}", _attn_bwd_preprocess_kernel, {"Out": io, "DOut": io, "Delta": "*fp32"},
                    {"HEAD_DIM": D, "BLOCK_M": _PREPROCESS_TILE.BLOCK_M}, _PREPROCESS_TILE.options())
             for has_mask, has_dropout in ((False, False), (True, False), (False, True), (True, True)):
-                cfgs = attention_configs(arch, D, dtype, has_dropout)
                 common = {"Q": io, "K": io, "V": io, "KeyMask": "*i1", "KVRange": "*i32", "LSE": "*fp32"}
                 tma = tma_kernels(arch, D, dtype, has_dropout)
                 for use_tma in (False, True) if tma else (False,):
-                    variant = f"{'tma ' if use_tma else ''}D={D} {dtype_name} mask={int(has_mask)} " \
-                              f"dropout={int(has_dropout)}"
                     for name, kernel, outs in (
                         ("fwd", _attn_fwd_kernel, {"Out": io}),
                         ("dkdv", _attn_bwd_dkdv_kernel, {"DOut": io, "Delta": "*fp32", "DK": io, "DV": io}),
@@ -1097,6 +1158,11 @@ def aot_specs(arch: int):
                     ):
                         if use_tma and name not in tma:
                             continue
-                        cfg = cfgs[name]
-                        yield (variant, kernel, {**common, **outs},
-                               _constexprs(cfg, D, has_mask, has_dropout, dtype, False, use_tma), cfg.options())
+                        candidates = attention_candidates(arch, D, dtype, has_dropout, use_tma or name not in tma)
+                        for index, cfg in enumerate(candidates[name]):
+                            # the first candidate is "D=..", the others name their tile ("64x128w4s3 D=..")
+                            tile = f"{cfg.BLOCK_M}x{cfg.BLOCK_N}w{cfg.num_warps}s{cfg.num_stages} " if index else ""
+                            variant = f"{'tma ' if use_tma else ''}{tile}D={D} {dtype_name} mask={int(has_mask)} " \
+                                      f"dropout={int(has_dropout)}"
+                            yield (variant, kernel, {**common, **outs},
+                                   _constexprs(cfg, D, has_mask, has_dropout, dtype, False, use_tma), cfg.options())

@@ -214,6 +214,41 @@ def test_hopper_launch_falls_back_to_cp_async_on_unaligned_strides(monkeypatch):
     torch.testing.assert_close(out.float(), ref, atol=BF16[1], rtol=BF16[2])
 
 
+def test_tuning_tables_start_with_the_default_and_are_all_compile_checked():
+    """Each kernel's autotune candidates (attention_candidates) start with attention_configs' pick, the
+    one the interpreter and the CPU always run; kernels.compile_check compiles every candidate."""
+    module = kernels.kernel_module("flash_attention")
+    kernels_by_name = {"fwd": module._attn_fwd_kernel, "dkdv": module._attn_bwd_dkdv_kernel,
+                       "dq": module._attn_bwd_dq_kernel}
+    for arch in (80, 90):
+        compiled = {(spec[1], spec[3]["HEAD_DIM"], "fp32" in spec[0],
+                     spec[3]["HAS_DROPOUT"], spec[3]["USE_TMA"], spec[3]["BLOCK_M"], spec[3]["BLOCK_N"],
+                     spec[4]["num_warps"], spec[4]["num_stages"])
+                    for spec in module.aot_specs(arch) if "USE_TMA" in spec[3]}
+        alternatives = 0
+        for D in module.SUPPORTED_HEAD_DIMS:
+            for dtype in (torch.bfloat16, torch.float32):
+                for dropout in (False, True):
+                    defaults = module.attention_configs(arch, D, dtype, dropout)
+                    tma = module.tma_kernels(arch, D, dtype, dropout)
+                    for name, kernel in kernels_by_name.items():
+                        for use_tma in {False, name in tma}:
+                            table = module.attention_candidates(arch, D, dtype, dropout, use_tma or name not in tma)
+                            assert table[name][0] == defaults[name]
+                            alternatives += len(table[name]) - 1
+                            for cfg in table[name]:
+                                assert (kernel, D, dtype == torch.float32, dropout, use_tma, cfg.BLOCK_M, cfg.BLOCK_N,
+                                        cfg.num_warps, cfg.num_stages) in compiled, (arch, D, dtype, name, cfg)
+        assert alternatives > 0
+
+
+def test_the_interpreter_runs_the_first_candidate_without_autotuning():
+    module = kernels.kernel_module("flash_attention")
+    q = torch.randn(1, 1, 20, 32, dtype=torch.bfloat16, requires_grad=True)
+    attention(q, q, q, dropout_p=0.1, seed=0).sum().backward()
+    assert module._AUTOTUNED == {} and module.tuned_configs() == {}
+
+
 def test_seed_none_draws_from_torch_generator():
     q = torch.randn(1, 2, 40, 32)
     torch.manual_seed(0)
