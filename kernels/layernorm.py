@@ -165,6 +165,7 @@ def _layer_norm_bwd_kernel(
     HAS_DROPOUT: tl.constexpr,
     HAS_DPRENORM: tl.constexpr,
     STORE_DRESIDUAL: tl.constexpr,
+    LOOP_STAGES: tl.constexpr,  # row tiles in flight: loads run this many - 1 tiles ahead of the math
 ):
     pid = tl.program_id(0)
     cols = tl.arange(0, BLOCK_N)
@@ -174,7 +175,9 @@ def _layer_norm_bwd_kernel(
     dw_acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
     db_acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
 
-    for tile in range(pid, tl.cdiv(M, BLOCK_M), tl.num_programs(0)):
+    # subtle: tl.range with num_stages, not range: only then does Triton pipeline loads that feed no
+    # tl.dot, copying the next tiles' rows to shared memory (cp.async) while this one is computed.
+    for tile in tl.range(pid, tl.cdiv(M, BLOCK_M), tl.num_programs(0), num_stages=LOOP_STAGES):
         rows = tile * BLOCK_M + tl.arange(0, BLOCK_M)
         row_ok = rows < M
         mask = row_ok[:, None] & col_ok[None, :]
@@ -235,10 +238,11 @@ INTERPRETED = not isinstance(_layer_norm_fwd_kernel, triton.runtime.JITFunction)
 @dataclass(frozen=True)
 class RowTileConfig(TileConfig):
     """A TileConfig over rows: BLOCK_M rows of BLOCK_N columns, the hidden size rounded up to a power of two."""
-    num_stages: int = 3  # pipelines the backward's row loop
+    num_stages: int = 3  # the kernel's num_stages option
+    loop_stages: int = 1  # the backward's row loop: tiles in flight (1: not pipelined; see layer_norm_configs)
 
 
-def layer_norm_configs(hidden: int) -> dict[str, RowTileConfig]:
+def layer_norm_configs(hidden: int, aligned: bool = True) -> dict[str, RowTileConfig]:
     """Tiles and warps of the forward and backward for a hidden size.
 
     Registers, not bandwidth, bound the tile. The forward keeps 16 elements
@@ -255,6 +259,17 @@ def layer_norm_configs(hidden: int) -> dict[str, RowTileConfig]:
     on 1 row per step.
     kernels.compile_check compiles every entry for sm_80 and sm_90 and fails
     on any spill.
+
+    aligned: whether the backward's rows are 16-byte aligned (_rows_aligned: hidden,
+    row strides and pointers multiples of 16), as the runtime specialises the kernel.
+    Then its row loop is pipelined: the loads of the next two row tiles are copied to
+    shared memory (cp.async) while one is computed (loop_stages 3), and at hidden 513-1024
+    a step takes 2 rows, not 1. At hidden 768 with residual and dropout that is 2 rows x
+    768 x 2 B x 4 tensors (x, residual, dy, d_prenorm) = 12 KB a tile, two tiles ahead:
+    24 KB in flight per program, 48 KB per SM at two programs per SM, where one
+    unpipelined row had 6 KB per program in flight, 12 KB per SM (HBM3 wants ~25-30 KB).
+    Unaligned rows load 2 bytes at a time, which cp.async cannot copy; they keep the
+    unpipelined loop of one row a step (at 2 rows, they spilled 24 B on sm_80).
     """
     block_n = max(16, triton.next_power_of_2(hidden))
     fwd_warps = 4 if block_n <= 512 else 8 if block_n <= 2048 else 16
@@ -263,8 +278,14 @@ def layer_norm_configs(hidden: int) -> dict[str, RowTileConfig]:
     def rows(elements_per_thread, num_warps):
         return min(16, max(1, elements_per_thread * 32 * num_warps // block_n))
 
+    bwd_rows = rows(4, bwd_warps) * (2 if aligned and 512 < block_n <= 1024 else 1)
     return {"fwd": RowTileConfig(rows(16, fwd_warps), block_n, fwd_warps),
-            "bwd": RowTileConfig(rows(4, bwd_warps), block_n, bwd_warps)}
+            "bwd": RowTileConfig(bwd_rows, block_n, bwd_warps, loop_stages=3 if aligned else 1)}
+
+
+def _rows_aligned(*tensors) -> bool:
+    """Whether every (M, N) tensor given has 16-byte aligned rows: start, row stride and N (see layer_norm_configs)."""
+    return all(t.data_ptr() % 16 == 0 and t.stride(0) % 16 == 0 and t.shape[1] % 16 == 0 for t in tensors)
 
 
 def _backward_programs(device: torch.device, tiles: int) -> int:
@@ -321,8 +342,8 @@ def layer_norm_backward(dy2, dh2, x2, r2, weight, bias, mean, rstd, dropout_p, s
     Returns (dx, d_residual or None, dweight, dbias).
     """
     M, N = x2.shape
-    cfg = layer_norm_configs(N)["bwd"]
     has_residual, has_dropout = r2 is not None, dropout_p > 0.0
+    cfg = layer_norm_configs(N, _rows_aligned(*(t for t in (dy2, dh2, x2, r2) if t is not None)))["bwd"]
     # Without dropout dx == d_residual; a second copy is needed only to round it to another dtype.
     store_dres = has_residual and (has_dropout or r2.dtype != x2.dtype)
     dx = torch.empty(M, N, dtype=x2.dtype, device=x2.device)
@@ -337,7 +358,7 @@ def layer_norm_backward(dy2, dh2, x2, r2, weight, bias, mean, rstd, dropout_p, s
         dy2.stride(0), dh_arg.stride(0), x2.stride(0), r_arg.stride(0),
         M, N, dropout_p, seed,
         BLOCK_M=cfg.BLOCK_M, BLOCK_N=cfg.BLOCK_N, HAS_RESIDUAL=has_residual, HAS_DROPOUT=has_dropout,
-        HAS_DPRENORM=dh2 is not None, STORE_DRESIDUAL=store_dres, **cfg.options())
+        HAS_DPRENORM=dh2 is not None, STORE_DRESIDUAL=store_dres, LOOP_STAGES=cfg.loop_stages, **cfg.options())
     # The second, small reduction: (programs, N) -> (N,).
     dweight = dw_partial.sum(0).to(weight.dtype)
     dbias = db_partial.sum(0).to(bias.dtype)
@@ -447,9 +468,9 @@ def aot_specs(arch: int):
                _MASK_TILE.options())
     block_n = 16
     while block_n <= MAX_HIDDEN:
-        cfgs = layer_norm_configs(block_n)
         strides = {"stride_x", "stride_r", "stride_y", "stride_h", "stride_dy", "stride_dh"}
         for alignment, divisible in (("N%16=0", {"N", *strides}), ("sliced", strides), ("N%16>0", set())):
+            cfgs = layer_norm_configs(block_n, aligned=alignment == "N%16=0")
             for has_residual, has_dropout in ((False, False), (False, True), (True, True)):
                 variant = f"N<={block_n} {alignment} residual={int(has_residual)} dropout={int(has_dropout)}"
                 flags = {"HAS_RESIDUAL": has_residual, "HAS_DROPOUT": has_dropout}
@@ -464,6 +485,7 @@ def aot_specs(arch: int):
                         "Mean": "*fp32", "Rstd": "*fp32", "DX": "*bf16", "DResidual": "*bf16",
                         "DWPartial": "*fp32", "DBPartial": "*fp32"},
                        {"BLOCK_M": bwd.BLOCK_M, "BLOCK_N": bwd.BLOCK_N, **flags,
-                        "HAS_DPRENORM": has_residual, "STORE_DRESIDUAL": has_residual},
+                        "HAS_DPRENORM": has_residual, "STORE_DRESIDUAL": has_residual,
+                        "LOOP_STAGES": bwd.loop_stages},
                        bwd.options(), divisible)
         block_n *= 2

@@ -116,6 +116,29 @@ def test_dropout_and_prenorm_match_reference_with_the_helper_mask(shape, tol):
     run_and_compare(shape, *tol, residual=True, dropout_p=0.1, prenorm=True)
 
 
+PIPELINED_CASES = [  # (rows, hidden, residual, dropout_p, prenorm): hidden 768 is padded to a 1024-wide tile
+    (77, 768, True, 0.1, True), (9, 768, False, 0.0, False), (31, 768, False, 0.1, False), (45, 768, True, 0.0, True)]
+
+
+@pytest.mark.parametrize("M, N, residual, dropout_p, prenorm", PIPELINED_CASES,
+                         ids=[f"{m}x{n}-res{int(r)}-p{p}-pre{int(h)}" for m, n, r, p, h in PIPELINED_CASES])
+def test_pipelined_multi_row_backward(M, N, residual, dropout_p, prenorm):
+    """16-byte aligned rows at hidden 513-1024 take the pipelined backward of 2 rows a step (see
+    layer_norm_configs): odd row counts leave a last tile of 1 row and programs with unequal tile counts."""
+    configs = kernels.kernel_module("layernorm").layer_norm_configs
+    assert configs(N, aligned=True)["bwd"].BLOCK_M == 2 and configs(N, aligned=True)["bwd"].loop_stages == 3
+    assert configs(N, aligned=False)["bwd"].BLOCK_M == 1 and configs(N, aligned=False)["bwd"].loop_stages == 1
+    run_and_compare((M, N), *BF16, residual=residual, dropout_p=dropout_p, prenorm=prenorm)
+
+
+def test_unaligned_rows_take_the_unpipelined_backward():
+    """Rows sliced to 766 of 768 columns are not 16-byte multiples: one row a step, nothing pipelined."""
+    module = kernels.kernel_module("layernorm")
+    x = torch.randn(33, 768)[:, :766]
+    assert not module._rows_aligned(x) and module._rows_aligned(torch.randn(33, 768))
+    run_and_compare((33, 766), *FP32, residual=True, dropout_p=0.1)
+
+
 def test_bf16_branch_on_fp32_residual_stream():
     """Under autocast a bf16 sublayer output meets an fp32 residual: the sum and output stay fp32."""
     x, r = run_and_compare((65, 130), torch.bfloat16, 3e-2, 2e-2, residual=True, residual_dtype=torch.float32)
