@@ -124,7 +124,7 @@ def _file_documents(path: str, report: CorpusReport, text_field: str) -> Iterato
 def _paragraphs(path: str, report: CorpusReport) -> Iterator[str]:
     paragraph: list[str] = []
     for line in iter_lines([path], report.non_utf8_files):
-        if line.strip():
+        if line and not line.isspace():
             paragraph.append(line)
         elif paragraph:
             yield "".join(paragraph).rstrip("\n")
@@ -142,7 +142,7 @@ def _json_lines(path: str, report: CorpusReport, text_field: str) -> Iterator[st
         if not isinstance(text, str):
             bad(lineno, f"no {text_field!r} field" if text is None else
                 f"{text_field!r} is a {type(text).__name__}, not a string")
-        if text.strip():
+        if text and not text.isspace():  # not blank (isspace makes no copy; strip would)
             yield text
 
 
@@ -170,7 +170,7 @@ def _columnar(path: str, fmt: str, text_field: str) -> Iterator[str]:
             if not isinstance(value, str):
                 raise ValueError(f"{source_path}:row {row}: {text_field!r} is "
                                  f"{'null' if value is None else 'a ' + type(value).__name__}, not a string")
-            if value.strip():
+            if value and not value.isspace():
                 yield value
 
 

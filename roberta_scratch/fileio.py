@@ -82,7 +82,7 @@ def iter_jsonl(path: str | os.PathLike, on_bad: Callable[[int, str], None],
     and skipped; `on_bad` may raise to stop instead.
     """
     for n, line in enumerate(iter_lines([path], bad_files), start=1):
-        if not line.strip():
+        if not line or line.isspace():  # blank (no copy made, unlike strip())
             continue
         try:
             obj = json.loads(line)

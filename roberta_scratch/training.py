@@ -170,18 +170,21 @@ def cpu_name() -> str:
 
 
 def _cpu_ticks() -> tuple[int, int, int]:
-    """(all cores' ticks, their idle + iowait ticks, this process's user + system ticks) so far."""
+    """(all cores' ticks, their idle + iowait + niced ticks, this process's user + system ticks)
+    so far. Niced time counts as free: a process run with `nice` yields its core to ours."""
     with open("/proc/stat") as f:
         ticks = [int(x) for x in f.readline().split()[1:9]]
     with open("/proc/self/stat") as f:
         own = f.read().rsplit(")", 1)[1].split()
-    return sum(ticks), ticks[3] + ticks[4], int(own[11]) + int(own[12])
+    nice = ticks[1] if os.nice(0) == 0 else 0  # a niced trainer's own time is in that column too
+    return sum(ticks), ticks[3] + ticks[4] + nice, int(own[11]) + int(own[12])
 
 
 def busy_elsewhere(interval: float = 0.2) -> float:
-    """How many cores other processes keep busy now: the machine's busy time over `interval`,
-    less this process's own (/proc/stat and /proc/self/stat); the 1-minute load average where
-    /proc is missing (which counts this process too)."""
+    """How many cores other processes keep busy now at normal priority: the machine's busy
+    time over `interval`, less niced time and this process's own (/proc/stat and
+    /proc/self/stat); the 1-minute load average where /proc is missing (which counts this
+    process too)."""
     try:
         (total0, idle0, own0), _ = _cpu_ticks(), time.sleep(interval)
         total1, idle1, own1 = _cpu_ticks()

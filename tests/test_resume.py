@@ -221,3 +221,32 @@ def test_a_resumed_run_keeps_the_saved_thread_count(prepared, tmp_path, capsys, 
         assert "torch uses 1 CPU threads, as the saved run did" in capsys.readouterr().out
     finally:
         torch.set_num_threads(before)
+
+
+def test_busy_elsewhere_counts_normal_priority_work_not_niced_or_our_own(monkeypatch):
+    """Over the interval: other processes run 100 ticks at normal priority and 100 niced, we run 50,
+    on 2 cores (250 ticks, 0 idle besides): one core is busy elsewhere, since niced work yields."""
+    import io
+
+    from roberta_scratch import training
+
+    snapshots = iter([
+        ("cpu  1000 500 200 3000 0 0 0 0 0 0\n", "1 (python) R " + "0 " * 10 + "40 10 0"),
+        ("cpu  1150 600 200 3000 0 0 0 0 0 0\n", "1 (python) R " + "0 " * 10 + "80 20 0"),
+    ])
+    current = {}
+
+    def fake_open(path, *args, **kwargs):
+        if path == "/proc/stat":
+            current["stat"], current["self"] = next(snapshots)
+            return io.StringIO(current["stat"])
+        if path == "/proc/self/stat":
+            return io.StringIO(current["self"])
+        raise FileNotFoundError(path)
+
+    monkeypatch.setattr(training, "open", fake_open, raising=False)
+    monkeypatch.setattr(training.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(training.time, "sleep", lambda s: None)
+    monkeypatch.setattr(training.os, "nice", lambda inc: 0)
+    # 250 ticks: 150 user (ours 50 of them), 100 nice -> (250 - 100 niced - 50 ours) / 250 * 2 cores
+    assert training.busy_elsewhere() == pytest.approx(100 / 250 * 2)
