@@ -293,14 +293,14 @@ def _add_convert_parser(sub) -> None:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run
 
-    return run(out=args.out, steps=args.steps)
+    return run(out=args.out) if args.steps is None else run(out=args.out, steps=args.steps)
 
 
 def _add_demo_parser(sub) -> None:
     p = sub.add_parser("demo", help="tokenizer, data, a few minutes of pretraining and fill-mask, on the "
                                     "default corpus")
     p.add_argument("--out", default="runs/demo")
-    p.add_argument("--steps", type=int, default=4000)
+    p.add_argument("--steps", type=int, default=None, help="pretraining steps (default: the demo's 6,000)")
     p.set_defaults(func=_cmd_demo)
 
 
