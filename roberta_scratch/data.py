@@ -88,7 +88,9 @@ class _SplitWriter:
         if self._sents is not None:
             self._write(self._sents, self._sents_name, _sentence_ends(docs, sentence_lengths, self.tokens).tobytes())
         eos = np.array([self.eos], dtype=self.dtype)
-        arr = np.concatenate([part for ids in docs for part in (np.asarray(ids, dtype=self.dtype), eos)])
+        # one conversion for the batch, not one per document (the workers' rows are int32 views)
+        arr = np.concatenate([part for ids in docs for part in ((ids, eos) if len(ids) else (eos,))])
+        arr = arr.astype(self.dtype, copy=False)
         ends = self.tokens + np.cumsum([len(ids) + 1 for ids in docs], dtype=np.int64)
         self.tokens = int(ends[-1])
         self.documents += len(docs)
