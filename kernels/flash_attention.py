@@ -786,9 +786,11 @@ def attention_configs(arch: int, head_dim: int, dtype: torch.dtype, dropout: boo
     """
     hopper = arch >= 90
     if dtype == torch.float32:
-        # subtle: with dropout at D=128, dQ spilled 8 B on sm_90 at 4 warps, dK/dV 28-52 B at 32 query rows.
+        # subtle: with dropout at D=128, dQ spilled 8 B on sm_90 at 4 warps, dK/dV 28-52 B at 32 query rows;
+        # below D=128, dK/dV with dropout spilled 8 B on 8 warps (sm_90, D=32, triton 3.6): 4 warps there.
         heavy = dropout and head_dim > 64
-        return {"fwd": TileConfig(16, 32, 4, 2), "dkdv": TileConfig(16 if heavy else 32, 16, 8, 2),
+        return {"fwd": TileConfig(16, 32, 4, 2),
+                "dkdv": TileConfig(16 if heavy else 32, 16, 4 if dropout and not heavy else 8, 2),
                 "dq": TileConfig(16, 32, 8 if heavy else 4, 2)}
     if head_dim <= 64:
         return {
@@ -797,7 +799,8 @@ def attention_configs(arch: int, head_dim: int, dtype: torch.dtype, dropout: boo
             # With dropout's bits on top they spilled (mask + dropout, D=32 and 64): 64 there,
             # and 32 on sm_80, where 64 spilled 8-16 B.
             "fwd": TileConfig(128, (128 if not dropout else 64) if hopper else (32 if dropout else 64), 8, 3),
-            "dkdv": TileConfig(32, 128, 8, 3),
+            # 2 stages on sm_80 with dropout: at 3 it spilled 8 B (D=64, triton 3.6)
+            "dkdv": TileConfig(32, 128, 8, 3 if hopper or not dropout else 2),
             # 8 warps with dropout on Hopper: at 4, its bits spilled dQ (24 B, D=64). 64 keys a step
             # with dropout on Hopper: one Philox draws a row's 16 decisions in 64 keys (_dropout_keep),
             # so 32-key tiles would throw half of every draw away; on sm_80 64 keys spilled (48 B, D=64).
