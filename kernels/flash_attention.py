@@ -38,7 +38,13 @@ divisible by 128 and has no padding mask:
     dK and dQ rather than to every probability: dropout adds ~8-10 PTX
     instructions per score to a loop (sm_90, bf16, D=64), where eight 16-bit
     decisions per call added ~20 and a Philox per element ~80
-    (python -m kernels.compile_check --report).
+    (python -m kernels.compile_check --report);
+  - on sm_90 and newer, Q, K, V, dO and the outputs move between global and
+    shared memory by TMA, through tensor descriptors made in the kernel
+    (_tile_desc, tma_kernels), as in the tutorial's Hopper path; sm_80,
+    fp32 inputs and unaligned tensors keep cp.async;
+  - on CUDA, triton.autotune picks each kernel's tiles from a small table
+    per architecture (attention_candidates); everywhere else the first entry.
 
 Self-attention only: q, k and v share T, and key_padding_mask marks both the
 keys to ignore and the query rows to zero. Splitting dQ from dK/dV costs two

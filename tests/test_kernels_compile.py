@@ -6,7 +6,7 @@ the tiles, warps and stages the launchers pick. It catches what the
 interpreter forgives (layouts, shared memory, spills). It runs in a
 subprocess because compiling needs triton imported without TRITON_INTERPRET,
 which the interpreter tests in this process need set. The first run compiles
-about 200 kernels per architecture (several minutes on 2 cores); Triton's
+about 300 kernels per architecture (several minutes on 2 cores); Triton's
 cache makes later runs fast.
 
 `--report` reads the main loop's cost from the PTX (see kernels/compile_check.py);
