@@ -475,10 +475,11 @@ def write_summary(suite: Suite) -> str:
 
 
 def _autotuned_configs() -> dict:
-    """The attention kernels' autotune picks so far (kernels/flash_attention.py, tuned_configs)."""
+    """The kernels' autotune picks so far (tuned_configs of kernels/flash_attention.py and layernorm.py)."""
     from kernels import kernel_module
 
-    return kernel_module("flash_attention", interpret=False).tuned_configs()
+    return {**kernel_module("flash_attention", interpret=False).tuned_configs(),
+            **kernel_module("layernorm", interpret=False).tuned_configs()}
 
 
 def run_stages(suite: Suite, stages: list) -> None:

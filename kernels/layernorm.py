@@ -27,11 +27,13 @@ whose backward is slower than torch at hidden sizes 768-1024:
     instead of two, and x and the residual are tensors autograd keeps anyway;
   - without dropout, dx equals d_residual and one tensor serves both;
   - dropout draws eight keep-decisions of 16 bits per Philox call
-    (_dropout_keep), not one Philox per element (except above hidden 2048).
+    (_dropout_keep), not one Philox per element (except above hidden 2048);
+  - on CUDA, triton.autotune picks each kernel's config from a small table
+    (layer_norm_candidates); everywhere else the first entry.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import triton
@@ -283,6 +285,69 @@ def layer_norm_configs(hidden: int, aligned: bool = True) -> dict[str, RowTileCo
             "bwd": RowTileConfig(bwd_rows, block_n, bwd_warps, loop_stages=3 if aligned else 1)}
 
 
+def layer_norm_candidates(hidden: int, aligned: bool = True) -> dict[str, list[RowTileConfig]]:
+    """Each kernel's tuning table, layer_norm_configs' pick first: what triton.autotune times on CUDA.
+
+    The first is the one used where nothing is timed: under the interpreter and on the CPU the
+    launchers always take it. The forward's second takes half the rows a program (half the
+    registers a thread, twice the programs: it wins when M / BLOCK_M programs leave SMs idle,
+    short batches on a big card). The pipelined backward's second keeps one row tile in flight
+    instead of two (a third less shared memory a program, for a card or a hidden size where two
+    programs a SM do not fit with two tiles ahead). Neither adds registers, so neither can spill
+    where the first does not; kernels.compile_check compiles every entry, for sm_80 and sm_90.
+    """
+    base = layer_norm_configs(hidden, aligned)
+    tables = {name: [cfg] for name, cfg in base.items()}
+    if base["fwd"].BLOCK_M > 1:
+        tables["fwd"].append(replace(base["fwd"], BLOCK_M=base["fwd"].BLOCK_M // 2))
+    if base["bwd"].loop_stages > 2:
+        tables["bwd"].append(replace(base["bwd"], loop_stages=2))
+    return tables
+
+
+def _tile_meta(cfg: RowTileConfig, kernel) -> dict:
+    """The constexprs a config sets: the tile, and the backward's row-loop depth."""
+    meta = {"BLOCK_M": cfg.BLOCK_M, "BLOCK_N": cfg.BLOCK_N}
+    if kernel is _layer_norm_bwd_kernel:
+        meta["LOOP_STAGES"] = cfg.loop_stages
+    return meta
+
+
+# triton.autotune wrappers, one per kernel and tuning table (layer_norm_candidates), made on first use.
+_AUTOTUNED: dict = {}
+
+
+def _launch(kernel, grid, args: tuple, constexprs: dict, candidates: list[RowTileConfig], device: torch.device):
+    """Launch `kernel` over `grid`, a function of the config's constexprs (BLOCK_M, ...).
+
+    On CUDA with more than one candidate, triton.autotune picks among them the first time it
+    meets a key: the hidden size and the variant's flags, plus (autotune adds them) the dtypes
+    of the tensor arguments; not M, so that batches of other lengths reuse the pick. Timing runs
+    a kernel several times on the real arguments, which is safe without reset_to_zero: both
+    kernels only overwrite their outputs (the backward's partial sums included: its grid, one
+    row of partials a program, is the same for every candidate) and read their inputs,
+    dropout's seed included, unchanged. Elsewhere the first candidate.
+    """
+    if device.type != "cuda" or len(candidates) == 1:
+        meta = _tile_meta(candidates[0], kernel)
+        kernel[grid(meta)](*args, **constexprs, **meta, **candidates[0].options())
+        return
+    key = (kernel.__name__, tuple(candidates))
+    if key not in _AUTOTUNED:
+        configs = [triton.Config(_tile_meta(c, kernel), num_warps=c.num_warps, num_stages=c.num_stages)
+                   for c in candidates]
+        flags = ["N", "HAS_RESIDUAL", "HAS_DROPOUT"]
+        flags += ["STORE_PRENORM"] if kernel is _layer_norm_fwd_kernel else ["HAS_DPRENORM", "STORE_DRESIDUAL"]
+        _AUTOTUNED[key] = triton.autotune(configs, key=flags)(kernel)
+    _AUTOTUNED[key][grid](*args, **constexprs, enable_fp_fusion=True)
+
+
+def tuned_configs() -> dict[str, str]:
+    """What autotune picked so far in this process: "kernel [candidates]" -> the best config."""
+    return {f"{name} {[str(c) for c in candidates]}": str(tuner.best_config)
+            for (name, candidates), tuner in _AUTOTUNED.items() if getattr(tuner, "best_config", None) is not None}
+
+
 def _rows_aligned(*tensors) -> bool:
     """Whether every (M, N) tensor given has 16-byte aligned rows: start, row stride and N (see layer_norm_configs)."""
     return all(t.data_ptr() % 16 == 0 and t.stride(0) % 16 == 0 and t.shape[1] % 16 == 0 for t in tensors)
@@ -320,19 +385,18 @@ def _rows(t, N):
 def layer_norm_forward(x2, weight, bias, eps, r2, dropout_p, seed, out_dtype, store_prenorm):
     """Launch the forward on (M, N) rows. Returns (y, prenorm or None, mean, rstd)."""
     M, N = x2.shape
-    cfg = layer_norm_configs(N)["fwd"]
+    candidates = layer_norm_candidates(N)["fwd"]
     y = torch.empty(M, N, dtype=out_dtype, device=x2.device)
     prenorm = torch.empty(M, N, dtype=out_dtype, device=x2.device) if store_prenorm else None
     mean = torch.empty(M, dtype=torch.float32, device=x2.device)
     rstd = torch.empty(M, dtype=torch.float32, device=x2.device)
     r_arg = r2 if r2 is not None else x2  # never read without HAS_RESIDUAL
     h_arg = prenorm if store_prenorm else y  # never written without STORE_PRENORM
-    _layer_norm_fwd_kernel[(triton.cdiv(M, cfg.BLOCK_M),)](
-        x2, r_arg, weight, bias, y, h_arg, mean, rstd,
-        x2.stride(0), r_arg.stride(0), y.stride(0), h_arg.stride(0),
-        M, N, eps, dropout_p, seed,
-        BLOCK_M=cfg.BLOCK_M, BLOCK_N=cfg.BLOCK_N, HAS_RESIDUAL=r2 is not None,
-        HAS_DROPOUT=dropout_p > 0.0, STORE_PRENORM=store_prenorm, **cfg.options())
+    _launch(_layer_norm_fwd_kernel, lambda meta: (triton.cdiv(M, meta["BLOCK_M"]),),
+            (x2, r_arg, weight, bias, y, h_arg, mean, rstd,
+             x2.stride(0), r_arg.stride(0), y.stride(0), h_arg.stride(0), M, N, eps, dropout_p, seed),
+            dict(HAS_RESIDUAL=r2 is not None, HAS_DROPOUT=dropout_p > 0.0, STORE_PRENORM=store_prenorm),
+            candidates, x2.device)
     return y, prenorm, mean, rstd
 
 
@@ -343,7 +407,8 @@ def layer_norm_backward(dy2, dh2, x2, r2, weight, bias, mean, rstd, dropout_p, s
     """
     M, N = x2.shape
     has_residual, has_dropout = r2 is not None, dropout_p > 0.0
-    cfg = layer_norm_configs(N, _rows_aligned(*(t for t in (dy2, dh2, x2, r2) if t is not None)))["bwd"]
+    candidates = layer_norm_candidates(N, _rows_aligned(*(t for t in (dy2, dh2, x2, r2) if t is not None)))["bwd"]
+    cfg = candidates[0]  # every candidate has its tile, so the grid and the partial sums are the same
     # Without dropout dx == d_residual; a second copy is needed only to round it to another dtype.
     store_dres = has_residual and (has_dropout or r2.dtype != x2.dtype)
     dx = torch.empty(M, N, dtype=x2.dtype, device=x2.device)
@@ -353,12 +418,12 @@ def layer_norm_backward(dy2, dh2, x2, r2, weight, bias, mean, rstd, dropout_p, s
     db_partial = torch.empty(programs, N, dtype=torch.float32, device=x2.device)
     r_arg = r2 if has_residual else x2
     dh_arg = dh2 if dh2 is not None else dy2  # never read without HAS_DPRENORM
-    _layer_norm_bwd_kernel[(programs,)](
-        dy2, dh_arg, x2, r_arg, weight, mean, rstd, dx, dres, dw_partial, db_partial,
-        dy2.stride(0), dh_arg.stride(0), x2.stride(0), r_arg.stride(0),
-        M, N, dropout_p, seed,
-        BLOCK_M=cfg.BLOCK_M, BLOCK_N=cfg.BLOCK_N, HAS_RESIDUAL=has_residual, HAS_DROPOUT=has_dropout,
-        HAS_DPRENORM=dh2 is not None, STORE_DRESIDUAL=store_dres, LOOP_STAGES=cfg.loop_stages, **cfg.options())
+    _launch(_layer_norm_bwd_kernel, lambda meta: (programs,),
+            (dy2, dh_arg, x2, r_arg, weight, mean, rstd, dx, dres, dw_partial, db_partial,
+             dy2.stride(0), dh_arg.stride(0), x2.stride(0), r_arg.stride(0), M, N, dropout_p, seed),
+            dict(HAS_RESIDUAL=has_residual, HAS_DROPOUT=has_dropout, HAS_DPRENORM=dh2 is not None,
+                 STORE_DRESIDUAL=store_dres),
+            candidates, x2.device)
     # The second, small reduction: (programs, N) -> (N,).
     dweight = dw_partial.sum(0).to(weight.dtype)
     dbias = db_partial.sum(0).to(bias.dtype)
@@ -456,6 +521,7 @@ def aot_specs(arch: int):
     tile width up to MAX_HIDDEN, with bf16 activations (fp16 and fp32 take the
     same tiles) and fp32 parameters, residual and dropout on and off, and dropout alone.
 
+    Every tuning candidate (layer_norm_candidates) is compiled, the extra ones as "... candidate k".
     Each is compiled three times, as the runtime specialises it: for hidden
     sizes that are multiples of 16 (768, 1024: N and the row strides are
     marked 16-divisible, and the row loads vectorise), for others in rows
@@ -470,22 +536,23 @@ def aot_specs(arch: int):
     while block_n <= MAX_HIDDEN:
         strides = {"stride_x", "stride_r", "stride_y", "stride_h", "stride_dy", "stride_dh"}
         for alignment, divisible in (("N%16=0", {"N", *strides}), ("sliced", strides), ("N%16>0", set())):
-            cfgs = layer_norm_configs(block_n, aligned=alignment == "N%16=0")
+            tables = layer_norm_candidates(block_n, aligned=alignment == "N%16=0")
             for has_residual, has_dropout in ((False, False), (False, True), (True, True)):
                 variant = f"N<={block_n} {alignment} residual={int(has_residual)} dropout={int(has_dropout)}"
                 flags = {"HAS_RESIDUAL": has_residual, "HAS_DROPOUT": has_dropout}
-                fwd, bwd = cfgs["fwd"], cfgs["bwd"]
-                yield (variant, _layer_norm_fwd_kernel,
-                       {"X": "*bf16", "Residual": "*bf16", "W": "*fp32", "B": "*fp32", "Y": "*bf16",
-                        "PreNorm": "*bf16", "Mean": "*fp32", "Rstd": "*fp32"},
-                       {"BLOCK_M": fwd.BLOCK_M, "BLOCK_N": fwd.BLOCK_N, **flags, "STORE_PRENORM": has_residual},
-                       fwd.options(), divisible)
-                yield (variant, _layer_norm_bwd_kernel,
-                       {"DY": "*bf16", "DPreNorm": "*bf16", "X": "*bf16", "Residual": "*bf16", "W": "*fp32",
-                        "Mean": "*fp32", "Rstd": "*fp32", "DX": "*bf16", "DResidual": "*bf16",
-                        "DWPartial": "*fp32", "DBPartial": "*fp32"},
-                       {"BLOCK_M": bwd.BLOCK_M, "BLOCK_N": bwd.BLOCK_N, **flags,
-                        "HAS_DPRENORM": has_residual, "STORE_DRESIDUAL": has_residual,
-                        "LOOP_STAGES": bwd.loop_stages},
-                       bwd.options(), divisible)
+                for k, fwd in enumerate(tables["fwd"]):  # every tuning candidate; the first is the pick
+                    yield (variant + (f" candidate {k}" if k else ""), _layer_norm_fwd_kernel,
+                           {"X": "*bf16", "Residual": "*bf16", "W": "*fp32", "B": "*fp32", "Y": "*bf16",
+                            "PreNorm": "*bf16", "Mean": "*fp32", "Rstd": "*fp32"},
+                           {"BLOCK_M": fwd.BLOCK_M, "BLOCK_N": fwd.BLOCK_N, **flags, "STORE_PRENORM": has_residual},
+                           fwd.options(), divisible)
+                for k, bwd in enumerate(tables["bwd"]):
+                    yield (variant + (f" candidate {k}" if k else ""), _layer_norm_bwd_kernel,
+                           {"DY": "*bf16", "DPreNorm": "*bf16", "X": "*bf16", "Residual": "*bf16", "W": "*fp32",
+                            "Mean": "*fp32", "Rstd": "*fp32", "DX": "*bf16", "DResidual": "*bf16",
+                            "DWPartial": "*fp32", "DBPartial": "*fp32"},
+                           {"BLOCK_M": bwd.BLOCK_M, "BLOCK_N": bwd.BLOCK_N, **flags,
+                            "HAS_DPRENORM": has_residual, "STORE_DRESIDUAL": has_residual,
+                            "LOOP_STAGES": bwd.loop_stages},
+                           bwd.options(), divisible)
         block_n *= 2

@@ -131,6 +131,53 @@ def test_pipelined_multi_row_backward(M, N, residual, dropout_p, prenorm):
     run_and_compare((M, N), *BF16, residual=residual, dropout_p=dropout_p, prenorm=prenorm)
 
 
+@pytest.mark.parametrize("hidden", [16, 77, 512, 768, 1000, 4096])
+def test_tuning_tables_start_with_the_pick_and_are_all_compiled(hidden):
+    """layer_norm_candidates: the first is layer_norm_configs' pick (all the interpreter and the CPU
+    run), the others only lower register pressure, and kernels.compile_check compiles every one."""
+    module = kernels.kernel_module("layernorm")
+    for aligned in (True, False):
+        tables, pick = module.layer_norm_candidates(hidden, aligned), module.layer_norm_configs(hidden, aligned)
+        assert tables["fwd"][0] == pick["fwd"] and tables["bwd"][0] == pick["bwd"]
+        for alt in tables["fwd"][1:]:
+            assert (alt.BLOCK_N, alt.num_warps, alt.BLOCK_M) == (pick["fwd"].BLOCK_N, pick["fwd"].num_warps,
+                                                                 pick["fwd"].BLOCK_M // 2)
+        for alt in tables["bwd"][1:]:
+            assert (alt.BLOCK_M, alt.BLOCK_N, alt.num_warps, alt.loop_stages) == (
+                pick["bwd"].BLOCK_M, pick["bwd"].BLOCK_N, pick["bwd"].num_warps, 2)
+    block_n = max(16, 1 << (hidden - 1).bit_length())
+    for arch in (80, 90):
+        compiled = {(kernel.__name__, tuple(sorted(c.items())), tuple(sorted(o.items())))
+                    for _, kernel, _, c, o, *_ in module.aot_specs(arch) if c.get("BLOCK_N") == block_n}
+        for aligned in (True, False):
+            tables = module.layer_norm_candidates(hidden, aligned)
+            for name, kernel in (("fwd", module._layer_norm_fwd_kernel), ("bwd", module._layer_norm_bwd_kernel)):
+                for cfg in tables[name]:
+                    meta = tuple(sorted(module._tile_meta(cfg, kernel).items()))
+                    options = tuple(sorted(cfg.options().items()))
+                    assert any(k == kernel.__name__ and set(meta) <= set(c) and o == options
+                               for k, c, o in compiled), (arch, hidden, aligned, name, cfg)
+
+
+@pytest.mark.parametrize("N", [768, 200])
+def test_every_tuning_candidate_computes_the_same_layer_norm(monkeypatch, N):
+    """Each kernel's other candidates, forced first, match the reference too (autotune may pick them)."""
+    module = kernels.kernel_module("layernorm")
+    tables = module.layer_norm_candidates
+    assert len(tables(N)["fwd"]) > 1 and len(tables(N, aligned=True)["bwd"]) > 1
+    monkeypatch.setattr(module, "layer_norm_candidates",
+                        lambda hidden, aligned=True: {k: v[1:] or v for k, v in tables(hidden, aligned).items()})
+    run_and_compare((37, N), *BF16, residual=True, dropout_p=0.1, prenorm=True)
+    run_and_compare((37, N), *FP32, residual=False, dropout_p=0.0)
+
+
+def test_the_interpreter_runs_the_first_candidate_without_autotuning():
+    module = kernels.kernel_module("layernorm")
+    x = torch.randn(9, 768, requires_grad=True)
+    layer_norm(x, torch.ones(768), torch.zeros(768), dropout_p=0.1, seed=0).sum().backward()
+    assert module._AUTOTUNED == {} and module.tuned_configs() == {}
+
+
 def test_unaligned_rows_take_the_unpipelined_backward():
     """Rows sliced to 766 of 768 columns are not 16-byte multiples: one row a step, nothing pipelined."""
     module = kernels.kernel_module("layernorm")
