@@ -409,13 +409,14 @@ def test_encode_batch_over_processes_matches_serial(monkeypatch):
     serial = [tok.encode(t) for t in texts]
     assert tok.encode_batch(texts, num_workers=2) == serial
     assert tok.encode_batch(texts, add_special_tokens=False, num_workers=2) == [s[1:-1] for s in serial]
+    assert tok.encode_batch(texts[:7], num_workers=3) == serial[:7]  # this process's share, then the others'
     used = []
     real_pool = tokenizer_base._worker_pool
     monkeypatch.setattr(tokenizer_base, "_worker_pool", lambda *a: used.append(a[1]) or real_pool(*a))
     monkeypatch.setattr(tokenizer_base, "PARALLEL_MIN_CHARS", 1000)  # "large" batches use every CPU
     monkeypatch.setattr(tokenizer_base, "_available_cpus", lambda: 2)
     assert tok(texts)["input_ids"] == serial
-    assert used == [2]
+    assert used == [1]  # every CPU: this process encodes a share beside one worker
 
 
 def test_encode_file_streams_lines(tmp_path):
