@@ -61,7 +61,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .utils import TileConfig, check_dropout_p, check_float_dtypes, check_same_device, kernel_seed
+from .utils import TileConfig, check_dropout_p, check_float_dtypes, check_same_device, kernel_seed, launch
+from .utils import tuned_configs as utils_tuned_configs
 
 LOG2E = 1.4426950408889634
 SUPPORTED_HEAD_DIMS = (32, 64, 128)
@@ -859,33 +860,17 @@ _AUTOTUNED: dict = {}
 
 
 def _launch(kernel, grid, args: tuple, constexprs: dict, candidates: list[TileConfig], device: torch.device):
-    """Launch `kernel` over `grid`, a function of the tile config (a dict with BLOCK_M, BLOCK_N).
-
-    On CUDA with more than one candidate, triton.autotune picks among them, timing each the first
-    time it meets a key: T, the head dim, the mask, dropout and TMA flags, and (autotune adds them)
-    the dtypes of the tensor arguments. Timing runs a kernel several times on the real arguments,
-    which is safe here without reset_to_zero or restore_value: every kernel only overwrites its
-    outputs (no atomics, nothing accumulated across launches) and reads its inputs, dropout's
-    seed included, unchanged, so each run writes the same values. Elsewhere the first candidate.
-    """
-    if device.type != "cuda" or len(candidates) == 1:
-        cfg = candidates[0]
-        meta = {"BLOCK_M": cfg.BLOCK_M, "BLOCK_N": cfg.BLOCK_N}
-        kernel[grid(meta)](*args, **constexprs, **meta, **cfg.options())
-        return
-    key = (kernel.__name__, tuple(candidates))
-    if key not in _AUTOTUNED:
-        configs = [triton.Config({"BLOCK_M": c.BLOCK_M, "BLOCK_N": c.BLOCK_N}, num_warps=c.num_warps,
-                                 num_stages=c.num_stages) for c in candidates]
-        _AUTOTUNED[key] = triton.autotune(configs, key=["T", "HEAD_DIM", "HAS_MASK", "HAS_DROPOUT", "USE_TMA"])(kernel)
-    _AUTOTUNED[key][grid](*args, **constexprs, enable_fp_fusion=True)
+    """utils.launch keyed on T, the head dim, the mask, dropout and TMA flags. Autotune's repeated
+    runs are safe: every kernel here only overwrites its outputs (no atomics, nothing
+    accumulated across launches) and reads its inputs, dropout's seed included, unchanged."""
+    launch(kernel, grid, args, constexprs, candidates, device, _AUTOTUNED,
+           ["T", "HEAD_DIM", "HAS_MASK", "HAS_DROPOUT", "USE_TMA"])
 
 
 def tuned_configs() -> dict[str, str]:
     """What autotune picked so far in this process: "kernel [candidates]" -> the best config, for
     every autotuned kernel that has run (benchmarks/gpu_suite.py records it with its timings)."""
-    return {f"{name} {[str(c) for c in candidates]}": str(tuner.best_config)
-            for (name, candidates), tuner in _AUTOTUNED.items() if getattr(tuner, "best_config", None) is not None}
+    return utils_tuned_configs(_AUTOTUNED)
 
 
 def _arch(device: torch.device) -> int:

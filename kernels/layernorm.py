@@ -39,7 +39,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .utils import TileConfig, check_dropout_p, check_float_dtypes, check_same_device, kernel_seed
+from .utils import TileConfig, check_dropout_p, check_float_dtypes, check_same_device, kernel_seed, launch, tile_meta
+from .utils import tuned_configs as utils_tuned_configs
 
 MAX_HIDDEN = 4096  # a whole row lives in registers; wider rows would spill (see layer_norm_configs)
 
@@ -305,12 +306,9 @@ def layer_norm_candidates(hidden: int, aligned: bool = True) -> dict[str, list[R
     return tables
 
 
-def _tile_meta(cfg: RowTileConfig, kernel) -> dict:
-    """The constexprs a config sets: the tile, and the backward's row-loop depth."""
-    meta = {"BLOCK_M": cfg.BLOCK_M, "BLOCK_N": cfg.BLOCK_N}
-    if kernel is _layer_norm_bwd_kernel:
-        meta["LOOP_STAGES"] = cfg.loop_stages
-    return meta
+def _bwd_meta(cfg: RowTileConfig) -> dict:
+    """The constexprs a config sets on the backward: the tile and the row loop's depth."""
+    return {**tile_meta(cfg), "LOOP_STAGES": cfg.loop_stages}
 
 
 # triton.autotune wrappers, one per kernel and tuning table (layer_norm_candidates), made on first use.
@@ -318,34 +316,19 @@ _AUTOTUNED: dict = {}
 
 
 def _launch(kernel, grid, args: tuple, constexprs: dict, candidates: list[RowTileConfig], device: torch.device):
-    """Launch `kernel` over `grid`, a function of the config's constexprs (BLOCK_M, ...).
-
-    On CUDA with more than one candidate, triton.autotune picks among them the first time it
-    meets a key: the hidden size and the variant's flags, plus (autotune adds them) the dtypes
-    of the tensor arguments; not M, so that batches of other lengths reuse the pick. Timing runs
-    a kernel several times on the real arguments, which is safe without reset_to_zero: both
-    kernels only overwrite their outputs (the backward's partial sums included: its grid, one
-    row of partials a program, is the same for every candidate) and read their inputs,
-    dropout's seed included, unchanged. Elsewhere the first candidate.
-    """
-    if device.type != "cuda" or len(candidates) == 1:
-        meta = _tile_meta(candidates[0], kernel)
-        kernel[grid(meta)](*args, **constexprs, **meta, **candidates[0].options())
-        return
-    key = (kernel.__name__, tuple(candidates))
-    if key not in _AUTOTUNED:
-        configs = [triton.Config(_tile_meta(c, kernel), num_warps=c.num_warps, num_stages=c.num_stages)
-                   for c in candidates]
-        flags = ["N", "HAS_RESIDUAL", "HAS_DROPOUT"]
-        flags += ["STORE_PRENORM"] if kernel is _layer_norm_fwd_kernel else ["HAS_DPRENORM", "STORE_DRESIDUAL"]
-        _AUTOTUNED[key] = triton.autotune(configs, key=flags)(kernel)
-    _AUTOTUNED[key][grid](*args, **constexprs, enable_fp_fusion=True)
+    """utils.launch keyed on the hidden size and the variant's flags, not on M, so that batches of
+    other lengths reuse the pick. Autotune's repeated runs are safe: both kernels only overwrite
+    their outputs (the backward's partial sums included: its grid, one row of partials a program,
+    is the same for every candidate) and read their inputs, dropout's seed included, unchanged."""
+    backward = kernel is _layer_norm_bwd_kernel
+    flags = ["HAS_DPRENORM", "STORE_DRESIDUAL"] if backward else ["STORE_PRENORM"]
+    launch(kernel, grid, args, constexprs, candidates, device, _AUTOTUNED, ["N", "HAS_RESIDUAL", "HAS_DROPOUT", *flags],
+           _bwd_meta if backward else tile_meta)
 
 
 def tuned_configs() -> dict[str, str]:
     """What autotune picked so far in this process: "kernel [candidates]" -> the best config."""
-    return {f"{name} {[str(c) for c in candidates]}": str(tuner.best_config)
-            for (name, candidates), tuner in _AUTOTUNED.items() if getattr(tuner, "best_config", None) is not None}
+    return utils_tuned_configs(_AUTOTUNED)
 
 
 def _rows_aligned(*tensors) -> bool:

@@ -1,7 +1,8 @@
 """What the kernel modules share, as Liger-Kernel's ops/utils.py: launch configs, input checks, seeds.
 
-Plain torch, no triton: flash_attention.py and layernorm.py import it, and
-kernels/__init__.py does not, so `import kernels` still never imports triton.
+Plain torch at import time, no triton (launch imports it only to autotune on
+CUDA): flash_attention.py and layernorm.py import it, and kernels/__init__.py
+does not, so `import kernels` still never imports triton.
 
 subtle: @triton.jit helpers do not belong here. Triton fixes compiled or
 interpreted when a function is decorated, and kernels.kernel_module reloads a
@@ -42,6 +43,41 @@ class TileConfig:
         FMA contraction is pinned on: Triton 3.10 turns its default off.
         """
         return dict(num_warps=self.num_warps, num_stages=self.num_stages, enable_fp_fusion=True)
+
+
+def tile_meta(cfg: TileConfig) -> dict:
+    """The constexprs a config sets on a kernel: its tile."""
+    return {"BLOCK_M": cfg.BLOCK_M, "BLOCK_N": cfg.BLOCK_N}
+
+
+def launch(kernel, grid, args: tuple, constexprs: dict, candidates: list, device: torch.device, cache: dict,
+           key: list, meta=tile_meta) -> None:
+    """Launch `kernel` over `grid`, a function of the config's constexprs (`meta(config)`).
+
+    On CUDA with more than one candidate, triton.autotune picks among them the first time it
+    meets a value of `key` (plus, as autotune adds them, the dtypes of the tensor arguments); the
+    wrapper is made once per kernel and table and kept in the kernel module's `cache`. Timing
+    runs the kernel several times on the real arguments, so the caller guarantees that each run
+    writes the same values (no atomics, nothing accumulated across launches, inputs and the
+    dropout seed read unchanged). Elsewhere (the interpreter, the CPU) the first candidate, untimed.
+    """
+    if device.type != "cuda" or len(candidates) == 1:
+        first = meta(candidates[0])
+        kernel[grid(first)](*args, **constexprs, **first, **candidates[0].options())
+        return
+    import triton  # the kernel modules have imported it already
+
+    entry = (kernel.__name__, tuple(candidates))
+    if entry not in cache:
+        configs = [triton.Config(meta(c), num_warps=c.num_warps, num_stages=c.num_stages) for c in candidates]
+        cache[entry] = triton.autotune(configs, key=key)(kernel)
+    cache[entry][grid](*args, **constexprs, enable_fp_fusion=True)
+
+
+def tuned_configs(cache: dict) -> dict[str, str]:
+    """What autotune picked so far from a launch cache: "kernel [candidates]" -> the best config."""
+    return {f"{name} {[str(c) for c in candidates]}": str(tuner.best_config)
+            for (name, candidates), tuner in cache.items() if getattr(tuner, "best_config", None) is not None}
 
 
 # ---------------------------------------------------------------------------

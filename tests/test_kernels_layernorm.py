@@ -153,7 +153,7 @@ def test_tuning_tables_start_with_the_pick_and_are_all_compiled(hidden):
             tables = module.layer_norm_candidates(hidden, aligned)
             for name, kernel in (("fwd", module._layer_norm_fwd_kernel), ("bwd", module._layer_norm_bwd_kernel)):
                 for cfg in tables[name]:
-                    meta = tuple(sorted(module._tile_meta(cfg, kernel).items()))
+                    meta = tuple(sorted((module._bwd_meta(cfg) if name == "bwd" else module.tile_meta(cfg)).items()))
                     options = tuple(sorted(cfg.options().items()))
                     assert any(k == kernel.__name__ and set(meta) <= set(c) and o == options
                                for k, c, o in compiled), (arch, hidden, aligned, name, cfg)
@@ -169,6 +169,44 @@ def test_every_tuning_candidate_computes_the_same_layer_norm(monkeypatch, N):
                         lambda hidden, aligned=True: {k: v[1:] or v for k, v in tables(hidden, aligned).items()})
     run_and_compare((37, N), *BF16, residual=True, dropout_p=0.1, prenorm=True)
     run_and_compare((37, N), *FP32, residual=False, dropout_p=0.0)
+
+
+def test_on_cuda_autotune_gets_every_candidate_once_per_kernel_and_table(monkeypatch):
+    """The CUDA branch of the launcher, with triton.autotune recorded instead of timed: one wrapper
+    per kernel and table, every candidate's constexprs (the backward's row-loop depth included)
+    and warps, keyed on the hidden size and the flags, and the caller's constexprs passed on."""
+    import triton
+
+    module = kernels.kernel_module("layernorm")
+    made, launched = [], []
+
+    class Tuned:  # what triton.autotune returns: indexed by the grid, then called
+        def __init__(self, kernel):
+            self.kernel = kernel
+
+        def __getitem__(self, grid):
+            return lambda *args, **kwargs: launched.append((self.kernel, grid, kwargs))
+
+    def fake_autotune(configs, key):
+        made.append(([(c.kwargs, c.num_warps, c.num_stages) for c in configs], key))
+        return Tuned
+
+    monkeypatch.setattr(triton, "autotune", fake_autotune)
+    monkeypatch.setattr(module, "_AUTOTUNED", {})
+    tables = module.layer_norm_candidates(768, aligned=True)
+    flags = dict(HAS_RESIDUAL=True, HAS_DROPOUT=True, HAS_DPRENORM=False, STORE_DRESIDUAL=True)
+    for _ in range(2):
+        module._launch(module._layer_norm_bwd_kernel, lambda meta: (4,), (), flags, tables["bwd"],
+                       torch.device("cuda"))
+    assert len(made) == 1  # made once, then reused
+    configs, key = made[0]
+    assert key == ["N", "HAS_RESIDUAL", "HAS_DROPOUT", "HAS_DPRENORM", "STORE_DRESIDUAL"]
+    assert configs == [({"BLOCK_M": c.BLOCK_M, "BLOCK_N": c.BLOCK_N, "LOOP_STAGES": c.loop_stages}, c.num_warps,
+                        c.num_stages) for c in tables["bwd"]]
+    assert len(tables["bwd"]) == 2 and len(launched) == 2
+    assert all(kernel is module._layer_norm_bwd_kernel and kw == {**flags, "enable_fp_fusion": True}
+               for kernel, _, kw in launched)
+    assert module.tuned_configs() == {}  # nothing timed, so nothing picked
 
 
 def test_the_interpreter_runs_the_first_candidate_without_autotuning():
