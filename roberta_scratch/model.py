@@ -316,8 +316,14 @@ def lm_head(cfg: RobertaConfig) -> nn.Module:
 
 
 class MaskedLMHead:
-    """What RobertaForMaskedLM and RobertaForPreTraining share: the LM head and its masked-only loss.
-    The class using it has self.roberta, self.lm_head (lm_head(cfg)) and self.act."""
+    """What RobertaForMaskedLM and RobertaForPreTraining share: the encoder with the LM head, and
+    the head's masked-only loss."""
+
+    def _add_encoder_and_lm_head(self, cfg: RobertaConfig) -> None:
+        self.config = cfg
+        self.roberta = RobertaModel(cfg)
+        self.lm_head = lm_head(cfg)
+        self.act = ACT2FN[cfg.hidden_act]
 
     def predict(self, h: torch.Tensor) -> torch.Tensor:
         """Hidden states (..., H) -> vocabulary logits (..., V)."""
@@ -340,10 +346,7 @@ class RobertaForMaskedLM(MaskedLMHead, PreTrained):
 
     def __init__(self, cfg: RobertaConfig):
         super().__init__()
-        self.config = cfg
-        self.roberta = RobertaModel(cfg)
-        self.lm_head = lm_head(cfg)
-        self.act = ACT2FN[cfg.hidden_act]
+        self._add_encoder_and_lm_head(cfg)
         self.init_weights()
 
     def forward(self, input_ids, attention_mask=None, labels=None, output_hidden_states=False,
@@ -379,10 +382,7 @@ class RobertaForPreTraining(MaskedLMHead, PreTrained):
 
     def __init__(self, cfg: RobertaConfig):
         super().__init__()
-        self.config = cfg
-        self.roberta = RobertaModel(cfg)
-        self.lm_head = lm_head(cfg)
-        self.act = ACT2FN[cfg.hidden_act]
+        self._add_encoder_and_lm_head(cfg)
         self.nsp = nn.Module()
         self.nsp.pooler = nn.Linear(cfg.hidden_size, cfg.hidden_size)
         self.nsp.classifier = nn.Linear(cfg.hidden_size, 2)
