@@ -43,16 +43,21 @@ def test_every_kernel_compiles_without_spills(arch):
         assert f" {name} " in proc.stdout, f"{name} was not compiled:\n{report}"
 
 
-def test_report_counts_the_forward_main_loop(tmp_path):
-    """sm_90, bf16, D=64, no mask or dropout: wgmma, cp.async, and at most 8.5 PTX instructions per score
-    (the Triton tutorial's Hopper forward: ~7.7; this kernel before its unmasked loop: 12.6)."""
+def sm90_report(tmp_path, only: str) -> list:
+    """The rows `compile_check --report --json` writes for sm_90's specs matching `only` (run as a user would)."""
     env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
     out = tmp_path / "report.json"
     proc = subprocess.run([sys.executable, "-m", "kernels.compile_check", "--arch", "90", "--jobs", "1", "--report",
-                           "--json", str(out), "--only", "_attn_fwd_kernel D=64 bf16 mask=0 dropout=0"],
+                           "--json", str(out), "--only", only],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    [row] = json.loads(out.read_text())
+    return json.loads(out.read_text())
+
+
+def test_report_counts_the_forward_main_loop(tmp_path):
+    """sm_90, bf16, D=64, no mask or dropout: wgmma, cp.async, and at most 8.5 PTX instructions per score
+    (the Triton tutorial's Hopper forward: ~7.7; this kernel before its unmasked loop: 12.6)."""
+    [row] = sm90_report(tmp_path, "_attn_fwd_kernel D=64 bf16 mask=0 dropout=0")
     assert row["kernel"] == "_attn_fwd_kernel" and row["spill_bytes"] == 0
     assert row["wgmma"] > 0 and row["mma_sync"] == 0 and row["cp_async"] > 0
     assert row["loop_instructions"] > 0 and row["loop_compare_select"] <= 10
@@ -64,13 +69,7 @@ def test_report_shows_the_hopper_tma_path(tmp_path):
     """sm_90's TMA variants (kernels/flash_attention.py, _use_tma): every tile of Q, K, V (and dO) goes
     global -> shared by cp.async.bulk.tensor, tracked by mbarriers, still into wgmma, and the forward's
     main loop stays within the same 8.5 instructions per score."""
-    env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
-    out = tmp_path / "report.json"
-    proc = subprocess.run([sys.executable, "-m", "kernels.compile_check", "--arch", "90", "--jobs", "1", "--report",
-                           "--json", str(out), "--only", "tma D=64 bf16 mask=1 dropout=0"],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    rows = {row["kernel"]: row for row in json.loads(out.read_text())}
+    rows = {row["kernel"]: row for row in sm90_report(tmp_path, "tma D=64 bf16 mask=1 dropout=0")}
     assert set(rows) == {"_attn_fwd_kernel", "_attn_bwd_dkdv_kernel", "_attn_bwd_dq_kernel"}
     for row in rows.values():
         assert row["spill_bytes"] == 0 and row["wgmma"] > 0 and row["mma_sync"] == 0
