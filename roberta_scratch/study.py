@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import inspect
 import json
 import math
 import os
@@ -167,17 +166,6 @@ def arms_of(substudy: str, preset: Preset) -> list[tuple[Arm, str]]:
     raise StudyError(f"unknown sub-study {substudy!r}: choose one of {', '.join(STUDIES)}")
 
 
-def missing_feature(arm: Arm) -> Optional[str]:
-    """What this checkout lacks to train the arm, or None: the pair formats and BERT's static
-    copies come with the trainer's packing choices and TrainArgs.static_copies."""
-    fields = {f.name: f for f in dataclasses.fields(TrainArgs)}
-    if arm.packing not in (fields["packing"].metadata.get("choices") or ["full", "doc"]):
-        return f"TrainArgs.packing has no {arm.packing!r}"
-    if arm.static_copies > 1 and "static_copies" not in fields:
-        return "TrainArgs has no static_copies (BERT's K static masks)"
-    return None
-
-
 def resolve_attention(choice: str, device: Optional[str], head_dim: int) -> str:
     """"auto": our fused Triton attention (and with it the fused LayerNorm) when CUDA, Triton and
     the registry's capabilities allow it for bf16 with dropout at this head dim; else sdpa."""
@@ -255,11 +243,9 @@ class Study:
             docs = iter_documents(self.pretrain_corpus, text_field=self.text_field)
             ByteLevelBPETokenizer.train(docs, vocab_size=p.vocab_size, show_progress=self.show_progress
                                         ).save_pretrained(self.tok_dir)
-        kwargs = {"sentences": True} if "sentences" in inspect.signature(prepare).parameters else {}
         self.meta = prepare(self.pretrain_corpus, self.tok_dir, self.data_dir, seq_len=p.seq_len,
                             val_fraction=p.val_fraction, text_field=self.text_field,
-                            show_progress=self.show_progress, **kwargs)
-        self.has_sentences = bool(kwargs)
+                            show_progress=self.show_progress, sentences=True)  # the pair formats need them
         with atomic_write(state_path, "w") as f:
             json.dump({"settings": settings, "corpus_note": self.corpus_note, "pretrain_corpus": self.pretrain_corpus},
                       f, indent=1)
@@ -324,11 +310,7 @@ class Study:
                   packing=arm.packing, lr=p.lr * arm.lr_ratio, batch_size=micro, grad_accum=accum, seed=seed,
                   eval_every=every, save_every=every, log_every=max(1, steps // 50), keep_last=1,
                   eval_blocks=p.eval_blocks, attention=self.attention, device=p.device, resume=True,
-                  progress=self.show_progress)
-        if arm.static_copies > 1 or (arm.static_copies == 1 and _has_field("static_copies")):
-            kw["static_copies"] = arm.static_copies
-        elif arm.static_copies == 1:
-            kw["static_masking"] = True
+                  progress=self.show_progress, static_copies=arm.static_copies)
         return TrainArgs(**kw)
 
     def finetune_args(self, run_dir: str, seed: int) -> FinetuneArgs:
@@ -465,17 +447,8 @@ def run_study(study: str, preset, out: str, seeds: Optional[int] = None, corpus:
             s.prepare_data()
             rows = plan(study, preset)
             arms = list({arm.name: arm for _, arm, _ in rows}.values())  # each shared arm once
-            todo, skipped = [], {}
-            for arm in arms:
-                why = missing_feature(arm)
-                if why is None and arm.packing in ("segment-pair", "sentence-pair") and not s.has_sentences:
-                    why = "prepare() has no sentences=True (sentence boundaries)"
-                if why:
-                    skipped[arm.name] = why
-                    print(f"note: arm {arm.name} is not run: {why}")
-                else:
-                    todo += [(arm, seed) for seed in range(n_seeds)]
-            todo.sort(key=lambda t: t[1])  # every arm of seed 0 first: a partial study is already a table
+            # every arm of seed 0 first: a partial study is already a table
+            todo = [(arm, seed) for seed in range(n_seeds) for arm in arms]
             records, code = {}, 0
             bar = progress(total=len(todo), desc=f"study {study}", unit="runs", disable=not show_progress)
             for i, (arm, seed) in enumerate(todo):
@@ -488,17 +461,13 @@ def run_study(study: str, preset, out: str, seeds: Optional[int] = None, corpus:
                     print(f"stopped in {s.run_name(arm, seed)}: run the same command again to continue")
                     break
             bar.close()
-            write_report(s, study, rows, n_seeds, records, skipped, command)
+            write_report(s, study, rows, n_seeds, records, command)
             return code
     except DirectoryBusy as e:
         raise StudyError(str(e)) from None
 
 
 # ----------------------------------------------------------------------------- helpers
-
-def _has_field(name: str) -> bool:
-    return name in {f.name for f in dataclasses.fields(TrainArgs)}
-
 
 def _read_json(path: str) -> Optional[dict]:
     try:

@@ -134,7 +134,7 @@ def _paper_cells(substudy: str, arm, row_label: str) -> list:
     return [str(v) for v in values] if values else ["–"] * len(PAPER[substudy]["columns"])
 
 
-def table_markdown(study, substudy: str, rows: list, aggregates: dict, verdicts: dict, skipped: dict) -> str:
+def table_markdown(study, substudy: str, rows: list, aggregates: dict, verdicts: dict) -> str:
     """One sub-study's table, its paper reference and its noise comparison, in markdown."""
     p = study.preset
     nsp = substudy == "formats"
@@ -148,15 +148,10 @@ def table_markdown(study, substudy: str, rows: list, aggregates: dict, verdicts:
         if substudy == "batch":
             args = study.train_args(arm, 0)
             cells += [str(args.batch_size * args.grad_accum), str(args.steps), f"{args.lr:.2g}"]
-        if arm.name in skipped:
-            cells += [f"not run: {skipped[arm.name]}"] + [""] * (len(head) - len(cells) - 1 -
-                                                                 len(PAPER[substudy]["columns"]))
-        else:
-            digits = {"ppl": 2}
-            cells += [_fmt(agg and agg[k], digits.get(k, 1)) for k, _, _ in METRICS]
-            cells += [_fmt(agg and agg["nsp_acc"], 1)] if nsp else []
-            cells += [str(agg["seeds_done"]) if agg else "0", _tokens(agg and agg["tokens"]),
-                      _wall(agg and agg["wall_s"])]
+        digits = {"ppl": 2}
+        cells += [_fmt(agg and agg[k], digits.get(k, 1)) for k, _, _ in METRICS]
+        cells += [_fmt(agg and agg["nsp_acc"], 1)] if nsp else []
+        cells += [str(agg["seeds_done"]) if agg else "0", _tokens(agg and agg["tokens"]), _wall(agg and agg["wall_s"])]
         cells += _paper_cells(substudy, arm, label)
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
@@ -191,7 +186,7 @@ def _paper_notes(substudy: str, p) -> list[str]:
 
 # ----------------------------------------------------------------------------- the report
 
-def write_report(study, study_name: str, plan_rows: list, n_seeds: int, records: dict, skipped: dict,
+def write_report(study, study_name: str, plan_rows: list, n_seeds: int, records: dict,
                  command: Optional[list[str]]) -> None:
     """OUT/table.md, OUT/results.json and OUT/curves.png from the runs' study.json records
     (those of this invocation, plus the done runs already on disk)."""
@@ -207,7 +202,7 @@ def write_report(study, study_name: str, plan_rows: list, n_seeds: int, records:
     subs = list(dict.fromkeys(s for s, _, _ in plan_rows))
     verdicts = {}
     for a in arms:
-        if a != "baseline" and a not in skipped:
+        if a != "baseline":
             verdicts[a] = {k: noise_verdict(aggregates[a][k], aggregates["baseline"][k]) for k, _, _ in METRICS}
     p = study.preset
     parts = [f"# RoBERTa's pretraining ablations, preset `{p.name}`", "",
@@ -231,7 +226,7 @@ def write_report(study, study_name: str, plan_rows: list, n_seeds: int, records:
              "scale, for reference: compare directions, not values.", ""]
     for sub in subs:
         rows = [(arm, label) for s, arm, label in plan_rows if s == sub]
-        parts.append(table_markdown(study, sub, rows, aggregates, verdicts, skipped))
+        parts.append(table_markdown(study, sub, rows, aggregates, verdicts))
     failed = [r for r in records.values() if r.get("status") == "failed" and r["arm"] in arms]
     if failed:
         parts += ["Failed runs (not retried; delete the run folder to retry):", ""]
@@ -244,9 +239,9 @@ def write_report(study, study_name: str, plan_rows: list, n_seeds: int, records:
         "machine": _machine(), "versions": _versions(), "attention": study.attention,
         "corpus": study.corpus_note, "data": {"fingerprint": study.meta.get("fingerprint"),
                                               "splits": study.meta.get("splits")},
-        "downstream": study.task, "skipped": skipped,
-        "arms": {a: {"arm": _jsonable(arm), "settings": _jsonable(study.train_args(arm, 0)) if a not in skipped
-                     else None, "runs": per_arm[a], "aggregate": aggregates[a], "vs_baseline": verdicts.get(a)}
+        "downstream": study.task,
+        "arms": {a: {"arm": _jsonable(arm), "settings": _jsonable(study.train_args(arm, 0)), "runs": per_arm[a],
+                     "aggregate": aggregates[a], "vs_baseline": verdicts.get(a)}
                  for a, arm in arms.items()},
         "tables": {sub: [{"arm": arm.name, "label": label} for s, arm, label in plan_rows if s == sub]
                    for sub in subs},
@@ -254,7 +249,7 @@ def write_report(study, study_name: str, plan_rows: list, n_seeds: int, records:
     }
     with atomic_write(os.path.join(study.out, "results.json"), "w") as f:
         json.dump(results, f, indent=1, default=str)
-    plot_curves(os.path.join(study.out, "curves.png"), subs, plan_rows, per_arm, skipped)
+    plot_curves(os.path.join(study.out, "curves.png"), subs, plan_rows, per_arm)
     print(f"wrote {os.path.join(study.out, 'table.md')}, results.json and curves.png")
 
 
@@ -271,7 +266,7 @@ def curve_points(record: dict) -> list[tuple[float, float]]:
     return points
 
 
-def plot_curves(path: str, subs: list, plan_rows: list, per_arm: dict, skipped: dict) -> bool:
+def plot_curves(path: str, subs: list, plan_rows: list, per_arm: dict) -> bool:
     """curves.png: held-out MLM loss against training tokens, a panel per sub-study, a line per
     arm (the mean over seeds at each evaluation, a band from the lowest to the highest seed)."""
     try:
@@ -287,7 +282,7 @@ def plot_curves(path: str, subs: list, plan_rows: list, per_arm: dict, skipped: 
         for _, arm, label in [r for r in plan_rows if r[0] == sub]:
             curves = [curve_points(r) for r in per_arm.get(arm.name, []) if r.get("status") == "done"]
             curves = [c for c in curves if c]
-            if not curves or arm.name in skipped:
+            if not curves:
                 continue
             n = min(len(c) for c in curves)
             xs = [statistics.fmean(c[i][0] for c in curves) for i in range(n)]
