@@ -184,4 +184,8 @@ class FinetuneTrainer(BaseTrainer):
 
 
 def finetune(args: FinetuneArgs) -> int:
-    return FinetuneTrainer(args).fit()
+    trainer = FinetuneTrainer(args)
+    try:
+        return trainer.fit()
+    finally:
+        trainer.close()

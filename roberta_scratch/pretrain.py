@@ -34,7 +34,6 @@ from dataclasses import dataclass
 from typing import Optional
 
 import torch
-import torch.distributed as dist
 
 from .config import IGNORE_INDEX, PRESETS, RobertaConfig
 from .data import PackedDataset, load_meta, tokenizer_dir
@@ -284,5 +283,4 @@ def pretrain(args: TrainArgs) -> int:
     try:
         return trainer.fit()
     finally:
-        if trainer.distributed and dist.is_initialized():
-            dist.destroy_process_group()
+        trainer.close()

@@ -251,18 +251,7 @@ loss, _ = trainer.forward_backward(0)
 if rank == 0:
     torch.save({{n: p.grad for n, p in trainer.raw_model.named_parameters()}}, {out!r})
 dist.barrier()
-dist.destroy_process_group()
-# subtle: rank 0 hosts the rendezvous store (no torchrun agent here); if it exits while rank 1
-# is still tearing down, rank 1's store thread can abort it ("terminate called without an
-# active exception"). So rank 1 says when it is done, and rank 0 leaves last.
-import time
-done = {out!r} + ".rank1-done"
-if rank == 1:
-    open(done, "w").close()
-else:
-    deadline = time.time() + 60
-    while not os.path.exists(done) and time.time() < deadline:
-        time.sleep(0.05)
+trainer.close()  # drops the DDP wrapper, then leaves the group: see Trainer.close
 """
 
 
