@@ -7,7 +7,8 @@ process and round-robin with ours (these machines are noisy, so ratios are what
 counts):
   inference: eval mode, no grad, full-vocabulary logits at every position;
   train:     one MLM step (forward + backward + AdamW) with 15% of positions labelled,
-             dropout on, as in pretraining.
+             dropout on, as in pretraining. AdamW is torch's fused one on both sides, as
+             our trainer and transformers' Trainer (optim="adamw_torch_fused") default to.
 Both sides use their default attention (SDPA).
 
 Against the machine's own limit: the same process measures its fp32 GEMM rate
@@ -65,7 +66,8 @@ def run(preset: str, seq_len: int, repeats: int, device: str) -> list:
         return fn
 
     def train(model, ours_api):
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.98), eps=1e-6, weight_decay=0.01)
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.98), eps=1e-6, weight_decay=0.01,
+                                fused=True)
 
         def fn():
             model.train()

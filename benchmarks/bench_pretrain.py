@@ -5,7 +5,7 @@ transformers' RobertaForMaskedLM and DataCollatorForLanguageModeling, in one pro
                                            [--attention sdpa] [--data DATA_DIR]
 
 Same initial weights, same blocks in the same order, same optimiser (AdamW 0.9/0.98,
-eps 1e-6, wd 0.01 off biases and LayerNorms; the fused one on CUDA for both), same warmup +
+eps 1e-6, wd 0.01 off biases and LayerNorms; fused, as both libraries' trainers default to), same warmup +
 linear decay and clipping, and the same autocast: our trainer's (bf16 on CUDA, none on the
 CPU) wraps the reference's forward passes too, training and evaluation.
 The two loops alternate step by step, so machine noise hits both alike. Reports
@@ -73,7 +73,7 @@ class ReferenceLoop:
         self.collator = transformers.DataCollatorForLanguageModeling(tok, mlm_probability=ours.args.mlm_probability)
         a = ours.args
         self.optimizer = torch.optim.AdamW(param_groups(self.model, a.weight_decay), lr=a.lr, betas=tuple(a.betas),
-                                           eps=a.eps, fused=ours.device.type == "cuda")  # as the trainer's
+                                           eps=a.eps, fused=ours.optimizer.defaults["fused"])  # as the trainer's
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(  # the same schedule as ours
             self.optimizer, lambda s: linear_schedule(s, 1.0, ours.warmup_steps, ours.total_steps))
 

@@ -2,6 +2,7 @@
 
     bytes_to_unicode()        the printable character GPT-2 writes for each byte
     GPT2_SPLIT_PATTERN        how text is cut into words before BPE
+    split_words(text)         that cut, by faster equivalent patterns (_FAST, and _ASCII for ASCII text)
     merge(word, pair, new)    one BPE step: every occurrence of a pair becomes one token
     encode_reference(...)     BPE by definition: merge the lowest-ranked pair present, repeat
     MergeTable, apply_merges  the same result in near-linear time, for words of any length
@@ -16,11 +17,37 @@ from __future__ import annotations
 
 import heapq
 import operator
+import re
 from itertools import repeat
 from typing import Hashable, Sequence
 
+import regex
+
 # GPT-2's pre-tokenisation pattern (openai/gpt-2 encoder.py), used unchanged by RoBERTa.
 GPT2_SPLIT_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+# What the tokenizers run: the same pattern with the contractions' apostrophe factored out.
+# The alternatives are tried in the same order, so every match is the same (tested), and
+# `regex` finds them 8% faster (140 -> 128 ms on the 2 MB default corpus).
+GPT2_SPLIT_PATTERN_FAST = r"""'(?:s|t|re|ve|m|ll|d)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+# And for a text that is all ASCII (most code and English prose): the same pattern with its
+# classes written out as the ASCII characters `regex` puts in them (letters A-Z a-z, digits
+# 0-9, whitespace \t \n \v \f \r and space; the tests check each of the 128), run by the
+# standard library's `re`, which finds these matches twice as fast (100 -> 48 ms on the
+# default corpus's ASCII documents).
+_WS = r"\t\n\x0b\x0c\r "
+GPT2_SPLIT_PATTERN_ASCII = (rf"""'(?:s|t|re|ve|m|ll|d)| ?[A-Za-z]+| ?[0-9]+| ?[^{_WS}A-Za-z0-9]+"""
+                            rf"""|[{_WS}]+(?![^{_WS}])|[{_WS}]+""")
+_split_any = regex.compile(GPT2_SPLIT_PATTERN_FAST).findall
+_split_ascii = re.compile(GPT2_SPLIT_PATTERN_ASCII).findall
+
+
+def split_words(text: str) -> list[str]:
+    """GPT-2's pre-tokenisation: the pieces BPE encodes one by one (their concatenation is `text`).
+
+        >>> split_words("It's 2024, hello  world!")
+        ['It', "'s", ' 2024', ',', ' hello', ' ', ' world', '!']
+    """
+    return _split_ascii(text) if text.isascii() else _split_any(text)
 
 
 def bytes_to_unicode() -> dict[int, str]:

@@ -49,7 +49,7 @@ from typing import Iterable
 
 import regex
 
-from .bpe import GPT2_SPLIT_PATTERN, MergeTable, apply_merges, bytes_to_unicode
+from .bpe import GPT2_SPLIT_PATTERN, GPT2_SPLIT_PATTERN_FAST, MergeTable, apply_merges, bytes_to_unicode, split_words
 from .bpe_train import count_words, learn_merges
 from .fileio import atomic_write, iter_lines, quote_line
 from .spm_tokenizer import SentencePieceTokenizer
@@ -112,7 +112,7 @@ class ByteLevelBPETokenizer(Tokenizer):
             raise ValueError(f"merge #{rank} {self.merges[rank]!r} uses {token!r}, which is not in the vocab") from None
         self._merge_table = MergeTable(triples, len(vocab) and max(vocab.values()) + 1)
         self._byte_ids = [self.vocab[self.byte_encoder[b]] for b in range(256)]
-        self.pattern = regex.compile(GPT2_SPLIT_PATTERN)
+        self.pattern = regex.compile(GPT2_SPLIT_PATTERN_FAST)
         self._id_to_token = {i: t for t, i in self.vocab.items()}
         self._cache: dict[str, tuple[int, ...]] = {}
         super().__init__(
@@ -241,8 +241,7 @@ class ByteLevelBPETokenizer(Tokenizer):
             texts = iter_lines(files_or_iterator)
         else:
             texts = files_or_iterator
-        pattern = regex.compile(GPT2_SPLIT_PATTERN)
-        word_counts = count_words(texts, pattern.findall, show_progress=show_progress)
+        word_counts = count_words(texts, split_words, show_progress=show_progress)
         symbols = bytes_to_unicode()
         byte_order = sorted(symbols, key=symbols.get)  # the order of the bytes in the vocabulary
         merges = learn_merges(word_counts, num_merges, min_frequency, byte_order, show_progress=show_progress)
@@ -288,7 +287,7 @@ class ByteLevelBPETokenizer(Tokenizer):
     def _encode_plain(self, text: str) -> list[int]:
         if self.add_prefix_space and not text.startswith(" "):
             text = " " + text
-        return self._encode_words(self.pattern.findall(text))
+        return self._encode_words(split_words(text))
 
     def _encode_plain_details(self, text: str, start: int):
         prefixed = self.add_prefix_space and not text.startswith(" ")

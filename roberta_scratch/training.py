@@ -255,7 +255,7 @@ class BaseTrainer:
         self.forward = torch.compile(self.model) if args.compile else self.model
         self.optimizer = torch.optim.AdamW(param_groups(self.raw_model, args.weight_decay), lr=args.lr,
                                            betas=tuple(args.betas), eps=args.eps,
-                                           fused=self.device.type == "cuda")
+                                           fused=self.device.type in ("cuda", "cpu"))
         self.schedule = LinearSchedule(self.warmup_steps, self.total_steps)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.schedule)
         self.step = 0

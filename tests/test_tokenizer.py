@@ -190,6 +190,45 @@ def test_generated_text_matches_reference(pair_of_tokenizers, text):
     assert ours.decode(got["input_ids"]) == hf.decode(expected["input_ids"])
 
 
+def gpt2_and_fast_splits():
+    import regex
+
+    from roberta_scratch import bpe
+
+    return (regex.compile(bpe.GPT2_SPLIT_PATTERN).findall,
+            [regex.compile(bpe.GPT2_SPLIT_PATTERN_FAST).findall, bpe.split_words])
+
+
+ascii_text = st.text(st.characters(max_codepoint=127), max_size=40)
+
+
+@HYPOTHESIS
+@given(text=st.one_of(fragment_text, assigned_text, ascii_text))
+def test_fast_split_patterns_match_gpt2s(text):
+    gpt2, fast = gpt2_and_fast_splits()
+    for split in fast:
+        assert split(text) == gpt2(text)
+
+
+def test_fast_split_patterns_match_gpt2s_on_docstrings_and_every_ascii_pair(docstrings):
+    import re
+
+    from roberta_scratch import bpe
+
+    gpt2, fast = gpt2_and_fast_splits()
+    ascii_split = re.compile(bpe.GPT2_SPLIT_PATTERN_ASCII).findall
+    chars = [chr(i) for i in range(128)]
+    # every ASCII character alone and beside every other, then runs that exercise the
+    # whitespace look-ahead and the contractions
+    texts = chars + [a + b for a in chars for b in chars]
+    texts += [a + b + c for a in " \t\n\x0b'x1." for b in " \t\n\x0c\r'sd" for c in chars]
+    for text in texts:
+        assert ascii_split(text) == gpt2(text), repr(text)
+    for text in ADVERSARIAL + docstrings:
+        for split in fast:
+            assert split(text) == gpt2(text), repr(text[:80])
+
+
 @needs_ref
 @HYPOTHESIS
 @given(ids=st.lists(st.integers(0, 50264), max_size=30), skip=st.booleans())
@@ -417,6 +456,16 @@ def test_encode_batch_over_processes_matches_serial(monkeypatch):
     monkeypatch.setattr(tokenizer_base, "_available_cpus", lambda: 2)
     assert tok(texts)["input_ids"] == serial
     assert used == [1]  # every CPU: this process encodes a share beside one worker
+
+
+def test_encode_batches_over_processes_keeps_batches_and_order():
+    tok = tiny()
+    batches = [[f" the world {b} {i} {'é' * (i % 5)}" for i in range(n)] for b, n in enumerate([1, 0, 9, 40, 3] * 6)]
+    serial = [[tok.encode(t, add_special_tokens=False) for t in batch] for batch in batches]
+    for workers in (2, 3):
+        got = list(tok.encode_batches(iter(batches), num_workers=workers))
+        # this process's rows are lists, the workers' int32 arrays, mixed within a batch
+        assert [[list(map(int, row)) for row in batch] for batch in got] == serial
 
 
 def test_encode_file_streams_lines(tmp_path):
