@@ -20,7 +20,6 @@ import os
 from collections import deque
 from functools import partial
 from itertools import chain, islice
-from multiprocessing.pool import AsyncResult
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -353,52 +352,30 @@ class Tokenizer:
                        num_workers: int = 1) -> Iterator[list[list[int]]]:
         """The ids of each batch of texts, in order, encoded over `num_workers` processes.
 
-        A stream of any length: at most `4 * num_workers` batches are held at
-        once, so memory stays bounded, and the output is the same whatever the
-        number of workers (`prepare --workers` relies on both). This process is
-        one of the `num_workers`: it hands batches to the `num_workers - 1` others
-        and encodes one itself whenever they already hold two each, so it never
-        waits while there is work. Rows come back as lists from this process,
-        as int32 arrays from the others.
+        A stream of any length: at most `2 * num_workers` batches are in flight,
+        so memory stays bounded, and the output is the same whatever the
+        number of workers (`prepare --workers` relies on both). Rows come back
+        as lists in this process, as int32 arrays from workers.
         """
-        if num_workers <= 1:
-            for batch in batches:
-                yield _encode_all(self, batch, add_special_tokens)
-            return
-        # Measured on 2 cores (24 MB of docstrings, roberta-base): two workers beside this process
-        # gave 1.52x one process, since its reading and writing (about a fifth of the CPU time)
-        # competed with them; one worker and this process share the cores instead. Each batch
-        # goes out in quarters, so that the workers' queue is short when the stream ends and
-        # this process does not wait long for the last ones.
-        queued_max = 4 * (num_workers - 1)  # quarters waiting in or for the workers
         batches = iter(batches)
-        for batch in islice(batches, 1):  # warms the word cache before the workers fork from this process
+        # The first batch is encoded here, before the workers fork: they start with its words
+        # (a corpus's most frequent) in their caches rather than each finding them again.
+        for batch in islice(batches, 1 if num_workers > 1 else None):
             yield _encode_all(self, batch, add_special_tokens)
-        with _worker_pool(self, num_workers - 1) as pool:
-            pieces: deque = deque()  # an AsyncResult from a worker, or the rows encoded here
-            sizes: deque = deque()  # how many of `pieces` make each batch
-
-            def ready(item) -> bool:
-                return not isinstance(item, AsyncResult) or item.ready()
-
-            def next_batch() -> list:
-                parts = [pieces.popleft() for _ in range(sizes.popleft())]
-                return list(chain.from_iterable(_unpack(*p.get()) if isinstance(p, AsyncResult) else p
-                                                for p in parts))
-
+        if num_workers <= 1:
+            return
+        # subtle: this process only reads, hands out and writes. Measured on 2 cores (25 MB,
+        # roberta-base), making it encode a share beside one worker was slower: the pool's
+        # threads here wait up to the interpreter's 5 ms switch interval for the lock while
+        # this process encodes, and the worker, its results unread, stalls.
+        with _worker_pool(self, num_workers) as pool:
+            pending: deque = deque()
             for batch in batches:
-                step = max(1, -(-len(batch) // 4))
-                quarters = [batch[i:i + step] for i in range(0, len(batch), step)]
-                for quarter in quarters:
-                    if sum(not ready(p) for p in pieces) < queued_max:
-                        pieces.append(pool.apply_async(_encode_packed, (quarter, add_special_tokens)))
-                    else:
-                        pieces.append(_encode_all(self, quarter, add_special_tokens))
-                sizes.append(len(quarters))
-                while sizes and (all(ready(pieces[i]) for i in range(sizes[0])) or len(sizes) > 2 * num_workers):
-                    yield next_batch()
-            while sizes:
-                yield next_batch()
+                pending.append(pool.apply_async(_encode_packed, (batch, add_special_tokens)))
+                if len(pending) >= 2 * num_workers:
+                    yield _unpack(*pending.popleft().get())
+            while pending:
+                yield _unpack(*pending.popleft().get())
 
     # ---- the batch API ---------------------------------------------------------------
 
