@@ -402,7 +402,7 @@ def load_tokenizer(directory: str | os.PathLike, **kwargs) -> Tokenizer:
 def _collector_paused():
     """Loading builds some 300k small objects (the vocabulary, merges and their tables), none in
     a cycle. With torch imported, the garbage collector's full passes over its large heap
-    then took half of a 0.2 s load; paused, they happen once, after."""
+    then took half of a 0.2 s load; paused, they wait until it is done."""
     enabled = gc.isenabled()
     gc.disable()
     try:

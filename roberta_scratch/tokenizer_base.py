@@ -357,13 +357,15 @@ class Tokenizer:
         number of workers (`prepare --workers` relies on both). Rows come back
         as lists in this process, as int32 arrays from workers.
         """
+        if num_workers <= 1:
+            for batch in batches:
+                yield _encode_all(self, batch, add_special_tokens)
+            return
         batches = iter(batches)
         # The first batch is encoded here, before the workers fork: they start with its words
         # (a corpus's most frequent) in their caches rather than each finding them again.
-        for batch in islice(batches, 1 if num_workers > 1 else None):
+        for batch in islice(batches, 1):
             yield _encode_all(self, batch, add_special_tokens)
-        if num_workers <= 1:
-            return
         # subtle: this process only reads, hands out and writes. Measured on 2 cores (25 MB,
         # roberta-base), making it encode a share beside one worker was slower: the pool's
         # threads here wait up to the interpreter's 5 ms switch interval for the lock while
