@@ -252,6 +252,9 @@ if rank == 0:
     torch.save({{n: p.grad for n, p in trainer.raw_model.named_parameters()}}, {out!r})
 dist.barrier()
 trainer.close()  # drops the DDP wrapper, then leaves the group: see Trainer.close
+import gc
+assert not dist.is_initialized()
+assert not any(isinstance(o, torch.nn.parallel.DistributedDataParallel) for o in gc.get_objects())
 """
 
 
