@@ -221,6 +221,16 @@ def _load_tile(desc, ptrs, start, T, BLOCK: tl.constexpr, MASKED: tl.constexpr, 
 
 
 @triton.jit
+def _load_operand(head, stride_t, offs, offs_d, start, T, BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr,
+                  USE_TMA: tl.constexpr, UPCAST: tl.constexpr):
+    """A tile a program loads once and keeps (its Q; or its K and V): rows offs = start +
+    arange(BLOCK) of one head, masked to rows < T, rounded as a tl.dot operand."""
+    x = _load_tile(_tile_desc(head, T, stride_t, BLOCK, HEAD_DIM, USE_TMA),
+                   head + offs[:, None] * stride_t + offs_d[None, :], start, T, BLOCK, True, USE_TMA)
+    return _mma_operand(x, head.dtype.element_ty, UPCAST)
+
+
+@triton.jit
 def _store_tile(head, desc, start, offs_d, stride_t, T, x, BLOCK: tl.constexpr, USE_TMA: tl.constexpr):
     """Store x, an fp32 (BLOCK, HEAD_DIM) tile, as rows start + arange(BLOCK) of one head in its
     dtype: through the TMA descriptor `desc` or by _store_rows. Rows at or past T are not written."""
@@ -428,9 +438,7 @@ def _attn_fwd_kernel(
     q_real = _is_real(KeyMask, stride_mb, b, offs_m, T, HAS_MASK)
     k_desc = _tile_desc(k_head, T, stride_kt, BLOCK_N, HEAD_DIM, USE_TMA)
     v_desc = _tile_desc(v_head, T, stride_vt, BLOCK_N, HEAD_DIM, USE_TMA)
-    q = _mma_operand(_load_tile(_tile_desc(q_head, T, stride_qt, BLOCK_M, HEAD_DIM, USE_TMA),
-                                q_head + offs_m[:, None] * stride_qt + offs_d[None, :], start_m, T, BLOCK_M, True,
-                                USE_TMA), q_head.dtype.element_ty, UPCAST_DOTS)  # (BLOCK_M, HEAD_DIM)
+    q = _load_operand(q_head, stride_qt, offs_m, offs_d, start_m, T, BLOCK_M, HEAD_DIM, USE_TMA, UPCAST_DOTS)
 
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)  # running row max, log2 units
     l_i = tl.zeros([BLOCK_M], tl.float32)  # running softmax denominator (before dropout)
@@ -580,12 +588,8 @@ def _attn_bwd_dkdv_kernel(
 
     # A key tile of pure padding leaves its query loop (nearly) empty: see _tile_range.
     lo, hi = _tile_range(KVRange, b, start_n, T, BLOCK_N, HAS_MASK)
-    k = _mma_operand(_load_tile(_tile_desc(k_head, T, stride_kt, BLOCK_N, HEAD_DIM, USE_TMA),
-                                k_head + offs_n[:, None] * stride_kt + offs_d[None, :], start_n, T, BLOCK_N, True,
-                                USE_TMA), k_head.dtype.element_ty, UPCAST_DOTS)  # (BLOCK_N, HEAD_DIM)
-    v = _mma_operand(_load_tile(_tile_desc(v_head, T, stride_vt, BLOCK_N, HEAD_DIM, USE_TMA),
-                                v_head + offs_n[:, None] * stride_vt + offs_d[None, :], start_n, T, BLOCK_N, True,
-                                USE_TMA), v_head.dtype.element_ty, UPCAST_DOTS)  # (BLOCK_N, HEAD_DIM)
+    k = _load_operand(k_head, stride_kt, offs_n, offs_d, start_n, T, BLOCK_N, HEAD_DIM, USE_TMA, UPCAST_DOTS)
+    v = _load_operand(v_head, stride_vt, offs_n, offs_d, start_n, T, BLOCK_N, HEAD_DIM, USE_TMA, UPCAST_DOTS)
     q_desc = _tile_desc(q_head, T, stride_qt, BLOCK_M, HEAD_DIM, USE_TMA)
     do_desc = _tile_desc(do_head, T, stride_dot, BLOCK_M, HEAD_DIM, USE_TMA)
     dk = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
@@ -709,12 +713,8 @@ def _attn_bwd_dq_kernel(
     lo, hi = _tile_range(KVRange, b, start_m, T, BLOCK_M, HAS_MASK)
     q_real = _is_real(KeyMask, stride_mb, b, offs_m, T, HAS_MASK)
 
-    q = _mma_operand(_load_tile(_tile_desc(q_head, T, stride_qt, BLOCK_M, HEAD_DIM, USE_TMA),
-                                q_head + offs_m[:, None] * stride_qt + offs_d[None, :], start_m, T, BLOCK_M, True,
-                                USE_TMA), q_head.dtype.element_ty, UPCAST_DOTS)  # (BLOCK_M, HEAD_DIM)
-    do = _mma_operand(_load_tile(_tile_desc(do_head, T, stride_dot, BLOCK_M, HEAD_DIM, USE_TMA),
-                                 do_head + offs_m[:, None] * stride_dot + offs_d[None, :], start_m, T, BLOCK_M, True,
-                                 USE_TMA), do_head.dtype.element_ty, UPCAST_DOTS)  # (BLOCK_M, HEAD_DIM)
+    q = _load_operand(q_head, stride_qt, offs_m, offs_d, start_m, T, BLOCK_M, HEAD_DIM, USE_TMA, UPCAST_DOTS)
+    do = _load_operand(do_head, stride_dot, offs_m, offs_d, start_m, T, BLOCK_M, HEAD_DIM, USE_TMA, UPCAST_DOTS)
     k_desc = _tile_desc(k_head, T, stride_kt, BLOCK_N, HEAD_DIM, USE_TMA)
     v_desc = _tile_desc(v_head, T, stride_vt, BLOCK_N, HEAD_DIM, USE_TMA)
     lse, delta = _load_row_stats(LSE, Delta, row_base, offs_m, q_real)  # padded rows: dQ is exactly 0
