@@ -6,7 +6,7 @@
 For every (T, D, padding) shape, with B = tokens // T sequences and right
 padding (every sequence has round(T * (1 - pad)) real tokens), it times the
 forward and the forward+backward of
-  triton        kernels.attention with the key-padding mask (none when pad = 0);
+  triton        roberta_kernels.attention with the key-padding mask (none when pad = 0);
   sdpa-flash    F.scaled_dot_product_attention, flash backend (no mask: pad = 0 only);
   sdpa-mem-eff  F.scaled_dot_product_attention, memory-efficient backend, boolean mask;
   naive         matmul, masked softmax, matmul in the input dtype;
@@ -62,16 +62,16 @@ def naive(q, k, v, mask, dropout_p):
 
 
 def triton_attention(q, k, v, mask, dropout_p):
-    import kernels
+    import roberta_kernels
 
-    return kernels.attention(q, k, v, key_padding_mask=mask, dropout_p=dropout_p)
+    return roberta_kernels.attention(q, k, v, key_padding_mask=mask, dropout_p=dropout_p)
 
 
 def bench_shape(T, D, pad, args, dtype, peak_tflops):
     from torch.nn.attention import SDPBackend
     from triton.testing import do_bench
 
-    import kernels
+    import roberta_kernels
 
     B, H = max(1, args.tokens // T), args.heads
     real = max(1, round(T * (1.0 - pad)))
@@ -86,7 +86,7 @@ def bench_shape(T, D, pad, args, dtype, peak_tflops):
 
     # fp32 reference on real rows (dropout off, so all providers compute the same function)
     ref_in = [t.detach().float().requires_grad_() for t in (q, k, v)]
-    ref = kernels.attention_reference(*ref_in, key_padding_mask=mask)
+    ref = roberta_kernels.attention_reference(*ref_in, key_padding_mask=mask)
     ref.backward(do.float())
     real_rows = (torch.ones(B, T, dtype=torch.bool, device="cuda") if mask is None else mask)[:, None, :, None]
 

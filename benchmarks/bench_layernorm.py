@@ -4,7 +4,7 @@
 
 For every hidden size N (and dropout rate), on M = tokens rows, it times the
 forward and the forward+backward of y = LN(dropout(x) + residual) by
-  triton   kernels.layer_norm(x, w, b, residual=r, dropout_p=p): one kernel each way;
+  triton   roberta_kernels.layer_norm(x, w, b, residual=r, dropout_p=p): one kernel each way;
   torch    F.layer_norm(F.dropout(x, p) + r): torch's add (and dropout) and LayerNorm kernels;
 and reports milliseconds, GB/s over the bytes the fused op must move (forward:
 read x and r, write y; backward: read dy, x and r, write dx, and d_residual
@@ -35,15 +35,15 @@ def torch_layer_norm(x, w, b, r, p):
 
 
 def triton_layer_norm(x, w, b, r, p):
-    import kernels
+    import roberta_kernels
 
-    return kernels.layer_norm(x, w, b, 1e-5, residual=r, dropout_p=p)
+    return roberta_kernels.layer_norm(x, w, b, 1e-5, residual=r, dropout_p=p)
 
 
 def bench_shape(M, N, p, args, dtype, peak_gbs):
     from triton.testing import do_bench
 
-    import kernels
+    import roberta_kernels
 
     g = torch.Generator(device="cuda").manual_seed(0)
     x, r, dy = (torch.randn(M, N, device="cuda", dtype=dtype, generator=g) for _ in range(3))
@@ -55,7 +55,7 @@ def bench_shape(M, N, p, args, dtype, peak_gbs):
     bytes_bwd = (5 if p > 0 else 4) * M * N * size
 
     ref_in = [t.detach().float().requires_grad_() for t in leaves]
-    ref = kernels.layer_norm_reference(ref_in[0], ref_in[2], ref_in[3], 1e-5, residual=ref_in[1])
+    ref = roberta_kernels.layer_norm_reference(ref_in[0], ref_in[2], ref_in[3], 1e-5, residual=ref_in[1])
     ref.backward(dy.float())
 
     rows = []

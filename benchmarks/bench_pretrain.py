@@ -40,9 +40,10 @@ from roberta_scratch.config import IGNORE_INDEX
 from roberta_scratch.corpus import default_corpus
 from roberta_scratch.data import prepare, tokenizer_dir
 from roberta_scratch.flops import flops_per_token
+from roberta_scratch.machine import cpu_threads
 from roberta_scratch.pretrain import TrainArgs, Trainer
 from roberta_scratch.tokenizer import ByteLevelBPETokenizer
-from roberta_scratch.training import cpu_threads, linear_schedule, param_groups
+from roberta_scratch.training import linear_schedule, param_groups
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -46,7 +46,7 @@ def machine() -> dict:
     """Where the numbers come from: CPU or GPU model, cores, library versions."""
     import torch
 
-    from roberta_scratch.training import cpu_name
+    from roberta_scratch.machine import cpu_name
 
     info = {
         "platform": platform.platform(),

@@ -6,7 +6,7 @@
 It needs only a python that has torch and triton: no venv, no pip, no network (the lent
 machine has none), and it imports this project from the checkout it sits in. The stages, in order:
 
-  check      kernels.check's CUDA correctness suite, on its quick sample (so compilation fits)
+  check      roberta_kernels.check's CUDA correctness suite, on its quick sample (so compilation fits)
   attention  `kernels bench` at the headline shapes: bf16, 16k tokens, T = 512, D = 64, H = 12,
              padding 0 and 0.5; ours against sdpa (flash, mem-efficient, cuDNN), FlexAttention, eager
   layernorm  `kernels bench --layer-norm triton`: hidden 768, 16k rows, residual, dropout 0 and 0.1
@@ -53,8 +53,10 @@ from typing import Callable, Optional, Union
 if __name__ == "__main__" and not __package__:
     # `python3 benchmarks/gpu_suite.py` (make gpu-check) puts benchmarks/ on sys.path, not the repository
     # root. This is the one script run outside the package (the lent GPU has no venv and no editable
-    # install), so it adds the root itself; `python -m benchmarks.gpu_suite` needs nothing.
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    # install), so it adds the root and kernels/ (the folder that holds roberta_kernels) itself;
+    # `python -m benchmarks.gpu_suite` from an installed checkout needs nothing.
+    _root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    sys.path[:0] = [_root, os.path.join(_root, "kernels")]
 
 # The kernels issue's targets, for an H100/H200 in bf16 at 16k tokens, T = 512, D = 64.
 TARGETS = {"attention_fwd_tflops": 280.0, "attention_fwd_bwd_tflops": 200.0, "half_padding_speedup": 1.6,
@@ -99,16 +101,16 @@ class Stage:
 # ----------------------------------------------------------------------------- the stages
 
 def stage_check(suite: Suite) -> dict:
-    """kernels.check on its quick sample, attention and LayerNorm, for our Triton implementations."""
+    """roberta_kernels.check on its quick sample, attention and LayerNorm, for our Triton implementations."""
     try:
-        from kernels import check
+        from roberta_kernels import check
     except ImportError as exc:
-        return {"status": "skipped", "reason": f"kernels.check is not available: {exc}"}
+        return {"status": "skipped", "reason": f"roberta_kernels.check is not available: {exc}"}
     rows, notes = {}, []
     for op, fn_name in (("attention", "check_attention"), ("layer_norm", "check_layer_norm")):
         fn = getattr(check, fn_name, None)
         if fn is None:
-            notes.append(f"kernels.check has no {fn_name}")
+            notes.append(f"roberta_kernels.check has no {fn_name}")
             continue
         kwargs = {"quick": True}
         if "progress" in inspect.signature(fn).parameters:  # a line per case as it finishes, for the log
@@ -148,7 +150,7 @@ def _skipped(row: dict) -> bool:
 
 def _bench(suite: Suite, name: str, argv: list, time_limit_s: Optional[float] = None) -> dict:
     """Run `kernels bench` in this process with argv (plus --out, peaks, --dry-run) and return its record."""
-    from kernels import bench
+    from roberta_kernels import bench
 
     out = os.path.join(suite.out, f"bench-{name}")
     argv = list(argv) + ["--out", out]
@@ -312,7 +314,7 @@ def _layer_norm_in(model) -> str:
 
 
 STAGES = [
-    Stage("check", "kernels.check quick sample (CUDA correctness)", stage_check, 150.0, 25.0),
+    Stage("check", "roberta_kernels.check quick sample (CUDA correctness)", stage_check, 150.0, 25.0),
     Stage("attention", "kernels bench, headline shapes", stage_attention, 120.0, 10.0),
     Stage("layernorm", "kernels bench --layer-norm, hidden 768", stage_layernorm, 40.0, 5.0),
     Stage("e2e", "RoBERTa-base MLM training step, triton vs sdpa", stage_e2e, 90.0, 10.0),
@@ -351,7 +353,7 @@ def _met(row: Optional[dict], key: str, target: float, dry_run: bool, strictly: 
 
 def summary_markdown(suite: Suite) -> str:
     """DIR/summary.md: the targets, then the stages."""
-    from kernels.bench import versions
+    from roberta_kernels.bench import versions
 
     v = versions()
     dry = suite.dry_run
@@ -439,7 +441,7 @@ def summary_markdown(suite: Suite) -> str:
                      f"{_num(rec.get('estimate_s'), '{:.0f}')} | {note} |")
     counts = (suite.records.get("check") or {}).get("counts")
     if counts:
-        lines += ["", "## Correctness (kernels.check, quick sample)", ""]
+        lines += ["", "## Correctness (roberta_kernels.check, quick sample)", ""]
         lines += [f"- {op}: {c['rows']} cases, {c['failed']} failed, {c['skipped']} skipped"
                   for op, c in counts.items()]
     lines += ["", "Per stage: `<stage>.json` here; the benches' own results.json and plots in `bench-*/`.", ""]
@@ -458,7 +460,7 @@ def _num(value, fmt: str) -> str:
 # ----------------------------------------------------------------------------- the run
 
 def write_json(path: str, record: dict) -> None:
-    from kernels.bench import _jsonable
+    from roberta_kernels.bench import _jsonable
 
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
@@ -475,8 +477,8 @@ def write_summary(suite: Suite) -> str:
 
 
 def _autotuned_configs() -> dict:
-    """The kernels' autotune picks so far (tuned_configs of kernels/flash_attention.py and layernorm.py)."""
-    from kernels import kernel_module
+    """The kernels' autotune picks so far (tuned_configs of roberta_kernels' flash_attention.py and layernorm.py)."""
+    from roberta_kernels import kernel_module
 
     return {**kernel_module("flash_attention", interpret=False).tuned_configs(),
             **kernel_module("layernorm", interpret=False).tuned_configs()}
@@ -533,7 +535,7 @@ def main(argv=None) -> int:
 
     # the dry run asks for Triton's interpreter; a real run makes sure it is off (interpreted kernels on a
     # GPU would time nothing real)
-    from kernels import triton_interpreter  # imports neither triton nor torch's CUDA state
+    from roberta_kernels import triton_interpreter  # imports neither triton nor torch's CUDA state
 
     with triton_interpreter(args.dry_run):
         import torch

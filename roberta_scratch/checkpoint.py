@@ -29,7 +29,6 @@ from .convert import (
     fairseq_config,
     fairseq_num_layers,
     fairseq_to_ours,
-    fairseq_vocab,
     hf_architecture,
     hf_to_ours,
     is_hf_state_dict,
@@ -37,7 +36,6 @@ from .convert import (
     ours_to_hf,
 )
 from .fileio import atomic_files, iter_lines, quote_line
-from .tokenizer import ByteLevelBPETokenizer, load_tokenizer
 
 # ------------------------------------------------------------------- safe unpickling
 
@@ -122,41 +120,6 @@ def read_fairseq_dict(path: str) -> list[str]:
     return symbols
 
 
-# The GPT-2 BPE files fairseq's RoBERTa uses, under the names they are downloaded with.
-GPT2_ENCODER_FILES = ("encoder.json", "gpt2-encoder.json")
-GPT2_MERGES_FILES = ("vocab.bpe", "merges.txt")
-
-
-def find_tokenizer(src: str):
-    """(tokenizer, None) for the tokenizer that belongs with a checkpoint, or (None, why not).
-
-    A model directory (ours or Hugging Face's) holds its tokenizer's files. A fairseq
-    model.pt has dict.txt beside it; with GPT-2's encoder.json and vocab.bpe there too,
-    the byte-level BPE is rebuilt with fairseq's ids (convert.fairseq_vocab).
-    """
-    folder = src if os.path.isdir(src) else os.path.dirname(os.path.abspath(src))
-    try:
-        return load_tokenizer(folder), None
-    except FileNotFoundError:
-        pass
-    found = {kind: next((os.path.join(folder, n) for n in names if os.path.isfile(os.path.join(folder, n))), None)
-             for kind, names in (("dict", ("dict.txt",)), ("encoder", GPT2_ENCODER_FILES),
-                                 ("merges", GPT2_MERGES_FILES))}
-    if found["dict"] is None:
-        return None, f"{folder} holds no tokenizer files (vocab.json + merges.txt, sentencepiece.bpe.model)"
-    if found["encoder"] is None or found["merges"] is None:
-        return None, (f"{folder} has fairseq's dict.txt but not GPT-2's encoder.json and vocab.bpe beside it, "
-                      "which the tokenizer is rebuilt from")
-    try:
-        with open(found["encoder"], encoding="utf-8") as f:
-            encoder = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{found['encoder']}: not valid JSON ({e})") from None
-    vocab = fairseq_vocab(read_fairseq_dict(found["dict"]), encoder)
-    merges = ByteLevelBPETokenizer.from_files(found["encoder"], found["merges"]).merges
-    return ByteLevelBPETokenizer(vocab, merges), None
-
-
 # ---------------------------------------------------------------- our directory format
 
 def read_state_dict(path: str) -> tuple[dict, str]:
@@ -210,19 +173,25 @@ def find_model_dir(path: str) -> tuple[str, Optional[str]]:
                             f"{' or '.join(n + '/' for n in RUN_MODEL_DIRS)}")
 
 
-def read_checkpoint(path: str, **config_overrides) -> tuple[RobertaConfig, dict]:
-    """(config, canonical state dict) from any supported checkpoint: ours, HF dir, fairseq model.pt."""
+def read_checkpoint(path: str, trust_code: bool = False, **config_overrides) -> tuple[RobertaConfig, dict]:
+    """(config, canonical state dict) from any supported checkpoint: ours, HF dir, fairseq model.pt.
+    trust_code: let config.json name its kernels as MODULE:FUNCTION (RobertaConfig.load)."""
     if os.path.isdir(path) and not os.path.isfile(os.path.join(path, "config.json")) \
             and os.path.isfile(os.path.join(path, "model.pt")):
         path = os.path.join(path, "model.pt")
     if os.path.isfile(path) and path.endswith(".pt"):
         cfg, sd = read_fairseq(path)
-        return cfg.replace(**config_overrides) if config_overrides else cfg, sd
-    if not os.path.isdir(path):
+        cfg = cfg.replace(**config_overrides) if config_overrides else cfg
+    elif not os.path.isdir(path):
         raise FileNotFoundError(f"{path} is neither a model directory nor a fairseq .pt file")
-    cfg = RobertaConfig.load(path, **config_overrides)
-    sd, fmt = read_state_dict(path)
-    sd = hf_to_ours(sd, cfg.num_hidden_layers) if fmt == "hf" else normalise_prefix(sd)
+    else:
+        cfg = RobertaConfig.load(path, trust_code=trust_code, **config_overrides)
+        sd, fmt = read_state_dict(path)
+        sd = hf_to_ours(sd, cfg.num_hidden_layers) if fmt == "hf" else normalise_prefix(sd)
+    bad = [k for k, v in sd.items() if torch.is_tensor(v) and v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:  # fill-mask would print nan%, and convert would copy the damage on
+        raise ValueError(f"{path}: the weights {', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''} hold NaN or "
+                         "infinite values: the checkpoint is damaged (a run that diverged?)")
     return cfg, sd
 
 

@@ -13,6 +13,8 @@ import sys
 import typing
 import warnings
 
+from .config import add_trust_code_argument
+
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
     import torch
@@ -21,7 +23,8 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     from .flops import flops_per_token
     from .model import RobertaForMaskedLM
 
-    cfg = RobertaConfig.preset(args.config) if args.config in PRESETS else RobertaConfig.load(args.config)
+    cfg = RobertaConfig.preset(args.config) if args.config in PRESETS else \
+        RobertaConfig.load(args.config, trust_code=args.trust_code)
     with torch.device("meta"):
         model = RobertaForMaskedLM(cfg)
     params = {"embeddings": 0, "attention": 0, "feed_forward": 0, "mlm_head": 0}
@@ -46,6 +49,7 @@ def _add_inspect_parser(sub) -> None:
     p = sub.add_parser("inspect", help="parameters and FLOPs per token by component, for studying the architecture")
     p.add_argument("--config", default="base", help="a preset (tiny, small, base, large), a config.json or a model dir")
     p.add_argument("--seq-len", type=int, default=512, help="sequence length for the attention FLOPs (default 512)")
+    add_trust_code_argument(p)
     p.set_defaults(func=_cmd_inspect)
 
 
@@ -57,7 +61,7 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
     from .data import prepare
 
     prepare(args.corpus, args.tokenizer, args.out, seq_len=args.seq_len, val_fraction=args.val_fraction,
-            num_workers=args.workers, text_field=args.text_field, sentences=args.sentences)
+            num_workers=args.workers, text_field=args.text_field, sentences=args.sentences, overwrite=args.overwrite)
     return 0
 
 
@@ -74,6 +78,8 @@ def _add_prepare_parser(sub) -> None:
     p.add_argument("--sentences", action="store_true",
                    help="also record where each sentence ends (rule-based, see sentences.py): what the pair "
                         "packings of pretrain (segment-pair, sentence-pair) need; the tokens are the same")
+    p.add_argument("--overwrite", action="store_true",
+                   help="write into a non-empty --out that holds no prepared data (nothing there is deleted)")
     p.set_defaults(func=_cmd_prepare)
 
 
@@ -126,7 +132,7 @@ def _cmd_fill_mask(args: argparse.Namespace) -> int:
     from .probe import fill_mask, print_fill_mask
 
     try:
-        results = fill_mask(args.model, args.text, top_k=args.top_k)
+        results = fill_mask(args.model, args.text, top_k=args.top_k, trust_code=args.trust_code)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -139,6 +145,7 @@ def _add_fill_mask_parser(sub) -> None:
     p.add_argument("--model", required=True, help="a model directory that also holds its tokenizer")
     p.add_argument("--top-k", type=int, default=5)
     p.add_argument("text", nargs="+", help="text with <mask> in it")
+    add_trust_code_argument(p)
     p.set_defaults(func=_cmd_fill_mask)
 
 
@@ -157,7 +164,8 @@ def _cmd_tokenizer_train(args: argparse.Namespace) -> int:
 def _cmd_tokenizer_encode(args: argparse.Namespace) -> int:
     from .tokenizer import load_tokenizer
 
-    tok = load_tokenizer(args.tokenizer)
+    # a file is plain text, as prepare reads a corpus: "<s>" written in it is not the special id
+    tok = load_tokenizer(args.tokenizer, **({} if args.special_tokens else {"split_special_tokens": True}))
     for ids in tok.encode_file(args.file, num_workers=args.workers):
         print(" ".join(map(str, ids)))
     return 0
@@ -176,6 +184,9 @@ def _add_tokenizer_parser(sub) -> None:
     e = tsub.add_parser("encode", help="print the ids of each line of FILE, one line of ids per line")
     e.add_argument("--tokenizer", required=True, help="a tokenizer directory")
     e.add_argument("--workers", type=int, default=1, help="encoding processes (default 1)")
+    e.add_argument("--special-tokens", action="store_true",
+                   help="read <s>, </s>, <pad>, <mask> written in the text as the special tokens (default: as "
+                        "plain text, as prepare reads a corpus)")
     e.add_argument("file", help="a text file")
     e.set_defaults(func=_cmd_tokenizer_encode)
 
@@ -202,7 +213,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
     lines = sys.stdin.readlines() if args.file == "-" else list(iter_lines([args.file]))
     source = "standard input" if args.file == "-" else args.file
-    results = predict(args.model, lines, batch_size=args.batch_size, device=args.device, source=source)
+    results = predict(args.model, lines, batch_size=args.batch_size, device=args.device, source=source,
+                      trust_code=args.trust_code)
     for r in results:
         print(json.dumps(r, ensure_ascii=False))
     return 0
@@ -213,6 +225,7 @@ def _add_predict_parser(sub) -> None:
     p.add_argument("--model", required=True, help="a directory written by `roberta-scratch finetune` (RUN/model)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--device", default=None)
+    add_trust_code_argument(p)
     p.add_argument("file", help="one input per line (plain text, or JSON: text/text_pair, tokens, "
                                 "question/context), a SQuAD file for qa, or - for stdin")
     p.set_defaults(func=_cmd_predict)
@@ -221,7 +234,7 @@ def _add_predict_parser(sub) -> None:
 def _cmd_features(args: argparse.Namespace) -> int:
     from .probe import features, save_features
 
-    ids, states = features(args.model, args.text, args.layers)
+    ids, states = features(args.model, args.text, args.layers, trust_code=args.trust_code)
     save_features(ids, states, args.out)
     shape = next(iter(states.values())).shape
     asked = args.layers.split(",") if args.layers != "all" else [str(i) for i in states]
@@ -236,6 +249,7 @@ def _add_features_parser(sub) -> None:
     p.add_argument("--model", required=True)
     p.add_argument("--layers", default="all", help="all (default), or indices such as 0,6,-1 (0 = embeddings)")
     p.add_argument("--out", default="features.npy", help=".npy (layers, T, H) or .safetensors (layer_i, input_ids)")
+    add_trust_code_argument(p)
     p.add_argument("text")
     p.set_defaults(func=_cmd_features)
 
@@ -243,7 +257,7 @@ def _add_features_parser(sub) -> None:
 def _cmd_attention(args: argparse.Namespace) -> int:
     from .probe import attention_maps, plot_attention
 
-    tokens, att = attention_maps(args.model, args.text)
+    tokens, att = attention_maps(args.model, args.text, trust_code=args.trust_code)
     plot_attention(tokens, att, args.out)
     print(f"drew {att.shape[0]} layers x {att.shape[1]} heads of attention over {len(tokens)} tokens to {args.out}")
     return 0
@@ -253,17 +267,18 @@ def _add_attention_parser(sub) -> None:
     p = sub.add_parser("attention", help="draw the attention maps of a text: a layer x head grid (needs matplotlib)")
     p.add_argument("--model", required=True)
     p.add_argument("--out", default="attn.png")
+    add_trust_code_argument(p)
     p.add_argument("text")
     p.set_defaults(func=_cmd_attention)
 
 
 def _add_kernels_parser(sub) -> None:
-    """`roberta-scratch kernels check|bench|converge`: the kernel lab (see kernels/registry.py)."""
+    """`roberta-scratch kernels check|bench|converge`: the kernel lab (see kernels/roberta_kernels/registry.py)."""
     p = sub.add_parser("kernels", help="the kernel lab: check, benchmark, or train with an attention or LayerNorm "
                                        "implementation (built-in, registered, or MODULE:FUNCTION)")
     ksub = p.add_subparsers(dest="kernels_command", required=True)
-    from kernels import bench as kernel_bench
-    from kernels import check as kernel_check
+    from roberta_kernels import bench as kernel_bench
+    from roberta_kernels import check as kernel_check
 
     from . import converge
 
@@ -371,8 +386,8 @@ def main(argv: list[str] | None = None) -> int:
 def _describe(e: Exception) -> str:
     """An exception as one line: the message alone for the errors that speak to the user (bad
     input, a missing file, a refused run), with the exception's name for anything else."""
+    from .errors import TrainingError
     from .fileio import DirectoryBusy
-    from .training import TrainingError
 
     if isinstance(e, TrainingError) and str(e).strip():
         return str(e).strip()  # written for the user, advice included (it may run to several lines)

@@ -106,13 +106,13 @@ def converge(attention: str, layer_norm=None, steps: int = 50, batch_size: int =
              device: str = "cpu", seed: int = 0, lr: float = 5e-3, reference: str = "sdpa",
              twin: str = "eager") -> dict:
     """The loss curves and the verdict: {"candidate", "reference", "twin", "first_divergence", "tolerance"}."""
-    import kernels
+    import roberta_kernels
 
     from .config import RobertaConfig
     from .model import RobertaForMaskedLM
 
     device = torch.device(device)
-    candidate = kernels.get_implementation("attention", attention)
+    candidate = roberta_kernels.get_implementation("attention", attention)
     problem = candidate.unsupported(dtype=torch.bfloat16 if device.type == "cuda" else torch.float32,
                                     head_dim=32, device=device)
     if problem:
@@ -154,15 +154,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import kernels
+    import roberta_kernels
 
     names = [("attention", args.attention)] + ([("layer_norm", args.layer_norm)] if args.layer_norm else [])
-    triton_on_cpu = args.device == "cpu" and any(kernels.get_implementation(op, n).triton for op, n in names)
+    triton_on_cpu = args.device == "cpu" and any(roberta_kernels.get_implementation(op, n).triton for op, n in names)
     # on the CPU, Triton code runs in the interpreter (not the torch fallback); elsewhere as it is
-    with kernels.triton_interpreter(True) if triton_on_cpu else contextlib.nullcontext():
+    with roberta_kernels.triton_interpreter(True) if triton_on_cpu else contextlib.nullcontext():
         if triton_on_cpu:
             for module in ("flash_attention", "layernorm"):
-                kernels.kernel_module(module, interpret=True)
+                roberta_kernels.kernel_module(module, interpret=True)
         result = converge(args.attention, args.layer_norm, args.steps, args.batch_size, args.seq_len, args.device,
                           args.seed)
     cand, ref, first, tol = result["candidate"], result["reference"], result["first_divergence"], result["tolerance"]

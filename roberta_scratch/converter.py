@@ -15,6 +15,7 @@ never imports.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import tempfile
@@ -22,13 +23,49 @@ import warnings
 
 import torch
 
-from .checkpoint import find_tokenizer, read_checkpoint, read_fairseq_dict, save_hf, save_ours
-from .config import RobertaConfig
-from .convert import hf_architecture
+from .checkpoint import read_checkpoint, read_fairseq_dict, save_hf, save_ours
+from .config import RobertaConfig, add_trust_code_argument
+from .convert import fairseq_vocab, hf_architecture
 from .model import MODEL_CLASSES, check_state_dict, load_state
 from .testing import padded_batch
+from .tokenizer import ByteLevelBPETokenizer, load_tokenizer
 
 TOLERANCE = 1e-4
+
+
+# The GPT-2 BPE files fairseq's RoBERTa uses, under the names they are downloaded with.
+GPT2_ENCODER_FILES = ("encoder.json", "gpt2-encoder.json")
+GPT2_MERGES_FILES = ("vocab.bpe", "merges.txt")
+
+
+def find_tokenizer(src: str):
+    """(tokenizer, None) for the tokenizer that belongs with a checkpoint, or (None, why not).
+
+    A model directory (ours or Hugging Face's) holds its tokenizer's files. A fairseq
+    model.pt has dict.txt beside it; with GPT-2's encoder.json and vocab.bpe there too,
+    the byte-level BPE is rebuilt with fairseq's ids (convert.fairseq_vocab).
+    """
+    folder = src if os.path.isdir(src) else os.path.dirname(os.path.abspath(src))
+    try:
+        return load_tokenizer(folder), None
+    except FileNotFoundError:
+        pass
+    found = {kind: next((os.path.join(folder, n) for n in names if os.path.isfile(os.path.join(folder, n))), None)
+             for kind, names in (("dict", ("dict.txt",)), ("encoder", GPT2_ENCODER_FILES),
+                                 ("merges", GPT2_MERGES_FILES))}
+    if found["dict"] is None:
+        return None, f"{folder} holds no tokenizer files (vocab.json + merges.txt, sentencepiece.bpe.model)"
+    if found["encoder"] is None or found["merges"] is None:
+        return None, (f"{folder} has fairseq's dict.txt but not GPT-2's encoder.json and vocab.bpe beside it, "
+                      "which the tokenizer is rebuilt from")
+    try:
+        with open(found["encoder"], encoding="utf-8") as f:
+            encoder = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{found['encoder']}: not valid JSON ({e})") from None
+    vocab = fairseq_vocab(read_fairseq_dict(found["dict"]), encoder)
+    merges = ByteLevelBPETokenizer.from_files(found["encoder"], found["merges"]).merges
+    return ByteLevelBPETokenizer(vocab, merges), None
 
 
 def verify_against_transformers(cfg: RobertaConfig, sd: dict) -> dict:
@@ -63,8 +100,12 @@ def verify_against_transformers(cfg: RobertaConfig, sd: dict) -> dict:
     return diff
 
 
-def convert(src: str, dst: str, to: str = "ours", verify: bool = False, dict_path: str | None = None) -> int:
-    cfg, sd = read_checkpoint(src)
+def convert(src: str, dst: str, to: str = "ours", verify: bool = False, dict_path: str | None = None,
+            trust_code: bool = False) -> int:
+    if os.path.exists(dst) and not os.path.isdir(dst):
+        raise ValueError(f"DST {dst} is a file: the converted model is a folder (config.json, model.safetensors "
+                         "and the tokenizer); name a folder, new or existing")
+    cfg, sd = read_checkpoint(src, trust_code=trust_code)
     fairseq_file = src if os.path.isfile(src) else os.path.join(src, "model.pt")
     if os.path.isfile(fairseq_file) and not os.path.isfile(os.path.join(src, "config.json")):
         dict_path = dict_path or os.path.join(os.path.dirname(fairseq_file), "dict.txt")
@@ -108,12 +149,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dict", default=None, help="fairseq dict.txt (default: next to model.pt)")
     p.add_argument("--verify", action="store_true",
                    help=f"compare against transformers on a padded batch; exit 1 above {TOLERANCE:g}")
+    add_trust_code_argument(p)
 
 
 def run(args: argparse.Namespace) -> int:
     try:
-        return convert(args.src, args.dst, args.to, args.verify, args.dict)
-    except (ValueError, KeyError, FileNotFoundError) as e:
+        return convert(args.src, args.dst, args.to, args.verify, args.dict, trust_code=args.trust_code)
+    except (ValueError, KeyError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 

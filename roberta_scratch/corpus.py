@@ -19,6 +19,7 @@ import hashlib
 import os
 import sys
 import sysconfig
+import warnings
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator, Optional
 
@@ -39,6 +40,13 @@ class CorpusReport:
     characters: int = 0
     non_utf8_files: list = field(default_factory=list)
     empty_files: list = field(default_factory=list)
+    split_documents: int = 0  # documents longer than MAX_DOCUMENT_CHARS, read as several
+
+
+# A document longer than this is read as several, cut at whitespace: tokenizing one 200 MB line
+# whole took 3.6 GB of memory (every word of it listed at once). 1M characters is far beyond any
+# training block, so the cut changes nothing a model sees but where a block may start.
+MAX_DOCUMENT_CHARS = 1 << 20
 
 
 def file_format(path: str) -> Optional[str]:
@@ -99,9 +107,32 @@ def iter_documents(paths: Optional[Iterable[str]], report: Optional[CorpusReport
     else:
         docs = (doc for path in corpus_files(paths) for doc in _file_documents(path, report, text_field))
     for doc in docs:
-        report.documents += 1
-        report.characters += len(doc)
-        yield doc
+        pieces = _pieces(doc) if len(doc) > MAX_DOCUMENT_CHARS else (doc,)
+        if len(doc) > MAX_DOCUMENT_CHARS:
+            if not report.split_documents:
+                warnings.warn(f"document {report.documents + 1} has {len(doc):,} characters: documents longer than "
+                              f"{MAX_DOCUMENT_CHARS:,} are read as several, cut at whitespace, to bound the memory "
+                              "tokenizing takes (said once)", stacklevel=2)
+            report.split_documents += 1
+        for piece in pieces:
+            report.documents += 1
+            report.characters += len(piece)
+            yield piece
+
+
+def _pieces(doc: str) -> Iterator[str]:
+    """`doc` in pieces of at most MAX_DOCUMENT_CHARS, each cut before a whitespace character in
+    its second half when there is one (the next piece starts with it, as GPT-2's split wants),
+    so that the pieces put back together are the document."""
+    start = 0
+    while len(doc) - start > MAX_DOCUMENT_CHARS:
+        end = start + MAX_DOCUMENT_CHARS
+        window = doc[start + MAX_DOCUMENT_CHARS // 2:end]
+        cut = max(window.rfind(" "), window.rfind("\n"), window.rfind("\t"))
+        end = start + MAX_DOCUMENT_CHARS // 2 + cut if cut > 0 else end
+        yield doc[start:end]
+        start = end
+    yield doc[start:]
 
 
 def _file_documents(path: str, report: CorpusReport, text_field: str) -> Iterator[str]:
@@ -227,8 +258,18 @@ def default_corpus() -> Iterator[str]:
         yield topics[key].strip()
 
 
+HASHED_WHOLE = 256 << 20  # files up to this size are fingerprinted by their whole content
+SAMPLE = 4 << 20  # of a larger file: its first and last 4 MiB, besides its size and mtime
+
+
 def inputs_fingerprint(paths: Optional[Iterable[str]]) -> str:
-    """Identifies the inputs: each file's path, size and mtime, or the Python for the default."""
+    """Identifies the inputs, so that `prepare` knows when there is nothing to do: each file's
+    path, size, mtime and content (a sha256 of the whole file up to 256 MiB; of a larger one,
+    its first and last 4 MiB); for the default corpus, the Python it comes from.
+
+    subtle: size and mtime alone miss an edit that keeps both (a tool that restores mtimes,
+    a same-length fix within the clock's resolution); the content hash catches it.
+    """
     h = hashlib.sha256()
     if paths is None:
         h.update(f"{DEFAULT_CORPUS}:{sys.version}:{sysconfig.get_paths()['stdlib']}".encode())
@@ -236,5 +277,19 @@ def inputs_fingerprint(paths: Optional[Iterable[str]]) -> str:
         for path in corpus_files(paths):
             for part in [path] if os.path.isfile(path) else _arrow_files(path):
                 st = os.stat(part)
-                h.update(f"{os.path.abspath(part)}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+                h.update(f"{os.path.abspath(part)}:{st.st_size}:{st.st_mtime_ns}:{_content_hash(part, st.st_size)}\n"
+                         .encode())
+    return h.hexdigest()
+
+
+def _content_hash(path: str, size: int) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        if size <= HASHED_WHOLE:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        else:
+            h.update(f.read(SAMPLE))
+            f.seek(size - SAMPLE)
+            h.update(f.read(SAMPLE))
     return h.hexdigest()

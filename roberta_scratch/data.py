@@ -21,9 +21,15 @@ Committing is one atomic step: a run writes a fresh data-<id>/ folder, then repl
 meta.json, the only file that names it. Until then the previous data stays whole and in
 use; after it, the new data is. A run killed at any moment leaves one or the other, never
 a mix, and the next run removes what the killed one left behind.
+
+What it deletes, it can prove it wrote: a folder holding OWNER_MARK (written into each
+folder the moment it is made), or the data-<id>/ that the previous meta.json named; never
+an input (the corpus, the tokenizer), wherever they sit. A non-empty folder without a
+meta.json is refused unless overwrite=True, which writes beside what is there.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -45,6 +51,7 @@ from .tokenizer import load_tokenizer
 from .tokenizer_base import _available_cpus
 
 FORMAT_VERSION = 2  # 2: files in data-<id>/, named with sizes and checksums in meta.json
+OWNER_MARK = ".roberta-scratch-prepare"  # inside every folder prepare makes: the proof that it wrote it
 LEGACY_FILE = re.compile(r"(train|val)(-\d{5}\.bin|\.docs\.bin)")  # format 1 kept these at the top
 SHARD_TOKENS = 1 << 28  # 512 MB of uint16 per shard file
 
@@ -125,6 +132,13 @@ class _SplitWriter:
             self._finish(self._sents, self._sents_name)
         return {"tokens": self.tokens, "documents": self.documents, "shards": self.shards}
 
+    def abort(self) -> None:
+        """Close every file without a record: the folder is being thrown away (a corpus error, a
+        kill), and a file left open would be a `ResourceWarning: unclosed file` note."""
+        for f in (self._shard, self._docs, self._sents):
+            if f is not None:
+                f.close()
+
 
 def _sentence_ends(docs: list, sentence_lengths: list, offset: int) -> np.ndarray:
     """The stream offsets where the sentences of `docs` end, the stream holding `offset` tokens
@@ -163,7 +177,7 @@ def _regroup(rows: list, counts: list) -> tuple[list, list]:
 def prepare(corpus: Optional[list[str]], tokenizer_dir: str, out_dir: str, seq_len: int = 512,
             val_fraction: float = 0.01, num_workers: Optional[int] = None, batch_documents: int = 256,
             shard_tokens: int = SHARD_TOKENS, show_progress: bool = True, text_field: str = "text",
-            sentences: bool = False) -> dict:
+            sentences: bool = False, overwrite: bool = False) -> dict:
     """Tokenize a corpus (None: the default one; see corpus.py for the formats) into out_dir;
     returns meta.json's contents.
 
@@ -175,6 +189,8 @@ def prepare(corpus: Optional[list[str]], tokenizer_dir: str, out_dir: str, seq_l
     tokenizer and settings does nothing. The new data replaces the old in one atomic step
     (see the module docstring). sentences=True also records where each sentence ends
     ({split}.sents.bin, for the pair formats); the token stream is the same either way.
+    out_dir must be empty, or hold data prepared before, unless overwrite=True (which writes
+    beside what is there and deletes none of it).
     """
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
@@ -182,21 +198,31 @@ def prepare(corpus: Optional[list[str]], tokenizer_dir: str, out_dir: str, seq_l
         raise ValueError(f"seq_len must be at least 8, got {seq_len}")
     tok = load_tokenizer(tokenizer_dir)
     settings = {"format": FORMAT_VERSION, "inputs": inputs_fingerprint(corpus), "seq_len": seq_len,
-                "val_fraction": val_fraction, "tokenizer_hash": tok.fingerprint(), "text_field": text_field}
+                "val_fraction": val_fraction, "tokenizer_hash": tok.fingerprint(), "text_field": text_field,
+                # subtle: a corpus is plain text, as fairseq reads it: "<s>" or "<mask>" written in it
+                # are characters, never special ids (data prepared before this is prepared again)
+                "special_tokens_in_text": "plain"}
     if sentences:  # only when asked: data prepared before sentences existed stays up to date
         settings["sentences"] = True
     num_workers = _available_cpus() if num_workers is None else max(1, num_workers)
+    inputs = [tokenizer_dir] + list(corpus or [])
     with lock_dir(out_dir, "prepare"):
-        meta = _current_meta(out_dir)
-        done = (meta is not None and all(meta.get(k) == v for k, v in settings.items())
-                and not check_files(out_dir, meta))
-        _remove_leftovers(out_dir, meta)
+        previous = _current_meta(out_dir)
+        if previous is None and not overwrite:
+            foreign = sorted(n for n in os.listdir(out_dir) if n != ".lock" and not _made_here(out_dir, n))
+            if foreign:
+                raise ValueError(f"--out {out_dir} is not empty and holds no prepared data (no meta.json; it has "
+                                 f"{', '.join(foreign[:3])}{' ...' if len(foreign) > 3 else ''}): use an empty "
+                                 "folder, or pass --overwrite to write beside what is there (none of it is deleted)")
+        done = (previous is not None and all(previous.get(k) == v for k, v in settings.items())
+                and not check_files(out_dir, previous))
+        _remove_leftovers(out_dir, previous, previous, inputs)
         if done:
             print(f"{out_dir} is already prepared from these inputs; nothing to do")
-            return meta
+            return previous
         meta = _write_data(corpus, tok, out_dir, settings, num_workers, batch_documents, shard_tokens,
                            show_progress)
-        _remove_leftovers(out_dir, meta)
+        _remove_leftovers(out_dir, meta, previous, inputs)
     _print_report(meta)
     return meta
 
@@ -208,16 +234,22 @@ def _write_data(corpus, tok, out_dir: str, settings: dict, num_workers, batch_do
     dtype = np.uint16 if tok.vocab_size <= np.iinfo(np.uint16).max + 1 else np.uint32
     report = CorpusReport()
     tmp = tempfile.mkdtemp(dir=out_dir, prefix=".prepare-")
+    writers: dict = {}
     try:
+        with open(os.path.join(tmp, OWNER_MARK), "w") as f:
+            f.write("written by roberta-scratch prepare; removed with the folder when no meta.json names it\n")
+        tok.save_pretrained(os.path.join(tmp, "tokenizer"))  # the data dir is self-contained
         sentences = settings.get("sentences", False)
-        writers = {s: _SplitWriter(tmp, s, dtype, shard_tokens, eos, sentences) for s in ("train", "val")}
+        for split in ("train", "val"):
+            writers[split] = _SplitWriter(tmp, split, dtype, shard_tokens, eos, sentences)
         docs = iter_documents(corpus, report, settings["text_field"])
         bar = progress(desc="preparing", unit="docs", disable=not show_progress)
         index = 0
         batches, counts = chunked(docs, batch_documents), deque()
         if sentences:  # encode sentence by sentence, then put each document back together
             batches = _sentence_batches(batches, counts)
-        for rows in tok.encode_batches(batches, num_workers=num_workers):
+        plain = load_tokenizer(os.path.join(tmp, "tokenizer"), split_special_tokens=True)
+        for rows in plain.encode_batches(batches, num_workers=num_workers):
             lengths = None
             if sentences:
                 rows, lengths = _regroup(rows, counts.popleft())
@@ -237,13 +269,14 @@ def _write_data(corpus, tok, out_dir: str, settings: dict, num_workers, batch_do
         splits = {s: w.close() for s, w in writers.items()}
         if splits["train"]["tokens"] == 0:
             raise ValueError("the corpus produced no training tokens: every document was empty")
-        tok.save_pretrained(os.path.join(tmp, "tokenizer"))  # the data dir is self-contained
         files = {name: info for w in writers.values() for name, info in w.files.items()}
         for name in sorted(os.listdir(os.path.join(tmp, "tokenizer"))):
             files[f"tokenizer/{name}"] = _file_info(os.path.join(tmp, "tokenizer", name))
         name = f"data-{uuid.uuid4().hex[:16]}"
         os.rename(tmp, os.path.join(out_dir, name))  # not in use yet: only meta.json would name it
     except BaseException:
+        for w in writers.values():
+            w.abort()
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     fsync_dir(out_dir)
@@ -292,20 +325,65 @@ def check_files(data_dir: str, meta: dict, checksums: bool = False) -> list[str]
     return problems
 
 
-def _remove_leftovers(out_dir: str, meta: Optional[dict]) -> None:
-    """Remove what no manifest names: a killed run's .prepare-* and data-* folders, data from
-    before the last commit, and the files of the old layout (format 1 kept shards at the top)."""
+def _made_here(out_dir: str, name: str, previous: Optional[dict] = None) -> bool:
+    """Whether prepare provably wrote out_dir/name: a real folder holding OWNER_MARK, or the
+    data-<id>/ folder that the previous manifest named."""
+    path = os.path.join(out_dir, name)
+    if os.path.islink(path) or not os.path.isdir(path):
+        return False
+    named = previous is not None and previous.get("files_dir") == name
+    return os.path.isfile(os.path.join(path, OWNER_MARK)) or named
+
+
+def _remove_leftovers(out_dir: str, meta: Optional[dict], previous: Optional[dict], inputs: list[str]) -> None:
+    """Remove what prepare wrote and no manifest names now: a killed run's .prepare-* and data-*
+    folders, data from before the last commit, and the files of the old layout (format 1 kept its
+    shards at the top) once a format-2 manifest replaced a format-1 one. Never an input, and
+    never anything it cannot prove it wrote (_made_here)."""
     keep = meta.get("files_dir") if meta else None
-    legacy = meta is not None and "files_dir" not in meta
+    migrated = previous is not None and "files_dir" not in previous and meta is not None and "files_dir" in meta
+    protected = [os.path.realpath(p) for p in inputs]
+
+    def is_input(path: str) -> bool:
+        real = os.path.realpath(path)
+        return any(real == p or p.startswith(real + os.sep) or real.startswith(p + os.sep) for p in protected)
+
     for name in os.listdir(out_dir):
         path = os.path.join(out_dir, name)
-        stale = name.startswith(".prepare-") or (name.startswith("data-") and name != keep and os.path.isdir(path))
-        old_layout = not legacy and (LEGACY_FILE.fullmatch(name) or (name == "tokenizer" and os.path.isdir(path)))
-        if stale or old_layout:
+        if name == keep or is_input(path):
+            continue
+        stale = (name.startswith(".prepare-") or name.startswith("data-")) and _made_here(out_dir, name, previous)
+        old_layout = migrated and not os.path.islink(path) and (
+            (LEGACY_FILE.fullmatch(name) and os.path.isfile(path)) or (name == "tokenizer" and os.path.isdir(path)))
+        if stale:
+            _remove_marked(path)
+        elif old_layout:
             if os.path.isdir(path):
                 shutil.rmtree(path, ignore_errors=True)
             else:
                 os.remove(path)
+        elif name.startswith((".prepare-", "data-")) and os.path.isdir(path) and not os.path.islink(path):
+            # killed between making a folder and marking it, or between unmarking and removing it:
+            # an empty folder goes (rmdir removes nothing else); one with anything in it stays
+            with contextlib.suppress(OSError):
+                os.rmdir(path)
+
+
+def _remove_marked(path: str) -> None:
+    """Delete a folder prepare wrote, its OWNER_MARK last: a run killed halfway leaves the mark,
+    so the next run can still prove the rest is its own and finish the job."""
+    for name in os.listdir(path):
+        if name != OWNER_MARK:
+            inner = os.path.join(path, name)
+            if os.path.isdir(inner) and not os.path.islink(inner):
+                shutil.rmtree(inner, ignore_errors=True)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(inner)
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(os.path.join(path, OWNER_MARK))
+    with contextlib.suppress(OSError):
+        os.rmdir(path)
 
 
 def _print_report(meta: dict) -> None:

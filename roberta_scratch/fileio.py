@@ -39,7 +39,8 @@ def open_binary(path: str | os.PathLike):
 def iter_lines(paths: Iterable[str | os.PathLike], bad_files: list | None = None) -> Iterator[str]:
     """The lines of text files (plain, or .gz, .bz2, .xz), each with its newline.
 
-    Bytes that are not UTF-8 are read as U+FFFD, and each file that had any
+    A byte-order mark at the start of a file is dropped (Excel writes one before a CSV
+    header). Bytes that are not UTF-8 are read as U+FFFD, and each file that had any
     is reported with a warning (and appended to `bad_files` when given): one
     bad byte must not stop a run over a corpus. A damaged compressed file is a
     ValueError naming it.
@@ -58,6 +59,8 @@ def iter_lines(paths: Iterable[str | os.PathLike], bad_files: list | None = None
                     break
                 except (OSError, EOFError, ValueError, lzma.LZMAError) as e:  # a damaged or cut-off archive
                     raise ValueError(f"{path}: damaged after line {n}: {type(e).__name__}: {e}") from None
+                if n == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                    raw = raw[3:]  # a UTF-8 byte-order mark is not text (as Python's utf-8-sig reads it)
                 try:
                     yield raw.decode("utf-8")
                 except UnicodeDecodeError:
@@ -176,28 +179,46 @@ class DirectoryBusy(RuntimeError):
 
 
 @contextlib.contextmanager
-def lock_dir(directory: str | os.PathLike, what: str = "this directory"):
-    """Hold an exclusive lock on `directory` (a `.lock` file in it, flock'ed) for the block.
+def lock_dir(directory: str | os.PathLike, what: str = "this directory", shared: bool = False):
+    """Hold a lock on `directory` (a `.lock` file in it, flock'ed) for the block.
 
-    A second process asking for the same directory gets DirectoryBusy at once, naming the
-    holder's pid, instead of the two interleaving their writes. The lock dies with its
-    process, so a killed run never leaves the directory locked.
+    Exclusive (a writer: prepare, a training run on its folder): a second process asking
+    for the same directory gets DirectoryBusy at once, naming the holder's pid and `what`,
+    instead of the two interleaving their writes. Shared (a reader: a run on its prepared
+    data): any number of readers, and a writer is refused while one reads. The lock dies
+    with its process, so a killed run never leaves the directory locked. A reader of a
+    folder it cannot write to takes no lock (nothing can prepare there either).
     """
     import fcntl
 
     directory = os.fspath(directory)
-    os.makedirs(directory, exist_ok=True)
     path = os.path.join(directory, ".lock")
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    if shared:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CREAT, 0o644)
+        except PermissionError:
+            yield
+            return
+    else:
+        os.makedirs(directory, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
-            raise DirectoryBusy(f"{directory} is in use by another process (pid {holder}) working on {what}; "
-                                "wait for it to finish, or use another directory") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        yield
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip()
+            pid, _, job = holder.partition(" ")
+            by = (f"another process (pid {pid}) working on {job or what}" if pid
+                  else "a process reading it (a pretraining run on this data)")
+            raise DirectoryBusy(f"{directory} is in use by {by}; wait for it to finish, or use another "
+                                "directory") from None
+        if not shared:  # readers leave the file alone: it names the writer
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()} {what}\n".encode(), 0)
+        try:
+            yield
+        finally:
+            if not shared:
+                os.ftruncate(fd, 0)  # a finished writer is named nowhere
     finally:
         os.close(fd)  # closing releases the flock

@@ -33,10 +33,11 @@ from typing import Optional
 
 import torch
 
+from .errors import TrainingError
 from .finetune_data import BadRows, DataError
 from .tasks import TASKS
 from .tokenizer import load_tokenizer
-from .training import BaseTrainer, RunArgs, TrainingError, option
+from .training import BaseTrainer, RunArgs, option
 
 TASK_FILE = "finetune.json"  # written next to config.json: which task a model dir was trained for
 
@@ -51,23 +52,25 @@ class FinetuneArgs(RunArgs):
     train: str = option(help="seq-cls: .csv/.jsonl; token-cls: CoNLL or .jsonl; qa: SQuAD .json")
     eval: Optional[str] = option(None, "the eval file, same format; metrics after each epoch")
     out: str = option(help="run directory: ckpt/, metrics.jsonl, best/, model/")
-    epochs: float = option(10.0, "passes over the training set (fractions allowed)")
-    lr: float = option(2e-5, "peak learning rate")
-    warmup_ratio: float = option(0.06, "share of the steps spent warming up")
-    weight_decay: float = option(0.1, "AdamW weight decay (never on biases and LayerNorm weights)")
-    clip: float = option(0.0, "max gradient norm; 0 (fairseq's GLUE recipe) turns clipping off")
-    max_length: Optional[int] = option(None, "tokens per example (default 512; qa 384), at most the model's positions")
-    stride: int = option(128, "qa: tokens shared by consecutive windows of a long context")
-    max_answer_length: int = option(30, "qa: the longest answer span considered, in tokens")
+    epochs: float = option(10.0, "passes over the training set (fractions allowed)", above=0)
+    lr: float = option(2e-5, "peak learning rate", above=0)
+    warmup_ratio: float = option(0.06, "share of the steps spent warming up", minimum=0)
+    weight_decay: float = option(0.1, "AdamW weight decay (never on biases and LayerNorm weights)", minimum=0)
+    clip: float = option(0.0, "max gradient norm; 0 (fairseq's GLUE recipe) turns clipping off", minimum=0)
+    max_length: Optional[int] = option(None, "tokens per example (default 512; qa 384), at most the model's positions",
+                                       minimum=8)
+    stride: int = option(128, "qa: tokens shared by consecutive windows of a long context", minimum=0)
+    max_answer_length: int = option(30, "qa: the longest answer span considered, in tokens", minimum=1)
     label_type: str = option("auto", "seq-cls: auto makes numeric labels regression",
                              choices=["auto", "class", "regression"])
     on_bad_row: str = option("skip", "skip bad rows with a count, or stop at the first", choices=["skip", "stop"])
-    eval_every: Optional[int] = option(None, "steps between evaluations (default: once per epoch)")
-    save_every: Optional[int] = option(None, "steps between checkpoints (default: once per epoch)")
-    keep_last: int = option(2, "checkpoints kept in OUT/ckpt")
+    eval_every: Optional[int] = option(None, "steps between evaluations (default: once per epoch)", minimum=1)
+    save_every: Optional[int] = option(None, "steps between checkpoints (default: once per epoch)", minimum=1)
+    keep_last: int = option(2, "checkpoints kept in OUT/ckpt", minimum=1)
 
     # the model and the training data are compared by content, and epochs may change (training.RESUMING)
     RESUME_KEYS = RunArgs.RESUME_KEYS + ("task", "warmup_ratio", "max_length", "stride", "label_type")
+    ADJUSTABLE = RunArgs.ADJUSTABLE + ("warmup_ratio",)
 
 
 # ----------------------------------------------------------------------------- the trainer
@@ -103,7 +106,8 @@ class FinetuneTrainer(BaseTrainer):
             warnings.simplefilter("always")
             # a head trained for another label set starts afresh, with a warning naming it
             model = self.task.model_class.from_pretrained(a.model, reinit_mismatched_heads=True,
-                                                          attention=a.attention, **self.task.config_overrides())
+                                                          trust_code=a.trust_code, attention=a.attention,
+                                                          **self.task.config_overrides())
         for w in caught:
             self._log(f"note: {w.message}")
         a.max_length = min(a.max_length or self.task.default_max_length, model.config.max_tokens)

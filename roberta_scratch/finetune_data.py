@@ -15,8 +15,8 @@ import json
 import sys
 from typing import Optional
 
+from .errors import TrainingError
 from .fileio import iter_jsonl, iter_lines
-from .training import TrainingError
 
 
 class DataError(TrainingError):

@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-import kernels
+import roberta_kernels
 
 from .checkpoint import read_checkpoint, save_ours
 from .config import IGNORE_INDEX, RobertaConfig
@@ -81,14 +81,14 @@ class AddNorm(nn.LayerNorm):
     """LN(dropout(x) + residual), or LN(x) -> dropout without a residual (the embeddings).
 
     config.layer_norm names the implementation of the residual step (kernels' registry);
-    by default torch's, or our fused kernel (kernels.layer_norm) with attention="triton".
+    by default torch's, or our fused kernel (roberta_kernels.layer_norm) with attention="triton".
     """
 
     def __init__(self, cfg: RobertaConfig, dropout: Optional[float] = None):
         super().__init__(cfg.hidden_size, eps=cfg.layer_norm_eps)
         self.dropout = cfg.hidden_dropout_prob if dropout is None else dropout
         name = cfg.layer_norm or ("triton" if cfg.attention == "triton" else "torch")
-        self.impl = None if name == "torch" else kernels.get_implementation("layer_norm", name)
+        self.impl = None if name == "torch" else roberta_kernels.get_implementation("layer_norm", name)
 
     def forward(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None) -> torch.Tensor:
         p = self.dropout if self.training else 0.0
@@ -105,9 +105,9 @@ class SelfAttention(nn.Module):
     Every implementation computes the same thing; config.attention picks one by name:
       eager:  the math written out below. It is the reference.
       sdpa:   torch's F.scaled_dot_product_attention (flash / memory-efficient kernels).
-      triton: kernels.attention, our fused kernel (falls back to torch off-GPU).
-      flex, a name you registered, or MODULE:FUNCTION: from kernels' registry, called as
-              fn(q, k, v, key_padding_mask=..., dropout_p=...) (see kernels/registry.py).
+      triton: roberta_kernels.attention, our fused kernel (falls back to torch off-GPU).
+      flex, a name you registered, or MODULE:FUNCTION: from roberta_kernels' registry, called as
+              fn(q, k, v, key_padding_mask=..., dropout_p=...) (see kernels/roberta_kernels/registry.py).
     """
 
     def __init__(self, cfg: RobertaConfig):
@@ -117,7 +117,7 @@ class SelfAttention(nn.Module):
         self.proj = nn.Linear(cfg.hidden_size, cfg.hidden_size)
         self.dropout = cfg.attention_probs_dropout_prob
         self.backend = cfg.attention
-        self.impl = None if self.backend == "eager" else kernels.get_implementation("attention", self.backend)
+        self.impl = None if self.backend == "eager" else roberta_kernels.get_implementation("attention", self.backend)
 
     def forward(self, x: torch.Tensor, pad_mask: Optional[torch.Tensor], need_weights: bool = False):
         """x: (B, T, C); pad_mask: (B, T) bool, True for real tokens, or None for no padding.
@@ -206,14 +206,17 @@ class PreTrained(nn.Module):
         save_ours(self.config, self.state_dict(), path, model_class=type(self).__name__)
 
     @classmethod
-    def from_pretrained(cls, path: str, reinit_mismatched_heads: bool = False, **config_overrides):
+    def from_pretrained(cls, path: str, reinit_mismatched_heads: bool = False, trust_code: bool = False,
+                        **config_overrides):
         """Load this project's directory or a Hugging Face roberta directory.
 
         Keyword arguments override config fields, e.g. attention="eager" or num_labels=3.
         A head the checkpoint lacks is initialised fresh, with a warning that names it; so is
         one whose shape differs when reinit_mismatched_heads is set (else that is an error).
+        A config.json that names a kernel as MODULE:FUNCTION is refused unless trust_code=True:
+        building the model would import that module (RobertaConfig.load).
         """
-        cfg, sd = read_checkpoint(path, **config_overrides)
+        cfg, sd = read_checkpoint(path, trust_code=trust_code, **config_overrides)
         model = cls(cfg)
         load_state(model, sd, reinit_mismatched_heads)
         return model

@@ -13,25 +13,25 @@ import os
 import warnings
 
 from .checkpoint import find_model_dir, read_checkpoint
+from .errors import TrainingError
 from .finetune import TASK_FILE, FinetuneArgs
 from .finetune_data import DataError
 from .model import load_state
 from .tasks import TASKS
 from .tokenizer import load_tokenizer
-from .training import TrainingError
 
 # Which task a checkpoint's head keys say it was trained for, for folders without finetune.json.
 HEAD_TASKS = (("qa_outputs.weight", "qa"), ("classifier.out_proj.weight", "seq-cls"),
               ("classifier.weight", "token-cls"))
 
 
-def load_finetuned(path: str, device=None):
+def load_finetuned(path: str, device=None, trust_code: bool = False):
     """(task, model) from a folder written by finetune, a run folder (its best/, else model/),
     or a Hugging Face folder whose weights carry a task head."""
     path, note = find_model_dir(path)
     if note:
         warnings.warn(note, stacklevel=2)
-    cfg, sd = read_checkpoint(path, attention="sdpa")
+    cfg, sd = read_checkpoint(path, trust_code=trust_code, attention="sdpa")
     info = {}
     if os.path.isfile(os.path.join(path, TASK_FILE)):
         with open(os.path.join(path, TASK_FILE), encoding="utf-8") as f:
@@ -54,9 +54,10 @@ def load_finetuned(path: str, device=None):
     return task, model
 
 
-def predict(path: str, lines: list[str], batch_size: int = 32, device=None, source: str = "the input") -> list[dict]:
+def predict(path: str, lines: list[str], batch_size: int = 32, device=None, source: str = "the input",
+            trust_code: bool = False) -> list[dict]:
     """One result per input line (or per question of a SQuAD file), from a fine-tuned model."""
-    task, model = load_finetuned(path, device)
+    task, model = load_finetuned(path, device, trust_code=trust_code)
     rows = task.read_inputs(lines)
     if not rows:
         raise DataError(f"{source} holds no inputs: it is empty or blank")

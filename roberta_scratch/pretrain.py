@@ -36,13 +36,15 @@ from typing import Optional
 import torch
 
 from .config import IGNORE_INDEX, PRESETS, RobertaConfig
-from .data import PackedDataset, load_meta, tokenizer_dir
+from .data import PackedDataset, files_dir, load_meta
+from .errors import TrainingError
+from .fileio import lock_dir
 from .flops import mlm_training_flops_per_token
 from .masking import DynamicMaskingCollator, StaticCopies
 from .model import RobertaForMaskedLM, RobertaForPreTraining
 from .pairs import PAIR_MODES, PairDataset
 from .tokenizer import load_tokenizer
-from .training import BaseTrainer, RunArgs, TrainingError, option, plot_metrics, seed_for
+from .training import BaseTrainer, RunArgs, option, plot_metrics, seed_for
 
 
 @dataclass(kw_only=True)
@@ -52,9 +54,9 @@ class TrainArgs(RunArgs):
     data: str = option(help="a directory made by `roberta-scratch prepare`")
     out: str = option(help="run directory: ckpt/, metrics.jsonl, loss.png, model/")
     config: str = option("tiny", "tiny|small|base|large or a config.json")
-    steps: int = option(1000, "optimizer steps")
-    warmup: int = option(100, "steps of linear warmup, then linear decay to 0")
-    seq_len: Optional[int] = option(None, "block length (default: the data's)")
+    steps: int = option(1000, "optimizer steps", minimum=1)
+    warmup: int = option(100, "steps of linear warmup, then linear decay to 0", minimum=0)
+    seq_len: Optional[int] = option(None, "block length (default: the data's)", minimum=8)
     packing: str = option("full", "input format: full (FULL-SENTENCES), doc (DOC-SENTENCES), segment-pair "
                                   "(SEGMENT-PAIR+NSP) or sentence-pair (SENTENCE-PAIR+NSP); the pair formats need "
                                   "data prepared with --sentences", choices=["full", "doc", *PAIR_MODES])
@@ -67,13 +69,14 @@ class TrainArgs(RunArgs):
     eval_mlm_probability: Optional[float] = option(None, "share of tokens masked in the held-out set (default: "
                                                           "--mlm-probability); fix it to compare runs that train "
                                                           "with different rates")
-    eval_blocks: int = option(256, "size of the fixed, pre-masked validation set")
+    eval_blocks: int = option(256, "size of the fixed, pre-masked validation set", minimum=1)
     eval_seed: int = option(0, "seeds the held-out set's masks and pairs; not --seed, so that runs of every seed, "
                                "packing and masking are scored on the same inputs")
 
     # data and config are compared by content, and steps may change (training.RESUMING)
     RESUME_KEYS = RunArgs.RESUME_KEYS + ("warmup", "seq_len", "packing", "mlm_probability", "whole_word",
                                          "static_masking", "static_copies")
+    ADJUSTABLE = RunArgs.ADJUSTABLE + ("warmup",)
 
 
 class Trainer(BaseTrainer):
@@ -86,6 +89,9 @@ class Trainer(BaseTrainer):
         a = self.args
         meta = load_meta(a.data)
         self.meta = meta
+        # subtle: the run keeps the tokenizer of the data it opened, and model/ gets that one, even
+        # if the folder is prepared again meanwhile (fit holds it against that: hold_inputs)
+        self.tokenizer = load_tokenizer(os.path.join(files_dir(a.data, meta), "tokenizer"))
         if a.seq_len is None:
             a.seq_len = meta["seq_len"]
         self.pairs = a.packing in PAIR_MODES
@@ -137,7 +143,7 @@ class Trainer(BaseTrainer):
         if a.config in PRESETS:
             cfg = RobertaConfig.preset(a.config)
         elif os.path.isfile(a.config) or os.path.isdir(a.config):
-            cfg = RobertaConfig.load(a.config)
+            cfg = RobertaConfig.load(a.config, trust_code=a.trust_code)
         else:
             raise TrainingError(f"--config {a.config!r} is neither a preset ({', '.join(PRESETS)}) nor a config.json")
         positions = max(cfg.max_position_embeddings, a.seq_len + cfg.pad_token_id + 1)
@@ -147,9 +153,14 @@ class Trainer(BaseTrainer):
                            pad_token_id=meta["pad_token_id"], bos_token_id=meta["bos_token_id"],
                            eos_token_id=meta["eos_token_id"], type_vocab_size=types)
 
+    def hold_inputs(self):
+        """The prepared data, held against `prepare` for the run (readers share the folder's lock:
+        a prepare of it meanwhile is refused, naming this run)."""
+        return lock_dir(self.args.data, "a pretraining run reading it", shared=True)
+
     def _collator(self, meta: dict, static: bool, mlm_probability: Optional[float] = None) -> DynamicMaskingCollator:
         a = self.args
-        tok = load_tokenizer(tokenizer_dir(self.args.data))
+        tok = self.tokenizer
         rate = a.mlm_probability if mlm_probability is None else mlm_probability
         return DynamicMaskingCollator.from_tokenizer(tok, whole_word=a.whole_word, mlm_probability=rate,
                                                      static=static, static_seed=a.seed, generator=torch.Generator())
@@ -239,7 +250,12 @@ class Trainer(BaseTrainer):
             loss_sum += out.loss.item() * labels.numel()  # out.loss is the mean over them
             correct += int((out.logits.argmax(-1) == labels).sum())
             count += labels.numel()
-        loss = loss_sum / max(count, 1)
+        if count == 0:  # a loss of 0 and a perplexity of 1 would be nonsense
+            self._log("note: the held-out set has no masked tokens, so no validation metric is written "
+                      "(more held-out data or a higher --eval-mlm-probability gives some)")
+            model.train()
+            return None
+        loss = loss_sum / count
         metrics = {"val_loss": loss, "val_ppl": math.exp(min(loss, 50.0)), "val_acc": correct / max(count, 1),
                    "val_tokens": count}
         if self.val_pairs is not None:
@@ -271,7 +287,7 @@ class Trainer(BaseTrainer):
         """RUN/model: the final model and its tokenizer, ready for from_pretrained and fill-mask."""
         path = os.path.join(self.args.out, "model")
         self.raw_model.save_pretrained(path)
-        load_tokenizer(tokenizer_dir(self.args.data)).save_pretrained(path)
+        self.tokenizer.save_pretrained(path)
         png = os.path.join(self.args.out, "loss.png")
         drawn = plot_metrics(self.metrics_path, png)
         self._log(f"saved the model and its tokenizer to {path}; the metrics are in {self.metrics_path}"

@@ -17,13 +17,13 @@ from .model import RobertaForMaskedLM, RobertaModel
 from .tokenizer import load_tokenizer
 
 
-def _load(path: str, **overrides):
+def _load(path: str, trust_code: bool = False, **overrides):
     path, note = find_model_dir(path)
     if note:
         warnings.warn(note, stacklevel=3)
     with warnings.catch_warnings():  # a fine-tuned or MLM dir has a head the bare encoder ignores
         warnings.simplefilter("ignore")
-        model = RobertaModel.from_pretrained(path, **overrides).eval()
+        model = RobertaModel.from_pretrained(path, trust_code=trust_code, **overrides).eval()
     return _tokenizer(path), model
 
 
@@ -46,7 +46,7 @@ def _encode(tok, text: str, limit: int) -> list[int]:
 
 
 @torch.no_grad()
-def fill_mask(path: str, texts: list[str], top_k: int = 5) -> list[dict]:
+def fill_mask(path: str, texts: list[str], top_k: int = 5, trust_code: bool = False) -> list[dict]:
     """For each text, the top-k tokens and probabilities at each <mask> in it.
 
         >>> fill_mask("roberta-base/", ["The capital of France is <mask>."], top_k=1)
@@ -56,7 +56,7 @@ def fill_mask(path: str, texts: list[str], top_k: int = 5) -> list[dict]:
     if note:
         warnings.warn(note, stacklevel=2)
     tok = _tokenizer(path)
-    model = RobertaForMaskedLM.from_pretrained(path).eval()
+    model = RobertaForMaskedLM.from_pretrained(path, trust_code=trust_code).eval()
     if not 1 <= top_k <= model.config.vocab_size:
         raise ValueError(f"--top-k {top_k} must be between 1 and the vocabulary's {model.config.vocab_size}")
     results = []
@@ -105,9 +105,10 @@ def parse_layers(spec: str, n: int) -> list[int]:
 
 
 @torch.no_grad()
-def features(path: str, text: str, layers: str = "all") -> tuple[list[int], dict[int, np.ndarray]]:
+def features(path: str, text: str, layers: str = "all",
+             trust_code: bool = False) -> tuple[list[int], dict[int, np.ndarray]]:
     """(token ids, {layer: hidden states (T, H) float32}) for one text; layer 0 is the embeddings."""
-    tok, model = _load(path)
+    tok, model = _load(path, trust_code=trust_code)
     ids = _encode(tok, text, model.config.max_tokens)
     out = model(torch.tensor([ids]), output_hidden_states=True)
     picked = parse_layers(layers, len(out.hidden_states))
@@ -130,9 +131,9 @@ def save_features(ids: list[int], states: dict[int, np.ndarray], out: str) -> No
 
 
 @torch.no_grad()
-def attention_maps(path: str, text: str) -> tuple[list[str], torch.Tensor]:
+def attention_maps(path: str, text: str, trust_code: bool = False) -> tuple[list[str], torch.Tensor]:
     """(token strings, probabilities (layers, heads, T, T)): the eager backend materialises them."""
-    tok, model = _load(path, attention="eager")
+    tok, model = _load(path, trust_code=trust_code, attention="eager")
     ids = _encode(tok, text, model.config.max_tokens)
     out = model(torch.tensor([ids]), output_attentions=True)
     labels = [tok.decode([i]) for i in ids]

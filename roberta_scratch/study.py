@@ -45,13 +45,13 @@ from typing import Optional
 
 from .corpus import iter_documents
 from .data import PackedDataset, prepare
+from .errors import TrainingError
 from .fileio import DirectoryBusy, atomic_write, lock_dir
 from .finetune import FinetuneArgs, finetune
 from .pretrain import TrainArgs, pretrain
 from .progress import progress
 from .study_task import TaskSpec, build_task, write_if_changed
 from .tokenizer import ByteLevelBPETokenizer
-from .training import TrainingError
 
 SUBSTUDIES = ("masking", "formats", "batch")
 STUDIES = SUBSTUDIES + ("all",)
@@ -173,13 +173,13 @@ def resolve_attention(choice: str, device: Optional[str], head_dim: int) -> str:
         return choice
     import torch
 
-    import kernels
+    import roberta_kernels
 
     on_cuda = torch.cuda.is_available() and (device is None or device.startswith("cuda"))
     if not on_cuda:
         return "sdpa"
     try:
-        impl = kernels.get_implementation("attention", "triton")
+        impl = roberta_kernels.get_implementation("attention", "triton")
         ok = impl.unsupported(dtype=torch.bfloat16, head_dim=head_dim, dropout_p=0.1, device="cuda") is None
     except (ValueError, ImportError, AttributeError):
         ok = False
@@ -187,6 +187,12 @@ def resolve_attention(choice: str, device: Optional[str], head_dim: int) -> str:
 
 
 # ----------------------------------------------------------------------------- the study's folder
+
+STUDY_MARK = ".roberta-scratch-study"  # in every folder a study writes: the proof that it is one
+# What a study writes at the top of OUT (runs/<arm>-s<seed>/ hold pretrain's and finetune's runs).
+STUDY_FILES = ("tokenizer", "data", "downstream", "runs", "corpus.jsonl", "data_settings.json", "model_config.json",
+               "table.md", "results.json", "curves.png")
+
 
 class Study:
     """One study folder: OUT/tokenizer, OUT/data, OUT/downstream, OUT/runs/<arm>-s<seed>."""
@@ -211,10 +217,34 @@ class Study:
                 "vocab_size": p.vocab_size, "seq_len": p.seq_len, "val_fraction": p.val_fraction,
                 "max_documents": p.max_documents, "task": dataclasses.asdict(p.task)}
 
+    def claim_out(self) -> None:
+        """OUT is a study folder (it holds STUDY_MARK), or becomes one. A folder that is not a
+        study is refused while it holds anything (--overwrite: write beside it), and always
+        while it holds a name the study writes: those are not the study's to replace."""
+        marker = os.path.join(self.out, STUDY_MARK)
+        if os.path.isfile(marker):
+            return
+        if os.path.isfile(os.path.join(self.out, "data_settings.json")):  # a study from before the mark
+            open(marker, "w").close()
+            return
+        present = sorted(n for n in os.listdir(self.out) if n != ".lock")
+        taken = [n for n in present if n in STUDY_FILES]
+        if taken:
+            raise StudyError(f"{self.out} is not a study folder (no {STUDY_MARK}) but holds {', '.join(taken)}, which "
+                             "a study writes: nothing was changed. Choose an empty or new --out, or move them")
+        if present and not self.overwrite:
+            raise StudyError(f"{self.out} is not a study folder (no {STUDY_MARK}) and is not empty "
+                             f"({', '.join(present[:3])}{' ...' if len(present) > 3 else ''}): choose an empty or new "
+                             "--out, or pass --overwrite to write the study beside them (none of them is deleted)")
+        with atomic_write(marker, "w") as f:
+            f.write("written by roberta-scratch study: this folder is a study, and --overwrite may delete "
+                    "its tokenizer/, data/, downstream/ and runs/\n")
+
     def prepare_data(self) -> None:
         """The downstream task, then the pretraining corpus (the default one less the test
         modules' docstrings), the tokenizer trained on it, and its `prepare --sentences`."""
         p = self.preset
+        self.claim_out()
         settings = self.data_settings()
         state_path = os.path.join(self.out, "data_settings.json")
         state = _read_json(state_path) or {}

@@ -313,7 +313,7 @@ def _jsonable(obj) -> dict:
 def _machine() -> dict:
     import torch
 
-    from .training import cpu_name
+    from .machine import cpu_name
 
     info = {"platform": platform.platform(), "processor": cpu_name(),
             "cpus": os.cpu_count(), "usable_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")

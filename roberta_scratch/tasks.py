@@ -169,6 +169,12 @@ class SequenceClassification(Task):
             parse = self.args.train.endswith(".csv")
             kind = "regression" if all(is_number(e["label"], parse) for e in examples) else "class"
         if kind == "regression":
+            targets = {float(e["label"]) for e in examples if is_number(e["label"], True)}
+            targets = {t for t in targets if math.isfinite(t)}
+            if len(targets) < 2:
+                raise DataError(f"{self.args.train}: every training example has the target "
+                                f"{sorted(targets) or 'none that is a finite number'}: a regression needs targets "
+                                "that vary (for class names, pass --label-type class)")
             return SequenceRegression(self.args, self.tok)
         self.label_names = sorted({str(e["label"]) for e in examples})
         if len(self.label_names) < 2:
@@ -266,6 +272,9 @@ class SequenceRegression(SequenceClassification):
                 e["target"] = float(e["label"])
             except (TypeError, ValueError):
                 bad(e["line"], f"label {e['label']!r} is not a number (this is a regression task)")
+                continue
+            if not math.isfinite(e["target"]):
+                bad(e["line"], f"label {e['label']!r} is not a finite number (this is a regression task)")
                 continue
             good.append(e)
         return good
@@ -376,7 +385,7 @@ class TokenClassification(Task):
             if "tokens" not in r:  # plain text: split into words, keeping each word's characters
                 spans = [(m.start(), m.end()) for m in re.finditer(r"\w+|[^\w\s]", r["text"])]
                 r["tokens"], r["spans"] = [r["text"][a:b] for a, b in spans], spans
-        rows = [r for r in rows if r["tokens"]]
+        every, rows = rows, [r for r in rows if r["tokens"]]  # a row without words gets an empty result
         features = self.features(rows)
         # a row whose last word has no token left was cut short
         cut = [len(r["tokens"]) - 1 not in f["word_ids"] for r, f in zip(rows, features)]
@@ -394,7 +403,8 @@ class TokenClassification(Task):
                     ent["text"] = r["text"][ent["start"]:ent["end"]]
                 ents.append(ent)
             out.append({"text": r.get("text", " ".join(r["tokens"])), "entities": ents})
-        return out
+        found = iter(out)
+        return [next(found) if r["tokens"] else {"text": r.get("text", ""), "entities": []} for r in every]
 
 
 def align_labels(word_ids: list, word_labels: Optional[list]) -> list[int]:

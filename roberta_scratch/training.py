@@ -21,7 +21,7 @@ import glob
 import json
 import math
 import os
-import platform
+import re
 import shutil
 import signal
 import time
@@ -33,8 +33,10 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
+from .errors import TrainingError
 from .fileio import DirectoryBusy, atomic_write, lock_dir
 from .flops import peak_flops
+from .machine import cpu_threads
 from .progress import progress
 
 
@@ -49,33 +51,54 @@ class RunArgs:
     """The settings every training run shares; each task's settings extend these."""
 
     out: str = option(help="run directory: ckpt/, metrics.jsonl, model/")
-    lr: float = option(5e-4, "peak learning rate")
-    batch_size: int = option(16, "sequences per rank per micro-batch")
-    grad_accum: int = option(1, "micro-batches per optimizer step")
-    weight_decay: float = option(0.01, "AdamW weight decay (never on biases and LayerNorm weights)")
+    lr: float = option(5e-4, "peak learning rate", above=0)
+    batch_size: int = option(16, "sequences per rank per micro-batch", minimum=1)
+    grad_accum: int = option(1, "micro-batches per optimizer step", minimum=1)
+    weight_decay: float = option(0.01, "AdamW weight decay (never on biases and LayerNorm weights)", minimum=0)
     betas: tuple = option((0.9, 0.98), cli=False)
     eps: float = option(1e-6, cli=False)
-    clip: float = option(1.0, "max gradient norm; 0 turns clipping off")
+    clip: float = option(1.0, "max gradient norm; 0 turns clipping off", minimum=0)
     seed: int = option(0, "seeds the weights, the data order, the masks and dropout")
     attention: str = option("sdpa", "attention implementation: eager, sdpa, triton, flex, one registered with "
-                                    "kernels.register, or MODULE:FUNCTION")
+                                    "roberta_kernels.register, or MODULE:FUNCTION")
+    trust_code: bool = option(False, "let the model's config.json name its kernels as MODULE:FUNCTION, which "
+                                     "imports that module (off: a file runs no code, as Hugging Face's "
+                                     "trust_remote_code)")
     compile: bool = option(False, "torch.compile the model")
-    log_every: int = option(10, "steps between metrics.jsonl rows")
-    eval_every: Optional[int] = option(100, "steps between held-out evaluations")
-    save_every: Optional[int] = option(100, "steps between checkpoints")
-    keep_last: int = option(3, "checkpoints kept in OUT/ckpt")
+    log_every: int = option(10, "steps between metrics.jsonl rows", minimum=1)
+    eval_every: Optional[int] = option(100, "steps between held-out evaluations (0: none)", minimum=0)
+    save_every: Optional[int] = option(100, "steps between checkpoints", minimum=1)
+    keep_last: int = option(3, "checkpoints kept in OUT/ckpt", minimum=1)
     resume: bool = option(False, "continue from the last checkpoint in OUT/ckpt")
     overwrite: bool = option(False, "start over in an OUT that already holds a run, deleting its checkpoints, "
                                     "metrics and models")
     device: Optional[str] = option(None, "default: cuda when available, else cpu")
     threads: Optional[int] = option(None, "CPU threads for torch (default: OMP_NUM_THREADS if set, else the usable "
-                                          "cores less the machine's load, shared among torchrun's local ranks)")
+                                          "cores less the machine's load, shared among torchrun's local ranks)",
+                                   minimum=1)
     progress: bool = option(True, cli=False)
+
+    def __post_init__(self):
+        """Numbers out of range are one clear error naming the flag (`--steps -1` was accepted, and
+        `--batch-size 0` ended in a range() error), from the bounds in each field's metadata."""
+        for f in dataclasses.fields(self):
+            value, low, above = getattr(self, f.name), f.metadata.get("minimum"), f.metadata.get("above")
+            if value is None or (low is None and above is None):
+                continue
+            flag = "--" + f.name.replace("_", "-")
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise TrainingError(f"{flag} must be a number, got {value!r}")
+            if low is not None and value < low:
+                raise TrainingError(f"{flag} must be at least {low}, got {value}")
+            if above is not None and value <= above:
+                raise TrainingError(f"{flag} must be more than {above}, got {value}")
 
     # The settings a resumed run must share with the run it continues (a task adds its own). The
     # data and the model are compared by content (BaseTrainer.load), not by these strings, and
     # the length of the run may change (the schedule is re-anchored): see RESUMING.
     RESUME_KEYS = ("batch_size", "grad_accum", "lr", "weight_decay", "betas", "eps", "clip", "seed")
+    # Of those, the ones a resumed run may change, with a note: what the NaN stop advises changing.
+    ADJUSTABLE = ("lr", "clip")
 
 
 RESUMING = """What --resume checks. A resumed run must continue the saved one:
@@ -85,18 +108,21 @@ RESUMING = """What --resume checks. A resumed run must continue the saved one:
   - the same model config (the attention backend may change: the same math);
   - the same optimisation settings (RESUME_KEYS).
 Safe to change, with a note: where and how often to log, evaluate and save, the device, compile,
-and the length of the run (--steps, --epochs). With a new length the schedule is the one the new
-length describes (the same warmup, then linear decay to 0 at the new last step), from the step
-the run resumes at on: a finished run extended from 1000 to 2000 steps goes on at half the peak
-rate, as a 2000-step run would be at step 1000. The note says the rate before and after."""
+the length of the run (--steps, --epochs), and the settings a diverged run is told to lower
+(--lr, --clip, --warmup; ADJUSTABLE). The schedule is then the one the new settings describe
+(warmup to the peak rate, then linear decay to 0 at the last step), from the step the run
+resumes at on: a finished run extended from 1000 to 2000 steps goes on at half the peak rate,
+as a 2000-step run would be at step 1000. The note says the rate before and after. With
+nothing changed, the resumed run continues bit for bit."""
 
 
-# What a run writes into OUT: what --overwrite deletes.
+# What a run writes into OUT: what --overwrite deletes, by name, and nothing else.
 RUN_FILES = ("ckpt", "metrics.jsonl", "loss.png", "model", "best")
-
-
-class TrainingError(RuntimeError):
-    """Stops a run with a message for the user (NaN loss, mismatched resume, ...)."""
+# What a run writes inside ckpt/, model/ and best/ (the model and its tokenizer, finetune's task
+# file, and the temp names of atomic_write and atomic_files); a user's file there is left alone.
+RUN_FOLDER_FILES = re.compile(r"step_\d{8}\.pt(\.tmp-\d+|\.unusable)?|\.tmp-\w+|config\.json|model\.safetensors|"
+                              r"vocab\.json|merges\.txt|tokenizer_config\.json|sentencepiece\.bpe\.model|"
+                              r"finetune\.json|[\w.]+\.tmp-\d+")
 
 
 class CheckpointUnusable(Exception):
@@ -134,68 +160,6 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list:
     decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
-def cpu_threads(requested: Optional[int] = None) -> tuple[int, str]:
-    """How many intra-op threads torch should use on the CPU, and why.
-
-    subtle: torch's threads spin while they wait for each other. On a machine where another
-    process is busy, as many threads as cores fight it for every core and training slows
-    ten-fold; one thread fewer per busy core keeps most of the speed. So: an explicit
-    request wins, then OMP_NUM_THREADS, then the usable cores (shared among torchrun's local
-    ranks) less the cores other processes keep busy right now (busy_elsewhere), at least one.
-    """
-    if requested:
-        return requested, "--threads"
-    if os.environ.get("OMP_NUM_THREADS", "").strip().isdigit():
-        return max(1, int(os.environ["OMP_NUM_THREADS"])), "OMP_NUM_THREADS"
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
-    share = max(1, cores // local)
-    elsewhere = busy_elsewhere()
-    busy = min(share - 1, int(elsewhere / local + 0.5)) if elsewhere > 0.5 else 0
-    return share - busy, (f"{cores} usable cores" + (f" over {local} local ranks" if local > 1 else "")
-                          + (f", {elsewhere:.1f} busy with other work" if busy else ""))
-
-
-def cpu_name() -> str:
-    """The processor's model name ("AMD EPYC 7B13"), for the records benchmarks and studies write."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown"
-
-
-def _cpu_ticks() -> tuple[int, int, int]:
-    """(all cores' ticks, their idle + iowait + niced ticks, this process's user + system ticks)
-    so far. Niced time counts as free: a process run with `nice` yields its core to ours."""
-    with open("/proc/stat") as f:
-        ticks = [int(x) for x in f.readline().split()[1:9]]
-    with open("/proc/self/stat") as f:
-        own = f.read().rsplit(")", 1)[1].split()
-    nice = ticks[1] if os.nice(0) == 0 else 0  # a niced trainer's own time is in that column too
-    return sum(ticks), ticks[3] + ticks[4] + nice, int(own[11]) + int(own[12])
-
-
-def busy_elsewhere(interval: float = 0.2) -> float:
-    """How many cores other processes keep busy now at normal priority: the machine's busy
-    time over `interval`, less niced time and this process's own (/proc/stat and
-    /proc/self/stat); the 1-minute load average where /proc is missing (which counts this
-    process too)."""
-    try:
-        (total0, idle0, own0), _ = _cpu_ticks(), time.sleep(interval)
-        total1, idle1, own1 = _cpu_ticks()
-    except (OSError, ValueError, IndexError):
-        return os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
-    total = total1 - total0
-    if total <= 0:
-        return 0.0
-    busy = (total - (idle1 - idle0)) - (own1 - own0)
-    return max(0.0, busy / total * (os.cpu_count() or 1))
 
 
 def seed_for(*parts: int) -> int:
@@ -372,9 +336,11 @@ class BaseTrainer:
         if self.distributed:
             dist.all_reduce(sums)
         means = sums / total_weight.clamp(min=1)
-        values = torch.cat([means.double(), tokens.double()[None]]).tolist()  # one device sync per step
-        self.last_loss_parts = dict(zip(names, values[1:-1]))
-        return values[0], int(values[-1]) * self.world
+        # one device sync per step
+        values = torch.cat([means.double(), tokens.double()[None], total_weight.double()[None]]).tolist()
+        self.last_loss_parts = dict(zip(names, values[1:-2]))
+        self.last_step_empty = values[-1] == 0  # nothing to predict in the whole global batch
+        return values[0], int(values[-2]) * self.world
 
     def optimizer_step(self) -> None:
         if self.args.clip > 0:
@@ -463,7 +429,8 @@ class BaseTrainer:
         """Continue from a checkpoint, after checking it continues this run (see RESUMING)."""
         state = self.read_checkpoint(path) if state is None else state
         saved, now = state["args"], _args_dict(self.args)
-        changed = {k: (saved.get(k), now[k]) for k in self.args.RESUME_KEYS if saved.get(k) != now[k]}
+        changed = {k: (saved.get(k), now[k]) for k in self.args.RESUME_KEYS
+                   if saved.get(k) != now[k] and k not in self.args.ADJUSTABLE}
         if changed:
             raise TrainingError(f"cannot resume from {path}: these settings differ from the saved run "
                                 f"(saved, now): {changed}. {RESUMING}")
@@ -498,21 +465,35 @@ class BaseTrainer:
         self.step = state["step"]
         self.tokens_seen = state.get("tokens_seen")  # None from a checkpoint older than the count: not logged
         self._note_safe_changes(saved, now)
-        if self.schedule.total != self.total_steps:
-            if self.total_steps <= self.step:
-                raise TrainingError(f"cannot resume from {path}: it is at step {self.step}, and the run would now "
-                                    f"end at step {self.total_steps}")
-            old_total, old_lr = self.schedule.total, self.scheduler.get_last_lr()[0]
-            self.schedule.total = self.total_steps
-            for group, base in zip(self.optimizer.param_groups, self.scheduler.base_lrs):
-                group["lr"] = base * self.schedule(self.step)
-            self.scheduler._last_lr = [g["lr"] for g in self.optimizer.param_groups]
-            self._log(f"note: the run now ends at step {self.total_steps} instead of {old_total}; the learning rate "
-                      f"follows that schedule from here: {self.scheduler.get_last_lr()[0]:.3g} at step {self.step} "
-                      f"(it was {old_lr:.3g}), decaying linearly to 0 at step {self.total_steps}")
+        self._reanchor_schedule(path, saved, now)
+
+    def _reanchor_schedule(self, path: str, saved: dict, now: dict) -> None:
+        """After loading: the schedule the current --steps/--epochs, --lr and warmup describe, from
+        this step on (see RESUMING). Nothing changes when none of them did."""
+        warmup_changed = any(saved.get(k) != now.get(k) for k in ("warmup", "warmup_ratio") if k in now)
+        lr_changed = saved.get("lr") != now["lr"]
+        if self.schedule.total == self.total_steps and not warmup_changed and not lr_changed:
+            return
+        if self.total_steps <= self.step:
+            raise TrainingError(f"cannot resume from {path}: it is at step {self.step}, and the run would now "
+                                f"end at step {self.total_steps}")
+        old_lr = self.scheduler.get_last_lr()[0]
+        self.schedule.total = self.total_steps
+        if warmup_changed:
+            self.schedule.warmup = self.warmup_steps
+        if lr_changed:
+            self.scheduler.base_lrs = [self.args.lr] * len(self.optimizer.param_groups)
+        for group, base in zip(self.optimizer.param_groups, self.scheduler.base_lrs):
+            group["initial_lr"] = base
+            group["lr"] = base * self.schedule(self.step)
+        self.scheduler._last_lr = [g["lr"] for g in self.optimizer.param_groups]
+        self._log(f"note: the learning rate follows the schedule of the current settings from here (peak "
+                  f"{self.scheduler.base_lrs[0]:.3g}, warmup {self.schedule.warmup} steps, linear decay to 0 at "
+                  f"step {self.total_steps}): {self.scheduler.get_last_lr()[0]:.3g} at step {self.step} "
+                  f"(it was {old_lr:.3g})")
 
     def _note_safe_changes(self, saved: dict, now: dict) -> None:
-        strict = set(self.args.RESUME_KEYS) | {"resume", "overwrite"}
+        strict = (set(self.args.RESUME_KEYS) - set(self.args.ADJUSTABLE)) | {"resume", "overwrite"}
         changed = {k: (saved.get(k), now[k]) for k in now if k not in strict and saved.get(k) != now[k]}
         if changed:
             self._log("note: resuming with settings changed, which is safe (saved, now): "
@@ -544,13 +525,23 @@ class BaseTrainer:
                                 f"{', ...' if len(existing) > 5 else ''}): pass --resume to continue that run, or "
                                 "--overwrite to delete it and start over")
         if a.overwrite and self.rank == 0:
-            for name in RUN_FILES:
-                path = os.path.join(a.out, name)
-                if os.path.isdir(path):
-                    shutil.rmtree(path)
-                elif os.path.exists(path):
-                    os.remove(path)
-            self._log(f"--overwrite: deleted the previous run's {', '.join(n for n in RUN_FILES if n in existing)}")
+            self._log(f"--overwrite: {overwrite_run(a.out)}")
+
+    def hold_inputs(self):
+        """A context held for the whole run over the inputs a task reads from disk (none here)."""
+        return contextlib.nullcontext()
+
+    def _remove_temp_leftovers(self) -> None:
+        """A run killed while it exported a model leaves model/.tmp-XXXX (atomic_files): the
+        temp folders of this run's own writers, removed on start and on --resume."""
+        if self.rank != 0:
+            return
+        for name in ("model", "best", "ckpt"):
+            folder = os.path.join(self.args.out, name)
+            if os.path.isdir(folder) and not os.path.islink(folder):
+                for leftover in glob.glob(os.path.join(folder, ".tmp-*")):
+                    if os.path.isdir(leftover) and not os.path.islink(leftover):
+                        shutil.rmtree(leftover, ignore_errors=True)
 
     # ---- the loop ------------------------------------------------------------------
 
@@ -561,8 +552,9 @@ class BaseTrainer:
         os.makedirs(a.out, exist_ok=True)
         lock = lock_dir(a.out, f"a {self.desc} run") if self.rank == 0 else contextlib.nullcontext()
         try:
-            with lock:
+            with lock, self.hold_inputs():
                 self._claim_out()
+                self._remove_temp_leftovers()
                 self._log(f"{self.desc} into {a.out}: checkpoints in {self.ckpt_dir}, metrics in {self.metrics_path}")
                 if a.resume:
                     self._resume()
@@ -615,6 +607,9 @@ class BaseTrainer:
                 tps = window_tokens / max(elapsed, 1e-9)
                 row = {"step": self.step, "loss": loss, **self.last_loss_parts, "lr": lr, "tokens_per_s": tps,
                        **self._tokens()}
+                if self.last_step_empty:  # its loss of 0 means nothing: the row says so instead
+                    row = {k: v for k, v in row.items() if k != "loss" and k not in self.last_loss_parts}
+                    row["skipped"] = "nothing to predict in this step's batch (no token was masked or labelled)"
                 if self.device.type == "cuda" and flops:
                     row["mfu"] = tps * flops / peak_flops(self.device) / self.world
                 bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{tps:,.0f}")
@@ -689,14 +684,49 @@ class BaseTrainer:
                     row = json.loads(line)
                     step = row["step"]
                 except (json.JSONDecodeError, KeyError, TypeError):
+                    step = None
+                if isinstance(step, bool) or not isinstance(step, int):  # cut short, or not a row of ours
                     broken += bool(line.strip())
                     continue
                 if step <= self.step:
                     rows.append(json.dumps(row) + "\n")
         if broken:
-            self._log(f"note: dropped {broken} unreadable line(s) of {self.metrics_path} (a write cut short)")
+            self._log(f"note: dropped {broken} unreadable line(s) of {self.metrics_path} (a write cut short, or "
+                      "not a metrics row: no whole-number step)")
         with atomic_write(self.metrics_path, "w") as f:
             f.writelines(rows)
+
+
+def overwrite_run(out: str) -> str:
+    """Delete the previous run in `out` for --overwrite: only the files a run writes (RUN_FILES,
+    and inside its folders RUN_FOLDER_FILES), all checked before anything is deleted. Returns
+    what it did, for the log; a user's file inside a run folder stays, with the folder."""
+    plan, kept = [], []
+    for name in RUN_FILES:
+        path = os.path.join(out, name)
+        if not os.path.lexists(path):
+            continue
+        if os.path.islink(path):
+            raise TrainingError(f"--overwrite: {path} is a symbolic link, which this run did not write; nothing "
+                                "was deleted. Remove or move it yourself, then run again")
+        if os.path.isdir(path):
+            inside = os.listdir(path)
+            ours = [n for n in inside if RUN_FOLDER_FILES.fullmatch(n)]
+            kept += [os.path.join(name, n) for n in inside if n not in ours]
+            plan += [os.path.join(path, n) for n in ours] + [path]
+        else:
+            plan.append(path)
+    for path in plan:  # files and temp folders first, then each run folder if nothing else is in it
+        if os.path.isdir(path) and not os.path.islink(path):
+            if os.path.basename(path) in RUN_FILES:
+                with contextlib.suppress(OSError):
+                    os.rmdir(path)
+            else:
+                shutil.rmtree(path)
+        else:
+            os.remove(path)
+    done = "deleted the previous run's files" if plan else "there was no previous run to delete"
+    return done + (f"; kept what the run did not write: {', '.join(sorted(kept)[:5])}" if kept else "")
 
 
 def plot_metrics(metrics_path: str, png_path: str) -> bool:

@@ -31,7 +31,7 @@ def random_hf_model(arch: str, seed: int = 0, **overrides):
 def triton_mode_fixture(*modules: str):
     """An autouse fixture for kernel tests: Triton's interpreter for CPU tests, the compiled
     kernels for `gpu` tests. `modules` are the kernels submodules the tests exercise."""
-    import kernels
+    import roberta_kernels
 
     @pytest.fixture(autouse=True)
     def _triton_mode(request, monkeypatch):
@@ -41,7 +41,7 @@ def triton_mode_fixture(*modules: str):
             monkeypatch.setenv("TRITON_INTERPRET", "1")
         try:
             for module in modules:
-                kernels.kernel_module(module)
+                roberta_kernels.kernel_module(module)
         except RuntimeError as exc:  # triton was imported the other way round in this process
             pytest.skip(f"{exc}; tests/conftest.py imports it so, see tests/test_kernels_attention.py")
 

@@ -47,10 +47,16 @@ def test_every_subcommand_has_help(capsys):
 def test_training_commands_keep_their_flags():
     # every flag they had, plus --overwrite (start over in a folder that holds a run) and --threads;
     # pretrain also has the ablations' --static-copies (BERT's K masks), --eval-seed (one held-out set) and
-    # --eval-mlm-probability (one masking rate for that set, whatever the runs train with)
+    # --eval-mlm-probability (one masking rate for that set, whatever the runs train with); both have
+    # --trust-code, the opt-in for a config.json that names its kernels as MODULE:FUNCTION
     assert flags("pretrain") == PRETRAIN_FLAGS | {"--overwrite", "--threads", "--static-copies", "--eval-seed",
-                                                  "--eval-mlm-probability"}
-    assert flags("finetune") == FINETUNE_FLAGS | {"--overwrite", "--threads"}
+                                                  "--eval-mlm-probability", "--trust-code"}
+    assert flags("finetune") == FINETUNE_FLAGS | {"--overwrite", "--threads", "--trust-code"}
+
+
+def test_every_command_that_reads_a_config_json_has_the_trust_opt_in():
+    for name in ("inspect", "pretrain", "finetune", "fill-mask", "predict", "features", "attention", "convert"):
+        assert "--trust-code" in flags(name), name
 
 
 def test_flags_reach_the_settings_and_defaults_stay_the_dataclass_ones():
@@ -142,7 +148,7 @@ def test_fairseq_dictionary_and_gpt2_files_rebuild_roberta_base_exactly(referenc
     import json
     import shutil
 
-    from roberta_scratch.checkpoint import find_tokenizer
+    from roberta_scratch.converter import find_tokenizer
 
     for name in ("dict.txt", "gpt2-encoder.json", "merges.txt"):  # as a fairseq model folder has them
         shutil.copy(os.path.join(reference_dir, name), tmp_path / name)

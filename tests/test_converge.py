@@ -5,7 +5,7 @@ import math
 
 import torch
 
-from kernels.registry import eager_attention
+from roberta_kernels.registry import eager_attention
 from roberta_scratch import converge
 
 

@@ -4,6 +4,7 @@ import csv
 import json
 import os
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,13 +12,13 @@ import torch
 
 from roberta_scratch import cli
 from roberta_scratch.config import RobertaConfig
+from roberta_scratch.errors import TrainingError
 from roberta_scratch.finetune import FinetuneArgs, FinetuneTrainer, finetune
 from roberta_scratch.finetune_data import DataError
 from roberta_scratch.model import RobertaForMaskedLM
 from roberta_scratch.predict import load_finetuned
 from roberta_scratch.tasks import align_labels, qa_windows
 from roberta_scratch.tokenizer import ByteLevelBPETokenizer, load_tokenizer
-from roberta_scratch.training import TrainingError
 
 POSITIVE = "good great happy excellent lovely wonderful".split()
 NEGATIVE = "bad awful sad terrible poor boring".split()
@@ -364,6 +365,44 @@ def test_a_training_file_with_one_class_is_refused(pretrained, tmp_path):
     only_o = write_jsonl(tmp_path / "o.jsonl", [{"tokens": ["a", "b"], "tags": ["O", "O"]}] * 5)
     with pytest.raises(DataError, match="every word is tagged O"):
         FinetuneTrainer(args_for(pretrained, "token-cls", only_o, tmp_path / "run2"))
+
+
+def test_a_regression_target_that_never_varies_is_refused(pretrained, tmp_path):
+    """Every label 1: neither two classes nor a target to regress on."""
+    train = write_csv(tmp_path / "ones.csv", [{"text": r["text"], "label": 1} for r in sentiment_rows(20, 10)])
+    with pytest.raises(DataError, match=r"every training example has the target \[1.0\].*vary"):
+        FinetuneTrainer(args_for(pretrained, "seq-cls", train, tmp_path / "run"))
+    with pytest.raises(DataError, match=r"every training example has the label \['1'\].*two classes"):
+        FinetuneTrainer(args_for(pretrained, "seq-cls", train, tmp_path / "run2", label_type="class"))
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-Infinity"])
+def test_regression_labels_that_are_not_finite_are_bad_rows(pretrained, tmp_path, value):
+    rows = [{"text": r["text"], "label": i % 5 / 4} for i, r in enumerate(sentiment_rows(20, 10))]
+    rows[3]["label"] = value
+    train = write_csv(tmp_path / "sts.csv", rows)
+    with pytest.raises(DataError, match=rf"sts.csv:5: label '{value}' is not a finite number"):
+        FinetuneTrainer(args_for(pretrained, "seq-cls", train, tmp_path / "run", on_bad_row="stop"))
+
+
+def test_a_csv_with_a_byte_order_mark_reads(pretrained, tmp_path):
+    train = write_csv(tmp_path / "excel.csv", sentiment_rows(20, 10))
+    Path(train).write_bytes(b"\xef\xbb\xbf" + Path(train).read_bytes())
+    trainer = FinetuneTrainer(args_for(pretrained, "seq-cls", train, tmp_path / "run"))
+    assert len(trainer.train_set) == 20
+
+
+def test_predict_gives_one_line_per_input_even_without_words(pretrained, tmp_path, capsys):
+    train = write_jsonl(tmp_path / "ner.jsonl", ner_rows(32, 3))
+    assert finetune(args_for(pretrained, "token-cls", train, tmp_path / "run", epochs=1)) == 0
+    inputs = tmp_path / "in.jsonl"
+    inputs.write_text('{"tokens": ["Alice", "lives", "here"]}\n{"tokens": []}\n{"tokens": ["Bob"]}\n')
+    code, results = run_cli(capsys, "predict", "--model", tmp_path / "run" / "model", inputs)
+    assert code == 0 and len(results) == 3
+    assert results[1] == {"text": "", "entities": []} and results[0]["text"] == "Alice lives here"
+    inputs.write_text('{"tokens": []}\n')
+    code, results = run_cli(capsys, "predict", "--model", tmp_path / "run" / "model", inputs)
+    assert code == 0 and results == [{"text": "", "entities": []}]
 
 
 # ----------------------------------------------------------------------------- resume

@@ -16,11 +16,11 @@ import torch
 import torch.nn.functional as F
 from helpers import triton_mode_fixture
 
-import kernels
-from kernels import check
-from kernels.registry import Implementation, eager_attention, flex_available, torch_layer_norm
+import roberta_kernels
+from roberta_kernels import check
+from roberta_kernels.registry import Implementation, eager_attention, flex_available, torch_layer_norm
 
-if kernels.triton_available():  # Triton code in the interpreter (every test: the check restores the variable)
+if roberta_kernels.triton_available():  # Triton code in the interpreter (every test: the check restores the variable)
     _triton_mode = triton_mode_fixture("flash_attention", "layernorm")
 
 
@@ -199,7 +199,7 @@ def test_quick_passes_flex_forward_only_on_the_cpu():
     assert code == 0 and f"{len(ok)} checked forward only" in text
 
 
-requires_triton = pytest.mark.skipif(not kernels.triton_available(), reason="triton is not installed")
+requires_triton = pytest.mark.skipif(not roberta_kernels.triton_available(), reason="triton is not installed")
 
 
 @requires_triton
@@ -207,7 +207,7 @@ def test_quick_passes_triton_attention():
     rows = run_quick("triton")
     assert_passes(rows)
     assert len(rows) == len(check.QUICK_INTERPRETED_ATTENTION)  # the interpreter's tiny set
-    assert kernels.kernel_module("flash_attention").INTERPRETED  # the Triton code ran, not the fallback
+    assert roberta_kernels.kernel_module("flash_attention").INTERPRETED  # the Triton code ran, not the fallback
 
 
 @requires_triton
@@ -354,7 +354,7 @@ def test_run_needs_an_implementation():
 
 
 def test_cli_main(capsys):
-    pytest.importorskip("kernels.bench", reason="roberta_scratch/cli.py imports kernels.bench, not written yet")
+    pytest.importorskip("roberta_kernels.bench", reason="roberta_scratch/cli.py imports roberta_kernels.bench, not written yet")
     from roberta_scratch import cli
 
     assert cli.main(["kernels", "check", "--attention", "eager", "--quick", "--device", "cpu"]) == 0
@@ -393,3 +393,35 @@ def test_quick_catches_on_cuda(fn, tensors):
 @pytest.mark.parametrize("name", ["torch", "triton"])
 def test_quick_passes_layer_norm_on_cuda(name):
     assert_passes(check.check_layer_norm(name, "cuda", quick=True))
+
+
+# ----------------------------------------------------------------------------- kernels that misbehave
+
+def exiting_attention(q, k, v, key_padding_mask=None, dropout_p=0.0, softmax_scale=None):
+    raise SystemExit(0)  # what a library's fatal path may do
+
+
+def hanging_layer_norm(x, weight, bias, eps=1e-5, residual=None, dropout_p=0.0):
+    import time
+
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:  # a kernel that never finishes (bounded here, so a broken test ends)
+        pass
+    raise AssertionError("not stopped by the check's time limit")
+
+
+def test_a_kernel_that_raises_system_exit_fails_with_a_verdict():
+    rows = run_quick(exiting_attention)
+    assert rows and all(r.status == "FAIL" for r in rows if r.status != "skip")
+    assert "SystemExit" in failed(rows)[0].note and check.summarize(rows)[1] == 1
+
+
+def test_a_kernel_that_hangs_fails_its_case_and_the_check_goes_on():
+    import time
+
+    cases = check.layer_norm_cases(True, False)[:2]
+    start = time.monotonic()
+    rows = check.check_layer_norm(hanging_layer_norm, device="cpu", cases=cases, timeout=0.5)
+    assert time.monotonic() - start < 10
+    assert [r.status for r in rows] == ["FAIL", "FAIL"] and "timed out after 0.5 s" in rows[0].note
+    assert check.summarize(rows)[1] == 1

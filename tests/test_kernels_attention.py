@@ -2,7 +2,7 @@
 
 Without a GPU the kernel code itself runs on the CPU through Triton's
 interpreter: an autouse fixture sets TRITON_INTERPRET=1 for each test, and
-kernels.kernel_module decorates the kernels to match. Triton also fixes the
+roberta_kernels.kernel_module decorates the kernels to match. Triton also fixes the
 mode of its own tl.* helpers when it is first imported, and transformers
 imports it during collection, so tests/conftest.py imports triton in
 interpreter mode first (and unsets the variable for every other test); in a
@@ -22,10 +22,10 @@ import pytest
 import torch
 from helpers import triton_mode_fixture
 
-import kernels
-from kernels import attention, attention_dropout_mask, attention_reference
+import roberta_kernels
+from roberta_kernels import attention, attention_dropout_mask, attention_reference
 
-pytestmark = pytest.mark.skipif(not kernels.triton_available(), reason="triton is not installed")
+pytestmark = pytest.mark.skipif(not roberta_kernels.triton_available(), reason="triton is not installed")
 
 FP32 = (torch.float32, 1e-4, 1e-4)
 BF16 = (torch.bfloat16, 3e-2, 2e-2)
@@ -96,8 +96,8 @@ def run_and_compare(B, H, T, D, dtype, atol, rtol, padding, dropout_p=0.0, devic
 
 def test_interpreter_runs_the_triton_code():
     x = torch.zeros(1, 1, 16, 32)
-    assert kernels.use_triton(x)
-    assert kernels.kernel_module("flash_attention").INTERPRETED
+    assert roberta_kernels.use_triton(x)
+    assert roberta_kernels.kernel_module("flash_attention").INTERPRETED
 
 
 # A cross-section that runs in seconds; the full product is the slow test below.
@@ -169,7 +169,7 @@ def test_dropout_keep_rate_and_seeds():
 def test_dropout_rate_is_p_rounded_to_eight_bits():
     """Each decision compares 8 random bits with round(p * 256): the drop rate is p rounded to 2**-8,
     within 2**-9 of p (the bias the exact 1 / (1 - p) scaling keeps), at every one of the 16 byte
-    positions of a Philox draw, which are keys n mod 64 (kernels/flash_attention.py, _dropout_keep)."""
+    positions of a Philox draw, which are keys n mod 64 (kernels/roberta_kernels/flash_attention.py, _dropout_keep)."""
     for p in (0.1, 0.3):
         keep = attention_dropout_mask(11, 1, 4, 512, p).float()  # 2**20 draws
         rate = 1 - round(p * 256) / 256
@@ -190,7 +190,7 @@ def test_hopper_launch_in_the_interpreter(monkeypatch, T, D, padding, tol, dropo
     """The launch a Hopper GPU gets (sm_90 tiles: 128-key forward tiles, 64-key dQ tiles with dropout;
     tiles loaded and stored through TMA descriptors, rows past T zero-filled), run through the
     interpreter: the same kernels, forward and every gradient, as in the tests above."""
-    module = kernels.kernel_module("flash_attention")
+    module = roberta_kernels.kernel_module("flash_attention")
     monkeypatch.setattr(module, "_arch", lambda device: 90)
     x = torch.randn(2, 2, T, D).to(tol[0])
     assert module._use_tma(90, x, x.transpose(1, 2).contiguous().transpose(1, 2))
@@ -202,7 +202,7 @@ def test_hopper_launch_in_the_interpreter(monkeypatch, T, D, padding, tol, dropo
 def test_hopper_launch_falls_back_to_cp_async_on_unaligned_strides(monkeypatch):
     """TMA needs 16-byte aligned strides: heads sliced from rows of 68 bf16 (136 bytes) take the
     pointer path on sm_90, with the same results."""
-    module = kernels.kernel_module("flash_attention")
+    module = roberta_kernels.kernel_module("flash_attention")
     monkeypatch.setattr(module, "_arch", lambda device: 90)
     generator = torch.Generator().manual_seed(5)
     q, k, v = (torch.randn(1, 2, 45, 68, generator=generator).to(torch.bfloat16)[..., :64] for _ in range(3))
@@ -216,8 +216,8 @@ def test_hopper_launch_falls_back_to_cp_async_on_unaligned_strides(monkeypatch):
 
 def test_tuning_tables_start_with_the_default_and_are_all_compile_checked():
     """Each kernel's autotune candidates (attention_candidates) start with attention_configs' pick, the
-    one the interpreter and the CPU always run; kernels.compile_check compiles every candidate."""
-    module = kernels.kernel_module("flash_attention")
+    one the interpreter and the CPU always run; roberta_kernels.compile_check compiles every candidate."""
+    module = roberta_kernels.kernel_module("flash_attention")
     kernels_by_name = {"fwd": module._attn_fwd_kernel, "dkdv": module._attn_bwd_dkdv_kernel,
                        "dq": module._attn_bwd_dq_kernel}
     for arch in (80, 90):
@@ -243,7 +243,7 @@ def test_tuning_tables_start_with_the_default_and_are_all_compile_checked():
 
 
 def test_the_interpreter_runs_the_first_candidate_without_autotuning():
-    module = kernels.kernel_module("flash_attention")
+    module = roberta_kernels.kernel_module("flash_attention")
     q = torch.randn(1, 1, 20, 32, dtype=torch.bfloat16, requires_grad=True)
     attention(q, q, q, dropout_p=0.1, seed=0).sum().backward()
     assert module._AUTOTUNED == {} and module.tuned_configs() == {}
@@ -324,8 +324,8 @@ def test_fallback_without_interpreter_matches(monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET")
     q = torch.randn(2, 2, 30, 48)  # a head dim the kernel refuses is fine for the fallback
     mask = make_mask("single", 2, 30, torch.Generator().manual_seed(0))
-    assert not kernels.use_triton(q)
-    torch.testing.assert_close(kernels.attention(q, q, q, key_padding_mask=mask),
+    assert not roberta_kernels.use_triton(q)
+    torch.testing.assert_close(roberta_kernels.attention(q, q, q, key_padding_mask=mask),
                                attention_reference(q, q, q, key_padding_mask=mask))
 
 

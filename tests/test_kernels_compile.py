@@ -1,6 +1,6 @@
 """Every Triton kernel compiles ahead of time for sm_80 and sm_90, without register spills.
 
-This is `python -m kernels.compile_check --arch <arch>`, run as users run it:
+This is `python -m roberta_kernels.compile_check --arch <arch>`, run as users run it:
 triton.compile down to a cubin with Triton's bundled ptxas, no GPU needed, at
 the tiles, warps and stages the launchers pick. It catches what the
 interpreter forgives (layouts, shared memory, spills). It runs in a
@@ -9,7 +9,7 @@ which the interpreter tests in this process need set. The first run compiles
 about 300 kernels per architecture (several minutes on 2 cores); Triton's
 cache makes later runs fast.
 
-`--report` reads the main loop's cost from the PTX (see kernels/compile_check.py);
+`--report` reads the main loop's cost from the PTX (see kernels/roberta_kernels/compile_check.py);
 one test pins the forward's cost, the figure the kernels were tuned on.
 """
 import json
@@ -20,9 +20,9 @@ from pathlib import Path
 
 import pytest
 
-import kernels
+import roberta_kernels
 
-pytestmark = pytest.mark.skipif(not kernels.triton_available(), reason="triton is not installed")
+pytestmark = pytest.mark.skipif(not roberta_kernels.triton_available(), reason="triton is not installed")
 
 REPO = Path(__file__).resolve().parents[1]
 KERNELS = ["_attn_kv_range_kernel", "_attn_fwd_kernel", "_attn_bwd_preprocess_kernel", "_attn_bwd_dkdv_kernel",
@@ -33,7 +33,7 @@ KERNELS = ["_attn_kv_range_kernel", "_attn_fwd_kernel", "_attn_bwd_preprocess_ke
 @pytest.mark.parametrize("arch", [80, 90])
 def test_every_kernel_compiles_without_spills(arch):
     env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
-    proc = subprocess.run([sys.executable, "-m", "kernels.compile_check", "--arch", str(arch)],
+    proc = subprocess.run([sys.executable, "-m", "roberta_kernels.compile_check", "--arch", str(arch)],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     report = proc.stdout + proc.stderr
     assert proc.returncode == 0, report
@@ -47,7 +47,7 @@ def sm90_report(tmp_path, only: str) -> list:
     """The rows `compile_check --report --json` writes for sm_90's specs matching `only` (run as a user would)."""
     env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
     out = tmp_path / "report.json"
-    proc = subprocess.run([sys.executable, "-m", "kernels.compile_check", "--arch", "90", "--jobs", "1", "--report",
+    proc = subprocess.run([sys.executable, "-m", "roberta_kernels.compile_check", "--arch", "90", "--jobs", "1", "--report",
                            "--json", str(out), "--only", only],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -66,7 +66,7 @@ def test_report_counts_the_forward_main_loop(tmp_path):
 
 
 def test_report_shows_the_hopper_tma_path(tmp_path):
-    """sm_90's TMA variants (kernels/flash_attention.py, _use_tma): every tile of Q, K, V (and dO) goes
+    """sm_90's TMA variants (kernels/roberta_kernels/flash_attention.py, _use_tma): every tile of Q, K, V (and dO) goes
     global -> shared by cp.async.bulk.tensor, tracked by mbarriers, still into wgmma, and the forward's
     main loop stays within the same 8.5 instructions per score."""
     rows = {row["kernel"]: row for row in sm90_report(tmp_path, "tma D=64 bf16 mask=1 dropout=0")}

@@ -15,10 +15,10 @@ import pytest
 import torch
 from helpers import triton_mode_fixture
 
-import kernels
-from kernels import layer_norm, layer_norm_dropout_mask, layer_norm_reference
+import roberta_kernels
+from roberta_kernels import layer_norm, layer_norm_dropout_mask, layer_norm_reference
 
-pytestmark = pytest.mark.skipif(not kernels.triton_available(), reason="triton is not installed")
+pytestmark = pytest.mark.skipif(not roberta_kernels.triton_available(), reason="triton is not installed")
 
 FP32 = (torch.float32, 1e-4, 1e-4)
 BF16 = (torch.bfloat16, 3e-2, 2e-2)
@@ -78,8 +78,8 @@ def run_and_compare(shape, dtype, atol, rtol, residual=True, dropout_p=0.0, pren
 
 
 def test_interpreter_runs_the_triton_code():
-    assert kernels.use_triton(torch.zeros(2, 8))
-    assert kernels.kernel_module("layernorm").INTERPRETED
+    assert roberta_kernels.use_triton(torch.zeros(2, 8))
+    assert roberta_kernels.kernel_module("layernorm").INTERPRETED
 
 
 # Odd row counts and hidden sizes: tails in both directions, several programs in the backward.
@@ -125,7 +125,7 @@ PIPELINED_CASES = [  # (rows, hidden, residual, dropout_p, prenorm): hidden 768 
 def test_pipelined_multi_row_backward(M, N, residual, dropout_p, prenorm):
     """16-byte aligned rows at hidden 513-1024 take the pipelined backward of 2 rows a step (see
     layer_norm_configs): odd row counts leave a last tile of 1 row and programs with unequal tile counts."""
-    configs = kernels.kernel_module("layernorm").layer_norm_configs
+    configs = roberta_kernels.kernel_module("layernorm").layer_norm_configs
     assert configs(N, aligned=True)["bwd"].BLOCK_M == 2 and configs(N, aligned=True)["bwd"].loop_stages == 3
     assert configs(N, aligned=False)["bwd"].BLOCK_M == 1 and configs(N, aligned=False)["bwd"].loop_stages == 1
     run_and_compare((M, N), *BF16, residual=residual, dropout_p=dropout_p, prenorm=prenorm)
@@ -134,8 +134,8 @@ def test_pipelined_multi_row_backward(M, N, residual, dropout_p, prenorm):
 @pytest.mark.parametrize("hidden", [16, 77, 512, 768, 1000, 4096])
 def test_tuning_tables_start_with_the_pick_and_are_all_compiled(hidden):
     """layer_norm_candidates: the first is layer_norm_configs' pick (all the interpreter and the CPU
-    run), the others only lower register pressure, and kernels.compile_check compiles every one."""
-    module = kernels.kernel_module("layernorm")
+    run), the others only lower register pressure, and roberta_kernels.compile_check compiles every one."""
+    module = roberta_kernels.kernel_module("layernorm")
     for aligned in (True, False):
         tables, pick = module.layer_norm_candidates(hidden, aligned), module.layer_norm_configs(hidden, aligned)
         assert tables["fwd"][0] == pick["fwd"] and tables["bwd"][0] == pick["bwd"]
@@ -162,7 +162,7 @@ def test_tuning_tables_start_with_the_pick_and_are_all_compiled(hidden):
 @pytest.mark.parametrize("N", [768, 200])
 def test_every_tuning_candidate_computes_the_same_layer_norm(monkeypatch, N):
     """Each kernel's other candidates, forced first, match the reference too (autotune may pick them)."""
-    module = kernels.kernel_module("layernorm")
+    module = roberta_kernels.kernel_module("layernorm")
     tables = module.layer_norm_candidates
     assert len(tables(N)["fwd"]) > 1 and len(tables(N, aligned=True)["bwd"]) > 1
     monkeypatch.setattr(module, "layer_norm_candidates",
@@ -177,7 +177,7 @@ def test_on_cuda_autotune_gets_every_candidate_once_per_kernel_and_table(monkeyp
     and warps, keyed on the hidden size and the flags, and the caller's constexprs passed on."""
     import triton
 
-    module = kernels.kernel_module("layernorm")
+    module = roberta_kernels.kernel_module("layernorm")
     made, launched = [], []
 
     class Tuned:  # what triton.autotune returns: indexed by the grid, then called
@@ -210,7 +210,7 @@ def test_on_cuda_autotune_gets_every_candidate_once_per_kernel_and_table(monkeyp
 
 
 def test_the_interpreter_runs_the_first_candidate_without_autotuning():
-    module = kernels.kernel_module("layernorm")
+    module = roberta_kernels.kernel_module("layernorm")
     x = torch.randn(9, 768, requires_grad=True)
     layer_norm(x, torch.ones(768), torch.zeros(768), dropout_p=0.1, seed=0).sum().backward()
     assert module._AUTOTUNED == {} and module.tuned_configs() == {}
@@ -218,7 +218,7 @@ def test_the_interpreter_runs_the_first_candidate_without_autotuning():
 
 def test_unaligned_rows_take_the_unpipelined_backward():
     """Rows sliced to 766 of 768 columns are not 16-byte multiples: one row a step, nothing pipelined."""
-    module = kernels.kernel_module("layernorm")
+    module = roberta_kernels.kernel_module("layernorm")
     x = torch.randn(33, 768)[:, :766]
     assert not module._rows_aligned(x) and module._rows_aligned(torch.randn(33, 768))
     run_and_compare((33, 766), *FP32, residual=True, dropout_p=0.1)
@@ -277,8 +277,8 @@ def test_fallback_without_interpreter_matches(monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET")
     x, r = torch.randn(6, 40), torch.randn(6, 40)
     w, b = torch.rand(40), torch.rand(40)
-    assert not kernels.use_triton(x)
-    torch.testing.assert_close(kernels.layer_norm(x, w, b, residual=r),
+    assert not roberta_kernels.use_triton(x)
+    torch.testing.assert_close(roberta_kernels.layer_norm(x, w, b, residual=r),
                                torch.nn.functional.layer_norm(x + r, (40,), w, b, 1e-5))
 
 

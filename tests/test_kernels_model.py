@@ -10,11 +10,11 @@ import pytest
 import torch
 from helpers import triton_mode_fixture
 
-import kernels
+import roberta_kernels
 from roberta_scratch import RobertaConfig, RobertaForMaskedLM
 from roberta_scratch.testing import padded_batch
 
-pytestmark = pytest.mark.skipif(not kernels.triton_available(), reason="triton is not installed")
+pytestmark = pytest.mark.skipif(not roberta_kernels.triton_available(), reason="triton is not installed")
 
 VOCAB = 300
 
@@ -27,7 +27,7 @@ def kernel_calls(monkeypatch):
     """Counts calls that reach the Triton launchers (not the reference fallback)."""
     calls = {"attention": 0, "layer_norm": 0}
     for module_name, fn_name in (("flash_attention", "attention"), ("layernorm", "layer_norm")):
-        module = kernels.kernel_module(module_name)
+        module = roberta_kernels.kernel_module(module_name)
         original = getattr(module, fn_name)
 
         def counted(*args, _original=original, _name=fn_name, **kwargs):

@@ -13,9 +13,9 @@ from pretraining_helpers import WORDS, args_for, losses, small_config
 from roberta_scratch.config import RobertaConfig
 from roberta_scratch.corpus import iter_documents
 from roberta_scratch.data import PackedDataset, TokenStream, prepare, tokenizer_dir
+from roberta_scratch.errors import TrainingError
 from roberta_scratch.pretrain import TrainArgs, Trainer, pretrain
 from roberta_scratch.tokenizer import ByteLevelBPETokenizer, load_tokenizer
-from roberta_scratch.training import TrainingError
 
 # ----------------------------------------------------------------------------- data
 
@@ -98,8 +98,8 @@ def test_resumed_run_matches_uninterrupted_run_bit_for_bit(prepared, tmp_path):
 
 def test_resume_with_different_settings_is_refused(prepared, tmp_path):
     assert pretrain(args_for(prepared, tmp_path, steps=4)) == 0
-    with pytest.raises(TrainingError, match="lr"):
-        pretrain(args_for(prepared, tmp_path, steps=4, lr=1e-2, resume=True))
+    with pytest.raises(TrainingError, match=r"'batch_size': \(4, 8\)"):  # --lr may change (test_resume)
+        pretrain(args_for(prepared, tmp_path, steps=4, batch_size=8, resume=True))
 
 
 def test_kill_during_save_keeps_the_previous_checkpoint(prepared, tmp_path, monkeypatch):
@@ -188,6 +188,33 @@ def test_micro_batches_are_weighted_by_their_masked_tokens(prepared, tmp_path):
     assert n > 0 and loss == pytest.approx((total / n).item(), rel=1e-6)
     for name, p in trainer.raw_model.named_parameters():
         torch.testing.assert_close(got[name], p.grad, rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_a_step_or_a_held_out_set_with_nothing_masked_writes_no_number(prepared, tmp_path, capsys):
+    """A loss of 0.0 (and a held-out perplexity of 1.0) would mean nothing: the step is logged as
+    skipped, and no held-out metric is written, with a note."""
+    trainer = Trainer(args_for(prepared, tmp_path, steps=3, eval_every=3, save_every=3))
+    real_batches, real_held_out = trainer.micro_batches, trainer.validation_batches
+
+    def micro_batches(step):
+        batches = real_batches(step)
+        if step == 1:  # the step logged as step 2
+            for b in batches:
+                b["labels"] = torch.full_like(b["labels"], -100)
+        return batches
+
+    def nothing_masked(*args, **kwargs):
+        return [{**b, "labels": torch.full_like(b["labels"], -100)} for b in real_held_out(*args, **kwargs)]
+
+    trainer.micro_batches, trainer.validation_batches = micro_batches, nothing_masked
+    assert trainer.fit() == 0
+    with open(tmp_path / "metrics.jsonl") as f:
+        rows = [json.loads(line) for line in f]
+    logged = {r["step"]: r for r in rows if "lr" in r}
+    assert "loss" not in logged[2] and "nothing to predict" in logged[2]["skipped"]
+    assert logged[1]["loss"] > 0 and logged[3]["loss"] > 0
+    assert not any("val_loss" in r for r in rows)
+    assert "the held-out set has no masked tokens, so no validation metric is written" in capsys.readouterr().out
 
 
 def test_short_documents_with_doc_packing_train_without_nan(tmp_path):

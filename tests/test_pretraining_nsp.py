@@ -322,8 +322,8 @@ def test_pair_formats_train_log_nsp_and_resume_exactly(prepared, prepared_senten
 def test_pair_formats_need_sentence_boundaries(prepared, tmp_path):
     from pretraining_helpers import args_for
 
+    from roberta_scratch.errors import TrainingError
     from roberta_scratch.pretrain import pretrain
-    from roberta_scratch.training import TrainingError
 
     with pytest.raises(TrainingError, match=r"needs sentence boundaries.*prepare --sentences"):
         pretrain(args_for(prepared, tmp_path, packing="segment-pair"))
@@ -356,8 +356,8 @@ def test_every_run_is_scored_on_the_same_held_out_blocks(prepared, prepared_sent
 def test_static_copies_resume_exactly_and_one_copy_is_static_masking(prepared, tmp_path):
     from pretraining_helpers import args_for, losses
 
+    from roberta_scratch.errors import TrainingError
     from roberta_scratch.pretrain import Trainer, pretrain
-    from roberta_scratch.training import TrainingError
 
     run_and_resume(prepared, tmp_path / "k3", static_copies=3)
     trainer = Trainer(args_for(prepared, tmp_path / "t", static_copies=3))

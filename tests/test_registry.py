@@ -3,8 +3,8 @@ calling it, and capabilities."""
 import pytest
 import torch
 
-import kernels
-from kernels.registry import eager_attention, get, names, register, torch_layer_norm
+import roberta_kernels
+from roberta_kernels.registry import eager_attention, get, names, register, torch_layer_norm
 from roberta_scratch import RobertaConfig, RobertaForMaskedLM
 from roberta_scratch.testing import padded_batch
 
@@ -28,7 +28,7 @@ def tiny(**kw):
 
 def test_the_built_ins():
     assert names("attention")[:3] == ["eager", "sdpa", "triton"] and names("layer_norm") == ["torch", "triton"]
-    if kernels.registry.flex_available():
+    if roberta_kernels.registry.flex_available():
         assert "flex" in names("attention") and not get("attention", "flex").dropout
     assert get("attention", "triton").unsupported(head_dim=48) == "triton does not claim head dim 48"
     assert get("attention", "triton").unsupported(head_dim=64, dtype=torch.bfloat16) is None
@@ -37,7 +37,7 @@ def test_the_built_ins():
 def test_builtins_agree_with_the_reference():
     q, k, v = torch.randn(3, 2, 3, 9, 16, dtype=torch.float64).unbind(0)
     mask = torch.arange(9)[None, :] < torch.tensor([9, 4])[:, None]
-    want = kernels.attention_reference(q, k, v, mask)
+    want = roberta_kernels.attention_reference(q, k, v, mask)
     for name in ("eager", "sdpa"):
         got = get("attention", name).fn(q, k, v, key_padding_mask=mask)
         # padded rows are free; the reference computes in fp32
@@ -64,7 +64,7 @@ def bf16_only(q, k, v, key_padding_mask=None, dropout_p=0.0, softmax_scale=None)
 
 def test_module_function_is_imported_on_use_and_keeps_registered_capabilities():
     impl = get("attention", "test_registry:bf16_only")
-    assert impl.fn is bf16_only and impl.dtypes == kernels.registry.FLOAT_DTYPES  # nothing declared
+    assert impl.fn is bf16_only and impl.dtypes == roberta_kernels.registry.FLOAT_DTYPES  # nothing declared
     register("attention", "bf16_only", bf16_only, dtypes=(torch.bfloat16,))
     assert get("attention", "test_registry:bf16_only").dtypes == (torch.bfloat16,)  # its registration
     assert RobertaConfig(attention="test_registry:counted_attention").attention == "test_registry:counted_attention"
@@ -76,8 +76,11 @@ def test_unknown_names_list_the_registered_ones():
         get("attention", "flash")
     with pytest.raises(ValueError, match="test_registry has no 'nope'"):
         get("attention", "test_registry:nope")
+    # a config takes any name; building the model resolves it (reading a config imports nothing)
+    cfg = RobertaConfig(layer_norm="fused", vocab_size=50, hidden_size=16, num_hidden_layers=1,
+                        num_attention_heads=2, intermediate_size=32)
     with pytest.raises(ValueError, match="unknown layer_norm implementation 'fused'"):
-        RobertaConfig(layer_norm="fused")
+        RobertaForMaskedLM(cfg)
     with pytest.raises(ValueError, match="a non-empty string without ':'"):
         register("attention", "a:b", counted_attention)
 

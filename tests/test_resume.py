@@ -12,9 +12,9 @@ import torch
 from pretraining_helpers import WORDS, args_for, losses, small_config
 
 from roberta_scratch.data import prepare
+from roberta_scratch.errors import TrainingError
 from roberta_scratch.pretrain import Trainer, pretrain
 from roberta_scratch.tokenizer import ByteLevelBPETokenizer
-from roberta_scratch.training import TrainingError
 
 
 def metric_rows(run):
@@ -95,7 +95,7 @@ def test_extending_steps_follows_the_longer_schedule_and_says_so(prepared, tmp_p
     assert pretrain(args_for(prepared, tmp_path / "run", steps=8, save_every=4)) == 0
     assert pretrain(args_for(prepared, tmp_path / "run", steps=12, save_every=4, resume=True)) == 0
     out = capsys.readouterr().out + capsys.readouterr().err
-    assert "now ends at step 12 instead of 8" in out
+    assert "linear decay to 0 at step 12)" in out and "at step 8 (it was" in out
     rows = [r for r in metric_rows(tmp_path / "run") if "lr" in r]
     lr = {r["step"]: r["lr"] for r in rows}
     # steps 9..12 run at the 12-step schedule's rates: warmup 2, then decay to 0 at 12
@@ -110,8 +110,25 @@ def test_safe_changes_are_allowed_with_a_note(prepared, tmp_path, capsys):
     assert pretrain(args_for(prepared, tmp_path, steps=4, log_every=2, attention="eager", resume=True)) == 0
     out = capsys.readouterr()
     assert "settings changed, which is safe" in out.out + out.err and "log_every 1 -> 2" in out.out + out.err
-    with pytest.raises(TrainingError, match=r"'lr': \(0.003, 0.001\)"):
-        pretrain(args_for(prepared, tmp_path, steps=6, lr=1e-3, resume=True))
+    with pytest.raises(TrainingError, match=r"'weight_decay': \(0.01, 0.02\)"):
+        pretrain(args_for(prepared, tmp_path, steps=6, weight_decay=0.02, resume=True))
+
+
+def test_the_nan_stop_advice_can_be_followed(prepared, tmp_path, capsys):
+    """The NaN stop says to resume with a lower --lr or --clip: both may change on resume, and
+    --warmup too, with a note; the schedule of the new settings applies from the resume step."""
+    assert pretrain(args_for(prepared, tmp_path, steps=8, save_every=4)) == 0
+    os.remove(tmp_path / "ckpt" / "step_00000008.pt")  # as if it had stopped after step 4
+    capsys.readouterr()
+    assert pretrain(args_for(prepared, tmp_path, steps=8, save_every=4, lr=1e-3, clip=0.5, warmup=6,
+                             resume=True)) == 0
+    out = capsys.readouterr().out
+    assert "clip 1.0 -> 0.5" in out and "lr 0.003 -> 0.001" in out and "warmup 2 -> 6" in out
+    assert "peak 0.001, warmup 6 steps, linear decay to 0 at step 8): 0.000833 at step 4 (it was 0.002)" in out
+    lr = {r["step"]: r["lr"] for r in metric_rows(tmp_path) if "lr" in r}
+    for step in range(5, 9):  # the rate of step s is the schedule's at s - 1
+        want = 1e-3 * step / 6 if step <= 6 else 1e-3 * (8 - (step - 1)) / (8 - 6)
+        assert lr[step] == pytest.approx(want), step
 
 
 # ----------------------------------------------------------------------------- damaged files
@@ -122,6 +139,15 @@ def test_a_partial_last_metrics_line_is_dropped(prepared, tmp_path):
         f.write('{"step": 5, "loss": 3.1')  # power went out mid-line
     assert pretrain(args_for(prepared, tmp_path, steps=8, resume=True)) == 0
     assert [r["step"] for r in metric_rows(tmp_path) if "loss" in r] == list(range(1, 9))
+
+
+def test_a_metrics_line_that_is_not_ours_is_dropped_with_a_note(prepared, tmp_path, capsys):
+    assert pretrain(args_for(prepared, tmp_path, steps=4, save_every=4)) == 0
+    with open(tmp_path / "metrics.jsonl", "a") as f:
+        f.write('{"step": "abc"}\n[1, 2]\n{"step": null}\n')
+    assert pretrain(args_for(prepared, tmp_path, steps=6, resume=True)) == 0
+    assert "dropped 3 unreadable line(s)" in capsys.readouterr().out
+    assert [r["step"] for r in metric_rows(tmp_path) if "loss" in r] == list(range(1, 7))
 
 
 @pytest.mark.parametrize("damage, reason", [
@@ -180,33 +206,33 @@ def test_sigterm_saves_like_sigint(prepared, tmp_path):
 
 
 def test_cpu_threads_follow_the_request_then_omp_then_the_free_cores(monkeypatch):
-    from roberta_scratch import training
+    from roberta_scratch import machine
 
-    monkeypatch.setattr(training.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    monkeypatch.setattr(machine.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
-    monkeypatch.setattr(training, "busy_elsewhere", lambda: 0.1)
-    assert training.cpu_threads(None) == (4, "4 usable cores")
-    monkeypatch.setattr(training, "busy_elsewhere", lambda: 1.8)  # two cores busy elsewhere
-    assert training.cpu_threads(None) == (2, "4 usable cores, 1.8 busy with other work")
-    monkeypatch.setattr(training, "busy_elsewhere", lambda: 9.0)
-    assert training.cpu_threads(None)[0] == 1  # never fewer than one
+    monkeypatch.setattr(machine, "busy_elsewhere", lambda: 0.1)
+    assert machine.cpu_threads(None) == (4, "4 usable cores")
+    monkeypatch.setattr(machine, "busy_elsewhere", lambda: 1.8)  # two cores busy elsewhere
+    assert machine.cpu_threads(None) == (2, "4 usable cores, 1.8 busy with other work")
+    monkeypatch.setattr(machine, "busy_elsewhere", lambda: 9.0)
+    assert machine.cpu_threads(None)[0] == 1  # never fewer than one
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
-    monkeypatch.setattr(training, "busy_elsewhere", lambda: 0.0)
-    assert training.cpu_threads(None) == (2, "4 usable cores over 2 local ranks")
+    monkeypatch.setattr(machine, "busy_elsewhere", lambda: 0.0)
+    assert machine.cpu_threads(None) == (2, "4 usable cores over 2 local ranks")
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
-    assert training.cpu_threads(None) == (3, "OMP_NUM_THREADS")
-    assert training.cpu_threads(5) == (5, "--threads")
+    assert machine.cpu_threads(None) == (3, "OMP_NUM_THREADS")
+    assert machine.cpu_threads(5) == (5, "--threads")
 
 
 def test_busy_elsewhere_does_not_count_this_process(monkeypatch):
-    from roberta_scratch import training
+    from roberta_scratch import machine
 
     # 4 cores, 0.2 s = 80 ticks: 20 idle, so 60 busy, of which 30 are this process's own
     samples = iter([(1000, 500, 100), (1080, 520, 130)])
-    monkeypatch.setattr(training, "_cpu_ticks", lambda: next(samples))
-    monkeypatch.setattr(training.os, "cpu_count", lambda: 4)
-    assert training.busy_elsewhere(0.0) == pytest.approx((60 - 30) / 80 * 4)
+    monkeypatch.setattr(machine, "_cpu_ticks", lambda: next(samples))
+    monkeypatch.setattr(machine.os, "cpu_count", lambda: 4)
+    assert machine.busy_elsewhere(0.0) == pytest.approx((60 - 30) / 80 * 4)
 
 
 def test_a_resumed_run_keeps_the_saved_thread_count(prepared, tmp_path, capsys, monkeypatch):
@@ -214,7 +240,7 @@ def test_a_resumed_run_keeps_the_saved_thread_count(prepared, tmp_path, capsys, 
     try:
         assert pretrain(args_for(prepared, tmp_path, steps=4, save_every=4, threads=1)) == 0
         monkeypatch.delenv("OMP_NUM_THREADS")
-        monkeypatch.setattr("roberta_scratch.training.busy_elsewhere", lambda: 0.0)
+        monkeypatch.setattr("roberta_scratch.machine.busy_elsewhere", lambda: 0.0)
         torch.set_num_threads(2)
         assert pretrain(args_for(prepared, tmp_path, steps=6, resume=True)) == 0
         assert torch.get_num_threads() == 1
@@ -228,7 +254,7 @@ def test_busy_elsewhere_counts_normal_priority_work_not_niced_or_our_own(monkeyp
     on 2 cores (250 ticks, 0 idle besides): one core is busy elsewhere, since niced work yields."""
     import io
 
-    from roberta_scratch import training
+    from roberta_scratch import machine
 
     snapshots = iter([
         ("cpu  1000 500 200 3000 0 0 0 0 0 0\n", "1 (python) R " + "0 " * 10 + "40 10 0"),
@@ -244,9 +270,9 @@ def test_busy_elsewhere_counts_normal_priority_work_not_niced_or_our_own(monkeyp
             return io.StringIO(current["self"])
         raise FileNotFoundError(path)
 
-    monkeypatch.setattr(training, "open", fake_open, raising=False)
-    monkeypatch.setattr(training.os, "cpu_count", lambda: 2)
-    monkeypatch.setattr(training.time, "sleep", lambda s: None)
-    monkeypatch.setattr(training.os, "nice", lambda inc: 0)
+    monkeypatch.setattr(machine, "open", fake_open, raising=False)
+    monkeypatch.setattr(machine.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(machine.time, "sleep", lambda s: None)
+    monkeypatch.setattr(machine.os, "nice", lambda inc: 0)
     # 250 ticks: 150 user (ours 50 of them), 100 nice -> (250 - 100 niced - 50 ours) / 250 * 2 cores
-    assert training.busy_elsewhere() == pytest.approx(100 / 250 * 2)
+    assert machine.busy_elsewhere() == pytest.approx(100 / 250 * 2)

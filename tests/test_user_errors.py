@@ -210,3 +210,47 @@ def test_training_without_a_terminal_logs_lines_not_bars(prepared, tmp_path, cap
 def test_the_readme_says_how_to_reach_the_command():
     readme = (REPO / "README.md").read_text()
     assert ". .venv/bin/activate" in readme
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["pretrain", "--data", "d", "--out", "o", "--steps", "-1"], "--steps must be at least 1, got -1"),
+    (["pretrain", "--data", "d", "--out", "o", "--batch-size", "0"], "--batch-size must be at least 1, got 0"),
+    (["pretrain", "--data", "d", "--out", "o", "--lr", "0"], "--lr must be more than 0, got 0.0"),
+    (["pretrain", "--data", "d", "--out", "o", "--lr", "nan"], "--lr must be a number, got nan"),
+    (["finetune", "--task", "qa", "--model", "m", "--train", "t", "--out", "o", "--stride", "-5"],
+     "--stride must be at least 0, got -5"),
+    (["finetune", "--task", "seq-cls", "--model", "m", "--train", "t", "--out", "o", "--epochs", "0"],
+     "--epochs must be more than 0, got 0.0"),
+])
+def test_numbers_out_of_range_name_the_flag(argv, message, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run(capsys, *argv)
+    assert code == 1 and one_error_line(err) == f"error: {message} (--debug shows where)"
+    assert not (tmp_path / "o").exists()
+
+
+def test_converting_onto_an_existing_file_is_one_line(tmp_path):
+    path = model_dir(tmp_path / "m")
+    (tmp_path / "taken").write_text("mine")
+    proc = subprocess.run([sys.executable, str(REPO / "checkpoints_convert.py"), path, str(tmp_path / "taken")],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.strip().splitlines() == [f"error: DST {tmp_path / 'taken'} is a file: the converted model is a "
+                                                "folder (config.json, model.safetensors and the tokenizer); name a "
+                                                "folder, new or existing"]
+    assert (tmp_path / "taken").read_text() == "mine"
+
+
+def test_a_model_with_nan_weights_is_refused_naming_the_tensor(tmp_path, capsys):
+    from safetensors.torch import load_file, save_file
+
+    path = model_dir(tmp_path / "m")
+    weights = load_file(f"{path}/model.safetensors")
+    name = "roberta.layers.0.attn.proj.weight"
+    weights[name][0, 0] = float("nan")
+    save_file(weights, f"{path}/model.safetensors", metadata={"format": "pt"})
+    for argv in (["fill-mask", "--model", path, "the <mask> sat"], ["convert", path, tmp_path / "out"]):
+        code, out, err = run(capsys, *argv)
+        assert code != 0 and "nan%" not in out
+        assert f"the weights {name} hold NaN or infinite values" in err, err
+    assert not (tmp_path / "out").exists()

@@ -1,11 +1,11 @@
 """What the kernel modules share, as Liger-Kernel's ops/utils.py: launch configs, input checks, seeds.
 
 Plain torch at import time, no triton (launch imports it only to autotune on
-CUDA): flash_attention.py and layernorm.py import it, and kernels/__init__.py
-does not, so `import kernels` still never imports triton.
+CUDA): flash_attention.py and layernorm.py import it, and kernels/roberta_kernels/__init__.py
+does not, so `import roberta_kernels` still never imports triton.
 
 subtle: @triton.jit helpers do not belong here. Triton fixes compiled or
-interpreted when a function is decorated, and kernels.kernel_module reloads a
+interpreted when a function is decorated, and roberta_kernels.kernel_module reloads a
 kernel module when TRITON_INTERPRET changes, not the modules it imports: a
 helper decorated here would keep whichever setting it was first decorated
 under. Each kernel module keeps its own (small, documented) @triton.jit helpers.
@@ -29,7 +29,7 @@ class TileConfig:
 
     The kernel modules name what the two sides are (query and key rows in
     attention, rows and features in layer norm); `options()` is what both
-    the launchers and kernels.compile_check pass to Triton, so the compile
+    the launchers and roberta_kernels.compile_check pass to Triton, so the compile
     check measures exactly what runs.
     """
     BLOCK_M: int
@@ -38,7 +38,7 @@ class TileConfig:
     num_stages: int
 
     def options(self) -> dict:
-        """Launch options; kernels.compile_check compiles with exactly these.
+        """Launch options; roberta_kernels.compile_check compiles with exactly these.
 
         FMA contraction is pinned on: Triton 3.10 turns its default off.
         """

@@ -230,7 +230,7 @@ def _layer_norm_dropout_mask_kernel(
 
 
 # True when the kernels above were decorated under TRITON_INTERPRET=1
-# (kernels/__init__.py reloads this module when that setting changes).
+# (kernels/roberta_kernels/__init__.py reloads this module when that setting changes).
 INTERPRETED = not isinstance(_layer_norm_fwd_kernel, triton.runtime.JITFunction)
 
 
@@ -260,7 +260,7 @@ def layer_norm_configs(hidden: int, aligned: bool = True) -> dict[str, RowTileCo
     the architecture enters through the backward's program count (two per SM).
     At hidden 768-1024 the forward runs 8 warps on 4 rows, the backward 4 warps
     on 1 row per step.
-    kernels.compile_check compiles every entry for sm_80 and sm_90 and fails
+    roberta_kernels.compile_check compiles every entry for sm_80 and sm_90 and fails
     on any spill.
 
     aligned: whether the backward's rows are 16-byte aligned (_rows_aligned: hidden,
@@ -295,7 +295,7 @@ def layer_norm_candidates(hidden: int, aligned: bool = True) -> dict[str, list[R
     short batches on a big card). The pipelined backward's second keeps one row tile in flight
     instead of two (a third less shared memory a program, for a card or a hidden size where two
     programs a SM do not fit with two tiles ahead). Neither adds registers, so neither can spill
-    where the first does not; kernels.compile_check compiles every entry, for sm_80 and sm_90.
+    where the first does not; roberta_kernels.compile_check compiles every entry, for sm_80 and sm_90.
     """
     base = layer_norm_configs(hidden, aligned)
     tables = {name: [cfg] for name, cfg in base.items()}
@@ -454,7 +454,7 @@ class LayerNormFunction(torch.autograd.Function):
 # ---------------------------------------------------------------------------
 
 def layer_norm(x, weight, bias, eps=1e-5, residual=None, dropout_p=0.0, seed=None, return_prenorm=False):
-    """LN(dropout(x) + residual) over the last dimension: kernels.layer_norm_reference, fused.
+    """LN(dropout(x) + residual) over the last dimension: roberta_kernels.layer_norm_reference, fused.
 
     x, residual: (..., N); weight, bias: (N,). The output (and the pre-norm
     sum, returned second with return_prenorm) has the promoted dtype of x and
@@ -495,7 +495,7 @@ def layer_norm_dropout_mask(seed, shape, dropout_p, device="cpu"):
 
 
 # ---------------------------------------------------------------------------
-# Ahead-of-time compilation specs (kernels.compile_check)
+# Ahead-of-time compilation specs (roberta_kernels.compile_check)
 # ---------------------------------------------------------------------------
 
 def aot_specs(arch: int):

@@ -38,7 +38,7 @@ divisible by 128 and has no padding mask:
     dK and dQ rather than to every probability: dropout adds ~8-10 PTX
     instructions per score to a loop (sm_90, bf16, D=64), where eight 16-bit
     decisions per call added ~20 and a Philox per element ~80
-    (python -m kernels.compile_check --report);
+    (python -m roberta_kernels.compile_check --report);
   - on sm_90 and newer, Q, K, V, dO and the outputs move between global and
     shared memory by TMA, through tensor descriptors made in the kernel
     (_tile_desc, tma_kernels), as in the tutorial's Hopper path; sm_80,
@@ -74,7 +74,7 @@ SUPPORTED_HEAD_DIMS = (32, 64, 128)
 # Small @triton.jit helpers first, as _attn_fwd_inner in the Triton tutorial.
 # Triton inlines them, yet they are not quite free: each inlined call leaves
 # debug line-info labels in the PTX, and ptxas allocates registers around them
-# differently. kernels.compile_check is the judge (see _attn_bwd_dkdv_kernel).
+# differently. roberta_kernels.compile_check is the judge (see _attn_bwd_dkdv_kernel).
 
 @triton.jit
 def _mma_operand(x, dtype: tl.constexpr, UPCAST: tl.constexpr):
@@ -140,7 +140,7 @@ def _dropout_keep(seed, head, rows, start_n, threshold, BLOCK_M: tl.constexpr, B
     with no layout conversion through shared memory; the joins and the
     permute below only relabel registers. That and the 8-bit lanes took
     dropout from ~21 to ~9 PTX instructions per score (python -m
-    kernels.compile_check --report). The counter depends on the element
+    roberta_kernels.compile_check --report). The counter depends on the element
     alone, not on the tiling, so the forward, both backward kernels (dK/dV
     with transposed tiles) and the debug helper draw the same bits.
     """
@@ -275,7 +275,7 @@ def _tile_range(KVRange, b, start, T, BLOCK: tl.constexpr, HAS_MASK: tl.constexp
     +inf lse). Without a mask: (0, T).
 
     subtle: the rounding down stays at the loop, not in here: moved in, it
-    spilled the fp32 dK/dV kernel on sm_80 (kernels.compile_check).
+    spilled the fp32 dK/dV kernel on sm_80 (roberta_kernels.compile_check).
     """
     if HAS_MASK:
         lo = tl.load(KVRange + 3 * b)
@@ -770,7 +770,7 @@ def _attn_dropout_mask_kernel(
 
 
 # True when the kernels above were decorated under TRITON_INTERPRET=1
-# (kernels/__init__.py reloads this module when that setting changes).
+# (kernels/roberta_kernels/__init__.py reloads this module when that setting changes).
 INTERPRETED = not isinstance(_attn_fwd_kernel, triton.runtime.JITFunction)
 
 
@@ -789,7 +789,7 @@ def attention_configs(arch: int, head_dim: int, dtype: torch.dtype, dropout: boo
     as tf32x3 (see _dot_precision), which triples the operand registers, so
     they get small tiles. dropout: whether the kernels draw dropout bits,
     which hold registers of their own. Every entry is compiled for sm_80 and
-    sm_90 by kernels.compile_check, which fails on any register spill.
+    sm_90 by roberta_kernels.compile_check, which fails on any register spill.
     """
     hopper = arch >= 90
     if dtype == torch.float32:
@@ -834,7 +834,7 @@ def attention_candidates(arch: int, head_dim: int, dtype: torch.dtype, dropout: 
     shared memory or scheduler prefers smaller CTAs. fp32 inputs have one config (their tiles are
     already the smallest that run tf32x3 without spilling), and so does sm_90's cp.async fallback
     (tma=False where the kernel has a TMA path: tma_kernels), which real tensors rarely take.
-    kernels.compile_check compiles every entry, for sm_80 and sm_90, and fails on any spill.
+    roberta_kernels.compile_check compiles every entry, for sm_80 and sm_90, and fails on any spill.
     """
     base = attention_configs(arch, head_dim, dtype, dropout)
     fallback = not tma and arch >= 90 and TMA_AVAILABLE
@@ -909,7 +909,7 @@ TMA_AVAILABLE = hasattr(tl, "make_tensor_descriptor")
 
 def tma_kernels(arch: int, head_dim: int, dtype: torch.dtype, dropout: bool = False) -> frozenset:
     """Which of the kernels ("fwd", "dkdv", "dq") load and store through TMA on `arch`, when the
-    tensors allow it (_use_tma). kernels.compile_check compiles both paths of each.
+    tensors allow it (_use_tma). roberta_kernels.compile_check compiles both paths of each.
 
     None before sm_90, nor for fp32 inputs: their tf32x3 dots hold three times the operand
     registers, and with TMA most of their variants spilled (8 B to 3 KB, sm_90). The dK/dV kernel
@@ -1085,7 +1085,7 @@ class FlashAttentionFunction(torch.autograd.Function):
 # ---------------------------------------------------------------------------
 
 def attention(q, k, v, key_padding_mask=None, dropout_p=0.0, softmax_scale=None, seed=None):
-    """Fused non-causal attention over (B, H, T, D); the semantics of kernels.attention_reference.
+    """Fused non-causal attention over (B, H, T, D); the semantics of roberta_kernels.attention_reference.
 
     key_padding_mask: (B, T), True for real tokens. Padded query rows output
     zeros and get zero gradients. dropout_p drops attention probabilities with
@@ -1120,7 +1120,7 @@ def attention_dropout_mask(seed, batch, heads, seq_len, dropout_p, device="cpu")
 
 
 # ---------------------------------------------------------------------------
-# Ahead-of-time compilation specs (kernels.compile_check)
+# Ahead-of-time compilation specs (roberta_kernels.compile_check)
 # ---------------------------------------------------------------------------
 
 def aot_specs(arch: int):

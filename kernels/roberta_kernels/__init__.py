@@ -7,11 +7,11 @@ whatever runs underneath, so the model calls them unconditionally:
     Triton kernels  when triton imports and the tensors are on CUDA, or when
                     TRITON_INTERPRET=1 is set (then on CPU tensors too: that is
                     how the tests run the real kernel code without a GPU);
-    the reference   (kernels/reference.py) everywhere else.
+    the reference   (kernels/roberta_kernels/reference.py) everywhere else.
 
 The kernel modules, flash_attention.py and layernorm.py, are imported on
-first use, so `import kernels` never imports triton. (A submodule named
-`attention` would replace the function kernels.attention once imported.)
+first use, so `import roberta_kernels` never imports triton. (A submodule named
+`attention` would replace the function roberta_kernels.attention once imported.)
 What they share (tile configs, input checks, dropout seeds) is in utils.py,
 which is plain torch.
 Triton fixes compiled-or-interpreted for its own helpers when it is first
@@ -30,6 +30,12 @@ from .reference import attention_reference, layer_norm_reference
 from .registry import Implementation, register
 from .registry import get as get_implementation
 from .registry import names as implementations
+
+if __name__ != "roberta_kernels":
+    # subtle: from the repository root, kernels/ is a namespace folder, so `kernels.roberta_kernels`
+    # would import a second copy with a registry of its own. The one name is roberta_kernels.
+    raise ImportError(f"import roberta_kernels, not {__name__}: the package's one name is roberta_kernels "
+                      "(`kernels` is Hugging Face's package)")
 
 _TRUTHY = ("1", "true", "on", "yes", "y")  # what Triton accepts for TRITON_INTERPRET
 
@@ -102,7 +108,7 @@ def triton_interpreter(on: bool):
 
     subtle: Triton decides interpreted or compiled when a function is decorated, which for its
     own helpers is when `triton` is first imported: enter this before anything imports triton.
-    kernels.attention and kernels.layer_norm read the variable on every call.
+    roberta_kernels.attention and roberta_kernels.layer_norm read the variable on every call.
     """
     saved = os.environ.get("TRITON_INTERPRET")
     if on:

@@ -1,7 +1,7 @@
 """Compile every kernel ahead of time, at the launchers' configurations, for given GPU architectures.
 
-    python -m kernels.compile_check --arch 80 90
-    python -m kernels.compile_check --arch 90 --report --json report.json --only "_attn_fwd_kernel D=64 bf16"
+    python -m roberta_kernels.compile_check --arch 80 90
+    python -m roberta_kernels.compile_check --arch 90 --report --json report.json --only "_attn_fwd_kernel D=64 bf16"
 
 No GPU is needed: triton.compile(ASTSource(...), target=GPUTarget("cuda", arch, 32))
 runs the whole pipeline down to a cubin with the ptxas that ships with

@@ -1,12 +1,13 @@
 """Implementations of each op, by name: the built-ins and yours, for the model and the kernel lab.
 
-    import kernels
-    kernels.register("attention", "mine", my_attention, dtypes=(torch.bfloat16,), head_dims=(64,), dropout=False)
+    import roberta_kernels
+    roberta_kernels.register("attention", "mine", my_attention, dtypes=(torch.bfloat16,), head_dims=(64,),
+                             dropout=False)
     RobertaConfig(attention="mine")                    # the model calls it
     roberta-scratch kernels check --attention mine     # the standard correctness suite
     roberta-scratch kernels check --attention my_pkg.attn:flash   # or MODULE:FUNCTION, imported on use
 
-The contracts (the same as kernels.attention and kernels.layer_norm):
+The contracts (the same as roberta_kernels.attention and roberta_kernels.layer_norm):
 
 attention(q, k, v, key_padding_mask=None, dropout_p=0.0, softmax_scale=None) -> (B, H, T, D)
     q, k, v: (B, H, T, D), one dtype, possibly non-contiguous views. key_padding_mask: (B, T)
@@ -200,7 +201,7 @@ def _compiled_flex():
 
 
 def triton_attention(q, k, v, key_padding_mask=None, dropout_p=0.0, softmax_scale=None):
-    """Ours: kernels.attention (Triton on CUDA or under TRITON_INTERPRET=1, else the torch reference)."""
+    """Ours: roberta_kernels.attention (Triton on CUDA or under TRITON_INTERPRET=1, else the torch reference)."""
     from . import attention
 
     return attention(q, k, v, key_padding_mask=key_padding_mask, dropout_p=dropout_p, softmax_scale=softmax_scale)
@@ -215,7 +216,7 @@ def torch_layer_norm(x, weight, bias, eps=1e-5, residual=None, dropout_p=0.0):
 
 
 def triton_layer_norm(x, weight, bias, eps=1e-5, residual=None, dropout_p=0.0):
-    """Ours: kernels.layer_norm, residual add and dropout fused into one kernel each way."""
+    """Ours: roberta_kernels.layer_norm, residual add and dropout fused into one kernel each way."""
     from . import layer_norm
 
     return layer_norm(x, weight, bias, eps, residual=residual, dropout_p=dropout_p)
@@ -224,10 +225,10 @@ def triton_layer_norm(x, weight, bias, eps=1e-5, residual=None, dropout_p=0.0):
 register("attention", "eager", eager_attention, description="the math written out (the model's reference)")
 register("attention", "sdpa", sdpa_attention, description="torch F.scaled_dot_product_attention")
 register("attention", "triton", triton_attention, head_dims=(32, 64, 128), triton=True,
-         description="ours: fused flash attention (kernels/flash_attention.py)")
+         description="ours: fused flash attention (kernels/roberta_kernels/flash_attention.py)")
 if flex_available():
     register("attention", "flex", flex_attention, dropout=False,
              description="torch FlexAttention with a block mask from the key-padding mask")
 register("layer_norm", "torch", torch_layer_norm, description="torch's dropout, add and layer_norm kernels")
 register("layer_norm", "triton", triton_layer_norm, triton=True,
-         description="ours: residual + dropout + LayerNorm fused (kernels/layernorm.py)")
+         description="ours: residual + dropout + LayerNorm fused (kernels/roberta_kernels/layernorm.py)")

@@ -3,7 +3,7 @@
     roberta-scratch kernels check --attention triton --quick
     roberta-scratch kernels check --attention my_pkg.attn:flash --layer-norm triton --device cuda
 
-    from kernels.check import check_attention, format_table
+    from roberta_kernels.check import check_attention, format_table
     rows = check_attention("triton", device="cpu", quick=True)   # a list of Result rows
     print(format_table(rows))
 
@@ -103,9 +103,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import faulthandler
 import functools
 import inspect
+import io
 import math
+import signal
+import sys
+import threading
 import time
 from dataclasses import dataclass
 from typing import Callable, Optional
@@ -143,6 +148,7 @@ RESIDUALS = ("residual", "no residual", "fp32 residual")
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 DROPOUT_P = 0.25  # large enough that a missing 1 / (1 - p) (a factor 0.75) is gross; RoBERTa trains at 0.1
 DRAWS = {"full": 64, "quick": 32, "interpreted": 8}  # attention forwards for the keep rate and the mean
+CASE_TIMEOUT_S = 300.0  # a case that runs longer is a FAIL row: a hanging kernel must not hang the check
 LN_DRAWS = {"full": 8, "quick": 4, "interpreted": 2}  # layer norm forward + backward, for the keep rate
 SIGMAS = 5.0  # statistical bounds: a correct implementation fails one with probability ~6e-7
 
@@ -421,7 +427,7 @@ def triton_environment(device):
     """TRITON_INTERPRET=1 inside on the CPU (Triton code runs interpreted), unset on CUDA (compiled).
 
     Enter it before anything imports triton or a module with Triton kernels (run() does,
-    before it imports MODULE:FUNCTION): see kernels.triton_interpreter.
+    before it imports MODULE:FUNCTION): see roberta_kernels.triton_interpreter.
     """
     from . import triton_interpreter
 
@@ -587,7 +593,7 @@ def _check_attention_case(impl, case, device) -> Result:
         out, grads, declined = _run_attention(impl, case, device, qkv, do, mask)
     except _Declined as e:
         return _attention_row(impl, case, "skip", f"declined: {e}")
-    except Exception as e:  # noqa: BLE001 (a failing implementation is a FAIL row, not a crash)
+    except (Exception, SystemExit) as e:  # noqa: BLE001 (a failing implementation is a FAIL row, not a crash)
         row.status, row.tensor, row.note = "FAIL", "call", _error(e)
         return row
     ref_out, ref_grads = _attention_reference(qkv, do, mask)
@@ -674,7 +680,7 @@ def _check_attention_dropout(impl, case, device, draws: int) -> Result:
                              [(tuple(out.shape), case.dtype)]) for n in range(draws)]
     except _Declined as e:
         return _attention_row(impl, case, "skip", f"declined: {e}")
-    except Exception as e:  # noqa: BLE001
+    except (Exception, SystemExit) as e:  # noqa: BLE001 (SystemExit too: no exit without a verdict)
         row.status, row.tensor, row.note = "FAIL", "call", _error(e)
         return row
 
@@ -696,10 +702,11 @@ def _check_attention_dropout(impl, case, device, draws: int) -> Result:
 
 
 def check_attention(spec, device="cpu", quick: bool = False, cases: Optional[list] = None,
-                    progress: Optional[Callable[[Result], None]] = None) -> list[Result]:
+                    progress: Optional[Callable[[Result], None]] = None,
+                    timeout: Optional[float] = CASE_TIMEOUT_S) -> list[Result]:
     """Check an attention implementation (a registered name, MODULE:FUNCTION, an Implementation
     or a callable) on `device`; returns one Result per case. progress, if given, sees each as it is done."""
-    return _check("attention", spec, device, quick, cases, progress)
+    return _check("attention", spec, device, quick, cases, progress, timeout)
 
 
 # ----------------------------------------------------------------------------- layer norm
@@ -778,7 +785,7 @@ def _check_layer_norm_case(impl, case, device) -> Result:
         y, grads, declined = _run_layer_norm(impl, case, device, inputs)
     except _Declined as e:
         return _layer_norm_row(impl, case, "skip", f"declined: {e}")
-    except Exception as e:  # noqa: BLE001
+    except (Exception, SystemExit) as e:  # noqa: BLE001 (SystemExit too: no exit without a verdict)
         row.status, row.tensor, row.note = "FAIL", "call", _error(e)
         return row
     ref_y, ref_grads = _layer_norm_reference(inputs)
@@ -799,7 +806,7 @@ def _check_layer_norm_dropout(impl, case, device, draws: int) -> Result:
         runs = [_run_layer_norm(impl, case, device, inputs, seed=seed0 + max(n - 1, 0)) for n in range(draws + 1)]
     except _Declined as e:
         return _layer_norm_row(impl, case, "skip", f"declined: {e}")
-    except Exception as e:  # noqa: BLE001
+    except (Exception, SystemExit) as e:  # noqa: BLE001 (SystemExit too: no exit without a verdict)
         row.status, row.tensor, row.note = "FAIL", "call", _error(e)
         return row
     y, grads, declined = runs[0]
@@ -829,10 +836,11 @@ def _check_layer_norm_dropout(impl, case, device, draws: int) -> Result:
 
 
 def check_layer_norm(spec, device="cpu", quick: bool = False, cases: Optional[list] = None,
-                     progress: Optional[Callable[[Result], None]] = None) -> list[Result]:
+                     progress: Optional[Callable[[Result], None]] = None,
+                     timeout: Optional[float] = CASE_TIMEOUT_S) -> list[Result]:
     """Check a LayerNorm implementation (a registered name, MODULE:FUNCTION, an Implementation or
     a callable) on `device`; returns one Result per case."""
-    return _check("layer_norm", spec, device, quick, cases, progress)
+    return _check("layer_norm", spec, device, quick, cases, progress, timeout)
 
 
 # ----------------------------------------------------------------------------- the driver
@@ -847,7 +855,48 @@ def _unsupported(impl: Implementation, case, device) -> Optional[str]:
     return why
 
 
-def _check(op, spec, device, quick, cases, progress) -> list[Result]:
+class _CaseTimeout(BaseException):
+    """Raised in the main thread when a case runs past its time (a BaseException, so that the
+    case runners' `except Exception` cannot take it for an ordinary failure)."""
+
+
+def _hard_stop(seconds: float) -> None:
+    """faulthandler's timer: print where the process is and exit 1 after `seconds`, to a stream
+    with a file descriptor (a captured sys.stderr has none: then the process's own stderr)."""
+    for stream in (sys.stderr, sys.__stderr__):
+        try:
+            faulthandler.dump_traceback_later(seconds, exit=True, file=stream)
+            return
+        except (AttributeError, ValueError, OSError, io.UnsupportedOperation):
+            continue
+
+
+@contextlib.contextmanager
+def _time_limit(seconds: Optional[float]):
+    """Raise _CaseTimeout after `seconds` (SIGALRM, main thread only), so a kernel that loops in
+    Python code, or returns to it, ends as a FAIL row. A hang that never returns to the
+    interpreter (a GPU kernel that never finishes) is ended a minute later by faulthandler,
+    which prints where it was and exits 1: never a run that hangs forever, never exit 0."""
+    usable = seconds and hasattr(signal, "setitimer") and threading.current_thread() is threading.main_thread()
+    if not usable:
+        yield
+        return
+
+    def expire(signum, frame):
+        raise _CaseTimeout()
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    _hard_stop(seconds + 60)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        faulthandler.cancel_dump_traceback_later()
+        signal.signal(signal.SIGALRM, previous)
+
+
+def _check(op, spec, device, quick, cases, progress, timeout: Optional[float] = CASE_TIMEOUT_S) -> list[Result]:
     impl = get(op, spec)
     device = torch.device(device)
     interpreted = impl.triton and device.type == "cpu"
@@ -868,10 +917,13 @@ def _check(op, spec, device, quick, cases, progress) -> list[Result]:
             why = no_triton or _unsupported(impl, case, device)
             if why:
                 row = row_of(impl, case, "skip", why)
-            elif case.dropout_p > 0:
-                row = check_dropout(impl, case, device, draws)
             else:
-                row = check_case(impl, case, device)
+                try:
+                    with _time_limit(timeout):
+                        row = check_dropout(impl, case, device, draws) if case.dropout_p > 0 else \
+                            check_case(impl, case, device)
+                except _CaseTimeout:
+                    row = row_of(impl, case, "FAIL", f"timed out after {timeout:g} s (--timeout)")
             results.append(row)
             if progress is not None:
                 progress(row)
@@ -955,6 +1007,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="default: cuda when available (on the CPU, Triton code runs in Triton's interpreter)")
     p.add_argument("--quick", action="store_true",
                    help="a cross-section for CI: seconds on the CPU (a handful of tiny cases for interpreted Triton)")
+    p.add_argument("--timeout", type=float, default=CASE_TIMEOUT_S, metavar="S",
+                   help=f"seconds a case may run before it is a FAIL row (default {CASE_TIMEOUT_S:g}; 0: no limit)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -981,7 +1035,8 @@ def run(args: argparse.Namespace) -> int:
             print(table_header(impl.op, width), flush=True)
             start = time.perf_counter()
             check = check_attention if impl.op == "attention" else check_layer_norm
-            results += check(impl, device, quick=args.quick, progress=lambda r: print(format_row(r, width), flush=True))
+            results += check(impl, device, quick=args.quick, progress=lambda r: print(format_row(r, width), flush=True),
+                             timeout=getattr(args, "timeout", CASE_TIMEOUT_S) or None)
             print(f"({time.perf_counter() - start:.1f} s)", flush=True)
     text, code = summarize(results)
     print("\n" + text, flush=True)

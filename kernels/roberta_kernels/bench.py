@@ -2,7 +2,7 @@
 
     roberta-scratch kernels bench --attention triton [mine my_pkg.attn:flash] [--layer-norm triton] --out DIR
     roberta-scratch kernels bench --attention triton --layer-norm triton --out DIR --dry-run   # CPU, tiny sizes
-    python -m kernels.bench ...                                                               # the same
+    python -m roberta_kernels.bench ...                                                               # the same
 
 Attention (on CUDA). Every named implementation, plus the references: sdpa with
 each of its backends forced through torch.nn.attention.sdpa_kernel (flash,
@@ -36,7 +36,7 @@ return_mode="median" (its default is the mean), L2 flushed before each call;
 CUDA events and a median when triton is missing; time.perf_counter and a
 median in a dry run.
 
-Capabilities. A case an implementation does not claim (kernels.registry's
+Capabilities. A case an implementation does not claim (roberta_kernels.registry's
 Implementation.unsupported: dtype, head dim, dropout, device) is skipped and
 reported, never failed.
 
@@ -90,9 +90,9 @@ DRY = dict(tokens=64, heads=2, head_dim=32, max_seq_len=32, hidden=48, matmul_n=
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options of `roberta-scratch kernels bench` (and `python -m kernels.bench`)."""
+    """The options of `roberta-scratch kernels bench` (and `python -m roberta_kernels.bench`)."""
     parser.add_argument("--attention", nargs="+", default=None, metavar="NAME",
-                        help="attention implementations to bench: registered names (see kernels.registry) or "
+                        help="attention implementations to bench: registered names (see roberta_kernels.registry) or "
                              "MODULE:FUNCTION; the references are always added (default: triton, unless "
                              "--layer-norm is given)")
     parser.add_argument("--layer-norm", nargs="+", default=None, metavar="NAME",
@@ -578,7 +578,8 @@ def card_name(device) -> str:
 
 
 def command_line() -> str:
-    """The command as typed: `roberta-scratch ...`, `python -m roberta_scratch ...` or `python -m kernels.bench ...`."""
+    """The command as typed: `roberta-scratch ...`, `python -m roberta_scratch ...` or
+    `python -m roberta_kernels.bench ...`."""
     program = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "python"
     main = sys.modules.get("__main__")
     spec = getattr(main, "__spec__", None)
@@ -775,7 +776,7 @@ def run(args) -> int:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m kernels.bench", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m roberta_kernels.bench", description=__doc__.split("\n")[0])
     add_arguments(parser)
     return run(parser.parse_args(argv))
 

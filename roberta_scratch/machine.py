@@ -1,0 +1,74 @@
+"""The machine a run is on: how many CPU threads torch should use beside other work, and the
+processor's name for the records that benchmarks and studies write.
+
+Its own module because the trainer, the study's report and the benchmarks all ask, and none
+of them should have to import the training loop to learn the processor's name.
+"""
+from __future__ import annotations
+
+import os
+import platform
+import time
+from typing import Optional
+
+
+def cpu_threads(requested: Optional[int] = None) -> tuple[int, str]:
+    """How many intra-op threads torch should use on the CPU, and why.
+
+    subtle: torch's threads spin while they wait for each other. On a machine where another
+    process is busy, as many threads as cores fight it for every core and training slows
+    ten-fold; one thread fewer per busy core keeps most of the speed. So: an explicit
+    request wins, then OMP_NUM_THREADS, then the usable cores (shared among torchrun's local
+    ranks) less the cores other processes keep busy right now (busy_elsewhere), at least one.
+    """
+    if requested:
+        return requested, "--threads"
+    if os.environ.get("OMP_NUM_THREADS", "").strip().isdigit():
+        return max(1, int(os.environ["OMP_NUM_THREADS"])), "OMP_NUM_THREADS"
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    share = max(1, cores // local)
+    elsewhere = busy_elsewhere()
+    busy = min(share - 1, int(elsewhere / local + 0.5)) if elsewhere > 0.5 else 0
+    return share - busy, (f"{cores} usable cores" + (f" over {local} local ranks" if local > 1 else "")
+                          + (f", {elsewhere:.1f} busy with other work" if busy else ""))
+
+
+def cpu_name() -> str:
+    """The processor's model name ("AMD EPYC 7B13"), for the records benchmarks and studies write."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def _cpu_ticks() -> tuple[int, int, int]:
+    """(all cores' ticks, their idle + iowait + niced ticks, this process's user + system ticks)
+    so far. Niced time counts as free: a process run with `nice` yields its core to ours."""
+    with open("/proc/stat") as f:
+        ticks = [int(x) for x in f.readline().split()[1:9]]
+    with open("/proc/self/stat") as f:
+        own = f.read().rsplit(")", 1)[1].split()
+    nice = ticks[1] if os.nice(0) == 0 else 0  # a niced trainer's own time is in that column too
+    return sum(ticks), ticks[3] + ticks[4] + nice, int(own[11]) + int(own[12])
+
+
+def busy_elsewhere(interval: float = 0.2) -> float:
+    """How many cores other processes keep busy now at normal priority: the machine's busy
+    time over `interval`, less niced time and this process's own (/proc/stat and
+    /proc/self/stat); the 1-minute load average where /proc is missing (which counts this
+    process too)."""
+    try:
+        (total0, idle0, own0), _ = _cpu_ticks(), time.sleep(interval)
+        total1, idle1, own1 = _cpu_ticks()
+    except (OSError, ValueError, IndexError):
+        return os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    total = total1 - total0
+    if total <= 0:
+        return 0.0
+    busy = (total - (idle1 - idle0)) - (own1 - own0)
+    return max(0.0, busy / total * (os.cpu_count() or 1))
