@@ -61,4 +61,6 @@ def predict(path: str, lines: list[str], batch_size: int = 32, device=None, sour
     rows = task.read_inputs(lines)
     if not rows:
         raise DataError(f"{source} holds no inputs: it is empty or blank")
-    return task.predict(model, rows, batch_size, device or "cpu")
+    good = [r for r in rows if "_unreadable" not in r]  # a line that could not be read keeps its place
+    results = iter(task.predict(model, good, batch_size, device or "cpu") if good else [])
+    return [{"error": r["_unreadable"]} if "_unreadable" in r else next(results) for r in rows]

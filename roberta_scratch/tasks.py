@@ -137,12 +137,22 @@ class Task:
         return {"text": line}
 
     def read_inputs(self, lines: list[str]) -> list[dict]:
-        """predict's input rows: one a line, a JSON object or plain text (parse_input)."""
+        """predict's input rows: one a non-blank line, a JSON object or plain text (parse_input).
+        A line that starts like JSON but is not a JSON object is a row {"_unreadable": why} in its place,
+        so that every input still gets its one output line."""
         rows = []
-        for line in lines:
+        for n, line in enumerate(lines, start=1):
             line = line.rstrip("\n")
-            if line.strip():
-                rows.append(json.loads(line) if line.lstrip().startswith("{") else self.parse_input(line))
+            if not line.strip():
+                continue
+            if not line.lstrip().startswith("{"):
+                rows.append(self.parse_input(line))
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                row = {"_unreadable": f"line {n}: not valid JSON ({e.msg} at column {e.colno})"}
+            rows.append(row if isinstance(row, dict) else {"_unreadable": f"line {n}: not a JSON object"})
         return rows
 
 

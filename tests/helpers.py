@@ -28,6 +28,24 @@ def random_hf_model(arch: str, seed: int = 0, **overrides):
     return model
 
 
+SMALL_TEXTS = ["the cat sat on the mat and the dog ran to the house"] * 30
+
+
+def tiny_model_folder(path, cls=None, texts=SMALL_TEXTS, vocab_size=280, max_positions=40, **config) -> str:
+    """A folder as a user has one: a tiny random model (`cls`, default RobertaForMaskedLM; hidden
+    32, one layer, unless `config` says otherwise) and the BPE tokenizer it was made with."""
+    from roberta_scratch import RobertaConfig, RobertaForMaskedLM
+    from roberta_scratch.tokenizer import ByteLevelBPETokenizer
+
+    tok = ByteLevelBPETokenizer.train(iter(texts), vocab_size=vocab_size, show_progress=False)
+    shape = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
+    cfg = RobertaConfig(vocab_size=tok.vocab_size, max_position_embeddings=max_positions, **{**shape, **config})
+    torch.manual_seed(0)
+    (cls or RobertaForMaskedLM)(cfg).save_pretrained(str(path))
+    tok.save_pretrained(str(path))
+    return str(path)
+
+
 def triton_mode_fixture(*modules: str):
     """An autouse fixture for kernel tests: Triton's interpreter for CPU tests, the compiled
     kernels for `gpu` tests. `modules` are the kernels submodules the tests exercise."""

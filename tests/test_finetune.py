@@ -403,6 +403,10 @@ def test_predict_gives_one_line_per_input_even_without_words(pretrained, tmp_pat
     inputs.write_text('{"tokens": []}\n')
     code, results = run_cli(capsys, "predict", "--model", tmp_path / "run" / "model", inputs)
     assert code == 0 and results == [{"text": "", "entities": []}]
+    inputs.write_text('{"tokens": ["Bob"]}\n{"tokens": [\n["a list"]\n')  # a cut line, then not an object
+    code, results = run_cli(capsys, "predict", "--model", tmp_path / "run" / "model", inputs)
+    assert code == 0 and len(results) == 3 and "entities" in results[0]
+    assert results[1] == {"error": "line 2: not valid JSON (Expecting value at column 13)"}
 
 
 # ----------------------------------------------------------------------------- resume

@@ -3,10 +3,11 @@ library and from the command line."""
 import numpy as np
 import pytest
 import torch
+from helpers import tiny_model_folder
 
-from roberta_scratch import RobertaConfig, RobertaForMaskedLM, cli
+from roberta_scratch import RobertaForMaskedLM, cli
 from roberta_scratch.probe import fill_mask, parse_layers
-from roberta_scratch.tokenizer import ByteLevelBPETokenizer, load_tokenizer
+from roberta_scratch.tokenizer import load_tokenizer
 
 TEXTS = ["Alice went to Paris and saw the river.", "Bob visited London in the rain.",
          "The capital of France is Paris."] * 20
@@ -15,14 +16,9 @@ TEXTS = ["Alice went to Paris and saw the river.", "Bob visited London in the ra
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     """A tiny random RobertaForMaskedLM (hidden 64, 2 layers, 4 heads) with its tokenizer."""
-    path = tmp_path_factory.mktemp("probe") / "model"
-    tok = ByteLevelBPETokenizer.train(iter(TEXTS), vocab_size=300, show_progress=False)
-    cfg = RobertaConfig(vocab_size=tok.vocab_size, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                        intermediate_size=128, max_position_embeddings=130)
-    torch.manual_seed(0)
-    RobertaForMaskedLM(cfg).save_pretrained(str(path))
-    tok.save_pretrained(str(path))
-    return str(path)
+    return tiny_model_folder(tmp_path_factory.mktemp("probe") / "model", texts=TEXTS, vocab_size=300,
+                             max_positions=130, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                             intermediate_size=128)
 
 
 def test_fill_mask_gives_the_models_own_top_k(model_dir):

@@ -12,14 +12,12 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
+from helpers import tiny_model_folder
 
 from roberta_scratch import RobertaConfig, RobertaForMaskedLM, RobertaForSequenceClassification, cli
 from roberta_scratch.config import UntrustedCode
-from roberta_scratch.tokenizer import ByteLevelBPETokenizer
 
 REPO = Path(__file__).resolve().parents[1]
-TEXTS = ["the cat sat on the mat and the dog ran to the house"] * 30
 CODE = """\
 import pathlib
 pathlib.Path({marker!r}).write_text("imported")
@@ -49,12 +47,7 @@ def payload(tmp_path, monkeypatch):
 
 def model_folder(path: Path, cls=RobertaForMaskedLM, **names) -> str:
     """A tiny model with its tokenizer, whose config.json then names kernels as given."""
-    tok = ByteLevelBPETokenizer.train(iter(TEXTS), vocab_size=280, show_progress=False)
-    cfg = RobertaConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=40)
-    torch.manual_seed(0)
-    cls(cfg).save_pretrained(str(path))
-    tok.save_pretrained(str(path))
+    tiny_model_folder(path, cls)
     config = json.loads((path / "config.json").read_text())
     config.update(names)
     (path / "config.json").write_text(json.dumps(config))

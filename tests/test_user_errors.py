@@ -8,22 +8,16 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import tiny_model_folder
 
 from roberta_scratch import RobertaConfig, RobertaForMaskedLM, RobertaForSequenceClassification, cli
-from roberta_scratch.tokenizer import ByteLevelBPETokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 TEXTS = ["the cat sat on the mat and the dog ran to the house"] * 30
 
 
 def model_dir(path, cls=RobertaForMaskedLM, max_positions=20, **kw):
-    tok = ByteLevelBPETokenizer.train(iter(TEXTS), vocab_size=280, show_progress=False)
-    cfg = RobertaConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=max_positions, **kw)
-    torch.manual_seed(0)
-    cls(cfg).save_pretrained(str(path))
-    tok.save_pretrained(str(path))
-    return str(path)
+    return tiny_model_folder(path, cls, TEXTS, max_positions=max_positions, **kw)
 
 
 def run(capsys, *argv):
