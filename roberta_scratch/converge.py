@@ -157,6 +157,7 @@ def run(args: argparse.Namespace) -> int:
     import roberta_kernels
 
     names = [("attention", args.attention)] + ([("layer_norm", args.layer_norm)] if args.layer_norm else [])
+    roberta_kernels.registry.import_modules([n for _, n in names])
     triton_on_cpu = args.device == "cpu" and any(roberta_kernels.get_implementation(op, n).triton for op, n in names)
     # on the CPU, Triton code runs in the interpreter (not the torch fallback); elsewhere as it is
     with roberta_kernels.triton_interpreter(True) if triton_on_cpu else contextlib.nullcontext():

@@ -757,6 +757,7 @@ def run(args) -> int:
               "pipeline on the CPU", file=sys.stderr)
         return 2
     try:
+        registry.import_modules(list(args.attention or ()) + list(args.layer_norm or ()))
         for spec in args.attention or ():
             registry.get("attention", spec)
         for spec in args.layer_norm or ():

@@ -118,7 +118,7 @@ from typing import Callable, Optional
 import torch
 
 from . import kernel_module, triton_available
-from .registry import Implementation, get
+from .registry import Implementation, get, import_modules
 
 # ----------------------------------------------------------------------------- cases and tolerances
 
@@ -1025,6 +1025,7 @@ def run(args: argparse.Namespace) -> int:
     results = []
     # subtle: set TRITON_INTERPRET before MODULE:FUNCTION is imported, so its kernels decorate to match
     with triton_environment(device):
+        import_modules(args.attention + args.layer_norm)  # the names they register, wherever they stand
         impls = [get("attention", s) for s in args.attention] + [get("layer_norm", s) for s in args.layer_norm]
         for impl in impls:
             interpreted = impl.triton and device.type == "cpu"

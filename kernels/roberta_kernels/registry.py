@@ -130,6 +130,19 @@ def get(op: str, spec) -> Implementation:
     return Implementation(op, spec, fn, description=f"{spec} (not registered: no capabilities declared)")
 
 
+def import_modules(specs) -> None:
+    """Import the module of every MODULE:FUNCTION among `specs`, before any name is resolved, so
+    that a name such a module registers on import resolves wherever it stands on the command
+    line (`kernels check --attention mine my_pkg.attn:flash`)."""
+    for spec in specs:
+        if isinstance(spec, str) and ":" in spec:
+            module_name = spec.partition(":")[0]
+            try:
+                importlib.import_module(module_name)
+            except ImportError as e:
+                raise ValueError(f"implementation {spec!r}: cannot import {module_name!r} ({e})") from None
+
+
 def is_known(op: str, spec: str) -> bool:
     """Whether `spec` is a registered name or a MODULE:FUNCTION that imports (without raising)."""
     try:
