@@ -344,8 +344,18 @@ def _add_study_parser(sub) -> None:
     p.set_defaults(func=_cmd_study)
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("roberta-scratch")
+    except PackageNotFoundError:
+        return "(not installed: run from a checkout)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="roberta-scratch", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"roberta-scratch {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_inspect_parser(sub)
     _add_prepare_parser(sub)
@@ -378,9 +388,23 @@ def main(argv: list[str] | None = None) -> int:
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)
             return 130
+        except BrokenPipeError:  # `... | head` closed the pipe: stop quietly, as Unix tools do
+            _silence_stdout()
+            return 141
         except Exception as e:  # noqa: BLE001 (every failure becomes one readable line)
             print(f"error: {_describe(e)} (--debug shows where)", file=sys.stderr)
             return 1
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so that the interpreter's last flush does not fail again."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):
+        pass
 
 
 def _describe(e: Exception) -> str:

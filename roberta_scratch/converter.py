@@ -101,10 +101,14 @@ def verify_against_transformers(cfg: RobertaConfig, sd: dict) -> dict:
 
 
 def convert(src: str, dst: str, to: str = "ours", verify: bool = False, dict_path: str | None = None,
-            trust_code: bool = False) -> int:
+            trust_code: bool = False, overwrite: bool = False) -> int:
     if os.path.exists(dst) and not os.path.isdir(dst):
         raise ValueError(f"DST {dst} is a file: the converted model is a folder (config.json, model.safetensors "
                          "and the tokenizer); name a folder, new or existing")
+    if os.path.isdir(dst) and os.listdir(dst) and not overwrite:
+        raise ValueError(f"DST {dst} already holds files ({', '.join(sorted(os.listdir(dst))[:3])}"
+                         f"{' ...' if len(os.listdir(dst)) > 3 else ''}): pass --overwrite to write the converted "
+                         "model's files over theirs, or name a new folder")
     cfg, sd = read_checkpoint(src, trust_code=trust_code)
     fairseq_file = src if os.path.isfile(src) else os.path.join(src, "model.pt")
     if os.path.isfile(fairseq_file) and not os.path.isfile(os.path.join(src, "config.json")):
@@ -150,11 +154,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--verify", action="store_true",
                    help=f"compare against transformers on a padded batch; exit 1 above {TOLERANCE:g}")
     add_trust_code_argument(p)
+    p.add_argument("--overwrite", action="store_true",
+                   help="write into a DST that already holds files (the model's files are replaced, others kept)")
 
 
 def run(args: argparse.Namespace) -> int:
     try:
-        return convert(args.src, args.dst, args.to, args.verify, args.dict, trust_code=args.trust_code)
+        return convert(args.src, args.dst, args.to, args.verify, args.dict, trust_code=args.trust_code,
+                       overwrite=args.overwrite)
     except (ValueError, KeyError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

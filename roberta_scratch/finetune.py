@@ -134,6 +134,9 @@ class FinetuneTrainer(BaseTrainer):
         examples = self.task.read(path, bad)
         if fit:
             self.task = self.task.fit_labels(examples)
+            said = self.task.describe_labels()
+            if said:
+                self._log(said)
         examples = self.task.check_labels(examples, bad)
         self.skipped[split] = len(bad.rows)
         if bad.summary():

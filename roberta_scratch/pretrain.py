@@ -97,6 +97,9 @@ class Trainer(BaseTrainer):
         self.pairs = a.packing in PAIR_MODES
         copies = self._static_copies()
         has_val = bool(meta["splits"]["val"]["tokens"])
+        if not has_val and a.eval_every:
+            self._log(f"note: {a.data} holds no held-out documents (prepared with --val-fraction 0, or too few "
+                      "documents), so this run writes no held-out metric")
         if self.pairs:
             if not meta.get("sentences"):
                 raise TrainingError(f"--packing {a.packing} needs sentence boundaries, and {a.data} was prepared "

@@ -75,6 +75,14 @@ class Task:
         the others go to `bad`."""
         return examples
 
+    def describe_labels(self) -> Optional[str]:
+        """What fit_labels chose, said at the start of every run (None: nothing to say)."""
+        names = getattr(self, "label_names", None)
+        if not names:
+            return None
+        shown = ", ".join(map(str, names[:8])) + (" ..." if len(names) > 8 else "")
+        return f"labels: {len(names)} classes ({shown})"
+
     # ---- the model ---------------------------------------------------------------
 
     def config_overrides(self) -> dict:
@@ -158,6 +166,13 @@ class Task:
 
 # ----------------------------------------------------------------------------- sequence classification
 
+def _whole_number(label) -> bool:
+    """An int (never a bool), or a string that writes one: "0", "-3"; not 1.0 or "1.0"."""
+    if isinstance(label, bool):
+        return False
+    return isinstance(label, int) or (isinstance(label, str) and re.fullmatch(r"\s*[+-]?\d+\s*", label) is not None)
+
+
 class SequenceClassification(Task):
     """Classes from the <s> token; string labels are class names, saved with the model."""
 
@@ -171,13 +186,15 @@ class SequenceClassification(Task):
         return read_labelled_texts(path, bad)
 
     def fit_labels(self, examples: list[dict]) -> Task:
-        """auto: numbers (JSON numbers, or CSV values that all parse as numbers) mean regression;
-        anything else, JSON strings like "1" included, is a class name. --label-type class|regression
-        says so explicitly."""
+        """auto: whole numbers are class ids (GLUE's and SST-2's 0/1, as Hugging Face reads them);
+        numbers with a fraction or an exponent (JSON floats, CSV values such as 0.25) mean
+        regression; anything else is a class name. --label-type class|regression says so
+        explicitly."""
         kind = self.args.label_type
         if kind == "auto":
             parse = self.args.train.endswith(".csv")
-            kind = "regression" if all(is_number(e["label"], parse) for e in examples) else "class"
+            numbers = all(is_number(e["label"], parse) for e in examples)
+            kind = "regression" if numbers and not all(_whole_number(e["label"]) for e in examples) else "class"
         if kind == "regression":
             targets = {float(e["label"]) for e in examples if is_number(e["label"], True)}
             targets = {t for t in targets if math.isfinite(t)}
@@ -274,6 +291,11 @@ class SequenceRegression(SequenceClassification):
 
     def info(self) -> dict:
         return {**super().info(), "label_type": "regression"}
+
+    def describe_labels(self) -> str:
+        why = ("chosen by --label-type" if self.args.label_type == "regression"
+               else "numbers with a fraction; --label-type class makes them class ids")
+        return f"labels: regression ({why})"
 
     def check_labels(self, examples: list[dict], bad: BadRows) -> list[dict]:
         good = []

@@ -370,10 +370,13 @@ def test_a_training_file_with_one_class_is_refused(pretrained, tmp_path):
 def test_a_regression_target_that_never_varies_is_refused(pretrained, tmp_path):
     """Every label 1: neither two classes nor a target to regress on."""
     train = write_csv(tmp_path / "ones.csv", [{"text": r["text"], "label": 1} for r in sentiment_rows(20, 10)])
-    with pytest.raises(DataError, match=r"every training example has the target \[1.0\].*vary"):
-        FinetuneTrainer(args_for(pretrained, "seq-cls", train, tmp_path / "run"))
     with pytest.raises(DataError, match=r"every training example has the label \['1'\].*two classes"):
-        FinetuneTrainer(args_for(pretrained, "seq-cls", train, tmp_path / "run2", label_type="class"))
+        FinetuneTrainer(args_for(pretrained, "seq-cls", train, tmp_path / "run"))  # integers: class ids
+    with pytest.raises(DataError, match=r"every training example has the target \[1.0\].*vary"):
+        FinetuneTrainer(args_for(pretrained, "seq-cls", train, tmp_path / "run2", label_type="regression"))
+    floats = write_csv(tmp_path / "halves.csv", [{"text": r["text"], "label": 0.5} for r in sentiment_rows(20, 10)])
+    with pytest.raises(DataError, match=r"every training example has the target \[0.5\].*vary"):
+        FinetuneTrainer(args_for(pretrained, "seq-cls", floats, tmp_path / "run3"))
 
 
 @pytest.mark.parametrize("value", ["nan", "inf", "-Infinity"])

@@ -1,0 +1,112 @@
+"""What a new user trips over: integer labels, --version, a closed pipe, an occupied convert
+destination, data without held-out documents."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from helpers import tiny_model_folder
+
+from roberta_scratch import cli
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_version_answers_without_a_command(capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out.startswith("roberta-scratch 0.")
+
+
+def test_a_closed_pipe_ends_quietly(tmp_path):
+    """`tokenizer encode ... | head -1`: no `error: [Errno 32] Broken pipe`."""
+    tiny_model_folder(tmp_path / "m")
+    (tmp_path / "lines.txt").write_text("the cat sat on the mat\n" * 20000)
+    encode = subprocess.Popen([sys.executable, "-m", "roberta_scratch", "tokenizer", "encode", "--tokenizer",
+                               str(tmp_path / "m"), str(tmp_path / "lines.txt")], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE)
+    first = encode.stdout.readline()
+    encode.stdout.close()  # what head does after its line
+    err = encode.stderr.read().decode()
+    assert encode.wait(timeout=120) == 141 and first.strip()
+    assert err == "", err
+
+
+def test_convert_refuses_a_destination_that_holds_files(tmp_path, capsys):
+    src = tiny_model_folder(tmp_path / "m")
+    (tmp_path / "dst").mkdir()
+    (tmp_path / "dst" / "notes.txt").write_text("mine")
+    assert cli.main(["convert", src, str(tmp_path / "dst")]) == 2
+    assert "already holds files (notes.txt): pass --overwrite" in capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "dst").iterdir()) == ["notes.txt"]
+    assert cli.main(["convert", src, str(tmp_path / "dst"), "--overwrite"]) == 0
+    assert (tmp_path / "dst" / "notes.txt").read_text() == "mine" and (tmp_path / "dst" / "config.json").is_file()
+
+
+def test_data_without_held_out_documents_says_so(prepared, tmp_path, capsys):
+    import warnings
+
+    from pretraining_helpers import args_for
+
+    from roberta_scratch.data import prepare
+    from roberta_scratch.pretrain import pretrain
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        prepare([str(prepared / "corpus")], str(prepared / "tok"), str(tmp_path / "data"), seq_len=32,
+                val_fraction=0.0, show_progress=False, num_workers=1)
+    capsys.readouterr()
+    assert pretrain(args_for(prepared, tmp_path / "run", data=str(tmp_path / "data"), steps=2, eval_every=1)) == 0
+    assert "holds no held-out documents" in capsys.readouterr().out
+
+
+# ----------------------------------------------------------------------------- integer labels
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory):
+    return tiny_model_folder(tmp_path_factory.mktemp("labels") / "model", max_positions=66)
+
+
+def csv_file(path, labels):
+    texts = ["the cat sat on the mat", "the dog ran to the house", "a cat and a dog", "the mat and the house"]
+    path.write_text("text,label\n" + "".join(f"{texts[i % 4]} {i},{label}\n" for i, label in enumerate(labels)))
+    return str(path)
+
+
+def finetune_args(pretrained, train, out, **kw):
+    from roberta_scratch.finetune import FinetuneArgs
+
+    base = dict(task="seq-cls", model=pretrained, train=str(train), out=str(out), epochs=1, batch_size=8,
+                progress=False, max_length=32)
+    return FinetuneArgs(**{**base, **kw})
+
+
+@pytest.mark.parametrize("labels,kind", [
+    ([0, 1] * 8, "2 classes (0, 1)"),                       # GLUE's and SST-2's convention: classes
+    ([0.0, 0.5, 1.0, 0.25] * 4, "regression"),              # fractions: a score to regress on
+])
+def test_integer_labels_are_classes_and_the_run_says_what_it_chose(pretrained, tmp_path, capsys, labels, kind):
+    from roberta_scratch.config import RobertaConfig
+    from roberta_scratch.finetune import finetune
+
+    train = csv_file(tmp_path / "train.csv", labels)
+    assert finetune(finetune_args(pretrained, train, tmp_path / "run")) == 0
+    assert f"labels: {kind}" in capsys.readouterr().out
+    cfg = RobertaConfig.load(str(tmp_path / "run" / "model"))
+    if kind == "regression":
+        assert cfg.problem_type == "regression" and cfg.num_labels == 1
+    else:
+        assert cfg.num_labels == 2 and cfg.label_names == ["0", "1"]
+        (tmp_path / "in.txt").write_text("the cat sat\n")
+        assert cli.main(["predict", "--model", str(tmp_path / "run" / "model"), str(tmp_path / "in.txt")]) == 0
+        result = json.loads(capsys.readouterr().out.splitlines()[-1])
+        assert result["label"] in ("0", "1") and set(result["probabilities"]) == {"0", "1"}
+
+
+def test_label_type_regression_keeps_integer_targets_as_numbers(pretrained, tmp_path, capsys):
+    from roberta_scratch.finetune import finetune
+
+    train = csv_file(tmp_path / "train.csv", [1, 2, 3, 4, 5] * 3)
+    assert finetune(finetune_args(pretrained, train, tmp_path / "run", label_type="regression")) == 0
+    assert "labels: regression (chosen by --label-type)" in capsys.readouterr().out
