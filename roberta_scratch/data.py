@@ -51,6 +51,7 @@ from .tokenizer import load_tokenizer
 from .tokenizer_base import _available_cpus
 
 FORMAT_VERSION = 2  # 2: files in data-<id>/, named with sizes and checksums in meta.json
+BATCH_CHARS = 4 << 20  # at most about this many characters tokenized at once by one process
 OWNER_MARK = ".roberta-scratch-prepare"  # inside every folder prepare makes: the proof that it wrote it
 LEGACY_FILE = re.compile(r"(train|val)(-\d{5}\.bin|\.docs\.bin)")  # format 1 kept these at the top
 SHARD_TOKENS = 1 << 28  # 512 MB of uint16 per shard file
@@ -245,7 +246,9 @@ def _write_data(corpus, tok, out_dir: str, settings: dict, num_workers, batch_do
         docs = iter_documents(corpus, report, settings["text_field"])
         bar = progress(desc="preparing", unit="docs", disable=not show_progress)
         index = 0
-        batches, counts = chunked(docs, batch_documents), deque()
+        # subtle: a batch is also bounded in characters, so a few huge documents (cut into
+        # MAX_DOCUMENT_CHARS pieces) are not tokenized all at once; the output is the same
+        batches, counts = chunked(docs, batch_documents, max_size=BATCH_CHARS), deque()
         if sentences:  # encode sentence by sentence, then put each document back together
             batches = _sentence_batches(batches, counts)
         plain = load_tokenizer(os.path.join(tmp, "tokenizer"), split_special_tokens=True)

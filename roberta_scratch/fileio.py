@@ -108,10 +108,22 @@ def quote_line(path: str | os.PathLike, line: str) -> str:
     return repr(line[:200])
 
 
-def chunked(items: Iterable, n: int) -> Iterator[list]:
-    """Lists of n items at a time (the last may be shorter), reading `items` lazily."""
+def chunked(items: Iterable, n: int, max_size: int | None = None) -> Iterator[list]:
+    """Lists of n items at a time (the last may be shorter), reading `items` lazily; with
+    max_size, a list also ends once its items' len() add up to max_size."""
     it = iter(items)
-    while batch := list(islice(it, n)):
+    if max_size is None:
+        while batch := list(islice(it, n)):
+            yield batch
+        return
+    batch, size = [], 0
+    for item in it:
+        batch.append(item)
+        size += len(item)
+        if len(batch) >= n or size >= max_size:
+            yield batch
+            batch, size = [], 0
+    if batch:
         yield batch
 
 
