@@ -162,10 +162,18 @@ def _cmd_tokenizer_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_tokenizer_encode(args: argparse.Namespace) -> int:
+    from .corpus import file_format, iter_documents
+    from .fileio import chunked
     from .tokenizer import load_tokenizer
 
     # a file is plain text, as prepare reads a corpus: "<s>" written in it is not the special id
     tok = load_tokenizer(args.tokenizer, **({} if args.special_tokens else {"split_special_tokens": True}))
+    if file_format(args.file) in (".jsonl", ".json", ".parquet", "arrow"):  # records: their text, as prepare
+        docs = iter_documents([args.file], text_field=args.text_field)
+        for rows in tok.encode_batches(chunked(docs, 256), num_workers=args.workers):
+            for ids in rows:
+                print(" ".join(map(str, ids if isinstance(ids, list) else ids.tolist())))
+        return 0
     for ids in tok.encode_file(args.file, num_workers=args.workers):
         print(" ".join(map(str, ids)))
     return 0
@@ -181,9 +189,11 @@ def _add_tokenizer_parser(sub) -> None:
     t.add_argument("--min-frequency", type=int, default=2, help="stop merging below this pair count (default 2)")
     t.add_argument("--out", required=True, help="output directory")
     t.set_defaults(func=_cmd_tokenizer_train)
-    e = tsub.add_parser("encode", help="print the ids of each line of FILE, one line of ids per line")
+    e = tsub.add_parser("encode", help="print the ids of each line of FILE (of each record's text for JSON lines "
+                                       "and parquet, read as prepare reads them), one line of ids each")
     e.add_argument("--tokenizer", required=True, help="a tokenizer directory")
     e.add_argument("--workers", type=int, default=1, help="encoding processes (default 1)")
+    e.add_argument("--text-field", default="text", help="the JSON key or column holding the text (default text)")
     e.add_argument("--special-tokens", action="store_true",
                    help="read <s>, </s>, <pad>, <mask> written in the text as the special tokens (default: as "
                         "plain text, as prepare reads a corpus)")

@@ -384,7 +384,7 @@ class Study:
         if record is not None:
             self._forget_missing(record, args, ft)
             if record["status"] in ("done", "failed"):
-                return record
+                return {**record, "reused": True}  # not saved: says this call trained nothing
         record = record or {"run": self.run_name(arm, seed), "arm": arm.name, "seed": seed, "hash": digest,
                             "settings": settings, "wall_s": {"pretrain": 0.0, "finetune": 0.0},
                             "tokens_per_step": args.batch_size * args.grad_accum * self.example_length(arm.packing)}
@@ -484,8 +484,12 @@ def run_study(study: str, preset, out: str, seeds: Optional[int] = None, corpus:
             for i, (arm, seed) in enumerate(todo):
                 print(f"== study {study}: run {i + 1}/{len(todo)}: {s.run_name(arm, seed)}", flush=True)
                 record = s.run(arm, seed)
+                if record.pop("reused", False):  # finished by an earlier call: its results are kept
+                    print(f"   {record['status']} before: kept, not trained again", flush=True)
+                    bar.total -= 1  # the bar's rate and time left count the runs trained now
+                else:
+                    bar.update(1)
                 records[record["run"]] = record
-                bar.update(1)
                 if record["status"] == "interrupted":
                     code = record.get("exit_code", 130)
                     print(f"stopped in {s.run_name(arm, seed)}: run the same command again to continue")

@@ -503,15 +503,20 @@ class QuestionAnswering(Task):
 
     @torch.no_grad()
     def answers(self, model, examples, features, batch_size, device) -> list[dict]:
-        """The best answer of each example over its windows: text, character span, score."""
+        """The best answer of each example over its windows: text, character span, its probability
+        in its window (softmax of the start logits at its start times softmax of the end logits
+        at its end) and logit_score, the sum of those two logits that picks the answer."""
         outs = self.logits(model, features, batch_size, device)
         starts = [row for o in outs for row in o.start_logits.float().cpu()]
         ends = [row for o in outs for row in o.end_logits.float().cpu()]
-        best = [{"answer": "", "start": None, "end": None, "score": -math.inf, "null": math.inf} for _ in examples]
+        best = [{"answer": "", "start": None, "end": None, "score": -math.inf, "null": math.inf,
+                 "probability": 0.0, "null_probability": 0.0} for _ in examples]
         L = self.args.max_answer_length
         for f, s, e in zip(features, starts, ends):
             b = best[f["example"]]
-            b["null"] = min(b["null"], float(s[0] + e[0]))
+            p_start, p_end = s.softmax(-1), e.softmax(-1)
+            if float(s[0] + e[0]) < b["null"]:
+                b["null"], b["null_probability"] = float(s[0] + e[0]), float(p_start[0] * p_end[0])
             ctx = [i for i, o in enumerate(f["offsets"]) if o is not None]
             lo, hi = ctx[0], ctx[-1] + 1
             # every span of at most L tokens inside the context: (T, T) scores, masked
@@ -524,11 +529,13 @@ class QuestionAnswering(Task):
             if score > b["score"]:
                 context = examples[f["example"]]["context"]
                 cs, ce = f["offsets"][lo + a][0], f["offsets"][lo + z][1]
-                b.update(answer=context[cs:ce], start=cs, end=ce, score=score)
+                b.update(answer=context[cs:ce], start=cs, end=ce, score=score,
+                         probability=float(p_start[lo + a] * p_end[lo + z]))
         for b in best:
             if self.version_2 and b["null"] > b["score"]:
-                b.update(answer="", start=None, end=None, score=b["null"])
-            del b["null"]
+                b.update(answer="", start=None, end=None, score=b["null"], probability=b["null_probability"])
+            b["logit_score"] = b.pop("score")  # a sum of logits, not a probability: named for what it is
+            del b["null"], b["null_probability"]
         return best
 
     def evaluate(self, model, examples, features, batch_size, device) -> dict:
@@ -541,7 +548,9 @@ class QuestionAnswering(Task):
             if not isinstance(r.get("question"), str) or not isinstance(r.get("context"), str):
                 raise DataError(f"a QA input needs 'question' and 'context', got keys {sorted(r)}")
         preds = self.answers(model, rows, self.features(rows), batch_size, device)
-        return [{"question": r["question"], **p} for r, p in zip(rows, preds)]
+        # a SQuAD question keeps its id, so the official evaluator can read the answers
+        return [{**({"id": r["id"]} if r.get("id") is not None else {}), "question": r["question"], **p}
+                for r, p in zip(rows, preds)]
 
     def parse_input(self, line: str) -> dict:
         raise DataError("QA input lines must be JSON objects with 'question' and 'context'")

@@ -432,8 +432,11 @@ class BaseTrainer:
         changed = {k: (saved.get(k), now[k]) for k in self.args.RESUME_KEYS
                    if saved.get(k) != now[k] and k not in self.args.ADJUSTABLE}
         if changed:
-            raise TrainingError(f"cannot resume from {path}: these settings differ from the saved run "
-                                f"(saved, now): {changed}. {RESUMING}")
+            said = "; ".join(f"--{k.replace('_', '-')} was {a!r}, now {b!r}" for k, (a, b) in changed.items())
+            free = ", ".join("--" + k.replace("_", "-") for k in self.args.ADJUSTABLE)
+            raise TrainingError(f"cannot resume from {path}: {said}. A resumed run continues the saved one exactly, "
+                                f"so these must match ({free} and the run's length may change, with a note). Pass "
+                                "the saved values, or --overwrite to start over, or use another --out.")
         fingerprint = self.data_fingerprint()
         if state.get("data_fingerprint") and fingerprint and state["data_fingerprint"] != fingerprint:
             raise TrainingError(f"cannot resume from {path}: the training data differ from the saved run's "
@@ -556,6 +559,8 @@ class BaseTrainer:
                 self._claim_out()
                 self._remove_temp_leftovers()
                 self._log(f"{self.desc} into {a.out}: checkpoints in {self.ckpt_dir}, metrics in {self.metrics_path}")
+                self._log(f"global batch: {a.batch_size} examples x {a.grad_accum} micro-batch(es) x {self.world} "
+                          f"process(es) = {a.batch_size * a.grad_accum * self.world} examples a step")
                 if a.resume:
                     self._resume()
                     self._truncate_metrics()

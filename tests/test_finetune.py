@@ -208,8 +208,13 @@ def test_qa_learns_colours_then_predicts(pretrained, tmp_path, capsys):
     last = metric_rows(tmp_path / "run")[-1]
     assert last["exact_match"] > 80 and last["f1"] > 80, last  # a random span is almost never right
     code, rows = run_cli(capsys, "predict", "--model", tmp_path / "run" / "model", dev)
-    gold = [p["qas"][0]["answers"][0]["text"] for p in json.loads(dev.read_text())["data"][0]["paragraphs"]]
+    paragraphs = json.loads(dev.read_text())["data"][0]["paragraphs"]
+    gold = [p["qas"][0]["answers"][0]["text"] for p in paragraphs]
     assert code == 0 and np.mean([r["answer"] == g for r, g in zip(rows, gold)]) > 0.8
+    # the SQuAD id stays (the official evaluator reads answers by it); the score is named for what it is
+    assert [r["id"] for r in rows] == [p["qas"][0]["id"] for p in paragraphs]
+    assert all(0.0 <= r["probability"] <= 1.0 and "logit_score" in r and "score" not in r for r in rows)
+    assert np.mean([r["probability"] for r in rows]) > 0.3  # a model this sure of its answers
 
 
 # ----------------------------------------------------------------------------- alignment and windows

@@ -110,3 +110,51 @@ def test_label_type_regression_keeps_integer_targets_as_numbers(pretrained, tmp_
     train = csv_file(tmp_path / "train.csv", [1, 2, 3, 4, 5] * 3)
     assert finetune(finetune_args(pretrained, train, tmp_path / "run", label_type="regression")) == 0
     assert "labels: regression (chosen by --label-type)" in capsys.readouterr().out
+
+
+def test_a_run_states_its_global_batch(prepared, tmp_path, capsys):
+    from pretraining_helpers import args_for
+
+    from roberta_scratch.pretrain import pretrain
+
+    assert pretrain(args_for(prepared, tmp_path / "run", steps=1, batch_size=4, grad_accum=2)) == 0
+    assert "global batch: 4 examples x 2 micro-batch(es) x 1 process(es) = 8 examples a step" in capsys.readouterr().out
+
+
+def test_kernels_bench_off_the_gpu_names_no_data_sheet(tmp_path, capsys):
+    assert cli.main(["kernels", "bench", "--attention", "eager", "--out", str(tmp_path), "--dry-run",
+                     "--seq-lens", "64"]) == 0
+    out = capsys.readouterr().out
+    assert "no data sheet for this device" in out and "None" not in out
+
+
+def test_slow_progress_reads_in_seconds_per_item():
+    """A study's runs take minutes: "0.0 runs/s" (or "1,202.4 runs/s" for kept ones) said nothing."""
+    import io
+    import re
+
+    from roberta_scratch.progress import LineProgress
+
+    out = io.StringIO()
+    bar = LineProgress(total=6, desc="study", unit="runs", every=1e9, file=out)
+    bar.start -= 120  # two minutes for the first run
+    bar.update(1)
+    bar.close()
+    assert re.search(r"1/6 runs \(17%\), 12\d\.\d s/runs, 10m0\ds left", out.getvalue()), out.getvalue()
+
+
+def test_tokenizer_encode_reads_a_jsonl_gz_as_prepare_does(tmp_path, capsys):
+    """It encoded the raw JSON line, while train and prepare read the text field."""
+    import gzip
+
+    from roberta_scratch.tokenizer import load_tokenizer
+
+    path = tiny_model_folder(tmp_path / "m")
+    with gzip.open(tmp_path / "docs.jsonl.gz", "wt") as f:
+        f.write(json.dumps({"body": "the cat sat on the mat"}) + "\n" + json.dumps({"body": "the dog ran"}) + "\n")
+    assert cli.main(["tokenizer", "encode", "--tokenizer", path, "--text-field", "body",
+                     str(tmp_path / "docs.jsonl.gz")]) == 0
+    tok = load_tokenizer(path, split_special_tokens=True)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines == [" ".join(map(str, tok.encode(t, add_special_tokens=False)))
+                     for t in ("the cat sat on the mat", "the dog ran")]

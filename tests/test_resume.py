@@ -110,7 +110,7 @@ def test_safe_changes_are_allowed_with_a_note(prepared, tmp_path, capsys):
     assert pretrain(args_for(prepared, tmp_path, steps=4, log_every=2, attention="eager", resume=True)) == 0
     out = capsys.readouterr()
     assert "settings changed, which is safe" in out.out + out.err and "log_every 1 -> 2" in out.out + out.err
-    with pytest.raises(TrainingError, match=r"'weight_decay': \(0.01, 0.02\)"):
+    with pytest.raises(TrainingError, match=r"--weight-decay was 0.01, now 0.02\."):
         pretrain(args_for(prepared, tmp_path, steps=6, weight_decay=0.02, resume=True))
 
 

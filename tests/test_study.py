@@ -124,7 +124,7 @@ def test_study_writes_the_table_the_json_and_the_curves(finished):
         assert (run / "downstream" / "model" / "config.json").is_file()
 
 
-def test_a_second_invocation_trains_nothing(finished, monkeypatch):
+def test_a_second_invocation_trains_nothing(finished, monkeypatch, capsys):
     def refuse(args):
         raise AssertionError(f"trained {args.out} again")
 
@@ -132,8 +132,11 @@ def test_a_second_invocation_trains_nothing(finished, monkeypatch):
     monkeypatch.setattr(study_mod, "finetune", refuse)
     checkpoints = {p: p.stat().st_mtime_ns for p in (finished / "runs").rglob("*.pt")}
     assert checkpoints
+    capsys.readouterr()
     assert run_study("masking", TEST_PRESET, str(finished), show_progress=False) == 0
     assert checkpoints == {p: p.stat().st_mtime_ns for p in (finished / "runs").rglob("*.pt")}
+    out = capsys.readouterr().out  # each run says it was kept, not trained
+    assert out.count("done before: kept, not trained again") == out.count("== study masking: run ") > 0
 
 
 def test_changed_settings_are_refused_then_overwritten(finished, monkeypatch):

@@ -623,8 +623,9 @@ def benchmark(args) -> dict:
         peaks["copy_gbs_measured"] = measure_copy_gbs(device, numel, **s["timing"])
         peaks["copy_measured_how"] = f"copy_ of {numel * 4 / 2**20:,.0f} MiB fp32, read + write counted, median"
     print(f"{card}: measured {peaks.get('matmul_tflops_measured') or 0:,.1f} TFLOP/s ({s['dtype_name']} matmul), "
-          f"{peaks.get('copy_gbs_measured') or 0:,.0f} GB/s (copy); data sheet {peaks['datasheet_tflops']} TFLOP/s, "
-          f"{peaks['datasheet_gbs']} GB/s", flush=True)
+          f"{peaks.get('copy_gbs_measured') or 0:,.0f} GB/s (copy); "
+          + (f"data sheet {peaks['datasheet_tflops']} TFLOP/s, {peaks['datasheet_gbs']} GB/s"
+             if peaks.get("datasheet_tflops") is not None else "no data sheet for this device"), flush=True)
 
     durations: list[float] = []
 
