@@ -265,11 +265,15 @@ def _add_features_parser(sub) -> None:
 
 
 def _cmd_attention(args: argparse.Namespace) -> int:
-    from .probe import attention_maps, plot_attention
+    from .probe import attention_maps, pick_attention, plot_attention
 
     tokens, att = attention_maps(args.model, args.text, trust_code=args.trust_code)
-    plot_attention(tokens, att, args.out)
-    print(f"drew {att.shape[0]} layers x {att.shape[1]} heads of attention over {len(tokens)} tokens to {args.out}")
+    layers, heads = pick_attention(att, args.layers, args.heads)
+    notes = plot_attention(tokens, att, args.out, scale=args.scale, layers=args.layers, heads=args.heads)
+    print(f"drew {len(layers)} of {att.shape[0]} layers (numbered from 1, as in features) x {len(heads)} of "
+          f"{att.shape[1]} heads of attention over {len(tokens)} tokens, on a {args.scale} colour scale, to {args.out}")
+    for note in notes:
+        print(f"  {note}")
     return 0
 
 
@@ -277,6 +281,11 @@ def _add_attention_parser(sub) -> None:
     p = sub.add_parser("attention", help="draw the attention maps of a text: a layer x head grid (needs matplotlib)")
     p.add_argument("--model", required=True)
     p.add_argument("--out", default="attn.png")
+    p.add_argument("--scale", choices=["shared", "per-head"], default="shared",
+                   help="one colour scale for every panel (default), or one per head")
+    p.add_argument("--layers", default="all", help="all (default), or layers such as 1,6,-1 (1 = the first "
+                                                   "transformer layer; 0, the embeddings, has no attention)")
+    p.add_argument("--heads", default="all", help="all (default), or heads such as 0,3")
     add_trust_code_argument(p)
     p.add_argument("text")
     p.set_defaults(func=_cmd_attention)

@@ -42,6 +42,13 @@ TOLERANCES = {  # (step 0 rtol, later rtol, atol)
     torch.bfloat16: (1e-3, 1e-3, 1e-4),
 }
 SPREAD_FACTOR = 10  # K: how many times the two correct implementations' spread is allowed
+STEPS = 50  # the default run
+# Triton code on the CPU runs in Triton's interpreter: one step of the tiny model with our fused
+# attention and LayerNorm took 8.8 s on a 2-core AMD EPYC (2026-12-07, `kernels converge
+# --attention triton --steps 3` and `--steps 6`: 28.8 s and 55.2 s), so 50 steps would take
+# 7 minutes there and far longer on a loaded machine. The interpreter's default is a smoke test.
+INTERPRETED_STEPS = 5
+INTERPRETED_STEP_S = 8.8
 
 
 @dataclass
@@ -76,8 +83,9 @@ def synthetic_batches(steps: int, batch_size: int, seq_len: int, vocab_size: int
 
 
 def train_curve(attention: str, layer_norm, batches: list, cfg_kwargs: dict, init_state: dict, device,
-                lr: float) -> list[float]:
-    """The loss at each step of a short run with the given implementations."""
+                lr: float, bar=None) -> list[float]:
+    """The loss at each step of a short run with the given implementations (`bar`, a progress
+    bar, is moved on a step at a time)."""
     from .config import RobertaConfig
     from .model import RobertaForMaskedLM
     from .training import param_groups
@@ -99,12 +107,14 @@ def train_curve(attention: str, layer_norm, batches: list, cfg_kwargs: dict, ini
         opt.step()
         opt.zero_grad(set_to_none=True)
         losses.append(float(loss.detach()))
+        if bar is not None:
+            bar.update(1)
     return losses
 
 
-def converge(attention: str, layer_norm=None, steps: int = 50, batch_size: int = 8, seq_len: int = 64,
+def converge(attention: str, layer_norm=None, steps: int = STEPS, batch_size: int = 8, seq_len: int = 64,
              device: str = "cpu", seed: int = 0, lr: float = 5e-3, reference: str = "sdpa",
-             twin: str = "eager") -> dict:
+             twin: str = "eager", show_progress: bool = False) -> dict:
     """The loss curves and the verdict: {"candidate", "reference", "twin", "first_divergence", "tolerance"}."""
     import roberta_kernels
 
@@ -126,7 +136,11 @@ def converge(attention: str, layer_norm=None, steps: int = 50, batch_size: int =
     batches = synthetic_batches(steps, batch_size, seq_len, vocab, seed)
     ref = train_curve(reference, None, batches, cfg_kwargs, init_state, device, lr)
     other = train_curve(twin, None, batches, cfg_kwargs, init_state, device, lr)
-    cand = train_curve(attention, layer_norm, batches, cfg_kwargs, init_state, device, lr)
+    from .progress import progress
+
+    bar = progress(total=steps, desc=f"training with {attention}", unit="steps", disable=not show_progress)
+    cand = train_curve(attention, layer_norm, batches, cfg_kwargs, init_state, device, lr, bar)
+    bar.close()
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     rtol0, rtol, atol = TOLERANCES[dtype]
     first, spread = None, 0.0
@@ -145,7 +159,9 @@ def converge(attention: str, layer_norm=None, steps: int = 50, batch_size: int =
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--attention", required=True, help="the candidate: a registered name or MODULE:FUNCTION")
     p.add_argument("--layer-norm", default=None, help="a LayerNorm implementation to train with too (default torch)")
-    p.add_argument("--steps", type=int, default=50, help="training steps (default 50)")
+    p.add_argument("--steps", type=int, default=None,
+                   help=f"training steps (default {STEPS}; {INTERPRETED_STEPS} when Triton code runs in the CPU "
+                        "interpreter, about 9 s a step)")
     p.add_argument("--batch-size", type=int, default=8, help="sequences per step (default 8)")
     p.add_argument("--seq-len", type=int, default=64, help="padded length of each batch (default 64)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
@@ -159,13 +175,22 @@ def run(args: argparse.Namespace) -> int:
     names = [("attention", args.attention)] + ([("layer_norm", args.layer_norm)] if args.layer_norm else [])
     roberta_kernels.registry.import_modules([n for _, n in names])
     triton_on_cpu = args.device == "cpu" and any(roberta_kernels.get_implementation(op, n).triton for op, n in names)
+    if args.steps is None:
+        args.steps = INTERPRETED_STEPS if triton_on_cpu else STEPS
+    if args.steps < 1:
+        raise ValueError(f"--steps must be at least 1, got {args.steps}")
+    if triton_on_cpu:
+        minutes = args.steps * INTERPRETED_STEP_S / 60
+        print(f"note: Triton code runs in Triton's CPU interpreter here: about {INTERPRETED_STEP_S:g} s a step on a "
+              f"quiet 2-core machine, so {args.steps} steps take about {minutes:.1f} min (more under load); "
+              "--steps sets how many", file=sys.stderr, flush=True)
     # on the CPU, Triton code runs in the interpreter (not the torch fallback); elsewhere as it is
     with roberta_kernels.triton_interpreter(True) if triton_on_cpu else contextlib.nullcontext():
         if triton_on_cpu:
             for module in ("flash_attention", "layernorm"):
                 roberta_kernels.kernel_module(module, interpret=True)
         result = converge(args.attention, args.layer_norm, args.steps, args.batch_size, args.seq_len, args.device,
-                          args.seed)
+                          args.seed, show_progress=True)
     cand, ref, first, tol = result["candidate"], result["reference"], result["first_divergence"], result["tolerance"]
     print(f"{cand.name} against {ref.name}: {args.steps} steps of {args.batch_size} x {args.seq_len} (padded), "
           f"{tol['dtype']}, tolerance atol {tol['atol']:g} + rtol {tol['rtol']:g} (step 0: {tol['step0_rtol']:g}) "

@@ -6,6 +6,7 @@
 """
 from __future__ import annotations
 
+import math
 import os
 import warnings
 
@@ -140,8 +141,42 @@ def attention_maps(path: str, text: str, trust_code: bool = False) -> tuple[list
     return labels, torch.stack([a[0] for a in out.attentions]).float()
 
 
-def plot_attention(tokens: list[str], att: torch.Tensor, out: str) -> None:
-    """A layer x head grid of heatmaps: rows are layers, columns heads; queries down, keys across."""
+MAX_LABELLED_TOKENS = 96  # beyond this the token labels are unreadable: the axes go unlabelled
+MAX_FIGURE_INCHES = 40  # at 100 dpi: no side of the picture beyond 4,000 px (300 tokens made 13,288)
+
+
+def pick_attention(att: torch.Tensor, layers: str = "all", heads: str = "all") -> tuple[list[int], list[int]]:
+    """The layers and heads to draw. Layers are numbered as in `features`: 1 is the first
+    transformer layer (0, the embeddings, has no attention), -1 the last; heads from 0."""
+    n_layers, n_heads = att.shape[0], att.shape[1]
+    picked_layers = list(range(1, n_layers + 1)) if layers == "all" else parse_layers(layers, n_layers + 1)
+    if 0 in picked_layers:
+        raise ValueError("--layers: layer 0 is the embeddings, which have no attention; the transformer "
+                         f"layers are 1..{n_layers} (as in `features`)")
+    if heads == "all":
+        picked_heads = list(range(n_heads))
+    else:
+        try:
+            picked_heads = [int(h) for h in heads.split(",")]
+        except ValueError:
+            raise ValueError(f"--heads {heads!r}: use 'all' or comma-separated integers such as 0,3") from None
+        bad = [h for h in picked_heads if not 0 <= h < n_heads]
+        if bad:
+            raise ValueError(f"--heads {bad}: this model has heads 0..{n_heads - 1}")
+    return picked_layers, picked_heads
+
+
+def attention_entropy(att: torch.Tensor) -> torch.Tensor:
+    """(layers, heads): the mean entropy in nats of each head's attention rows. A head that
+    attends uniformly over T tokens has log T; one that looks at a single token has 0."""
+    p = att.double().clamp_min(1e-30)
+    return -(att.double() * p.log()).sum(-1).mean(-1)
+
+
+def plot_attention(tokens: list[str], att: torch.Tensor, out: str, scale: str = "shared",
+                   layers: str = "all", heads: str = "all") -> list[str]:
+    """Save a layer x head grid of heatmaps (queries down, keys across) to `out`; returns notes
+    for the user (one line per head drawn, with its entropy, and what the picture leaves out)."""
     try:
         import matplotlib
 
@@ -149,30 +184,52 @@ def plot_attention(tokens: list[str], att: torch.Tensor, out: str) -> None:
         import matplotlib.pyplot as plt
     except ImportError:
         raise RuntimeError("drawing attention maps needs matplotlib: pip install 'roberta-scratch[plot]'") from None
-    fig = attention_figure(tokens, att)
+    picked_layers, picked_heads = pick_attention(att, layers, heads)
+    fig = attention_figure(tokens, att, scale, picked_layers, picked_heads)
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     fig.savefig(out, dpi=100)
     plt.close(fig)
+    entropy, uniform = attention_entropy(att), math.log(len(tokens))
+    notes = [f"layer {layer} head {head}: entropy {float(entropy[layer - 1, head]):.2f} nats "
+             f"(uniform over {len(tokens)} tokens: {uniform:.2f})" for layer in picked_layers for head in picked_heads]
+    if len(tokens) > MAX_LABELLED_TOKENS:
+        notes.append(f"{len(tokens)} tokens: the axes are not labelled beyond {MAX_LABELLED_TOKENS}")
+    return notes
 
 
-def attention_figure(tokens: list[str], att: torch.Tensor):
-    """The matplotlib figure plot_attention saves: one heatmap per layer and head, each with its colour bar."""
+def attention_figure(tokens: list[str], att: torch.Tensor, scale: str = "shared", layers=None, heads=None):
+    """The matplotlib figure plot_attention saves: one heatmap per layer (numbered from 1, as in
+    `features`) and head. scale="shared": one colour scale, from 0 to the largest probability
+    shown, so near-uniform heads look uniform; "per-head": each head on its own scale, with its
+    own colour bar, to see the structure inside a flat head."""
     import matplotlib.pyplot as plt
 
-    L, nh, T, _ = att.shape
-    size = max(1.6, 0.22 * T)
-    fig, axes = plt.subplots(L, nh, figsize=(size * nh, size * L), squeeze=False)
-    for layer in range(L):
-        for head in range(nh):
-            ax = axes[layer][head]
-            # each head on its own scale, with its colour bar: real maps span a small range of
-            # probabilities, which a fixed 0-1 scale renders as flat dark purple
-            image = ax.imshow(att[layer, head].numpy(), cmap="viridis")
-            fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04).ax.tick_params(labelsize=5)
-            ax.set_xticks(range(T))
-            ax.set_yticks(range(T))
-            ax.set_xticklabels(tokens, rotation=90, fontsize=6)
-            ax.set_yticklabels(tokens, fontsize=6)
+    if scale not in ("shared", "per-head"):
+        raise ValueError(f"--scale {scale!r}: use shared or per-head")
+    layers = layers or list(range(1, att.shape[0] + 1))
+    heads = heads or list(range(att.shape[1]))
+    T = att.shape[-1]
+    size = min(max(1.6, 0.22 * min(T, MAX_LABELLED_TOKENS)), MAX_FIGURE_INCHES / max(len(layers), len(heads)))
+    fig, axes = plt.subplots(len(layers), len(heads), figsize=(size * len(heads) + 1, size * len(layers)),
+                             squeeze=False, layout="constrained")  # room for the colour bars and labels
+    vmax = float(max(att[layer - 1, head].max() for layer in layers for head in heads))
+    labelled = T <= MAX_LABELLED_TOKENS
+    for row, layer in enumerate(layers):
+        for col, head in enumerate(heads):
+            ax = axes[row][col]
+            limits = {} if scale == "per-head" else {"vmin": 0.0, "vmax": vmax}
+            image = ax.imshow(att[layer - 1, head].numpy(), cmap="viridis", **limits)
+            if scale == "per-head":
+                fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04).ax.tick_params(labelsize=5)
+            if labelled:
+                ax.set_xticks(range(T))
+                ax.set_yticks(range(T))
+                ax.set_xticklabels(tokens, rotation=90, fontsize=6)
+                ax.set_yticklabels(tokens, fontsize=6)
+            else:
+                ax.set_xticks([])
+                ax.set_yticks([])
             ax.set_title(f"layer {layer} head {head}", fontsize=8)
-    fig.tight_layout()
+    if scale == "shared":  # one bar for the whole grid
+        fig.colorbar(image, ax=axes.ravel().tolist(), fraction=0.02, pad=0.01).ax.tick_params(labelsize=6)
     return fig

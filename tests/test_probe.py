@@ -59,7 +59,16 @@ def test_features_and_attention_commands(model_dir, tmp_path, capsys):
     np.testing.assert_allclose(st["layer_2"], full[2], rtol=1e-5, atol=1e-6)
     assert cli.main(["attention", "--model", model_dir, "--out", str(tmp_path / "attn.png"), text]) == 0
     assert (tmp_path / "attn.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "2 layers x 4 heads" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "drew 2 of 2 layers (numbered from 1, as in features) x 4 of 4 heads" in out
+    assert "layer 2 head 3: entropy" in out and f"(uniform over {n_tokens} tokens: " in out
+    assert cli.main(["attention", "--model", model_dir, "--out", str(tmp_path / "a2.png"), "--layers", "-1",
+                     "--heads", "0,2", "--scale", "per-head", text]) == 0
+    out = capsys.readouterr().out
+    assert "drew 1 of 2 layers" in out and "x 2 of 4 heads" in out and "per-head colour scale" in out
+    assert "layer 2 head 2: entropy" in out and "layer 1 head" not in out
+    assert cli.main(["attention", "--model", model_dir, "--layers", "0", text]) == 1
+    assert "layer 0 is the embeddings, which have no attention" in capsys.readouterr().err
 
 
 def test_parse_layers():

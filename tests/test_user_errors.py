@@ -2,6 +2,7 @@
 names the file and the problem (the traceback behind --debug), `note:` lines for warnings,
 and nothing guessed quietly."""
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -181,11 +182,34 @@ def test_attention_maps_have_a_scale_per_head_and_a_colour_bar():
     from roberta_scratch.probe import attention_figure
 
     att = torch.softmax(torch.randn(2, 3, 5, 5), -1) * torch.tensor([1.0, 0.1, 0.01])[None, :, None, None]
-    fig = attention_figure(list("abcde"), att)
+    fig = attention_figure(list("abcde"), att, scale="per-head")
     images = [ax.images[0] for ax in fig.axes if ax.images]
     assert len(images) == 6 and len(fig.axes) == 12  # a colour bar beside each map
     highs = [im.get_clim()[1] for im in images]
     assert highs[0] > 5 * highs[1] > 25 * highs[2]  # each head on its own scale
+    # the default: one scale from 0 for every panel and one colour bar, so a flat head looks flat
+    fig = attention_figure(list("abcde"), att)
+    images = [ax.images[0] for ax in fig.axes if ax.images]
+    assert len(images) == 6 and len(fig.axes) == 7
+    assert {im.get_clim() for im in images} == {(0.0, float(att.max()))}
+
+
+def test_the_attention_picture_is_bounded_and_near_uniform_heads_show_it():
+    pytest.importorskip("matplotlib")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from roberta_scratch.probe import MAX_FIGURE_INCHES, attention_entropy, attention_figure
+
+    T = 300  # made a 13,288 px square picture
+    att = torch.full((12, 12, T, T), 1.0 / T)
+    att[0, 0] = torch.eye(T)  # one head that looks at one token
+    fig = attention_figure([f"t{i}" for i in range(T)], att)
+    width, height = fig.get_size_inches()
+    assert max(width, height) <= MAX_FIGURE_INCHES + 1 and not fig.axes[0].get_xticks().size
+    entropy = attention_entropy(att)
+    assert float(entropy[0, 0]) == pytest.approx(0.0, abs=1e-9)
+    assert float(entropy[5, 5]) == pytest.approx(math.log(T))
 
 
 def test_training_without_a_terminal_logs_lines_not_bars(prepared, tmp_path, capfd, monkeypatch):
