@@ -148,7 +148,8 @@ def squad_f1(gold: str, pred: str) -> float:
 
 
 def squad_scores(golds: list[list[str]], preds: list[str]) -> dict:
-    """Exact match and F1 in percent, each the best over a question's gold answers.
+    """Exact match and F1 as fractions from 0 to 1, like every metric here (the official script
+    prints percents: multiply by 100 to compare), each the best over a question's gold answers.
     An unanswerable question (SQuAD v2.0) has no gold answers; only "" is right for it."""
     em = f1 = 0.0
     for answers, pred in zip(golds, preds):
@@ -156,4 +157,4 @@ def squad_scores(golds: list[list[str]], preds: list[str]) -> dict:
         em += max(squad_exact(a, pred) for a in answers)
         f1 += max(squad_f1(a, pred) for a in answers)
     n = max(len(preds), 1)
-    return {"exact_match": 100.0 * em / n, "f1": 100.0 * f1 / n}
+    return {"exact_match": em / n, "f1": f1 / n}

@@ -292,7 +292,12 @@ class Trainer(BaseTrainer):
         self.raw_model.save_pretrained(path)
         self.tokenizer.save_pretrained(path)
         png = os.path.join(self.args.out, "loss.png")
-        drawn = plot_metrics(self.metrics_path, png)
+        a = self.args
+        eval_rate = a.mlm_probability if a.eval_mlm_probability is None else a.eval_mlm_probability
+        what = "MLM + next-sentence loss" if self.pairs else "MLM loss"
+        drawn = plot_metrics(self.metrics_path, png, f"training {what}, {a.mlm_probability:.0%} of tokens masked",
+                             f"held-out MLM loss, {eval_rate:.0%} masked (not comparable when the rates differ)"
+                             if eval_rate != a.mlm_probability else f"held-out MLM loss, {eval_rate:.0%} masked")
         self._log(f"saved the model and its tokenizer to {path}; the metrics are in {self.metrics_path}"
                   + (f", the loss curve in {png}" if drawn else " (pip install matplotlib to draw loss.png)"))
 

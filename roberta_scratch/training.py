@@ -116,6 +116,9 @@ as a 2000-step run would be at step 1000. The note says the rate before and afte
 nothing changed, the resumed run continues bit for bit."""
 
 
+# Scores, fractions from 0 to 1 in metrics.jsonl (every task), shown as percents in the log.
+PERCENT_METRICS = ("accuracy", "macro_f1", "f1", "precision", "recall", "exact_match", "val_acc", "val_nsp_acc")
+
 # What a run writes into OUT: what --overwrite deletes, by name, and nothing else.
 RUN_FILES = ("ckpt", "metrics.jsonl", "loss.png", "model", "best")
 # What a run writes inside ckpt/, model/ and best/ (the model and its tokenizer, finetune's task
@@ -240,7 +243,9 @@ class BaseTrainer:
         return None
 
     def describe(self, metrics: dict) -> str:
-        return ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items())
+        """Metrics as the log shows them: every score is a fraction in metrics.jsonl, a percent here."""
+        return ", ".join(f"{k} {v:.2%}" if k in PERCENT_METRICS else f"{k} {v:.4g}" if isinstance(v, float)
+                         else f"{k} {v}" for k, v in metrics.items())
 
     def on_evaluated(self, metrics: dict) -> None:
         pass
@@ -734,8 +739,10 @@ def overwrite_run(out: str) -> str:
     return done + (f"; kept what the run did not write: {', '.join(sorted(kept)[:5])}" if kept else "")
 
 
-def plot_metrics(metrics_path: str, png_path: str) -> bool:
-    """loss.png from metrics.jsonl: training loss and held-out loss against steps (needs matplotlib)."""
+def plot_metrics(metrics_path: str, png_path: str, train_label: str = "training loss",
+                 val_label: str = "held-out loss") -> bool:
+    """loss.png from metrics.jsonl: training loss and held-out loss against steps (needs matplotlib).
+    The labels say what each loss is: a run may train and evaluate with different masking."""
     try:
         import matplotlib
 
@@ -745,21 +752,29 @@ def plot_metrics(metrics_path: str, png_path: str) -> bool:
         return False
     with open(metrics_path) as f:
         rows = [json.loads(line) for line in f if line.strip()]
+    fig = loss_figure(rows, train_label, val_label)
+    fig.savefig(png_path, dpi=100)
+    plt.close(fig)
+    return True
+
+
+def loss_figure(rows: list[dict], train_label: str, val_label: str):
+    """The figure plot_metrics saves, from metrics.jsonl rows."""
+    import matplotlib.pyplot as plt
+
     train = [(r["step"], r["loss"]) for r in rows if "loss" in r]
     val = [(r["step"], r["val_loss"]) for r in rows if "val_loss" in r]
     fig, ax = plt.subplots(figsize=(7, 4))
     if train:
-        ax.plot(*zip(*train), label="training loss")
+        ax.plot(*zip(*train), label=train_label)
     if val:
-        ax.plot(*zip(*val), "o-", label="held-out loss")
+        ax.plot(*zip(*val), "o-", label=val_label)
     ax.set_xlabel("step")
-    ax.set_ylabel("MLM loss (nats)")
+    ax.set_ylabel("loss (nats a predicted token)")
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(png_path, dpi=100)
-    plt.close(fig)
-    return True
+    return fig
 
 
 def _args_dict(args: RunArgs) -> dict:

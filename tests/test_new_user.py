@@ -158,3 +158,23 @@ def test_tokenizer_encode_reads_a_jsonl_gz_as_prepare_does(tmp_path, capsys):
     lines = capsys.readouterr().out.splitlines()
     assert lines == [" ".join(map(str, tok.encode(t, add_special_tokens=False)))
                      for t in ("the cat sat on the mat", "the dog ran")]
+
+
+def test_the_loss_plot_says_which_masking_each_curve_has(prepared, tmp_path, monkeypatch):
+    """The demo trains at 30% masked and evaluates at 15%: one unlabelled axis made them look comparable."""
+    from pretraining_helpers import args_for
+
+    from roberta_scratch import pretrain as pretrain_mod
+
+    drawn = {}
+    monkeypatch.setattr(pretrain_mod, "plot_metrics",
+                        lambda path, png, train, val: drawn.update(train=train, val=val) or True)
+    assert pretrain_mod.pretrain(args_for(prepared, tmp_path / "run", steps=2, eval_every=2,
+                                          mlm_probability=0.3, eval_mlm_probability=0.15)) == 0
+    assert drawn == {"train": "training MLM loss, 30% of tokens masked",
+                     "val": "held-out MLM loss, 15% masked (not comparable when the rates differ)"}
+    pytest.importorskip("matplotlib")
+    from roberta_scratch.training import loss_figure
+
+    fig = loss_figure([{"step": 1, "loss": 5.0}, {"step": 2, "val_loss": 4.0}], drawn["train"], drawn["val"])
+    assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == [drawn["train"], drawn["val"]]
