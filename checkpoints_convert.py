@@ -3,11 +3,17 @@
 
     python checkpoints_convert.py SRC DST [--to ours|hf] [--verify] [--dict DICT]
 
-The same command as `roberta-scratch convert`; see roberta_scratch/converter.py.
+The same command as `roberta-scratch convert` (roberta_scratch/converter.py), run through the
+same entry point, so that every failure is the same one `error:` line.
 """
 import sys
 
-from roberta_scratch.converter import main
+from roberta_scratch import cli
+
+
+def main(argv=None) -> int:
+    return cli.main(["convert", *(sys.argv[1:] if argv is None else argv)])
+
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -165,9 +165,3 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, KeyError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-
-
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="checkpoints_convert.py", description=__doc__.splitlines()[0])
-    add_arguments(p)
-    return run(p.parse_args(argv))
