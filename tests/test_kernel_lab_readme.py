@@ -63,3 +63,20 @@ def test_a_name_a_module_registers_resolves_before_the_module_on_the_line(my_pkg
     'mine'": names were resolved in order, before the module that registers it was imported."""
     assert cli.main(["kernels", "check", "--attention", "mine", "my_pkg.attn:flash", "--quick"]) == 0
     assert "unknown" not in capsys.readouterr().err
+
+
+def test_the_console_script_finds_my_pkg_in_the_current_folder(tmp_path):
+    """`roberta-scratch` (the console script) starts its sys.path at the venv's bin/, so a
+    my_pkg/ beside the user was not found, while `python -m roberta_scratch` found it."""
+    import os
+    import subprocess
+
+    (tmp_path / "my_pkg").mkdir()
+    (tmp_path / "my_pkg" / "__init__.py").write_text("")
+    (tmp_path / "my_pkg" / "attn.py").write_text(MY_PKG)
+    script = Path(sys.executable).parent / "roberta-scratch"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run([str(script), "kernels", "check", "--attention", "my_pkg.attn:flash", "--quick"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "attention mine on cpu" in proc.stdout and "PASS" in proc.stdout

@@ -29,6 +29,8 @@ from __future__ import annotations
 
 import importlib
 import math
+import os
+import sys
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
@@ -114,7 +116,7 @@ def get(op: str, spec) -> Implementation:
                          "or name a function as MODULE:FUNCTION")
     module_name, _, attr = spec.partition(":")
     try:
-        module = importlib.import_module(module_name)
+        module = import_user_module(module_name)
     except ImportError as e:
         raise ValueError(f"{op} implementation {spec!r}: cannot import {module_name!r} ({e})") from None
     fn = module
@@ -130,6 +132,21 @@ def get(op: str, spec) -> Implementation:
     return Implementation(op, spec, fn, description=f"{spec} (not registered: no capabilities declared)")
 
 
+def import_user_module(name: str):
+    """Import the module of a MODULE:FUNCTION, also from the current folder, as `python -m` and
+    uvicorn find `app:main` there: the console script's sys.path starts at the venv's bin/, so
+    `roberta-scratch kernels check --attention my_pkg.attn:flash` missed a my_pkg/ beside the user.
+    subtle: the folder goes last on sys.path, so it can never shadow an installed package."""
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as e:
+        here = os.getcwd()
+        if e.name != name.split(".")[0] or any(p in ("", here) for p in sys.path):
+            raise
+        sys.path.append(here)
+        return importlib.import_module(name)
+
+
 def import_modules(specs) -> None:
     """Import the module of every MODULE:FUNCTION among `specs`, before any name is resolved, so
     that a name such a module registers on import resolves wherever it stands on the command
@@ -138,7 +155,7 @@ def import_modules(specs) -> None:
         if isinstance(spec, str) and ":" in spec:
             module_name = spec.partition(":")[0]
             try:
-                importlib.import_module(module_name)
+                import_user_module(module_name)
             except ImportError as e:
                 raise ValueError(f"implementation {spec!r}: cannot import {module_name!r} ({e})") from None
 
