@@ -75,7 +75,8 @@ class LineProgress:
         self.last = now = time.monotonic()
         rate = (self.n - self.start_n) / max(now - self.start, 1e-9)
         done = f"{self.n:,}/{self.total:,} {self.unit}" if self.total else f"{self.n:,} {self.unit}"
-        speed = f"{rate:,.1f} {self.unit}/s" if rate >= 1 or rate == 0 else f"{1 / rate:,.1f} s/{self.unit}"  # as tqdm
+        one = self.unit[:-1] if self.unit.endswith("s") and len(self.unit) > 2 else self.unit  # "steps" -> "step"
+        speed = f"{rate:,.1f} {self.unit}/s" if rate >= 1 or rate == 0 else f"{1 / rate:,.1f} s/{one}"  # as tqdm
         parts = [done + (f" ({self.n / self.total:.0%})" if self.total else ""), speed]
         if self.total and rate > 0 and self.n < self.total:
             parts.append(f"{_duration((self.total - self.n) / rate)} left")

@@ -140,7 +140,7 @@ def test_slow_progress_reads_in_seconds_per_item():
     bar.start -= 120  # two minutes for the first run
     bar.update(1)
     bar.close()
-    assert re.search(r"1/6 runs \(17%\), 12\d\.\d s/runs, 10m0\ds left", out.getvalue()), out.getvalue()
+    assert re.search(r"1/6 runs \(17%\), 12\d\.\d s/run, 10m0\ds left", out.getvalue()), out.getvalue()
 
 
 def test_tokenizer_encode_reads_a_jsonl_gz_as_prepare_does(tmp_path, capsys):
