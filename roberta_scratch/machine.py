@@ -34,6 +34,25 @@ def cpu_threads(requested: Optional[int] = None) -> tuple[int, str]:
                           + (f", {elsewhere:.1f} busy with other work" if busy else ""))
 
 
+# The vector and matrix extensions that decide a CPU's GEMM rate, as /proc/cpuinfo flags them.
+ISA_FLAGS = (("amx_tile", "AMX"), ("avx512_vnni", "AVX-512 VNNI"), ("avx512f", "AVX-512"), ("avx_vnni", "AVX-VNNI"),
+             ("avx2", "AVX2"))
+
+
+def cpu_isa(cpuinfo: Optional[str] = None) -> list[str]:
+    """The extensions of ISA_FLAGS this processor has ("AVX-512", "AVX2", ...), widest first:
+    two processors of one model name ("AMD EPYC") can differ in them, and in speed with them.
+    `cpuinfo`: the text of /proc/cpuinfo (read when None; [] where there is none)."""
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo") as f:
+                cpuinfo = f.read()
+        except OSError:
+            return []
+    flags = next((line.split(":", 1)[1].split() for line in cpuinfo.splitlines() if line.startswith("flags")), [])
+    return [name for flag, name in ISA_FLAGS if flag in flags]
+
+
 def cpu_name() -> str:
     """The processor's model name ("AMD EPYC 7B13"), for the records benchmarks and studies write."""
     try:

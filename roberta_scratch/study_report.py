@@ -313,9 +313,9 @@ def _jsonable(obj) -> dict:
 def _machine() -> dict:
     import torch
 
-    from .machine import cpu_name
+    from .machine import cpu_isa, cpu_name
 
-    info = {"platform": platform.platform(), "processor": cpu_name(),
+    info = {"platform": platform.platform(), "processor": cpu_name(), "isa": cpu_isa(),
             "cpus": os.cpu_count(), "usable_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
             else None, "torch_threads": torch.get_num_threads()}
     if torch.cuda.is_available():
