@@ -242,17 +242,19 @@ def test_short_documents_with_doc_packing_train_without_nan(tmp_path):
     assert all(np.isfinite(losses(tmp_path / "run")))
 
 
-def test_sigint_saves_and_exits_cleanly(prepared, tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_saves_and_exits_cleanly(prepared, tmp_path, sig):
+    """Ctrl-C and what schedulers send: the step finishes, a checkpoint is saved, the exit code is 128 + signal."""
     trainer = Trainer(args_for(prepared, tmp_path, steps=50, save_every=100))
     real = trainer.forward_backward
 
-    def step_then_interrupt(step):
+    def step_then_signal(step):
         if step == 2:
-            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), sig)
         return real(step)
 
-    trainer.forward_backward = step_then_interrupt
-    assert trainer.fit() == 130
+    trainer.forward_backward = step_then_signal
+    assert trainer.fit() == 128 + sig
     assert sorted(os.listdir(tmp_path / "ckpt")) == ["step_00000003.pt"]
 
 

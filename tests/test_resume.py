@@ -62,10 +62,13 @@ def test_two_runs_on_one_folder_are_refused(prepared, tmp_path):
 
 # ----------------------------------------------------------------------------- resume compares content
 
-def test_resume_accepts_the_same_data_under_another_path(prepared, tmp_path):
+def test_resume_accepts_the_same_data_under_another_path(prepared, tmp_path, capsys):
     assert pretrain(args_for(prepared, tmp_path, steps=4, save_every=4)) == 0
     same = str(prepared) + "/./data"  # another string, the same directory
+    capsys.readouterr()
     assert pretrain(args_for(prepared, tmp_path, data=same, steps=6, resume=True)) == 0
+    assert "resumed from step 4 (" in capsys.readouterr().out  # not started over
+    assert [r["step"] for r in metric_rows(tmp_path) if "loss" in r] == list(range(1, 7))
 
 
 def test_resume_refuses_data_prepared_again_with_another_tokenizer(prepared, tmp_path):
@@ -189,20 +192,6 @@ def test_weights_that_are_not_finite_are_never_saved(prepared, tmp_path):
     with pytest.raises(TrainingError, match=r"weights \['lm_head.bias'\] are not finite"):
         trainer.save()
     assert not (tmp_path / "ckpt").exists() or not os.listdir(tmp_path / "ckpt")
-
-
-def test_sigterm_saves_like_sigint(prepared, tmp_path):
-    trainer = Trainer(args_for(prepared, tmp_path, steps=50, save_every=100))
-    real = trainer.forward_backward
-
-    def step_then_terminate(step):
-        if step == 2:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return real(step)
-
-    trainer.forward_backward = step_then_terminate
-    assert trainer.fit() == 143
-    assert sorted(os.listdir(tmp_path / "ckpt")) == ["step_00000003.pt"]
 
 
 def test_cpu_threads_follow_the_request_then_omp_then_the_free_cores(monkeypatch):
