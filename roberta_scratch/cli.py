@@ -167,7 +167,8 @@ def _cmd_tokenizer_encode(args: argparse.Namespace) -> int:
     from .tokenizer import load_tokenizer
 
     # a file is plain text, as prepare reads a corpus: "<s>" written in it is not the special id
-    tok = load_tokenizer(args.tokenizer, **({} if args.special_tokens else {"split_special_tokens": True}))
+    tok = load_tokenizer(args.tokenizer)
+    tok = tok if args.special_tokens else tok.plain_text()
     if file_format(args.file) in (".jsonl", ".json", ".parquet", "arrow"):  # records: their text, as prepare
         docs = iter_documents([args.file], text_field=args.text_field)
         for rows in tok.encode_batches(chunked(docs, 256), num_workers=args.workers):

@@ -107,13 +107,14 @@ def iter_documents(paths: Optional[Iterable[str]], report: Optional[CorpusReport
     else:
         docs = (doc for path in corpus_files(paths) for doc in _file_documents(path, report, text_field))
     for doc in docs:
-        pieces = _pieces(doc) if len(doc) > MAX_DOCUMENT_CHARS else (doc,)
+        pieces = (doc,)
         if len(doc) > MAX_DOCUMENT_CHARS:
             if not report.split_documents:
                 warnings.warn(f"document {report.documents + 1} has {len(doc):,} characters: documents longer than "
                               f"{MAX_DOCUMENT_CHARS:,} are read as several, cut at whitespace, to bound the memory "
                               "tokenizing takes (said once)", stacklevel=2)
             report.split_documents += 1
+            pieces = _pieces(doc)
         for piece in pieces:
             report.documents += 1
             report.characters += len(piece)

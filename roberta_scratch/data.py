@@ -239,7 +239,6 @@ def _write_data(corpus, tok, out_dir: str, settings: dict, num_workers, batch_do
     try:
         with open(os.path.join(tmp, OWNER_MARK), "w") as f:
             f.write("written by roberta-scratch prepare; removed with the folder when no meta.json names it\n")
-        tok.save_pretrained(os.path.join(tmp, "tokenizer"))  # the data dir is self-contained
         sentences = settings.get("sentences", False)
         for split in ("train", "val"):
             writers[split] = _SplitWriter(tmp, split, dtype, shard_tokens, eos, sentences)
@@ -251,8 +250,7 @@ def _write_data(corpus, tok, out_dir: str, settings: dict, num_workers, batch_do
         batches, counts = chunked(docs, batch_documents, max_size=BATCH_CHARS), deque()
         if sentences:  # encode sentence by sentence, then put each document back together
             batches = _sentence_batches(batches, counts)
-        plain = load_tokenizer(os.path.join(tmp, "tokenizer"), split_special_tokens=True)
-        for rows in plain.encode_batches(batches, num_workers=num_workers):
+        for rows in tok.plain_text().encode_batches(batches, num_workers=num_workers):
             lengths = None
             if sentences:
                 rows, lengths = _regroup(rows, counts.popleft())
@@ -272,6 +270,7 @@ def _write_data(corpus, tok, out_dir: str, settings: dict, num_workers, batch_do
         splits = {s: w.close() for s, w in writers.items()}
         if splits["train"]["tokens"] == 0:
             raise ValueError("the corpus produced no training tokens: every document was empty")
+        tok.save_pretrained(os.path.join(tmp, "tokenizer"))  # the data dir is self-contained
         files = {name: info for w in writers.values() for name, info in w.files.items()}
         for name in sorted(os.listdir(os.path.join(tmp, "tokenizer"))):
             files[f"tokenizer/{name}"] = _file_info(os.path.join(tmp, "tokenizer", name))

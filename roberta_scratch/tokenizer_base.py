@@ -14,6 +14,7 @@ else lives here once:
 """
 from __future__ import annotations
 
+import copy
 import json
 import multiprocessing
 import os
@@ -124,6 +125,20 @@ class Tokenizer:
                 # because it sits outside the captured group.
                 pattern = r"(?:\s*(?=" + "|".join(map(regex.escape, lstrip)) + "))?" + pattern
             self._special_pattern = regex.compile(pattern)
+
+    def plain_text(self) -> "Tokenizer":
+        """This tokenizer reading "<s>", "<mask>", ... written in a text as plain characters, as
+        split_special_tokens=True does: a corpus is plain text (fairseq reads it so). A shallow
+        copy, sharing the vocabulary and the word cache (nothing reloaded).
+
+            >>> tok.plain_text().encode("a <mask>", add_special_tokens=False) == tok.encode("a <mask>")
+            False
+        """
+        if self.split_special_tokens:
+            return self
+        plain = copy.copy(self)
+        plain.split_special_tokens, plain._special_pattern = True, None
+        return plain
 
     # ---- special token ids -------------------------------------------------------------
 

@@ -78,6 +78,10 @@ def test_special_token_text_in_a_corpus_is_plain_text(prepared, tmp_path):
     specials = {tok.bos_token_id, tok.pad_token_id, tok.mask_token_id}
     assert ids[-1] == tok.eos_token_id and not specials & set(ids[:-1]) and tok.eos_token_id not in ids[:-1]
     assert tok.decode(ids[:-1]) == "price <s>old</s> new and <pad> here <mask>"
+    # the plain-text reading is a copy: the tokenizer it came from still reads specials
+    plain = tok.plain_text()
+    assert tok.mask_token_id not in plain.encode("a <mask>") and tok.mask_token_id in tok.encode("a <mask>")
+    assert plain.vocab is tok.vocab and plain.plain_text() is plain
     # the data's own copy of the tokenizer still reads them as specials, for fill-mask
     copy = load_tokenizer(f"{files_dir(str(tmp_path / 'data'), meta)}/tokenizer")
     assert tok.mask_token_id in copy.encode("a <mask>")
