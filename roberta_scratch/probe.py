@@ -169,8 +169,8 @@ def pick_attention(att: torch.Tensor, layers: str = "all", heads: str = "all") -
 def attention_entropy(att: torch.Tensor) -> torch.Tensor:
     """(layers, heads): the mean entropy in nats of each head's attention rows. A head that
     attends uniformly over T tokens has log T; one that looks at a single token has 0."""
-    p = att.double().clamp_min(1e-30)
-    return -(att.double() * p.log()).sum(-1).mean(-1)
+    p = att.double()
+    return -(p * p.clamp_min(1e-30).log()).sum(-1).mean(-1)
 
 
 def plot_attention(tokens: list[str], att: torch.Tensor, out: str, scale: str = "shared",
