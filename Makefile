@@ -27,9 +27,9 @@ install: $(VENV)/.installed
 
 lint: $(VENV)/.installed
 	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 
-test: $(VENV)/.installed
-	$(PY) -m ruff check .
+test: lint
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 # The same suite against the newest releases of everything but torch, in a venv made afresh each
@@ -45,6 +45,7 @@ test-latest:
 	$(LATEST_VENV)/bin/python -m pip install -q -e ".[$(EXTRAS)]"
 	$(LATEST_VENV)/bin/python -m pip freeze --exclude-editable > $(LATEST_VENV)/versions.txt
 	$(LATEST_VENV)/bin/python -m ruff check .
+	$(LATEST_VENV)/bin/python -m ruff format --check .
 	$(LATEST_VENV)/bin/python -m pytest -q $(PYTEST_ARGS)
 
 test-slow: $(VENV)/.installed

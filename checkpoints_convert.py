@@ -6,6 +6,7 @@
 The same command as `roberta-scratch convert` (roberta_scratch/converter.py), run through the
 same entry point, so that every failure is the same one `error:` line.
 """
+
 import sys
 
 from roberta_scratch import cli

@@ -25,6 +25,7 @@ Targets from the kernels issue (H100, bf16, 16k tokens, T = 512, D = 64):
 forward >= 280 TFLOP/s, forward+backward >= 200 TFLOP/s, and with half the
 tokens padding at least 1.6x faster than with none.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -50,6 +51,7 @@ def sdpa(backend):
         attn_mask = None if mask is None else mask[:, None, None, :]
         with sdpa_kernel(backend):
             return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p)
+
     return run
 
 
@@ -114,8 +116,12 @@ def bench_shape(T, D, pad, args, dtype, peak_tflops):
 
             ms_fwd = do_bench(fwd, warmup=25, rep=100, return_mode="median")  # subtle: its default is the mean
             ms_all = do_bench(fwd_bwd, warmup=25, rep=100, grad_to_none=[q, k, v], return_mode="median")
-            row.update(fwd_ms=ms_fwd, fwd_bwd_ms=ms_all,
-                       fwd_tflops=flops / ms_fwd * 1e-9, fwd_bwd_tflops=3.5 * flops / ms_all * 1e-9)
+            row.update(
+                fwd_ms=ms_fwd,
+                fwd_bwd_ms=ms_all,
+                fwd_tflops=flops / ms_fwd * 1e-9,
+                fwd_bwd_tflops=3.5 * flops / ms_all * 1e-9,
+            )
             if peak_tflops:
                 row["fwd_peak_frac"] = row["fwd_tflops"] / peak_tflops
                 row["fwd_bwd_peak_frac"] = row["fwd_bwd_tflops"] / peak_tflops
@@ -129,8 +135,13 @@ def bench_shape(T, D, pad, args, dtype, peak_tflops):
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--tokens", type=int, default=16384, help="B * T per shape (default 16384)")
-    parser.add_argument("--seq-lens", type=int, nargs="+", default=[128, 512, 1024],
-                        help="sequence lengths T to sweep (default 128 512 1024)")
+    parser.add_argument(
+        "--seq-lens",
+        type=int,
+        nargs="+",
+        default=[128, 512, 1024],
+        help="sequence lengths T to sweep (default 128 512 1024)",
+    )
     parser.add_argument("--head-dims", type=int, nargs="+", default=[64, 128], help="head dims D (default 64 128)")
     parser.add_argument("--heads", type=int, default=12, help="attention heads H (default 12)")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="bf16", help="input dtype (default bf16)")
@@ -149,8 +160,25 @@ def main(argv=None) -> int:
         for D in args.head_dims:
             for pad in args.pad:
                 rows += bench_shape(T, D, pad, args, dtype, peak_tflops)
-    print_table(rows, ["provider", "T", "D", "B", "pad", "fwd_ms", "fwd_tflops", "fwd_peak_frac", "fwd_bwd_ms",
-                       "fwd_bwd_tflops", "fwd_bwd_peak_frac", "max_err_out", "max_err_grad", "error"])
+    print_table(
+        rows,
+        [
+            "provider",
+            "T",
+            "D",
+            "B",
+            "pad",
+            "fwd_ms",
+            "fwd_tflops",
+            "fwd_peak_frac",
+            "fwd_bwd_ms",
+            "fwd_bwd_tflops",
+            "fwd_bwd_peak_frac",
+            "max_err_out",
+            "max_err_grad",
+            "error",
+        ],
+    )
 
     # speed-up from padding, per provider and shape: time(pad = 0) / time(pad)
     base = {(r["provider"], r["T"], r["D"]): r for r in rows if r["pad"] == 0 and "fwd_ms" in r}
@@ -159,12 +187,21 @@ def main(argv=None) -> int:
         if r["pad"] > 0 and b and "fwd_ms" in r:
             r["fwd_speedup_vs_no_pad"] = b["fwd_ms"] / r["fwd_ms"]
             r["fwd_bwd_speedup_vs_no_pad"] = b["fwd_bwd_ms"] / r["fwd_bwd_ms"]
-            print(f"{r['provider']:<13} T={r['T']} D={r['D']} pad={r['pad']}: "
-                  f"{r['fwd_speedup_vs_no_pad']:.2f}x forward, {r['fwd_bwd_speedup_vs_no_pad']:.2f}x forward+backward "
-                  "faster than with no padding")
-    path = write_result(f"attention_{card_slug(card)}", rows, {
-        "card": card, "peak_tflops": peak_tflops, "flop_count": "FlashAttention: fwd 4*H*D*sum(L^2), bwd 2.5x fwd",
-        "targets_h100_bf16_T512_D64": {"fwd_tflops": 280, "fwd_bwd_tflops": 200, "speedup_half_padding": 1.6}})
+            print(
+                f"{r['provider']:<13} T={r['T']} D={r['D']} pad={r['pad']}: "
+                f"{r['fwd_speedup_vs_no_pad']:.2f}x forward, {r['fwd_bwd_speedup_vs_no_pad']:.2f}x forward+backward "
+                "faster than with no padding"
+            )
+    path = write_result(
+        f"attention_{card_slug(card)}",
+        rows,
+        {
+            "card": card,
+            "peak_tflops": peak_tflops,
+            "flop_count": "FlashAttention: fwd 4*H*D*sum(L^2), bwd 2.5x fwd",
+            "targets_h100_bf16_T512_D64": {"fwd_tflops": 280, "fwd_bwd_tflops": 200, "speedup_half_padding": 1.6},
+        },
+    )
     print(f"wrote {path}")
     return 0
 

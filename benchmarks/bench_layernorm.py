@@ -18,6 +18,7 @@ the date and the command. Needs a CUDA GPU.
 Targets from the kernels issue (H100, bf16, with residual, hidden 768):
 forward >= 2.3 TB/s (70% of HBM), forward+backward faster than torch's.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -64,9 +65,15 @@ def bench_shape(M, N, p, args, dtype, peak_gbs):
             t.grad = None
         y = fn(x, w, b, r, 0.0)  # errors without dropout: the same function on both sides
         y.backward(dy)
-        row = {"provider": name, "M": M, "N": N, "dropout": p, "dtype": args.dtype,
-               "max_err_out": (y.float() - ref).abs().max().item(),
-               "max_err_grad": max((t.grad.float() - u.grad).abs().max().item() for t, u in zip(leaves, ref_in))}
+        row = {
+            "provider": name,
+            "M": M,
+            "N": N,
+            "dropout": p,
+            "dtype": args.dtype,
+            "max_err_out": (y.float() - ref).abs().max().item(),
+            "max_err_grad": max((t.grad.float() - u.grad).abs().max().item() for t, u in zip(leaves, ref_in)),
+        }
 
         def fwd():
             with torch.no_grad():
@@ -77,8 +84,12 @@ def bench_shape(M, N, p, args, dtype, peak_gbs):
 
         ms_fwd = do_bench(fwd, warmup=25, rep=100, return_mode="median")  # subtle: its default is the mean
         ms_all = do_bench(fwd_bwd, warmup=25, rep=100, grad_to_none=leaves, return_mode="median")
-        row.update(fwd_ms=ms_fwd, fwd_bwd_ms=ms_all,
-                   fwd_gbs=bytes_fwd / ms_fwd * 1e-6, fwd_bwd_gbs=(bytes_fwd + bytes_bwd) / ms_all * 1e-6)
+        row.update(
+            fwd_ms=ms_fwd,
+            fwd_bwd_ms=ms_all,
+            fwd_gbs=bytes_fwd / ms_fwd * 1e-6,
+            fwd_bwd_gbs=(bytes_fwd + bytes_bwd) / ms_all * 1e-6,
+        )
         if peak_gbs:
             row["fwd_peak_frac"] = row["fwd_gbs"] / peak_gbs
             row["fwd_bwd_peak_frac"] = row["fwd_bwd_gbs"] / peak_gbs
@@ -91,11 +102,17 @@ def bench_shape(M, N, p, args, dtype, peak_gbs):
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--tokens", type=int, default=16384, help="rows M (default 16384)")
-    parser.add_argument("--hidden", type=int, nargs="+", default=[768, 1024, 4096],
-                        help="hidden sizes N (default 768 1024 4096)")
+    parser.add_argument(
+        "--hidden", type=int, nargs="+", default=[768, 1024, 4096], help="hidden sizes N (default 768 1024 4096)"
+    )
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="bf16", help="input dtype (default bf16)")
-    parser.add_argument("--dropout", type=float, nargs="+", default=[0.0, 0.1],
-                        help="dropout rates before the residual add (default 0 0.1)")
+    parser.add_argument(
+        "--dropout",
+        type=float,
+        nargs="+",
+        default=[0.0, 0.1],
+        help="dropout rates before the residual add (default 0 0.1)",
+    )
     args = parser.parse_args(argv)
     require_cuda("bench_layernorm.py")
 
@@ -107,12 +124,34 @@ def main(argv=None) -> int:
     for N in args.hidden:
         for p in args.dropout:
             rows += bench_shape(args.tokens, N, p, args, torch_dtype(args.dtype), peak_gbs)
-    print_table(rows, ["provider", "M", "N", "dropout", "fwd_ms", "fwd_gbs", "fwd_peak_frac", "fwd_bwd_ms",
-                       "fwd_bwd_gbs", "fwd_bwd_peak_frac", "fwd_bwd_speedup_vs_torch", "max_err_out", "max_err_grad"])
-    path = write_result(f"layernorm_{card_slug(card)}", rows, {
-        "card": card, "peak_gbs": peak_gbs,
-        "bytes": "fwd 3*M*N (x, r, y); bwd 4*M*N (dy, x, r, dx), 5 with dropout (+ d_residual)",
-        "targets_h100_bf16_hidden768": {"fwd_gbs": 2300, "fwd_bwd_faster_than_torch": True}})
+    print_table(
+        rows,
+        [
+            "provider",
+            "M",
+            "N",
+            "dropout",
+            "fwd_ms",
+            "fwd_gbs",
+            "fwd_peak_frac",
+            "fwd_bwd_ms",
+            "fwd_bwd_gbs",
+            "fwd_bwd_peak_frac",
+            "fwd_bwd_speedup_vs_torch",
+            "max_err_out",
+            "max_err_grad",
+        ],
+    )
+    path = write_result(
+        f"layernorm_{card_slug(card)}",
+        rows,
+        {
+            "card": card,
+            "peak_gbs": peak_gbs,
+            "bytes": "fwd 3*M*N (x, r, y); bwd 4*M*N (dy, x, r, dx), 5 with dropout (+ d_residual)",
+            "targets_h100_bf16_hidden768": {"fwd_gbs": 2300, "fwd_bwd_faster_than_torch": True},
+        },
+    )
     print(f"wrote {path}")
     return 0
 

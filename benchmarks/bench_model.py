@@ -17,6 +17,7 @@ reported as a fraction of the better of the two. Achieved means the FLOPs each s
 executes: in training ours projects only the labelled positions onto the vocabulary, the
 reference every position (roberta_scratch.flops counts them). Results go to benchmarks/results/.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -63,23 +64,27 @@ def run(preset: str, seq_len: int, repeats: int, device: str) -> list:
         def fn():
             with torch.inference_mode():
                 return model(ids, attention_mask=mask) if ours_api else model(input_ids=ids, attention_mask=mask)
+
         return fn
 
     def train(model, ours_api):
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.98), eps=1e-6, weight_decay=0.01,
-                                fused=True)
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.98), eps=1e-6, weight_decay=0.01, fused=True)
 
         def fn():
             model.train()
-            out = model(ids, attention_mask=mask, labels=labels) if ours_api else \
-                model(input_ids=ids, attention_mask=mask, labels=labels)
+            out = (
+                model(ids, attention_mask=mask, labels=labels)
+                if ours_api
+                else model(input_ids=ids, attention_mask=mask, labels=labels)
+            )
             out.loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
+
         return fn
 
     with torch.inference_mode():  # the two agree before anything is timed
-        diff = (ours.eval()(ids, attention_mask=mask).logits - theirs.eval()(input_ids=ids, attention_mask=mask).logits)
+        diff = ours.eval()(ids, attention_mask=mask).logits - theirs.eval()(input_ids=ids, attention_mask=mask).logits
     max_diff = diff.abs().max().item()
 
     f = flops_per_token(cfg, seq_len)
@@ -91,10 +96,19 @@ def run(preset: str, seq_len: int, repeats: int, device: str) -> list:
     rows = []
     for mode, make in (("inference", infer), ("train", train)):
         t = time_interleaved({"ours": make(ours, True), "ref": make(theirs, False)}, repeats, sync=sync)
-        rows.append({"config": preset, "mode": mode, "batch": list(ids.shape), "tokens_per_s_ours": tokens / t["ours"],
-                     "tokens_per_s_ref": tokens / t["ref"], "speedup": t["ref"] / t["ours"],
-                     "gflops_ours": executed[mode]["ours"] / t["ours"] / 1e9,
-                     "gflops_ref": executed[mode]["ref"] / t["ref"] / 1e9, "logits_max_abs_diff": max_diff})
+        rows.append(
+            {
+                "config": preset,
+                "mode": mode,
+                "batch": list(ids.shape),
+                "tokens_per_s_ours": tokens / t["ours"],
+                "tokens_per_s_ref": tokens / t["ref"],
+                "speedup": t["ref"] / t["ours"],
+                "gflops_ours": executed[mode]["ours"] / t["ours"] / 1e9,
+                "gflops_ref": executed[mode]["ref"] / t["ref"] / 1e9,
+                "logits_max_abs_diff": max_diff,
+            }
+        )
     return rows
 
 
@@ -103,8 +117,11 @@ def main(argv=None) -> None:
     p.add_argument("--configs", nargs="+", default=["tiny", "base"], help="model presets (default tiny base)")
     p.add_argument("--seq-len", type=int, default=128, help="tokens per sequence (default 128)")
     p.add_argument("--repeats", type=int, default=5, help="timed rounds; the median counts (default 5)")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                   help="default: cuda when available, else cpu")
+    p.add_argument(
+        "--device",
+        default="cuda" if torch.cuda.is_available() else "cpu",
+        help="default: cuda when available, else cpu",
+    )
     args = p.parse_args(argv)
     on_cpu = args.device == "cpu"
     gemm = [cpu_gemm_flops()] if on_cpu else []
@@ -119,8 +136,10 @@ def main(argv=None) -> None:
         for r in rows:
             r["gemm_fraction_ours"], r["gemm_fraction_ref"] = r["gflops_ours"] / limit, r["gflops_ref"] / limit
         columns += ["gflops_ours", "gflops_ref", "gemm_fraction_ours", "gemm_fraction_ref"]
-        print(f"\nthis machine's fp32 GEMM: {limit:.1f} GFLOP/s with {torch.get_num_threads()} threads "
-              f"(before / after: {gemm[0] / 1e9:.1f} / {gemm[1] / 1e9:.1f})")
+        print(
+            f"\nthis machine's fp32 GEMM: {limit:.1f} GFLOP/s with {torch.get_num_threads()} threads "
+            f"(before / after: {gemm[0] / 1e9:.1f} / {gemm[1] / 1e9:.1f})"
+        )
     print()
     print_table(rows, columns + ["logits_max_abs_diff"])
     extra = {"seq_len": args.seq_len, "repeats": args.repeats, "reference": "transformers RobertaForMaskedLM (sdpa)"}

@@ -9,6 +9,7 @@ with each worker count, alternating, --repeats times (each run starts from an em
 folder and a fresh tokenizer: the realistic, cold case). Reports MB/s of input and the speed-up
 over one worker; the outputs are checked to be byte-identical. Results go to benchmarks/results/.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,10 +44,14 @@ def installed_text(limit_bytes: int):
                     tree = ast.parse(source)
                 except (SyntaxError, UnicodeDecodeError, ValueError, OSError):
                     continue
-                parts = [ast.get_docstring(n) for n in ast.walk(tree)
-                         if isinstance(n, (ast.Module, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))]
-                comments = "\n".join(line.strip()[1:].strip() for line in source.splitlines()
-                                     if line.strip().startswith("#"))
+                parts = [
+                    ast.get_docstring(n)
+                    for n in ast.walk(tree)
+                    if isinstance(n, (ast.Module, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
+                ]
+                comments = "\n".join(
+                    line.strip()[1:].strip() for line in source.splitlines() if line.strip().startswith("#")
+                )
                 for text in [p for p in parts if p] + ([comments] if comments else []):
                     yield text
                     total += len(text.encode())
@@ -59,8 +64,11 @@ def main(argv=None) -> None:
     p.add_argument("--mb", type=float, default=24, help="megabytes of input text (default 24)")
     p.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="worker counts to compare (default 1 2)")
     p.add_argument("--repeats", type=int, default=2, help="runs of each worker count, alternating (default 2)")
-    p.add_argument("--vocab", default=os.environ.get("ROBERTA_REFERENCE_DIR"),
-                   help="a tokenizer dir (default: ROBERTA_REFERENCE_DIR, roberta-base; else one trained here)")
+    p.add_argument(
+        "--vocab",
+        default=os.environ.get("ROBERTA_REFERENCE_DIR"),
+        help="a tokenizer dir (default: ROBERTA_REFERENCE_DIR, roberta-base; else one trained here)",
+    )
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         corpus = os.path.join(tmp, "corpus.jsonl")
@@ -84,8 +92,16 @@ def main(argv=None) -> None:
                 files[n] = meta["files"]
         identical = all(files[n] == files[args.workers[0]] for n in args.workers)
     base = statistics.median(times[args.workers[0]])
-    rows = [{"workers": n, "seconds": statistics.median(t), "MB/s": mb / statistics.median(t),
-             "speedup": base / statistics.median(t), "runs": len(t)} for n, t in times.items()]
+    rows = [
+        {
+            "workers": n,
+            "seconds": statistics.median(t),
+            "MB/s": mb / statistics.median(t),
+            "speedup": base / statistics.median(t),
+            "runs": len(t),
+        }
+        for n, t in times.items()
+    ]
     print(f"corpus: {mb:.1f} MB of installed Python docstrings and comments; outputs identical: {identical}")
     print_table(rows, ["workers", "seconds", "MB/s", "speedup", "runs"])
     load = os.getloadavg() if hasattr(os, "getloadavg") else None

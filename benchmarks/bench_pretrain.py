@@ -23,6 +23,7 @@ GEMM rate, measured in the same process before and after. Two more sections:
     --section profile   where our training step's CPU time goes (torch.profiler): the top
                         operators by self time, and the share spent in matmuls.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -69,14 +70,21 @@ class ReferenceLoop:
             save_hf(ours.cfg, {k: v.detach().clone() for k, v in ours.raw_model.state_dict().items()}, tmp)
             self.model = transformers.RobertaForMaskedLM.from_pretrained(tmp).to(ours.device).train()
         tdir = tokenizer_dir(ours.args.data)
-        tok = transformers.RobertaTokenizerFast(vocab_file=os.path.join(tdir, "vocab.json"),
-                                                merges_file=os.path.join(tdir, "merges.txt"))
+        tok = transformers.RobertaTokenizerFast(
+            vocab_file=os.path.join(tdir, "vocab.json"), merges_file=os.path.join(tdir, "merges.txt")
+        )
         self.collator = transformers.DataCollatorForLanguageModeling(tok, mlm_probability=ours.args.mlm_probability)
         a = ours.args
-        self.optimizer = torch.optim.AdamW(param_groups(self.model, a.weight_decay), lr=a.lr, betas=tuple(a.betas),
-                                           eps=a.eps, fused=ours.optimizer.defaults["fused"])  # as the trainer's
+        self.optimizer = torch.optim.AdamW(
+            param_groups(self.model, a.weight_decay),
+            lr=a.lr,
+            betas=tuple(a.betas),
+            eps=a.eps,
+            fused=ours.optimizer.defaults["fused"],
+        )  # as the trainer's
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(  # the same schedule as ours
-            self.optimizer, lambda s: linear_schedule(s, 1.0, ours.warmup_steps, ours.total_steps))
+            self.optimizer, lambda s: linear_schedule(s, 1.0, ours.warmup_steps, ours.total_steps)
+        )
 
     def step(self, step: int) -> int:
         a = self.ours.args
@@ -104,8 +112,12 @@ class ReferenceLoop:
             batch = {k: v.to(self.ours.device) for k, v in batch.items()}
             with self.ours._autocast():  # as Trainer.evaluate
                 logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-            total += F.cross_entropy(logits.view(-1, logits.shape[-1]).float(), batch["labels"].view(-1),
-                                     ignore_index=IGNORE_INDEX, reduction="sum").item()
+            total += F.cross_entropy(
+                logits.view(-1, logits.shape[-1]).float(),
+                batch["labels"].view(-1),
+                ignore_index=IGNORE_INDEX,
+                reduction="sum",
+            ).item()
             count += int((batch["labels"] != IGNORE_INDEX).sum())
         self.model.train()
         return total / count
@@ -149,10 +161,20 @@ def threads_section(ours: Trainer, rounds: int = 3, steps: int = 10) -> list:
             for proc in spinners:
                 proc.terminate()
         for n in counts:
-            rows.append({"background_busy_processes": load, "threads": n, "trainer_choice": n == auto,
-                         "tokens_per_s": sorted(speed[n])[len(speed[n]) // 2], "why": why if n == auto else ""})
-            print(f"busy processes {load}, {n} thread(s): {rows[-1]['tokens_per_s']:,.0f} tok/s"
-                  + (f"  <- the trainer's choice ({why})" if n == auto else ""), flush=True)
+            rows.append(
+                {
+                    "background_busy_processes": load,
+                    "threads": n,
+                    "trainer_choice": n == auto,
+                    "tokens_per_s": sorted(speed[n])[len(speed[n]) // 2],
+                    "why": why if n == auto else "",
+                }
+            )
+            print(
+                f"busy processes {load}, {n} thread(s): {rows[-1]['tokens_per_s']:,.0f} tok/s"
+                + (f"  <- the trainer's choice ({why})" if n == auto else ""),
+                flush=True,
+            )
     return rows
 
 
@@ -166,37 +188,71 @@ def profile_section(ours: Trainer, steps: int = 10, top: int = 15) -> list:
     events = [e for e in prof.key_averages() if e.self_cpu_time_total > 0]
     total = sum(e.self_cpu_time_total for e in events)
     matmul = sum(e.self_cpu_time_total for e in events if e.key in MATMULS)
-    rows = [{"op": e.key, "self_ms_per_step": e.self_cpu_time_total / 1e3 / steps,
-             "share": e.self_cpu_time_total / total, "calls_per_step": e.count / steps}
-            for e in sorted(events, key=lambda e: -e.self_cpu_time_total)[:top]]
+    rows = [
+        {
+            "op": e.key,
+            "self_ms_per_step": e.self_cpu_time_total / 1e3 / steps,
+            "share": e.self_cpu_time_total / total,
+            "calls_per_step": e.count / steps,
+        }
+        for e in sorted(events, key=lambda e: -e.self_cpu_time_total)[:top]
+    ]
     print_table(rows, list(rows[0]))
     print(f"matmuls ({', '.join(sorted(MATMULS))}): {matmul / total:.1%} of the step's CPU time")
     return rows + [{"op": "ALL MATMULS", "self_ms_per_step": matmul / 1e3 / steps, "share": matmul / total}]
 
 
-MATMULS = {"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::_scaled_dot_product_flash_attention_for_cpu",
-           "aten::_scaled_dot_product_flash_attention_for_cpu_backward"}
+MATMULS = {
+    "aten::mm",
+    "aten::addmm",
+    "aten::bmm",
+    "aten::baddbmm",
+    "aten::_scaled_dot_product_flash_attention_for_cpu",
+    "aten::_scaled_dot_product_flash_attention_for_cpu_backward",
+}
 
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data", default=None, help="a prepared data dir (default: the default corpus, prepared under "
-                                                "benchmarks/.cache/)")
+    p.add_argument(
+        "--data",
+        default=None,
+        help="a prepared data dir (default: the default corpus, prepared under benchmarks/.cache/)",
+    )
     p.add_argument("--config", default="tiny", help="model preset or config.json (default tiny)")
     p.add_argument("--steps", type=int, default=200, help="optimizer steps of each loop (default 200)")
     p.add_argument("--batch-size", type=int, default=16, help="sequences per step (default 16)")
     p.add_argument("--seq-len", type=int, default=128, help="tokens per sequence (default 128)")
     p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate of both loops (default 2e-3)")
-    p.add_argument("--attention", default="sdpa", choices=["eager", "sdpa", "triton"],
-                   help="our model's attention backend (default sdpa)")
-    p.add_argument("--section", default="compare", choices=["compare", "threads", "profile"],
-                   help="compare with transformers (default), thread counts under load, or the profiler")
+    p.add_argument(
+        "--attention",
+        default="sdpa",
+        choices=["eager", "sdpa", "triton"],
+        help="our model's attention backend (default sdpa)",
+    )
+    p.add_argument(
+        "--section",
+        default="compare",
+        choices=["compare", "threads", "profile"],
+        help="compare with transformers (default), thread counts under load, or the profiler",
+    )
     args = p.parse_args(argv)
     data = args.data or default_data(args.seq_len)
     with tempfile.TemporaryDirectory() as out:
-        ours = Trainer(TrainArgs(data=data, out=out, config=args.config, steps=args.steps,
-                                 batch_size=args.batch_size, seq_len=args.seq_len, lr=args.lr,
-                                 warmup=max(1, args.steps // 10), attention=args.attention, progress=False))
+        ours = Trainer(
+            TrainArgs(
+                data=data,
+                out=out,
+                config=args.config,
+                steps=args.steps,
+                batch_size=args.batch_size,
+                seq_len=args.seq_len,
+                lr=args.lr,
+                warmup=max(1, args.steps // 10),
+                attention=args.attention,
+                progress=False,
+            )
+        )
         if args.section != "compare":
             ours.model.train()
             rows = threads_section(ours) if args.section == "threads" else profile_section(ours)
@@ -219,16 +275,27 @@ def main(argv=None) -> None:
             tokens["ref"] += ref.step(step)
             times["ref"] += time.perf_counter() - t
             if (step + 1) % 50 == 0:
-                print(f"step {step + 1}/{args.steps}: ours {tokens['ours'] / times['ours']:,.0f} tok/s, "
-                      f"reference {tokens['ref'] / times['ref']:,.0f} tok/s", flush=True)
+                print(
+                    f"step {step + 1}/{args.steps}: ours {tokens['ours'] / times['ours']:,.0f} tok/s, "
+                    f"reference {tokens['ref'] / times['ref']:,.0f} tok/s",
+                    flush=True,
+                )
         ours_loss, ref_loss = ours.evaluate()["val_loss"], ref.evaluate()
         if on_cpu:
             gemm.append(cpu_gemm_flops())
-    row = {"config": args.config, "attention": args.attention, "steps": args.steps,
-           "batch": [args.batch_size, args.seq_len], "device": str(ours.device),
-           "tokens_per_s_ours": tokens["ours"] / times["ours"], "tokens_per_s_ref": tokens["ref"] / times["ref"],
-           "speedup": (tokens["ours"] / times["ours"]) / (tokens["ref"] / times["ref"]),
-           "val_loss_ours": ours_loss, "val_loss_ref": ref_loss, "val_loss_gap": ours_loss - ref_loss}
+    row = {
+        "config": args.config,
+        "attention": args.attention,
+        "steps": args.steps,
+        "batch": [args.batch_size, args.seq_len],
+        "device": str(ours.device),
+        "tokens_per_s_ours": tokens["ours"] / times["ours"],
+        "tokens_per_s_ref": tokens["ref"] / times["ref"],
+        "speedup": (tokens["ours"] / times["ours"]) / (tokens["ref"] / times["ref"]),
+        "val_loss_ours": ours_loss,
+        "val_loss_ref": ref_loss,
+        "val_loss_gap": ours_loss - ref_loss,
+    }
     extra = {"data": data}
     if on_cpu:  # FLOPs really executed per token: ours runs the vocabulary projection at the masked share only
         f = flops_per_token(ours.cfg, args.seq_len)
@@ -241,7 +308,6 @@ def main(argv=None) -> None:
         print(f"this machine's fp32 GEMM: {limit / 1e9:.1f} GFLOP/s with {torch.get_num_threads()} threads")
     print_table([row], list(row))
     print(f"wrote {write_result('pretrain_' + row['device'].split(':')[0], [row], extra)}")
-
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ alternating round by round, median of --repeats. That is what a user meets. Rows
                        `tokenizers`' ByteLevelBPETokenizer trainer.
 Before timing, outputs are checked to be identical. Results go to benchmarks/results/.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -53,8 +54,9 @@ def reference_tokenizers(ref: str):
     encoder, merges = os.path.join(ref, "gpt2-encoder.json"), os.path.join(ref, "merges.txt")
     with mock.patch.dict(os.environ, {"TIKTOKEN_CACHE_DIR": ""}):
         ranks = data_gym_to_mergeable_bpe_ranks(merges, encoder)
-    gpt2 = tiktoken.Encoding("gpt2", pat_str=GPT2_SPLIT_PATTERN, mergeable_ranks=ranks,
-                             special_tokens={"<|endoftext|>": 50256})
+    gpt2 = tiktoken.Encoding(
+        "gpt2", pat_str=GPT2_SPLIT_PATTERN, mergeable_ranks=ranks, special_tokens={"<|endoftext|>": 50256}
+    )
     return backend, gpt2
 
 
@@ -89,13 +91,22 @@ def bench_encode(ref: str, docs: list, repeats: int) -> list:
 
     # The headline: fresh tokenizers (empty word caches) on text they have not seen, one pass.
     serial = cold_interleaved(
-        {"ours": lambda: ByteLevelBPETokenizer.from_pretrained(ref),
-         "tokenizers": lambda: reference_tokenizers(ref)[0]},
-        lambda name, tok: [tok.encode(d) for d in docs], repeats)
+        {
+            "ours": lambda: ByteLevelBPETokenizer.from_pretrained(ref),
+            "tokenizers": lambda: reference_tokenizers(ref)[0],
+        },
+        lambda name, tok: [tok.encode(d) for d in docs],
+        repeats,
+    )
     batch = cold_interleaved(
         {"ours": lambda: ByteLevelBPETokenizer.from_files(encoder, merges), "tiktoken": lambda: tiktoken_gpt2},
-        lambda name, tok: (tok.encode_batch(docs, add_special_tokens=False, num_workers=cpus) if name == "ours"
-                           else tok.encode_ordinary_batch(docs)), repeats)
+        lambda name, tok: (
+            tok.encode_batch(docs, add_special_tokens=False, num_workers=cpus)
+            if name == "ours"
+            else tok.encode_ordinary_batch(docs)
+        ),
+        repeats,
+    )
     # Beside it, labelled: the same text again, every word already in the cache.
     warm = time_interleaved(
         {
@@ -108,19 +119,46 @@ def bench_encode(ref: str, docs: list, repeats: int) -> list:
     )
 
     def row(task, ours_s, reference, reference_s, target):
-        return {"task": task, "ours_s": ours_s, "ours_MB/s": mb / ours_s, "reference": reference,
-                "reference_s": reference_s, "speedup": reference_s / ours_s, "target": target,
-                "met": None if target is None else reference_s / ours_s >= target}
+        return {
+            "task": task,
+            "ours_s": ours_s,
+            "ours_MB/s": mb / ours_s,
+            "reference": reference,
+            "reference_s": reference_s,
+            "speedup": reference_s / ours_s,
+            "target": target,
+            "met": None if target is None else reference_s / ours_s >= target,
+        }
 
     return [
-        row("encode, 1 process, COLD (headline)", serial["ours"], "tokenizers encode, serial, fresh",
-            serial["tokenizers"], 1.5),
-        row(f"encode_batch, {cpus} processes, COLD (headline)", batch["ours"],
-            "tiktoken encode_ordinary_batch", batch["tiktoken"], 1.0),
-        row("encode, 1 process, warm (the same text again)", warm["ours encode"], "tokenizers encode, serial",
-            warm["tokenizers encode"], None),
-        row("encode_batch, 1 process, warm (the same text again)", warm["ours encode_batch"],
-            "tiktoken encode_ordinary_batch", warm["tiktoken encode_ordinary_batch"], None),
+        row(
+            "encode, 1 process, COLD (headline)",
+            serial["ours"],
+            "tokenizers encode, serial, fresh",
+            serial["tokenizers"],
+            1.5,
+        ),
+        row(
+            f"encode_batch, {cpus} processes, COLD (headline)",
+            batch["ours"],
+            "tiktoken encode_ordinary_batch",
+            batch["tiktoken"],
+            1.0,
+        ),
+        row(
+            "encode, 1 process, warm (the same text again)",
+            warm["ours encode"],
+            "tokenizers encode, serial",
+            warm["tokenizers encode"],
+            None,
+        ),
+        row(
+            "encode_batch, 1 process, warm (the same text again)",
+            warm["ours encode_batch"],
+            "tiktoken encode_ordinary_batch",
+            warm["tiktoken encode_ordinary_batch"],
+            None,
+        ),
     ]
 
 
@@ -136,9 +174,19 @@ def bench_sizes(ref: str, sizes_mb=(1, 5, 20)) -> list:
         backend_fresh = reference_tokenizers(ref)[0]
         ours_s = once(lambda: [ours.encode(d) for d in docs])
         ref_s = once(lambda: [backend_fresh.encode(d) for d in docs])
-        rows.append({"task": f"{size} MB of installed docstrings and comments, one pass, cold", "ours_s": ours_s,
-                     "ours_MB/s": mb / ours_s, "reference": "tokenizers encode, serial, fresh", "reference_s": ref_s,
-                     "speedup": ref_s / ours_s, "target": None, "met": None, "words_cached": len(ours._cache)})
+        rows.append(
+            {
+                "task": f"{size} MB of installed docstrings and comments, one pass, cold",
+                "ours_s": ours_s,
+                "ours_MB/s": mb / ours_s,
+                "reference": "tokenizers encode, serial, fresh",
+                "reference_s": ref_s,
+                "speedup": ref_s / ours_s,
+                "target": None,
+                "met": None,
+                "words_cached": len(ours._cache),
+            }
+        )
     return rows
 
 
@@ -149,10 +197,13 @@ def long_words(docs: list, n: int = 1_000_000) -> dict:
 
     rng = random.Random(0)
     letters = re.sub(r"[^A-Za-z]", "", " ".join(docs))
-    return {"DNA (ACGT)": "".join(rng.choice("ACGT") for _ in range(n)),
-            "minified prose (letters only)": (letters * (n // len(letters) + 1))[:n],
-            "base64": "".join(rng.choice("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/")
-                              for _ in range(n))}
+    return {
+        "DNA (ACGT)": "".join(rng.choice("ACGT") for _ in range(n)),
+        "minified prose (letters only)": (letters * (n // len(letters) + 1))[:n],
+        "base64": "".join(
+            rng.choice("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/") for _ in range(n)
+        ),
+    }
 
 
 def bench_long_words(ref: str, docs: list, repeats: int) -> list:
@@ -169,9 +220,18 @@ def bench_long_words(ref: str, docs: list, repeats: int) -> list:
             times["tokenizers"].append(once(lambda: theirs.encode(text)))
         assert ours.encode(text) == theirs.encode(text).ids, f"ids differ from tokenizers on {kind}"
         ours_s, ref_s = statistics.median(times["ours"]), statistics.median(times["tokenizers"])
-        rows.append({"task": f"1 MB word, {kind}, cold", "ours_s": ours_s, "ours_MB/s": 1.0 / ours_s,
-                     "reference": "tokenizers encode, fresh", "reference_s": ref_s, "speedup": ref_s / ours_s,
-                     "target": 0.5, "met": ref_s / ours_s >= 0.5})
+        rows.append(
+            {
+                "task": f"1 MB word, {kind}, cold",
+                "ours_s": ours_s,
+                "ours_MB/s": 1.0 / ours_s,
+                "reference": "tokenizers encode, fresh",
+                "reference_s": ref_s,
+                "speedup": ref_s / ours_s,
+                "target": 0.5,
+                "met": ref_s / ours_s >= 0.5,
+            }
+        )
     return rows
 
 
@@ -184,25 +244,41 @@ def bench_train(docs: list, vocab_size: int) -> list:
             f.write("\n".join(docs))
         ours_s = once(lambda: ByteLevelBPETokenizer.train([corpus], vocab_size=vocab_size, show_progress=False))
         reference = ReferenceTrainer()
-        reference_s = once(lambda: reference.train([corpus], vocab_size=vocab_size, special_tokens=SPECIALS,
-                                                   show_progress=False))
+        reference_s = once(
+            lambda: reference.train([corpus], vocab_size=vocab_size, special_tokens=SPECIALS, show_progress=False)
+        )
         ours = ByteLevelBPETokenizer.train([corpus], vocab_size=vocab_size, show_progress=False)
     same = ours.merges == [tuple(m) for m in json.loads(reference._tokenizer.to_str())["model"]["merges"]]
-    return [{"task": f"train, vocab {vocab_size}", "ours_s": ours_s,
-             "reference": "tokenizers ByteLevelBPETokenizer.train",
-             "reference_s": reference_s, "speedup": reference_s / ours_s, "same_merges": same}]
+    return [
+        {
+            "task": f"train, vocab {vocab_size}",
+            "ours_s": ours_s,
+            "reference": "tokenizers ByteLevelBPETokenizer.train",
+            "reference_s": reference_s,
+            "speedup": reference_s / ours_s,
+            "same_merges": same,
+        }
+    ]
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    default_ref = os.environ.get("ROBERTA_REFERENCE_DIR", os.path.join(os.path.dirname(__file__), "..", "..", "shared",
-                                                                       "reference", "roberta-base"))
-    parser.add_argument("--reference-dir", default=default_ref,
-                        help="the roberta-base vocab.json, merges.txt and gpt2-encoder.json")
+    default_ref = os.environ.get(
+        "ROBERTA_REFERENCE_DIR",
+        os.path.join(os.path.dirname(__file__), "..", "..", "shared", "reference", "roberta-base"),
+    )
+    parser.add_argument(
+        "--reference-dir", default=default_ref, help="the roberta-base vocab.json, merges.txt and gpt2-encoder.json"
+    )
     parser.add_argument("--repeats", type=int, default=5, help="timed rounds of the warm rows; the median counts")
     parser.add_argument("--vocab-size", type=int, default=8000, help="vocabulary size for the training row")
-    parser.add_argument("--sections", nargs="+", default=["encode", "sizes", "long-words", "train"],
-                        choices=["encode", "sizes", "long-words", "train"], help="which rows to measure (default: all)")
+    parser.add_argument(
+        "--sections",
+        nargs="+",
+        default=["encode", "sizes", "long-words", "train"],
+        choices=["encode", "sizes", "long-words", "train"],
+        help="which rows to measure (default: all)",
+    )
     args = parser.parse_args(argv)
     if not os.path.isfile(os.path.join(args.reference_dir, "vocab.json")):
         sys.exit(f"no roberta-base tokenizer files in {args.reference_dir}: set ROBERTA_REFERENCE_DIR")
@@ -223,8 +299,9 @@ def main(argv=None) -> None:
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
     print(f"load average (1, 5, 15 min): {load}")
     versions = {name: importlib.metadata.version(name) for name in ("regex", "tokenizers", "tiktoken", "transformers")}
-    path = write_result("tokenizer_cpu", rows, extra={"text_MB": mb, "documents": len(docs), "load_average": load,
-                                                      "versions": versions})
+    path = write_result(
+        "tokenizer_cpu", rows, extra={"text_MB": mb, "documents": len(docs), "load_average": load, "versions": versions}
+    )
     print(f"wrote {path}")
 
 

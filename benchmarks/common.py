@@ -2,6 +2,7 @@
 
 Benchmarks run as modules from the repository root, e.g. `python -m benchmarks.bench_model`.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -34,8 +35,10 @@ def require_cuda(script: str) -> None:
     import torch
 
     if not torch.cuda.is_available():
-        sys.exit(f"{script}: needs a CUDA GPU and none is visible, so nothing was measured. "
-                 "The kernels' correctness is tested on the CPU by `make test` (Triton's interpreter).")
+        sys.exit(
+            f"{script}: needs a CUDA GPU and none is visible, so nothing was measured. "
+            "The kernels' correctness is tested on the CPU by `make test` (Triton's interpreter)."
+        )
     try:
         import triton  # noqa: F401
     except ImportError:
@@ -95,7 +98,7 @@ def cpu_gemm_flops(sizes=(1024, 2048), repeats: int = 3) -> float:
         for _ in range(repeats):
             start = time.perf_counter()
             torch.mm(a, b)
-            best = max(best, 2 * n ** 3 / (time.perf_counter() - start))
+            best = max(best, 2 * n**3 / (time.perf_counter() - start))
     return best
 
 

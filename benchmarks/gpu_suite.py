@@ -34,6 +34,7 @@ nothing. Measured on a quiet 2-core AMD EPYC (2026-12-07): 28 s in all, stages 7
 5 + 7 s (benchmarks/results/gpu_suite_dry_run_cpu_2026-12-07.json); beside other work it
 took 4 min 46 s once, so the dry estimates below are the quiet figures with a margin.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -61,8 +62,14 @@ if __name__ == "__main__" and not __package__:
     sys.path[:0] = [_root, os.path.join(_root, "kernels")]
 
 # The kernels issue's targets, for an H100/H200 in bf16 at 16k tokens, T = 512, D = 64.
-TARGETS = {"attention_fwd_tflops": 280.0, "attention_fwd_bwd_tflops": 200.0, "half_padding_speedup": 1.6,
-           "layer_norm_fwd_gbs": 2300.0, "layer_norm_fwd_bwd_speedup": 1.0, "e2e_speedup": 1.3}
+TARGETS = {
+    "attention_fwd_tflops": 280.0,
+    "attention_fwd_bwd_tflops": 200.0,
+    "half_padding_speedup": 1.6,
+    "layer_norm_fwd_gbs": 2300.0,
+    "layer_norm_fwd_bwd_speedup": 1.0,
+    "e2e_speedup": 1.3,
+}
 HEADLINE = dict(tokens=16384, T=512, D=64, H=12, pads=(0.0, 0.5), hidden=768, ln_dropout=(0.0, 0.1))
 SWEEP_SEQ_LENS = (128, 256, 512, 1024, 2048)  # 512 again: its compiled kernels are cached, the curve complete
 E2E = dict(preset="base", batch=32, seq_len=512, min_len=64, warmup=3, steps=10, mlm_probability=0.15)
@@ -102,6 +109,7 @@ class Stage:
 
 # ----------------------------------------------------------------------------- the stages
 
+
 def stage_check(suite: Suite) -> dict:
     """roberta_kernels.check on its quick sample, attention and LayerNorm, for our Triton implementations."""
     try:
@@ -120,11 +128,18 @@ def stage_check(suite: Suite) -> dict:
         rows[op] = [_as_dict(r) for r in fn("triton", suite.device, **kwargs)]
     if not rows:
         return {"status": "skipped", "reason": "; ".join(notes)}
-    counts = {op: {"rows": len(rs), "failed": sum(map(_failed, rs)), "skipped": sum(map(_skipped, rs))}
-              for op, rs in rows.items()}
+    counts = {
+        op: {"rows": len(rs), "failed": sum(map(_failed, rs)), "skipped": sum(map(_skipped, rs))}
+        for op, rs in rows.items()
+    }
     failed = sum(c["failed"] for c in counts.values())
-    return {"status": "failed" if failed else "ok", "counts": counts, "notes": notes, "rows": rows,
-            "reason": f"{failed} check(s) failed" if failed else None}
+    return {
+        "status": "failed" if failed else "ok",
+        "counts": counts,
+        "notes": notes,
+        "rows": rows,
+        "reason": f"{failed} check(s) failed" if failed else None,
+    }
 
 
 def _print_check_row(fmt, row) -> None:
@@ -172,31 +187,87 @@ def _bench(suite: Suite, name: str, argv: list, time_limit_s: Optional[float] = 
         return {"status": "failed", "reason": f"kernels bench exited {rc} without writing {path}"}
     with open(path) as f:
         record = json.load(f)
-    return {"status": "ok" if rc == 0 else "failed", "rc": rc, "outputs": out, "bench": record,
-            "reason": None if rc == 0 else f"kernels bench exited {rc}: a named implementation failed a case"}
+    return {
+        "status": "ok" if rc == 0 else "failed",
+        "rc": rc,
+        "outputs": out,
+        "bench": record,
+        "reason": None if rc == 0 else f"kernels bench exited {rc}: a named implementation failed a case",
+    }
 
 
 def stage_attention(suite: Suite) -> dict:
     h = HEADLINE
-    return _bench(suite, "attention", ["--attention", "triton", "--dtype", "bf16", "--tokens", str(h["tokens"]),
-                                       "--seq-lens", str(h["T"]), "--pad-seq-len", str(h["T"]),
-                                       "--pad", *map(str, h["pads"]), "--heads", str(h["H"]),
-                                       "--head-dim", str(h["D"])])
+    return _bench(
+        suite,
+        "attention",
+        [
+            "--attention",
+            "triton",
+            "--dtype",
+            "bf16",
+            "--tokens",
+            str(h["tokens"]),
+            "--seq-lens",
+            str(h["T"]),
+            "--pad-seq-len",
+            str(h["T"]),
+            "--pad",
+            *map(str, h["pads"]),
+            "--heads",
+            str(h["H"]),
+            "--head-dim",
+            str(h["D"]),
+        ],
+    )
 
 
 def stage_layernorm(suite: Suite) -> dict:
     h = HEADLINE
-    return _bench(suite, "layernorm", ["--layer-norm", "triton", "--dtype", "bf16", "--tokens", str(h["tokens"]),
-                                       "--hidden", str(h["hidden"]), "--ln-dropout", *map(str, h["ln_dropout"])])
+    return _bench(
+        suite,
+        "layernorm",
+        [
+            "--layer-norm",
+            "triton",
+            "--dtype",
+            "bf16",
+            "--tokens",
+            str(h["tokens"]),
+            "--hidden",
+            str(h["hidden"]),
+            "--ln-dropout",
+            *map(str, h["ln_dropout"]),
+        ],
+    )
 
 
 def stage_sweep(suite: Suite) -> dict:
     h = HEADLINE
     margin = 0.0 if suite.dry_run else 15.0
-    return _bench(suite, "sweep", ["--attention", "triton", "--dtype", "bf16", "--tokens", str(h["tokens"]),
-                                   "--seq-lens", *map(str, SWEEP_SEQ_LENS), "--pad-seq-len", str(SWEEP_SEQ_LENS[0]),
-                                   "--pad", "0", "--heads", str(h["H"]), "--head-dim", str(h["D"])],
-                  time_limit_s=None if suite.dry_run else suite.left_s() - margin)
+    return _bench(
+        suite,
+        "sweep",
+        [
+            "--attention",
+            "triton",
+            "--dtype",
+            "bf16",
+            "--tokens",
+            str(h["tokens"]),
+            "--seq-lens",
+            *map(str, SWEEP_SEQ_LENS),
+            "--pad-seq-len",
+            str(SWEEP_SEQ_LENS[0]),
+            "--pad",
+            "0",
+            "--heads",
+            str(h["H"]),
+            "--head-dim",
+            str(h["D"]),
+        ],
+        time_limit_s=None if suite.dry_run else suite.left_s() - margin,
+    )
 
 
 def sweep_estimate(suite: Suite) -> float:
@@ -206,8 +277,9 @@ def sweep_estimate(suite: Suite) -> float:
     return max(30.0, rec.get("seconds", 120.0) / shapes) if rec.get("status") == "ok" else 60.0
 
 
-def padded_mlm_batch(vocab_size: int, batch: int, seq_len: int, min_len: int, mlm_probability: float,
-                     generator) -> dict:
+def padded_mlm_batch(
+    vocab_size: int, batch: int, seq_len: int, min_len: int, mlm_probability: float, generator
+) -> dict:
     """A right-padded MLM batch: lengths uniform in [min_len, seq_len], <s> ... </s> then <pad>, and
     mlm_probability of the inner tokens replaced by <mask> (the last id) with labels there."""
     import torch
@@ -240,19 +312,24 @@ def stage_e2e(suite: Suite) -> dict:
     torch.manual_seed(0)
     models = {}
     for attention in ("triton", "sdpa"):
-        cfg = RobertaConfig.preset(e["preset"], attention=attention, **({"num_hidden_layers": e["layers"]}
-                                                                         if "layers" in e else {}))
+        cfg = RobertaConfig.preset(
+            e["preset"], attention=attention, **({"num_hidden_layers": e["layers"]} if "layers" in e else {})
+        )
         models[attention] = RobertaForMaskedLM(cfg).to(device)
     models["sdpa"].load_state_dict(models["triton"].state_dict())  # the same weights
     vocab = models["triton"].config.vocab_size
-    batch = padded_mlm_batch(vocab, e["batch"], e["seq_len"], e["min_len"], e["mlm_probability"],
-                             torch.Generator().manual_seed(0))
+    batch = padded_mlm_batch(
+        vocab, e["batch"], e["seq_len"], e["min_len"], e["mlm_probability"], torch.Generator().manual_seed(0)
+    )
     batch = {k: v.to(device) for k, v in batch.items()}
     real_tokens = int(batch["attention_mask"].sum())
 
     def autocast():  # the trainer's: bf16 on CUDA, none on the CPU; one context for both models
-        return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" \
+        return (
+            torch.autocast("cuda", dtype=torch.bfloat16)
+            if device.type == "cuda"
             else torch.autocast("cpu", enabled=False)
+        )
 
     def sync():
         if device.type == "cuda":
@@ -265,8 +342,12 @@ def stage_e2e(suite: Suite) -> dict:
             with autocast():
                 losses[name] = float(model(**batch).loss)
             model.train()
-    optimizers = {name: torch.optim.AdamW(m.parameters(), lr=1e-4, betas=(0.9, 0.98), eps=1e-6, weight_decay=0.01,
-                                          fused=device.type == "cuda") for name, m in models.items()}
+    optimizers = {
+        name: torch.optim.AdamW(
+            m.parameters(), lr=1e-4, betas=(0.9, 0.98), eps=1e-6, weight_decay=0.01, fused=device.type == "cuda"
+        )
+        for name, m in models.items()
+    }
 
     def step(name):
         with autocast():
@@ -293,15 +374,22 @@ def stage_e2e(suite: Suite) -> dict:
     median = {name: statistics.median(t) for name, t in times.items()}
     tokens_per_s = {name: real_tokens / s for name, s in median.items()}
     return {
-        "status": "ok", "preset": e["preset"], "layers": models["triton"].config.num_hidden_layers,
-        "batch": [e["batch"], e["seq_len"]], "real_tokens": real_tokens,
-        "padding_fraction": 1 - real_tokens / (e["batch"] * e["seq_len"]), "device": str(device),
+        "status": "ok",
+        "preset": e["preset"],
+        "layers": models["triton"].config.num_hidden_layers,
+        "batch": [e["batch"], e["seq_len"]],
+        "real_tokens": real_tokens,
+        "padding_fraction": 1 - real_tokens / (e["batch"] * e["seq_len"]),
+        "device": str(device),
         "autocast": "bf16" if device.type == "cuda" else "none (CPU)",
         "layer_norm": {name: _layer_norm_in(m) for name, m in models.items()},
-        "timed_steps": len(times["sdpa"]), "stopped_early": stopped_early,
-        "step_ms_median": {k: v * 1e3 for k, v in median.items()}, "tokens_per_s": tokens_per_s,
+        "timed_steps": len(times["sdpa"]),
+        "stopped_early": stopped_early,
+        "step_ms_median": {k: v * 1e3 for k, v in median.items()},
+        "tokens_per_s": tokens_per_s,
         "speedup": tokens_per_s["triton"] / tokens_per_s["sdpa"],
-        "eval_loss": losses, "eval_loss_abs_diff": abs(losses["triton"] - losses["sdpa"]),
+        "eval_loss": losses,
+        "eval_loss_abs_diff": abs(losses["triton"] - losses["sdpa"]),
         "timing": "median of per-step time.perf_counter with device syncs; step = forward, backward, AdamW",
     }
 
@@ -310,8 +398,11 @@ def _layer_norm_in(model) -> str:
     """The residual + LayerNorm implementation the model's layers run (model.AddNorm.impl; None is torch's)."""
     import torch
 
-    names = {m.impl.name if m.impl is not None else "torch" for m in model.modules()
-             if isinstance(m, torch.nn.LayerNorm) and hasattr(m, "impl")}
+    names = {
+        m.impl.name if m.impl is not None else "torch"
+        for m in model.modules()
+        if isinstance(m, torch.nn.LayerNorm) and hasattr(m, "impl")
+    }
     return ", ".join(sorted(names)) or "torch"
 
 
@@ -326,6 +417,7 @@ STAGES = [
 
 
 # ----------------------------------------------------------------------------- the summary
+
 
 def _rows(suite: Suite, stage: str, op: str) -> list:
     rec = suite.records.get(stage, {})
@@ -362,8 +454,11 @@ def summary_markdown(suite: Suite) -> str:
     dry = suite.dry_run
     att = _rows(suite, "attention", "attention")
     headline_T = _headline_T(suite)
-    at = {(impl, pad): _find(att, impl=impl, T=headline_T, pad=pad)
-          for impl in ("triton", "flex", "sdpa-cudnn", "sdpa-flash") for pad in HEADLINE["pads"]}
+    at = {
+        (impl, pad): _find(att, impl=impl, T=headline_T, pad=pad)
+        for impl in ("triton", "flex", "sdpa-cudnn", "sdpa-flash")
+        for pad in HEADLINE["pads"]
+    }
     half = HEADLINE["pads"][-1]
     ln = _rows(suite, "layernorm", "layer_norm")
     e2e = suite.records.get("e2e") or {}
@@ -373,42 +468,76 @@ def summary_markdown(suite: Suite) -> str:
 
     lines = [f"# GPU check: {suite.card}", ""]
     if dry:
-        lines += ["**DRY RUN** on the CPU at tiny sizes, Triton through its interpreter: this proves the suite runs; "
-                  "the numbers mean nothing and no target is judged.", ""]
-    lines += [f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; python {v['python']}, torch "
-              f"{v['torch']}, triton {v['triton']}, CUDA {v['cuda']}; budget {suite.budget_s:.0f} s, used "
-              f"{time.monotonic() - suite.started:.0f} s.", ""]
+        lines += [
+            "**DRY RUN** on the CPU at tiny sizes, Triton through its interpreter: this proves the suite runs; "
+            "the numbers mean nothing and no target is judged.",
+            "",
+        ]
+    lines += [
+        f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; python {v['python']}, torch "
+        f"{v['torch']}, triton {v['triton']}, CUDA {v['cuda']}; budget {suite.budget_s:.0f} s, used "
+        f"{time.monotonic() - suite.started:.0f} s.",
+        "",
+    ]
     if not dry and not any(name in suite.card for name in ("H100", "H200")):
         lines += [f"The targets are stated for an H100/H200; this card is {suite.card}, so 'met' is indicative.", ""]
     matmul, copy = peaks.get("matmul_tflops_measured"), ln_peaks.get("copy_gbs_measured")
     dtype = ((suite.records.get("attention", {}).get("bench") or {}).get("settings") or {}).get("dtype_name", "bf16")
-    lines += [f"Peaks measured in this run: {dtype} matmul {_num(matmul, '{:,.0f} TFLOP/s')}, copy "
-              f"{_num(copy, '{:,.0f} GB/s')}; data sheet {_num(peaks.get('datasheet_tflops'), '{:,.0f} TFLOP/s')}, "
-              f"{_num(ln_peaks.get('datasheet_gbs'), '{:,.0f} GB/s')}.", ""]
+    lines += [
+        f"Peaks measured in this run: {dtype} matmul {_num(matmul, '{:,.0f} TFLOP/s')}, copy "
+        f"{_num(copy, '{:,.0f} GB/s')}; data sheet {_num(peaks.get('datasheet_tflops'), '{:,.0f} TFLOP/s')}, "
+        f"{_num(ln_peaks.get('datasheet_gbs'), '{:,.0f} GB/s')}.",
+        "",
+    ]
 
     shape = f"bf16, {HEADLINE['tokens'] // 1024}k tokens, T={HEADLINE['T']}, D={HEADLINE['D']}, H={HEADLINE['H']}"
     if dry:
         shape += " (dry run: tiny sizes, fp32" + (f", T={headline_T})" if att else ")")
-    lines += [f"## Targets ({shape})", "",
-              "| target | ours (triton) | met | FlexAttention | cuDNN (sdpa) | notes |",
-              "|---|---|---|---|---|---|"]
+    lines += [
+        f"## Targets ({shape})",
+        "",
+        "| target | ours (triton) | met | FlexAttention | cuDNN (sdpa) | notes |",
+        "|---|---|---|---|---|---|",
+    ]
 
     def attention_line(label, key, target, pad, fmt, strictly=False):
         ours, flex, cudnn, flash = (at[(i, pad)] for i in ("triton", "flex", "sdpa-cudnn", "sdpa-flash"))
         note = f"sdpa flash {_value(flash, key, fmt)}"
         if key.endswith("tflops") and matmul and ours and isinstance(ours.get(key), (int, float)):
             note += f"; {ours[key] / matmul:.0%} of the measured matmul peak"
-        lines.append(f"| {label} | {_value(ours, key, fmt)} | {_met(ours, key, target, dry, strictly)} | "
-                     f"{_value(flex, key, fmt)} | {_value(cudnn, key, fmt)} | {note} |")
+        lines.append(
+            f"| {label} | {_value(ours, key, fmt)} | {_met(ours, key, target, dry, strictly)} | "
+            f"{_value(flex, key, fmt)} | {_value(cudnn, key, fmt)} | {note} |"
+        )
 
-    attention_line(f"attention forward >= {TARGETS['attention_fwd_tflops']:.0f} TFLOP/s (no padding)",
-                   "fwd_tflops", TARGETS["attention_fwd_tflops"], 0.0, "{:,.1f}")
-    attention_line(f"attention forward+backward >= {TARGETS['attention_fwd_bwd_tflops']:.0f} TFLOP/s (no padding)",
-                   "fwd_bwd_tflops", TARGETS["attention_fwd_bwd_tflops"], 0.0, "{:,.1f}")
-    attention_line(f"forward >= {TARGETS['half_padding_speedup']}x faster at half padding than at none",
-                   "fwd_speedup_vs_no_pad", TARGETS["half_padding_speedup"], half, "{:.2f}x")
-    attention_line(f"forward+backward >= {TARGETS['half_padding_speedup']}x faster at half padding than at none",
-                   "fwd_bwd_speedup_vs_no_pad", TARGETS["half_padding_speedup"], half, "{:.2f}x")
+    attention_line(
+        f"attention forward >= {TARGETS['attention_fwd_tflops']:.0f} TFLOP/s (no padding)",
+        "fwd_tflops",
+        TARGETS["attention_fwd_tflops"],
+        0.0,
+        "{:,.1f}",
+    )
+    attention_line(
+        f"attention forward+backward >= {TARGETS['attention_fwd_bwd_tflops']:.0f} TFLOP/s (no padding)",
+        "fwd_bwd_tflops",
+        TARGETS["attention_fwd_bwd_tflops"],
+        0.0,
+        "{:,.1f}",
+    )
+    attention_line(
+        f"forward >= {TARGETS['half_padding_speedup']}x faster at half padding than at none",
+        "fwd_speedup_vs_no_pad",
+        TARGETS["half_padding_speedup"],
+        half,
+        "{:.2f}x",
+    )
+    attention_line(
+        f"forward+backward >= {TARGETS['half_padding_speedup']}x faster at half padding than at none",
+        "fwd_bwd_speedup_vs_no_pad",
+        TARGETS["half_padding_speedup"],
+        half,
+        "{:.2f}x",
+    )
 
     hidden = _find(ln, impl="triton")["N"] if _find(ln, impl="triton") else HEADLINE["hidden"]
     for p in HEADLINE["ln_dropout"]:
@@ -417,21 +546,31 @@ def summary_markdown(suite: Suite) -> str:
             note = f"torch {_value(torch_row, 'fwd_gbs', '{:,.0f} GB/s')}"
             if copy and ours and isinstance(ours.get("fwd_gbs"), (int, float)):
                 note += f"; {ours['fwd_gbs'] / copy:.0%} of the measured copy bandwidth"
-            lines.append(f"| LayerNorm forward >= {TARGETS['layer_norm_fwd_gbs'] / 1000:g} TB/s (hidden {hidden}, "
-                         f"residual, dropout 0) | {_value(ours, 'fwd_gbs', '{:,.0f} GB/s')} | "
-                         f"{_met(ours, 'fwd_gbs', TARGETS['layer_norm_fwd_gbs'], dry)} | — | — | {note} |")
-        lines.append(f"| LayerNorm forward+backward faster than torch (dropout {p:g}) | "
-                     f"{_value(ours, 'fwd_bwd_speedup_vs_torch', '{:.2f}x')} | "
-                     f"{_met(ours, 'fwd_bwd_speedup_vs_torch', TARGETS['layer_norm_fwd_bwd_speedup'], dry, True)} "
-                     f"| — | — | ours {_value(ours, 'fwd_bwd_gbs', '{:,.0f} GB/s')}, torch "
-                     f"{_value(torch_row, 'fwd_bwd_gbs', '{:,.0f} GB/s')} |")
+            lines.append(
+                f"| LayerNorm forward >= {TARGETS['layer_norm_fwd_gbs'] / 1000:g} TB/s (hidden {hidden}, "
+                f"residual, dropout 0) | {_value(ours, 'fwd_gbs', '{:,.0f} GB/s')} | "
+                f"{_met(ours, 'fwd_gbs', TARGETS['layer_norm_fwd_gbs'], dry)} | — | — | {note} |"
+            )
+        lines.append(
+            f"| LayerNorm forward+backward faster than torch (dropout {p:g}) | "
+            f"{_value(ours, 'fwd_bwd_speedup_vs_torch', '{:.2f}x')} | "
+            f"{_met(ours, 'fwd_bwd_speedup_vs_torch', TARGETS['layer_norm_fwd_bwd_speedup'], dry, True)} "
+            f"| — | — | ours {_value(ours, 'fwd_bwd_gbs', '{:,.0f} GB/s')}, torch "
+            f"{_value(torch_row, 'fwd_bwd_gbs', '{:,.0f} GB/s')} |"
+        )
     tps = (e2e_row or {}).get("tokens_per_s") or {}
-    note = (f"{tps['triton']:,.0f} vs {tps['sdpa']:,.0f} real tokens/s; {e2e.get('preset')} "
-            f"{e2e.get('batch')}, {e2e.get('padding_fraction', 0):.0%} padding; eval loss differs by "
-            f"{e2e.get('eval_loss_abs_diff', float('nan')):.1e}" if tps else "")
-    lines.append(f"| end to end: triton >= {TARGETS['e2e_speedup']}x sdpa (MLM training step, bf16 autocast) | "
-                 f"{_value(e2e_row, 'speedup', '{:.2f}x')} | {_met(e2e_row, 'speedup', TARGETS['e2e_speedup'], dry)} "
-                 f"| — | — | {note} |")
+    note = (
+        f"{tps['triton']:,.0f} vs {tps['sdpa']:,.0f} real tokens/s; {e2e.get('preset')} "
+        f"{e2e.get('batch')}, {e2e.get('padding_fraction', 0):.0%} padding; eval loss differs by "
+        f"{e2e.get('eval_loss_abs_diff', float('nan')):.1e}"
+        if tps
+        else ""
+    )
+    lines.append(
+        f"| end to end: triton >= {TARGETS['e2e_speedup']}x sdpa (MLM training step, bf16 autocast) | "
+        f"{_value(e2e_row, 'speedup', '{:.2f}x')} | {_met(e2e_row, 'speedup', TARGETS['e2e_speedup'], dry)} "
+        f"| — | — | {note} |"
+    )
 
     lines += ["", "## Stages", "", "| stage | what | status | seconds | estimate | note |", "|---|---|---|---|---|---|"]
     for stage in STAGES:
@@ -440,13 +579,16 @@ def summary_markdown(suite: Suite) -> str:
             lines.append(f"| {stage.name} | {stage.what} | not reached | | | |")
             continue
         note = (rec.get("reason") or "").replace("|", "/").replace("\n", " ")[:300]
-        lines.append(f"| {stage.name} | {stage.what} | {rec['status']} | {_num(rec.get('seconds'), '{:.0f}')} | "
-                     f"{_num(rec.get('estimate_s'), '{:.0f}')} | {note} |")
+        lines.append(
+            f"| {stage.name} | {stage.what} | {rec['status']} | {_num(rec.get('seconds'), '{:.0f}')} | "
+            f"{_num(rec.get('estimate_s'), '{:.0f}')} | {note} |"
+        )
     counts = (suite.records.get("check") or {}).get("counts")
     if counts:
         lines += ["", "## Correctness (roberta_kernels.check, quick sample)", ""]
-        lines += [f"- {op}: {c['rows']} cases, {c['failed']} failed, {c['skipped']} skipped"
-                  for op, c in counts.items()]
+        lines += [
+            f"- {op}: {c['rows']} cases, {c['failed']} failed, {c['skipped']} skipped" for op, c in counts.items()
+        ]
     lines += ["", "Per stage: `<stage>.json` here; the benches' own results.json and plots in `bench-*/`.", ""]
     return "\n".join(lines)
 
@@ -461,6 +603,7 @@ def _num(value, fmt: str) -> str:
 
 
 # ----------------------------------------------------------------------------- the run
+
 
 def write_json(path: str, record: dict) -> None:
     from roberta_kernels.bench import _jsonable
@@ -483,8 +626,10 @@ def _autotuned_configs() -> dict:
     """The kernels' autotune picks so far (tuned_configs of roberta_kernels' flash_attention.py and layernorm.py)."""
     from roberta_kernels import kernel_module
 
-    return {**kernel_module("flash_attention", interpret=False).tuned_configs(),
-            **kernel_module("layernorm", interpret=False).tuned_configs()}
+    return {
+        **kernel_module("flash_attention", interpret=False).tuned_configs(),
+        **kernel_module("layernorm", interpret=False).tuned_configs(),
+    }
 
 
 def run_stages(suite: Suite, stages: list) -> None:
@@ -494,22 +639,40 @@ def run_stages(suite: Suite, stages: list) -> None:
     for stage in stages:
         path = os.path.join(suite.out, f"{stage.name}.json")
         estimate, left = stage.estimate(suite), suite.left_s()
-        base = {"stage": stage.name, "what": stage.what, "estimate_s": estimate, "dry_run": suite.dry_run,
-                "card": suite.card}
+        base = {
+            "stage": stage.name,
+            "what": stage.what,
+            "estimate_s": estimate,
+            "dry_run": suite.dry_run,
+            "card": suite.card,
+        }
         if estimate > left:
-            record = {**base, "status": "skipped", "seconds": 0.0,
-                      "reason": f"not started: estimated {estimate:.0f} s, {max(left, 0):.0f} s of the "
-                                f"{suite.budget_s:.0f} s budget left"}
+            record = {
+                **base,
+                "status": "skipped",
+                "seconds": 0.0,
+                "reason": f"not started: estimated {estimate:.0f} s, {max(left, 0):.0f} s of the "
+                f"{suite.budget_s:.0f} s budget left",
+            }
         else:
-            write_json(path, {**base, "status": "running", "reason": "started; if this is still here, the suite "
-                                                                     "was killed during this stage"})
+            write_json(
+                path,
+                {
+                    **base,
+                    "status": "running",
+                    "reason": "started; if this is still here, the suite was killed during this stage",
+                },
+            )
             print(f"== {stage.name}: {stage.what} (estimated {estimate:.0f} s, {left:.0f} s left)", flush=True)
             t = time.monotonic()
             try:
                 result = stage.run(suite)
             except Exception as exc:  # noqa: BLE001 (one stage's failure is recorded; the next one starts)
-                result = {"status": "failed", "reason": f"{type(exc).__name__}: {exc}".splitlines()[0][:300],
-                          "traceback": traceback.format_exc()}
+                result = {
+                    "status": "failed",
+                    "reason": f"{type(exc).__name__}: {exc}".splitlines()[0][:300],
+                    "traceback": traceback.format_exc(),
+                }
             if suite.device == "cuda":
                 torch.cuda.empty_cache()
             record = {**base, **result, "seconds": time.monotonic() - t}
@@ -518,21 +681,36 @@ def run_stages(suite: Suite, stages: list) -> None:
         suite.records[stage.name] = record
         write_json(path, record)
         write_summary(suite)
-        print(f"== {stage.name}: {record['status']}" + (f" ({record['reason']})" if record.get("reason") else "")
-              + f", {record['seconds']:.1f} s", flush=True)
+        print(
+            f"== {stage.name}: {record['status']}"
+            + (f" ({record['reason']})" if record.get("reason") else "")
+            + f", {record['seconds']:.1f} s",
+            flush=True,
+        )
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="gpu_suite.py", description=__doc__.split("\n")[0])
     parser.add_argument("--out", required=True, help="directory for summary.md, a JSON per stage and bench-*/")
-    parser.add_argument("--budget-s", type=float, default=480.0,
-                        help="seconds the suite may take; no stage is started whose estimate does not fit what is "
-                             "left (default 480)")
-    parser.add_argument("--dry-run", action="store_true",
-                        help="every stage on the CPU at tiny sizes (Triton through its interpreter): proves the "
-                             "suite works; 28 s on a quiet 2-core machine, minutes beside other work")
-    parser.add_argument("--stages", nargs="+", choices=[s.name for s in STAGES], default=[s.name for s in STAGES],
-                        help="run only these stages, in the usual order (default: all)")
+    parser.add_argument(
+        "--budget-s",
+        type=float,
+        default=480.0,
+        help="seconds the suite may take; no stage is started whose estimate does not fit what is left (default 480)",
+    )
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="every stage on the CPU at tiny sizes (Triton through its interpreter): proves the "
+        "suite works; 28 s on a quiet 2-core machine, minutes beside other work",
+    )
+    parser.add_argument(
+        "--stages",
+        nargs="+",
+        choices=[s.name for s in STAGES],
+        default=[s.name for s in STAGES],
+        help="run only these stages, in the usual order (default: all)",
+    )
     args = parser.parse_args(argv)
     started = time.monotonic()
 
@@ -544,16 +722,25 @@ def main(argv=None) -> int:
         import torch
 
         if not args.dry_run and not torch.cuda.is_available():
-            print("gpu_suite.py: needs a CUDA GPU and none is visible, so nothing was measured; --dry-run runs "
-                  "every stage on the CPU", file=sys.stderr)
+            print(
+                "gpu_suite.py: needs a CUDA GPU and none is visible, so nothing was measured; --dry-run runs "
+                "every stage on the CPU",
+                file=sys.stderr,
+            )
             return 2
         from roberta_scratch.flops import card_peaks
 
         card = torch.cuda.get_device_name() if not args.dry_run else f"cpu ({platform.machine()}, dry run)"
         os.makedirs(args.out, exist_ok=True)
-        suite = Suite(out=args.out, dry_run=args.dry_run, budget_s=args.budget_s, started=started,
-                      device="cpu" if args.dry_run else "cuda", card=card,
-                      datasheet=None if args.dry_run else card_peaks(card))
+        suite = Suite(
+            out=args.out,
+            dry_run=args.dry_run,
+            budget_s=args.budget_s,
+            started=started,
+            device="cpu" if args.dry_run else "cuda",
+            card=card,
+            datasheet=None if args.dry_run else card_peaks(card),
+        )
         watchdog = not args.dry_run
         if watchdog:  # a hung stage (a compile, a deadlock) must not eat the machine's whole loan
             faulthandler.dump_traceback_later(args.budget_s + max(120.0, 0.5 * args.budget_s), exit=True)

@@ -1,4 +1,5 @@
 """roberta-scratch: RoBERTa reimplemented from scratch in PyTorch."""
+
 from .config import RobertaConfig
 from .masking import DynamicMaskingCollator
 from .model import (

@@ -25,6 +25,7 @@ Ties go to the pair whose tokens come first in the vocabulary (bytes in
 dict order nor on the order of the corpus. With GPT-2's byte order this is
 the rule of Hugging Face's trainer, and both learn the same merges.
 """
+
 from __future__ import annotations
 
 from collections import Counter, defaultdict
@@ -40,8 +41,8 @@ def count_words(
 ) -> dict[bytes, int]:
     """How often each word occurs, words found by `split` and keyed by their UTF-8 bytes.
 
-        >>> count_words(["the cat", "the end"], str.split, show_progress=False)
-        {b'the': 2, b'cat': 1, b'end': 1}
+    >>> count_words(["the cat", "the end"], str.split, show_progress=False)
+    {b'the': 2, b'cat': 1, b'end': 1}
     """
     counts: Counter[str] = Counter()
     for text in progress(texts, desc="counting words", unit="texts", disable=not show_progress):

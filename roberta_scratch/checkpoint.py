@@ -10,6 +10,7 @@ Writing goes through fileio.atomic_files: a directory holds the old checkpoint o
 the new one, never half of one. The key maps are in convert.py; loading a state
 dict into a model is in model.py.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,6 +40,7 @@ from .fileio import atomic_files, iter_lines, quote_line
 
 # ------------------------------------------------------------------- safe unpickling
 
+
 class _Inert:
     """Stands in for a class a checkpoint's config was pickled with; keeps only its state."""
 
@@ -59,11 +61,18 @@ def _inert(module: str, name: str) -> type:
 # dependency, and its classes need not be trusted: each is replaced by an inert stand-in
 # that runs no code of the checkpoint's. The plain types appear in omegaconf's metadata.
 FAIRSEQ_SAFE_GLOBALS = [argparse.Namespace, dict, list, int, collections.defaultdict, typing.Any] + [
-    _inert(m, n) for m, n in (
-        ("omegaconf.dictconfig", "DictConfig"), ("omegaconf.listconfig", "ListConfig"),
-        ("omegaconf.base", "ContainerMetadata"), ("omegaconf.base", "Metadata"),
-        ("omegaconf.nodes", "AnyNode"), ("omegaconf.nodes", "StringNode"), ("omegaconf.nodes", "IntegerNode"),
-        ("omegaconf.nodes", "FloatNode"), ("omegaconf.nodes", "BooleanNode"), ("omegaconf.nodes", "EnumNode"),
+    _inert(m, n)
+    for m, n in (
+        ("omegaconf.dictconfig", "DictConfig"),
+        ("omegaconf.listconfig", "ListConfig"),
+        ("omegaconf.base", "ContainerMetadata"),
+        ("omegaconf.base", "Metadata"),
+        ("omegaconf.nodes", "AnyNode"),
+        ("omegaconf.nodes", "StringNode"),
+        ("omegaconf.nodes", "IntegerNode"),
+        ("omegaconf.nodes", "FloatNode"),
+        ("omegaconf.nodes", "BooleanNode"),
+        ("omegaconf.nodes", "EnumNode"),
     )
 ]
 
@@ -95,7 +104,8 @@ def safe_torch_load(path: str, extra_globals=()) -> dict:
         raise ValueError(
             f"refusing to load {path}: it is a pickle that asks for objects beyond tensors, which could "
             f"run arbitrary code. If you trust it, convert it to safetensors first. (torch said: "
-            f"{str(e).splitlines()[0][:300]})") from None
+            f"{str(e).splitlines()[0][:300]})"
+        ) from None
 
 
 def read_fairseq(path: str, classification_head: Optional[str] = None) -> tuple[RobertaConfig, dict]:
@@ -121,6 +131,7 @@ def read_fairseq_dict(path: str) -> list[str]:
 
 
 # ---------------------------------------------------------------- our directory format
+
 
 def read_state_dict(path: str) -> tuple[dict, str]:
     """(state dict, "ours" | "hf") from a directory holding model.safetensors or pytorch_model.bin."""
@@ -148,8 +159,9 @@ def _load_safetensors(path: str) -> dict:
         return load_file(path)
     except Exception as e:  # safetensors raises its own error type for a bad header or a short file
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ValueError(f"{path}: not a readable safetensors file, it is damaged or truncated ({reason[:200]})") \
-            from None
+        raise ValueError(
+            f"{path}: not a readable safetensors file, it is damaged or truncated ({reason[:200]})"
+        ) from None
 
 
 # The folders a `finetune` or `pretrain` run leaves its models in, best first.
@@ -160,8 +172,11 @@ def find_model_dir(path: str) -> tuple[str, Optional[str]]:
     """(the model folder, a note) for a model folder, a fairseq .pt, or a run folder: a run
     folder gives its best/ (the best on the eval set) or else its model/, with a note saying
     which; the note is None otherwise."""
-    if os.path.isfile(path) or os.path.isfile(os.path.join(path, "config.json")) \
-            or os.path.isfile(os.path.join(path, "model.pt")):
+    if (
+        os.path.isfile(path)
+        or os.path.isfile(os.path.join(path, "config.json"))
+        or os.path.isfile(os.path.join(path, "model.pt"))
+    ):
         return path, None
     for name in RUN_MODEL_DIRS:
         candidate = os.path.join(path, name)
@@ -169,15 +184,19 @@ def find_model_dir(path: str) -> tuple[str, Optional[str]]:
             return candidate, f"{path} is a run folder: using {candidate}"
     if not os.path.isdir(path):
         raise FileNotFoundError(f"{path} does not exist")
-    raise FileNotFoundError(f"{path} holds no model: no config.json there, nor in a run's "
-                            f"{' or '.join(n + '/' for n in RUN_MODEL_DIRS)}")
+    raise FileNotFoundError(
+        f"{path} holds no model: no config.json there, nor in a run's {' or '.join(n + '/' for n in RUN_MODEL_DIRS)}"
+    )
 
 
 def read_checkpoint(path: str, trust_code: bool = False, **config_overrides) -> tuple[RobertaConfig, dict]:
     """(config, canonical state dict) from any supported checkpoint: ours, HF dir, fairseq model.pt.
     trust_code: let config.json name its kernels as MODULE:FUNCTION (RobertaConfig.load)."""
-    if os.path.isdir(path) and not os.path.isfile(os.path.join(path, "config.json")) \
-            and os.path.isfile(os.path.join(path, "model.pt")):
+    if (
+        os.path.isdir(path)
+        and not os.path.isfile(os.path.join(path, "config.json"))
+        and os.path.isfile(os.path.join(path, "model.pt"))
+    ):
         path = os.path.join(path, "model.pt")
     if os.path.isfile(path) and path.endswith(".pt"):
         cfg, sd = read_fairseq(path)
@@ -190,8 +209,10 @@ def read_checkpoint(path: str, trust_code: bool = False, **config_overrides) -> 
         sd = hf_to_ours(sd, cfg.num_hidden_layers) if fmt == "hf" else normalise_prefix(sd)
     bad = [k for k, v in sd.items() if torch.is_tensor(v) and v.is_floating_point() and not torch.isfinite(v).all()]
     if bad:  # fill-mask would print nan%, and convert would copy the damage on
-        raise ValueError(f"{path}: the weights {', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''} hold NaN or "
-                         "infinite values: the checkpoint is damaged (a run that diverged?)")
+        raise ValueError(
+            f"{path}: the weights {', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''} hold NaN or "
+            "infinite values: the checkpoint is damaged (a run that diverged?)"
+        )
     return cfg, sd
 
 
@@ -204,7 +225,7 @@ def save_hf(cfg: RobertaConfig, sd: dict, path: str) -> None:
         cfg = cfg.replace(num_labels=2, label_names=None)
     config = {**cfg.to_hf_dict(), "architectures": [arch]}
     if arch == "RobertaModel":  # a bare model's keys carry no prefix in HF
-        hf = {k[len(ENCODER_PREFIX):]: v for k, v in hf.items()}
+        hf = {k[len(ENCODER_PREFIX) :]: v for k, v in hf.items()}
 
     with atomic_files(path) as tmp:
         with open(os.path.join(tmp, "config.json"), "w") as f:

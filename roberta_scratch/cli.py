@@ -4,6 +4,7 @@ Each subcommand parses its arguments here and calls into the library, so the
 library stays importable without argparse and the commands stay discoverable
 in one file.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,23 +24,37 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     from .flops import flops_per_token
     from .model import RobertaForMaskedLM
 
-    cfg = RobertaConfig.preset(args.config) if args.config in PRESETS else \
-        RobertaConfig.load(args.config, trust_code=args.trust_code)
+    cfg = (
+        RobertaConfig.preset(args.config)
+        if args.config in PRESETS
+        else RobertaConfig.load(args.config, trust_code=args.trust_code)
+    )
     with torch.device("meta"):
         model = RobertaForMaskedLM(cfg)
     params = {"embeddings": 0, "attention": 0, "feed_forward": 0, "mlm_head": 0}
     for name, p in model.named_parameters():
-        part = ("embeddings" if ".embeddings." in name else "attention" if ".attn" in name
-                else "feed_forward" if ".ffn" in name else "mlm_head")
+        part = (
+            "embeddings"
+            if ".embeddings." in name
+            else "attention"
+            if ".attn" in name
+            else "feed_forward"
+            if ".ffn" in name
+            else "mlm_head"
+        )
         params[part] += p.numel()
     flops = flops_per_token(cfg, args.seq_len)
-    print(f"RoBERTa {cfg.num_hidden_layers} layers, hidden {cfg.hidden_size}, {cfg.num_attention_heads} heads, "
-          f"feed-forward {cfg.intermediate_size}, vocab {cfg.vocab_size}; FLOPs at seq_len {args.seq_len}")
+    print(
+        f"RoBERTa {cfg.num_hidden_layers} layers, hidden {cfg.hidden_size}, {cfg.num_attention_heads} heads, "
+        f"feed-forward {cfg.intermediate_size}, vocab {cfg.vocab_size}; FLOPs at seq_len {args.seq_len}"
+    )
     print(f"{'component':14s} {'parameters':>14s} {'share':>7s} {'fwd FLOPs/token':>16s} {'share':>7s}")
     total_p, total_f = sum(params.values()), sum(flops.values())
     for part in params:
-        print(f"{part:14s} {params[part]:>14,} {params[part] / total_p:>7.1%} {flops[part]:>16,} "
-              f"{flops[part] / total_f:>7.1%}")
+        print(
+            f"{part:14s} {params[part]:>14,} {params[part] / total_p:>7.1%} {flops[part]:>16,} "
+            f"{flops[part] / total_f:>7.1%}"
+        )
     print(f"{'total':14s} {total_p:>14,} {'':>7s} {total_f:>16,}")
     print("(the decoder is tied to the word embeddings; training costs about 3x the forward FLOPs)")
     return 0
@@ -53,15 +68,26 @@ def _add_inspect_parser(sub) -> None:
     p.set_defaults(func=_cmd_inspect)
 
 
-CORPUS_HELP = (".txt, .jsonl or .json lines (plain, .gz, .bz2 or .xz), .parquet, datasets save_to_disk folders, or "
-               "directories of them (default: the standard library's docstrings)")
+CORPUS_HELP = (
+    ".txt, .jsonl or .json lines (plain, .gz, .bz2 or .xz), .parquet, datasets save_to_disk folders, or "
+    "directories of them (default: the standard library's docstrings)"
+)
 
 
 def _cmd_prepare(args: argparse.Namespace) -> int:
     from .data import prepare
 
-    prepare(args.corpus, args.tokenizer, args.out, seq_len=args.seq_len, val_fraction=args.val_fraction,
-            num_workers=args.workers, text_field=args.text_field, sentences=args.sentences, overwrite=args.overwrite)
+    prepare(
+        args.corpus,
+        args.tokenizer,
+        args.out,
+        seq_len=args.seq_len,
+        val_fraction=args.val_fraction,
+        num_workers=args.workers,
+        text_field=args.text_field,
+        sentences=args.sentences,
+        overwrite=args.overwrite,
+    )
     return 0
 
 
@@ -73,13 +99,23 @@ def _add_prepare_parser(sub) -> None:
     p.add_argument("--out", required=True, help="output data directory")
     p.add_argument("--seq-len", type=int, default=512, help="block length the data is checked for (default 512)")
     p.add_argument("--val-fraction", type=float, default=0.01, help="share of documents held out (default 0.01)")
-    p.add_argument("--workers", type=int, default=None,
-                   help="tokenizer processes (default: one per usable core); the output is the same for any number")
-    p.add_argument("--sentences", action="store_true",
-                   help="also record where each sentence ends (rule-based, see sentences.py): what the pair "
-                        "packings of pretrain (segment-pair, sentence-pair) need; the tokens are the same")
-    p.add_argument("--overwrite", action="store_true",
-                   help="write into a non-empty --out that holds no prepared data (nothing there is deleted)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="tokenizer processes (default: one per usable core); the output is the same for any number",
+    )
+    p.add_argument(
+        "--sentences",
+        action="store_true",
+        help="also record where each sentence ends (rule-based, see sentences.py): what the pair "
+        "packings of pretrain (segment-pair, sentence-pair) need; the tokens are the same",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="write into a non-empty --out that holds no prepared data (nothing there is deleted)",
+    )
     p.set_defaults(func=_cmd_prepare)
 
 
@@ -104,8 +140,13 @@ def add_dataclass_arguments(p: argparse.ArgumentParser, settings: type) -> None:
         elif kind is bool:
             p.add_argument(flag, action="store_true", default=None, help=helps)
         else:
-            default = f" (default {f.default:g})" if isinstance(f.default, float) else \
-                f" (default {f.default})" if f.default is not None else ""
+            default = (
+                f" (default {f.default:g})"
+                if isinstance(f.default, float)
+                else f" (default {f.default})"
+                if f.default is not None
+                else ""
+            )
             p.add_argument(flag, type=kind, default=None, choices=f.metadata.get("choices"), help=helps + default)
 
 
@@ -190,14 +231,20 @@ def _add_tokenizer_parser(sub) -> None:
     t.add_argument("--min-frequency", type=int, default=2, help="stop merging below this pair count (default 2)")
     t.add_argument("--out", required=True, help="output directory")
     t.set_defaults(func=_cmd_tokenizer_train)
-    e = tsub.add_parser("encode", help="print the ids of each line of FILE (of each record's text for JSON lines "
-                                       "and parquet, read as prepare reads them), one line of ids each")
+    e = tsub.add_parser(
+        "encode",
+        help="print the ids of each line of FILE (of each record's text for JSON lines "
+        "and parquet, read as prepare reads them), one line of ids each",
+    )
     e.add_argument("--tokenizer", required=True, help="a tokenizer directory")
     e.add_argument("--workers", type=int, default=1, help="encoding processes (default 1)")
     e.add_argument("--text-field", default="text", help="the JSON key or column holding the text (default text)")
-    e.add_argument("--special-tokens", action="store_true",
-                   help="read <s>, </s>, <pad>, <mask> written in the text as the special tokens (default: as "
-                        "plain text, as prepare reads a corpus)")
+    e.add_argument(
+        "--special-tokens",
+        action="store_true",
+        help="read <s>, </s>, <pad>, <mask> written in the text as the special tokens (default: as "
+        "plain text, as prepare reads a corpus)",
+    )
     e.add_argument("file", help="a text file")
     e.set_defaults(func=_cmd_tokenizer_encode)
 
@@ -224,8 +271,9 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
     lines = sys.stdin.readlines() if args.file == "-" else list(iter_lines([args.file]))
     source = "standard input" if args.file == "-" else args.file
-    results = predict(args.model, lines, batch_size=args.batch_size, device=args.device, source=source,
-                      trust_code=args.trust_code)
+    results = predict(
+        args.model, lines, batch_size=args.batch_size, device=args.device, source=source, trust_code=args.trust_code
+    )
     for r in results:
         print(json.dumps(r, ensure_ascii=False))
     return 0
@@ -237,8 +285,11 @@ def _add_predict_parser(sub) -> None:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--device", default=None)
     add_trust_code_argument(p)
-    p.add_argument("file", help="one input per line (plain text, or JSON: text/text_pair, tokens, "
-                                "question/context), a SQuAD file for qa, or - for stdin")
+    p.add_argument(
+        "file",
+        help="one input per line (plain text, or JSON: text/text_pair, tokens, "
+        "question/context), a SQuAD file for qa, or - for stdin",
+    )
     p.set_defaults(func=_cmd_predict)
 
 
@@ -250,8 +301,10 @@ def _cmd_features(args: argparse.Namespace) -> int:
     shape = next(iter(states.values())).shape
     asked = args.layers.split(",") if args.layers != "all" else [str(i) for i in states]
     which = ", ".join(str(i) if str(i) == a else f"{i} (asked as {a})" for i, a in zip(states, asked))
-    print(f"wrote the hidden states {tuple(shape)} of layers {which} for {len(ids)} tokens to {args.out}"
-          " (layer 0 is the embeddings; .safetensors keys are layer_<number>)")
+    print(
+        f"wrote the hidden states {tuple(shape)} of layers {which} for {len(ids)} tokens to {args.out}"
+        " (layer 0 is the embeddings; .safetensors keys are layer_<number>)"
+    )
     return 0
 
 
@@ -271,8 +324,10 @@ def _cmd_attention(args: argparse.Namespace) -> int:
     tokens, att = attention_maps(args.model, args.text, trust_code=args.trust_code)
     layers, heads = pick_attention(att, args.layers, args.heads)
     notes = plot_attention(tokens, att, args.out, scale=args.scale, layers=args.layers, heads=args.heads)
-    print(f"drew {len(layers)} of {att.shape[0]} layers (numbered from 1, as in features) x {len(heads)} of "
-          f"{att.shape[1]} heads of attention over {len(tokens)} tokens, on a {args.scale} colour scale, to {args.out}")
+    print(
+        f"drew {len(layers)} of {att.shape[0]} layers (numbered from 1, as in features) x {len(heads)} of "
+        f"{att.shape[1]} heads of attention over {len(tokens)} tokens, on a {args.scale} colour scale, to {args.out}"
+    )
     for note in notes:
         print(f"  {note}")
     return 0
@@ -282,10 +337,18 @@ def _add_attention_parser(sub) -> None:
     p = sub.add_parser("attention", help="draw the attention maps of a text: a layer x head grid (needs matplotlib)")
     p.add_argument("--model", required=True)
     p.add_argument("--out", default="attn.png")
-    p.add_argument("--scale", choices=["shared", "per-head"], default="shared",
-                   help="one colour scale for every panel (default), or one per head")
-    p.add_argument("--layers", default="all", help="all (default), or layers such as 1,6,-1 (1 = the first "
-                                                   "transformer layer; 0, the embeddings, has no attention)")
+    p.add_argument(
+        "--scale",
+        choices=["shared", "per-head"],
+        default="shared",
+        help="one colour scale for every panel (default), or one per head",
+    )
+    p.add_argument(
+        "--layers",
+        default="all",
+        help="all (default), or layers such as 1,6,-1 (1 = the first "
+        "transformer layer; 0, the embeddings, has no attention)",
+    )
     p.add_argument("--heads", default="all", help="all (default), or heads such as 0,3")
     add_trust_code_argument(p)
     p.add_argument("text")
@@ -294,8 +357,11 @@ def _add_attention_parser(sub) -> None:
 
 def _add_kernels_parser(sub) -> None:
     """`roberta-scratch kernels check|bench|converge`: the kernel lab (see kernels/roberta_kernels/registry.py)."""
-    p = sub.add_parser("kernels", help="the kernel lab: check, benchmark, or train with an attention or LayerNorm "
-                                       "implementation (built-in, registered, or MODULE:FUNCTION)")
+    p = sub.add_parser(
+        "kernels",
+        help="the kernel lab: check, benchmark, or train with an attention or LayerNorm "
+        "implementation (built-in, registered, or MODULE:FUNCTION)",
+    )
     ksub = p.add_subparsers(dest="kernels_command", required=True)
     from roberta_kernels import bench as kernel_bench
     from roberta_kernels import check as kernel_check
@@ -303,10 +369,15 @@ def _add_kernels_parser(sub) -> None:
     from . import converge
 
     for name, module, help_ in (
-            ("check", kernel_check, "the standard correctness suite against a float64 reference: forward and "
-                                    "every gradient, odd lengths, padding, dtypes, dropout"),
-            ("bench", kernel_bench, "time implementations against every reference (on CUDA; --dry-run on the CPU)"),
-            ("converge", converge, "train a tiny MLM with an implementation and with sdpa, and compare the losses")):
+        (
+            "check",
+            kernel_check,
+            "the standard correctness suite against a float64 reference: forward and "
+            "every gradient, odd lengths, padding, dtypes, dropout",
+        ),
+        ("bench", kernel_bench, "time implementations against every reference (on CUDA; --dry-run on the CPU)"),
+        ("converge", converge, "train a tiny MLM with an implementation and with sdpa, and compare the losses"),
+    ):
         q = ksub.add_parser(name, help=help_, description=help_)
         module.add_arguments(q)
         q.set_defaults(func=module.run)
@@ -319,8 +390,11 @@ def _add_kernels_parser(sub) -> None:
 def _add_convert_parser(sub) -> None:
     from . import converter
 
-    p = sub.add_parser("convert", help="convert a checkpoint (ours, Hugging Face, fairseq) to ours or Hugging "
-                                       "Face's, optionally verified against transformers")
+    p = sub.add_parser(
+        "convert",
+        help="convert a checkpoint (ours, Hugging Face, fairseq) to ours or Hugging "
+        "Face's, optionally verified against transformers",
+    )
     converter.add_arguments(p)
     p.set_defaults(func=converter.run)
 
@@ -332,8 +406,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _add_demo_parser(sub) -> None:
-    p = sub.add_parser("demo", help="tokenizer, data, a few minutes of pretraining and fill-mask, on the "
-                                    "default corpus")
+    p = sub.add_parser(
+        "demo", help="tokenizer, data, a few minutes of pretraining and fill-mask, on the default corpus"
+    )
     p.add_argument("--out", default="runs/demo")
     p.add_argument("--steps", type=int, default=None, help="pretraining steps (default: the demo's 6,000)")
     p.set_defaults(func=_cmd_demo)
@@ -342,25 +417,42 @@ def _add_demo_parser(sub) -> None:
 def _cmd_study(args: argparse.Namespace) -> int:
     from .study import run_study
 
-    return run_study(args.study, args.preset, args.out, seeds=args.seeds, corpus=args.corpus,
-                     text_field=args.text_field, overwrite=args.overwrite, command=["roberta-scratch"] + sys.argv[1:])
+    return run_study(
+        args.study,
+        args.preset,
+        args.out,
+        seeds=args.seeds,
+        corpus=args.corpus,
+        text_field=args.text_field,
+        overwrite=args.overwrite,
+        command=["roberta-scratch"] + sys.argv[1:],
+    )
 
 
 def _add_study_parser(sub) -> None:
     from .study import PRESETS, STUDIES
 
-    p = sub.add_parser("study", help="the RoBERTa paper's pretraining ablations (masking, input formats, batch size) "
-                                     "as one resumable study: runs, table.md, results.json, curves.png")
+    p = sub.add_parser(
+        "study",
+        help="the RoBERTa paper's pretraining ablations (masking, input formats, batch size) "
+        "as one resumable study: runs, table.md, results.json, curves.png",
+    )
     p.add_argument("study", choices=STUDIES, help="masking (Table 1), formats (Table 2), batch (Table 3), or all")
-    p.add_argument("--preset", required=True, choices=list(PRESETS),
-                   help="ci (a few CPU minutes), cpu (study all under 45 min on 2 cores), gpu-small (about an hour "
-                        "on one GPU)")
+    p.add_argument(
+        "--preset",
+        required=True,
+        choices=list(PRESETS),
+        help="ci (a few CPU minutes), cpu (study all under 45 min on 2 cores), gpu-small (about an hour on one GPU)",
+    )
     p.add_argument("--out", required=True, help="the study folder: runs/, data/, table.md, results.json, curves.png")
     p.add_argument("--seeds", type=int, default=None, help="seeds per arm (default: the preset's)")
     p.add_argument("--corpus", nargs="+", default=None, help=CORPUS_HELP)
     p.add_argument("--text-field", default="text", help="the JSON key or column holding the text (default text)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="delete the runs (or the whole study) whose settings differ, and train them again")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="delete the runs (or the whole study) whose settings differ, and train them again",
+    )
     p.set_defaults(func=_cmd_study)
 
 

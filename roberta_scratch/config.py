@@ -4,6 +4,7 @@ The field names are those of the original (Hugging Face's RobertaConfig), so a
 `config.json` shipped with an official checkpoint maps onto this class field
 for field. `RobertaConfig.preset(name)` gives the standard sizes.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -60,49 +61,76 @@ class RobertaConfig:
             if not ok:
                 raise ValueError(f"invalid RobertaConfig: {msg}")
 
-        for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
-                     "intermediate_size", "max_position_embeddings", "type_vocab_size", "num_labels"):
+        for name in (
+            "vocab_size",
+            "hidden_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "intermediate_size",
+            "max_position_embeddings",
+            "type_vocab_size",
+            "num_labels",
+        ):
             value = getattr(self, name)
-            need(isinstance(value, int) and not isinstance(value, bool) and value > 0,
-                 f"{name} must be a positive int, got {value!r}")
+            need(
+                isinstance(value, int) and not isinstance(value, bool) and value > 0,
+                f"{name} must be a positive int, got {value!r}",
+            )
         for name in ("hidden_dropout_prob", "attention_probs_dropout_prob", "layer_norm_eps", "initializer_range"):
             value = getattr(self, name)
-            need(isinstance(value, (int, float)) and not isinstance(value, bool),
-                 f"{name} must be a number, got {type(value).__name__} {value!r}")
+            need(
+                isinstance(value, (int, float)) and not isinstance(value, bool),
+                f"{name} must be a number, got {type(value).__name__} {value!r}",
+            )
         for name in ("hidden_act", "attention"):
             value = getattr(self, name)
             need(isinstance(value, str), f"{name} must be a string, got {type(value).__name__} {value!r}")
-        need(self.classifier_dropout is None or (isinstance(self.classifier_dropout, (int, float))
-                                                 and not isinstance(self.classifier_dropout, bool)),
-             f"classifier_dropout must be a number or null, got {self.classifier_dropout!r}")
-        need(self.label_names is None or (isinstance(self.label_names, list)
-                                          and all(isinstance(n, str) for n in self.label_names)),
-             f"label_names must be a list of strings, got {self.label_names!r}")
-        need(self.hidden_size % self.num_attention_heads == 0,
-             f"hidden_size ({self.hidden_size}) is not divisible by num_attention_heads "
-             f"({self.num_attention_heads})")
+        need(
+            self.classifier_dropout is None
+            or (isinstance(self.classifier_dropout, (int, float)) and not isinstance(self.classifier_dropout, bool)),
+            f"classifier_dropout must be a number or null, got {self.classifier_dropout!r}",
+        )
+        need(
+            self.label_names is None
+            or (isinstance(self.label_names, list) and all(isinstance(n, str) for n in self.label_names)),
+            f"label_names must be a list of strings, got {self.label_names!r}",
+        )
+        need(
+            self.hidden_size % self.num_attention_heads == 0,
+            f"hidden_size ({self.hidden_size}) is not divisible by num_attention_heads ({self.num_attention_heads})",
+        )
         need(self.hidden_act in ACTIVATIONS, f"hidden_act {self.hidden_act!r} is not one of {ACTIVATIONS}")
-        need(self.layer_norm is None or isinstance(self.layer_norm, str),
-             f"layer_norm must be a string or null, got {type(self.layer_norm).__name__} {self.layer_norm!r}")
+        need(
+            self.layer_norm is None or isinstance(self.layer_norm, str),
+            f"layer_norm must be a string or null, got {type(self.layer_norm).__name__} {self.layer_norm!r}",
+        )
         # subtle: the kernel names are only checked as strings here. They are resolved in the
         # registry when a model is built (model.SelfAttention), because MODULE:FUNCTION imports
         # a module, and reading a config must never run code (see load's trust_code).
         for name in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
             p = getattr(self, name)
             need(0.0 <= p < 1.0, f"{name} must be in [0, 1), got {p}")
-        need(self.classifier_dropout is None or 0.0 <= self.classifier_dropout < 1.0,
-             f"classifier_dropout must be None or in [0, 1), got {self.classifier_dropout}")
+        need(
+            self.classifier_dropout is None or 0.0 <= self.classifier_dropout < 1.0,
+            f"classifier_dropout must be None or in [0, 1), got {self.classifier_dropout}",
+        )
         need(self.layer_norm_eps > 0, f"layer_norm_eps must be > 0, got {self.layer_norm_eps}")
         for name in ("pad_token_id", "bos_token_id", "eos_token_id"):
             idx = getattr(self, name)
-            need(isinstance(idx, int) and 0 <= idx < self.vocab_size,
-                 f"{name} ({idx}) must be an id in [0, vocab_size={self.vocab_size})")
-        need(self.max_position_embeddings > self.pad_token_id + 1,
-             f"max_position_embeddings ({self.max_position_embeddings}) leaves no room for a real "
-             f"token: positions start at pad_token_id + 1 = {self.pad_token_id + 1}")
+            need(
+                isinstance(idx, int) and 0 <= idx < self.vocab_size,
+                f"{name} ({idx}) must be an id in [0, vocab_size={self.vocab_size})",
+            )
+        need(
+            self.max_position_embeddings > self.pad_token_id + 1,
+            f"max_position_embeddings ({self.max_position_embeddings}) leaves no room for a real "
+            f"token: positions start at pad_token_id + 1 = {self.pad_token_id + 1}",
+        )
         need(self.problem_type in PROBLEM_TYPES, f"problem_type {self.problem_type!r} is not one of {PROBLEM_TYPES}")
-        need(self.label_names is None or len(self.label_names) == self.num_labels,
-             f"label_names has {len(self.label_names or [])} names but num_labels is {self.num_labels}")
+        need(
+            self.label_names is None or len(self.label_names) == self.num_labels,
+            f"label_names has {len(self.label_names or [])} names but num_labels is {self.num_labels}",
+        )
 
     @property
     def head_dim(self) -> int:
@@ -139,8 +167,11 @@ class RobertaConfig:
 
     def to_hf_dict(self) -> dict:
         """A Hugging Face `config.json` that transformers' RobertaConfig loads unchanged."""
-        d = {k: v for k, v in self.to_dict().items()
-             if k not in ("attention", "layer_norm", "label_names", "problem_type", "classifier_dropout")}
+        d = {
+            k: v
+            for k, v in self.to_dict().items()
+            if k not in ("attention", "layer_norm", "label_names", "problem_type", "classifier_dropout")
+        }
         d.update(model_type="roberta", position_embedding_type="absolute", classifier_dropout=self.classifier_dropout)
         if self.problem_type is not None:
             d["problem_type"] = self.problem_type
@@ -156,8 +187,10 @@ class RobertaConfig:
         if d.get("model_type", "roberta") not in ("roberta", "xlm-roberta", "camembert"):
             raise ValueError(f"config.json has model_type {d.get('model_type')!r}, not a RoBERTa model")
         if d.get("position_embedding_type", "absolute") != "absolute":
-            raise ValueError(f"position_embedding_type {d['position_embedding_type']!r} is not supported "
-                             "(only RoBERTa's absolute positions)")
+            raise ValueError(
+                f"position_embedding_type {d['position_embedding_type']!r} is not supported "
+                "(only RoBERTa's absolute positions)"
+            )
         names = {f.name for f in dataclasses.fields(cls)} - {"attention", "layer_norm", "label_names", "num_labels"}
         kwargs = {k: d[k] for k in names if d.get(k) is not None}
         id2label = d.get("id2label")
@@ -200,9 +233,11 @@ class RobertaConfig:
             for key in CODE_FIELDS:
                 value = d.get(key)
                 if key not in overrides and isinstance(value, str) and ":" in value:
-                    raise UntrustedCode(f"{path}: {key} is {value!r}, which names code to import (MODULE:FUNCTION); "
-                                        "a name read from a file must be a registered implementation. If you "
-                                        "trust this file, pass trust_code=True (--trust-code on the command line)")
+                    raise UntrustedCode(
+                        f"{path}: {key} is {value!r}, which names code to import (MODULE:FUNCTION); "
+                        "a name read from a file must be a registered implementation. If you "
+                        "trust this file, pass trust_code=True (--trust-code on the command line)"
+                    )
         try:
             if d.pop("format", None) == CONFIG_FORMAT:
                 return cls.from_dict({**d, **overrides})
@@ -221,9 +256,13 @@ class UntrustedCode(ValueError):
 
 def add_trust_code_argument(parser) -> None:
     """`--trust-code`, for every command that reads a config.json (RobertaConfig.load)."""
-    parser.add_argument("--trust-code", action="store_true",
-                        help="let the model's config.json name its kernels as MODULE:FUNCTION, which imports that "
-                             "module (off: a file runs no code, as Hugging Face's trust_remote_code)")
+    parser.add_argument(
+        "--trust-code",
+        action="store_true",
+        help="let the model's config.json name its kernels as MODULE:FUNCTION, which imports that "
+        "module (off: a file runs no code, as Hugging Face's trust_remote_code)",
+    )
+
 
 PRESETS = {
     # 6.9M parameters (6.4M of them the embedding table): unit tests and CPU smoke runs.

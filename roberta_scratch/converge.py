@@ -28,6 +28,7 @@ Tolerances, with K = 10 (fp32 on the CPU; bf16 autocast on CUDA):
     bf16: step 0 rtol 1e-3, later steps rtol 1e-3: the spread term carries bf16's rounding,
           measured in the same run (not yet run on a GPU).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -66,8 +67,9 @@ def synthetic_batches(steps: int, batch_size: int, seq_len: int, vocab_size: int
     words = vocab_size - n_special - 1
     # each token has 3 likely successors: a language a tiny model can learn in a few dozen steps
     successors = torch.randint(0, words, (words, 3), generator=g)
-    collate = DynamicMaskingCollator(vocab_size, vocab_size - 1, 1, [0, 1, 2, 3, vocab_size - 1],
-                                     generator=torch.Generator())
+    collate = DynamicMaskingCollator(
+        vocab_size, vocab_size - 1, 1, [0, 1, 2, 3, vocab_size - 1], generator=torch.Generator()
+    )
     batches = []
     for step in range(steps):
         rows = []
@@ -82,8 +84,9 @@ def synthetic_batches(steps: int, batch_size: int, seq_len: int, vocab_size: int
     return batches
 
 
-def train_curve(attention: str, layer_norm, batches: list, cfg_kwargs: dict, init_state: dict, device,
-                lr: float, bar=None) -> list[float]:
+def train_curve(
+    attention: str, layer_norm, batches: list, cfg_kwargs: dict, init_state: dict, device, lr: float, bar=None
+) -> list[float]:
     """The loss at each step of a short run with the given implementations (`bar`, a progress
     bar, is moved on a step at a time)."""
     from .config import RobertaConfig
@@ -95,8 +98,9 @@ def train_curve(attention: str, layer_norm, batches: list, cfg_kwargs: dict, ini
     model.load_state_dict(init_state)
     model.train()  # dropout is 0 in cfg_kwargs: train mode only matters for the code paths taken
     opt = torch.optim.AdamW(param_groups(model, 0.01), lr=lr, betas=(0.9, 0.98), eps=1e-6)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else \
-        torch.autocast("cpu", enabled=False)
+    autocast = (
+        torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+    )
     losses = []
     for batch in batches:
         batch = {k: v.to(device) for k, v in batch.items()}
@@ -112,9 +116,19 @@ def train_curve(attention: str, layer_norm, batches: list, cfg_kwargs: dict, ini
     return losses
 
 
-def converge(attention: str, layer_norm=None, steps: int = STEPS, batch_size: int = 8, seq_len: int = 64,
-             device: str = "cpu", seed: int = 0, lr: float = 5e-3, reference: str = "sdpa",
-             twin: str = "eager", show_progress: bool = False) -> dict:
+def converge(
+    attention: str,
+    layer_norm=None,
+    steps: int = STEPS,
+    batch_size: int = 8,
+    seq_len: int = 64,
+    device: str = "cpu",
+    seed: int = 0,
+    lr: float = 5e-3,
+    reference: str = "sdpa",
+    twin: str = "eager",
+    show_progress: bool = False,
+) -> dict:
     """The loss curves and the verdict: {"candidate", "reference", "twin", "first_divergence", "tolerance"}."""
     import roberta_kernels
 
@@ -123,14 +137,22 @@ def converge(attention: str, layer_norm=None, steps: int = STEPS, batch_size: in
 
     device = torch.device(device)
     candidate = roberta_kernels.get_implementation("attention", attention)
-    problem = candidate.unsupported(dtype=torch.bfloat16 if device.type == "cuda" else torch.float32,
-                                    head_dim=32, device=device)
+    problem = candidate.unsupported(
+        dtype=torch.bfloat16 if device.type == "cuda" else torch.float32, head_dim=32, device=device
+    )
     if problem:
         raise ValueError(f"cannot train with {attention}: {problem}")
     vocab = 120
-    cfg_kwargs = dict(vocab_size=vocab, hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
-                      intermediate_size=128, max_position_embeddings=seq_len + 2, hidden_dropout_prob=0.0,
-                      attention_probs_dropout_prob=0.0)
+    cfg_kwargs = dict(
+        vocab_size=vocab,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=128,
+        max_position_embeddings=seq_len + 2,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
     torch.manual_seed(seed)
     init_state = RobertaForMaskedLM(RobertaConfig(**cfg_kwargs)).state_dict()
     batches = synthetic_batches(steps, batch_size, seq_len, vocab, seed)
@@ -150,22 +172,38 @@ def converge(attention: str, layer_norm=None, steps: int = STEPS, batch_size: in
         if not abs(a - b) <= limit:  # NaN fails too
             first = {"step": step, "candidate": a, "reference": b, "difference": abs(a - b), "limit": limit}
             break
-    return {"candidate": Curve(attention + (f" + {layer_norm}" if layer_norm else ""), cand),
-            "reference": Curve(reference, ref), "twin": Curve(twin, other), "first_divergence": first,
-            "tolerance": {"step0_rtol": rtol0, "rtol": rtol, "atol": atol, "spread_factor": SPREAD_FACTOR,
-                          "dtype": str(dtype)}}
+    return {
+        "candidate": Curve(attention + (f" + {layer_norm}" if layer_norm else ""), cand),
+        "reference": Curve(reference, ref),
+        "twin": Curve(twin, other),
+        "first_divergence": first,
+        "tolerance": {
+            "step0_rtol": rtol0,
+            "rtol": rtol,
+            "atol": atol,
+            "spread_factor": SPREAD_FACTOR,
+            "dtype": str(dtype),
+        },
+    }
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--attention", required=True, help="the candidate: a registered name or MODULE:FUNCTION")
     p.add_argument("--layer-norm", default=None, help="a LayerNorm implementation to train with too (default torch)")
-    p.add_argument("--steps", type=int, default=None,
-                   help=f"training steps (default {STEPS}; {INTERPRETED_STEPS} when Triton code runs in the CPU "
-                        "interpreter, about 9 s a step)")
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help=f"training steps (default {STEPS}; {INTERPRETED_STEPS} when Triton code runs in the CPU "
+        "interpreter, about 9 s a step)",
+    )
     p.add_argument("--batch-size", type=int, default=8, help="sequences per step (default 8)")
     p.add_argument("--seq-len", type=int, default=64, help="padded length of each batch (default 64)")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                   help="default: cuda when available, else cpu (Triton kernels then run in the interpreter)")
+    p.add_argument(
+        "--device",
+        default="cuda" if torch.cuda.is_available() else "cpu",
+        help="default: cuda when available, else cpu (Triton kernels then run in the interpreter)",
+    )
     p.add_argument("--seed", type=int, default=0, help="seeds the weights, the data and the masks (default 0)")
 
 
@@ -181,29 +219,47 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--steps must be at least 1, got {args.steps}")
     if triton_on_cpu:
         minutes = args.steps * INTERPRETED_STEP_S / 60
-        print(f"note: Triton code runs in Triton's CPU interpreter here: about {INTERPRETED_STEP_S:g} s a step on a "
-              f"quiet 2-core machine, so {args.steps} steps take about {minutes:.1f} min (more under load); "
-              "--steps sets how many", file=sys.stderr, flush=True)
+        print(
+            f"note: Triton code runs in Triton's CPU interpreter here: about {INTERPRETED_STEP_S:g} s a step on a "
+            f"quiet 2-core machine, so {args.steps} steps take about {minutes:.1f} min (more under load); "
+            "--steps sets how many",
+            file=sys.stderr,
+            flush=True,
+        )
     # on the CPU, Triton code runs in the interpreter (not the torch fallback); elsewhere as it is
     with roberta_kernels.triton_interpreter(True) if triton_on_cpu else contextlib.nullcontext():
         if triton_on_cpu:
             for module in ("flash_attention", "layernorm"):
                 roberta_kernels.kernel_module(module, interpret=True)
-        result = converge(args.attention, args.layer_norm, args.steps, args.batch_size, args.seq_len, args.device,
-                          args.seed, show_progress=True)
+        result = converge(
+            args.attention,
+            args.layer_norm,
+            args.steps,
+            args.batch_size,
+            args.seq_len,
+            args.device,
+            args.seed,
+            show_progress=True,
+        )
     cand, ref, first, tol = result["candidate"], result["reference"], result["first_divergence"], result["tolerance"]
-    print(f"{cand.name} against {ref.name}: {args.steps} steps of {args.batch_size} x {args.seq_len} (padded), "
-          f"{tol['dtype']}, tolerance atol {tol['atol']:g} + rtol {tol['rtol']:g} (step 0: {tol['step0_rtol']:g}) "
-          f"+ {tol['spread_factor']} x the spread of {ref.name} and {result['twin'].name}")
+    print(
+        f"{cand.name} against {ref.name}: {args.steps} steps of {args.batch_size} x {args.seq_len} (padded), "
+        f"{tol['dtype']}, tolerance atol {tol['atol']:g} + rtol {tol['rtol']:g} (step 0: {tol['step0_rtol']:g}) "
+        f"+ {tol['spread_factor']} x the spread of {ref.name} and {result['twin'].name}"
+    )
     print(f"{'step':>5} {cand.name[:24]:>24} {ref.name[:12]:>12} {'difference':>11}")
-    shown = sorted({0, len(ref.losses) - 1} | set(range(0, len(ref.losses), 10))
-                   | ({first["step"]} if first else set()))
+    shown = sorted(
+        {0, len(ref.losses) - 1} | set(range(0, len(ref.losses), 10)) | ({first["step"]} if first else set())
+    )
     for s in shown:
         if s < len(cand.losses):
             print(f"{s:>5} {cand.losses[s]:>24.6f} {ref.losses[s]:>12.6f} {abs(cand.losses[s] - ref.losses[s]):>11.2e}")
     if first:
-        print(f"DIVERGED at step {first['step']}: {first['candidate']:.6f} vs {first['reference']:.6f} "
-              f"(difference {first['difference']:.2e} > {first['limit']:.2e})", file=sys.stderr)
+        print(
+            f"DIVERGED at step {first['step']}: {first['candidate']:.6f} vs {first['reference']:.6f} "
+            f"(difference {first['difference']:.2e} > {first['limit']:.2e})",
+            file=sys.stderr,
+        )
         return 1
     print(f"OK: the curves agree at every step; the loss fell from {ref.losses[0]:.3f} to {ref.losses[-1]:.3f}")
     return 0

@@ -15,6 +15,7 @@ which it ignored.
 Everything here maps a state dict (or a config) to another: no files. Reading and
 writing them is checkpoint.py's job, and loading into a model is model.py's.
 """
+
 from __future__ import annotations
 
 import re
@@ -40,12 +41,16 @@ HF_ENCODER_MAP = {
     "embeddings.token_type_embeddings.weight": "embeddings.token_type_embeddings.weight",
     "embeddings.norm.weight": "embeddings.LayerNorm.weight",
     "embeddings.norm.bias": "embeddings.LayerNorm.bias",
-    "layers.{}.attn.qkv.weight": ("encoder.layer.{}.attention.self.query.weight",
-                                  "encoder.layer.{}.attention.self.key.weight",
-                                  "encoder.layer.{}.attention.self.value.weight"),
-    "layers.{}.attn.qkv.bias": ("encoder.layer.{}.attention.self.query.bias",
-                                "encoder.layer.{}.attention.self.key.bias",
-                                "encoder.layer.{}.attention.self.value.bias"),
+    "layers.{}.attn.qkv.weight": (
+        "encoder.layer.{}.attention.self.query.weight",
+        "encoder.layer.{}.attention.self.key.weight",
+        "encoder.layer.{}.attention.self.value.weight",
+    ),
+    "layers.{}.attn.qkv.bias": (
+        "encoder.layer.{}.attention.self.query.bias",
+        "encoder.layer.{}.attention.self.key.bias",
+        "encoder.layer.{}.attention.self.value.bias",
+    ),
     "layers.{}.attn.proj.weight": "encoder.layer.{}.attention.output.dense.weight",
     "layers.{}.attn.proj.bias": "encoder.layer.{}.attention.output.dense.bias",
     "layers.{}.attn_norm.weight": "encoder.layer.{}.attention.output.LayerNorm.weight",
@@ -88,12 +93,16 @@ FAIRSEQ_ENCODER_MAP = {
     "embeddings.token_type_embeddings.weight": None,  # fairseq has no token types: a zero row
     "embeddings.norm.weight": "layernorm_embedding.weight",
     "embeddings.norm.bias": "layernorm_embedding.bias",
-    "layers.{}.attn.qkv.weight": ("layers.{}.self_attn.q_proj.weight",
-                                  "layers.{}.self_attn.k_proj.weight",
-                                  "layers.{}.self_attn.v_proj.weight"),
-    "layers.{}.attn.qkv.bias": ("layers.{}.self_attn.q_proj.bias",
-                                "layers.{}.self_attn.k_proj.bias",
-                                "layers.{}.self_attn.v_proj.bias"),
+    "layers.{}.attn.qkv.weight": (
+        "layers.{}.self_attn.q_proj.weight",
+        "layers.{}.self_attn.k_proj.weight",
+        "layers.{}.self_attn.v_proj.weight",
+    ),
+    "layers.{}.attn.qkv.bias": (
+        "layers.{}.self_attn.q_proj.bias",
+        "layers.{}.self_attn.k_proj.bias",
+        "layers.{}.self_attn.v_proj.bias",
+    ),
     "layers.{}.attn.proj.weight": "layers.{}.self_attn.out_proj.weight",
     "layers.{}.attn.proj.bias": "layers.{}.self_attn.out_proj.bias",
     "layers.{}.attn_norm.weight": "layers.{}.self_attn_layer_norm.weight",
@@ -131,7 +140,8 @@ FAIRSEQ_LEGACY_RENAMES = (
 FAIRSEQ_DROPPED = re.compile(
     r"(\.version$|_float_tensor$|^encoder\.lm_head\.weight$"
     r"|\.layers\.\d+\.(in_proj_weight|in_proj_bias|out_proj_weight|out_proj_bias|fc1_weight|fc1_bias"
-    r"|fc2_weight|fc2_bias|norm1_weight|norm1_bias|norm2_weight|norm2_bias)$)")
+    r"|fc2_weight|fc2_bias|norm1_weight|norm1_bias|norm2_weight|norm2_bias)$)"
+)
 
 
 def expand(key_map: dict, num_layers: int) -> dict:
@@ -141,8 +151,13 @@ def expand(key_map: dict, num_layers: int) -> dict:
         layers = range(num_layers) if "{}" in ours else [None]
         for i in layers:
             fill = (lambda k: k.format(i)) if i is not None else (lambda k: k)
-            out[fill(ours)] = (None if theirs is None else
-                               tuple(fill(t) for t in theirs) if isinstance(theirs, tuple) else fill(theirs))
+            out[fill(ours)] = (
+                None
+                if theirs is None
+                else tuple(fill(t) for t in theirs)
+                if isinstance(theirs, tuple)
+                else fill(theirs)
+            )
     return out
 
 
@@ -157,6 +172,7 @@ def _take(sd: dict, theirs, *, source: str) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------------ Hugging Face
+
 
 def is_hf_state_dict(sd: dict) -> bool:
     return any(".attention.self.query." in k or k.endswith("embeddings.LayerNorm.weight") for k in sd)
@@ -198,8 +214,11 @@ def ours_to_hf(sd: dict, num_layers: int) -> dict:
             out[theirs] = sd.pop(ours)
     nsp = sorted(k for k in sd if k.startswith(NSP_PREFIX))
     if nsp:
-        warnings.warn(f"dropping {nsp}: the next-sentence head of RobertaForPreTraining, which no Hugging Face "
-                      "RoBERTa class has; the encoder and the MLM head are exported", stacklevel=3)
+        warnings.warn(
+            f"dropping {nsp}: the next-sentence head of RobertaForPreTraining, which no Hugging Face "
+            "RoBERTa class has; the encoder and the MLM head are exported",
+            stacklevel=3,
+        )
         for k in nsp:
             del sd[k]
     if sd:
@@ -221,6 +240,7 @@ def hf_architecture(sd: dict) -> str:
 
 
 # ------------------------------------------------------------------------------ fairseq
+
 
 def fairseq_to_ours(sd: dict, num_layers: int, classification_head: Optional[str] = None) -> dict:
     """A fairseq RobertaModel state dict (any release) -> ours.
@@ -244,8 +264,10 @@ def fairseq_to_ours(sd: dict, num_layers: int, classification_head: Optional[str
     embed = sd.get(FAIRSEQ_SENTENCE_ENCODER + "embed_tokens.weight")
     lm_weight = sd.get("encoder.lm_head.weight")
     if embed is not None and lm_weight is not None and not torch.equal(embed, lm_weight):
-        raise ValueError("fairseq checkpoint has an LM head weight that is not tied to the embeddings "
-                         "(untie_weights_roberta); this architecture ties them")
+        raise ValueError(
+            "fairseq checkpoint has an LM head weight that is not tied to the embeddings "
+            "(untie_weights_roberta); this architecture ties them"
+        )
     for k in [k for k in sd if FAIRSEQ_DROPPED.search(k)]:
         del sd[k]
 
@@ -254,8 +276,11 @@ def fairseq_to_ours(sd: dict, num_layers: int, classification_head: Optional[str
         if theirs is None:  # the token-type row: zeros, as the original conversion does
             out[ENCODER_PREFIX + ours] = torch.zeros(1, embed.shape[1], dtype=embed.dtype)
             continue
-        theirs = (tuple(FAIRSEQ_SENTENCE_ENCODER + t for t in theirs) if isinstance(theirs, tuple)
-                  else FAIRSEQ_SENTENCE_ENCODER + theirs)
+        theirs = (
+            tuple(FAIRSEQ_SENTENCE_ENCODER + t for t in theirs)
+            if isinstance(theirs, tuple)
+            else FAIRSEQ_SENTENCE_ENCODER + theirs
+        )
         out[ENCODER_PREFIX + ours] = _take(sd, theirs, source="fairseq")
     if all(v in sd for v in FAIRSEQ_LM_HEAD_MAP.values()):
         for ours, theirs in FAIRSEQ_LM_HEAD_MAP.items():
@@ -265,8 +290,10 @@ def fairseq_to_ours(sd: dict, num_layers: int, classification_head: Optional[str
     if heads:
         name = classification_head or (heads[0] if len(heads) == 1 else None)
         if name not in heads:
-            raise ValueError(f"fairseq checkpoint has classification heads {heads}; choose one with "
-                             f"classification_head=... (got {classification_head!r})")
+            raise ValueError(
+                f"fairseq checkpoint has classification heads {heads}; choose one with "
+                f"classification_head=... (got {classification_head!r})"
+            )
         for ours, theirs in FAIRSEQ_CLASSIFIER_MAP.items():
             out[ours] = sd.pop(f"classification_heads.{name}.{theirs}")
         for k in [k for k in sd if k.startswith("classification_heads.")]:
@@ -278,19 +305,23 @@ def fairseq_to_ours(sd: dict, num_layers: int, classification_head: Optional[str
 
 def fairseq_config(args: dict, sd: dict) -> RobertaConfig:
     """RobertaConfig from a fairseq model config (cfg.model or the old args) and its weights."""
+
     def get(name, default=None):
         return args.get(name, default) if args.get(name) is not None else default
 
     if get("encoder_normalize_before", False):
         raise ValueError("fairseq checkpoint is pre-LN (encoder_normalize_before=True); RoBERTa is post-LN")
     if not get("no_scale_embedding", True):
-        raise ValueError("fairseq checkpoint scales embeddings by sqrt(dim) (no_scale_embedding=False); "
-                         "RoBERTa does not")
+        raise ValueError(
+            "fairseq checkpoint scales embeddings by sqrt(dim) (no_scale_embedding=False); RoBERTa does not"
+        )
     vocab, hidden = sd[ENCODER_PREFIX + "embeddings.word_embeddings.weight"].shape
     act = get("activation_fn", "gelu")
     if get("encoder_attention_heads") is None:  # the one number the weights cannot tell
-        raise ValueError("fairseq checkpoint's config has no encoder_attention_heads (the weights do not say "
-                         "how the attention is split into heads)")
+        raise ValueError(
+            "fairseq checkpoint's config has no encoder_attention_heads (the weights do not say "
+            "how the attention is split into heads)"
+        )
     layers = len({k.split(".")[2] for k in sd if k.startswith(ENCODER_PREFIX + "layers.")})
     return RobertaConfig(
         vocab_size=vocab,

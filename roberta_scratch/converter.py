@@ -12,6 +12,7 @@ and prints the max abs difference of every hidden state and of the logits;
 it exits 1 above 1e-4. It needs `transformers`, which the package itself
 never imports.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -50,14 +51,17 @@ def find_tokenizer(src: str):
         return load_tokenizer(folder), None
     except FileNotFoundError:
         pass
-    found = {kind: next((os.path.join(folder, n) for n in names if os.path.isfile(os.path.join(folder, n))), None)
-             for kind, names in (("dict", ("dict.txt",)), ("encoder", GPT2_ENCODER_FILES),
-                                 ("merges", GPT2_MERGES_FILES))}
+    found = {
+        kind: next((os.path.join(folder, n) for n in names if os.path.isfile(os.path.join(folder, n))), None)
+        for kind, names in (("dict", ("dict.txt",)), ("encoder", GPT2_ENCODER_FILES), ("merges", GPT2_MERGES_FILES))
+    }
     if found["dict"] is None:
         return None, f"{folder} holds no tokenizer files (vocab.json + merges.txt, sentencepiece.bpe.model)"
     if found["encoder"] is None or found["merges"] is None:
-        return None, (f"{folder} has fairseq's dict.txt but not GPT-2's encoder.json and vocab.bpe beside it, "
-                      "which the tokenizer is rebuilt from")
+        return None, (
+            f"{folder} has fairseq's dict.txt but not GPT-2's encoder.json and vocab.bpe beside it, "
+            "which the tokenizer is rebuilt from"
+        )
     try:
         with open(found["encoder"], encoding="utf-8") as f:
             encoder = json.load(f)
@@ -84,15 +88,18 @@ def verify_against_transformers(cfg: RobertaConfig, sd: dict) -> dict:
         load_state(ours, sd)
 
     T = min(16, cfg.max_tokens)
-    ids, mask = padded_batch(cfg.vocab_size, (T, max(T // 2, 3), 3), cfg.pad_token_id, cfg.bos_token_id,
-                             cfg.eos_token_id)
+    ids, mask = padded_batch(
+        cfg.vocab_size, (T, max(T // 2, 3), 3), cfg.pad_token_id, cfg.bos_token_id, cfg.eos_token_id
+    )
     with torch.no_grad():
         a = ours(ids, attention_mask=mask, output_hidden_states=True)
         b = theirs(input_ids=ids, attention_mask=mask, output_hidden_states=True)
     if len(a.hidden_states) != len(b.hidden_states):
         raise SystemExit(f"hidden state count differs: ours {len(a.hidden_states)} vs {len(b.hidden_states)}")
-    diff = {f"hidden_states[{i}]": (x - y).abs().max().item()
-            for i, (x, y) in enumerate(zip(a.hidden_states, b.hidden_states))}
+    diff = {
+        f"hidden_states[{i}]": (x - y).abs().max().item()
+        for i, (x, y) in enumerate(zip(a.hidden_states, b.hidden_states))
+    }
     for name in ("logits", "start_logits", "end_logits"):
         x, y = getattr(a, name, None), getattr(b, name, None)
         if x is not None and y is not None:
@@ -100,15 +107,26 @@ def verify_against_transformers(cfg: RobertaConfig, sd: dict) -> dict:
     return diff
 
 
-def convert(src: str, dst: str, to: str = "ours", verify: bool = False, dict_path: str | None = None,
-            trust_code: bool = False, overwrite: bool = False) -> int:
+def convert(
+    src: str,
+    dst: str,
+    to: str = "ours",
+    verify: bool = False,
+    dict_path: str | None = None,
+    trust_code: bool = False,
+    overwrite: bool = False,
+) -> int:
     if os.path.exists(dst) and not os.path.isdir(dst):
-        raise ValueError(f"DST {dst} is a file: the converted model is a folder (config.json, model.safetensors "
-                         "and the tokenizer); name a folder, new or existing")
+        raise ValueError(
+            f"DST {dst} is a file: the converted model is a folder (config.json, model.safetensors "
+            "and the tokenizer); name a folder, new or existing"
+        )
     if os.path.isdir(dst) and os.listdir(dst) and not overwrite:
-        raise ValueError(f"DST {dst} already holds files ({', '.join(sorted(os.listdir(dst))[:3])}"
-                         f"{' ...' if len(os.listdir(dst)) > 3 else ''}): pass --overwrite to write the converted "
-                         "model's files over theirs, or name a new folder")
+        raise ValueError(
+            f"DST {dst} already holds files ({', '.join(sorted(os.listdir(dst))[:3])}"
+            f"{' ...' if len(os.listdir(dst)) > 3 else ''}): pass --overwrite to write the converted "
+            "model's files over theirs, or name a new folder"
+        )
     cfg, sd = read_checkpoint(src, trust_code=trust_code)
     fairseq_file = src if os.path.isfile(src) else os.path.join(src, "model.pt")
     if os.path.isfile(fairseq_file) and not os.path.isfile(os.path.join(src, "config.json")):
@@ -116,24 +134,30 @@ def convert(src: str, dst: str, to: str = "ours", verify: bool = False, dict_pat
         if os.path.isfile(dict_path):
             n = 4 + len(read_fairseq_dict(dict_path)) + 1
             if n != cfg.vocab_size:
-                raise ValueError(f"{dict_path} implies {n} ids (4 specials + its entries + <mask>) but the "
-                                 f"checkpoint's embedding has {cfg.vocab_size} rows")
+                raise ValueError(
+                    f"{dict_path} implies {n} ids (4 specials + its entries + <mask>) but the "
+                    f"checkpoint's embedding has {cfg.vocab_size} rows"
+                )
         else:
             print(f"note: no dict.txt at {dict_path}; the vocabulary size is not cross-checked")
     check_state_dict(cfg, sd)
     tok, why_not = find_tokenizer(src)
     if tok is not None and tok.vocab_size > cfg.vocab_size:
-        raise ValueError(f"the tokenizer beside {src} has {tok.vocab_size} tokens but the model's embedding has "
-                         f"only {cfg.vocab_size} rows: they do not belong together")
+        raise ValueError(
+            f"the tokenizer beside {src} has {tok.vocab_size} tokens but the model's embedding has "
+            f"only {cfg.vocab_size} rows: they do not belong together"
+        )
     if to == "hf":
         save_hf(cfg, sd, dst)
     else:
         save_ours(cfg, sd, dst)
     if tok is not None:
         tok.save_pretrained(dst)  # vocab.json + merges.txt (or the sentencepiece model) + tokenizer_config.json
-    print(f"wrote {dst} ({to}): {hf_architecture(sd)}, {cfg.num_hidden_layers} layers, hidden {cfg.hidden_size}, "
-          f"vocab {cfg.vocab_size}, {sum(v.numel() for v in sd.values()):,} parameters"
-          + (f", and its {type(tok).__name__} ({tok.vocab_size} tokens)" if tok is not None else ""))
+    print(
+        f"wrote {dst} ({to}): {hf_architecture(sd)}, {cfg.num_hidden_layers} layers, hidden {cfg.hidden_size}, "
+        f"vocab {cfg.vocab_size}, {sum(v.numel() for v in sd.values()):,} parameters"
+        + (f", and its {type(tok).__name__} ({tok.vocab_size} tokens)" if tok is not None else "")
+    )
     if tok is None:
         print(f"note: {why_not}; {dst} holds the model only, and fill-mask and predict need a tokenizer there")
     if not verify:
@@ -151,17 +175,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("dst", help="output directory")
     p.add_argument("--to", choices=["ours", "hf"], default="ours", help="output format (default: ours)")
     p.add_argument("--dict", default=None, help="fairseq dict.txt (default: next to model.pt)")
-    p.add_argument("--verify", action="store_true",
-                   help=f"compare against transformers on a padded batch; exit 1 above {TOLERANCE:g}")
+    p.add_argument(
+        "--verify",
+        action="store_true",
+        help=f"compare against transformers on a padded batch; exit 1 above {TOLERANCE:g}",
+    )
     add_trust_code_argument(p)
-    p.add_argument("--overwrite", action="store_true",
-                   help="write into a DST that already holds files (the model's files are replaced, others kept)")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="write into a DST that already holds files (the model's files are replaced, others kept)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     try:
-        return convert(args.src, args.dst, args.to, args.verify, args.dict, trust_code=args.trust_code,
-                       overwrite=args.overwrite)
+        return convert(
+            args.src, args.dst, args.to, args.verify, args.dict, trust_code=args.trust_code, overwrite=args.overwrite
+        )
     except (ValueError, KeyError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -11,6 +11,7 @@
 Bytes that are not UTF-8 are read as U+FFFD and the file is reported; a record without a
 string in its text field is an error naming FILE:LINE (FILE:ROW for columnar files).
 """
+
 from __future__ import annotations
 
 import ast
@@ -50,7 +51,7 @@ MAX_DOCUMENT_CHARS = 1 << 20
 
 
 def file_format(path: str) -> Optional[str]:
-    """".txt", ".jsonl", ".json", ".parquet" or "arrow" for a file or folder we read, else None."""
+    """ ".txt", ".jsonl", ".json", ".parquet" or "arrow" for a file or folder we read, else None."""
     if os.path.isdir(path):
         return "arrow" if _arrow_files(path) else None
     name = path.lower()
@@ -85,21 +86,26 @@ def corpus_files(paths: Iterable[str]) -> list[str]:
                 dirs[:] = [d for d in dirs if d not in kept]
                 found += [os.path.join(root, n) for n in sorted(names) if file_format(os.path.join(root, n))]
             if not found:
-                raise FileNotFoundError(f"corpus directory {path} holds no .txt, .jsonl, .json (plain or .gz, .bz2, "
-                                        ".xz), .parquet or save_to_disk folder")
+                raise FileNotFoundError(
+                    f"corpus directory {path} holds no .txt, .jsonl, .json (plain or .gz, .bz2, "
+                    ".xz), .parquet or save_to_disk folder"
+                )
             files += sorted(found)
         elif os.path.exists(path):
             if file_format(path) is None:
-                raise ValueError(f"corpus file {path}: not a format this reads (.txt, .jsonl, .json, plain or "
-                                 ".gz, .bz2, .xz; .parquet; a save_to_disk folder)")
+                raise ValueError(
+                    f"corpus file {path}: not a format this reads (.txt, .jsonl, .json, plain or "
+                    ".gz, .bz2, .xz; .parquet; a save_to_disk folder)"
+                )
             files.append(path)
         else:
             raise FileNotFoundError(f"corpus path {path} does not exist")
     return list(dict.fromkeys(files))
 
 
-def iter_documents(paths: Optional[Iterable[str]], report: Optional[CorpusReport] = None,
-                   text_field: str = "text") -> Iterator[str]:
+def iter_documents(
+    paths: Optional[Iterable[str]], report: Optional[CorpusReport] = None, text_field: str = "text"
+) -> Iterator[str]:
     """Every document of the corpus, in a fixed order. paths=None means the default corpus."""
     report = report if report is not None else CorpusReport()
     if paths is None:
@@ -110,9 +116,12 @@ def iter_documents(paths: Optional[Iterable[str]], report: Optional[CorpusReport
         pieces = (doc,)
         if len(doc) > MAX_DOCUMENT_CHARS:
             if not report.split_documents:
-                warnings.warn(f"document {report.documents + 1} has {len(doc):,} characters: documents longer than "
-                              f"{MAX_DOCUMENT_CHARS:,} are read as several, cut at whitespace, to bound the memory "
-                              "tokenizing takes (said once)", stacklevel=2)
+                warnings.warn(
+                    f"document {report.documents + 1} has {len(doc):,} characters: documents longer than "
+                    f"{MAX_DOCUMENT_CHARS:,} are read as several, cut at whitespace, to bound the memory "
+                    "tokenizing takes (said once)",
+                    stacklevel=2,
+                )
             report.split_documents += 1
             pieces = _pieces(doc)
         for piece in pieces:
@@ -128,7 +137,7 @@ def _pieces(doc: str) -> Iterator[str]:
     start = 0
     while len(doc) - start > MAX_DOCUMENT_CHARS:
         end = start + MAX_DOCUMENT_CHARS
-        window = doc[start + MAX_DOCUMENT_CHARS // 2:end]
+        window = doc[start + MAX_DOCUMENT_CHARS // 2 : end]
         cut = max(window.rfind(" "), window.rfind("\n"), window.rfind("\t"))
         end = start + MAX_DOCUMENT_CHARS // 2 + cut if cut > 0 else end
         yield doc[start:end]
@@ -172,8 +181,12 @@ def _json_lines(path: str, report: CorpusReport, text_field: str) -> Iterator[st
     for lineno, obj in iter_jsonl(path, bad, report.non_utf8_files):
         text = obj.get(text_field)
         if not isinstance(text, str):
-            bad(lineno, f"no {text_field!r} field" if text is None else
-                f"{text_field!r} is a {type(text).__name__}, not a string")
+            bad(
+                lineno,
+                f"no {text_field!r} field"
+                if text is None
+                else f"{text_field!r} is a {type(text).__name__}, not a string",
+            )
         if text and not text.isspace():  # not blank (isspace makes no copy; strip would)
             yield text
 
@@ -200,8 +213,10 @@ def _columnar(path: str, fmt: str, text_field: str) -> Iterator[str]:
         for value in batch.column(0).to_pylist():
             row += 1
             if not isinstance(value, str):
-                raise ValueError(f"{source_path}:row {row}: {text_field!r} is "
-                                 f"{'null' if value is None else 'a ' + type(value).__name__}, not a string")
+                raise ValueError(
+                    f"{source_path}:row {row}: {text_field!r} is "
+                    f"{'null' if value is None else 'a ' + type(value).__name__}, not a string"
+                )
             if value and not value.isspace():
                 yield value
 
@@ -246,8 +261,9 @@ def default_corpus() -> Iterator[str]:
                     tree = ast.parse(f.read())
             except (SyntaxError, UnicodeDecodeError, ValueError):
                 continue
-            for node in [tree] + [n for n in ast.walk(tree)
-                                  if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))]:
+            for node in [tree] + [
+                n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
+            ]:
                 doc = ast.get_docstring(node)
                 if doc and len(doc) >= 40:
                     yield doc
@@ -278,8 +294,8 @@ def inputs_fingerprint(paths: Optional[Iterable[str]]) -> str:
         for path in corpus_files(paths):
             for part in [path] if os.path.isfile(path) else _arrow_files(path):
                 st = os.stat(part)
-                h.update(f"{os.path.abspath(part)}:{st.st_size}:{st.st_mtime_ns}:{_content_hash(part, st.st_size)}\n"
-                         .encode())
+                digest = _content_hash(part, st.st_size)
+                h.update(f"{os.path.abspath(part)}:{st.st_size}:{st.st_mtime_ns}:{digest}\n".encode())
     return h.hexdigest()
 
 

@@ -27,6 +27,7 @@ folder the moment it is made), or the data-<id>/ that the previous meta.json nam
 an input (the corpus, the tokenizer), wherever they sit. A non-empty folder without a
 meta.json is refused unless overwrite=True, which writes beside what is there.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -58,6 +59,7 @@ SHARD_TOKENS = 1 << 28  # 512 MB of uint16 per shard file
 
 
 # ----------------------------------------------------------------------------- writing
+
 
 class _SplitWriter:
     """Appends documents to one split's shard files and document index, streaming."""
@@ -168,17 +170,27 @@ def _regroup(rows: list, counts: list) -> tuple[list, list]:
     Exact: encoding sentence by sentence gives the document's ids (sentences.py)."""
     docs, lengths, i = [], [], 0
     for n in counts:
-        part = rows[i:i + n]
+        part = rows[i : i + n]
         docs.append(np.concatenate([np.asarray(r, dtype=np.int64) for r in part]) if part else [])
         lengths.append([len(r) for r in part])
         i += n
     return docs, lengths
 
 
-def prepare(corpus: Optional[list[str]], tokenizer_dir: str, out_dir: str, seq_len: int = 512,
-            val_fraction: float = 0.01, num_workers: Optional[int] = None, batch_documents: int = 256,
-            shard_tokens: int = SHARD_TOKENS, show_progress: bool = True, text_field: str = "text",
-            sentences: bool = False, overwrite: bool = False) -> dict:
+def prepare(
+    corpus: Optional[list[str]],
+    tokenizer_dir: str,
+    out_dir: str,
+    seq_len: int = 512,
+    val_fraction: float = 0.01,
+    num_workers: Optional[int] = None,
+    batch_documents: int = 256,
+    shard_tokens: int = SHARD_TOKENS,
+    show_progress: bool = True,
+    text_field: str = "text",
+    sentences: bool = False,
+    overwrite: bool = False,
+) -> dict:
     """Tokenize a corpus (None: the default one; see corpus.py for the formats) into out_dir;
     returns meta.json's contents.
 
@@ -198,11 +210,17 @@ def prepare(corpus: Optional[list[str]], tokenizer_dir: str, out_dir: str, seq_l
     if seq_len < 8:
         raise ValueError(f"seq_len must be at least 8, got {seq_len}")
     tok = load_tokenizer(tokenizer_dir)
-    settings = {"format": FORMAT_VERSION, "inputs": inputs_fingerprint(corpus), "seq_len": seq_len,
-                "val_fraction": val_fraction, "tokenizer_hash": tok.fingerprint(), "text_field": text_field,
-                # subtle: a corpus is plain text, as fairseq reads it: "<s>" or "<mask>" written in it
-                # are characters, never special ids (data prepared before this is prepared again)
-                "special_tokens_in_text": "plain"}
+    settings = {
+        "format": FORMAT_VERSION,
+        "inputs": inputs_fingerprint(corpus),
+        "seq_len": seq_len,
+        "val_fraction": val_fraction,
+        "tokenizer_hash": tok.fingerprint(),
+        "text_field": text_field,
+        # subtle: a corpus is plain text, as fairseq reads it: "<s>" or "<mask>" written in it
+        # are characters, never special ids (data prepared before this is prepared again)
+        "special_tokens_in_text": "plain",
+    }
     if sentences:  # only when asked: data prepared before sentences existed stays up to date
         settings["sentences"] = True
     num_workers = _available_cpus() if num_workers is None else max(1, num_workers)
@@ -212,24 +230,29 @@ def prepare(corpus: Optional[list[str]], tokenizer_dir: str, out_dir: str, seq_l
         if previous is None and not overwrite:
             foreign = sorted(n for n in os.listdir(out_dir) if n != ".lock" and not _made_here(out_dir, n))
             if foreign:
-                raise ValueError(f"--out {out_dir} is not empty and holds no prepared data (no meta.json; it has "
-                                 f"{', '.join(foreign[:3])}{' ...' if len(foreign) > 3 else ''}): use an empty "
-                                 "folder, or pass --overwrite to write beside what is there (none of it is deleted)")
-        done = (previous is not None and all(previous.get(k) == v for k, v in settings.items())
-                and not check_files(out_dir, previous))
+                raise ValueError(
+                    f"--out {out_dir} is not empty and holds no prepared data (no meta.json; it has "
+                    f"{', '.join(foreign[:3])}{' ...' if len(foreign) > 3 else ''}): use an empty "
+                    "folder, or pass --overwrite to write beside what is there (none of it is deleted)"
+                )
+        done = (
+            previous is not None
+            and all(previous.get(k) == v for k, v in settings.items())
+            and not check_files(out_dir, previous)
+        )
         _remove_leftovers(out_dir, previous, previous, inputs)
         if done:
             print(f"{out_dir} is already prepared from these inputs; nothing to do")
             return previous
-        meta = _write_data(corpus, tok, out_dir, settings, num_workers, batch_documents, shard_tokens,
-                           show_progress)
+        meta = _write_data(corpus, tok, out_dir, settings, num_workers, batch_documents, shard_tokens, show_progress)
         _remove_leftovers(out_dir, meta, previous, inputs)
     _print_report(meta)
     return meta
 
 
-def _write_data(corpus, tok, out_dir: str, settings: dict, num_workers, batch_documents: int, shard_tokens: int,
-                show_progress: bool) -> dict:
+def _write_data(
+    corpus, tok, out_dir: str, settings: dict, num_workers, batch_documents: int, shard_tokens: int, show_progress: bool
+) -> dict:
     """Tokenize into a fresh data-<id>/ folder, then commit it by replacing meta.json."""
     eos, val_fraction = tok.eos_token_id, settings["val_fraction"]
     dtype = np.uint16 if tok.vocab_size <= np.iinfo(np.uint16).max + 1 else np.uint32
@@ -282,14 +305,27 @@ def _write_data(corpus, tok, out_dir: str, settings: dict, num_workers, batch_do
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     fsync_dir(out_dir)
-    meta = {**settings, "dtype": np.dtype(dtype).name, "vocab_size": tok.vocab_size, "splits": splits,
-            "corpus": DEFAULT_CORPUS if corpus is None else corpus_files(corpus),
-            "bos_token_id": tok.bos_token_id, "eos_token_id": eos, "pad_token_id": tok.pad_token_id,
-            "report": {"files": report.files, "documents": report.documents, "characters": report.characters,
-                       "non_utf8_files": report.non_utf8_files, "empty_files": report.empty_files},
-            "files_dir": name, "files": files,
-            # what the data is, for `pretrain --resume` to compare: the hashes of every file
-            "fingerprint": hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()}
+    meta = {
+        **settings,
+        "dtype": np.dtype(dtype).name,
+        "vocab_size": tok.vocab_size,
+        "splits": splits,
+        "corpus": DEFAULT_CORPUS if corpus is None else corpus_files(corpus),
+        "bos_token_id": tok.bos_token_id,
+        "eos_token_id": eos,
+        "pad_token_id": tok.pad_token_id,
+        "report": {
+            "files": report.files,
+            "documents": report.documents,
+            "characters": report.characters,
+            "non_utf8_files": report.non_utf8_files,
+            "empty_files": report.empty_files,
+        },
+        "files_dir": name,
+        "files": files,
+        # what the data is, for `pretrain --resume` to compare: the hashes of every file
+        "fingerprint": hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest(),
+    }
     with atomic_write(os.path.join(out_dir, "meta.json"), "w") as f:  # the commit
         json.dump(meta, f, indent=2)
     return meta
@@ -355,8 +391,13 @@ def _remove_leftovers(out_dir: str, meta: Optional[dict], previous: Optional[dic
         if name == keep or is_input(path):
             continue
         stale = (name.startswith(".prepare-") or name.startswith("data-")) and _made_here(out_dir, name, previous)
-        old_layout = migrated and not os.path.islink(path) and (
-            (LEGACY_FILE.fullmatch(name) and os.path.isfile(path)) or (name == "tokenizer" and os.path.isdir(path)))
+        old_layout = (
+            migrated
+            and not os.path.islink(path)
+            and (
+                (LEGACY_FILE.fullmatch(name) and os.path.isfile(path)) or (name == "tokenizer" and os.path.isdir(path))
+            )
+        )
         if stale:
             _remove_marked(path)
         elif old_layout:
@@ -391,16 +432,22 @@ def _remove_marked(path: str) -> None:
 def _print_report(meta: dict) -> None:
     r = meta["report"]
     source = f"{r['files']} file(s)" if r["files"] else "the default corpus"
-    print(f"prepared {r['documents']:,} documents ({r['characters']:,} characters) from {source}: "
-          + ", ".join(f"{s} {v['tokens']:,} tokens in {v['documents']:,} documents" for s, v in meta["splits"].items()))
+    print(
+        f"prepared {r['documents']:,} documents ({r['characters']:,} characters) from {source}: "
+        + ", ".join(f"{s} {v['tokens']:,} tokens in {v['documents']:,} documents" for s, v in meta["splits"].items())
+    )
     if r["non_utf8_files"]:
-        print(f"  {len(r['non_utf8_files'])} file(s) were not valid UTF-8 and were decoded with replacement: "
-              + ", ".join(r["non_utf8_files"][:5]) + (" ..." if len(r["non_utf8_files"]) > 5 else ""))
+        print(
+            f"  {len(r['non_utf8_files'])} file(s) were not valid UTF-8 and were decoded with replacement: "
+            + ", ".join(r["non_utf8_files"][:5])
+            + (" ..." if len(r["non_utf8_files"]) > 5 else "")
+        )
     if r["empty_files"]:
         print(f"  {len(r['empty_files'])} file(s) held no text: " + ", ".join(r["empty_files"][:5]))
 
 
 # ----------------------------------------------------------------------------- reading back
+
 
 def files_dir(data_dir: str, meta: dict) -> str:
     """Where a manifest's files are: its data-<id>/ folder (the top folder for format 1)."""
@@ -416,8 +463,9 @@ def load_meta(data_dir: str) -> dict:
     """The manifest of a prepared data directory; ValueError when it is unreadable."""
     path = os.path.join(data_dir, "meta.json")
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"{data_dir} is not a prepared data directory (no meta.json); "
-                                "run `roberta-scratch prepare` first")
+        raise FileNotFoundError(
+            f"{data_dir} is not a prepared data directory (no meta.json); run `roberta-scratch prepare` first"
+        )
     try:
         with open(path, encoding="utf-8") as f:
             meta = json.load(f)
@@ -435,17 +483,21 @@ class TokenStream:
         meta = load_meta(data_dir)
         problems = check_files(data_dir, meta)
         if problems:
-            raise ValueError(f"{data_dir} is damaged: " + "; ".join(problems[:3]) + "; run `roberta-scratch "
-                             "prepare` again")
+            raise ValueError(
+                f"{data_dir} is damaged: " + "; ".join(problems[:3]) + "; run `roberta-scratch prepare` again"
+            )
         info = meta["splits"][split]
         base = files_dir(data_dir, meta)
-        self.shards = [np.memmap(os.path.join(base, f"{split}-{i:05d}.bin"), dtype=meta["dtype"], mode="r",
-                                 shape=(n,)) for i, n in enumerate(info["shards"])]
+        self.shards = [
+            np.memmap(os.path.join(base, f"{split}-{i:05d}.bin"), dtype=meta["dtype"], mode="r", shape=(n,))
+            for i, n in enumerate(info["shards"])
+        ]
         self.starts = np.cumsum([0] + info["shards"])  # global offset of each shard
         self.doc_ends = np.fromfile(os.path.join(base, f"{split}.docs.bin"), dtype=np.int64)
         # where each sentence ends (every document end is one), when prepared with --sentences
-        self.sent_ends = np.fromfile(os.path.join(base, f"{split}.sents.bin"), dtype=np.int64) \
-            if meta.get("sentences") else None
+        self.sent_ends = (
+            np.fromfile(os.path.join(base, f"{split}.sents.bin"), dtype=np.int64) if meta.get("sentences") else None
+        )
         self.meta = meta
 
     def __len__(self) -> int:
@@ -458,7 +510,7 @@ class TokenStream:
         while start < stop:
             local = start - self.starts[i]
             take = min(stop - start, len(self.shards[i]) - local)
-            parts.append(self.shards[i][local:local + take])
+            parts.append(self.shards[i][local : local + take])
             start += take
             i += 1
         return np.concatenate(parts) if parts else np.empty(0, dtype=np.int64)
@@ -502,6 +554,5 @@ class PackedDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> torch.Tensor:
         a, b = self.spans[i]
-        body = torch.from_numpy(self.stream[int(a):int(b)].astype(np.int64))
+        body = torch.from_numpy(self.stream[int(a) : int(b)].astype(np.int64))
         return torch.cat([torch.tensor([self.bos]), body, torch.tensor([self.eos])])
-

@@ -27,6 +27,7 @@ What it trains, and why (measured on 2 CPU cores; see the README):
 - Peak learning rate 2e-3 with 200 warmup steps, then linear decay to 0 (RoBERTa's
   schedule; small models take larger rates).
 """
+
 from __future__ import annotations
 
 import json
@@ -55,9 +56,22 @@ def train_args(data_dir: str, run_dir: str, config_path: str, steps: int = 6000,
     """The demo's pretraining settings (TrainArgs), for `steps` optimizer steps."""
     from .pretrain import TrainArgs
 
-    settings = dict(data=data_dir, out=run_dir, config=config_path, steps=steps, batch_size=32, seq_len=SEQ_LEN,
-                    lr=2e-3, warmup=min(200, steps // 10), mlm_probability=0.3, eval_mlm_probability=0.15,
-                    eval_every=max(1, steps // 3), save_every=max(1, steps // 4), log_every=50, resume=True)
+    settings = dict(
+        data=data_dir,
+        out=run_dir,
+        config=config_path,
+        steps=steps,
+        batch_size=32,
+        seq_len=SEQ_LEN,
+        lr=2e-3,
+        warmup=min(200, steps // 10),
+        mlm_probability=0.3,
+        eval_mlm_probability=0.15,
+        eval_every=max(1, steps // 3),
+        save_every=max(1, steps // 4),
+        log_every=50,
+        resume=True,
+    )
     return TrainArgs(**{**settings, **overrides})
 
 
@@ -77,17 +91,21 @@ def run(out: str = "runs/demo", steps: int = 6000) -> int:
     config_path = os.path.join(out, "config.json")
     model_config().save(config_path)
     args = train_args(data_dir, run_dir, config_path, steps)
-    print(f"== 3/4 pretraining a tiny RoBERTa for {steps} steps of {args.batch_size} x {SEQ_LEN} tokens, "
-          f"{args.mlm_probability:.0%} masked (held out: {args.eval_mlm_probability:.0%}; chance level: "
-          f"ln({VOCAB_SIZE}) = {math.log(VOCAB_SIZE):.2f})")
+    print(
+        f"== 3/4 pretraining a tiny RoBERTa for {steps} steps of {args.batch_size} x {SEQ_LEN} tokens, "
+        f"{args.mlm_probability:.0%} masked (held out: {args.eval_mlm_probability:.0%}; chance level: "
+        f"ln({VOCAB_SIZE}) = {math.log(VOCAB_SIZE):.2f})"
+    )
     code = pretrain(args)
     if code != 0:
         return code
     with open(os.path.join(run_dir, "metrics.jsonl")) as f:
         evals = [json.loads(line) for line in f if '"val_loss"' in line]
     first, last = evals[0], evals[-1]
-    print(f"held-out loss {first['val_loss']:.3f} -> {last['val_loss']:.3f}, perplexity {first['val_ppl']:.0f} -> "
-          f"{last['val_ppl']:.1f}, masked accuracy {first['val_acc']:.1%} -> {last['val_acc']:.1%}")
+    print(
+        f"held-out loss {first['val_loss']:.3f} -> {last['val_loss']:.3f}, perplexity {first['val_ppl']:.0f} -> "
+        f"{last['val_ppl']:.1f}, masked accuracy {first['val_acc']:.1%} -> {last['val_acc']:.1%}"
+    )
     print("== 4/4 fill-mask with the trained model: its top 5, and where the corpus' answer ranks")
     for (text, answer), result in zip(PROBES, fill_mask(os.path.join(run_dir, "model"), [t for t, _ in PROBES])):
         candidates = result["masks"][0]

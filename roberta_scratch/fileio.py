@@ -6,6 +6,7 @@ reading JSON lines with FILE:LINE errors, and writing so that a crash never leav
     with atomic_write("meta.json", "w") as f: ...           # the old file or the new one, never a mix
     with atomic_files("model/") as tmp: ...                 # files written in tmp move into model/ together
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -77,8 +78,9 @@ def iter_lines(paths: Iterable[str | os.PathLike], bad_files: list | None = None
             )
 
 
-def iter_jsonl(path: str | os.PathLike, on_bad: Callable[[int, str], None],
-               bad_files: list | None = None) -> Iterator[tuple[int, dict]]:
+def iter_jsonl(
+    path: str | os.PathLike, on_bad: Callable[[int, str], None], bad_files: list | None = None
+) -> Iterator[tuple[int, dict]]:
     """(line number, object) for each non-blank line of a JSON-lines file.
 
     A line that is not JSON, or not a JSON object, is handed to `on_bad(line, problem)`
@@ -220,10 +222,14 @@ def lock_dir(directory: str | os.PathLike, what: str = "this directory", shared:
         except BlockingIOError:
             holder = os.pread(fd, 200, 0).decode(errors="replace").strip()
             pid, _, job = holder.partition(" ")
-            by = (f"another process (pid {pid}) working on {job or what}" if pid
-                  else "a process reading it (a pretraining run on this data)")
-            raise DirectoryBusy(f"{directory} is in use by {by}; wait for it to finish, or use another "
-                                "directory") from None
+            by = (
+                f"another process (pid {pid}) working on {job or what}"
+                if pid
+                else "a process reading it (a pretraining run on this data)"
+            )
+            raise DirectoryBusy(
+                f"{directory} is in use by {by}; wait for it to finish, or use another directory"
+            ) from None
         if not shared:  # readers leave the file alone: it names the writer
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"{os.getpid()} {what}\n".encode(), 0)

@@ -57,12 +57,14 @@ class FinetuneArgs(RunArgs):
     warmup_ratio: float = option(0.06, "share of the steps spent warming up", minimum=0)
     weight_decay: float = option(0.1, "AdamW weight decay (never on biases and LayerNorm weights)", minimum=0)
     clip: float = option(0.0, "max gradient norm; 0 (fairseq's GLUE recipe) turns clipping off", minimum=0)
-    max_length: Optional[int] = option(None, "tokens per example (default 512; qa 384), at most the model's positions",
-                                       minimum=8)
+    max_length: Optional[int] = option(
+        None, "tokens per example (default 512; qa 384), at most the model's positions", minimum=8
+    )
     stride: int = option(128, "qa: tokens shared by consecutive windows of a long context", minimum=0)
     max_answer_length: int = option(30, "qa: the longest answer span considered, in tokens", minimum=1)
-    label_type: str = option("auto", "seq-cls: auto makes numeric labels regression",
-                             choices=["auto", "class", "regression"])
+    label_type: str = option(
+        "auto", "seq-cls: auto makes numeric labels regression", choices=["auto", "class", "regression"]
+    )
     on_bad_row: str = option("skip", "skip bad rows with a count, or stop at the first", choices=["skip", "stop"])
     eval_every: Optional[int] = option(None, "steps between evaluations (default: once per epoch)", minimum=1)
     save_every: Optional[int] = option(None, "steps between checkpoints (default: once per epoch)", minimum=1)
@@ -74,6 +76,7 @@ class FinetuneArgs(RunArgs):
 
 
 # ----------------------------------------------------------------------------- the trainer
+
 
 class FinetuneTrainer(BaseTrainer):
     """A task on top of the shared loop: the data are the task's features; an epoch is
@@ -90,8 +93,9 @@ class FinetuneTrainer(BaseTrainer):
         try:
             self.tok = load_tokenizer(a.model)
         except (FileNotFoundError, OSError, ValueError) as e:
-            raise TrainingError(f"--model {a.model}: no tokenizer there ({e}); a model dir holds its "
-                                "tokenizer files too") from None
+            raise TrainingError(
+                f"--model {a.model}: no tokenizer there ({e}); a model dir holds its tokenizer files too"
+            ) from None
         self.task = TASKS[a.task](a, self.tok)
         self.skipped = {}
         train = self._read(a.train, "train", fit=True)
@@ -105,9 +109,13 @@ class FinetuneTrainer(BaseTrainer):
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             # a head trained for another label set starts afresh, with a warning naming it
-            model = self.task.model_class.from_pretrained(a.model, reinit_mismatched_heads=True,
-                                                          trust_code=a.trust_code, attention=a.attention,
-                                                          **self.task.config_overrides())
+            model = self.task.model_class.from_pretrained(
+                a.model,
+                reinit_mismatched_heads=True,
+                trust_code=a.trust_code,
+                attention=a.attention,
+                **self.task.config_overrides(),
+            )
         for w in caught:
             self._log(f"note: {w.message}")
         a.max_length = min(a.max_length or self.task.default_max_length, model.config.max_tokens)
@@ -122,9 +130,11 @@ class FinetuneTrainer(BaseTrainer):
         a.eval_every = a.eval_every or self.steps_per_epoch
         a.save_every = a.save_every or self.steps_per_epoch
         self.best = None
-        self._log(f"{a.task}: {len(train)} training examples ({len(self.train_set)} features), "
-                  f"{len(self.eval_examples)} eval; {self.total_steps} steps of {self.global_batch}, "
-                  f"{self.steps_per_epoch} per epoch")
+        self._log(
+            f"{a.task}: {len(train)} training examples ({len(self.train_set)} features), "
+            f"{len(self.eval_examples)} eval; {self.total_steps} steps of {self.global_batch}, "
+            f"{self.steps_per_epoch} per epoch"
+        )
         return model
 
     def _read(self, path: str, split: str, fit: bool = False) -> list[dict]:
@@ -162,8 +172,9 @@ class FinetuneTrainer(BaseTrainer):
         self.raw_model.eval()
         try:
             with self._autocast():
-                m = self.task.evaluate(self.raw_model, self.eval_examples, self.eval_features,
-                                       self.args.batch_size * 2, self.device)
+                m = self.task.evaluate(
+                    self.raw_model, self.eval_examples, self.eval_features, self.args.batch_size * 2, self.device
+                )
         finally:
             self.raw_model.train()
         return {"epoch": round(self.step / self.steps_per_epoch, 3), **m}
@@ -185,8 +196,12 @@ class FinetuneTrainer(BaseTrainer):
     def export(self) -> None:
         path = os.path.join(self.args.out, "model")
         self.save_model(path)
-        best = f"; the best on the eval set ({self.best['metric']} {self.best['value']:.4g} at step " \
-               f"{self.best['step']}) is in {os.path.join(self.args.out, 'best')}" if self.best else ""
+        best = (
+            f"; the best on the eval set ({self.best['metric']} {self.best['value']:.4g} at step "
+            f"{self.best['step']}) is in {os.path.join(self.args.out, 'best')}"
+            if self.best
+            else ""
+        )
         self._log(f"saved the fine-tuned model and its tokenizer to {path}{best}")
 
 

@@ -8,6 +8,7 @@ A reader hands each bad row to a BadRows, which prints and counts it (--on-bad-r
 or stops the run with a DataError (--on-bad-row stop). What the rows mean (labels,
 classes, tags) is the tasks' business (tasks.py).
 """
+
 from __future__ import annotations
 
 import csv
@@ -200,12 +201,10 @@ def read_squad(path: str, bad: BadRows) -> list[dict]:
                     if not isinstance(text, str) or not text:
                         problem = "an answer has no 'text'"
                     elif start is not None and (isinstance(start, bool) or not isinstance(start, int)):
-                        problem = (f"'answer_start' must be a whole number of characters, got {_kind(start)} "
-                                   f"{start!r}")
+                        problem = f"'answer_start' must be a whole number of characters, got {_kind(start)} {start!r}"
                     elif start is None:
                         start = context.find(text)
-                    if problem is None and (start is None or start < 0
-                                            or context[start:start + len(text)] != text):
+                    if problem is None and (start is None or start < 0 or context[start : start + len(text)] != text):
                         where = f"at character {start}" if start is not None and start >= 0 else "anywhere"
                         problem = f"answer {text!r} is not found {where} in its context"
                     if problem:
@@ -216,6 +215,7 @@ def read_squad(path: str, bad: BadRows) -> list[dict]:
                 if problem:
                     bad(n, f"question {qid!r}: {problem}")
                     continue
-                examples.append({"id": qid, "question": qa["question"], "context": context,
-                                 "answers": answers, "line": n})
+                examples.append(
+                    {"id": qid, "question": qa["question"], "context": context, "answers": answers, "line": n}
+                )
     return examples

@@ -6,6 +6,7 @@
 
 One table serves the trainer's MFU and every benchmark, so they never disagree.
 """
+
 from __future__ import annotations
 
 import re

@@ -4,6 +4,7 @@ processor's name for the records that benchmarks and studies write.
 Its own module because the trainer, the study's report and the benchmarks all ask, and none
 of them should have to import the training loop to learn the processor's name.
 """
+
 from __future__ import annotations
 
 import os
@@ -30,13 +31,21 @@ def cpu_threads(requested: Optional[int] = None) -> tuple[int, str]:
     share = max(1, cores // local)
     elsewhere = busy_elsewhere()
     busy = min(share - 1, int(elsewhere / local + 0.5)) if elsewhere > 0.5 else 0
-    return share - busy, (f"{cores} usable cores" + (f" over {local} local ranks" if local > 1 else "")
-                          + (f", {elsewhere:.1f} busy with other work" if busy else ""))
+    return share - busy, (
+        f"{cores} usable cores"
+        + (f" over {local} local ranks" if local > 1 else "")
+        + (f", {elsewhere:.1f} busy with other work" if busy else "")
+    )
 
 
 # The vector and matrix extensions that decide a CPU's GEMM rate, as /proc/cpuinfo flags them.
-ISA_FLAGS = (("amx_tile", "AMX"), ("avx512_vnni", "AVX-512 VNNI"), ("avx512f", "AVX-512"), ("avx_vnni", "AVX-VNNI"),
-             ("avx2", "AVX2"))
+ISA_FLAGS = (
+    ("amx_tile", "AMX"),
+    ("avx512_vnni", "AVX-512 VNNI"),
+    ("avx512f", "AVX-512"),
+    ("avx_vnni", "AVX-VNNI"),
+    ("avx2", "AVX2"),
+)
 
 
 def cpu_isa(cpuinfo: Optional[str] = None) -> list[str]:

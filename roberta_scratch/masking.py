@@ -20,6 +20,7 @@ copies (StaticCopies) give them: {"input_ids": 1-D, "token_type_ids": 1-D (optio
 padded with 0 and next_sentence_label stacked into the batch; mask_copy picks which of an
 example's static masks it gets (see DynamicMaskingCollator).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -44,18 +45,32 @@ class DynamicMaskingCollator:
     tokenizer's word_start_mask() says); when given, whole words are selected together.
     """
 
-    def __init__(self, vocab_size: int, mask_token_id: int, pad_token_id: int, special_token_ids: Sequence[int],
-                 mlm_probability: float = 0.15, mask_replace_prob: float = 0.8, random_replace_prob: float = 0.1,
-                 pad_to_multiple_of: Optional[int] = None, generator: Optional[torch.Generator] = None,
-                 static: bool = False, static_seed: int = 0, word_start: Optional[torch.Tensor] = None):
+    def __init__(
+        self,
+        vocab_size: int,
+        mask_token_id: int,
+        pad_token_id: int,
+        special_token_ids: Sequence[int],
+        mlm_probability: float = 0.15,
+        mask_replace_prob: float = 0.8,
+        random_replace_prob: float = 0.1,
+        pad_to_multiple_of: Optional[int] = None,
+        generator: Optional[torch.Generator] = None,
+        static: bool = False,
+        static_seed: int = 0,
+        word_start: Optional[torch.Tensor] = None,
+    ):
         if not 0.0 < mlm_probability < 1.0:
             raise ValueError(f"mlm_probability must be in (0, 1), got {mlm_probability}")
         if mask_replace_prob < 0 or random_replace_prob < 0 or mask_replace_prob + random_replace_prob > 1.0:
-            raise ValueError(f"mask_replace_prob ({mask_replace_prob}) + random_replace_prob "
-                             f"({random_replace_prob}) must be probabilities summing to at most 1")
+            raise ValueError(
+                f"mask_replace_prob ({mask_replace_prob}) + random_replace_prob "
+                f"({random_replace_prob}) must be probabilities summing to at most 1"
+            )
         if word_start is not None and word_start.shape != (vocab_size,):
-            raise ValueError(f"word_start must be a bool tensor of shape ({vocab_size},), "
-                             f"got {tuple(word_start.shape)}")
+            raise ValueError(
+                f"word_start must be a bool tensor of shape ({vocab_size},), got {tuple(word_start.shape)}"
+            )
         self.vocab_size = vocab_size
         self.mask_token_id = mask_token_id
         self.pad_token_id = pad_token_id
@@ -75,8 +90,14 @@ class DynamicMaskingCollator:
     def from_tokenizer(cls, tokenizer, whole_word: bool = False, **kwargs) -> "DynamicMaskingCollator":
         """Read the ids from a tokenizer; whole_word groups tokens by its word_start_mask()."""
         word_start = torch.tensor(tokenizer.word_start_mask(), dtype=torch.bool) if whole_word else None
-        return cls(tokenizer.vocab_size, tokenizer.mask_token_id, tokenizer.pad_token_id,
-                   sorted(tokenizer.special_tokens.values()), word_start=word_start, **kwargs)
+        return cls(
+            tokenizer.vocab_size,
+            tokenizer.mask_token_id,
+            tokenizer.pad_token_id,
+            sorted(tokenizer.special_tokens.values()),
+            word_start=word_start,
+            **kwargs,
+        )
 
     # ------------------------------------------------------------------ batching
     def pad(self, examples: Union[torch.Tensor, Sequence[torch.Tensor]]) -> torch.Tensor:
@@ -117,18 +138,21 @@ class DynamicMaskingCollator:
                 input_ids[row, :n], labels[row, :n] = self._draw(real[None], g)
         else:
             if copies is not None and any(copies):
-                raise ValueError("examples carry mask_copy (BERT's static copies) but the collator draws dynamic "
-                                 "masks: pass static=True")
+                raise ValueError(
+                    "examples carry mask_copy (BERT's static copies) but the collator draws dynamic "
+                    "masks: pass static=True"
+                )
             input_ids, labels = self._draw(ids, self.generator)
         batch = {"input_ids": input_ids, "attention_mask": ids.ne(self.pad_token_id).long(), "labels": labels}
         if "token_type_ids" in extra:
             types = torch.zeros_like(ids)  # padding gets type 0, like HF's
             for row, t in enumerate(extra["token_type_ids"]):
-                types[row, :len(t)] = torch.as_tensor(t, dtype=torch.long)
+                types[row, : len(t)] = torch.as_tensor(t, dtype=torch.long)
             batch["token_type_ids"] = types
         if "next_sentence_label" in extra:
-            batch["next_sentence_label"] = torch.as_tensor([int(x) for x in extra["next_sentence_label"]],
-                                                           dtype=torch.long)
+            batch["next_sentence_label"] = torch.as_tensor(
+                [int(x) for x in extra["next_sentence_label"]], dtype=torch.long
+            )
         return batch
 
     KEYS = ("input_ids", "token_type_ids", "next_sentence_label", "mask_copy")
@@ -143,8 +167,9 @@ class DynamicMaskingCollator:
             raise ValueError("every example of a batch must have the same keys")
         for e in examples:
             if "token_type_ids" in e and len(e["token_type_ids"]) != len(e["input_ids"]):
-                raise ValueError(f"token_type_ids has {len(e['token_type_ids'])} entries for "
-                                 f"{len(e['input_ids'])} input_ids")
+                raise ValueError(
+                    f"token_type_ids has {len(e['token_type_ids'])} entries for {len(e['input_ids'])} input_ids"
+                )
         extra = {k: [e[k] for e in examples] for k in ("token_type_ids", "next_sentence_label") if k in keys}
         copies = [int(e["mask_copy"]) for e in examples] if "mask_copy" in keys else None
         return [e["input_ids"] for e in examples], extra, copies

@@ -1,15 +1,16 @@
 """The evaluation metrics of the fine-tuning tasks, written out so each is easy to check by hand.
 
-    classification:  accuracy, macro_f1                    (predicted vs gold class ids)
-    regression:      pearson, spearman                     (predicted vs gold numbers)
-    NER:             entity_spans, entity_prf              (BIO / IOB2 tags, CoNLL's conlleval rules)
-    extractive QA:   normalize_answer, squad_exact, squad_f1, squad_scores (SQuAD v1.1 / v2.0)
+classification:  accuracy, macro_f1                    (predicted vs gold class ids)
+regression:      pearson, spearman                     (predicted vs gold numbers)
+NER:             entity_spans, entity_prf              (BIO / IOB2 tags, CoNLL's conlleval rules)
+extractive QA:   normalize_answer, squad_exact, squad_f1, squad_scores (SQuAD v1.1 / v2.0)
 
-    >>> entity_spans(["B-PER", "I-PER", "O", "B-LOC"])
-    [('PER', 0, 2), ('LOC', 3, 4)]
-    >>> entity_prf([["B-PER", "I-PER", "O"]], [["B-PER", "O", "O"]])
-    {'precision': 0.0, 'recall': 0.0, 'f1': 0.0, 'entities': 1}
+>>> entity_spans(["B-PER", "I-PER", "O", "B-LOC"])
+[('PER', 0, 2), ('LOC', 3, 4)]
+>>> entity_prf([["B-PER", "I-PER", "O"]], [["B-PER", "O", "O"]])
+{'precision': 0.0, 'recall': 0.0, 'f1': 0.0, 'entities': 1}
 """
+
 from __future__ import annotations
 
 import collections
@@ -43,6 +44,7 @@ def _f1(tp: int, fp: int, fn: int) -> float:
 
 # ----------------------------------------------------------------------------- regression
 
+
 def pearson(x: list, y: list) -> float:
     """Pearson's r; 0.0 when either side is constant (r is undefined there)."""
     n = len(x)
@@ -74,6 +76,7 @@ def spearman(x: list, y: list) -> float:
 
 
 # ----------------------------------------------------------------------------- NER
+
 
 def entity_spans(tags: list[str]) -> list[tuple[str, int, int]]:
     """(type, start, end) of each entity in a BIO / IOB2 tag sequence, end exclusive.
@@ -117,6 +120,7 @@ def entity_prf(gold: list[list[str]], pred: list[list[str]]) -> dict:
 
 
 # ----------------------------------------------------------------------------- SQuAD
+
 
 def normalize_answer(s: str) -> str:
     """SQuAD's normalisation: lower case, drop punctuation, drop the articles a/an/the, squeeze spaces.

@@ -9,6 +9,7 @@ Numbers match the reference implementations (fairseq, Hugging Face) to fp32
 rounding; the module structure is our own, and convert.py maps their state
 dicts onto it.
 """
+
 from __future__ import annotations
 
 import math
@@ -52,13 +53,15 @@ class Output:
 
 # --------------------------------------------------------------------------- parts
 
+
 class RobertaEmbeddings(nn.Module):
     def __init__(self, cfg: RobertaConfig):
         super().__init__()
         self.padding_idx = cfg.pad_token_id
         self.word_embeddings = nn.Embedding(cfg.vocab_size, cfg.hidden_size, padding_idx=cfg.pad_token_id)
-        self.position_embeddings = nn.Embedding(cfg.max_position_embeddings, cfg.hidden_size,
-                                                padding_idx=cfg.pad_token_id)
+        self.position_embeddings = nn.Embedding(
+            cfg.max_position_embeddings, cfg.hidden_size, padding_idx=cfg.pad_token_id
+        )
         self.token_type_embeddings = nn.Embedding(cfg.type_vocab_size, cfg.hidden_size)
         self.norm = AddNorm(cfg)
 
@@ -123,8 +126,10 @@ class SelfAttention(nn.Module):
         """x: (B, T, C); pad_mask: (B, T) bool, True for real tokens, or None for no padding.
         Returns (output (B, T, C), attention probabilities (B, nh, T, T) if need_weights else None)."""
         if need_weights and self.backend != "eager":
-            raise ValueError(f"attention probabilities are only available with attention='eager'; the "
-                             f"{self.backend!r} backend never materialises them")
+            raise ValueError(
+                f"attention probabilities are only available with attention='eager'; the "
+                f"{self.backend!r} backend never materialises them"
+            )
         B, T, C = x.shape
         q, k, v = self.qkv(x).split(C, dim=2)
         q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
@@ -175,6 +180,7 @@ class Layer(nn.Module):
 
 # --------------------------------------------------------------------------- the encoder
 
+
 class PreTrained(nn.Module):
     """Initialisation, input checks and save/load shared by every model class."""
 
@@ -206,8 +212,9 @@ class PreTrained(nn.Module):
         save_ours(self.config, self.state_dict(), path, model_class=type(self).__name__)
 
     @classmethod
-    def from_pretrained(cls, path: str, reinit_mismatched_heads: bool = False, trust_code: bool = False,
-                        **config_overrides):
+    def from_pretrained(
+        cls, path: str, reinit_mismatched_heads: bool = False, trust_code: bool = False, **config_overrides
+    ):
         """Load this project's directory or a Hugging Face roberta directory.
 
         Keyword arguments override config fields, e.g. attention="eager" or num_labels=3.
@@ -225,33 +232,48 @@ class PreTrained(nn.Module):
 ID_DTYPES = (torch.int64, torch.int32)  # what an embedding lookup takes; bool and uint8 would be masks
 
 
-def check_inputs(cfg: RobertaConfig, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor],
-                 token_type_ids: Optional[torch.Tensor] = None) -> Optional[torch.Tensor]:
+def check_inputs(
+    cfg: RobertaConfig,
+    input_ids: torch.Tensor,
+    attention_mask: Optional[torch.Tensor],
+    token_type_ids: Optional[torch.Tensor] = None,
+) -> Optional[torch.Tensor]:
     """Validate on the host, so bad input is a ValueError on every device (never a CUDA assert).
 
     Returns the key-padding mask as (B, T) bool, or None when nothing is padded.
     """
     if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2 or input_ids.dtype not in ID_DTYPES:
-        raise ValueError(f"input_ids must be an int64 or int32 tensor of shape (batch, seq_len), got "
-                         f"{getattr(input_ids, 'dtype', type(input_ids))} {tuple(getattr(input_ids, 'shape', ()))}")
+        raise ValueError(
+            f"input_ids must be an int64 or int32 tensor of shape (batch, seq_len), got "
+            f"{getattr(input_ids, 'dtype', type(input_ids))} {tuple(getattr(input_ids, 'shape', ()))}"
+        )
     B, T = input_ids.shape
     if T > cfg.max_tokens:
-        raise ValueError(f"sequence length {T} is longer than the {cfg.max_tokens} positions this model has "
-                         f"(max_position_embeddings {cfg.max_position_embeddings} - padding_idx "
-                         f"{cfg.pad_token_id} - 1); truncate the input")
+        raise ValueError(
+            f"sequence length {T} is longer than the {cfg.max_tokens} positions this model has "
+            f"(max_position_embeddings {cfg.max_position_embeddings} - padding_idx "
+            f"{cfg.pad_token_id} - 1); truncate the input"
+        )
     if input_ids.numel() == 0:
         raise ValueError(f"input_ids is empty, shape {tuple(input_ids.shape)}")
     stats = [input_ids.min(), input_ids.max()]
     if token_type_ids is not None:
-        if not isinstance(token_type_ids, torch.Tensor) or tuple(token_type_ids.shape) != (B, T) \
-                or token_type_ids.dtype not in ID_DTYPES:
-            raise ValueError(f"token_type_ids must be an int64 or int32 tensor of shape (batch, seq_len) = {(B, T)} "
-                             f"like input_ids, got {getattr(token_type_ids, 'dtype', type(token_type_ids))} "
-                             f"{tuple(getattr(token_type_ids, 'shape', ()))}")
+        if (
+            not isinstance(token_type_ids, torch.Tensor)
+            or tuple(token_type_ids.shape) != (B, T)
+            or token_type_ids.dtype not in ID_DTYPES
+        ):
+            raise ValueError(
+                f"token_type_ids must be an int64 or int32 tensor of shape (batch, seq_len) = {(B, T)} "
+                f"like input_ids, got {getattr(token_type_ids, 'dtype', type(token_type_ids))} "
+                f"{tuple(getattr(token_type_ids, 'shape', ()))}"
+            )
     if attention_mask is not None:
         if tuple(attention_mask.shape) != (B, T):
-            raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}, expected (batch, seq_len) "
-                             f"= {(B, T)} like input_ids")
+            raise ValueError(
+                f"attention_mask has shape {tuple(attention_mask.shape)}, expected (batch, seq_len) "
+                f"= {(B, T)} like input_ids"
+            )
         attention_mask = attention_mask.to(device=input_ids.device)
         if attention_mask.dtype != torch.bool:  # 1 and 0 only: 2, -1 or NaN is a bug upstream, not "real"
             odd = (attention_mask != 0) & (attention_mask != 1)
@@ -260,19 +282,29 @@ def check_inputs(cfg: RobertaConfig, input_ids: torch.Tensor, attention_mask: Op
         real = attention_mask.sum(dim=1)
         stats += [real.min(), real.max()]
     if token_type_ids is not None:
-        stats += [token_type_ids.min().to(device=input_ids.device, dtype=input_ids.dtype),
-                  token_type_ids.max().to(device=input_ids.device, dtype=input_ids.dtype)]
+        stats += [
+            token_type_ids.min().to(device=input_ids.device, dtype=input_ids.dtype),
+            token_type_ids.max().to(device=input_ids.device, dtype=input_ids.dtype),
+        ]
     stats = torch.stack(stats).tolist()  # one device sync for every check
     if token_type_ids is not None:
         low, high = stats.pop(-2), stats.pop(-1)
         if low < 0 or high >= cfg.type_vocab_size:
-            raise ValueError(f"token type id {low if low < 0 else high} is out of range for type_vocab_size "
-                             f"{cfg.type_vocab_size}" + (" (RoBERTa's configs have one token type; the pair "
-                             "formats need a config with type_vocab_size=2)" if cfg.type_vocab_size == 1 else ""))
+            raise ValueError(
+                f"token type id {low if low < 0 else high} is out of range for type_vocab_size "
+                f"{cfg.type_vocab_size}"
+                + (
+                    " (RoBERTa's configs have one token type; the pair formats need a config with type_vocab_size=2)"
+                    if cfg.type_vocab_size == 1
+                    else ""
+                )
+            )
     if attention_mask is not None and len(stats) == 5:
         if stats.pop(2):
-            raise ValueError("attention_mask must hold only 1 (a real token) and 0 (padding); it holds other "
-                             "values (2, -1 or NaN, say)")
+            raise ValueError(
+                "attention_mask must hold only 1 (a real token) and 0 (padding); it holds other "
+                "values (2, -1 or NaN, say)"
+            )
     if stats[0] < 0 or stats[1] >= cfg.vocab_size:
         bad = stats[0] if stats[0] < 0 else stats[1]
         raise ValueError(f"token id {bad} is out of range for vocab_size {cfg.vocab_size}")
@@ -293,8 +325,9 @@ class RobertaModel(PreTrained):
         self.layers = nn.ModuleList([Layer(cfg) for _ in range(cfg.num_hidden_layers)])
         self.init_weights()
 
-    def forward(self, input_ids, attention_mask=None, output_hidden_states=False, output_attentions=False,
-                token_type_ids=None) -> Output:
+    def forward(
+        self, input_ids, attention_mask=None, output_hidden_states=False, output_attentions=False, token_type_ids=None
+    ) -> Output:
         """token_type_ids (B, T): None adds type 0 everywhere, as RoBERTa does (one token type)."""
         pad_mask = check_inputs(self.config, input_ids, attention_mask, token_type_ids)
         x = self.embeddings(input_ids, token_type_ids)  # (B, T, H)
@@ -303,11 +336,15 @@ class RobertaModel(PreTrained):
             x, att = layer(x, pad_mask, output_attentions)
             hidden_states.append(x)
             attentions.append(att)
-        return Output(last_hidden_state=x, hidden_states=tuple(hidden_states) if output_hidden_states else None,
-                      attentions=tuple(attentions) if output_attentions else None)
+        return Output(
+            last_hidden_state=x,
+            hidden_states=tuple(hidden_states) if output_hidden_states else None,
+            attentions=tuple(attentions) if output_attentions else None,
+        )
 
 
 # --------------------------------------------------------------------------- heads
+
 
 def lm_head(cfg: RobertaConfig) -> nn.Module:
     """The MLM head's own weights: dense -> gelu -> LN, then a bias on the tied decoder."""
@@ -352,8 +389,15 @@ class RobertaForMaskedLM(MaskedLMHead, PreTrained):
         self._add_encoder_and_lm_head(cfg)
         self.init_weights()
 
-    def forward(self, input_ids, attention_mask=None, labels=None, output_hidden_states=False,
-                output_attentions=False, token_type_ids=None) -> Output:
+    def forward(
+        self,
+        input_ids,
+        attention_mask=None,
+        labels=None,
+        output_hidden_states=False,
+        output_attentions=False,
+        token_type_ids=None,
+    ) -> Output:
         """Without labels: logits (B, T, V) at every position.
 
         With labels ((B, T), IGNORE_INDEX where nothing is predicted): the head runs only at
@@ -364,11 +408,13 @@ class RobertaForMaskedLM(MaskedLMHead, PreTrained):
         out = self.roberta(input_ids, attention_mask, output_hidden_states, output_attentions, token_type_ids)
         h = out.last_hidden_state
         if labels is None:
-            return Output(logits=self.predict(h), last_hidden_state=h, hidden_states=out.hidden_states,
-                      attentions=out.attentions)
+            return Output(
+                logits=self.predict(h), last_hidden_state=h, hidden_states=out.hidden_states, attentions=out.attentions
+            )
         logits, loss = self.masked_lm(h, labels, input_ids.shape)
-        return Output(loss=loss, logits=logits, last_hidden_state=h, hidden_states=out.hidden_states,
-                      attentions=out.attentions)
+        return Output(
+            loss=loss, logits=logits, last_hidden_state=h, hidden_states=out.hidden_states, attentions=out.attentions
+        )
 
 
 class RobertaForPreTraining(MaskedLMHead, PreTrained):
@@ -391,8 +437,16 @@ class RobertaForPreTraining(MaskedLMHead, PreTrained):
         self.nsp.classifier = nn.Linear(cfg.hidden_size, 2)
         self.init_weights()
 
-    def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None, next_sentence_label=None,
-                output_hidden_states=False, output_attentions=False) -> Output:
+    def forward(
+        self,
+        input_ids,
+        attention_mask=None,
+        token_type_ids=None,
+        labels=None,
+        next_sentence_label=None,
+        output_hidden_states=False,
+        output_attentions=False,
+    ) -> Output:
         """logits: the MLM logits, (B, T, V) without labels, else (N, V) at the N labelled
         positions only, as RobertaForMaskedLM. nsp_logits: (B, 2). loss: mlm_loss + nsp_loss,
         each a mean (over the masked tokens, over the sequences); the one given alone when
@@ -409,9 +463,16 @@ class RobertaForPreTraining(MaskedLMHead, PreTrained):
             check_labels(next_sentence_label, (input_ids.shape[0],), 2)
             nsp_loss = F.cross_entropy(nsp_logits.float(), next_sentence_label)
         loss = nsp_loss if mlm_loss is None else mlm_loss if nsp_loss is None else mlm_loss + nsp_loss
-        return Output(loss=loss, logits=logits, nsp_logits=nsp_logits, mlm_loss=mlm_loss,
-                      nsp_loss=nsp_loss, last_hidden_state=h, hidden_states=out.hidden_states,
-                      attentions=out.attentions)
+        return Output(
+            loss=loss,
+            logits=logits,
+            nsp_logits=nsp_logits,
+            mlm_loss=mlm_loss,
+            nsp_loss=nsp_loss,
+            last_hidden_state=h,
+            hidden_states=out.hidden_states,
+            attentions=out.attentions,
+        )
 
 
 class RobertaForSequenceClassification(PreTrained):
@@ -431,16 +492,27 @@ class RobertaForSequenceClassification(PreTrained):
         self.dropout = nn.Dropout(head_dropout(cfg))
         self.init_weights()
 
-    def forward(self, input_ids, attention_mask=None, labels=None, output_hidden_states=False,
-                output_attentions=False, token_type_ids=None) -> Output:
+    def forward(
+        self,
+        input_ids,
+        attention_mask=None,
+        labels=None,
+        output_hidden_states=False,
+        output_attentions=False,
+        token_type_ids=None,
+    ) -> Output:
         out = self.roberta(input_ids, attention_mask, output_hidden_states, output_attentions, token_type_ids)
         x = self.dropout(out.last_hidden_state[:, 0])  # (B, H): the <s> token
         x = self.dropout(torch.tanh(self.classifier.dense(x)))
         logits = self.classifier.out_proj(x)  # (B, num_labels)
         loss = None if labels is None else self.loss(logits, labels)
-        return Output(loss=loss, logits=logits, last_hidden_state=out.last_hidden_state,
-                      hidden_states=out.hidden_states,
-                      attentions=out.attentions)
+        return Output(
+            loss=loss,
+            logits=logits,
+            last_hidden_state=out.last_hidden_state,
+            hidden_states=out.hidden_states,
+            attentions=out.attentions,
+        )
 
     def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         n = self.config.num_labels
@@ -474,19 +546,31 @@ class RobertaForTokenClassification(PreTrained):
         self.classifier = nn.Linear(cfg.hidden_size, cfg.num_labels)
         self.init_weights()
 
-    def forward(self, input_ids, attention_mask=None, labels=None, output_hidden_states=False,
-                output_attentions=False, token_type_ids=None) -> Output:
+    def forward(
+        self,
+        input_ids,
+        attention_mask=None,
+        labels=None,
+        output_hidden_states=False,
+        output_attentions=False,
+        token_type_ids=None,
+    ) -> Output:
         out = self.roberta(input_ids, attention_mask, output_hidden_states, output_attentions, token_type_ids)
         logits = self.classifier(self.dropout(out.last_hidden_state))  # (B, T, num_labels)
         loss = None
         if labels is not None:
             check_labels(labels, input_ids.shape, self.config.num_labels)
             # the mean over labelled tokens as sum / N: 0, not NaN, when nothing is labelled
-            loss = F.cross_entropy(logits.view(-1, self.config.num_labels), labels.reshape(-1),
-                                   reduction="sum") / (labels != IGNORE_INDEX).sum().clamp(min=1)
-        return Output(loss=loss, logits=logits, last_hidden_state=out.last_hidden_state,
-                      hidden_states=out.hidden_states,
-                      attentions=out.attentions)
+            loss = F.cross_entropy(logits.view(-1, self.config.num_labels), labels.reshape(-1), reduction="sum") / (
+                labels != IGNORE_INDEX
+            ).sum().clamp(min=1)
+        return Output(
+            loss=loss,
+            logits=logits,
+            last_hidden_state=out.last_hidden_state,
+            hidden_states=out.hidden_states,
+            attentions=out.attentions,
+        )
 
 
 class RobertaForQuestionAnswering(PreTrained):
@@ -499,8 +583,16 @@ class RobertaForQuestionAnswering(PreTrained):
         self.qa_outputs = nn.Linear(cfg.hidden_size, 2)
         self.init_weights()
 
-    def forward(self, input_ids, attention_mask=None, start_positions=None, end_positions=None,
-                output_hidden_states=False, output_attentions=False, token_type_ids=None) -> Output:
+    def forward(
+        self,
+        input_ids,
+        attention_mask=None,
+        start_positions=None,
+        end_positions=None,
+        output_hidden_states=False,
+        output_attentions=False,
+        token_type_ids=None,
+    ) -> Output:
         out = self.roberta(input_ids, attention_mask, output_hidden_states, output_attentions, token_type_ids)
         start_logits, end_logits = self.qa_outputs(out.last_hidden_state).unbind(dim=-1)  # 2 x (B, T)
         loss = None
@@ -510,11 +602,17 @@ class RobertaForQuestionAnswering(PreTrained):
             T = input_ids.shape[1]
             start = start_positions.view(-1).clamp(0, T)
             end = end_positions.view(-1).clamp(0, T)
-            loss = (F.cross_entropy(start_logits, start, ignore_index=T)
-                    + F.cross_entropy(end_logits, end, ignore_index=T)) / 2
-        return Output(loss=loss, start_logits=start_logits.contiguous(), end_logits=end_logits.contiguous(),
-                      last_hidden_state=out.last_hidden_state, hidden_states=out.hidden_states,
-                      attentions=out.attentions)
+            loss = (
+                F.cross_entropy(start_logits, start, ignore_index=T) + F.cross_entropy(end_logits, end, ignore_index=T)
+            ) / 2
+        return Output(
+            loss=loss,
+            start_logits=start_logits.contiguous(),
+            end_logits=end_logits.contiguous(),
+            last_hidden_state=out.last_hidden_state,
+            hidden_states=out.hidden_states,
+            attentions=out.attentions,
+        )
 
 
 def with_num_labels(cfg: RobertaConfig, num_labels: Optional[int]) -> RobertaConfig:
@@ -536,18 +634,27 @@ def check_labels(labels: torch.Tensor, shape, num_classes: int) -> None:
         raise ValueError(f"class labels must be integers, got {labels.dtype}")
     bad = (labels != IGNORE_INDEX) & ((labels < 0) | (labels >= num_classes))
     if bool(bad.any()):
-        raise ValueError(f"label {labels[bad][0].item()} is out of range: labels must be in "
-                         f"[0, {num_classes}) or {IGNORE_INDEX} (ignored)")
+        raise ValueError(
+            f"label {labels[bad][0].item()} is out of range: labels must be in "
+            f"[0, {num_classes}) or {IGNORE_INDEX} (ignored)"
+        )
 
 
 MODEL_CLASSES = {
     cls.__name__: cls
-    for cls in (RobertaModel, RobertaForMaskedLM, RobertaForSequenceClassification,
-                RobertaForTokenClassification, RobertaForQuestionAnswering, RobertaForPreTraining)
+    for cls in (
+        RobertaModel,
+        RobertaForMaskedLM,
+        RobertaForSequenceClassification,
+        RobertaForTokenClassification,
+        RobertaForQuestionAnswering,
+        RobertaForPreTraining,
+    )
 }
 
 
 # --------------------------------------------------------------------------- loading weights
+
 
 def load_state(model, sd: dict, reinit_mismatched_heads: bool = False) -> None:
     """Load a canonical state dict into `model`, reporting every problem by name.
@@ -562,7 +669,7 @@ def load_state(model, sd: dict, reinit_mismatched_heads: bool = False) -> None:
     bare = isinstance(model, RobertaModel)
     if bare:
         ignored_heads = sorted(k for k in sd if k.startswith(HEAD_PREFIXES))
-        sd = {k[len(ENCODER_PREFIX):]: v for k, v in sd.items() if k.startswith(ENCODER_PREFIX)}
+        sd = {k[len(ENCODER_PREFIX) :]: v for k, v in sd.items() if k.startswith(ENCODER_PREFIX)}
     target = model.state_dict()
     missing = sorted(set(target) - set(sd))
     unexpected = sorted(set(sd) - set(target))
@@ -588,14 +695,21 @@ def load_state(model, sd: dict, reinit_mismatched_heads: bool = False) -> None:
     if problems:
         raise ValueError(f"checkpoint does not fit {type(model).__name__}: " + "; ".join(problems))
     if fresh:
-        warnings.warn(f"{type(model).__name__}: the checkpoint has no weights for {fresh}; they are newly "
-                      "initialised. Train the model on a downstream task before using it.", stacklevel=3)
+        warnings.warn(
+            f"{type(model).__name__}: the checkpoint has no weights for {fresh}; they are newly "
+            "initialised. Train the model on a downstream task before using it.",
+            stacklevel=3,
+        )
     if reshaped:
-        warnings.warn(f"{type(model).__name__}: checkpoint heads of another shape are newly initialised: "
-                      f"{shapes(reshaped)}. Train the model on a downstream task before using it.", stacklevel=3)
+        warnings.warn(
+            f"{type(model).__name__}: checkpoint heads of another shape are newly initialised: "
+            f"{shapes(reshaped)}. Train the model on a downstream task before using it.",
+            stacklevel=3,
+        )
     if ignored_heads:
-        warnings.warn(f"{type(model).__name__}: checkpoint weights not used by this model: {ignored_heads}",
-                      stacklevel=3)
+        warnings.warn(
+            f"{type(model).__name__}: checkpoint weights not used by this model: {ignored_heads}", stacklevel=3
+        )
     full = {k: sd[k] if k in sd and k not in reshaped else target[k] for k in target}
     model.load_state_dict(full, strict=True)
 
@@ -612,8 +726,10 @@ def check_state_dict(cfg: RobertaConfig, sd: dict) -> None:
     encoder = {k for k in wanted if k.startswith(ENCODER_PREFIX)}
     missing = sorted(encoder - set(sd))
     unknown = sorted(set(sd) - set(wanted))
-    misshaped = [f"{k}: {tuple(sd[k].shape)} vs {tuple(wanted[k])}" for k in sd if k in wanted
-                 and sd[k].shape != wanted[k]]
+    misshaped = [
+        f"{k}: {tuple(sd[k].shape)} vs {tuple(wanted[k])}" for k in sd if k in wanted and sd[k].shape != wanted[k]
+    ]
     if missing or unknown or misshaped:
-        raise ValueError(f"converted checkpoint is inconsistent: missing {missing}, unknown {unknown}, "
-                         f"mis-shaped {misshaped}")
+        raise ValueError(
+            f"converted checkpoint is inconsistent: missing {missing}, unknown {unknown}, mis-shaped {misshaped}"
+        )

@@ -32,6 +32,7 @@ ever emptied (each keeps at least half the budget, rounded down, or all it had).
 
 token_type_ids: 0 for `<s> A </s>` (the first </s> included), 1 for `</s> B </s>`.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -58,20 +59,26 @@ class PairDataset(torch.utils.data.Dataset):
             raise ValueError(f"seq_len must be at least 8 for a pair (4 special tokens), got {seq_len}")
         self.stream = TokenStream(data_dir, split)
         if self.stream.sent_ends is None:
-            raise ValueError(f"{data_dir} was prepared without sentence boundaries, which the {mode} format "
-                             "needs: run `roberta-scratch prepare --sentences` (prepare(..., sentences=True))")
+            raise ValueError(
+                f"{data_dir} was prepared without sentence boundaries, which the {mode} format "
+                "needs: run `roberta-scratch prepare --sentences` (prepare(..., sentences=True))"
+            )
         self.bos, self.eos = self.stream.meta["bos_token_id"], self.stream.meta["eos_token_id"]
         self.seq_len, self.mode, self.seed = seq_len, mode, seed
         docs = _documents(self.stream.doc_ends, self.stream.sent_ends)
         if len(docs) < 2:
-            raise ValueError(f"the {split} split of {data_dir} has {len(docs)} document(s) with text; the {mode} "
-                             "format draws its random second parts from another document, so it needs at least 2")
+            raise ValueError(
+                f"the {split} split of {data_dir} has {len(docs)} document(s) with text; the {mode} "
+                "format draws its random second parts from another document, so it needs at least 2"
+            )
         rng = np.random.default_rng(seed)
         draw = _segment_pairs if mode == "segment-pair" else _sentence_pairs
         rows = draw(docs, seq_len - SPECIALS, rng)
         if not rows:
-            raise ValueError(f"the {split} split of {data_dir} has no document of two sentences or more: no {mode} "
-                             "example can be made from it")
+            raise ValueError(
+                f"the {split} split of {data_dir} has no document of two sentences or more: no {mode} "
+                "example can be made from it"
+            )
         spans = np.array(rows, dtype=np.int64)  # (N, 5): a_start, a_end, b_start, b_end, label
         self.spans = _truncate(spans[:, :4], seq_len - SPECIALS, rng)
         self.labels = spans[:, 4].copy()
@@ -91,8 +98,12 @@ class PairDataset(torch.utils.data.Dataset):
         b = torch.from_numpy(self.stream[b0:b1].astype(np.int64))
         bos, eos = torch.tensor([self.bos]), torch.tensor([self.eos])
         input_ids = torch.cat([bos, a, eos, eos, b, eos])  # <s> A </s></s> B </s>
-        token_type_ids = torch.cat([torch.zeros(len(a) + 2, dtype=torch.long),  # <s> A </s>
-                                    torch.ones(len(b) + 2, dtype=torch.long)])  # </s> B </s>
+        token_type_ids = torch.cat(
+            [
+                torch.zeros(len(a) + 2, dtype=torch.long),  # <s> A </s>
+                torch.ones(len(b) + 2, dtype=torch.long),
+            ]
+        )  # </s> B </s>
         return {"input_ids": input_ids, "token_type_ids": token_type_ids, "next_sentence_label": int(self.labels[i])}
 
 

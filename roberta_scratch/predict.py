@@ -6,6 +6,7 @@ The directory tells which task it was trained for (finetune.json, or for a Huggi
 directory the head its weights carry), and that task reads the inputs and shapes the
 results: labels with probabilities, entities with character spans, or answers.
 """
+
 from __future__ import annotations
 
 import json
@@ -21,8 +22,11 @@ from .tasks import TASKS
 from .tokenizer import load_tokenizer
 
 # Which task a checkpoint's head keys say it was trained for, for folders without finetune.json.
-HEAD_TASKS = (("qa_outputs.weight", "qa"), ("classifier.out_proj.weight", "seq-cls"),
-              ("classifier.weight", "token-cls"))
+HEAD_TASKS = (
+    ("qa_outputs.weight", "qa"),
+    ("classifier.out_proj.weight", "seq-cls"),
+    ("classifier.weight", "token-cls"),
+)
 
 
 def load_finetuned(path: str, device=None, trust_code: bool = False):
@@ -39,23 +43,32 @@ def load_finetuned(path: str, device=None, trust_code: bool = False):
     else:  # not written by finetune: the head in the weights says which task
         task = next((t for key, t in HEAD_TASKS if key in sd), None)
         if task is None:
-            raise TrainingError(f"{path} has no fine-tuned task head (its weights hold "
-                                f"{'an MLM head' if 'lm_head.bias' in sd else 'the encoder alone'}): fine-tune it "
-                                "first with `roberta-scratch finetune`, or use fill-mask or features with it")
+            raise TrainingError(
+                f"{path} has no fine-tuned task head (its weights hold "
+                f"{'an MLM head' if 'lm_head.bias' in sd else 'the encoder alone'}): fine-tune it "
+                "first with `roberta-scratch finetune`, or use fill-mask or features with it"
+            )
         info = {"task": task, "max_length": cfg.max_tokens}
     task_cls = TASKS[info["task"]]
     model = task_cls.model_class(cfg)
     load_state(model, sd)
     model = model.eval().to(device or "cpu")
-    args = FinetuneArgs(task=info["task"], model=path, train="", out="",
-                        max_length=min(info.get("max_length") or cfg.max_tokens, cfg.max_tokens),
-                        stride=info.get("stride", 128), max_answer_length=info.get("max_answer_length", 30))
+    args = FinetuneArgs(
+        task=info["task"],
+        model=path,
+        train="",
+        out="",
+        max_length=min(info.get("max_length") or cfg.max_tokens, cfg.max_tokens),
+        stride=info.get("stride", 128),
+        max_answer_length=info.get("max_answer_length", 30),
+    )
     task = task_cls.from_saved(info, args, load_tokenizer(path), cfg)
     return task, model
 
 
-def predict(path: str, lines: list[str], batch_size: int = 32, device=None, source: str = "the input",
-            trust_code: bool = False) -> list[dict]:
+def predict(
+    path: str, lines: list[str], batch_size: int = 32, device=None, source: str = "the input", trust_code: bool = False
+) -> list[dict]:
     """One result per input line (or per question of a SQuAD file), from a fine-tuned model."""
     task, model = load_finetuned(path, device, trust_code=trust_code)
     rows = task.read_inputs(lines)

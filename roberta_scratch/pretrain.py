@@ -24,6 +24,7 @@ same blocks: the val split's FULL-SENTENCES blocks, masked once with --eval-seed
 so runs of other packings, maskings or seeds are scored on identical inputs. Pair runs also
 report val_nsp_acc on held-out pairs of the val split.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -57,25 +58,45 @@ class TrainArgs(RunArgs):
     steps: int = option(1000, "optimizer steps", minimum=1)
     warmup: int = option(100, "steps of linear warmup, then linear decay to 0", minimum=0)
     seq_len: Optional[int] = option(None, "block length (default: the data's)", minimum=8)
-    packing: str = option("full", "input format: full (FULL-SENTENCES), doc (DOC-SENTENCES), segment-pair "
-                                  "(SEGMENT-PAIR+NSP) or sentence-pair (SENTENCE-PAIR+NSP); the pair formats need "
-                                  "data prepared with --sentences", choices=["full", "doc", *PAIR_MODES])
+    packing: str = option(
+        "full",
+        "input format: full (FULL-SENTENCES), doc (DOC-SENTENCES), segment-pair "
+        "(SEGMENT-PAIR+NSP) or sentence-pair (SENTENCE-PAIR+NSP); the pair formats need "
+        "data prepared with --sentences",
+        choices=["full", "doc", *PAIR_MODES],
+    )
     mlm_probability: float = option(0.15, "share of tokens selected for prediction")
     whole_word: bool = option(False, "mask whole words")
-    static_masking: bool = option(False, "BERT's static masks instead of dynamic ones: one fixed mask per "
-                                         "sequence (the same as --static-copies 1)")
-    static_copies: int = option(0, "BERT's static masking: K fixed masks per sequence, the data duplicated K "
-                                   "times (0 = dynamic)")
-    eval_mlm_probability: Optional[float] = option(None, "share of tokens masked in the held-out set (default: "
-                                                          "--mlm-probability); fix it to compare runs that train "
-                                                          "with different rates")
+    static_masking: bool = option(
+        False,
+        "BERT's static masks instead of dynamic ones: one fixed mask per sequence (the same as --static-copies 1)",
+    )
+    static_copies: int = option(
+        0, "BERT's static masking: K fixed masks per sequence, the data duplicated K times (0 = dynamic)"
+    )
+    eval_mlm_probability: Optional[float] = option(
+        None,
+        "share of tokens masked in the held-out set (default: "
+        "--mlm-probability); fix it to compare runs that train "
+        "with different rates",
+    )
     eval_blocks: int = option(256, "size of the fixed, pre-masked validation set", minimum=1)
-    eval_seed: int = option(0, "seeds the held-out set's masks and pairs; not --seed, so that runs of every seed, "
-                               "packing and masking are scored on the same inputs")
+    eval_seed: int = option(
+        0,
+        "seeds the held-out set's masks and pairs; not --seed, so that runs of every seed, "
+        "packing and masking are scored on the same inputs",
+    )
 
     # data and config are compared by content, and steps may change (training.RESUMING)
-    RESUME_KEYS = RunArgs.RESUME_KEYS + ("warmup", "seq_len", "packing", "mlm_probability", "whole_word",
-                                         "static_masking", "static_copies")
+    RESUME_KEYS = RunArgs.RESUME_KEYS + (
+        "warmup",
+        "seq_len",
+        "packing",
+        "mlm_probability",
+        "whole_word",
+        "static_masking",
+        "static_copies",
+    )
     ADJUSTABLE = RunArgs.ADJUSTABLE + ("warmup",)
 
 
@@ -98,12 +119,16 @@ class Trainer(BaseTrainer):
         copies = self._static_copies()
         has_val = bool(meta["splits"]["val"]["tokens"])
         if not has_val and a.eval_every:
-            self._log(f"note: {a.data} holds no held-out documents (prepared with --val-fraction 0, or too few "
-                      "documents), so this run writes no held-out metric")
+            self._log(
+                f"note: {a.data} holds no held-out documents (prepared with --val-fraction 0, or too few "
+                "documents), so this run writes no held-out metric"
+            )
         if self.pairs:
             if not meta.get("sentences"):
-                raise TrainingError(f"--packing {a.packing} needs sentence boundaries, and {a.data} was prepared "
-                                    "without them: run `roberta-scratch prepare --sentences ...` again")
+                raise TrainingError(
+                    f"--packing {a.packing} needs sentence boundaries, and {a.data} was prepared "
+                    "without them: run `roberta-scratch prepare --sentences ...` again"
+                )
             self.train_set = self._pairs("train", a.seed)
         else:
             self.train_set = PackedDataset(a.data, "train", a.seq_len, a.packing)
@@ -137,8 +162,10 @@ class Trainer(BaseTrainer):
         if a.static_copies < 0:
             raise TrainingError(f"--static-copies must be 0 (dynamic masking) or more, got {a.static_copies}")
         if a.static_masking and a.static_copies > 1:
-            raise TrainingError(f"--static-masking is one fixed mask per sequence (--static-copies 1), but "
-                                f"--static-copies is {a.static_copies}: pass one of them")
+            raise TrainingError(
+                f"--static-masking is one fixed mask per sequence (--static-copies 1), but "
+                f"--static-copies is {a.static_copies}: pass one of them"
+            )
         return a.static_copies or int(a.static_masking)
 
     def _model_config(self, meta: dict) -> RobertaConfig:
@@ -152,9 +179,15 @@ class Trainer(BaseTrainer):
         positions = max(cfg.max_position_embeddings, a.seq_len + cfg.pad_token_id + 1)
         # the pair formats give A and B their own token type, as BERT does (RoBERTa has one)
         types = max(2, cfg.type_vocab_size) if self.pairs else cfg.type_vocab_size
-        return cfg.replace(vocab_size=meta["vocab_size"], max_position_embeddings=positions, attention=a.attention,
-                           pad_token_id=meta["pad_token_id"], bos_token_id=meta["bos_token_id"],
-                           eos_token_id=meta["eos_token_id"], type_vocab_size=types)
+        return cfg.replace(
+            vocab_size=meta["vocab_size"],
+            max_position_embeddings=positions,
+            attention=a.attention,
+            pad_token_id=meta["pad_token_id"],
+            bos_token_id=meta["bos_token_id"],
+            eos_token_id=meta["eos_token_id"],
+            type_vocab_size=types,
+        )
 
     def hold_inputs(self):
         """The prepared data, held against `prepare` for the run (readers share the folder's lock:
@@ -165,8 +198,14 @@ class Trainer(BaseTrainer):
         a = self.args
         tok = self.tokenizer
         rate = a.mlm_probability if mlm_probability is None else mlm_probability
-        return DynamicMaskingCollator.from_tokenizer(tok, whole_word=a.whole_word, mlm_probability=rate,
-                                                     static=static, static_seed=a.seed, generator=torch.Generator())
+        return DynamicMaskingCollator.from_tokenizer(
+            tok,
+            whole_word=a.whole_word,
+            mlm_probability=rate,
+            static=static,
+            static_seed=a.seed,
+            generator=torch.Generator(),
+        )
 
     def collate(self, examples: list, step: int, micro_batch: int) -> dict:
         # each micro-batch's masks come from (seed, step, m): N ranks draw what one rank would
@@ -219,20 +258,25 @@ class Trainer(BaseTrainer):
                 for i in range(n):
                     self.eval_collator.generator.manual_seed(seed_for(self.args.eval_seed, 2**31, i))
                     rows.append(self.eval_collator([dataset[i]]))
-                batches = [self._stack(rows[s:s + self.args.batch_size]) for s in range(0, n, self.args.batch_size)]
+                batches = [self._stack(rows[s : s + self.args.batch_size]) for s in range(0, n, self.args.batch_size)]
             setattr(self, cache, batches)
         return getattr(self, cache)
 
     def _stack(self, rows: list[dict]) -> dict:
         """One batch from single-example batches, right-padded like the collator pads."""
         T = max(r["input_ids"].shape[1] for r in rows)
-        fill = {"input_ids": self.eval_collator.pad_token_id, "attention_mask": 0, "labels": IGNORE_INDEX,
-                "token_type_ids": 0}
+        fill = {
+            "input_ids": self.eval_collator.pad_token_id,
+            "attention_mask": 0,
+            "labels": IGNORE_INDEX,
+            "token_type_ids": 0,
+        }
         batch = {}
         for key in rows[0]:
             if key in fill:
-                batch[key] = torch.cat([torch.nn.functional.pad(r[key], (0, T - r[key].shape[1]), value=fill[key])
-                                        for r in rows])
+                batch[key] = torch.cat(
+                    [torch.nn.functional.pad(r[key], (0, T - r[key].shape[1]), value=fill[key]) for r in rows]
+                )
             else:  # next_sentence_label: one per example
                 batch[key] = torch.cat([r[key] for r in rows])
         return batch
@@ -254,13 +298,19 @@ class Trainer(BaseTrainer):
             correct += int((out.logits.argmax(-1) == labels).sum())
             count += labels.numel()
         if count == 0:  # a loss of 0 and a perplexity of 1 would be nonsense
-            self._log("note: the held-out set has no masked tokens, so no validation metric is written "
-                      "(more held-out data or a higher --eval-mlm-probability gives some)")
+            self._log(
+                "note: the held-out set has no masked tokens, so no validation metric is written "
+                "(more held-out data or a higher --eval-mlm-probability gives some)"
+            )
             model.train()
             return None
         loss = loss_sum / count
-        metrics = {"val_loss": loss, "val_ppl": math.exp(min(loss, 50.0)), "val_acc": correct / max(count, 1),
-                   "val_tokens": count}
+        metrics = {
+            "val_loss": loss,
+            "val_ppl": math.exp(min(loss, 50.0)),
+            "val_acc": correct / max(count, 1),
+            "val_tokens": count,
+        }
         if self.val_pairs is not None:
             metrics.update(self._evaluate_nsp(model))
         model.train()
@@ -272,8 +322,12 @@ class Trainer(BaseTrainer):
         for batch in self.validation_batches(self.val_pairs):
             batch = {k: v.to(self.device) for k, v in batch.items()}
             with self._autocast():
-                out = model(batch["input_ids"], attention_mask=batch["attention_mask"],
-                            token_type_ids=batch["token_type_ids"], next_sentence_label=batch["next_sentence_label"])
+                out = model(
+                    batch["input_ids"],
+                    attention_mask=batch["attention_mask"],
+                    token_type_ids=batch["token_type_ids"],
+                    next_sentence_label=batch["next_sentence_label"],
+                )
             n = len(batch["next_sentence_label"])
             loss_sum += out.loss.item() * n
             correct += int((out.nsp_logits.argmax(-1) == batch["next_sentence_label"]).sum())
@@ -281,10 +335,13 @@ class Trainer(BaseTrainer):
         return {"val_nsp_loss": loss_sum / max(count, 1), "val_nsp_acc": correct / max(count, 1), "val_pairs": count}
 
     def describe(self, m: dict) -> str:
-        nsp = (f"; next-sentence accuracy {m['val_nsp_acc']:.2%} ({m['val_pairs']:,} pairs)"
-               if "val_nsp_acc" in m else "")
-        return (f"loss {m['val_loss']:.4f}, perplexity {m['val_ppl']:.2f}, masked accuracy {m['val_acc']:.2%} "
-                f"({m['val_tokens']:,} masked tokens){nsp}")
+        nsp = (
+            f"; next-sentence accuracy {m['val_nsp_acc']:.2%} ({m['val_pairs']:,} pairs)" if "val_nsp_acc" in m else ""
+        )
+        return (
+            f"loss {m['val_loss']:.4f}, perplexity {m['val_ppl']:.2f}, masked accuracy {m['val_acc']:.2%} "
+            f"({m['val_tokens']:,} masked tokens){nsp}"
+        )
 
     def export(self) -> None:
         """RUN/model: the final model and its tokenizer, ready for from_pretrained and fill-mask."""
@@ -295,11 +352,18 @@ class Trainer(BaseTrainer):
         a = self.args
         eval_rate = a.mlm_probability if a.eval_mlm_probability is None else a.eval_mlm_probability
         what = "MLM + next-sentence loss" if self.pairs else "MLM loss"
-        drawn = plot_metrics(self.metrics_path, png, f"training {what}, {a.mlm_probability:.0%} of tokens masked",
-                             f"held-out MLM loss, {eval_rate:.0%} masked (not comparable when the rates differ)"
-                             if eval_rate != a.mlm_probability else f"held-out MLM loss, {eval_rate:.0%} masked")
-        self._log(f"saved the model and its tokenizer to {path}; the metrics are in {self.metrics_path}"
-                  + (f", the loss curve in {png}" if drawn else " (pip install matplotlib to draw loss.png)"))
+        drawn = plot_metrics(
+            self.metrics_path,
+            png,
+            f"training {what}, {a.mlm_probability:.0%} of tokens masked",
+            f"held-out MLM loss, {eval_rate:.0%} masked (not comparable when the rates differ)"
+            if eval_rate != a.mlm_probability
+            else f"held-out MLM loss, {eval_rate:.0%} masked",
+        )
+        self._log(
+            f"saved the model and its tokenizer to {path}; the metrics are in {self.metrics_path}"
+            + (f", the loss curve in {png}" if drawn else " (pip install matplotlib to draw loss.png)")
+        )
 
 
 def pretrain(args: TrainArgs) -> int:

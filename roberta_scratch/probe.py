@@ -1,9 +1,10 @@
 """Looking inside a model: masked-token predictions, hidden states per layer, attention maps.
 
-    roberta-scratch fill-mask --model DIR "The capital of France is <mask>."
-    roberta-scratch features --model DIR "some text" --layers all --out feats.npy
-    roberta-scratch attention --model DIR "some text" --out attn.png
+roberta-scratch fill-mask --model DIR "The capital of France is <mask>."
+roberta-scratch features --model DIR "some text" --layers all --out feats.npy
+roberta-scratch attention --model DIR "some text" --out attn.png
 """
+
 from __future__ import annotations
 
 import math
@@ -32,17 +33,20 @@ def _tokenizer(path: str):
     try:
         return load_tokenizer(path)
     except FileNotFoundError as e:
-        raise FileNotFoundError(f"{e}: the model's tokenizer belongs in its folder (roberta-scratch convert "
-                                "carries it across)") from None
+        raise FileNotFoundError(
+            f"{e}: the model's tokenizer belongs in its folder (roberta-scratch convert carries it across)"
+        ) from None
 
 
 def _encode(tok, text: str, limit: int) -> list[int]:
     """The ids of one text, cut to `limit` tokens with a warning when longer."""
     ids = tok.encode(text)
     if len(ids) > limit:
-        warnings.warn(f"the text is {len(ids)} tokens, longer than the {limit} this model takes: only the first "
-                      f"{limit} are used", stacklevel=3)
-        ids = ids[:limit - 1] + [tok.sep_token_id]
+        warnings.warn(
+            f"the text is {len(ids)} tokens, longer than the {limit} this model takes: only the first {limit} are used",
+            stacklevel=3,
+        )
+        ids = ids[: limit - 1] + [tok.sep_token_id]
     return ids
 
 
@@ -50,8 +54,8 @@ def _encode(tok, text: str, limit: int) -> list[int]:
 def fill_mask(path: str, texts: list[str], top_k: int = 5, trust_code: bool = False) -> list[dict]:
     """For each text, the top-k tokens and probabilities at each <mask> in it.
 
-        >>> fill_mask("roberta-base/", ["The capital of France is <mask>."], top_k=1)
-        [{'text': 'The capital of France is <mask>.', 'masks': [[(' Paris', 0.3...)]]}]
+    >>> fill_mask("roberta-base/", ["The capital of France is <mask>."], top_k=1)
+    [{'text': 'The capital of France is <mask>.', 'masks': [[(' Paris', 0.3...)]]}]
     """
     path, note = find_model_dir(path)
     if note:
@@ -67,8 +71,10 @@ def fill_mask(path: str, texts: list[str], top_k: int = 5, trust_code: bool = Fa
         if not positions:
             raise ValueError(f"no {tok.mask_token} in {text!r}")
         if len(ids) > model.config.max_tokens:
-            raise ValueError(f"the text is {len(ids)} tokens, longer than the {model.config.max_tokens} this model "
-                             f"takes: shorten it around the {tok.mask_token}")
+            raise ValueError(
+                f"the text is {len(ids)} tokens, longer than the {model.config.max_tokens} this model "
+                f"takes: shorten it around the {tok.mask_token}"
+            )
         logits = model(torch.tensor([ids])).logits[0]
         masks = []
         for pos in positions:
@@ -88,7 +94,7 @@ def print_fill_mask(results: list[dict]) -> None:
 
 
 def parse_layers(spec: str, n: int) -> list[int]:
-    """"all" or comma-separated indices into the n + 1 hidden states (0 = embeddings, -1 = last).
+    """ "all" or comma-separated indices into the n + 1 hidden states (0 = embeddings, -1 = last).
 
     >>> parse_layers("0,-1", 13)
     [0, 12]
@@ -106,8 +112,9 @@ def parse_layers(spec: str, n: int) -> list[int]:
 
 
 @torch.no_grad()
-def features(path: str, text: str, layers: str = "all",
-             trust_code: bool = False) -> tuple[list[int], dict[int, np.ndarray]]:
+def features(
+    path: str, text: str, layers: str = "all", trust_code: bool = False
+) -> tuple[list[int], dict[int, np.ndarray]]:
     """(token ids, {layer: hidden states (T, H) float32}) for one text; layer 0 is the embeddings."""
     tok, model = _load(path, trust_code=trust_code)
     ids = _encode(tok, text, model.config.max_tokens)
@@ -151,8 +158,10 @@ def pick_attention(att: torch.Tensor, layers: str = "all", heads: str = "all") -
     n_layers, n_heads = att.shape[0], att.shape[1]
     picked_layers = list(range(1, n_layers + 1)) if layers == "all" else parse_layers(layers, n_layers + 1)
     if 0 in picked_layers:
-        raise ValueError("--layers: layer 0 is the embeddings, which have no attention; the transformer "
-                         f"layers are 1..{n_layers} (as in `features`)")
+        raise ValueError(
+            "--layers: layer 0 is the embeddings, which have no attention; the transformer "
+            f"layers are 1..{n_layers} (as in `features`)"
+        )
     if heads == "all":
         picked_heads = list(range(n_heads))
     else:
@@ -173,8 +182,9 @@ def attention_entropy(att: torch.Tensor) -> torch.Tensor:
     return -(p * p.clamp_min(1e-30).log()).sum(-1).mean(-1)
 
 
-def plot_attention(tokens: list[str], att: torch.Tensor, out: str, scale: str = "shared",
-                   layers: str = "all", heads: str = "all") -> list[str]:
+def plot_attention(
+    tokens: list[str], att: torch.Tensor, out: str, scale: str = "shared", layers: str = "all", heads: str = "all"
+) -> list[str]:
     """Save a layer x head grid of heatmaps (queries down, keys across) to `out`; returns notes
     for the user (one line per head drawn, with its entropy, and what the picture leaves out)."""
     try:
@@ -190,8 +200,12 @@ def plot_attention(tokens: list[str], att: torch.Tensor, out: str, scale: str = 
     fig.savefig(out, dpi=100)
     plt.close(fig)
     entropy, uniform = attention_entropy(att), math.log(len(tokens))
-    notes = [f"layer {layer} head {head}: entropy {float(entropy[layer - 1, head]):.2f} nats "
-             f"(uniform over {len(tokens)} tokens: {uniform:.2f})" for layer in picked_layers for head in picked_heads]
+    notes = [
+        f"layer {layer} head {head}: entropy {float(entropy[layer - 1, head]):.2f} nats "
+        f"(uniform over {len(tokens)} tokens: {uniform:.2f})"
+        for layer in picked_layers
+        for head in picked_heads
+    ]
     if len(tokens) > MAX_LABELLED_TOKENS:
         notes.append(f"{len(tokens)} tokens: the axes are not labelled beyond {MAX_LABELLED_TOKENS}")
     return notes
@@ -210,8 +224,13 @@ def attention_figure(tokens: list[str], att: torch.Tensor, scale: str = "shared"
     heads = heads or list(range(att.shape[1]))
     T = att.shape[-1]
     size = min(max(1.6, 0.22 * min(T, MAX_LABELLED_TOKENS)), MAX_FIGURE_INCHES / max(len(layers), len(heads)))
-    fig, axes = plt.subplots(len(layers), len(heads), figsize=(size * len(heads) + 1, size * len(layers)),
-                             squeeze=False, layout="constrained")  # room for the colour bars and labels
+    fig, axes = plt.subplots(
+        len(layers),
+        len(heads),
+        figsize=(size * len(heads) + 1, size * len(layers)),
+        squeeze=False,
+        layout="constrained",
+    )  # room for the colour bars and labels
     vmax = float(max(att[layer - 1, head].max() for layer in layers for head in heads))
     labelled = T <= MAX_LABELLED_TOKENS
     for row, layer in enumerate(layers):

@@ -8,6 +8,7 @@ terminal and otherwise prints lines like
 
 every ROBERTA_SCRATCH_PROGRESS_SECONDS seconds (default 10), and a last one when it closes.
 """
+
 from __future__ import annotations
 
 import os
@@ -18,8 +19,14 @@ from typing import Iterable, Optional
 from tqdm.auto import tqdm
 
 
-def progress(iterable: Optional[Iterable] = None, total: Optional[int] = None, desc: str = "", unit: str = "it",
-             disable: bool = False, initial: int = 0):
+def progress(
+    iterable: Optional[Iterable] = None,
+    total: Optional[int] = None,
+    desc: str = "",
+    unit: str = "it",
+    disable: bool = False,
+    initial: int = 0,
+):
     """A tqdm bar (on a terminal) or a LineProgress (anywhere else), with the same methods used here:
     iteration, update(n), set_postfix(**values), close()."""
     if disable or sys.stderr.isatty():
@@ -30,8 +37,13 @@ def progress(iterable: Optional[Iterable] = None, total: Optional[int] = None, d
 
 def _duration(seconds: float) -> str:
     seconds = int(seconds)
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else \
-        f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+    return (
+        f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+        if seconds >= 3600
+        else f"{seconds // 60}m{seconds % 60:02d}s"
+        if seconds >= 60
+        else f"{seconds}s"
+    )
 
 
 class LineProgress:

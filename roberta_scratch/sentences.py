@@ -34,16 +34,19 @@ it. numpy is") is not split either; a name after an abbreviation-like word ("No.
 kept together on purpose. Hard-wrapped lines (one newline, as in docstrings) are not
 boundaries by themselves.
 """
+
 from __future__ import annotations
 
 import regex
 
 # Words (lower case, without their final ".") after which a "." does not end a sentence.
-ABBREVIATIONS = frozenset("""
+ABBREVIATIONS = frozenset(
+    """
     e.g i.e etc cf vs viz al mr mrs ms dr prof sr jr st mt rev gen col lt sgt capt hon
     fig figs eq eqs no nos vol vols pp ch sec secs ed eds approx ca est resp dept univ
     inc ltd co corp jan feb mar apr jun jul aug sep sept oct nov dec
-""".split())
+""".split()
+)
 
 # . ! ? (a run), then closing quotes/brackets, right before whitespace: a candidate end.
 _TERMINAL = regex.compile(r"[.!?]+[\"'\u201d\u2019)\]}\u00bb]*(?=\s)")
@@ -72,7 +75,7 @@ def split_sentences(text: str) -> list[str]:
     for m in _TERMINAL.finditer(text):  # rules 3 and 4
         if any(start <= m.start() < end for start, end in code):
             continue
-        after = len(text) - len(text[m.end():].lstrip())
+        after = len(text) - len(text[m.end() :].lstrip())
         if after < len(text) and _START.match(text, after) and not _abbreviation(text, m):
             cuts.add(m.end())
     end = len(text.rstrip())  # trailing whitespace stays with the last sentence: no blank pieces
@@ -117,13 +120,13 @@ def _code_lines(text: str) -> list[tuple[int, int]]:
 
 def _abbreviation(text: str, m) -> bool:
     """Does the "." of this candidate end an abbreviation, an initial, an acronym, or a list number?"""
-    if text[m.start():m.end()].rstrip("\"'\u201d\u2019)]}\u00bb") != ".":
+    if text[m.start() : m.end()].rstrip("\"'\u201d\u2019)]}\u00bb") != ".":
         return False  # ! ? and runs like "..." always end a sentence
     line_start = text.rfind("\n", 0, m.start()) + 1
     word_start = m.start()
     while word_start > line_start and not text[word_start - 1].isspace():
         word_start -= 1
-    word = text[word_start:m.start()].lstrip(_OPENERS)
+    word = text[word_start : m.start()].lstrip(_OPENERS)
     if not word:
         return False
     if word.lower() in ABBREVIATIONS or _ACRONYM.fullmatch(word):

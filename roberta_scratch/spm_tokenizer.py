@@ -18,6 +18,7 @@ the space before it, is shared with the byte-level tokenizer.
     >>> tok.decode(tok.encode("Hello world"))
     '<s> Hello world</s>'
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -44,8 +45,10 @@ class SentencePieceTokenizer(Tokenizer):
     @classmethod
     def _from_directory(cls, directory: Path, config: dict, **kwargs) -> SentencePieceTokenizer:
         if not cls.holds(directory):
-            raise FileNotFoundError(f"{str(directory)!r} holds no {SPM_FILE}: not a SentencePiece tokenizer "
-                                    "(load_tokenizer(dir) picks the kind a directory holds)")
+            raise FileNotFoundError(
+                f"{str(directory)!r} holds no {SPM_FILE}: not a SentencePiece tokenizer "
+                "(load_tokenizer(dir) picks the kind a directory holds)"
+            )
         settings = {"model_max_length": config.get("model_max_length", 512)}
         return cls(directory / SPM_FILE, **{**settings, **kwargs})
 
@@ -93,8 +96,8 @@ class SentencePieceTokenizer(Tokenizer):
     def decode(self, ids, skip_special_tokens: bool = False) -> str:
         """Text of a list of ids, "▁" read as a space, as the reference (Metaspace) decoder does.
 
-            >>> tok.decode([0, 35378, 8999, 2], skip_special_tokens=True)
-            'Hello world'
+        >>> tok.decode([0, 35378, 8999, 2], skip_special_tokens=True)
+        'Hello world'
         """
         ids = self._as_id_list(ids)
         if skip_special_tokens:

@@ -31,6 +31,7 @@ Output: OUT/table.md (the paper's layout, mean ± std over seeds, the paper's nu
 ours, the 2-std noise verdict), OUT/results.json (everything) and OUT/curves.png (held-out
 loss against training tokens); see study_report.py.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -62,6 +63,7 @@ class StudyError(TrainingError):
 
 
 # ----------------------------------------------------------------------------- presets
+
 
 @dataclass(frozen=True)
 class Preset:
@@ -103,32 +105,71 @@ class Preset:
 PRESETS = {
     # Proves the pipeline: `study masking --preset ci` in a few minutes on 2 CPU cores.
     "ci": Preset(
-        name="ci", description="a pipeline check, not an experiment: a hidden-64, 2-layer encoder, "
-                               "a quarter of the corpus, about two passes over it",
+        name="ci",
+        description="a pipeline check, not an experiment: a hidden-64, 2-layer encoder, "
+        "a quarter of the corpus, about two passes over it",
         model=dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=256),
-        vocab_size=2048, seq_len=64, batch_size=16, micro_batch=64, steps=300, lr=1e-3, seeds=2, evals=5,
-        eval_blocks=128, max_documents=1600, task=TaskSpec(train_per_class=60, test_per_class=20),
-        ft_epochs=3.0, ft_lr=1e-3, ft_max_length=64),
+        vocab_size=2048,
+        seq_len=64,
+        batch_size=16,
+        micro_batch=64,
+        steps=300,
+        lr=1e-3,
+        seeds=2,
+        evals=5,
+        eval_blocks=128,
+        max_documents=1600,
+        task=TaskSpec(train_per_class=60, test_per_class=20),
+        ft_epochs=3.0,
+        ft_lr=1e-3,
+        ft_max_length=64,
+    ),
     # Sized to run `study all` (16 runs) in under 45 min on 2 cores: ~1.5M tokens a run
     # (about 3 passes over the stdlib docstrings), 2 seeds. Timed by probing each arm (see README).
     "cpu": Preset(
-        name="cpu", description="the `tiny` encoder (hidden 128, 2 layers), 1.5M tokens a run, 2 seeds",
+        name="cpu",
+        description="the `tiny` encoder (hidden 128, 2 layers), 1.5M tokens a run, 2 seeds",
         model=dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=2, intermediate_size=512),
-        vocab_size=4096, seq_len=128, batch_size=16, micro_batch=64, steps=750, lr=5e-4, seeds=2,
-        task=TaskSpec(), ft_epochs=3.0, ft_lr=3e-4, ft_max_length=128),
+        vocab_size=4096,
+        seq_len=128,
+        batch_size=16,
+        micro_batch=64,
+        steps=750,
+        lr=5e-4,
+        seeds=2,
+        task=TaskSpec(),
+        ft_epochs=3.0,
+        ft_lr=3e-4,
+        ft_max_length=128,
+    ),
     # About an hour on one GPU: a 4-layer, hidden-512 encoder, bf16 autocast (the trainer's
     # default on CUDA), the fused Triton attention and LayerNorm where they run.
     "gpu-small": Preset(
-        name="gpu-small", description="hidden 512, 4 layers, 8 heads; 33M tokens a run (about 50 passes over "
-                                      "the stdlib docstrings, as BERT made 40), 3 seeds, bf16",
+        name="gpu-small",
+        description="hidden 512, 4 layers, 8 heads; 33M tokens a run (about 50 passes over "
+        "the stdlib docstrings, as BERT made 40), 3 seeds, bf16",
         model=dict(hidden_size=512, num_hidden_layers=4, num_attention_heads=8, intermediate_size=2048),
-        vocab_size=8192, seq_len=256, batch_size=64, micro_batch=256, steps=2000, lr=5e-4, seeds=3,
-        evals=10, eval_blocks=512, task=TaskSpec(), ft_epochs=3.0, ft_lr=5e-5, ft_batch=32, ft_max_length=256,
-        attention="auto"),
+        vocab_size=8192,
+        seq_len=256,
+        batch_size=64,
+        micro_batch=256,
+        steps=2000,
+        lr=5e-4,
+        seeds=3,
+        evals=10,
+        eval_blocks=512,
+        task=TaskSpec(),
+        ft_epochs=3.0,
+        ft_lr=5e-5,
+        ft_batch=32,
+        ft_max_length=256,
+        attention="auto",
+    ),
 }
 
 
 # ----------------------------------------------------------------------------- arms
+
 
 @dataclass(frozen=True)
 class Arm:
@@ -149,14 +190,21 @@ def arms_of(substudy: str, preset: Preset) -> list[tuple[Arm, str]]:
     """(arm, its row label in the paper's wording) of one sub-study, in the paper's row order."""
     base = Arm("baseline")
     if substudy == "masking":
-        return [(Arm("static", static_copies=1), "static, 1 mask"),
-                (Arm(f"static-x{preset.static_copies}", static_copies=preset.static_copies),
-                 f"static, {preset.static_copies} copies (BERT)"),
-                (base, "dynamic")]
+        return [
+            (Arm("static", static_copies=1), "static, 1 mask"),
+            (
+                Arm(f"static-x{preset.static_copies}", static_copies=preset.static_copies),
+                f"static, {preset.static_copies} copies (BERT)",
+            ),
+            (base, "dynamic"),
+        ]
     if substudy == "formats":
-        return [(Arm("segment-pair", packing="segment-pair"), "SEGMENT-PAIR + NSP"),
-                (Arm("sentence-pair", packing="sentence-pair"), "SENTENCE-PAIR + NSP"),
-                (base, "FULL-SENTENCES"), (Arm("doc", packing="doc"), "DOC-SENTENCES")]
+        return [
+            (Arm("segment-pair", packing="segment-pair"), "SEGMENT-PAIR + NSP"),
+            (Arm("sentence-pair", packing="sentence-pair"), "SENTENCE-PAIR + NSP"),
+            (base, "FULL-SENTENCES"),
+            (Arm("doc", packing="doc"), "DOC-SENTENCES"),
+        ]
     if substudy == "batch":
         rows = []
         for scale, ratio in zip(preset.batch_scales, preset.lr_ratios):
@@ -167,7 +215,7 @@ def arms_of(substudy: str, preset: Preset) -> list[tuple[Arm, str]]:
 
 
 def resolve_attention(choice: str, device: Optional[str], head_dim: int) -> str:
-    """"auto": our fused Triton attention (and with it the fused LayerNorm) when CUDA, Triton and
+    """ "auto": our fused Triton attention (and with it the fused LayerNorm) when CUDA, Triton and
     the registry's capabilities allow it for bf16 with dropout at this head dim; else sdpa."""
     if choice != "auto":
         return choice
@@ -190,22 +238,41 @@ def resolve_attention(choice: str, device: Optional[str], head_dim: int) -> str:
 
 STUDY_MARK = ".roberta-scratch-study"  # in every folder a study writes: the proof that it is one
 # What a study writes at the top of OUT (runs/<arm>-s<seed>/ hold pretrain's and finetune's runs).
-STUDY_FILES = ("tokenizer", "data", "downstream", "runs", "corpus.jsonl", "data_settings.json", "model_config.json",
-               "table.md", "results.json", "curves.png")
+STUDY_FILES = (
+    "tokenizer",
+    "data",
+    "downstream",
+    "runs",
+    "corpus.jsonl",
+    "data_settings.json",
+    "model_config.json",
+    "table.md",
+    "results.json",
+    "curves.png",
+)
 
 
 class Study:
     """One study folder: OUT/tokenizer, OUT/data, OUT/downstream, OUT/runs/<arm>-s<seed>."""
 
-    def __init__(self, out: str, preset: Preset, corpus: Optional[list[str]] = None, text_field: str = "text",
-                 overwrite: bool = False, show_progress: bool = True):
+    def __init__(
+        self,
+        out: str,
+        preset: Preset,
+        corpus: Optional[list[str]] = None,
+        text_field: str = "text",
+        overwrite: bool = False,
+        show_progress: bool = True,
+    ):
         self.out, self.preset, self.corpus, self.text_field = out, preset, corpus, text_field
         self.overwrite, self.show_progress = overwrite, show_progress
         self.tok_dir, self.data_dir, self.task_dir, self.runs_dir = (
-            os.path.join(out, d) for d in ("tokenizer", "data", "downstream", "runs"))
+            os.path.join(out, d) for d in ("tokenizer", "data", "downstream", "runs")
+        )
         self._lengths: dict = {}
-        self.attention = resolve_attention(preset.attention, preset.device,
-                                           preset.model["hidden_size"] // preset.model["num_attention_heads"])
+        self.attention = resolve_attention(
+            preset.attention, preset.device, preset.model["hidden_size"] // preset.model["num_attention_heads"]
+        )
 
     # ---- data: the downstream task, the pretraining corpus, the tokenizer, prepare ----
 
@@ -213,9 +280,15 @@ class Study:
         p = self.preset
         from .corpus import inputs_fingerprint
 
-        return {"corpus": inputs_fingerprint(self.corpus), "text_field": self.text_field,
-                "vocab_size": p.vocab_size, "seq_len": p.seq_len, "val_fraction": p.val_fraction,
-                "max_documents": p.max_documents, "task": dataclasses.asdict(p.task)}
+        return {
+            "corpus": inputs_fingerprint(self.corpus),
+            "text_field": self.text_field,
+            "vocab_size": p.vocab_size,
+            "seq_len": p.seq_len,
+            "val_fraction": p.val_fraction,
+            "max_documents": p.max_documents,
+            "task": dataclasses.asdict(p.task),
+        }
 
     def claim_out(self) -> None:
         """OUT is a study folder (it holds STUDY_MARK), or becomes one. A folder that is not a
@@ -230,15 +303,21 @@ class Study:
         present = sorted(n for n in os.listdir(self.out) if n != ".lock")
         taken = [n for n in present if n in STUDY_FILES]
         if taken:
-            raise StudyError(f"{self.out} is not a study folder (no {STUDY_MARK}) but holds {', '.join(taken)}, which "
-                             "a study writes: nothing was changed. Choose an empty or new --out, or move them")
+            raise StudyError(
+                f"{self.out} is not a study folder (no {STUDY_MARK}) but holds {', '.join(taken)}, which "
+                "a study writes: nothing was changed. Choose an empty or new --out, or move them"
+            )
         if present and not self.overwrite:
-            raise StudyError(f"{self.out} is not a study folder (no {STUDY_MARK}) and is not empty "
-                             f"({', '.join(present[:3])}{' ...' if len(present) > 3 else ''}): choose an empty or new "
-                             "--out, or pass --overwrite to write the study beside them (none of them is deleted)")
+            raise StudyError(
+                f"{self.out} is not a study folder (no {STUDY_MARK}) and is not empty "
+                f"({', '.join(present[:3])}{' ...' if len(present) > 3 else ''}): choose an empty or new "
+                "--out, or pass --overwrite to write the study beside them (none of them is deleted)"
+            )
         with atomic_write(marker, "w") as f:
-            f.write("written by roberta-scratch study: this folder is a study, and --overwrite may delete "
-                    "its tokenizer/, data/, downstream/ and runs/\n")
+            f.write(
+                "written by roberta-scratch study: this folder is a study, and --overwrite may delete "
+                "its tokenizer/, data/, downstream/ and runs/\n"
+            )
 
     def prepare_data(self) -> None:
         """The downstream task, then the pretraining corpus (the default one less the test
@@ -252,9 +331,11 @@ class Study:
         if previous is not None and previous != settings:
             changed = sorted(k for k in settings if previous.get(k) != settings[k])
             if not self.overwrite:
-                raise StudyError(f"{self.out} holds a study prepared from other data settings ({', '.join(changed)} "
-                                 "differ): pass --overwrite to delete its tokenizer, data and runs and start over, "
-                                 "or choose another --out")
+                raise StudyError(
+                    f"{self.out} holds a study prepared from other data settings ({', '.join(changed)} "
+                    "differ): pass --overwrite to delete its tokenizer, data and runs and start over, "
+                    "or choose another --out"
+                )
             for d in (self.tok_dir, self.data_dir, self.task_dir, self.runs_dir):
                 shutil.rmtree(d, ignore_errors=True)
             print(f"--overwrite: deleted the study in {self.out} ({', '.join(changed)} changed)")
@@ -271,14 +352,25 @@ class Study:
         if not os.path.isfile(os.path.join(self.tok_dir, "vocab.json")):
             print(f"training a {p.vocab_size}-token byte-level BPE on the pretraining corpus")
             docs = iter_documents(self.pretrain_corpus, text_field=self.text_field)
-            ByteLevelBPETokenizer.train(docs, vocab_size=p.vocab_size, show_progress=self.show_progress
-                                        ).save_pretrained(self.tok_dir)
-        self.meta = prepare(self.pretrain_corpus, self.tok_dir, self.data_dir, seq_len=p.seq_len,
-                            val_fraction=p.val_fraction, text_field=self.text_field,
-                            show_progress=self.show_progress, sentences=True)  # the pair formats need them
+            ByteLevelBPETokenizer.train(
+                docs, vocab_size=p.vocab_size, show_progress=self.show_progress
+            ).save_pretrained(self.tok_dir)
+        self.meta = prepare(
+            self.pretrain_corpus,
+            self.tok_dir,
+            self.data_dir,
+            seq_len=p.seq_len,
+            val_fraction=p.val_fraction,
+            text_field=self.text_field,
+            show_progress=self.show_progress,
+            sentences=True,
+        )  # the pair formats need them
         with atomic_write(state_path, "w") as f:
-            json.dump({"settings": settings, "corpus_note": self.corpus_note, "pretrain_corpus": self.pretrain_corpus},
-                      f, indent=1)
+            json.dump(
+                {"settings": settings, "corpus_note": self.corpus_note, "pretrain_corpus": self.pretrain_corpus},
+                f,
+                indent=1,
+            )
         self.model_config = os.path.join(self.out, "model_config.json")
         write_if_changed(self.model_config, json.dumps(p.model, indent=1, sort_keys=True) + "\n")
 
@@ -289,8 +381,10 @@ class Study:
         p = self.preset
         if self.corpus is not None and p.max_documents is None:
             self.pretrain_corpus = self.corpus
-            return ("your corpus, as given: if it holds the standard library's docstrings, the downstream "
-                    "test documents may be in it (without their labels)")
+            return (
+                "your corpus, as given: if it holds the standard library's docstrings, the downstream "
+                "test documents may be in it (without their labels)"
+            )
         docs = [d for d in iter_documents(self.corpus, text_field=self.text_field) if d not in held_out]
         removed = "" if self.corpus is not None else " less the docstrings of the downstream test modules"
         if p.max_documents and len(docs) > p.max_documents:
@@ -335,32 +429,76 @@ class Study:
         accum = math.ceil(batch / p.micro_batch)
         micro = math.ceil(batch / accum)
         every = max(1, steps // p.evals)
-        kw = dict(data=self.data_dir, out=os.path.join(self.runs_dir, self.run_name(arm, seed)),
-                  config=self.model_config, steps=steps, warmup=max(1, round(p.warmup * steps)), seq_len=p.seq_len,
-                  packing=arm.packing, lr=p.lr * arm.lr_ratio, batch_size=micro, grad_accum=accum, seed=seed,
-                  eval_every=every, save_every=every, log_every=max(1, steps // 50), keep_last=1,
-                  eval_blocks=p.eval_blocks, attention=self.attention, device=p.device, resume=True,
-                  progress=self.show_progress, static_copies=arm.static_copies)
+        kw = dict(
+            data=self.data_dir,
+            out=os.path.join(self.runs_dir, self.run_name(arm, seed)),
+            config=self.model_config,
+            steps=steps,
+            warmup=max(1, round(p.warmup * steps)),
+            seq_len=p.seq_len,
+            packing=arm.packing,
+            lr=p.lr * arm.lr_ratio,
+            batch_size=micro,
+            grad_accum=accum,
+            seed=seed,
+            eval_every=every,
+            save_every=every,
+            log_every=max(1, steps // 50),
+            keep_last=1,
+            eval_blocks=p.eval_blocks,
+            attention=self.attention,
+            device=p.device,
+            resume=True,
+            progress=self.show_progress,
+            static_copies=arm.static_copies,
+        )
         return TrainArgs(**kw)
 
     def finetune_args(self, run_dir: str, seed: int) -> FinetuneArgs:
         p = self.preset
-        return FinetuneArgs(task="seq-cls", model=os.path.join(run_dir, "model"),
-                            train=os.path.join(self.task_dir, "train.jsonl"),
-                            eval=os.path.join(self.task_dir, "test.jsonl"), out=os.path.join(run_dir, "downstream"),
-                            epochs=p.ft_epochs, lr=p.ft_lr, batch_size=p.ft_batch, max_length=p.ft_max_length,
-                            seed=seed, keep_last=1, attention=self.attention, device=p.device, resume=True,
-                            progress=self.show_progress, log_every=10)
+        return FinetuneArgs(
+            task="seq-cls",
+            model=os.path.join(run_dir, "model"),
+            train=os.path.join(self.task_dir, "train.jsonl"),
+            eval=os.path.join(self.task_dir, "test.jsonl"),
+            out=os.path.join(run_dir, "downstream"),
+            epochs=p.ft_epochs,
+            lr=p.ft_lr,
+            batch_size=p.ft_batch,
+            max_length=p.ft_max_length,
+            seed=seed,
+            keep_last=1,
+            attention=self.attention,
+            device=p.device,
+            resume=True,
+            progress=self.show_progress,
+            log_every=10,
+        )
 
     def settings_hash(self, args: TrainArgs, ft: FinetuneArgs) -> tuple[str, dict]:
         """What a run's results depend on, by content: its settings (not paths, devices or
         progress bars), the prepared data's fingerprint, the model config, the task's files."""
-        volatile = {"out", "data", "model", "train", "eval", "config", "progress", "threads", "device", "resume",
-                    "overwrite", "attention"}
-        settings = {"pretrain": {k: v for k, v in dataclasses.asdict(args).items() if k not in volatile},
-                    "finetune": {k: v for k, v in dataclasses.asdict(ft).items() if k not in volatile},
-                    "data_fingerprint": self.meta.get("fingerprint"), "model": self.preset.model,
-                    "task": _files_sha256([ft.train, ft.eval])}
+        volatile = {
+            "out",
+            "data",
+            "model",
+            "train",
+            "eval",
+            "config",
+            "progress",
+            "threads",
+            "device",
+            "resume",
+            "overwrite",
+            "attention",
+        }
+        settings = {
+            "pretrain": {k: v for k, v in dataclasses.asdict(args).items() if k not in volatile},
+            "finetune": {k: v for k, v in dataclasses.asdict(ft).items() if k not in volatile},
+            "data_fingerprint": self.meta.get("fingerprint"),
+            "model": self.preset.model,
+            "task": _files_sha256([ft.train, ft.eval]),
+        }
         settings = json.loads(json.dumps(settings))  # tuples as lists, as they come back from disk
         return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest(), settings
 
@@ -375,19 +513,29 @@ class Study:
         record = _read_json(record_path)
         if os.path.isdir(args.out) and os.listdir(args.out) and (record is None or record["hash"] != digest):
             if not self.overwrite:
-                why = "holds a run this study did not start" if record is None else \
-                    "was trained with other settings: " + _diff(record.get("settings", {}), settings)
-                raise StudyError(f"{args.out} {why}. Pass --overwrite to delete it and train it again, or choose "
-                                 "another --out")
+                why = (
+                    "holds a run this study did not start"
+                    if record is None
+                    else "was trained with other settings: " + _diff(record.get("settings", {}), settings)
+                )
+                raise StudyError(
+                    f"{args.out} {why}. Pass --overwrite to delete it and train it again, or choose another --out"
+                )
             shutil.rmtree(args.out)
             record = None
         if record is not None:
             self._forget_missing(record, args, ft)
             if record["status"] in ("done", "failed"):
                 return {**record, "reused": True}  # not saved: says this call trained nothing
-        record = record or {"run": self.run_name(arm, seed), "arm": arm.name, "seed": seed, "hash": digest,
-                            "settings": settings, "wall_s": {"pretrain": 0.0, "finetune": 0.0},
-                            "tokens_per_step": args.batch_size * args.grad_accum * self.example_length(arm.packing)}
+        record = record or {
+            "run": self.run_name(arm, seed),
+            "arm": arm.name,
+            "seed": seed,
+            "hash": digest,
+            "settings": settings,
+            "wall_s": {"pretrain": 0.0, "finetune": 0.0},
+            "tokens_per_step": args.batch_size * args.grad_accum * self.example_length(arm.packing),
+        }
         record["status"] = "training"
         self._save(record_path, record)
         for stage, fn, stage_args in (("pretrain", pretrain, args), ("finetune", finetune, ft)):
@@ -448,15 +596,24 @@ def _final_metrics(metrics_path: str, stage: str) -> dict:
 
 # ----------------------------------------------------------------------------- the command
 
+
 def plan(study: str, preset: Preset) -> list[tuple[str, Arm, str]]:
     """(sub-study, arm, row label) for every row of the tables asked for."""
     subs = SUBSTUDIES if study == "all" else (study,)
     return [(s, arm, label) for s in subs for arm, label in arms_of(s, preset)]
 
 
-def run_study(study: str, preset, out: str, seeds: Optional[int] = None, corpus: Optional[list[str]] = None,
-              text_field: str = "text", overwrite: bool = False, show_progress: bool = True,
-              command: Optional[list[str]] = None) -> int:
+def run_study(
+    study: str,
+    preset,
+    out: str,
+    seeds: Optional[int] = None,
+    corpus: Optional[list[str]] = None,
+    text_field: str = "text",
+    overwrite: bool = False,
+    show_progress: bool = True,
+    command: Optional[list[str]] = None,
+) -> int:
     """Run (or continue) a study into `out` and write its table, results and curves. `preset`
     is a name in PRESETS or a Preset. Returns 0, or the exit code of an interrupted run."""
     from .study_report import write_report
@@ -502,6 +659,7 @@ def run_study(study: str, preset, out: str, seeds: Optional[int] = None, corpus:
 
 
 # ----------------------------------------------------------------------------- helpers
+
 
 def _read_json(path: str) -> Optional[dict]:
     try:

@@ -7,6 +7,7 @@ row beside ours. Under it, every arm is compared with the baseline, metric by me
 2-std rule: a gap counts as beyond the noise when |mean difference| > 2 x the pooled std,
 sqrt((s_a^2 + s_b^2) / 2) with sample stds (ddof=1); with one seed there is no std and no verdict.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -24,34 +25,58 @@ from .fileio import atomic_write
 # BERT_BASE (medians over 5 seeds), "reference" from Yang et al. (2019); Tables 2-3 are BASE models on
 # BOOKCORPUS + WIKIPEDIA. SQuAD: F1; MNLI-m, SST-2, RACE: accuracy.
 PAPER = {
-    "masking": {"columns": ["SQuAD 2.0", "MNLI-m", "SST-2"],
-                "rows": {"reference": [76.3, 84.3, 92.8], "static": [78.3, 84.3, 92.5],
-                         "dynamic": [78.7, 84.0, 92.9]}},
-    "formats": {"columns": ["SQuAD 1.1/2.0", "MNLI-m", "SST-2", "RACE"],
-                "rows": {"segment-pair": ["90.4/78.7", 84.0, 92.9, 64.2],
-                         "sentence-pair": ["88.7/76.2", 82.9, 92.1, 63.0],
-                         "full": ["90.4/79.1", 84.7, 92.5, 64.8], "doc": ["90.6/79.7", 84.7, 92.7, 65.6],
-                         "BERT_BASE": ["88.5/76.3", 84.3, 92.8, 64.3]}},
-    "batch": {"columns": ["bsz", "steps", "lr", "ppl", "MNLI-m", "SST-2"],
-              "rows": {1: ["256", "1M", "1e-4", 3.99, 84.7, 92.7], 8: ["2K", "125K", "7e-4", 3.68, 85.2, 92.9],
-                       32: ["8K", "31K", "1e-3", 3.77, 84.6, 92.8]}},
+    "masking": {
+        "columns": ["SQuAD 2.0", "MNLI-m", "SST-2"],
+        "rows": {"reference": [76.3, 84.3, 92.8], "static": [78.3, 84.3, 92.5], "dynamic": [78.7, 84.0, 92.9]},
+    },
+    "formats": {
+        "columns": ["SQuAD 1.1/2.0", "MNLI-m", "SST-2", "RACE"],
+        "rows": {
+            "segment-pair": ["90.4/78.7", 84.0, 92.9, 64.2],
+            "sentence-pair": ["88.7/76.2", 82.9, 92.1, 63.0],
+            "full": ["90.4/79.1", 84.7, 92.5, 64.8],
+            "doc": ["90.6/79.7", 84.7, 92.7, 65.6],
+            "BERT_BASE": ["88.5/76.3", 84.3, 92.8, 64.3],
+        },
+    },
+    "batch": {
+        "columns": ["bsz", "steps", "lr", "ppl", "MNLI-m", "SST-2"],
+        "rows": {
+            1: ["256", "1M", "1e-4", 3.99, 84.7, 92.7],
+            8: ["2K", "125K", "7e-4", 3.68, 85.2, 92.9],
+            32: ["8K", "31K", "1e-3", 3.77, 84.6, 92.8],
+        },
+    },
 }
-TITLES = {"masking": "Table 1: static vs dynamic masking",
-          "formats": "Table 2: input format and next sentence prediction",
-          "batch": "Table 3: batch size at an equal token budget"}
-METRICS = (("ppl", "held-out ppl", False), ("mlm_acc", "masked acc %", True), ("down_acc", "downstream acc %", True),
-           ("down_f1", "macro-F1 %", True))
+TITLES = {
+    "masking": "Table 1: static vs dynamic masking",
+    "formats": "Table 2: input format and next sentence prediction",
+    "batch": "Table 3: batch size at an equal token budget",
+}
+METRICS = (
+    ("ppl", "held-out ppl", False),
+    ("mlm_acc", "masked acc %", True),
+    ("down_acc", "downstream acc %", True),
+    ("down_f1", "macro-F1 %", True),
+)
 
 
 # ----------------------------------------------------------------------------- numbers
 
+
 def run_values(record: dict) -> dict:
     """The numbers of one finished run (None where a stage did not finish)."""
     pre, ft = record.get("pretrain") or {}, record.get("finetune") or {}
-    return {"ppl": pre.get("val_ppl"), "loss": pre.get("val_loss"), "mlm_acc": _pct(pre.get("val_acc")),
-            "nsp_acc": _pct(pre.get("val_nsp_acc")), "down_acc": _pct(ft.get("accuracy")),
-            "down_f1": _pct(ft.get("macro_f1")), "tokens": pre.get("train_tokens") or _estimated_tokens(record),
-            "wall_s": sum(record.get("wall_s", {}).values())}
+    return {
+        "ppl": pre.get("val_ppl"),
+        "loss": pre.get("val_loss"),
+        "mlm_acc": _pct(pre.get("val_acc")),
+        "nsp_acc": _pct(pre.get("val_nsp_acc")),
+        "down_acc": _pct(ft.get("accuracy")),
+        "down_f1": _pct(ft.get("macro_f1")),
+        "tokens": pre.get("train_tokens") or _estimated_tokens(record),
+        "wall_s": sum(record.get("wall_s", {}).values()),
+    }
 
 
 def _estimated_tokens(record: dict) -> Optional[float]:
@@ -92,6 +117,7 @@ def aggregate(records: list[dict]) -> dict:
 
 
 # ----------------------------------------------------------------------------- formatting
+
 
 def _fmt(s: Optional[dict], digits: int = 2) -> str:
     if s is None:
@@ -159,35 +185,51 @@ def table_markdown(study, substudy: str, rows: list, aggregates: dict, verdicts:
     others = [(arm, label) for arm, label in rows if arm.name != "baseline" and arm.name in verdicts]
     if others:
         base_label = next(label for arm, label in rows if arm.name == "baseline")
-        lines += ["", f"Gap to {base_label} (the baseline), mean difference and the 2-std rule:", "",
-                  "| arm | " + " | ".join(m[1] for m in METRICS) + " |", "|---|" + "---|" * len(METRICS)]
+        lines += [
+            "",
+            f"Gap to {base_label} (the baseline), mean difference and the 2-std rule:",
+            "",
+            "| arm | " + " | ".join(m[1] for m in METRICS) + " |",
+            "|---|" + "---|" * len(METRICS),
+        ]
         for arm, label in others:
             v = verdicts[arm.name]
-            lines.append(f"| {label} | " + " | ".join(_verdict_cell(v.get(k), 2 if k == "ppl" else 1)
-                                                        for k, _, _ in METRICS) + " |")
+            lines.append(
+                f"| {label} | "
+                + " | ".join(_verdict_cell(v.get(k), 2 if k == "ppl" else 1) for k, _, _ in METRICS)
+                + " |"
+            )
     return "\n".join(lines) + "\n"
 
 
 def _paper_notes(substudy: str, p) -> list[str]:
     if substudy == "masking":
-        return [f"The paper's *static* row is BERT's recipe: the data duplicated 10 times with 10 masks over 40 "
-                f"epochs; ours is `static, {p.static_copies} copies` (`--static-copies {p.static_copies}`), and "
-                "`static, 1 mask` (`--static-masking`, one fixed mask per sequence) is an extra, harsher row. "
-                "The paper's reference row (BERT_BASE as reported by Yang et al. 2019) is 76.3 / 84.3 / 92.8. The "
-                "paper ran Table 1 on BERT's SEGMENT-PAIR+NSP setup; ours shares the FULL-SENTENCES baseline run."]
+        return [
+            f"The paper's *static* row is BERT's recipe: the data duplicated 10 times with 10 masks over 40 "
+            f"epochs; ours is `static, {p.static_copies} copies` (`--static-copies {p.static_copies}`), and "
+            "`static, 1 mask` (`--static-masking`, one fixed mask per sequence) is an extra, harsher row. "
+            "The paper's reference row (BERT_BASE as reported by Yang et al. 2019) is 76.3 / 84.3 / 92.8. The "
+            "paper ran Table 1 on BERT's SEGMENT-PAIR+NSP setup; ours shares the FULL-SENTENCES baseline run."
+        ]
     if substudy == "formats":
-        return ["Paper rows: SEGMENT-PAIR and SENTENCE-PAIR with NSP, FULL- and DOC-SENTENCES without; their "
-                "BERT_BASE row is 88.5/76.3, 84.3, 92.8, 64.3. Arms with shorter examples (DOC-SENTENCES, the pairs) "
-                "get bigger batches so that each step holds about as many tokens, as the paper did."]
-    return [f"The paper tuned the learning rate for each batch size; we scale ours by the paper's ratios "
-            f"{' : '.join(f'{r:g}' for r in p.lr_ratios)} (1e-4 : 7e-4 : 1e-3) from the baseline's {p.lr:g}, "
-            "with no tuning of our own, and keep the token budget: the steps shrink as the batch grows."]
+        return [
+            "Paper rows: SEGMENT-PAIR and SENTENCE-PAIR with NSP, FULL- and DOC-SENTENCES without; their "
+            "BERT_BASE row is 88.5/76.3, 84.3, 92.8, 64.3. Arms with shorter examples (DOC-SENTENCES, the pairs) "
+            "get bigger batches so that each step holds about as many tokens, as the paper did."
+        ]
+    return [
+        f"The paper tuned the learning rate for each batch size; we scale ours by the paper's ratios "
+        f"{' : '.join(f'{r:g}' for r in p.lr_ratios)} (1e-4 : 7e-4 : 1e-3) from the baseline's {p.lr:g}, "
+        "with no tuning of our own, and keep the token budget: the steps shrink as the batch grows."
+    ]
 
 
 # ----------------------------------------------------------------------------- the report
 
-def write_report(study, study_name: str, plan_rows: list, n_seeds: int, records: dict,
-                 command: Optional[list[str]]) -> None:
+
+def write_report(
+    study, study_name: str, plan_rows: list, n_seeds: int, records: dict, command: Optional[list[str]]
+) -> None:
     """OUT/table.md, OUT/results.json and OUT/curves.png from the runs' study.json records
     (those of this invocation, plus the done runs already on disk)."""
     records = dict(records)
@@ -205,25 +247,30 @@ def write_report(study, study_name: str, plan_rows: list, n_seeds: int, records:
         if a != "baseline":
             verdicts[a] = {k: noise_verdict(aggregates[a][k], aggregates["baseline"][k]) for k, _, _ in METRICS}
     p = study.preset
-    parts = [f"# RoBERTa's pretraining ablations, preset `{p.name}`", "",
-             f"`{' '.join(command) if command else 'roberta-scratch study ' + study_name}`", "",
-             f"- Preset `{p.name}`: {p.description}. Model {p.model}, vocabulary {p.vocab_size}, blocks of "
-             f"{p.seq_len} tokens; the baseline trains {p.steps} steps of {p.batch_size} sequences, lr {p.lr:g}, "
-             f"warmup {p.warmup:.0%}, then linear decay; {n_seeds} seed(s); attention `{study.attention}`.",
-             f"- Pretraining corpus: {study.corpus_note}.",
-             f"- Held-out MLM: {p.eval_blocks} FULL-SENTENCES blocks of the held-out {p.val_fraction:.0%} of the "
-             "documents, masked once (the trainer's fixed held-out set); perplexity is exp(mean loss over the "
-             "masked tokens).",
-             f"- Downstream: which standard-library package a docstring comes from ({len(study.task['classes'])} "
-             f"classes: {', '.join(study.task['classes'])}; {study.task['examples']['train']} training and "
-             f"{study.task['examples']['test']} test docstrings), split by module file, so no module is in both "
-             f"splits; the test modules' docstrings are not in the default pretraining corpus. Fine-tuned "
-             f"{p.ft_epochs:g} epochs at lr {p.ft_lr:g} from each arm's model; the last epoch's test accuracy "
-             "and macro-F1, no model selection on the test set.",
-             "- Mean ± sample std over seeds. Gaps to the baseline are *beyond noise* when |difference| > 2 x the "
-             "pooled std sqrt((s_a² + s_b²)/2), *within noise* otherwise: read only the former as a result.",
-             "- The paper's columns are its own numbers on other tasks (SQuAD, MNLI, SST-2, RACE) at a far larger "
-             "scale, for reference: compare directions, not values.", ""]
+    parts = [
+        f"# RoBERTa's pretraining ablations, preset `{p.name}`",
+        "",
+        f"`{' '.join(command) if command else 'roberta-scratch study ' + study_name}`",
+        "",
+        f"- Preset `{p.name}`: {p.description}. Model {p.model}, vocabulary {p.vocab_size}, blocks of "
+        f"{p.seq_len} tokens; the baseline trains {p.steps} steps of {p.batch_size} sequences, lr {p.lr:g}, "
+        f"warmup {p.warmup:.0%}, then linear decay; {n_seeds} seed(s); attention `{study.attention}`.",
+        f"- Pretraining corpus: {study.corpus_note}.",
+        f"- Held-out MLM: {p.eval_blocks} FULL-SENTENCES blocks of the held-out {p.val_fraction:.0%} of the "
+        "documents, masked once (the trainer's fixed held-out set); perplexity is exp(mean loss over the "
+        "masked tokens).",
+        f"- Downstream: which standard-library package a docstring comes from ({len(study.task['classes'])} "
+        f"classes: {', '.join(study.task['classes'])}; {study.task['examples']['train']} training and "
+        f"{study.task['examples']['test']} test docstrings), split by module file, so no module is in both "
+        f"splits; the test modules' docstrings are not in the default pretraining corpus. Fine-tuned "
+        f"{p.ft_epochs:g} epochs at lr {p.ft_lr:g} from each arm's model; the last epoch's test accuracy "
+        "and macro-F1, no model selection on the test set.",
+        "- Mean ± sample std over seeds. Gaps to the baseline are *beyond noise* when |difference| > 2 x the "
+        "pooled std sqrt((s_a² + s_b²)/2), *within noise* otherwise: read only the former as a result.",
+        "- The paper's columns are its own numbers on other tasks (SQuAD, MNLI, SST-2, RACE) at a far larger "
+        "scale, for reference: compare directions, not values.",
+        "",
+    ]
     for sub in subs:
         rows = [(arm, label) for s, arm, label in plan_rows if s == sub]
         parts.append(table_markdown(study, sub, rows, aggregates, verdicts))
@@ -234,17 +281,28 @@ def write_report(study, study_name: str, plan_rows: list, n_seeds: int, records:
     with atomic_write(os.path.join(study.out, "table.md"), "w") as f:
         f.write("\n".join(parts))
     results = {
-        "study": study_name, "preset": _jsonable(p), "seeds": n_seeds, "command": command,
+        "study": study_name,
+        "preset": _jsonable(p),
+        "seeds": n_seeds,
+        "command": command,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "machine": _machine(), "versions": _versions(), "attention": study.attention,
-        "corpus": study.corpus_note, "data": {"fingerprint": study.meta.get("fingerprint"),
-                                              "splits": study.meta.get("splits")},
+        "machine": _machine(),
+        "versions": _versions(),
+        "attention": study.attention,
+        "corpus": study.corpus_note,
+        "data": {"fingerprint": study.meta.get("fingerprint"), "splits": study.meta.get("splits")},
         "downstream": study.task,
-        "arms": {a: {"arm": _jsonable(arm), "settings": _jsonable(study.train_args(arm, 0)), "runs": per_arm[a],
-                     "aggregate": aggregates[a], "vs_baseline": verdicts.get(a)}
-                 for a, arm in arms.items()},
-        "tables": {sub: [{"arm": arm.name, "label": label} for s, arm, label in plan_rows if s == sub]
-                   for sub in subs},
+        "arms": {
+            a: {
+                "arm": _jsonable(arm),
+                "settings": _jsonable(study.train_args(arm, 0)),
+                "runs": per_arm[a],
+                "aggregate": aggregates[a],
+                "vs_baseline": verdicts.get(a),
+            }
+            for a, arm in arms.items()
+        },
+        "tables": {sub: [{"arm": arm.name, "label": label} for s, arm, label in plan_rows if s == sub] for sub in subs},
         "paper": {sub: PAPER[sub] for sub in subs},
     }
     with atomic_write(os.path.join(study.out, "results.json"), "w") as f:
@@ -288,7 +346,7 @@ def plot_curves(path: str, subs: list, plan_rows: list, per_arm: dict) -> bool:
             xs = [statistics.fmean(c[i][0] for c in curves) for i in range(n)]
             ys = [[c[i][1] for c in curves] for i in range(n)]
             label = f"{label} ({len(curves)} seed{'s' if len(curves) > 1 else ''})"
-            line, = ax.plot(xs, [statistics.fmean(y) for y in ys], "o-", ms=3, label=label)
+            (line,) = ax.plot(xs, [statistics.fmean(y) for y in ys], "o-", ms=3, label=label)
             if len(curves) > 1:
                 ax.fill_between(xs, [min(y) for y in ys], [max(y) for y in ys], color=line.get_color(), alpha=0.2)
         ax.set_title(TITLES[sub].split(": ", 1)[1])
@@ -315,9 +373,14 @@ def _machine() -> dict:
 
     from .machine import cpu_isa, cpu_name
 
-    info = {"platform": platform.platform(), "processor": cpu_name(), "isa": cpu_isa(),
-            "cpus": os.cpu_count(), "usable_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-            else None, "torch_threads": torch.get_num_threads()}
+    info = {
+        "platform": platform.platform(),
+        "processor": cpu_name(),
+        "isa": cpu_isa(),
+        "cpus": os.cpu_count(),
+        "usable_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "torch_threads": torch.get_num_threads(),
+    }
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
     return info
@@ -335,9 +398,22 @@ def _versions() -> dict:
     except importlib.metadata.PackageNotFoundError:
         ours = None
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10,
-                                cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip() or None
+        commit = (
+            subprocess.run(
+                ["git", "rev-parse", "--short", "HEAD"],
+                capture_output=True,
+                text=True,
+                timeout=10,
+                cwd=os.path.dirname(os.path.abspath(__file__)),
+            ).stdout.strip()
+            or None
+        )
     except (OSError, subprocess.SubprocessError):
         commit = None
-    return {"python": sys.version.split()[0], "torch": torch.__version__, "numpy": numpy.__version__,
-            "roberta_scratch": ours, "git_commit": commit}
+    return {
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "numpy": numpy.__version__,
+        "roberta_scratch": ours,
+        "git_commit": commit,
+    }

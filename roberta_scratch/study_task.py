@@ -25,6 +25,7 @@ How it is built, deterministically:
 The test docstrings are held out of the study's pretraining corpus too (study.py removes
 them from the default corpus), so no arm has seen a test document, even without its label.
 """
+
 from __future__ import annotations
 
 import ast
@@ -94,9 +95,12 @@ def _package_files(stdlib: str) -> dict[str, dict[str, list[str]]]:  # parsed on
 
 def pick_classes(packages: dict, spec: TaskSpec) -> list[str]:
     """The packages that qualify (enough files and docstrings), the largest max_classes of them, sorted."""
-    sizes = {p: sum(map(len, files.values())) for p, files in packages.items()
-             if len(files) >= spec.min_files and sum(map(len, files.values())) >= spec.min_docs}
-    largest = sorted(sizes, key=lambda p: (-sizes[p], p))[:spec.max_classes]
+    sizes = {
+        p: sum(map(len, files.values()))
+        for p, files in packages.items()
+        if len(files) >= spec.min_files and sum(map(len, files.values())) >= spec.min_docs
+    }
+    largest = sorted(sizes, key=lambda p: (-sizes[p], p))[: spec.max_classes]
     return sorted(largest)
 
 
@@ -139,8 +143,10 @@ def build_task(out_dir: str, spec: TaskSpec = TaskSpec(), stdlib: Optional[str] 
     packages = package_files(stdlib)
     classes = pick_classes(packages, spec)
     if len(classes) < 2:
-        raise ValueError(f"the standard library at {stdlib or sysconfig.get_paths()['stdlib']} has fewer than 2 "
-                         f"packages with {spec.min_files}+ files and {spec.min_docs}+ docstrings: no task to build")
+        raise ValueError(
+            f"the standard library at {stdlib or sysconfig.get_paths()['stdlib']} has fewer than 2 "
+            f"packages with {spec.min_files}+ files and {spec.min_docs}+ docstrings: no task to build"
+        )
     summary = {"spec": asdict(spec), "classes": classes, "files": {}, "counts": {}}
     for label in classes:
         train_files, test_files = split_files(packages[label], spec.test_fraction)
@@ -152,18 +158,24 @@ def build_task(out_dir: str, spec: TaskSpec = TaskSpec(), stdlib: Optional[str] 
         for split, limit in (("train", spec.train_per_class), ("test", spec.test_per_class)):
             # subtle: a few docstrings are repeated verbatim across files; one that is in a
             # test file is never a training example, so no document is in both splits
-            docs = [(path, d) for path in summary["files"][label][split] for d in files[path]
-                    if split == "test" or d not in held_out]
+            docs = [
+                (path, d)
+                for path in summary["files"][label][split]
+                for d in files[path]
+                if split == "test" or d not in held_out
+            ]
             kept = _every_kth(docs, limit)
             rows[split] += [{"text": d, "label": label, "module": path} for path, d in kept]
             summary["counts"].setdefault(label, {})[split] = len(kept)
     os.makedirs(out_dir, exist_ok=True)
     for split, items in rows.items():
-        write_if_changed(os.path.join(out_dir, f"{split}.jsonl"),
-                         "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in items))
+        write_if_changed(
+            os.path.join(out_dir, f"{split}.jsonl"), "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in items)
+        )
     summary["examples"] = {s: len(r) for s, r in rows.items()}
-    summary["test_texts_sha256"] = hashlib.sha256("\n\0".join(sorted(r["text"] for r in rows["test"])).encode()
-                                                  ).hexdigest()
+    summary["test_texts_sha256"] = hashlib.sha256(
+        "\n\0".join(sorted(r["text"] for r in rows["test"])).encode()
+    ).hexdigest()
     write_if_changed(os.path.join(out_dir, "split.json"), json.dumps(summary, indent=1) + "\n")
     return summary, held_out
 

@@ -10,6 +10,7 @@ and naming it in TASKS. The four here:
     token-cls  TokenClassification     a BIO tag per word (entity-level F1, conlleval's rules)
     qa         QuestionAnswering       an answer span in a context (SQuAD exact match and F1)
 """
+
 from __future__ import annotations
 
 import json
@@ -31,8 +32,11 @@ def warn_truncated(lengths: list[int], limit: int, consequence: str = "only thei
     """A warning when inputs are longer than the model takes: never cut text without a word."""
     long = [i for i, n in enumerate(lengths) if n > limit]
     if long:
-        warnings.warn(f"{len(long)} input(s) are longer than the {limit} tokens this model takes "
-                      f"(the first: input {long[0] + 1}); {consequence}", stacklevel=3)
+        warnings.warn(
+            f"{len(long)} input(s) are longer than the {limit} tokens this model takes "
+            f"(the first: input {long[0] + 1}); {consequence}",
+            stacklevel=3,
+        )
 
 
 def pad_rows(rows: list[list], value) -> torch.Tensor:
@@ -125,7 +129,7 @@ class Task:
         """Run the model over features in batches; one output object per batch."""
         outs = []
         for i in range(0, len(features), batch_size):
-            chunk = features[i:i + batch_size]
+            chunk = features[i : i + batch_size]
             ids = pad_rows([f["input_ids"] for f in chunk], self.tok.pad_token_id).to(device)
             outs.append(model(ids, attention_mask=ids.ne(self.tok.pad_token_id).long()))
         return outs
@@ -166,6 +170,7 @@ class Task:
 
 # ----------------------------------------------------------------------------- sequence classification
 
+
 def _whole_number(label) -> bool:
     """An int (never a bool), or a string that writes one: "0", "-3"; not 1.0 or "1.0"."""
     if isinstance(label, bool):
@@ -199,15 +204,19 @@ class SequenceClassification(Task):
             targets = {float(e["label"]) for e in examples if is_number(e["label"], True)}
             targets = {t for t in targets if math.isfinite(t)}
             if len(targets) < 2:
-                raise DataError(f"{self.args.train}: every training example has the target "
-                                f"{sorted(targets) or 'none that is a finite number'}: a regression needs targets "
-                                "that vary (for class names, pass --label-type class)")
+                raise DataError(
+                    f"{self.args.train}: every training example has the target "
+                    f"{sorted(targets) or 'none that is a finite number'}: a regression needs targets "
+                    "that vary (for class names, pass --label-type class)"
+                )
             return SequenceRegression(self.args, self.tok)
         self.label_names = sorted({str(e["label"]) for e in examples})
         if len(self.label_names) < 2:
-            raise DataError(f"{self.args.train}: every training example has the label {self.label_names}: a "
-                            "classifier needs at least two classes (for a numeric target, pass --label-type "
-                            "regression)")
+            raise DataError(
+                f"{self.args.train}: every training example has the label {self.label_names}: a "
+                "classifier needs at least two classes (for a numeric target, pass --label-type "
+                "regression)"
+            )
         return self
 
     def check_labels(self, examples: list[dict], bad: BadRows) -> list[dict]:
@@ -221,8 +230,9 @@ class SequenceClassification(Task):
         return good
 
     def config_overrides(self) -> dict:
-        return dict(num_labels=len(self.label_names), label_names=self.label_names,
-                    problem_type="single_label_classification")
+        return dict(
+            num_labels=len(self.label_names), label_names=self.label_names, problem_type="single_label_classification"
+        )
 
     @classmethod
     def from_saved(cls, info: dict, args, tok: Tokenizer, cfg: RobertaConfig) -> Task:
@@ -236,11 +246,18 @@ class SequenceClassification(Task):
         workers = 1 if len(examples) < 10_000 else None  # a process pool only pays off on big files
         pairs = [e["text_pair"] for e in examples]
         if any(pairs) and not all(pairs):  # some rows have a pair and some do not: encode one by one
-            rows = [self.tok(e["text"], e["text_pair"], truncation=True, max_length=self.args.max_length)["input_ids"]
-                    for e in examples]
+            rows = [
+                self.tok(e["text"], e["text_pair"], truncation=True, max_length=self.args.max_length)["input_ids"]
+                for e in examples
+            ]
         else:
-            rows = self.tok([e["text"] for e in examples], pairs if any(pairs) else None, truncation=True,
-                            max_length=self.args.max_length, num_workers=workers)["input_ids"]
+            rows = self.tok(
+                [e["text"] for e in examples],
+                pairs if any(pairs) else None,
+                truncation=True,
+                max_length=self.args.max_length,
+                num_workers=workers,
+            )["input_ids"]
         return [{"input_ids": ids, "label": e.get("target")} for ids, e in zip(rows, examples)]
 
     def collate_labels(self, features: list[dict]) -> dict:
@@ -262,8 +279,14 @@ class SequenceClassification(Task):
         out = []
         for r, p in zip(rows, self._predict_rows(model, rows, batch_size, device)):
             best = max(range(len(p)), key=p.__getitem__)
-            out.append({**self._echo(r), "label": self.label_names[best], "probability": p[best],
-                        "probabilities": dict(zip(self.label_names, p))})
+            out.append(
+                {
+                    **self._echo(r),
+                    "label": self.label_names[best],
+                    "probability": p[best],
+                    "probabilities": dict(zip(self.label_names, p)),
+                }
+            )
         return out
 
     def _predict_rows(self, model, rows: list[dict], batch_size, device) -> list:
@@ -293,8 +316,11 @@ class SequenceRegression(SequenceClassification):
         return {**super().info(), "label_type": "regression"}
 
     def describe_labels(self) -> str:
-        why = ("chosen by --label-type" if self.args.label_type == "regression"
-               else "numbers with a fraction; --label-type class makes them class ids")
+        why = (
+            "chosen by --label-type"
+            if self.args.label_type == "regression"
+            else "numbers with a fraction; --label-type class makes them class ids"
+        )
         return f"labels: regression ({why})"
 
     def check_labels(self, examples: list[dict], bad: BadRows) -> list[dict]:
@@ -335,6 +361,7 @@ class SequenceRegression(SequenceClassification):
 
 # ----------------------------------------------------------------------------- token classification
 
+
 class TokenClassification(Task):
     """NER: a tag per word; each word's tag goes on its first sub-token, the others get -100."""
 
@@ -374,8 +401,9 @@ class TokenClassification(Task):
     def features(self, examples: list[dict]) -> list[dict]:
         if not examples:
             return []
-        enc = self.tok([e["tokens"] for e in examples], is_split_into_words=True, truncation=True,
-                       max_length=self.args.max_length)
+        enc = self.tok(
+            [e["tokens"] for e in examples], is_split_into_words=True, truncation=True, max_length=self.args.max_length
+        )
         feats = []
         for i, e in enumerate(examples):
             words = enc.word_ids(i)
@@ -421,18 +449,25 @@ class TokenClassification(Task):
         features = self.features(rows)
         # a row whose last word has no token left was cut short
         cut = [len(r["tokens"]) - 1 not in f["word_ids"] for r, f in zip(rows, features)]
-        warn_truncated([self.args.max_length + 1 if c else 0 for c in cut], self.args.max_length,
-                       "the words past the end are tagged O")
+        warn_truncated(
+            [self.args.max_length + 1 if c else 0 for c in cut],
+            self.args.max_length,
+            "the words past the end are tagged O",
+        )
         preds = self.word_predictions(model, rows, features, batch_size, device)
         out = []
         for r, p in zip(rows, preds):
             ents = []
             for kind, a, b in M.entity_spans([t for t, _ in p]):
-                ent = {"type": kind, "words": [a, b], "text": " ".join(r["tokens"][a:b]),
-                       "score": min(s for _, s in p[a:b])}
+                ent = {
+                    "type": kind,
+                    "words": [a, b],
+                    "text": " ".join(r["tokens"][a:b]),
+                    "score": min(s for _, s in p[a:b]),
+                }
                 if "spans" in r:
                     ent["start"], ent["end"] = r["spans"][a][0], r["spans"][b - 1][1]
-                    ent["text"] = r["text"][ent["start"]:ent["end"]]
+                    ent["text"] = r["text"][ent["start"] : ent["end"]]
                 ents.append(ent)
             out.append({"text": r.get("text", " ".join(r["tokens"])), "entities": ents})
         found = iter(out)
@@ -456,6 +491,7 @@ def align_labels(word_ids: list, word_labels: Optional[list]) -> list[int]:
 
 # ----------------------------------------------------------------------------- question answering
 
+
 class QuestionAnswering(Task):
     """Extractive QA. A long context is cut into windows of max_length tokens that overlap by
     `stride` tokens, each `<s> question </s></s> context piece </s>`. A window that holds the
@@ -472,8 +508,12 @@ class QuestionAnswering(Task):
         self.version_2 = version_2
 
     def info(self) -> dict:
-        return {**super().info(), "stride": self.args.stride, "max_answer_length": self.args.max_answer_length,
-                "version_2": self.version_2}
+        return {
+            **super().info(),
+            "stride": self.args.stride,
+            "max_answer_length": self.args.max_answer_length,
+            "version_2": self.version_2,
+        }
 
     @classmethod
     def from_saved(cls, info: dict, args, tok: Tokenizer, cfg: RobertaConfig) -> Task:
@@ -490,16 +530,25 @@ class QuestionAnswering(Task):
         feats = []
         for k, e in enumerate(examples):
             try:
-                windows = qa_windows(self.tok, e["question"], e["context"], self.args.max_length, self.args.stride,
-                                     self.max_question_tokens, e["answers"][0] if e.get("answers") else None)
+                windows = qa_windows(
+                    self.tok,
+                    e["question"],
+                    e["context"],
+                    self.args.max_length,
+                    self.args.stride,
+                    self.max_question_tokens,
+                    e["answers"][0] if e.get("answers") else None,
+                )
             except ValueError as err:
                 raise DataError(f"--max-length / --stride: {err}") from None
             feats += [{**f, "example": k} for f in windows]
         return feats
 
     def collate_labels(self, features: list[dict]) -> dict:
-        return {"start_positions": torch.tensor([f["start"] for f in features]),
-                "end_positions": torch.tensor([f["end"] for f in features])}
+        return {
+            "start_positions": torch.tensor([f["start"] for f in features]),
+            "end_positions": torch.tensor([f["end"] for f in features]),
+        }
 
     @torch.no_grad()
     def answers(self, model, examples, features, batch_size, device) -> list[dict]:
@@ -509,8 +558,18 @@ class QuestionAnswering(Task):
         outs = self.logits(model, features, batch_size, device)
         starts = [row for o in outs for row in o.start_logits.float().cpu()]
         ends = [row for o in outs for row in o.end_logits.float().cpu()]
-        best = [{"answer": "", "start": None, "end": None, "score": -math.inf, "null": math.inf,
-                 "probability": 0.0, "null_probability": 0.0} for _ in examples]
+        best = [
+            {
+                "answer": "",
+                "start": None,
+                "end": None,
+                "score": -math.inf,
+                "null": math.inf,
+                "probability": 0.0,
+                "null_probability": 0.0,
+            }
+            for _ in examples
+        ]
         L = self.args.max_answer_length
         for f, s, e in zip(features, starts, ends):
             b = best[f["example"]]
@@ -529,8 +588,13 @@ class QuestionAnswering(Task):
             if score > b["score"]:
                 context = examples[f["example"]]["context"]
                 cs, ce = f["offsets"][lo + a][0], f["offsets"][lo + z][1]
-                b.update(answer=context[cs:ce], start=cs, end=ce, score=score,
-                         probability=float(p_start[lo + a] * p_end[lo + z]))
+                b.update(
+                    answer=context[cs:ce],
+                    start=cs,
+                    end=ce,
+                    score=score,
+                    probability=float(p_start[lo + a] * p_end[lo + z]),
+                )
         for b in best:
             if self.version_2 and b["null"] > b["score"]:
                 b.update(answer="", start=None, end=None, score=b["null"], probability=b["null_probability"])
@@ -549,8 +613,10 @@ class QuestionAnswering(Task):
                 raise DataError(f"a QA input needs 'question' and 'context', got keys {sorted(r)}")
         preds = self.answers(model, rows, self.features(rows), batch_size, device)
         # a SQuAD question keeps its id, so the official evaluator can read the answers
-        return [{**({"id": r["id"]} if r.get("id") is not None else {}), "question": r["question"], **p}
-                for r, p in zip(rows, preds)]
+        return [
+            {**({"id": r["id"]} if r.get("id") is not None else {}), "question": r["question"], **p}
+            for r, p in zip(rows, preds)
+        ]
 
     def parse_input(self, line: str) -> dict:
         raise DataError("QA input lines must be JSON objects with 'question' and 'context'")
@@ -561,15 +627,26 @@ class QuestionAnswering(Task):
         if text.lstrip().startswith("{") and '"data"' in text[:200]:
             try:
                 data = json.loads(text)["data"]
-                return [{"id": qa.get("id"), "question": qa["question"], "context": p["context"]}
-                        for art in data for p in art["paragraphs"] for qa in p["qas"]]
+                return [
+                    {"id": qa.get("id"), "question": qa["question"], "context": p["context"]}
+                    for art in data
+                    for p in art["paragraphs"]
+                    for qa in p["qas"]
+                ]
             except (json.JSONDecodeError, KeyError):
                 pass
         return super().read_inputs(lines)
 
 
-def qa_windows(tok: Tokenizer, question: str, context: str, max_length: int, stride: int,
-               max_question_tokens: int = 64, answer: Optional[dict] = None) -> list[dict]:
+def qa_windows(
+    tok: Tokenizer,
+    question: str,
+    context: str,
+    max_length: int,
+    stride: int,
+    max_question_tokens: int = 64,
+    answer: Optional[dict] = None,
+) -> list[dict]:
     """Overlapping windows over a long context, each `<s> question </s></s> piece </s>`.
 
     Returns per window: input_ids, offsets (the context character span of each token, None
@@ -581,8 +658,10 @@ def qa_windows(tok: Tokenizer, question: str, context: str, max_length: int, str
     ids, offs = enc["input_ids"], enc["offset_mapping"]
     budget = max_length - len(q) - 4  # <s> q </s></s> ... </s>
     if budget <= stride:
-        raise ValueError(f"max_length {max_length} leaves {budget} context tokens per window after a "
-                         f"{len(q)}-token question; that must be more than the stride ({stride})")
+        raise ValueError(
+            f"max_length {max_length} leaves {budget} context tokens per window after a "
+            f"{len(q)}-token question; that must be more than the stride ({stride})"
+        )
     first = last = None
     if answer is not None:
         a0, a1 = answer["start"], answer["start"] + len(answer["text"])
@@ -601,9 +680,14 @@ def qa_windows(tok: Tokenizer, question: str, context: str, max_length: int, str
     for s, e in windows:
         shift = len(head) - s  # context token i sits at position i + shift
         pos = (first + shift, last + shift) if first is not None and s <= first and last < e else (0, 0)
-        out.append({"input_ids": head + ids[s:e] + [tok.sep_token_id],
-                    "offsets": [None] * len(head) + [tuple(o) for o in offs[s:e]] + [None],
-                    "start": pos[0], "end": pos[1]})
+        out.append(
+            {
+                "input_ids": head + ids[s:e] + [tok.sep_token_id],
+                "offsets": [None] * len(head) + [tuple(o) for o in offs[s:e]] + [None],
+                "start": pos[0],
+                "end": pos[1],
+            }
+        )
     return out
 
 

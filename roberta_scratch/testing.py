@@ -7,6 +7,7 @@
 Used by `roberta-scratch convert --verify`, the tests and the benchmarks, so they all
 exercise the same shapes: unequal lengths, <s> ... </s>, then padding.
 """
+
 from __future__ import annotations
 
 from typing import Optional, Sequence
@@ -14,9 +15,15 @@ from typing import Optional, Sequence
 import torch
 
 
-def padded_batch(vocab_size: int = 1000, lengths: Sequence[int] = (11, 7, 3), pad_id: int = 1, bos_id: int = 0,
-                 eos_id: int = 2, seed: int = 0, seq_len: Optional[int] = None,
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
+def padded_batch(
+    vocab_size: int = 1000,
+    lengths: Sequence[int] = (11, 7, 3),
+    pad_id: int = 1,
+    bos_id: int = 0,
+    eos_id: int = 2,
+    seed: int = 0,
+    seq_len: Optional[int] = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(input_ids, attention_mask) of shape (len(lengths), seq_len or max(lengths)).
 
     Row i is <s>, lengths[i] - 2 ids drawn past the four specials, </s>, then padding.

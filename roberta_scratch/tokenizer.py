@@ -138,8 +138,10 @@ class ByteLevelBPETokenizer(Tokenizer):
     @classmethod
     def _from_directory(cls, directory: Path, config: dict, **kwargs) -> ByteLevelBPETokenizer:
         if not cls.holds(directory):
-            raise FileNotFoundError(f"{str(directory)!r} holds no {VOCAB_FILE} + {MERGES_FILE}: not a byte-level "
-                                    "BPE tokenizer (load_tokenizer(dir) picks the kind a directory holds)")
+            raise FileNotFoundError(
+                f"{str(directory)!r} holds no {VOCAB_FILE} + {MERGES_FILE}: not a byte-level "
+                "BPE tokenizer (load_tokenizer(dir) picks the kind a directory holds)"
+            )
         settings = {
             "model_max_length": config.get("model_max_length", 512),
             "add_prefix_space": config.get("add_prefix_space", False),
@@ -164,16 +166,21 @@ class ByteLevelBPETokenizer(Tokenizer):
             vocab = json.loads(Path(vocab_file).read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise ValueError(f"{vocab_file}: not a JSON file ({e})") from None
-        if not isinstance(vocab, dict) or not all(isinstance(i, int) and not isinstance(i, bool)
-                                                  for i in vocab.values()):
+        if not isinstance(vocab, dict) or not all(
+            isinstance(i, int) and not isinstance(i, bool) for i in vocab.values()
+        ):
             raise ValueError(f"{vocab_file}: expected a JSON object from token strings to integer ids")
         lines = Path(merges_file).read_text(encoding="utf-8").splitlines()
         merges = [line.split(" ") for line in lines if line and not line.startswith("#version") and not line.isspace()]
         if any(len(pair) != 2 for pair in merges):  # one C-speed pass; the slow one only to name the line
-            n, line = next((n, line) for n, line in enumerate(lines, start=1) if len(line.split(" ")) != 2
-                           and line and not line.startswith("#version") and not line.isspace())
-            raise ValueError(f"{merges_file}:{n}: expected two tokens separated by a space, got "
-                             f"{quote_line(merges_file, line)}")
+            n, line = next(
+                (n, line)
+                for n, line in enumerate(lines, start=1)
+                if len(line.split(" ")) != 2 and line and not line.startswith("#version") and not line.isspace()
+            )
+            raise ValueError(
+                f"{merges_file}:{n}: expected two tokens separated by a space, got {quote_line(merges_file, line)}"
+            )
         return cls(vocab, merges, **kwargs)
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
@@ -192,9 +199,14 @@ class ByteLevelBPETokenizer(Tokenizer):
 
     def fingerprint(self) -> str:
         """sha256 of the vocabulary, the merges and every setting that changes the ids."""
-        state = {"kind": "byte-level-bpe", "vocab": sorted(self.vocab.items()), "merges": self.merges,
-                 "add_prefix_space": self.add_prefix_space, "special_tokens": sorted(self.special_tokens.items()),
-                 "split_special_tokens": self.split_special_tokens}
+        state = {
+            "kind": "byte-level-bpe",
+            "vocab": sorted(self.vocab.items()),
+            "merges": self.merges,
+            "add_prefix_space": self.add_prefix_space,
+            "special_tokens": sorted(self.special_tokens.items()),
+            "split_special_tokens": self.split_special_tokens,
+        }
         return hashlib.sha256(json.dumps(state, ensure_ascii=False).encode("utf-8")).hexdigest()
 
     def word_start_mask(self) -> list[bool]:
@@ -252,7 +264,6 @@ class ByteLevelBPETokenizer(Tokenizer):
         symbols = bytes_to_unicode()
         byte_order = sorted(symbols, key=symbols.get)  # the order of the bytes in the vocabulary
         merges = learn_merges(word_counts, num_merges, min_frequency, byte_order, show_progress=show_progress)
-
 
         def as_token(b: bytes) -> str:
             return "".join(symbols[x] for x in b)
@@ -346,8 +357,8 @@ class ByteLevelBPETokenizer(Tokenizer):
     def decode(self, ids, skip_special_tokens: bool = False) -> str:
         """Text of a list of ids. Byte sequences that are not UTF-8 become U+FFFD.
 
-            >>> tok.decode([0, 31414, 232, 328, 2], skip_special_tokens=True)
-            'Hello world!'
+        >>> tok.decode([0, 31414, 232, 328, 2], skip_special_tokens=True)
+        'Hello world!'
         """
         ids = self._as_id_list(ids)
         if skip_special_tokens:
@@ -412,5 +423,16 @@ def _collector_paused():
             gc.enable()
 
 
-__all__ = ["ByteLevelBPETokenizer", "SentencePieceTokenizer", "Tokenizer", "BatchEncoding", "load_tokenizer",
-           "bytes_to_unicode", "GPT2_SPLIT_PATTERN", "SPECIAL_TOKENS", "VOCAB_FILE", "MERGES_FILE", "CONFIG_FILE"]
+__all__ = [
+    "ByteLevelBPETokenizer",
+    "SentencePieceTokenizer",
+    "Tokenizer",
+    "BatchEncoding",
+    "load_tokenizer",
+    "bytes_to_unicode",
+    "GPT2_SPLIT_PATTERN",
+    "SPECIAL_TOKENS",
+    "VOCAB_FILE",
+    "MERGES_FILE",
+    "CONFIG_FILE",
+]

@@ -12,6 +12,7 @@ else lives here once:
   only_second), offsets, special-tokens mask, `word_ids()`, tensors;
 - `encode_batch` over worker processes, and `encode_file` streaming a file.
 """
+
 from __future__ import annotations
 
 import copy
@@ -198,8 +199,9 @@ class Tokenizer:
     @classmethod
     def _from_directory(cls, directory: Path, config: dict, **kwargs) -> Tokenizer:
         """Build from the files in `directory` and its saved settings `config` (a subclass's job)."""
-        raise TypeError(f"{cls.__name__} is not a kind of tokenizer; load_tokenizer(dir) picks the kind "
-                        "a directory holds")
+        raise TypeError(
+            f"{cls.__name__} is not a kind of tokenizer; load_tokenizer(dir) picks the kind a directory holds"
+        )
 
     def word_start_mask(self) -> list[bool]:
         """For each id, whether its token begins a word (whole-word masking groups the rest
@@ -298,15 +300,16 @@ class Tokenizer:
     def encode(self, text: str, text_pair: str | None = None, add_special_tokens: bool = True) -> list[int]:
         """Ids of a text, or of a pair of texts, with `<s> A </s>` / `<s> A </s></s> B </s>` around them.
 
-            >>> tok.encode("The capital of France is <mask>.")
-            [0, 133, 812, 9, 1470, 16, 50264, 4, 2]
-            >>> tok.encode("Hello world!", add_special_tokens=False)
-            [31414, 232, 328]
+        >>> tok.encode("The capital of France is <mask>.")
+        [0, 133, 812, 9, 1470, 16, 50264, 4, 2]
+        >>> tok.encode("Hello world!", add_special_tokens=False)
+        [31414, 232, 328]
         """
         first = self._encode_text(text)
         if text_pair is None:  # the common case, without building _assemble's other columns
-            return [self._require(self.cls_token), *first, self._require(self.sep_token)] if add_special_tokens \
-                else first
+            return (
+                [self._require(self.cls_token), *first, self._require(self.sep_token)] if add_special_tokens else first
+            )
         second = (self._encode_text(text_pair), None, None)
         return self._assemble((first, None, None), second, add_special_tokens)["input_ids"]
 
@@ -359,12 +362,12 @@ class Tokenizer:
             >>> for ids in tok.encode_file("corpus.txt"):
             ...     shard.write(ids)
         """
-        for rows in self.encode_batches(chunked(iter_lines([path]), lines_per_batch), add_special_tokens,
-                                        num_workers):
+        for rows in self.encode_batches(chunked(iter_lines([path]), lines_per_batch), add_special_tokens, num_workers):
             yield from (r if isinstance(r, list) else r.tolist() for r in rows)
 
-    def encode_batches(self, batches: Iterable[list[str]], add_special_tokens: bool = False,
-                       num_workers: int = 1) -> Iterator[list[list[int]]]:
+    def encode_batches(
+        self, batches: Iterable[list[str]], add_special_tokens: bool = False, num_workers: int = 1
+    ) -> Iterator[list[list[int]]]:
         """The ids of each batch of texts, in order, encoded over `num_workers` processes.
 
         A stream of any length: at most `2 * num_workers` batches are in flight,
@@ -472,14 +475,22 @@ class Tokenizer:
         if not batched_out and details:
             word_ids, sequence_ids = word_ids[0], sequence_ids[0]
         redo = partial(
-            self, text, text_pair, add_special_tokens=add_special_tokens, padding=padding, truncation=truncation,
-            max_length=max_length, return_offsets_mapping=True, is_split_into_words=is_split_into_words,
+            self,
+            text,
+            text_pair,
+            add_special_tokens=add_special_tokens,
+            padding=padding,
+            truncation=truncation,
+            max_length=max_length,
+            return_offsets_mapping=True,
+            is_split_into_words=is_split_into_words,
             return_tensors=return_tensors,
         )
         return BatchEncoding(data, word_ids, sequence_ids, batched=batched_out, details=None if details else redo)
 
-    def _assemble(self, first, second, add_special_tokens: bool, truncation: str | None = None,
-                  max_length: int | None = None) -> dict:
+    def _assemble(
+        self, first, second, add_special_tokens: bool, truncation: str | None = None, max_length: int | None = None
+    ) -> dict:
         """One row: truncate, then wrap in special tokens. `first`/`second` are (ids, spans, words)."""
         a_ids, a_spans, a_words = first
         b_ids, b_spans, b_words = second if second is not None else ([], None, None)
@@ -642,8 +653,15 @@ def read_config(directory: Path) -> dict:
 
 def write_config(directory: Path, tok: Tokenizer, tokenizer_class: str, **extra) -> None:
     """tokenizer_config.json, in the format `transformers` reads (so `<mask>` keeps its lstrip there too)."""
-    mask = {"__type": "AddedToken", "content": tok.mask_token, "lstrip": True, "rstrip": False,
-            "normalized": False, "single_word": False, "special": True}
+    mask = {
+        "__type": "AddedToken",
+        "content": tok.mask_token,
+        "lstrip": True,
+        "rstrip": False,
+        "normalized": False,
+        "single_word": False,
+        "special": True,
+    }
     config = {"tokenizer_class": tokenizer_class, "model_max_length": tok.model_max_length, **extra}
     if tok.mask_token in tok.special_tokens:
         config["mask_token"] = mask

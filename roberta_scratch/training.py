@@ -12,6 +12,7 @@ from RUN/ckpt continues exactly as if it had never stopped:
   - anything a task draws per micro-batch (MLM masks): a generator seeded by (seed, step, m);
   - dropout: torch's global RNG, saved in every checkpoint.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -59,23 +60,33 @@ class RunArgs:
     eps: float = option(1e-6, cli=False)
     clip: float = option(1.0, "max gradient norm; 0 turns clipping off", minimum=0)
     seed: int = option(0, "seeds the weights, the data order, the masks and dropout")
-    attention: str = option("sdpa", "attention implementation: eager, sdpa, triton, flex, one registered with "
-                                    "roberta_kernels.register, or MODULE:FUNCTION")
-    trust_code: bool = option(False, "let the model's config.json name its kernels as MODULE:FUNCTION, which "
-                                     "imports that module (off: a file runs no code, as Hugging Face's "
-                                     "trust_remote_code)")
+    attention: str = option(
+        "sdpa",
+        "attention implementation: eager, sdpa, triton, flex, one registered with "
+        "roberta_kernels.register, or MODULE:FUNCTION",
+    )
+    trust_code: bool = option(
+        False,
+        "let the model's config.json name its kernels as MODULE:FUNCTION, which "
+        "imports that module (off: a file runs no code, as Hugging Face's "
+        "trust_remote_code)",
+    )
     compile: bool = option(False, "torch.compile the model")
     log_every: int = option(10, "steps between metrics.jsonl rows", minimum=1)
     eval_every: Optional[int] = option(100, "steps between held-out evaluations (0: none)", minimum=0)
     save_every: Optional[int] = option(100, "steps between checkpoints", minimum=1)
     keep_last: int = option(3, "checkpoints kept in OUT/ckpt", minimum=1)
     resume: bool = option(False, "continue from the last checkpoint in OUT/ckpt")
-    overwrite: bool = option(False, "start over in an OUT that already holds a run, deleting its checkpoints, "
-                                    "metrics and models")
+    overwrite: bool = option(
+        False, "start over in an OUT that already holds a run, deleting its checkpoints, metrics and models"
+    )
     device: Optional[str] = option(None, "default: cuda when available, else cpu")
-    threads: Optional[int] = option(None, "CPU threads for torch (default: OMP_NUM_THREADS if set, else the usable "
-                                          "cores less the machine's load, shared among torchrun's local ranks)",
-                                   minimum=1)
+    threads: Optional[int] = option(
+        None,
+        "CPU threads for torch (default: OMP_NUM_THREADS if set, else the usable "
+        "cores less the machine's load, shared among torchrun's local ranks)",
+        minimum=1,
+    )
     progress: bool = option(True, cli=False)
 
     def __post_init__(self):
@@ -123,9 +134,11 @@ PERCENT_METRICS = ("accuracy", "macro_f1", "f1", "precision", "recall", "exact_m
 RUN_FILES = ("ckpt", "metrics.jsonl", "loss.png", "model", "best")
 # What a run writes inside ckpt/, model/ and best/ (the model and its tokenizer, finetune's task
 # file, and the temp names of atomic_write and atomic_files); a user's file there is left alone.
-RUN_FOLDER_FILES = re.compile(r"step_\d{8}\.pt(\.tmp-\d+|\.unusable)?|\.tmp-\w+|config\.json|model\.safetensors|"
-                              r"vocab\.json|merges\.txt|tokenizer_config\.json|sentencepiece\.bpe\.model|"
-                              r"finetune\.json|[\w.]+\.tmp-\d+")
+RUN_FOLDER_FILES = re.compile(
+    r"step_\d{8}\.pt(\.tmp-\d+|\.unusable)?|\.tmp-\w+|config\.json|model\.safetensors|"
+    r"vocab\.json|merges\.txt|tokenizer_config\.json|sentencepiece\.bpe\.model|"
+    r"finetune\.json|[\w.]+\.tmp-\d+"
+)
 
 
 class CheckpointUnusable(Exception):
@@ -138,6 +151,7 @@ def _non_finite(state: dict) -> list[str]:
 
 
 # ----------------------------------------------------------------------------- helpers
+
 
 def linear_schedule(step: int, lr: float, warmup: int, steps: int) -> float:
     """Linear warmup to lr over `warmup` steps, then linear decay to 0 at `steps`."""
@@ -171,6 +185,7 @@ def seed_for(*parts: int) -> int:
 
 
 # ----------------------------------------------------------------------------- the loop, shared by every task
+
 
 class BaseTrainer:
     """The training loop every task shares; a task subclass fills in five hooks.
@@ -218,11 +233,16 @@ class BaseTrainer:
         self.model = self.raw_model
         if self.distributed:
             self.model = torch.nn.parallel.DistributedDataParallel(
-                self.raw_model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+                self.raw_model, device_ids=[self.device.index] if self.device.type == "cuda" else None
+            )
         self.forward = torch.compile(self.model) if args.compile else self.model
-        self.optimizer = torch.optim.AdamW(param_groups(self.raw_model, args.weight_decay), lr=args.lr,
-                                           betas=tuple(args.betas), eps=args.eps,
-                                           fused=self.device.type in ("cuda", "cpu"))
+        self.optimizer = torch.optim.AdamW(
+            param_groups(self.raw_model, args.weight_decay),
+            lr=args.lr,
+            betas=tuple(args.betas),
+            eps=args.eps,
+            fused=self.device.type in ("cuda", "cpu"),
+        )
         self.schedule = LinearSchedule(self.warmup_steps, self.total_steps)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.schedule)
         self.step = 0
@@ -244,8 +264,10 @@ class BaseTrainer:
 
     def describe(self, metrics: dict) -> str:
         """Metrics as the log shows them: every score is a fraction in metrics.jsonl, a percent here."""
-        return ", ".join(f"{k} {v:.2%}" if k in PERCENT_METRICS else f"{k} {v:.4g}" if isinstance(v, float)
-                         else f"{k} {v}" for k, v in metrics.items())
+        return ", ".join(
+            f"{k} {v:.2%}" if k in PERCENT_METRICS else f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+            for k, v in metrics.items()
+        )
 
     def on_evaluated(self, metrics: dict) -> None:
         pass
@@ -289,15 +311,19 @@ class BaseTrainer:
             m = k * self.world + self.rank
             start = step * self.global_batch + m * a.batch_size
             examples = [self._example(start + j) for j in range(a.batch_size)]
-            batches.append({k: v.to(self.device, non_blocking=True)
-                            for k, v in self.collate(examples, step, m).items()})
+            batches.append(
+                {k: v.to(self.device, non_blocking=True) for k, v in self.collate(examples, step, m).items()}
+            )
         return batches
 
     # ---- one step ------------------------------------------------------------------
 
     def _autocast(self):
-        return torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda" \
+        return (
+            torch.autocast("cuda", dtype=torch.bfloat16)
+            if self.device.type == "cuda"
             else torch.autocast("cpu", enabled=False)
+        )
 
     def loss_weight(self, batch: dict) -> torch.Tensor:
         """How many items the batch's loss is the mean over: the batch size here; a task whose
@@ -361,14 +387,20 @@ class BaseTrainer:
         last = self.checkpoints()[-1] if self.checkpoints() else "none yet"
         where = f"{what} at step {self.step + 1}; stopping without saving (the last good checkpoint is {last}). "
         if not all(torch.isfinite(p).all() for p in self.raw_model.parameters()):
-            return where + ("The weights themselves are no longer finite: training diverged in an earlier "
-                            "update. Resume from that checkpoint with a lower --lr or --clip.")
+            return where + (
+                "The weights themselves are no longer finite: training diverged in an earlier "
+                "update. Resume from that checkpoint with a lower --lr or --clip."
+            )
         if all(p.grad is None or torch.isfinite(p.grad).all() for p in self.raw_model.parameters()):
-            return where + ("The weights and gradients are finite, so the forward pass itself produced it: "
-                            "look at this step's data (labels, lengths), or at overflow under mixed precision. "
-                            "Lowering --lr will not help.")
-        return where + ("The weights are finite but the gradients overflowed: the step was too large for "
-                        "this learning rate. Resume from that checkpoint with a lower --lr or --clip.")
+            return where + (
+                "The weights and gradients are finite, so the forward pass itself produced it: "
+                "look at this step's data (labels, lengths), or at overflow under mixed precision. "
+                "Lowering --lr will not help."
+            )
+        return where + (
+            "The weights are finite but the gradients overflowed: the step was too large for "
+            "this learning rate. Resume from that checkpoint with a lower --lr or --clip."
+        )
 
     # ---- checkpoints ---------------------------------------------------------------
 
@@ -393,8 +425,10 @@ class BaseTrainer:
             "model": self.raw_model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
-            "rng": {"torch": torch.get_rng_state(),
-                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            },
             "data": {"examples_seen": seen, "epoch": seen // len(self.train_set)},
             "config": self.raw_model.config.to_dict(),
             "args": _args_dict(self.args),
@@ -406,7 +440,7 @@ class BaseTrainer:
         path = os.path.join(self.ckpt_dir, f"step_{self.step:08d}.pt")
         with atomic_write(path) as f:
             torch.save(state, f)
-        for old in self.checkpoints()[:-self.args.keep_last] + glob.glob(path[:-len("step_00000000.pt")] + "*.tmp-*"):
+        for old in self.checkpoints()[: -self.args.keep_last] + glob.glob(path[: -len("step_00000000.pt")] + "*.tmp-*"):
             os.remove(old)  # old checkpoints, and what a save killed midway left behind
         return path
 
@@ -419,10 +453,14 @@ class BaseTrainer:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:  # a truncated or foreign file: say which, never unpickle further
             reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise CheckpointUnusable(f"it cannot be read ({reason[:200]}): it is truncated or not a "
-                                     "checkpoint") from None
-        missing = [k for k in ("step", "model", "optimizer", "scheduler", "rng", "args") if k not in state] \
-            if isinstance(state, dict) else ["everything"]
+            raise CheckpointUnusable(
+                f"it cannot be read ({reason[:200]}): it is truncated or not a checkpoint"
+            ) from None
+        missing = (
+            [k for k in ("step", "model", "optimizer", "scheduler", "rng", "args") if k not in state]
+            if isinstance(state, dict)
+            else ["everything"]
+        )
         if missing:
             raise CheckpointUnusable(f"it is not a training checkpoint of this project (no {missing})")
         bad = _non_finite(state["model"])
@@ -434,30 +472,45 @@ class BaseTrainer:
         """Continue from a checkpoint, after checking it continues this run (see RESUMING)."""
         state = self.read_checkpoint(path) if state is None else state
         saved, now = state["args"], _args_dict(self.args)
-        changed = {k: (saved.get(k), now[k]) for k in self.args.RESUME_KEYS
-                   if saved.get(k) != now[k] and k not in self.args.ADJUSTABLE}
+        changed = {
+            k: (saved.get(k), now[k])
+            for k in self.args.RESUME_KEYS
+            if saved.get(k) != now[k] and k not in self.args.ADJUSTABLE
+        }
         if changed:
             said = "; ".join(f"--{k.replace('_', '-')} was {a!r}, now {b!r}" for k, (a, b) in changed.items())
             free = ", ".join("--" + k.replace("_", "-") for k in self.args.ADJUSTABLE)
-            raise TrainingError(f"cannot resume from {path}: {said}. A resumed run continues the saved one exactly, "
-                                f"so these must match ({free} and the run's length may change, with a note). Pass "
-                                "the saved values, or --overwrite to start over, or use another --out.")
+            raise TrainingError(
+                f"cannot resume from {path}: {said}. A resumed run continues the saved one exactly, "
+                f"so these must match ({free} and the run's length may change, with a note). Pass "
+                "the saved values, or --overwrite to start over, or use another --out."
+            )
         fingerprint = self.data_fingerprint()
         if state.get("data_fingerprint") and fingerprint and state["data_fingerprint"] != fingerprint:
-            raise TrainingError(f"cannot resume from {path}: the training data differ from the saved run's "
-                                f"(fingerprint {state['data_fingerprint'][:12]} vs {fingerprint[:12]}): they were "
-                                "prepared again, from other files or with another tokenizer. Start a new run in "
-                                "another --out, or pass --overwrite to start this one over.")
+            raise TrainingError(
+                f"cannot resume from {path}: the training data differ from the saved run's "
+                f"(fingerprint {state['data_fingerprint'][:12]} vs {fingerprint[:12]}): they were "
+                "prepared again, from other files or with another tokenizer. Start a new run in "
+                "another --out, or pass --overwrite to start this one over."
+            )
         config = {k: v for k, v in self.raw_model.config.to_dict().items() if k != "attention"}
         saved_config = {k: v for k, v in state.get("config", {}).items() if k != "attention"}
         if saved_config and saved_config != config:
-            diff = {k: (saved_config.get(k), config.get(k)) for k in sorted(set(config) | set(saved_config))
-                    if saved_config.get(k) != config.get(k)}
-            raise TrainingError(f"cannot resume from {path}: the model config differs from the saved run's "
-                                f"(saved, now): {diff}")
+            diff = {
+                k: (saved_config.get(k), config.get(k))
+                for k in sorted(set(config) | set(saved_config))
+                if saved_config.get(k) != config.get(k)
+            }
+            raise TrainingError(
+                f"cannot resume from {path}: the model config differs from the saved run's (saved, now): {diff}"
+            )
         saved_threads = state.get("threads")
-        if saved_threads and self.device.type == "cpu" and saved_threads != torch.get_num_threads() \
-                and cpu_threads(self.args.threads)[1] not in ("--threads", "OMP_NUM_THREADS"):
+        if (
+            saved_threads
+            and self.device.type == "cpu"
+            and saved_threads != torch.get_num_threads()
+            and cpu_threads(self.args.threads)[1] not in ("--threads", "OMP_NUM_THREADS")
+        ):
             # subtle: CPU matmuls can round differently with another thread count, and a resumed
             # run must continue exactly: keep the saved run's count unless told otherwise
             torch.set_num_threads(saved_threads)
@@ -483,8 +536,10 @@ class BaseTrainer:
         if self.schedule.total == self.total_steps and not warmup_changed and not lr_changed:
             return
         if self.total_steps <= self.step:
-            raise TrainingError(f"cannot resume from {path}: it is at step {self.step}, and the run would now "
-                                f"end at step {self.total_steps}")
+            raise TrainingError(
+                f"cannot resume from {path}: it is at step {self.step}, and the run would now "
+                f"end at step {self.total_steps}"
+            )
         old_lr = self.scheduler.get_last_lr()[0]
         self.schedule.total = self.total_steps
         if warmup_changed:
@@ -495,17 +550,21 @@ class BaseTrainer:
             group["initial_lr"] = base
             group["lr"] = base * self.schedule(self.step)
         self.scheduler._last_lr = [g["lr"] for g in self.optimizer.param_groups]
-        self._log(f"note: the learning rate follows the schedule of the current settings from here (peak "
-                  f"{self.scheduler.base_lrs[0]:.3g}, warmup {self.schedule.warmup} steps, linear decay to 0 at "
-                  f"step {self.total_steps}): {self.scheduler.get_last_lr()[0]:.3g} at step {self.step} "
-                  f"(it was {old_lr:.3g})")
+        self._log(
+            f"note: the learning rate follows the schedule of the current settings from here (peak "
+            f"{self.scheduler.base_lrs[0]:.3g}, warmup {self.schedule.warmup} steps, linear decay to 0 at "
+            f"step {self.total_steps}): {self.scheduler.get_last_lr()[0]:.3g} at step {self.step} "
+            f"(it was {old_lr:.3g})"
+        )
 
     def _note_safe_changes(self, saved: dict, now: dict) -> None:
         strict = (set(self.args.RESUME_KEYS) - set(self.args.ADJUSTABLE)) | {"resume", "overwrite"}
         changed = {k: (saved.get(k), now[k]) for k in now if k not in strict and saved.get(k) != now[k]}
         if changed:
-            self._log("note: resuming with settings changed, which is safe (saved, now): "
-                      + ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in sorted(changed.items())))
+            self._log(
+                "note: resuming with settings changed, which is safe (saved, now): "
+                + ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in sorted(changed.items()))
+            )
 
     def _resume(self) -> None:
         """Load the newest usable checkpoint; an unusable one is set aside with a note."""
@@ -529,9 +588,11 @@ class BaseTrainer:
             raise TrainingError("--resume continues the run in OUT and --overwrite deletes it: pass one of them")
         existing = sorted(n for n in os.listdir(a.out) if n != ".lock")
         if existing and not a.resume and not a.overwrite:
-            raise TrainingError(f"{a.out} already holds files ({', '.join(existing[:5])}"
-                                f"{', ...' if len(existing) > 5 else ''}): pass --resume to continue that run, or "
-                                "--overwrite to delete it and start over")
+            raise TrainingError(
+                f"{a.out} already holds files ({', '.join(existing[:5])}"
+                f"{', ...' if len(existing) > 5 else ''}): pass --resume to continue that run, or "
+                "--overwrite to delete it and start over"
+            )
         if a.overwrite and self.rank == 0:
             self._log(f"--overwrite: {overwrite_run(a.out)}")
 
@@ -564,8 +625,10 @@ class BaseTrainer:
                 self._claim_out()
                 self._remove_temp_leftovers()
                 self._log(f"{self.desc} into {a.out}: checkpoints in {self.ckpt_dir}, metrics in {self.metrics_path}")
-                self._log(f"global batch: {a.batch_size} examples x {a.grad_accum} micro-batch(es) x {self.world} "
-                          f"process(es) = {a.batch_size * a.grad_accum * self.world} examples a step")
+                self._log(
+                    f"global batch: {a.batch_size} examples x {a.grad_accum} micro-batch(es) x {self.world} "
+                    f"process(es) = {a.batch_size * a.grad_accum * self.world} examples a step"
+                )
                 if a.resume:
                     self._resume()
                     self._truncate_metrics()
@@ -597,8 +660,9 @@ class BaseTrainer:
         self.model.train()
         if self.step == 0 and a.eval_every and self.eval_at_start:
             self._record(self.evaluate(), "start")
-        bar = progress(total=steps, initial=self.step, desc=self.desc, unit="steps",
-                   disable=not a.progress or self.rank != 0)
+        bar = progress(
+            total=steps, initial=self.step, desc=self.desc, unit="steps", disable=not a.progress or self.rank != 0
+        )
         flops = self.train_flops_per_token()
         window_tokens, window_start = 0, time.perf_counter()
         while self.step < steps:
@@ -615,8 +679,14 @@ class BaseTrainer:
             if self.step % a.log_every == 0 or self.step == steps:
                 elapsed = time.perf_counter() - window_start
                 tps = window_tokens / max(elapsed, 1e-9)
-                row = {"step": self.step, "loss": loss, **self.last_loss_parts, "lr": lr, "tokens_per_s": tps,
-                       **self._tokens()}
+                row = {
+                    "step": self.step,
+                    "loss": loss,
+                    **self.last_loss_parts,
+                    "lr": lr,
+                    "tokens_per_s": tps,
+                    **self._tokens(),
+                }
                 if self.last_step_empty:  # its loss of 0 means nothing: the row says so instead
                     row = {k: v for k, v in row.items() if k != "loss" and k not in self.last_loss_parts}
                     row["skipped"] = "nothing to predict in this step's batch (no token was masked or labelled)"
@@ -644,8 +714,9 @@ class BaseTrainer:
         if self._stop:  # a second signal: give up at once
             raise KeyboardInterrupt
         self._stop = signum
-        self._log(f"{signal.Signals(signum).name}: finishing this step, then saving a checkpoint "
-                  "(send it again to abort)")
+        self._log(
+            f"{signal.Signals(signum).name}: finishing this step, then saving a checkpoint (send it again to abort)"
+        )
 
     def _stopping(self) -> bool:
         if not self.distributed:
@@ -701,8 +772,10 @@ class BaseTrainer:
                 if step <= self.step:
                     rows.append(json.dumps(row) + "\n")
         if broken:
-            self._log(f"note: dropped {broken} unreadable line(s) of {self.metrics_path} (a write cut short, or "
-                      "not a metrics row: no whole-number step)")
+            self._log(
+                f"note: dropped {broken} unreadable line(s) of {self.metrics_path} (a write cut short, or "
+                "not a metrics row: no whole-number step)"
+            )
         with atomic_write(self.metrics_path, "w") as f:
             f.writelines(rows)
 
@@ -717,8 +790,10 @@ def overwrite_run(out: str) -> str:
         if not os.path.lexists(path):
             continue
         if os.path.islink(path):
-            raise TrainingError(f"--overwrite: {path} is a symbolic link, which this run did not write; nothing "
-                                "was deleted. Remove or move it yourself, then run again")
+            raise TrainingError(
+                f"--overwrite: {path} is a symbolic link, which this run did not write; nothing "
+                "was deleted. Remove or move it yourself, then run again"
+            )
         if os.path.isdir(path):
             inside = os.listdir(path)
             ours = [n for n in inside if RUN_FOLDER_FILES.fullmatch(n)]
@@ -739,8 +814,9 @@ def overwrite_run(out: str) -> str:
     return done + (f"; kept what the run did not write: {', '.join(sorted(kept)[:5])}" if kept else "")
 
 
-def plot_metrics(metrics_path: str, png_path: str, train_label: str = "training loss",
-                 val_label: str = "held-out loss") -> bool:
+def plot_metrics(
+    metrics_path: str, png_path: str, train_label: str = "training loss", val_label: str = "held-out loss"
+) -> bool:
     """loss.png from metrics.jsonl: training loss and held-out loss against steps (needs matplotlib).
     The labels say what each loss is: a run may train and evaluate with different masking."""
     try:

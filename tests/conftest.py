@@ -1,4 +1,5 @@
 """Fixtures shared by the test files."""
+
 import importlib.util
 import os
 
@@ -6,8 +7,9 @@ import pytest
 
 # One CPU thread count for the whole session: the trainer otherwise picks it from the load on
 # the machine (training.cpu_threads), and runs compared bit for bit must use the same count.
-os.environ.setdefault("OMP_NUM_THREADS", str(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-                                             else os.cpu_count() or 1))
+os.environ.setdefault(
+    "OMP_NUM_THREADS", str(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+)
 
 
 @pytest.fixture(scope="session")
@@ -29,12 +31,20 @@ def prepared(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("pretrain")
     make_corpus(root / "corpus")
-    tok = ByteLevelBPETokenizer.train(iter([" ".join(WORDS)] * 50 + ["Café crème."]), vocab_size=400,
-                                      show_progress=False)
+    tok = ByteLevelBPETokenizer.train(
+        iter([" ".join(WORDS)] * 50 + ["Café crème."]), vocab_size=400, show_progress=False
+    )
     tok.save_pretrained(str(root / "tok"))
     with pytest.warns(UserWarning, match=r"latin1\.txt: 1 line\(s\) are not valid UTF-8"):
-        prepare([str(root / "corpus")], str(root / "tok"), str(root / "data"), seq_len=32, val_fraction=0.1,
-                show_progress=False, num_workers=1)
+        prepare(
+            [str(root / "corpus")],
+            str(root / "tok"),
+            str(root / "data"),
+            seq_len=32,
+            val_fraction=0.1,
+            show_progress=False,
+            num_workers=1,
+        )
     return root
 
 
@@ -48,8 +58,16 @@ def prepared_sentences(prepared):
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the corpus's Latin-1 file, which `prepared` checks the warning for
-        prepare([str(prepared / "corpus")], str(prepared / "tok"), str(prepared / "data_sents"), seq_len=32,
-                val_fraction=0.1, show_progress=False, num_workers=1, sentences=True)
+        prepare(
+            [str(prepared / "corpus")],
+            str(prepared / "tok"),
+            str(prepared / "data_sents"),
+            seq_len=32,
+            val_fraction=0.1,
+            show_progress=False,
+            num_workers=1,
+            sentences=True,
+        )
     return str(prepared / "data_sents")
 
 

@@ -1,4 +1,5 @@
 """Test helpers: tiny random Hugging Face models, padded batches, the Triton mode switch."""
+
 import pytest
 import torch
 
@@ -8,10 +9,20 @@ from roberta_scratch.testing import padded_batch  # noqa: F401  (one helper for 
 def hf_config(**overrides):
     """A transformers RobertaConfig for a tiny, odd-shaped model (eager attention: the reference)."""
     transformers = pytest.importorskip("transformers")
-    kwargs = dict(vocab_size=1000, hidden_size=96, num_hidden_layers=3, num_attention_heads=3,
-                  intermediate_size=160, max_position_embeddings=40, type_vocab_size=1,
-                  layer_norm_eps=1e-5, pad_token_id=1, bos_token_id=0, eos_token_id=2,
-                  attn_implementation="eager")
+    kwargs = dict(
+        vocab_size=1000,
+        hidden_size=96,
+        num_hidden_layers=3,
+        num_attention_heads=3,
+        intermediate_size=160,
+        max_position_embeddings=40,
+        type_vocab_size=1,
+        layer_norm_eps=1e-5,
+        pad_token_id=1,
+        bos_token_id=0,
+        eos_token_id=2,
+        attn_implementation="eager",
+    )
     kwargs.update(overrides)
     return transformers.RobertaConfig(**kwargs)
 

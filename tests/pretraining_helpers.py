@@ -1,5 +1,6 @@
 """Helpers for the pretraining tests: a small corpus, a small model config, run arguments.
 The `prepared` fixture that uses them is in conftest.py."""
+
 import json
 import os
 
@@ -8,8 +9,10 @@ import numpy as np
 from roberta_scratch.config import RobertaConfig
 from roberta_scratch.pretrain import TrainArgs
 
-WORDS = ("the cat sat on a mat while the dog ran to the red house and a bird sang in the old tree "
-         "because every morning people walk past quiet gardens near the river").split()
+WORDS = (
+    "the cat sat on a mat while the dog ran to the red house and a bird sang in the old tree "
+    "because every morning people walk past quiet gardens near the river"
+).split()
 
 
 def make_corpus(directory, n_docs=120, seed=0):
@@ -18,8 +21,9 @@ def make_corpus(directory, n_docs=120, seed=0):
     os.makedirs(directory, exist_ok=True)
     docs = []
     for _ in range(n_docs):
-        sentences = [" ".join(rng.choice(WORDS, rng.integers(4, 12))).capitalize() + "."
-                     for _ in range(rng.integers(1, 6))]
+        sentences = [
+            " ".join(rng.choice(WORDS, rng.integers(4, 12))).capitalize() + "." for _ in range(rng.integers(1, 6))
+        ]
         docs.append(" ".join(sentences))
     half = len(docs) // 2
     with open(os.path.join(directory, "a.txt"), "w", encoding="utf-8") as f:
@@ -34,16 +38,36 @@ def make_corpus(directory, n_docs=120, seed=0):
 
 
 def small_config(path, **overrides):
-    cfg = RobertaConfig(vocab_size=400, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=40, **overrides)
+    cfg = RobertaConfig(
+        vocab_size=400,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=40,
+        **overrides,
+    )
     cfg.save(str(path))
     return str(path)
 
 
 def args_for(prepared, out, **overrides):
-    kw = dict(data=str(prepared / "data"), out=str(out), config=small_config(prepared / "cfg.json"), steps=8,
-              batch_size=4, grad_accum=2, lr=3e-3, warmup=2, log_every=1, eval_every=4, eval_blocks=8,
-              save_every=4, progress=False, seed=0)
+    kw = dict(
+        data=str(prepared / "data"),
+        out=str(out),
+        config=small_config(prepared / "cfg.json"),
+        steps=8,
+        batch_size=4,
+        grad_accum=2,
+        lr=3e-3,
+        warmup=2,
+        log_every=1,
+        eval_every=4,
+        eval_blocks=8,
+        save_every=4,
+        progress=False,
+        seed=0,
+    )
     kw.update(overrides)
     return TrainArgs(**kw)
 

@@ -1,5 +1,6 @@
 """The benchmark scripts run as modules from the repository root, with no sys.path edits, and
 each parses its options (the measurements themselves are run by hand; see the README)."""
+
 import importlib
 from pathlib import Path
 
@@ -26,8 +27,9 @@ def test_command_is_recorded_as_the_module_invocation(monkeypatch):
     from benchmarks import common
 
     monkeypatch.setattr(sys, "argv", ["/repo/benchmarks/bench_model.py", "--configs", "tiny"])
-    monkeypatch.setitem(sys.modules, "__main__", types.SimpleNamespace(__spec__=types.SimpleNamespace(
-        name="benchmarks.bench_model")))
+    monkeypatch.setitem(
+        sys.modules, "__main__", types.SimpleNamespace(__spec__=types.SimpleNamespace(name="benchmarks.bench_model"))
+    )
     assert common.command() == "python -m benchmarks.bench_model --configs tiny"
 
 
@@ -65,7 +67,7 @@ def test_a_second_result_the_same_day_does_not_overwrite_the_first(tmp_path, mon
 
 
 def test_results_name_the_processor_its_extensions_and_its_gemm_rate():
-    """"AMD EPYC" named two machines a factor 1.6 apart in GEMM rate (AVX-512 against AVX2)."""
+    """ "AMD EPYC" named two machines a factor 1.6 apart in GEMM rate (AVX-512 against AVX2)."""
     from benchmarks.common import machine
     from roberta_scratch.machine import cpu_isa
 

@@ -1,5 +1,6 @@
 """bpe.py: the near-linear merge loop gives exactly the ids of BPE's definition, on words of
 any length, and a word of a megabyte costs about what a megabyte of prose does."""
+
 import random
 import signal
 import time
@@ -30,7 +31,9 @@ def test_merge_and_the_reference_loop():
     assert merge([1, 2, 1, 2], (1, 2), 7) == [7, 7]
     assert encode_reference([1, 2, 1, 2], {(1, 2): (0, 3), (3, 3): (1, 4)}) == [4]
     table = MergeTable([(1, 2, 3), (3, 3, 4)], vocab_size=5)
-    assert apply_merges([1, 2, 1, 2], table) == [4] and apply_merges([], table) == [] and apply_merges([2], table) == [2]
+    assert (
+        apply_merges([1, 2, 1, 2], table) == [4] and apply_merges([], table) == [] and apply_merges([2], table) == [2]
+    )
 
 
 def test_overlaps_and_ties_follow_the_definition():

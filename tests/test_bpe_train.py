@@ -1,5 +1,6 @@
 """Training byte-level BPE: hand-worked merges, incremental counting against a naive
 recount, identical merges to the `tokenizers` trainer, files, progress, the CLI."""
+
 from __future__ import annotations
 
 import json
@@ -85,7 +86,9 @@ def test_ties_break_by_vocabulary_order_whatever_the_corpus_order():
 
 @settings(max_examples=60, deadline=None)
 @given(
-    words=st.dictionaries(st.binary(min_size=1, max_size=8).map(lambda b: bytes(x % 6 for x in b)), st.integers(1, 9), max_size=30),
+    words=st.dictionaries(
+        st.binary(min_size=1, max_size=8).map(lambda b: bytes(x % 6 for x in b)), st.integers(1, 9), max_size=30
+    ),
     min_frequency=st.integers(1, 3),
 )
 def test_incremental_counts_match_a_full_recount(words, min_frequency):
@@ -124,7 +127,9 @@ def test_same_merges_and_compression_as_the_tokenizers_trainer(tmp_path, docstri
 
 def test_train_save_load_encode_round_trip(tmp_path, docstrings):  # noqa: F811
     specials = [*SPECIALS, "<extra>"]
-    tok = ByteLevelBPETokenizer.train(iter(docstrings[:800]), vocab_size=600, special_tokens=specials, show_progress=False)
+    tok = ByteLevelBPETokenizer.train(
+        iter(docstrings[:800]), vocab_size=600, special_tokens=specials, show_progress=False
+    )
     assert tok.vocab_size == 600 and tok.special_tokens["<extra>"] == 4 and tok.mask_token_id == 599
     tok.save_pretrained(tmp_path)
     loaded = load_tokenizer(tmp_path)
@@ -164,7 +169,10 @@ def test_training_errors(tmp_path):
 def test_cli_train_and_encode(tmp_path, capsys):
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("the cat sat on the mat\nthe dog sat on the log\n" * 20, encoding="utf-8")
-    assert cli_main(["tokenizer", "train", "--corpus", str(corpus), "--vocab-size", "270", "--out", str(tmp_path / "tok")]) == 0
+    assert (
+        cli_main(["tokenizer", "train", "--corpus", str(corpus), "--vocab-size", "270", "--out", str(tmp_path / "tok")])
+        == 0
+    )
     assert "saved a 270-token byte-level BPE tokenizer (9 merges)" in capsys.readouterr().out
     tok = load_tokenizer(tmp_path / "tok")
     assert cli_main(["tokenizer", "encode", "--tokenizer", str(tmp_path / "tok"), str(corpus)]) == 0
@@ -175,8 +183,21 @@ def test_cli_train_and_encode(tmp_path, capsys):
     # like `prepare`, training reads directories of .txt and .jsonl files
     (tmp_path / "dir").mkdir()
     (tmp_path / "dir" / "a.jsonl").write_text('{"text": "the cat sat on the mat"}\n' * 20, encoding="utf-8")
-    assert cli_main(["tokenizer", "train", "--corpus", str(tmp_path / "dir"), "--vocab-size", "270",
-                     "--out", str(tmp_path / "tok2")]) == 0
+    assert (
+        cli_main(
+            [
+                "tokenizer",
+                "train",
+                "--corpus",
+                str(tmp_path / "dir"),
+                "--vocab-size",
+                "270",
+                "--out",
+                str(tmp_path / "tok2"),
+            ]
+        )
+        == 0
+    )
     assert load_tokenizer(tmp_path / "tok2").tokenize("the cat") == ["the", "Ġcat"]
 
 

@@ -1,4 +1,5 @@
 """save_pretrained / from_pretrained, Hugging Face round trips, and every bad checkpoint."""
+
 import json
 import os
 
@@ -19,8 +20,14 @@ from roberta_scratch import (
 )
 from roberta_scratch.model import MODEL_CLASSES
 
-TINY = dict(vocab_size=1000, hidden_size=96, num_hidden_layers=2, num_attention_heads=3, intermediate_size=160,
-            max_position_embeddings=40)
+TINY = dict(
+    vocab_size=1000,
+    hidden_size=96,
+    num_hidden_layers=2,
+    num_attention_heads=3,
+    intermediate_size=160,
+    max_position_embeddings=40,
+)
 
 
 def tiny(**overrides):
@@ -91,14 +98,21 @@ def _edit_checkpoint(path, edit):
     save_file(sd, os.path.join(path, "model.safetensors"))
 
 
-@pytest.mark.parametrize("edit,message", [
-    (lambda sd: sd.pop("roberta.layers.1.ffn.fc2.weight"), r"missing keys: \['roberta.layers.1.ffn.fc2.weight'\]"),
-    (lambda sd: sd.update({"roberta.layers.2.attn.qkv.weight": torch.zeros(3)}),
-     r"unexpected keys: \['roberta.layers.2.attn.qkv.weight'\]"),
-    (lambda sd: sd.update({"roberta.layers.0.attn.proj.bias": torch.zeros(95)}),
-     r"mis-shaped keys: \['roberta.layers.0.attn.proj.bias: checkpoint \(95,\) vs model \(96,\)'\]"),
-    (lambda sd: sd.update({"lm_head.bias": torch.zeros(999)}), r"lm_head.bias: checkpoint \(999,\)"),
-])
+@pytest.mark.parametrize(
+    "edit,message",
+    [
+        (lambda sd: sd.pop("roberta.layers.1.ffn.fc2.weight"), r"missing keys: \['roberta.layers.1.ffn.fc2.weight'\]"),
+        (
+            lambda sd: sd.update({"roberta.layers.2.attn.qkv.weight": torch.zeros(3)}),
+            r"unexpected keys: \['roberta.layers.2.attn.qkv.weight'\]",
+        ),
+        (
+            lambda sd: sd.update({"roberta.layers.0.attn.proj.bias": torch.zeros(95)}),
+            r"mis-shaped keys: \['roberta.layers.0.attn.proj.bias: checkpoint \(95,\) vs model \(96,\)'\]",
+        ),
+        (lambda sd: sd.update({"lm_head.bias": torch.zeros(999)}), r"lm_head.bias: checkpoint \(999,\)"),
+    ],
+)
 def test_bad_checkpoints_name_the_key(edit, message, tmp_path):
     RobertaForMaskedLM(tiny()).save_pretrained(str(tmp_path))
     _edit_checkpoint(str(tmp_path), edit)
@@ -129,8 +143,10 @@ def test_pickle_carrying_code_is_refused_and_never_runs(filename, tmp_path):
     marker = tmp_path / "pwned"
     if filename == "pytorch_model.bin":
         tiny().save(str(tmp_path / "config.json"))
-    torch.save({"model": {"embeddings.word_embeddings.weight": torch.zeros(2)}, "evil": _Payload(str(marker))},
-               tmp_path / filename)
+    torch.save(
+        {"model": {"embeddings.word_embeddings.weight": torch.zeros(2)}, "evil": _Payload(str(marker))},
+        tmp_path / filename,
+    )
     with pytest.raises(ValueError, match=f"refusing to load .*{filename}"):
         RobertaForMaskedLM.from_pretrained(str(tmp_path))
     assert not marker.exists()
@@ -148,8 +164,15 @@ def test_hf_pytorch_model_bin_loads_with_weights_only(tmp_path):
     assert diff <= 1e-5
 
 
-@pytest.mark.parametrize("arch", ["RobertaForMaskedLM", "RobertaForSequenceClassification",
-                                  "RobertaForTokenClassification", "RobertaForQuestionAnswering"])
+@pytest.mark.parametrize(
+    "arch",
+    [
+        "RobertaForMaskedLM",
+        "RobertaForSequenceClassification",
+        "RobertaForTokenClassification",
+        "RobertaForQuestionAnswering",
+    ],
+)
 def test_ours_to_hf_to_ours_is_bit_identical_and_transformers_loads_it(arch, tmp_path):
     cls = MODEL_CLASSES[arch]
     torch.manual_seed(1)
@@ -208,9 +231,14 @@ def test_a_head_for_another_label_count_is_an_error_unless_reinitialised(tmp_pat
     old.save_pretrained(str(tmp_path))
     with pytest.raises(ValueError, match=r"classifier.out_proj.weight: checkpoint \(3, 96\) vs model \(5, 96\)"):
         RobertaForSequenceClassification.from_pretrained(str(tmp_path), num_labels=5)
-    with pytest.warns(UserWarning, match=r"of another shape are newly initialised: \['classifier.out_proj.bias: "
-                      r"checkpoint \(3,\) vs model \(5,\)', 'classifier.out_proj.weight"):
-        new = RobertaForSequenceClassification.from_pretrained(str(tmp_path), num_labels=5, reinit_mismatched_heads=True)
+    with pytest.warns(
+        UserWarning,
+        match=r"of another shape are newly initialised: \['classifier.out_proj.bias: "
+        r"checkpoint \(3,\) vs model \(5,\)', 'classifier.out_proj.weight",
+    ):
+        new = RobertaForSequenceClassification.from_pretrained(
+            str(tmp_path), num_labels=5, reinit_mismatched_heads=True
+        )
     assert new.classifier.out_proj.weight.shape == (5, 96)
     assert torch.equal(new.classifier.dense.weight, old.classifier.dense.weight)  # the rest of the head is kept
     assert torch.equal(new.roberta.layers[1].ffn.fc1.weight, old.roberta.layers[1].ffn.fc1.weight)

@@ -1,5 +1,6 @@
 """The command line: every subcommand parses, the training commands keep their flags, and
 `roberta-scratch convert` is the same command as `python checkpoints_convert.py`."""
+
 import os
 import subprocess
 import sys
@@ -14,14 +15,61 @@ from roberta_scratch import RobertaConfig, RobertaForMaskedLM, RobertaForSequenc
 REPO = Path(__file__).resolve().parents[1]
 
 # The flags of the training commands before their parsers were built from the settings dataclasses.
-PRETRAIN_FLAGS = {"--data", "--out", "--config", "--steps", "--batch-size", "--grad-accum", "--warmup", "--seed",
-                  "--seq-len", "--log-every", "--eval-every", "--eval-blocks", "--save-every", "--keep-last", "--lr",
-                  "--weight-decay", "--clip", "--mlm-probability", "--attention", "--packing", "--device", "--resume",
-                  "--compile", "--whole-word", "--static-masking"}
-FINETUNE_FLAGS = {"--task", "--model", "--train", "--eval", "--out", "--epochs", "--batch-size", "--grad-accum",
-                  "--max-length", "--stride", "--max-answer-length", "--seed", "--log-every", "--eval-every",
-                  "--save-every", "--keep-last", "--lr", "--warmup-ratio", "--weight-decay", "--clip", "--label-type",
-                  "--on-bad-row", "--attention", "--device", "--resume", "--compile"}
+PRETRAIN_FLAGS = {
+    "--data",
+    "--out",
+    "--config",
+    "--steps",
+    "--batch-size",
+    "--grad-accum",
+    "--warmup",
+    "--seed",
+    "--seq-len",
+    "--log-every",
+    "--eval-every",
+    "--eval-blocks",
+    "--save-every",
+    "--keep-last",
+    "--lr",
+    "--weight-decay",
+    "--clip",
+    "--mlm-probability",
+    "--attention",
+    "--packing",
+    "--device",
+    "--resume",
+    "--compile",
+    "--whole-word",
+    "--static-masking",
+}
+FINETUNE_FLAGS = {
+    "--task",
+    "--model",
+    "--train",
+    "--eval",
+    "--out",
+    "--epochs",
+    "--batch-size",
+    "--grad-accum",
+    "--max-length",
+    "--stride",
+    "--max-answer-length",
+    "--seed",
+    "--log-every",
+    "--eval-every",
+    "--save-every",
+    "--keep-last",
+    "--lr",
+    "--warmup-ratio",
+    "--weight-decay",
+    "--clip",
+    "--label-type",
+    "--on-bad-row",
+    "--attention",
+    "--device",
+    "--resume",
+    "--compile",
+}
 
 
 def subcommand(name):
@@ -35,8 +83,19 @@ def flags(name):
 
 def test_every_subcommand_has_help(capsys):
     names = cli.build_parser()._subparsers._group_actions[0].choices
-    assert {"inspect", "prepare", "pretrain", "fill-mask", "demo", "tokenizer", "finetune", "predict", "features",
-            "attention", "convert"} <= set(names)
+    assert {
+        "inspect",
+        "prepare",
+        "pretrain",
+        "fill-mask",
+        "demo",
+        "tokenizer",
+        "finetune",
+        "predict",
+        "features",
+        "attention",
+        "convert",
+    } <= set(names)
     for name in names:
         with pytest.raises(SystemExit) as e:
             cli.main([name, "--help"])
@@ -49,8 +108,14 @@ def test_training_commands_keep_their_flags():
     # pretrain also has the ablations' --static-copies (BERT's K masks), --eval-seed (one held-out set) and
     # --eval-mlm-probability (one masking rate for that set, whatever the runs train with); both have
     # --trust-code, the opt-in for a config.json that names its kernels as MODULE:FUNCTION
-    assert flags("pretrain") == PRETRAIN_FLAGS | {"--overwrite", "--threads", "--static-copies", "--eval-seed",
-                                                  "--eval-mlm-probability", "--trust-code"}
+    assert flags("pretrain") == PRETRAIN_FLAGS | {
+        "--overwrite",
+        "--threads",
+        "--static-copies",
+        "--eval-seed",
+        "--eval-mlm-probability",
+        "--trust-code",
+    }
     assert flags("finetune") == FINETUNE_FLAGS | {"--overwrite", "--threads", "--trust-code"}
 
 
@@ -63,8 +128,22 @@ def test_flags_reach_the_settings_and_defaults_stay_the_dataclass_ones():
     from roberta_scratch.finetune import FinetuneArgs
     from roberta_scratch.pretrain import TrainArgs
 
-    args = cli.build_parser().parse_args(["pretrain", "--data", "D", "--out", "O", "--batch-size", "4", "--lr", "1e-3",
-                                          "--whole-word", "--packing", "doc"])
+    args = cli.build_parser().parse_args(
+        [
+            "pretrain",
+            "--data",
+            "D",
+            "--out",
+            "O",
+            "--batch-size",
+            "4",
+            "--lr",
+            "1e-3",
+            "--whole-word",
+            "--packing",
+            "doc",
+        ]
+    )
     t = TrainArgs(**cli._given(args))
     assert (t.batch_size, t.lr, t.whole_word, t.packing, t.steps, t.clip) == (4, 1e-3, True, "doc", 1000, 1.0)
     args = cli.build_parser().parse_args(["finetune", "--task", "qa", "--model", "M", "--train", "T", "--out", "O"])
@@ -75,14 +154,24 @@ def test_flags_reach_the_settings_and_defaults_stay_the_dataclass_ones():
 
 
 def test_console_script_inspect_prints_parameters_and_flops():
-    out = subprocess.run([sys.executable, "-m", "roberta_scratch", "inspect", "--config", "base"], capture_output=True,
-                         text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "roberta_scratch", "inspect", "--config", "base"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert "feed_forward" in out and "124,697,433" in out
 
 
 def tiny_model_dir(path, cls=RobertaForMaskedLM):
-    cfg = RobertaConfig(vocab_size=300, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=40)
+    cfg = RobertaConfig(
+        vocab_size=300,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=40,
+    )
     torch.manual_seed(0)
     cls(cfg).save_pretrained(str(path))
     return str(path)
@@ -100,20 +189,34 @@ def test_convert_command_and_script_are_one_command(tmp_path, capsys, cls):
         results.append((code, captured.out.replace(str(out), "DST"), captured.err, files))
     assert results[0] == results[1]
     assert results[0][0] == 0 and set(results[0][3]) >= {"config.json", "model.safetensors"}
-    bad = [(cli.main(["convert", str(tmp_path / "nope"), str(tmp_path / "x")]), capsys.readouterr().err),
-           (checkpoints_convert.main([str(tmp_path / "nope"), str(tmp_path / "x")]), capsys.readouterr().err)]
+    bad = [
+        (cli.main(["convert", str(tmp_path / "nope"), str(tmp_path / "x")]), capsys.readouterr().err),
+        (checkpoints_convert.main([str(tmp_path / "nope"), str(tmp_path / "x")]), capsys.readouterr().err),
+    ]
     assert bad[0] == bad[1] and bad[0][0] == 2 and "neither a model directory" in bad[0][1]
 
 
 def test_convert_as_processes_gives_the_same_output(tmp_path):
     src = tiny_model_dir(tmp_path / "src")
     outs = []
-    for name, argv in (("script", [sys.executable, "checkpoints_convert.py"]),
-                       ("module", [sys.executable, "-m", "roberta_scratch", "convert"])):
-        proc = subprocess.run([*argv, src, str(tmp_path / name)], cwd=REPO, capture_output=True, text=True,
-                              env={**os.environ, "PYTHONPATH": str(REPO)})
-        outs.append((proc.returncode, proc.stdout.replace(str(tmp_path / name), "DST"),
-                     (tmp_path / name / "model.safetensors").read_bytes()))
+    for name, argv in (
+        ("script", [sys.executable, "checkpoints_convert.py"]),
+        ("module", [sys.executable, "-m", "roberta_scratch", "convert"]),
+    ):
+        proc = subprocess.run(
+            [*argv, src, str(tmp_path / name)],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+        )
+        outs.append(
+            (
+                proc.returncode,
+                proc.stdout.replace(str(tmp_path / name), "DST"),
+                (tmp_path / name / "model.safetensors").read_bytes(),
+            )
+        )
     assert outs[0] == outs[1] and outs[0][0] == 0
 
 

@@ -1,5 +1,6 @@
 """`kernels converge`: a correct attention trains the model as sdpa does; one that is right on
 unit shapes but wrong in the model (strides, padding) is caught, at the step it diverges."""
+
 import argparse
 import math
 
@@ -69,9 +70,19 @@ def test_the_interpreter_gets_a_short_default_said_up_front(monkeypatch, capsys)
     def fake(attention, layer_norm, steps, *rest, show_progress=False):
         seen.update(steps=steps, show_progress=show_progress)
         curve = converge.Curve(attention, [1.0] * steps)
-        return {"candidate": curve, "reference": converge.Curve("sdpa", [1.0] * steps), "twin": curve,
-                "first_divergence": None, "tolerance": {"dtype": "torch.float32", "atol": 1e-6, "rtol": 2e-5,
-                                                        "step0_rtol": 2e-6, "spread_factor": 10}}
+        return {
+            "candidate": curve,
+            "reference": converge.Curve("sdpa", [1.0] * steps),
+            "twin": curve,
+            "first_divergence": None,
+            "tolerance": {
+                "dtype": "torch.float32",
+                "atol": 1e-6,
+                "rtol": 2e-5,
+                "step0_rtol": 2e-6,
+                "spread_factor": 10,
+            },
+        }
 
     monkeypatch.setattr(converge, "converge", fake)
     a = args(attention="triton", device="cpu")
@@ -79,8 +90,10 @@ def test_the_interpreter_gets_a_short_default_said_up_front(monkeypatch, capsys)
     assert converge.run(a) == 0
     assert seen == {"steps": converge.INTERPRETED_STEPS, "show_progress": True}
     err = capsys.readouterr().err
-    assert "runs in Triton's CPU interpreter here: about 8.8 s a step on a quiet 2-core machine, so 5 steps take " \
-           "about 0.7 min" in err
+    assert (
+        "runs in Triton's CPU interpreter here: about 8.8 s a step on a quiet 2-core machine, so 5 steps take "
+        "about 0.7 min" in err
+    )
     a = args(attention="test_converge:right", device="cpu")
     a.steps = None
     assert converge.run(a) == 0 and seen["steps"] == converge.STEPS

@@ -1,5 +1,6 @@
 """Corpora as public datasets ship them: compressed JSON lines and text, parquet, save_to_disk
 folders, a chosen text field, bad records named, and `prepare --workers`."""
+
 import bz2
 import gzip
 import json
@@ -88,8 +89,19 @@ def test_prepare_with_two_workers_writes_the_same_bytes_as_one(tmp_path, docstri
     corpus = write_jsonl(tmp_path / "c.jsonl.xz", docstrings[:1500], opener=lzma.open)
     tok = ByteLevelBPETokenizer.train(iter(docstrings[:500]), vocab_size=600, show_progress=False)
     tok.save_pretrained(str(tmp_path / "tok"))
-    metas = [prepare([corpus], str(tmp_path / "tok"), str(tmp_path / f"w{n}"), seq_len=64, num_workers=n,
-                     batch_documents=64, show_progress=False, sentences=sentences) for n in (1, 2)]
+    metas = [
+        prepare(
+            [corpus],
+            str(tmp_path / "tok"),
+            str(tmp_path / f"w{n}"),
+            seq_len=64,
+            num_workers=n,
+            batch_documents=64,
+            show_progress=False,
+            sentences=sentences,
+        )
+        for n in (1, 2)
+    ]
     assert metas[0]["files"] == metas[1]["files"]  # every file, by size and sha256
     assert ("train.sents.bin" in metas[0]["files"]) == sentences
     assert metas[0]["splits"] == metas[1]["splits"] and metas[0]["splits"]["train"]["documents"] > 1000

@@ -2,6 +2,7 @@
 
 The full demo (6,000 steps) is measured, not tested: see the README for its time and accuracy.
 """
+
 import json
 
 

@@ -6,6 +6,7 @@ a tiny RobertaModel in the current layout (model.pt) and in the 2019 release lay
 config pickled as an omegaconf DictConfig (model_omegaconf.pt), its dict.txt, and
 what fairseq computed on a padded batch (expected.npz).
 """
+
 import os
 import shutil
 
@@ -39,8 +40,13 @@ def real(x, tokens):
 def test_masked_lm_matches_fairseq(checkpoint, backend, expected):
     with pytest.warns(UserWarning, match="classifier.dense.weight"):  # the fixture also has a classification head
         model = RobertaForMaskedLM.from_pretrained(os.path.join(FIXTURES, checkpoint), attention=backend).eval()
-    assert (model.config.vocab_size, model.config.max_position_embeddings, model.config.num_hidden_layers,
-            model.config.num_attention_heads, model.config.intermediate_size) == (45, 18, 2, 4, 64)
+    assert (
+        model.config.vocab_size,
+        model.config.max_position_embeddings,
+        model.config.num_hidden_layers,
+        model.config.num_attention_heads,
+        model.config.intermediate_size,
+    ) == (45, 18, 2, 4, 64)
     tokens = expected["tokens"]
     with torch.no_grad():
         out = model(tokens, attention_mask=tokens.ne(1).long(), output_hidden_states=True)

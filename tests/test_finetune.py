@@ -1,5 +1,6 @@
 """Fine-tuning end to end on tiny synthetic tasks, input formats and bad rows, windowing, predict,
 and a Hugging Face directory that carries a classification head."""
+
 import csv
 import json
 import os
@@ -32,6 +33,7 @@ OBJECTS = "car ball house hat door cup bike box".split()
 
 # ----------------------------------------------------------------------------- synthetic data
 
+
 def sentiment_rows(n, seed):
     rng = random.Random(seed)
     rows = []
@@ -62,7 +64,7 @@ def ner_rows(n, seed):
 
 
 def colour_squad(n, seed, impossible_every=0, n_facts=3, distractors=0):
-    """"What colour is the X?" over a context of a few "The Y is Z." facts, plus distractors "The Y is
+    """ "What colour is the X?" over a context of a few "The Y is Z." facts, plus distractors "The Y is
     <not a colour>."; every `impossible_every`-th question asks about an object not in the context."""
     rng = random.Random(seed)
     qas, paragraphs = 0, []
@@ -79,8 +81,11 @@ def colour_squad(n, seed, impossible_every=0, n_facts=3, distractors=0):
             qa = {"id": f"q{i}", "question": f"What colour is the {missing}?", "answers": [], "is_impossible": True}
         else:
             start = context.index(f"The {objects[k]} is ") + len(f"The {objects[k]} is ")
-            qa = {"id": f"q{i}", "question": f"What colour is the {objects[k]}?",
-                  "answers": [{"text": colours[k], "answer_start": start}]}
+            qa = {
+                "id": f"q{i}",
+                "question": f"What colour is the {objects[k]}?",
+                "answers": [{"text": colours[k], "answer_start": start}],
+            }
         paragraphs.append({"context": context, "qas": [qa]})
         qas += 1
     return {"version": "v2.0", "data": [{"title": "colours", "paragraphs": paragraphs}]}
@@ -119,9 +124,16 @@ def pretrained(tmp_path_factory):
     texts = [r["text"] for r in sentiment_rows(200, 1)] + [" ".join(r["tokens"]) for r in ner_rows(200, 1)]
     texts += [p["context"] + " " + p["qas"][0]["question"] for p in colour_squad(200, 1)["data"][0]["paragraphs"]]
     tok = ByteLevelBPETokenizer.train(iter(texts * 3), vocab_size=420, show_progress=False)
-    cfg = RobertaConfig(vocab_size=tok.vocab_size, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                        intermediate_size=128, max_position_embeddings=130, hidden_dropout_prob=0.0,
-                        attention_probs_dropout_prob=0.0)
+    cfg = RobertaConfig(
+        vocab_size=tok.vocab_size,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=128,
+        max_position_embeddings=130,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
     torch.manual_seed(0)
     path = str(root / "pretrained")
     RobertaForMaskedLM(cfg).save_pretrained(path)
@@ -130,8 +142,20 @@ def pretrained(tmp_path_factory):
 
 
 def args_for(pretrained, task, train, out, **kw):
-    base = dict(task=task, model=pretrained, train=str(train), out=str(out), epochs=4, lr=2e-3, batch_size=16,
-                warmup_ratio=0.1, weight_decay=0.01, progress=False, log_every=5, max_length=64)
+    base = dict(
+        task=task,
+        model=pretrained,
+        train=str(train),
+        out=str(out),
+        epochs=4,
+        lr=2e-3,
+        batch_size=16,
+        warmup_ratio=0.1,
+        weight_decay=0.01,
+        progress=False,
+        log_every=5,
+        max_length=64,
+    )
     base.update(kw)
     return FinetuneArgs(**base)
 
@@ -148,6 +172,7 @@ def run_cli(capsys, *argv):
 
 
 # ----------------------------------------------------------------------------- each task learns
+
 
 def test_seq_cls_learns_sentiment_then_predicts(pretrained, tmp_path, capsys):
     train = write_csv(tmp_path / "train.csv", sentiment_rows(320, 2))
@@ -178,10 +203,10 @@ def test_seq_cls_numeric_labels_are_regression(pretrained, tmp_path):
     # the folder holds a finished run now: a second one is refused unless asked to continue or start over
     with pytest.raises(TrainingError, match="already holds files"):
         finetune(args_for(pretrained, "seq-cls", train, tmp_path / "run", eval=train, epochs=1))
-    assert finetune(args_for(pretrained, "seq-cls", train, tmp_path / "run", eval=train, epochs=1,
-                             overwrite=True)) == 0
-    assert len(metric_rows(tmp_path / "run")) == len(metric_rows(tmp_path / "run")) and \
-        [r["step"] for r in metric_rows(tmp_path / "run")] == sorted(r["step"] for r in metric_rows(tmp_path / "run"))
+    assert finetune(args_for(pretrained, "seq-cls", train, tmp_path / "run", eval=train, epochs=1, overwrite=True)) == 0
+    assert len(metric_rows(tmp_path / "run")) == len(metric_rows(tmp_path / "run")) and [
+        r["step"] for r in metric_rows(tmp_path / "run")
+    ] == sorted(r["step"] for r in metric_rows(tmp_path / "run"))
 
 
 def test_token_cls_learns_names_and_places_then_predicts_char_spans(pretrained, tmp_path, capsys):
@@ -219,6 +244,7 @@ def test_qa_learns_colours_then_predicts(pretrained, tmp_path, capsys):
 
 # ----------------------------------------------------------------------------- alignment and windows
 
+
 def test_labels_go_on_the_first_sub_token_of_each_word(pretrained):
     tok = load_tokenizer(pretrained)
     words = ["Alice", "zqxjkv", "Paris"]  # an unseen word splits into several tokens
@@ -250,7 +276,7 @@ def test_qa_windows_overlap_and_map_answers_across_boundaries(pretrained):
     assert holding and len(holding) < len(windows)  # windows without the whole answer point at <s>
     for w in windows:
         assert len(w["input_ids"]) <= 24 and w["input_ids"][:1] == [tok.cls_token_id]
-        assert w["input_ids"][n_q + 1:n_q + 3] == [tok.sep_token_id] * 2
+        assert w["input_ids"][n_q + 1 : n_q + 3] == [tok.sep_token_id] * 2
         if w["start"]:
             s, e = w["offsets"][w["start"]][0], w["offsets"][w["end"]][1]
             assert context[s:e] == colour
@@ -267,8 +293,9 @@ def test_qa_prediction_reads_answers_from_any_window_and_abstains_for_v2(pretrai
     train = tmp_path / "train.json"
     data = colour_squad(120, 2, n_facts=1, distractors=5, impossible_every=4)
     train.write_text(json.dumps(data))
-    args = args_for(pretrained, "qa", train, tmp_path / "run", eval=str(train), epochs=3, max_length=32,
-                    stride=8, progress=False)
+    args = args_for(
+        pretrained, "qa", train, tmp_path / "run", eval=str(train), epochs=3, max_length=32, stride=8, progress=False
+    )
     trainer = FinetuneTrainer(args)
     assert trainer.task.version_2 and len(trainer.train_set) > 2 * len(trainer.eval_examples) * 0.9
     assert trainer.fit() == 0
@@ -279,6 +306,7 @@ def test_qa_prediction_reads_answers_from_any_window_and_abstains_for_v2(pretrai
 
 
 # ----------------------------------------------------------------------------- bad input
+
 
 def test_bad_rows_are_reported_with_file_and_line_then_skipped_or_stopped(pretrained, tmp_path, capsys):
     good = sentiment_rows(40, 5)
@@ -299,9 +327,14 @@ def test_bad_rows_are_reported_with_file_and_line_then_skipped_or_stopped(pretra
 
     conll = tmp_path / "bad.conll"
     conll.write_text("Alice B-PER\nwent O\n\nBob\nsaw O\n\nRome B-LOC\n")
-    ner_dev = write_jsonl(tmp_path / "ner_dev.jsonl", [{"tokens": ["Rome"], "tags": ["B-GPE"]},
-                                                        {"tokens": ["a", "b"], "tags": ["O"]},
-                                                        {"tokens": ["Bob"], "tags": ["B-PER"]}])
+    ner_dev = write_jsonl(
+        tmp_path / "ner_dev.jsonl",
+        [
+            {"tokens": ["Rome"], "tags": ["B-GPE"]},
+            {"tokens": ["a", "b"], "tags": ["O"]},
+            {"tokens": ["Bob"], "tags": ["B-PER"]},
+        ],
+    )
     trainer = FinetuneTrainer(args_for(pretrained, "token-cls", conll, tmp_path / "run3", eval=ner_dev))
     assert trainer.skipped == {"train": 1, "eval": 2} and len(trainer.train_set) == 2
     err = capsys.readouterr().err
@@ -325,8 +358,11 @@ def test_values_of_the_wrong_kind_are_bad_rows_while_reading(pretrained, tmp_pat
     """Caught while reading, with FILE:LINE, before any training: not at the first evaluation."""
     good = sentiment_rows(20, 8)
     train = tmp_path / "train.jsonl"
-    odd = [{"text": 42, "label": "positive"}, {"text": "fine", "text_pair": ["x"], "label": "positive"},
-           {"text": "fine", "label": ["positive"]}]
+    odd = [
+        {"text": 42, "label": "positive"},
+        {"text": "fine", "text_pair": ["x"], "label": "positive"},
+        {"text": "fine", "label": ["positive"]},
+    ]
     train.write_text("\n".join([json.dumps(r) for r in good] + [json.dumps(r) for r in odd]) + "\n")
     trainer = FinetuneTrainer(args_for(pretrained, "seq-cls", train, tmp_path / "run", epochs=1))
     err = capsys.readouterr().err
@@ -419,6 +455,7 @@ def test_predict_gives_one_line_per_input_even_without_words(pretrained, tmp_pat
 
 # ----------------------------------------------------------------------------- resume
 
+
 def test_resumed_finetuning_matches_an_uninterrupted_run(pretrained, tmp_path):
     train = write_jsonl(tmp_path / "train.jsonl", sentiment_rows(64, 6))
     kw = dict(eval=train, epochs=2, batch_size=8, save_every=4, keep_last=10)
@@ -429,6 +466,7 @@ def test_resumed_finetuning_matches_an_uninterrupted_run(pretrained, tmp_path):
         if name != "step_00000004.pt":
             os.remove(ckpt / name)
     assert finetune(args_for(pretrained, "seq-cls", train, tmp_path / "split", resume=True, **kw)) == 0
+
     def strip(rows):  # everything but the timing
         return [{k: v for k, v in r.items() if k != "tokens_per_s"} for r in rows]
 
@@ -441,13 +479,19 @@ def test_resumed_finetuning_matches_an_uninterrupted_run(pretrained, tmp_path):
 
 # ----------------------------------------------------------------------------- a Hugging Face directory
 
+
 def test_hf_directory_with_a_classification_head_keeps_it(pretrained, tmp_path, capsys, recwarn):
     pytest.importorskip("transformers")
     from helpers import random_hf_model
 
     tok = load_tokenizer(pretrained)
-    hf = random_hf_model("RobertaForSequenceClassification", vocab_size=tok.vocab_size, num_labels=3,
-                         id2label={0: "neg", 1: "neu", 2: "pos"}, label2id={"neg": 0, "neu": 1, "pos": 2})
+    hf = random_hf_model(
+        "RobertaForSequenceClassification",
+        vocab_size=tok.vocab_size,
+        num_labels=3,
+        id2label={0: "neg", 1: "neu", 2: "pos"},
+        label2id={"neg": 0, "neu": 1, "pos": 2},
+    )
     hf.save_pretrained(tmp_path / "hf")
     tok.save_pretrained(str(tmp_path / "hf"))
     texts = ["it was a wonderful film", "the story was boring and the actors were poor"]

@@ -2,6 +2,7 @@
 interpreter): every stage runs, results.json, the plots, summary.md and a JSON per stage are written, cases
 an implementation does not claim are skipped with a reason, and the budget stops stages that do not fit.
 The GPU numbers themselves are taken by `make gpu-check` on a lent GPU."""
+
 import argparse
 import json
 import os
@@ -27,8 +28,25 @@ def test_dry_run_benches_every_implementation_and_writes_results_and_plots(tmp_p
     # a user's implementation that claims only D = 128: skipped, with the reason, not failed
     only_128 = registry.Implementation("attention", "only-d128", registry.eager_attention, head_dims=(128,))
     monkeypatch.setitem(registry._REGISTRY["attention"], "only-d128", only_128)
-    args = bench_args(tmp_path, "--attention", "triton", "sdpa", "eager", "only-d128", "--layer-norm", "triton",
-                      "--seq-lens", "512", "--pad", "0.5", "--hidden", "768", "--ln-dropout", "0", "0.1")
+    args = bench_args(
+        tmp_path,
+        "--attention",
+        "triton",
+        "sdpa",
+        "eager",
+        "only-d128",
+        "--layer-norm",
+        "triton",
+        "--seq-lens",
+        "512",
+        "--pad",
+        "0.5",
+        "--hidden",
+        "768",
+        "--ln-dropout",
+        "0",
+        "0.1",
+    )
     assert bench.run(args) == 0
 
     record = json.loads((tmp_path / "results.json").read_text())
@@ -88,8 +106,10 @@ def test_flops_are_counted_on_real_tokens():
 
 
 def test_bench_module_imports_neither_triton_nor_the_package():
-    code = ("import sys, roberta_kernels.bench; bad = [m for m in ('triton', 'roberta_scratch') if m in sys.modules]; "
-            "assert not bad, bad")
+    code = (
+        "import sys, roberta_kernels.bench; bad = [m for m in ('triton', 'roberta_scratch') if m in sys.modules]; "
+        "assert not bad, bad"
+    )
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, timeout=120)
 
 
@@ -108,8 +128,14 @@ def test_gpu_suite_dry_run_runs_every_stage_and_writes_the_summary(tmp_path):
     assert os.environ.get("TRITON_INTERPRET") == before  # the dry run's interpreter setting is undone
     summary = (out / "summary.md").read_text()
     assert "DRY RUN" in summary
-    for target in ("280 TFLOP/s", "200 TFLOP/s", "1.6x faster at half padding", "2.3 TB/s", "faster than torch",
-                   "1.3x sdpa"):
+    for target in (
+        "280 TFLOP/s",
+        "200 TFLOP/s",
+        "1.6x faster at half padding",
+        "2.3 TB/s",
+        "faster than torch",
+        "1.3x sdpa",
+    ):
         assert target in summary, target
     assert "FlexAttention" in summary and "cuDNN" in summary
     for stage in gpu_suite.STAGES:

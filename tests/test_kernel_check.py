@@ -6,6 +6,7 @@ backward that draws its own dropout mask, an output or gradient a kernel never w
 must fail `--quick`, with the failing tensor named. Triton code runs in the interpreter, set
 up as in tests/test_kernels_attention.py (see its docstring).
 """
+
 import argparse
 import math
 import os
@@ -40,6 +41,7 @@ def assert_passes(rows):
 
 
 # ----------------------------------------------------------------------------- wrong implementations
+
 
 def scale_off_attention(q, k, v, key_padding_mask=None, dropout_p=0.0, softmax_scale=None):
     """The softmax scale 1% too large."""
@@ -172,6 +174,7 @@ def eps_off_layer_norm(x, weight, bias, eps=1e-5, residual=None, dropout_p=0.0):
 
 # ----------------------------------------------------------------------------- the correct ones pass
 
+
 @pytest.mark.parametrize("name", ["eager", "sdpa"])
 def test_quick_passes_torch_attention(name):
     rows = run_quick(name)
@@ -218,19 +221,23 @@ def test_quick_passes_triton_layer_norm():
 # ----------------------------------------------------------------------------- the wrong ones fail
 
 
-@pytest.mark.parametrize("fn, op, tensors", [
-    (scale_off_attention, "attention", {"out"}),
-    (first_tile_mask_attention, "attention", {"out", "dv"}),
-    (wrong_dv_attention, "attention", {"dv"}),
-    (detached_k_attention, "attention", {"dk"}),
-    (redrawn_dropout_attention, "attention", {"dq", "dv"}),
-    (unscaled_dropout_attention, "attention", {"mask"}),
-    (unwritten_pad_rows_attention, "attention", {"out"}),
-    (unwritten_pad_key_grads_attention, "attention", {"dk", "dv"}),
-    (detached_residual_layer_norm, "layer_norm", {"dresidual"}),
-    (redrawn_dropout_layer_norm, "layer_norm", {"y"}),
-    (eps_off_layer_norm, "layer_norm", {"y"}),
-], ids=lambda x: getattr(x, "__name__", None))
+@pytest.mark.parametrize(
+    "fn, op, tensors",
+    [
+        (scale_off_attention, "attention", {"out"}),
+        (first_tile_mask_attention, "attention", {"out", "dv"}),
+        (wrong_dv_attention, "attention", {"dv"}),
+        (detached_k_attention, "attention", {"dk"}),
+        (redrawn_dropout_attention, "attention", {"dq", "dv"}),
+        (unscaled_dropout_attention, "attention", {"mask"}),
+        (unwritten_pad_rows_attention, "attention", {"out"}),
+        (unwritten_pad_key_grads_attention, "attention", {"dk", "dv"}),
+        (detached_residual_layer_norm, "layer_norm", {"dresidual"}),
+        (redrawn_dropout_layer_norm, "layer_norm", {"y"}),
+        (eps_off_layer_norm, "layer_norm", {"y"}),
+    ],
+    ids=lambda x: getattr(x, "__name__", None),
+)
 def test_quick_catches(fn, op, tensors):
     rows = run_quick(fn, op)
     bad = failed(rows)
@@ -272,12 +279,15 @@ def test_inputs_modified_in_place_fail():
 
 
 def test_unclaimed_cases_are_skipped_with_the_reason():
-    impl = Implementation("attention", "d64", eager_attention, dtypes=(torch.float32, torch.bfloat16), head_dims=(64,),
-                          dropout=False)
+    impl = Implementation(
+        "attention", "d64", eager_attention, dtypes=(torch.float32, torch.bfloat16), head_dims=(64,), dropout=False
+    )
     rows = run_quick(impl)
     skipped = [r for r in rows if r.status == "skip"]
     assert not failed(rows) and skipped
-    assert [r for r in rows if r.status == "ok"] == [r for r in rows if r.dtype != "fp16" and r.D == 64 and not r.dropout]
+    assert [r for r in rows if r.status == "ok"] == [
+        r for r in rows if r.dtype != "fp16" and r.D == 64 and not r.dropout
+    ]
     notes = {r.note for r in skipped}
     assert "d64 does not claim float16" in notes and "d64 does not claim dropout" in notes
     assert any("does not claim head dim 128" in n for n in notes)
@@ -339,8 +349,20 @@ def test_run_prints_the_table_and_exits_zero(capsys):
 
 
 def test_run_with_a_wrong_module_function_exits_nonzero(capsys):
-    code = check.run(parse(["--attention", "eager", f"{__name__}:scale_off_attention", "--layer-norm", "torch",
-                            "--quick", "--device", "cpu"]))
+    code = check.run(
+        parse(
+            [
+                "--attention",
+                "eager",
+                f"{__name__}:scale_off_attention",
+                "--layer-norm",
+                "torch",
+                "--quick",
+                "--device",
+                "cpu",
+            ]
+        )
+    )
     out = capsys.readouterr().out
     assert code == 1
     assert re.search(rf"attention {__name__}:scale_off_attention: \d+ ok, [1-9]\d* FAIL", out)
@@ -354,13 +376,17 @@ def test_run_needs_an_implementation():
 
 
 def test_cli_main(capsys):
-    pytest.importorskip("roberta_kernels.bench", reason="roberta_scratch/cli.py imports roberta_kernels.bench, not written yet")
+    pytest.importorskip(
+        "roberta_kernels.bench", reason="roberta_scratch/cli.py imports roberta_kernels.bench, not written yet"
+    )
     from roberta_scratch import cli
 
     assert cli.main(["kernels", "check", "--attention", "eager", "--quick", "--device", "cpu"]) == 0
     assert "attention eager: 8 ok" in capsys.readouterr().out
-    assert cli.main(["kernels", "check", "--attention", f"{__name__}:wrong_dv_attention", "--quick",
-                     "--device", "cpu"]) == 1
+    assert (
+        cli.main(["kernels", "check", "--attention", f"{__name__}:wrong_dv_attention", "--quick", "--device", "cpu"])
+        == 1
+    )
     assert "dv" in capsys.readouterr().out
 
 
@@ -380,9 +406,14 @@ def test_quick_passes_on_cuda(name):
 
 @pytest.mark.gpu
 @requires_cuda
-@pytest.mark.parametrize("fn, tensors", [(unwritten_pad_rows_attention, {"out"}),
-                                         (unwritten_pad_key_grads_attention, {"dk", "dv"}),
-                                         (redrawn_dropout_attention, {"dq", "dv"})])
+@pytest.mark.parametrize(
+    "fn, tensors",
+    [
+        (unwritten_pad_rows_attention, {"out"}),
+        (unwritten_pad_key_grads_attention, {"dk", "dv"}),
+        (redrawn_dropout_attention, {"dq", "dv"}),
+    ],
+)
 def test_quick_catches_on_cuda(fn, tensors):
     bad = failed(check.check_attention(fn, "cuda", quick=True))
     assert tensors <= {name for r in bad for name in r.tensor.split(",")}, check.format_table(bad)
@@ -396,6 +427,7 @@ def test_quick_passes_layer_norm_on_cuda(name):
 
 
 # ----------------------------------------------------------------------------- kernels that misbehave
+
 
 def exiting_attention(q, k, v, key_padding_mask=None, dropout_p=0.0, softmax_scale=None):
     raise SystemExit(0)  # what a library's fatal path may do

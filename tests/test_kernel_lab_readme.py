@@ -1,5 +1,6 @@
 """The kernel lab's README commands, run as written (their bracketed options included: --quick,
 --dry-run, the CPU's choices), with a `my_pkg/attn.py` of the README's shape in a temp folder."""
+
 import re
 import sys
 from pathlib import Path
@@ -10,7 +11,7 @@ from roberta_kernels import registry
 from roberta_scratch import cli
 
 README = Path(__file__).resolve().parents[1] / "README.md"
-MY_PKG = '''\
+MY_PKG = """\
 import roberta_kernels
 
 
@@ -19,12 +20,12 @@ def flash(q, k, v, key_padding_mask=None, dropout_p=0.0, softmax_scale=None):
     from roberta_kernels.registry import eager_attention
 
     return eager_attention(q, k, v, key_padding_mask, dropout_p, softmax_scale)
-'''
+"""
 
 
 def readme_commands() -> list[str]:
     text = README.read_text(encoding="utf-8")
-    section = text[text.index("### The kernel lab"):text.index("### On a lent GPU")]
+    section = text[text.index("### The kernel lab") : text.index("### On a lent GPU")]
     return [line.strip() for line in section.splitlines() if line.startswith("    roberta-scratch kernels ")]
 
 
@@ -76,7 +77,13 @@ def test_the_console_script_finds_my_pkg_in_the_current_folder(tmp_path):
     (tmp_path / "my_pkg" / "attn.py").write_text(MY_PKG)
     script = Path(sys.executable).parent / "roberta-scratch"
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    proc = subprocess.run([str(script), "kernels", "check", "--attention", "my_pkg.attn:flash", "--quick"],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [str(script), "kernels", "check", "--attention", "my_pkg.attn:flash", "--quick"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "attention mine on cpu" in proc.stdout and "PASS" in proc.stdout

@@ -18,6 +18,7 @@ Tolerances are max errors against the fp32 reference evaluated on the same
         are ~1e-2 on outputs and gradients of size ~1.
   fp16  atol 5e-3, rtol 5e-3: 11 bits.
 """
+
 import pytest
 import torch
 from helpers import triton_mode_fixture
@@ -89,8 +90,9 @@ def run_and_compare(B, H, T, D, dtype, atol, rtol, padding, dropout_p=0.0, devic
     torch.testing.assert_close(out.float(), ref, atol=atol, rtol=rtol, msg=lambda m: f"output: {m}")
     for name, mine, theirs in zip("qkv", (q, k, v), ref_inputs):
         assert mine.grad.dtype == dtype
-        torch.testing.assert_close(mine.grad.float(), theirs.grad, atol=atol, rtol=rtol,
-                                   msg=lambda m, name=name: f"d{name}: {m}")
+        torch.testing.assert_close(
+            mine.grad.float(), theirs.grad, atol=atol, rtol=rtol, msg=lambda m, name=name: f"d{name}: {m}"
+        )
     return out, mask, (q.grad, k.grad, v.grad)
 
 
@@ -120,8 +122,9 @@ FAST_CASES = [
 ]
 
 
-@pytest.mark.parametrize("T, D, padding, tol", FAST_CASES,
-                         ids=[f"T{T}-D{D}-{p}-{str(t[0])[6:]}" for T, D, p, t in FAST_CASES])
+@pytest.mark.parametrize(
+    "T, D, padding, tol", FAST_CASES, ids=[f"T{T}-D{D}-{p}-{str(t[0])[6:]}" for T, D, p, t in FAST_CASES]
+)
 def test_matches_reference(T, D, padding, tol):
     run_and_compare(2, 2, T, D, *tol, padding)
 
@@ -145,8 +148,9 @@ def test_padded_rows_are_exactly_zero(padding):
     assert all(torch.isfinite(g).all() for g in grads)
 
 
-@pytest.mark.parametrize("T, D, padding, tol", [(77, 64, "right", FP32), (130, 32, "holes", BF16),
-                                                 (33, 128, "single", FP32)])
+@pytest.mark.parametrize(
+    "T, D, padding, tol", [(77, 64, "right", FP32), (130, 32, "holes", BF16), (33, 128, "single", FP32)]
+)
 def test_dropout_matches_reference_with_the_helper_mask(T, D, padding, tol):
     run_and_compare(2, 2, T, D, *tol, padding, dropout_p=0.3)
 
@@ -180,12 +184,19 @@ def test_dropout_rate_is_p_rounded_to_eight_bits():
         assert (by_key - rate).abs().max().item() < 5 * sigma * 8
 
 
-HOPPER_CASES = [(130, 64, "left", BF16, 0.0), (77, 64, "holes", BF16, 0.2), (33, 128, "right", BF16, 0.2),
-                (150, 32, "none", FP16, 0.1)]
+HOPPER_CASES = [
+    (130, 64, "left", BF16, 0.0),
+    (77, 64, "holes", BF16, 0.2),
+    (33, 128, "right", BF16, 0.2),
+    (150, 32, "none", FP16, 0.1),
+]
 
 
-@pytest.mark.parametrize("T, D, padding, tol, dropout_p", HOPPER_CASES,
-                         ids=[f"T{T}-D{D}-{p}-{str(t[0])[6:]}-p{dp}" for T, D, p, t, dp in HOPPER_CASES])
+@pytest.mark.parametrize(
+    "T, D, padding, tol, dropout_p",
+    HOPPER_CASES,
+    ids=[f"T{T}-D{D}-{p}-{str(t[0])[6:]}-p{dp}" for T, D, p, t, dp in HOPPER_CASES],
+)
 def test_hopper_launch_in_the_interpreter(monkeypatch, T, D, padding, tol, dropout_p):
     """The launch a Hopper GPU gets (sm_90 tiles: 128-key forward tiles, 64-key dQ tiles with dropout;
     tiles loaded and stored through TMA descriptors, rows past T zero-filled), run through the
@@ -218,13 +229,27 @@ def test_tuning_tables_start_with_the_default_and_are_all_compile_checked():
     """Each kernel's autotune candidates (attention_candidates) start with attention_configs' pick, the
     one the interpreter and the CPU always run; roberta_kernels.compile_check compiles every candidate."""
     module = roberta_kernels.kernel_module("flash_attention")
-    kernels_by_name = {"fwd": module._attn_fwd_kernel, "dkdv": module._attn_bwd_dkdv_kernel,
-                       "dq": module._attn_bwd_dq_kernel}
+    kernels_by_name = {
+        "fwd": module._attn_fwd_kernel,
+        "dkdv": module._attn_bwd_dkdv_kernel,
+        "dq": module._attn_bwd_dq_kernel,
+    }
     for arch in (80, 90):
-        compiled = {(spec[1], spec[3]["HEAD_DIM"], "fp32" in spec[0],
-                     spec[3]["HAS_DROPOUT"], spec[3]["USE_TMA"], spec[3]["BLOCK_M"], spec[3]["BLOCK_N"],
-                     spec[4]["num_warps"], spec[4]["num_stages"])
-                    for spec in module.aot_specs(arch) if "USE_TMA" in spec[3]}
+        compiled = {
+            (
+                spec[1],
+                spec[3]["HEAD_DIM"],
+                "fp32" in spec[0],
+                spec[3]["HAS_DROPOUT"],
+                spec[3]["USE_TMA"],
+                spec[3]["BLOCK_M"],
+                spec[3]["BLOCK_N"],
+                spec[4]["num_warps"],
+                spec[4]["num_stages"],
+            )
+            for spec in module.aot_specs(arch)
+            if "USE_TMA" in spec[3]
+        }
         alternatives = 0
         for D in module.SUPPORTED_HEAD_DIMS:
             for dtype in (torch.bfloat16, torch.float32):
@@ -237,8 +262,17 @@ def test_tuning_tables_start_with_the_default_and_are_all_compile_checked():
                             assert table[name][0] == defaults[name]
                             alternatives += len(table[name]) - 1
                             for cfg in table[name]:
-                                assert (kernel, D, dtype == torch.float32, dropout, use_tma, cfg.BLOCK_M, cfg.BLOCK_N,
-                                        cfg.num_warps, cfg.num_stages) in compiled, (arch, D, dtype, name, cfg)
+                                assert (
+                                    kernel,
+                                    D,
+                                    dtype == torch.float32,
+                                    dropout,
+                                    use_tma,
+                                    cfg.BLOCK_M,
+                                    cfg.BLOCK_N,
+                                    cfg.num_warps,
+                                    cfg.num_stages,
+                                ) in compiled, (arch, D, dtype, name, cfg)
         assert alternatives > 0
 
 
@@ -325,13 +359,15 @@ def test_fallback_without_interpreter_matches(monkeypatch):
     q = torch.randn(2, 2, 30, 48)  # a head dim the kernel refuses is fine for the fallback
     mask = make_mask("single", 2, 30, torch.Generator().manual_seed(0))
     assert not roberta_kernels.use_triton(q)
-    torch.testing.assert_close(roberta_kernels.attention(q, q, q, key_padding_mask=mask),
-                               attention_reference(q, q, q, key_padding_mask=mask))
+    torch.testing.assert_close(
+        roberta_kernels.attention(q, q, q, key_padding_mask=mask), attention_reference(q, q, q, key_padding_mask=mask)
+    )
 
 
 # ---------------------------------------------------------------------------
 # Compiled kernels on a GPU
 # ---------------------------------------------------------------------------
+
 
 @pytest.mark.gpu
 @requires_cuda

@@ -12,6 +12,7 @@ cache makes later runs fast.
 `--report` reads the main loop's cost from the PTX (see kernels/roberta_kernels/compile_check.py);
 one test pins the forward's cost, the figure the kernels were tuned on.
 """
+
 import json
 import os
 import subprocess
@@ -25,16 +26,30 @@ import roberta_kernels
 pytestmark = pytest.mark.skipif(not roberta_kernels.triton_available(), reason="triton is not installed")
 
 REPO = Path(__file__).resolve().parents[1]
-KERNELS = ["_attn_kv_range_kernel", "_attn_fwd_kernel", "_attn_bwd_preprocess_kernel", "_attn_bwd_dkdv_kernel",
-           "_attn_bwd_dq_kernel", "_attn_dropout_mask_kernel", "_layer_norm_fwd_kernel", "_layer_norm_bwd_kernel",
-           "_layer_norm_dropout_mask_kernel"]
+KERNELS = [
+    "_attn_kv_range_kernel",
+    "_attn_fwd_kernel",
+    "_attn_bwd_preprocess_kernel",
+    "_attn_bwd_dkdv_kernel",
+    "_attn_bwd_dq_kernel",
+    "_attn_dropout_mask_kernel",
+    "_layer_norm_fwd_kernel",
+    "_layer_norm_bwd_kernel",
+    "_layer_norm_dropout_mask_kernel",
+]
 
 
 @pytest.mark.parametrize("arch", [80, 90])
 def test_every_kernel_compiles_without_spills(arch):
     env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
-    proc = subprocess.run([sys.executable, "-m", "roberta_kernels.compile_check", "--arch", str(arch)],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+        [sys.executable, "-m", "roberta_kernels.compile_check", "--arch", str(arch)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     report = proc.stdout + proc.stderr
     assert proc.returncode == 0, report
     lines = [line for line in proc.stdout.splitlines() if line.startswith(f"sm_{arch} ")]
@@ -47,9 +62,27 @@ def sm90_report(tmp_path, only: str) -> list:
     """The rows `compile_check --report --json` writes for sm_90's specs matching `only` (run as a user would)."""
     env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
     out = tmp_path / "report.json"
-    proc = subprocess.run([sys.executable, "-m", "roberta_kernels.compile_check", "--arch", "90", "--jobs", "1", "--report",
-                           "--json", str(out), "--only", only],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "roberta_kernels.compile_check",
+            "--arch",
+            "90",
+            "--jobs",
+            "1",
+            "--report",
+            "--json",
+            str(out),
+            "--only",
+            only,
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return json.loads(out.read_text())
 

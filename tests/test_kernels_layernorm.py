@@ -11,6 +11,7 @@ Tolerances are max errors against the fp32 reference evaluated on the same
         summation order (dweight, dbias sum over up to a few hundred rows).
   bf16  atol 3e-2, rtol 2e-2: outputs of size ~4 are rounded to bf16 (8 bits).
 """
+
 import pytest
 import torch
 from helpers import triton_mode_fixture
@@ -29,8 +30,9 @@ requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs 
 _triton_mode = triton_mode_fixture("layernorm")
 
 
-def run_and_compare(shape, dtype, atol, rtol, residual=True, dropout_p=0.0, prenorm=False,
-                    residual_dtype=None, device="cpu", seed=99):
+def run_and_compare(
+    shape, dtype, atol, rtol, residual=True, dropout_p=0.0, prenorm=False, residual_dtype=None, device="cpu", seed=99
+):
     """Forward and backward through the kernel and the reference; assert they agree."""
     generator = torch.Generator().manual_seed(shape[-1] * 7 + len(shape))
     N = shape[-1]
@@ -95,8 +97,11 @@ FAST_CASES = [
 ]
 
 
-@pytest.mark.parametrize("shape, tol, residual", FAST_CASES,
-                         ids=[f"{'x'.join(map(str, s))}-{str(t[0])[6:]}-res{int(r)}" for s, t, r in FAST_CASES])
+@pytest.mark.parametrize(
+    "shape, tol, residual",
+    FAST_CASES,
+    ids=[f"{'x'.join(map(str, s))}-{str(t[0])[6:]}-res{int(r)}" for s, t, r in FAST_CASES],
+)
 def test_matches_reference(shape, tol, residual):
     run_and_compare(shape, *tol, residual=residual)
 
@@ -110,18 +115,26 @@ def test_matches_reference_all_shapes(M, N, residual, tol):
     run_and_compare((M, N), *tol, residual=residual, dropout_p=0.1)
 
 
-@pytest.mark.parametrize("shape, tol", [((77, 130), FP32), ((40, 768), BF16), ((9, 4001), FP32)],
-                         ids=["float32", "bfloat16", "float32-wide"])
+@pytest.mark.parametrize(
+    "shape, tol", [((77, 130), FP32), ((40, 768), BF16), ((9, 4001), FP32)], ids=["float32", "bfloat16", "float32-wide"]
+)
 def test_dropout_and_prenorm_match_reference_with_the_helper_mask(shape, tol):
     run_and_compare(shape, *tol, residual=True, dropout_p=0.1, prenorm=True)
 
 
 PIPELINED_CASES = [  # (rows, hidden, residual, dropout_p, prenorm): hidden 768 is padded to a 1024-wide tile
-    (77, 768, True, 0.1, True), (9, 768, False, 0.0, False), (31, 768, False, 0.1, False), (45, 768, True, 0.0, True)]
+    (77, 768, True, 0.1, True),
+    (9, 768, False, 0.0, False),
+    (31, 768, False, 0.1, False),
+    (45, 768, True, 0.0, True),
+]
 
 
-@pytest.mark.parametrize("M, N, residual, dropout_p, prenorm", PIPELINED_CASES,
-                         ids=[f"{m}x{n}-res{int(r)}-p{p}-pre{int(h)}" for m, n, r, p, h in PIPELINED_CASES])
+@pytest.mark.parametrize(
+    "M, N, residual, dropout_p, prenorm",
+    PIPELINED_CASES,
+    ids=[f"{m}x{n}-res{int(r)}-p{p}-pre{int(h)}" for m, n, r, p, h in PIPELINED_CASES],
+)
 def test_pipelined_multi_row_backward(M, N, residual, dropout_p, prenorm):
     """16-byte aligned rows at hidden 513-1024 take the pipelined backward of 2 rows a step (see
     layer_norm_configs): odd row counts leave a last tile of 1 row and programs with unequal tile counts."""
@@ -140,23 +153,38 @@ def test_tuning_tables_start_with_the_pick_and_are_all_compiled(hidden):
         tables, pick = module.layer_norm_candidates(hidden, aligned), module.layer_norm_configs(hidden, aligned)
         assert tables["fwd"][0] == pick["fwd"] and tables["bwd"][0] == pick["bwd"]
         for alt in tables["fwd"][1:]:
-            assert (alt.BLOCK_N, alt.num_warps, alt.BLOCK_M) == (pick["fwd"].BLOCK_N, pick["fwd"].num_warps,
-                                                                 pick["fwd"].BLOCK_M // 2)
+            assert (alt.BLOCK_N, alt.num_warps, alt.BLOCK_M) == (
+                pick["fwd"].BLOCK_N,
+                pick["fwd"].num_warps,
+                pick["fwd"].BLOCK_M // 2,
+            )
         for alt in tables["bwd"][1:]:
             assert (alt.BLOCK_M, alt.BLOCK_N, alt.num_warps, alt.loop_stages) == (
-                pick["bwd"].BLOCK_M, pick["bwd"].BLOCK_N, pick["bwd"].num_warps, 2)
+                pick["bwd"].BLOCK_M,
+                pick["bwd"].BLOCK_N,
+                pick["bwd"].num_warps,
+                2,
+            )
     block_n = max(16, 1 << (hidden - 1).bit_length())
     for arch in (80, 90):
-        compiled = {(kernel.__name__, tuple(sorted(c.items())), tuple(sorted(o.items())))
-                    for _, kernel, _, c, o, *_ in module.aot_specs(arch) if c.get("BLOCK_N") == block_n}
+        compiled = {
+            (kernel.__name__, tuple(sorted(c.items())), tuple(sorted(o.items())))
+            for _, kernel, _, c, o, *_ in module.aot_specs(arch)
+            if c.get("BLOCK_N") == block_n
+        }
         for aligned in (True, False):
             tables = module.layer_norm_candidates(hidden, aligned)
             for name, kernel in (("fwd", module._layer_norm_fwd_kernel), ("bwd", module._layer_norm_bwd_kernel)):
                 for cfg in tables[name]:
                     meta = tuple(sorted((module._bwd_meta(cfg) if name == "bwd" else module.tile_meta(cfg)).items()))
                     options = tuple(sorted(cfg.options().items()))
-                    assert any(k == kernel.__name__ and set(meta) <= set(c) and o == options
-                               for k, c, o in compiled), (arch, hidden, aligned, name, cfg)
+                    assert any(k == kernel.__name__ and set(meta) <= set(c) and o == options for k, c, o in compiled), (
+                        arch,
+                        hidden,
+                        aligned,
+                        name,
+                        cfg,
+                    )
 
 
 @pytest.mark.parametrize("N", [768, 200])
@@ -165,8 +193,11 @@ def test_every_tuning_candidate_computes_the_same_layer_norm(monkeypatch, N):
     module = roberta_kernels.kernel_module("layernorm")
     tables = module.layer_norm_candidates
     assert len(tables(N)["fwd"]) > 1 and len(tables(N, aligned=True)["bwd"]) > 1
-    monkeypatch.setattr(module, "layer_norm_candidates",
-                        lambda hidden, aligned=True: {k: v[1:] or v for k, v in tables(hidden, aligned).items()})
+    monkeypatch.setattr(
+        module,
+        "layer_norm_candidates",
+        lambda hidden, aligned=True: {k: v[1:] or v for k, v in tables(hidden, aligned).items()},
+    )
     run_and_compare((37, N), *BF16, residual=True, dropout_p=0.1, prenorm=True)
     run_and_compare((37, N), *FP32, residual=False, dropout_p=0.0)
 
@@ -196,16 +227,19 @@ def test_on_cuda_autotune_gets_every_candidate_once_per_kernel_and_table(monkeyp
     tables = module.layer_norm_candidates(768, aligned=True)
     flags = dict(HAS_RESIDUAL=True, HAS_DROPOUT=True, HAS_DPRENORM=False, STORE_DRESIDUAL=True)
     for _ in range(2):
-        module._launch(module._layer_norm_bwd_kernel, lambda meta: (4,), (), flags, tables["bwd"],
-                       torch.device("cuda"))
+        module._launch(module._layer_norm_bwd_kernel, lambda meta: (4,), (), flags, tables["bwd"], torch.device("cuda"))
     assert len(made) == 1  # made once, then reused
     configs, key = made[0]
     assert key == ["N", "HAS_RESIDUAL", "HAS_DROPOUT", "HAS_DPRENORM", "STORE_DRESIDUAL"]
-    assert configs == [({"BLOCK_M": c.BLOCK_M, "BLOCK_N": c.BLOCK_N, "LOOP_STAGES": c.loop_stages}, c.num_warps,
-                        c.num_stages) for c in tables["bwd"]]
+    assert configs == [
+        ({"BLOCK_M": c.BLOCK_M, "BLOCK_N": c.BLOCK_N, "LOOP_STAGES": c.loop_stages}, c.num_warps, c.num_stages)
+        for c in tables["bwd"]
+    ]
     assert len(tables["bwd"]) == 2 and len(launched) == 2
-    assert all(kernel is module._layer_norm_bwd_kernel and kw == {**flags, "enable_fp_fusion": True}
-               for kernel, _, kw in launched)
+    assert all(
+        kernel is module._layer_norm_bwd_kernel and kw == {**flags, "enable_fp_fusion": True}
+        for kernel, _, kw in launched
+    )
     assert module.tuned_configs() == {}  # nothing timed, so nothing picked
 
 
@@ -278,13 +312,15 @@ def test_fallback_without_interpreter_matches(monkeypatch):
     x, r = torch.randn(6, 40), torch.randn(6, 40)
     w, b = torch.rand(40), torch.rand(40)
     assert not roberta_kernels.use_triton(x)
-    torch.testing.assert_close(roberta_kernels.layer_norm(x, w, b, residual=r),
-                               torch.nn.functional.layer_norm(x + r, (40,), w, b, 1e-5))
+    torch.testing.assert_close(
+        roberta_kernels.layer_norm(x, w, b, residual=r), torch.nn.functional.layer_norm(x + r, (40,), w, b, 1e-5)
+    )
 
 
 # ---------------------------------------------------------------------------
 # Compiled kernel on a GPU
 # ---------------------------------------------------------------------------
+
 
 @pytest.mark.gpu
 @requires_cuda

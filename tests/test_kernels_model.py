@@ -6,6 +6,7 @@ the kernel zeroes padded query rows where eager attention computes (unused)
 values, and padding never reaches a real token in either. The interpreter is
 set up as in tests/test_kernels_attention.py (see its docstring).
 """
+
 import pytest
 import torch
 from helpers import triton_mode_fixture
@@ -33,6 +34,7 @@ def kernel_calls(monkeypatch):
         def counted(*args, _original=original, _name=fn_name, **kwargs):
             calls[_name] += 1
             return _original(*args, **kwargs)
+
         monkeypatch.setattr(module, fn_name, counted)
     return calls
 
@@ -72,8 +74,9 @@ def test_triton_backend_matches_eager(kernel_calls):
     grads_e = dict(eager.named_parameters())
     for name, param in fused.named_parameters():
         assert param.grad is not None, name
-        torch.testing.assert_close(param.grad, grads_e[name].grad, atol=1e-5, rtol=1e-4,
-                                   msg=lambda m, n=name: f"{n}: {m}")
+        torch.testing.assert_close(
+            param.grad, grads_e[name].grad, atol=1e-5, rtol=1e-4, msg=lambda m, n=name: f"{n}: {m}"
+        )
 
 
 def test_triton_backend_trains_with_dropout(kernel_calls):

@@ -1,4 +1,5 @@
 """DynamicMaskingCollator: the RoBERTa masking statistics, exactly where they must hold."""
+
 import pytest
 import torch
 
@@ -108,6 +109,7 @@ def test_bad_arguments_are_clear_errors():
 
 # ----------------------------------------------------------------------------- whole words, from a real tokenizer
 
+
 def words_of(ids: torch.Tensor, word_start: torch.Tensor, special: torch.Tensor) -> list[list[int]]:
     """Positions of each word of one row, as whole-word masking must group them: a word starts
     at a word-start token or after a special token, and specials belong to no word."""
@@ -146,7 +148,10 @@ def check_whole_word_masking(tok, texts):
     assert partly > 0.9 * 3 * len(rows)  # nearly every row has some words selected, not all or nothing
     # Each word is selected with probability 0.15, so the token rate's std is sqrt(p(1-p) * sum len^2) / N.
     std = (0.15 * 0.85 * sum_sq_len) ** 0.5 / candidates
-    assert candidates > 30_000 and abs(selected_tokens / candidates - 0.15) < 5 * std, (selected_tokens / candidates, std)
+    assert candidates > 30_000 and abs(selected_tokens / candidates - 0.15) < 5 * std, (
+        selected_tokens / candidates,
+        std,
+    )
 
 
 def test_whole_word_masking_with_a_sentencepiece_tokenizer(tmp_path, docstrings):
@@ -154,13 +159,20 @@ def test_whole_word_masking_with_a_sentencepiece_tokenizer(tmp_path, docstrings)
     from roberta_scratch.spm_tokenizer import SentencePieceTokenizer
 
     texts = [d for d in docstrings[:3000] if len(d.split()) >= 12][:1200]
-    sentencepiece.SentencePieceTrainer.train(sentence_iterator=iter(texts), model_prefix=str(tmp_path / "sp"),
-                                             vocab_size=600, model_type="unigram", num_threads=1, minloglevel=2)
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter(texts),
+        model_prefix=str(tmp_path / "sp"),
+        vocab_size=600,
+        model_type="unigram",
+        num_threads=1,
+        minloglevel=2,
+    )
     tok = SentencePieceTokenizer(tmp_path / "sp.model", model_max_length=64)
     starts = tok.word_start_mask()
     # the word starts are exactly the "▁" pieces (never a special token)
-    assert starts == [i not in tok.special_tokens.values() and tok.id_to_token(i).startswith("\u2581")
-                      for i in range(tok.vocab_size)]
+    assert starts == [
+        i not in tok.special_tokens.values() and tok.id_to_token(i).startswith("\u2581") for i in range(tok.vocab_size)
+    ]
     assert 100 < sum(starts) < tok.vocab_size
     check_whole_word_masking(tok, [" ".join(t.split()[:40]) for t in texts[:600]])
 
@@ -171,6 +183,7 @@ def test_whole_word_masking_with_a_byte_level_tokenizer(docstrings):
     texts = [d for d in docstrings[:3000] if len(d.split()) >= 12][:1200]
     tok = ByteLevelBPETokenizer.train(iter(texts), vocab_size=600, show_progress=False)
     starts = tok.word_start_mask()
-    assert starts == [i not in tok.special_tokens.values() and tok.id_to_token(i).startswith("\u0120")
-                      for i in range(tok.vocab_size)]
+    assert starts == [
+        i not in tok.special_tokens.values() and tok.id_to_token(i).startswith("\u0120") for i in range(tok.vocab_size)
+    ]
     check_whole_word_masking(tok, [" ".join(t.split()[:40]) for t in texts[:600]])

@@ -1,4 +1,5 @@
 """The fine-tuning metrics against values worked out by hand."""
+
 import math
 
 import pytest
@@ -38,16 +39,19 @@ def test_pearson_and_spearman_by_hand():
     assert spearman([1, 2, 3], [1, 1, 2]) == pytest.approx(math.sqrt(3) / 2)  # y ranks 1.5, 1.5, 3 (a tie)
 
 
-@pytest.mark.parametrize("tags, spans", [
-    ([], []),
-    (["O", "O"], []),
-    (["B-PER", "I-PER", "O", "B-LOC"], [("PER", 0, 2), ("LOC", 3, 4)]),
-    (["B-PER", "B-PER"], [("PER", 0, 1), ("PER", 1, 2)]),  # adjacent, same type: two entities
-    (["B-PER", "I-LOC"], [("PER", 0, 1), ("LOC", 1, 2)]),  # a type change starts a new entity
-    (["O", "I-ORG", "I-ORG"], [("ORG", 1, 3)]),  # a stray I- starts one (conlleval)
-    (["B-LOC", "I-LOC", "I-LOC"], [("LOC", 0, 3)]),  # an entity running to the end
-    (["B-ORG", "I-ORG", "B-ORG", "I-ORG"], [("ORG", 0, 2), ("ORG", 2, 4)]),
-])
+@pytest.mark.parametrize(
+    "tags, spans",
+    [
+        ([], []),
+        (["O", "O"], []),
+        (["B-PER", "I-PER", "O", "B-LOC"], [("PER", 0, 2), ("LOC", 3, 4)]),
+        (["B-PER", "B-PER"], [("PER", 0, 1), ("PER", 1, 2)]),  # adjacent, same type: two entities
+        (["B-PER", "I-LOC"], [("PER", 0, 1), ("LOC", 1, 2)]),  # a type change starts a new entity
+        (["O", "I-ORG", "I-ORG"], [("ORG", 1, 3)]),  # a stray I- starts one (conlleval)
+        (["B-LOC", "I-LOC", "I-LOC"], [("LOC", 0, 3)]),  # an entity running to the end
+        (["B-ORG", "I-ORG", "B-ORG", "I-ORG"], [("ORG", 0, 2), ("ORG", 2, 4)]),
+    ],
+)
 def test_entity_spans(tags, spans):
     assert entity_spans(tags) == spans
 
@@ -59,8 +63,10 @@ def test_entity_spans_rejects_unknown_tags():
 
 def test_entity_prf_by_hand():
     gold = [["B-PER", "I-PER", "O", "B-LOC"], ["B-ORG", "B-ORG", "O"]]
-    pred = [["B-PER", "I-PER", "O", "B-PER"],  # PER right; LOC given the wrong type
-            ["B-ORG", "I-ORG", "O"]]  # two adjacent ORGs merged into one: both missed, one false alarm
+    pred = [
+        ["B-PER", "I-PER", "O", "B-PER"],  # PER right; LOC given the wrong type
+        ["B-ORG", "I-ORG", "O"],
+    ]  # two adjacent ORGs merged into one: both missed, one false alarm
     # gold 4 entities, predicted 3, correct 1
     r = entity_prf(gold, pred)
     assert r["precision"] == pytest.approx(1 / 3) and r["recall"] == pytest.approx(1 / 4)
@@ -76,15 +82,18 @@ def test_entity_prf_partial_overlap_and_nesting_count_as_wrong():
         entity_prf([["O", "O"]], [["O"]])
 
 
-@pytest.mark.parametrize("text, normal", [
-    ("The Eiffel Tower", "eiffel tower"),
-    ("  an   apple, a pear!  ", "apple pear"),
-    ("Theatre", "theatre"),  # an article only as a whole word
-    ("the-end", "theend"),  # punctuation is removed, not replaced by a space
-    ("A", ""),
-    ("", ""),
-    ("1,000.5 $", "10005"),
-])
+@pytest.mark.parametrize(
+    "text, normal",
+    [
+        ("The Eiffel Tower", "eiffel tower"),
+        ("  an   apple, a pear!  ", "apple pear"),
+        ("Theatre", "theatre"),  # an article only as a whole word
+        ("the-end", "theend"),  # punctuation is removed, not replaced by a space
+        ("A", ""),
+        ("", ""),
+        ("1,000.5 $", "10005"),
+    ],
+)
 def test_squad_normalisation(text, normal):
     assert normalize_answer(text) == normal
 

@@ -1,4 +1,5 @@
 """The model's own contracts: positions, masked-only MLM head, backends, config, bad input."""
+
 import json
 
 import pytest
@@ -15,8 +16,14 @@ from roberta_scratch import (
 )
 from roberta_scratch.model import MODEL_CLASSES
 
-TINY = dict(vocab_size=1000, hidden_size=96, num_hidden_layers=2, num_attention_heads=3, intermediate_size=160,
-            max_position_embeddings=40)
+TINY = dict(
+    vocab_size=1000,
+    hidden_size=96,
+    num_hidden_layers=2,
+    num_attention_heads=3,
+    intermediate_size=160,
+    max_position_embeddings=40,
+)
 
 
 def tiny(**overrides):
@@ -119,6 +126,7 @@ def test_dropout_is_seeded_and_off_in_eval():
 
 # ------------------------------------------------------------------------ bad input
 
+
 @pytest.mark.parametrize("name", sorted(MODEL_CLASSES))
 def test_out_of_range_ids_are_a_value_error(name):
     model = MODEL_CLASSES[name](tiny())
@@ -164,17 +172,21 @@ def test_other_bad_inputs_are_value_errors():
 
 # --------------------------------------------------------------------------- config
 
-@pytest.mark.parametrize("kwargs,message", [
-    (dict(hidden_size=100, num_attention_heads=3), "not divisible by num_attention_heads"),
-    (dict(hidden_act="swish"), "hidden_act 'swish' is not one of"),
-    (dict(attention="flash"), "unknown attention implementation 'flash': registered are eager, sdpa, triton"),
-    (dict(attention="no_such_module:fn"), "cannot import 'no_such_module'"),
-    (dict(hidden_dropout_prob=1.0), "hidden_dropout_prob must be in"),
-    (dict(vocab_size=0), "vocab_size must be a positive int"),
-    (dict(pad_token_id=60000), r"pad_token_id \(60000\) must be an id"),
-    (dict(max_position_embeddings=2), "leaves no room for a real token"),
-    (dict(num_labels=2, label_names=["a"]), "label_names has 1 names but num_labels is 2"),
-])
+
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        (dict(hidden_size=100, num_attention_heads=3), "not divisible by num_attention_heads"),
+        (dict(hidden_act="swish"), "hidden_act 'swish' is not one of"),
+        (dict(attention="flash"), "unknown attention implementation 'flash': registered are eager, sdpa, triton"),
+        (dict(attention="no_such_module:fn"), "cannot import 'no_such_module'"),
+        (dict(hidden_dropout_prob=1.0), "hidden_dropout_prob must be in"),
+        (dict(vocab_size=0), "vocab_size must be a positive int"),
+        (dict(pad_token_id=60000), r"pad_token_id \(60000\) must be an id"),
+        (dict(max_position_embeddings=2), "leaves no room for a real token"),
+        (dict(num_labels=2, label_names=["a"]), "label_names has 1 names but num_labels is 2"),
+    ],
+)
 def test_invalid_config_is_a_clear_error(kwargs, message):
     # a kernel name is resolved when the model is built: reading a config imports nothing
     with pytest.raises(ValueError, match=message):

@@ -3,6 +3,7 @@
 Tiny random models are built with transformers (all parameters random, LayerNorms
 included), saved, loaded here with from_pretrained, and run on the same padded batch.
 """
+
 import pytest
 import torch
 from helpers import padded_batch, random_hf_model
@@ -83,14 +84,24 @@ def test_bare_model_matches_transformers(backend, tmp_path):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("problem,num_labels,make_labels", [
-    ("single_label_classification", 3, lambda g: torch.randint(0, 3, (3,), generator=g)),
-    ("multi_label_classification", 4, lambda g: torch.randint(0, 2, (3, 4), generator=g).float()),
-    ("regression", 1, lambda g: torch.randn(3, generator=g)),
-])
+@pytest.mark.parametrize(
+    "problem,num_labels,make_labels",
+    [
+        ("single_label_classification", 3, lambda g: torch.randint(0, 3, (3,), generator=g)),
+        ("multi_label_classification", 4, lambda g: torch.randint(0, 2, (3, 4), generator=g).float()),
+        ("regression", 1, lambda g: torch.randn(3, generator=g)),
+    ],
+)
 def test_sequence_classification_matches_transformers(backend, problem, num_labels, make_labels, tmp_path):
-    ours, theirs = load_pair("RobertaForSequenceClassification", RobertaForSequenceClassification, tmp_path,
-                             backend, num_labels=num_labels, problem_type=problem, num_hidden_layers=2)
+    ours, theirs = load_pair(
+        "RobertaForSequenceClassification",
+        RobertaForSequenceClassification,
+        tmp_path,
+        backend,
+        num_labels=num_labels,
+        problem_type=problem,
+        num_hidden_layers=2,
+    )
     assert ours.config.problem_type == problem and ours.config.num_labels == num_labels
     ids, mask = padded_batch()
     labels = make_labels(torch.Generator().manual_seed(1))
@@ -103,8 +114,14 @@ def test_sequence_classification_matches_transformers(backend, problem, num_labe
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_token_classification_matches_transformers(backend, tmp_path):
-    ours, theirs = load_pair("RobertaForTokenClassification", RobertaForTokenClassification, tmp_path,
-                             backend, num_labels=5, num_hidden_layers=2)
+    ours, theirs = load_pair(
+        "RobertaForTokenClassification",
+        RobertaForTokenClassification,
+        tmp_path,
+        backend,
+        num_labels=5,
+        num_hidden_layers=2,
+    )
     ids, mask = padded_batch()
     labels = torch.randint(0, 5, ids.shape, generator=torch.Generator().manual_seed(2))
     labels[mask == 0] = -100
@@ -117,8 +134,9 @@ def test_token_classification_matches_transformers(backend, tmp_path):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_question_answering_matches_transformers(backend, tmp_path):
-    ours, theirs = load_pair("RobertaForQuestionAnswering", RobertaForQuestionAnswering, tmp_path,
-                             backend, num_hidden_layers=2)
+    ours, theirs = load_pair(
+        "RobertaForQuestionAnswering", RobertaForQuestionAnswering, tmp_path, backend, num_hidden_layers=2
+    )
     ids, mask = padded_batch()
     start = torch.tensor([3, 1, 50])  # 50 lies past the sequence: clamped and ignored, as in the original
     end = torch.tensor([5, 4, 50])
@@ -135,8 +153,15 @@ def test_question_answering_matches_transformers(backend, tmp_path):
 @pytest.mark.parametrize("backend", ["eager", "sdpa"])
 def test_gradients_match_transformers(backend, tmp_path):
     """Training mode with dropout off: every parameter's gradient matches (qkv against q;k;v)."""
-    ours, theirs = load_pair("RobertaForMaskedLM", RobertaForMaskedLM, tmp_path, backend,
-                             num_hidden_layers=2, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    ours, theirs = load_pair(
+        "RobertaForMaskedLM",
+        RobertaForMaskedLM,
+        tmp_path,
+        backend,
+        num_hidden_layers=2,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
     ours.train(), theirs.train()
     ids, mask = padded_batch()
     labels = torch.where(torch.rand(ids.shape, generator=torch.Generator().manual_seed(3)) < 0.4, ids, -100)
@@ -169,7 +194,15 @@ def test_attention_probabilities_match_transformers(tmp_path):
 def test_attention_probabilities_need_the_eager_backend(backend):
     from roberta_scratch import RobertaConfig
 
-    model = RobertaModel(RobertaConfig(vocab_size=100, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                                       intermediate_size=64, attention=backend))
+    model = RobertaModel(
+        RobertaConfig(
+            vocab_size=100,
+            hidden_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=64,
+            attention=backend,
+        )
+    )
     with pytest.raises(ValueError, match="only available with attention='eager'"):
         model(torch.tensor([[0, 5, 2]]), output_attentions=True)

@@ -1,5 +1,6 @@
 """What a new user trips over: integer labels, --version, a closed pipe, an occupied convert
 destination, data without held-out documents."""
+
 import json
 import subprocess
 import sys
@@ -23,9 +24,20 @@ def test_a_closed_pipe_ends_quietly(tmp_path):
     """`tokenizer encode ... | head -1`: no `error: [Errno 32] Broken pipe`."""
     tiny_model_folder(tmp_path / "m")
     (tmp_path / "lines.txt").write_text("the cat sat on the mat\n" * 20000)
-    encode = subprocess.Popen([sys.executable, "-m", "roberta_scratch", "tokenizer", "encode", "--tokenizer",
-                               str(tmp_path / "m"), str(tmp_path / "lines.txt")], stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE)
+    encode = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "roberta_scratch",
+            "tokenizer",
+            "encode",
+            "--tokenizer",
+            str(tmp_path / "m"),
+            str(tmp_path / "lines.txt"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     first = encode.stdout.readline()
     encode.stdout.close()  # what head does after its line
     err = encode.stderr.read().decode()
@@ -54,14 +66,22 @@ def test_data_without_held_out_documents_says_so(prepared, tmp_path, capsys):
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        prepare([str(prepared / "corpus")], str(prepared / "tok"), str(tmp_path / "data"), seq_len=32,
-                val_fraction=0.0, show_progress=False, num_workers=1)
+        prepare(
+            [str(prepared / "corpus")],
+            str(prepared / "tok"),
+            str(tmp_path / "data"),
+            seq_len=32,
+            val_fraction=0.0,
+            show_progress=False,
+            num_workers=1,
+        )
     capsys.readouterr()
     assert pretrain(args_for(prepared, tmp_path / "run", data=str(tmp_path / "data"), steps=2, eval_every=1)) == 0
     assert "holds no held-out documents" in capsys.readouterr().out
 
 
 # ----------------------------------------------------------------------------- integer labels
+
 
 @pytest.fixture(scope="module")
 def pretrained(tmp_path_factory):
@@ -77,15 +97,26 @@ def csv_file(path, labels):
 def finetune_args(pretrained, train, out, **kw):
     from roberta_scratch.finetune import FinetuneArgs
 
-    base = dict(task="seq-cls", model=pretrained, train=str(train), out=str(out), epochs=1, batch_size=8,
-                progress=False, max_length=32)
+    base = dict(
+        task="seq-cls",
+        model=pretrained,
+        train=str(train),
+        out=str(out),
+        epochs=1,
+        batch_size=8,
+        progress=False,
+        max_length=32,
+    )
     return FinetuneArgs(**{**base, **kw})
 
 
-@pytest.mark.parametrize("labels,kind", [
-    ([0, 1] * 8, "2 classes (0, 1)"),                       # GLUE's and SST-2's convention: classes
-    ([0.0, 0.5, 1.0, 0.25] * 4, "regression"),              # fractions: a score to regress on
-])
+@pytest.mark.parametrize(
+    "labels,kind",
+    [
+        ([0, 1] * 8, "2 classes (0, 1)"),  # GLUE's and SST-2's convention: classes
+        ([0.0, 0.5, 1.0, 0.25] * 4, "regression"),  # fractions: a score to regress on
+    ],
+)
 def test_integer_labels_are_classes_and_the_run_says_what_it_chose(pretrained, tmp_path, capsys, labels, kind):
     from roberta_scratch.config import RobertaConfig
     from roberta_scratch.finetune import finetune
@@ -122,8 +153,10 @@ def test_a_run_states_its_global_batch(prepared, tmp_path, capsys):
 
 
 def test_kernels_bench_off_the_gpu_names_no_data_sheet(tmp_path, capsys):
-    assert cli.main(["kernels", "bench", "--attention", "eager", "--out", str(tmp_path), "--dry-run",
-                     "--seq-lens", "64"]) == 0
+    assert (
+        cli.main(["kernels", "bench", "--attention", "eager", "--out", str(tmp_path), "--dry-run", "--seq-lens", "64"])
+        == 0
+    )
     out = capsys.readouterr().out
     assert "no data sheet for this device" in out and "None" not in out
 
@@ -152,12 +185,15 @@ def test_tokenizer_encode_reads_a_jsonl_gz_as_prepare_does(tmp_path, capsys):
     path = tiny_model_folder(tmp_path / "m")
     with gzip.open(tmp_path / "docs.jsonl.gz", "wt") as f:
         f.write(json.dumps({"body": "the cat sat on the mat"}) + "\n" + json.dumps({"body": "the dog ran"}) + "\n")
-    assert cli.main(["tokenizer", "encode", "--tokenizer", path, "--text-field", "body",
-                     str(tmp_path / "docs.jsonl.gz")]) == 0
+    assert (
+        cli.main(["tokenizer", "encode", "--tokenizer", path, "--text-field", "body", str(tmp_path / "docs.jsonl.gz")])
+        == 0
+    )
     tok = load_tokenizer(path, split_special_tokens=True)
     lines = capsys.readouterr().out.splitlines()
-    assert lines == [" ".join(map(str, tok.encode(t, add_special_tokens=False)))
-                     for t in ("the cat sat on the mat", "the dog ran")]
+    assert lines == [
+        " ".join(map(str, tok.encode(t, add_special_tokens=False))) for t in ("the cat sat on the mat", "the dog ran")
+    ]
 
 
 def test_the_loss_plot_says_which_masking_each_curve_has(prepared, tmp_path, monkeypatch):
@@ -167,12 +203,19 @@ def test_the_loss_plot_says_which_masking_each_curve_has(prepared, tmp_path, mon
     from roberta_scratch import pretrain as pretrain_mod
 
     drawn = {}
-    monkeypatch.setattr(pretrain_mod, "plot_metrics",
-                        lambda path, png, train, val: drawn.update(train=train, val=val) or True)
-    assert pretrain_mod.pretrain(args_for(prepared, tmp_path / "run", steps=2, eval_every=2,
-                                          mlm_probability=0.3, eval_mlm_probability=0.15)) == 0
-    assert drawn == {"train": "training MLM loss, 30% of tokens masked",
-                     "val": "held-out MLM loss, 15% masked (not comparable when the rates differ)"}
+    monkeypatch.setattr(
+        pretrain_mod, "plot_metrics", lambda path, png, train, val: drawn.update(train=train, val=val) or True
+    )
+    assert (
+        pretrain_mod.pretrain(
+            args_for(prepared, tmp_path / "run", steps=2, eval_every=2, mlm_probability=0.3, eval_mlm_probability=0.15)
+        )
+        == 0
+    )
+    assert drawn == {
+        "train": "training MLM loss, 30% of tokens masked",
+        "val": "held-out MLM loss, 15% masked (not comparable when the rates differ)",
+    }
     pytest.importorskip("matplotlib")
     from roberta_scratch.training import loss_figure
 

@@ -1,5 +1,6 @@
 """A command deletes only what it can prove it wrote: `prepare --out` next to (or on top of) the
 user's own files, its inputs included."""
+
 import shutil
 
 import pytest
@@ -12,8 +13,9 @@ def quiet_prepare(corpus, tok, out, **kw):
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the fixture corpus's Latin-1 file
-        return prepare(corpus, tok, out, **{"seq_len": 32, "val_fraction": 0.1, "show_progress": False,
-                                            "num_workers": 1, **kw})
+        return prepare(
+            corpus, tok, out, **{"seq_len": 32, "val_fraction": 0.1, "show_progress": False, "num_workers": 1, **kw}
+        )
 
 
 def test_prepare_into_the_folder_that_holds_its_corpus_deletes_nothing(prepared, tmp_path):
@@ -39,8 +41,9 @@ def test_prepare_never_deletes_its_tokenizer_folder(prepared, tmp_path):
     shutil.copytree(prepared / "tok", tmp_path / "tokenizer")
     quiet_prepare([str(prepared / "corpus")], str(tmp_path / "tokenizer"), str(tmp_path), overwrite=True)
     quiet_prepare([str(prepared / "corpus")], str(tmp_path / "tokenizer"), str(tmp_path), sentences=True)
-    assert sorted(p.name for p in (tmp_path / "tokenizer").iterdir()) == \
-        sorted(p.name for p in (prepared / "tok").iterdir())
+    assert sorted(p.name for p in (tmp_path / "tokenizer").iterdir()) == sorted(
+        p.name for p in (prepared / "tok").iterdir()
+    )
 
 
 def test_only_folders_prepare_made_are_cleaned_up(prepared, tmp_path):
@@ -95,12 +98,17 @@ def test_tokenizer_encode_reads_plain_text_unless_asked(prepared, tmp_path, caps
     tok = load_tokenizer(str(prepared / "tok"))
     assert cli.main(["tokenizer", "encode", "--tokenizer", str(prepared / "tok"), str(tmp_path / "t.txt")]) == 0
     assert str(tok.mask_token_id) not in capsys.readouterr().out.split()
-    assert cli.main(["tokenizer", "encode", "--tokenizer", str(prepared / "tok"), "--special-tokens",
-                     str(tmp_path / "t.txt")]) == 0
+    assert (
+        cli.main(
+            ["tokenizer", "encode", "--tokenizer", str(prepared / "tok"), "--special-tokens", str(tmp_path / "t.txt")]
+        )
+        == 0
+    )
     assert str(tok.mask_token_id) in capsys.readouterr().out.split()
 
 
 # ----------------------------------------------------------------------------- run folders
+
 
 def test_overwrite_deletes_only_the_files_a_run_writes(prepared, tmp_path, capsys):
     from pretraining_helpers import args_for
@@ -155,6 +163,7 @@ def test_a_killed_export_leaves_no_temp_folder_behind(prepared, tmp_path):
 
 # ----------------------------------------------------------------------------- study folders
 
+
 def test_study_refuses_a_folder_that_is_not_a_study(tmp_path):
     from roberta_scratch.study import StudyError, run_study
 
@@ -163,7 +172,9 @@ def test_study_refuses_a_folder_that_is_not_a_study(tmp_path):
     (out / "tokenizer" / "vocab.json").write_text("{}")
     (out / "corpus.jsonl").write_text('{"text": "my corpus"}\n')
     for overwrite in (False, True):
-        with pytest.raises(StudyError, match=r"not a study folder .* holds corpus.jsonl, tokenizer.*nothing was changed"):
+        with pytest.raises(
+            StudyError, match=r"not a study folder .* holds corpus.jsonl, tokenizer.*nothing was changed"
+        ):
             run_study("masking", "ci", str(out), overwrite=overwrite, show_progress=False)
     assert (out / "corpus.jsonl").read_text() == '{"text": "my corpus"}\n'
     assert (out / "tokenizer" / "vocab.json").read_text() == "{}"
@@ -176,6 +187,7 @@ def test_study_refuses_a_folder_that_is_not_a_study(tmp_path):
 
 
 # ----------------------------------------------------------------------------- data in use
+
 
 def test_data_a_run_reads_cannot_be_prepared_meanwhile_and_the_model_keeps_its_tokenizer(prepared, tmp_path):
     """Re-preparing a run's data with another tokenizer saved a 400-token model with a 300-token
@@ -192,8 +204,9 @@ def test_data_a_run_reads_cannot_be_prepared_meanwhile_and_the_model_keeps_its_t
     shutil.copytree(prepared / "data", tmp_path / "data")
     other = ByteLevelBPETokenizer.train(iter([" ".join(WORDS)] * 50), vocab_size=300, show_progress=False)
     other.save_pretrained(str(tmp_path / "tok300"))
-    trainer = Trainer(args_for(prepared, tmp_path / "run", data=str(tmp_path / "data"), steps=2, eval_every=0,
-                               save_every=2))
+    trainer = Trainer(
+        args_for(prepared, tmp_path / "run", data=str(tmp_path / "data"), steps=2, eval_every=0, save_every=2)
+    )
     with trainer.hold_inputs():
         with pytest.raises(DirectoryBusy, match="in use by a process reading it"):
             quiet_prepare([str(prepared / "corpus")], str(tmp_path / "tok300"), str(tmp_path / "data"))
@@ -208,6 +221,7 @@ def test_data_a_run_reads_cannot_be_prepared_meanwhile_and_the_model_keeps_its_t
 
 
 # ----------------------------------------------------------------------------- reading a corpus
+
 
 def test_an_edit_that_keeps_size_and_mtime_is_prepared_again(prepared, tmp_path, capsys):
     import os
@@ -229,9 +243,24 @@ def test_a_corpus_error_leaves_no_file_open_and_nothing_behind(prepared, tmp_pat
     import sys
 
     (tmp_path / "bad.jsonl").write_text('{"text": "a fine document"}\n{"text": 5}\n')
-    proc = subprocess.run([sys.executable, "-m", "roberta_scratch", "prepare", "--corpus", "bad.jsonl", "--tokenizer",
-                           str(prepared / "tok"), "--out", "data"], cwd=tmp_path, capture_output=True, text=True,
-                          timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "roberta_scratch",
+            "prepare",
+            "--corpus",
+            "bad.jsonl",
+            "--tokenizer",
+            str(prepared / "tok"),
+            "--out",
+            "data",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 1 and "bad.jsonl:2: 'text' is a int" in proc.stderr
     assert "unclosed" not in proc.stderr, proc.stderr
     assert sorted(p.name for p in (tmp_path / "data").iterdir()) == [".lock"]
@@ -247,8 +276,15 @@ def test_a_huge_single_line_document_is_read_in_pieces_that_add_up_to_it(prepare
     assert len(words) > 2.5 * MAX_DOCUMENT_CHARS
     (tmp_path / "one-line.txt").write_text(words + "\n")
     with pytest.warns(UserWarning, match=r"documents longer than 1,048,576 are read as several, cut at whitespace"):
-        prepare([str(tmp_path / "one-line.txt")], str(prepared / "tok"), str(tmp_path / "data"), seq_len=32,
-                val_fraction=0.0, show_progress=False, num_workers=1)
+        prepare(
+            [str(tmp_path / "one-line.txt")],
+            str(prepared / "tok"),
+            str(tmp_path / "data"),
+            seq_len=32,
+            val_fraction=0.0,
+            show_progress=False,
+            num_workers=1,
+        )
     meta = load_meta(str(tmp_path / "data"))
     assert meta["report"]["documents"] == 3
     tok = load_tokenizer(str(prepared / "tok"))

@@ -6,6 +6,7 @@ fail when the two collide: when ours shadows theirs (a script run from the repos
 that builds a transformers model), when theirs shadows ours (the console script, whose
 sys.path[0] is the venv's bin/), and when a wheel install writes into their folder.
 """
+
 from __future__ import annotations
 
 import configparser
@@ -85,8 +86,10 @@ def script_env(expect_kernels: str, expect_ours: str, **extra) -> dict:
     return {"EXPECT_KERNELS": expect_kernels, "EXPECT_OURS": expect_ours, "TRITON_INTERPRET": "1", **extra}
 
 
-@pytest.mark.skipif(not hf_kernels_installed(), reason="Hugging Face's kernels package is not installed "
-                                                       "(transformers before 5.25 does not require it)")
+@pytest.mark.skipif(
+    not hf_kernels_installed(),
+    reason="Hugging Face's kernels package is not installed (transformers before 5.25 does not require it)",
+)
 @pytest.mark.parametrize("where", ["outside", "repo root"])
 def test_hf_kernels_and_ours_in_one_process(where, tmp_path):
     cwd = REPO if where == "repo root" else tmp_path
@@ -100,8 +103,11 @@ def test_a_package_named_kernels_first_on_the_path_shadows_nothing_of_ours(tmp_p
     site = tmp_path / "site"
     (site / "kernels").mkdir(parents=True)
     (site / "kernels" / "__init__.py").write_text("STAND_IN = True\n")
-    proc = run([sys.executable, "-c", SCRIPT + "assert kernels.STAND_IN\n"], REPO,
-               script_env(str(site / "kernels"), str(REPO), PYTHONPATH=str(site), NO_TRANSFORMERS="1"))
+    proc = run(
+        [sys.executable, "-c", SCRIPT + "assert kernels.STAND_IN\n"],
+        REPO,
+        script_env(str(site / "kernels"), str(REPO), PYTHONPATH=str(site), NO_TRANSFORMERS="1"),
+    )
     assert proc.stdout.startswith("OK")
 
 
@@ -146,7 +152,10 @@ def test_setup_cfg_lists_every_package():
     mapping = {k.strip(): v.strip() for k, v in mapping.items()}
     assert mapping == {"roberta_kernels": "kernels/roberta_kernels"}
     found = set()
-    for top, folder in (("roberta_scratch", REPO / "roberta_scratch"), ("roberta_kernels", REPO / mapping["roberta_kernels"])):
+    for top, folder in (
+        ("roberta_scratch", REPO / "roberta_scratch"),
+        ("roberta_kernels", REPO / mapping["roberta_kernels"]),
+    ):
         for init in folder.rglob("__init__.py"):
             if "__pycache__" not in init.parts:
                 rel = init.parent.relative_to(folder).parts
@@ -167,10 +176,14 @@ def test_a_wheel_install_beside_hf_kernels(tmp_path):
     venv = tmp_path / "venv"
     run([sys.executable, "-m", "venv", "--without-pip", str(venv)], tmp_path)
     python = venv / "bin" / "python"
-    run([sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "--no-deps", str(src)], tmp_path,
-        timeout=600)
-    purelib = Path(run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                       tmp_path).stdout.strip())
+    run(
+        [sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "--no-deps", str(src)],
+        tmp_path,
+        timeout=600,
+    )
+    purelib = Path(
+        run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], tmp_path).stdout.strip()
+    )
     (purelib / "test-venv.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
 
     # what the wheel wrote: our two packages, never a `kernels/` that would land on HF's files

@@ -1,5 +1,6 @@
 """prepare --sentences and BERT's pair formats (SEGMENT-PAIR, SENTENCE-PAIR): the sentence ends,
 the 50/50 label split, negatives from other documents, token types, truncation, determinism."""
+
 import json
 import math
 import warnings
@@ -30,7 +31,7 @@ def test_prepare_records_sentence_ends_and_keeps_the_same_tokens(prepared, sente
     for split in ("train", "val"):
         plain, stream = TokenStream(str(prepared / "data"), split), TokenStream(sentences_data, split)
         assert plain.sent_ends is None
-        assert stream[0:len(stream)].tolist() == plain[0:len(plain)].tolist()  # the same tokens
+        assert stream[0 : len(stream)].tolist() == plain[0 : len(plain)].tolist()  # the same tokens
         ends = stream.sent_ends
         assert np.all(np.diff(ends) > 0) and set(stream.doc_ends.tolist()) <= set(ends.tolist())
         assert ends[-1] == len(stream) and len(ends) > 2 * len(stream.doc_ends)
@@ -39,7 +40,7 @@ def test_prepare_records_sentence_ends_and_keeps_the_same_tokens(prepared, sente
         for a, b in list(zip(starts, stream.doc_ends))[:20]:
             inside = ends[(ends > a) & (ends <= b)]
             bounds = [a] + inside.tolist()
-            pieces = [stream[int(x):int(y)].tolist() for x, y in zip(bounds, bounds[1:])]
+            pieces = [stream[int(x) : int(y)].tolist() for x, y in zip(bounds, bounds[1:])]
             pieces[-1] = pieces[-1][:-1]  # the document's </s>
             text = tok.decode([t for p in pieces for t in p])
             assert pieces == [tok.encode(s, add_special_tokens=False) for s in split_sentences(text)]
@@ -48,8 +49,15 @@ def test_prepare_records_sentence_ends_and_keeps_the_same_tokens(prepared, sente
 def test_rerun_without_sentences_keeps_them_and_with_them_adds_them(prepared, sentences_data, capsys):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        prepare([str(prepared / "corpus")], str(prepared / "tok"), sentences_data, seq_len=32, val_fraction=0.1,
-                show_progress=False, num_workers=1)
+        prepare(
+            [str(prepared / "corpus")],
+            str(prepared / "tok"),
+            sentences_data,
+            seq_len=32,
+            val_fraction=0.1,
+            show_progress=False,
+            num_workers=1,
+        )
     assert "already prepared" in capsys.readouterr().out
     assert TokenStream(sentences_data, "train").sent_ends is not None
 
@@ -80,7 +88,7 @@ def test_pair_template_is_the_tokenizers(sentences_data):
     for i in range(40):
         ex = ds[i]
         ids, types = ex["input_ids"].tolist(), ex["token_type_ids"].tolist()
-        a, b = ids[1:types.index(1) - 1], ids[types.index(1) + 1:-1]
+        a, b = ids[1 : types.index(1) - 1], ids[types.index(1) + 1 : -1]
         assert tok.encode(tok.decode(a), tok.decode(b)) == ids
         checked += 1
     assert checked == 40
@@ -99,7 +107,7 @@ def test_labels_are_a_fair_coin_and_negatives_come_from_other_documents(sentence
             if ds.labels[i] == 0:
                 # IsNext: B starts where A ends, or where A ended before truncation cut A's end
                 assert same and b0[i] >= a1[i] and doc_of(b1[i] - 1) == doc_of(a0[i])
-                between = stream[int(a1[i]):int(b0[i])]
+                between = stream[int(a1[i]) : int(b0[i])]
                 assert not (between == 2).any()
             else:
                 assert not same and doc_of(b1[i] - 1) == doc_of(b0[i])  # never the same document
@@ -159,7 +167,15 @@ def test_clear_errors(prepared, sentences_data, tmp_path):
     (tmp_path / "one.txt").write_text("One document only. It has two sentences.\n")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        prepare([str(tmp_path / "one.txt")], str(prepared / "tok"), str(tmp_path / "data"), seq_len=32,
-                val_fraction=0.0, show_progress=False, num_workers=1, sentences=True)
+        prepare(
+            [str(tmp_path / "one.txt")],
+            str(prepared / "tok"),
+            str(tmp_path / "data"),
+            seq_len=32,
+            val_fraction=0.0,
+            show_progress=False,
+            num_workers=1,
+            sentences=True,
+        )
     with pytest.raises(ValueError, match="has 1 document.*needs at least 2"):
         PairDataset(str(tmp_path / "data"), "train", 32, "sentence-pair")

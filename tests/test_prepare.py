@@ -1,5 +1,6 @@
 """prepare commits a dataset atomically: killed at any point of its commit, it leaves the old
 data or the new, never a mix that prepare or pretrain would accept; the next run cleans up."""
+
 import json
 import os
 import shutil
@@ -23,26 +24,43 @@ def setup(tmp_path_factory):
     # b has the smaller vocabulary, so more tokens: its shards are longer than a manifest of a expects,
     # and a reader that trusted that manifest would read part of them as if they were a's
     for name, vocab in (("tok_a", 340), ("tok_b", 300)):
-        ByteLevelBPETokenizer.train(iter([" ".join(WORDS)] * 30), vocab_size=vocab,
-                                    show_progress=False).save_pretrained(str(root / name))
+        ByteLevelBPETokenizer.train(
+            iter([" ".join(WORDS)] * 30), vocab_size=vocab, show_progress=False
+        ).save_pretrained(str(root / name))
     return root
 
 
 def run(setup, tok, out):
-    return prepare([str(setup / "corpus.txt")], str(setup / tok), str(out), seq_len=16, val_fraction=0.1,
-                   show_progress=False, num_workers=1)
+    return prepare(
+        [str(setup / "corpus.txt")],
+        str(setup / tok),
+        str(out),
+        seq_len=16,
+        val_fraction=0.1,
+        show_progress=False,
+        num_workers=1,
+    )
 
 
 def contents(data_dir):
     """What pretraining would read: both token streams, the document ends and the tokenizer."""
     streams = {s: TokenStream(str(data_dir), s) for s in ("train", "val")}
     PackedDataset(str(data_dir), "train", 16)
-    return ({s: (t[0:len(t)].tolist(), t.doc_ends.tolist()) for s, t in streams.items()},
-            load_tokenizer(tokenizer_dir(str(data_dir))).fingerprint())
+    return (
+        {s: (t[0 : len(t)].tolist(), t.doc_ends.tolist()) for s, t in streams.items()},
+        load_tokenizer(tokenizer_dir(str(data_dir))).fingerprint(),
+    )
 
 
-MUTATIONS = [(os, "rename"), (os, "replace"), (os, "remove"), (os, "unlink"), (os, "rmdir"), (os, "mkdir"),
-             (shutil, "rmtree")]
+MUTATIONS = [
+    (os, "rename"),
+    (os, "replace"),
+    (os, "remove"),
+    (os, "unlink"),
+    (os, "rmdir"),
+    (os, "mkdir"),
+    (shutil, "rmtree"),
+]
 
 
 def prepare_killed_at(setup, tok, out, k) -> bool:

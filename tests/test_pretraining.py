@@ -1,4 +1,5 @@
 """Data preparation, packing and the trainer: resume, crashes, NaN, SIGINT, DDP, learning."""
+
 import json
 import os
 import signal
@@ -19,6 +20,7 @@ from roberta_scratch.tokenizer import ByteLevelBPETokenizer, load_tokenizer
 
 # ----------------------------------------------------------------------------- data
 
+
 def test_preparation_reports_latin1_and_empty_files_and_rerun_is_a_noop(prepared, capsys):
     meta = json.loads((prepared / "data" / "meta.json").read_text())
     report = meta["report"]
@@ -26,16 +28,25 @@ def test_preparation_reports_latin1_and_empty_files_and_rerun_is_a_noop(prepared
     assert [os.path.basename(p) for p in report["empty_files"]] == ["empty.txt"]
     assert report["documents"] == 121 and meta["dtype"] == "uint16"
     before = data_files(prepared / "data")
-    prepare([str(prepared / "corpus")], str(prepared / "tok"), str(prepared / "data"), seq_len=32,
-            val_fraction=0.1, show_progress=False)
+    prepare(
+        [str(prepared / "corpus")],
+        str(prepared / "tok"),
+        str(prepared / "data"),
+        seq_len=32,
+        val_fraction=0.1,
+        show_progress=False,
+    )
     assert "already prepared" in capsys.readouterr().out
     assert before == data_files(prepared / "data")
 
 
 def data_files(directory):
     """Every file under a data directory with its mtime, except the lock (which is not data)."""
-    return {str(p.relative_to(directory)): p.stat().st_mtime_ns for p in directory.rglob("*")
-            if p.is_file() and p.name != ".lock"}
+    return {
+        str(p.relative_to(directory)): p.stat().st_mtime_ns
+        for p in directory.rglob("*")
+        if p.is_file() and p.name != ".lock"
+    }
 
 
 def test_stream_holds_every_document_followed_by_eos(prepared):
@@ -48,9 +59,9 @@ def test_stream_holds_every_document_followed_by_eos(prepared):
         expected[split] += tok.encode(doc, add_special_tokens=False) + [tok.eos_token_id]
     for split in ("train", "val"):
         stream = TokenStream(str(prepared / "data"), split)
-        assert stream[0:len(stream)].tolist() == expected[split]
+        assert stream[0 : len(stream)].tolist() == expected[split]
         assert stream.doc_ends[-1] == len(stream)
-        assert all(stream[int(e) - 1:int(e)][0] == tok.eos_token_id for e in stream.doc_ends)
+        assert all(stream[int(e) - 1 : int(e)][0] == tok.eos_token_id for e in stream.doc_ends)
 
 
 def test_full_sentences_packing_is_exact_and_loses_nothing(prepared):
@@ -59,7 +70,7 @@ def test_full_sentences_packing_is_exact_and_loses_nothing(prepared):
     blocks = [ds[i] for i in range(len(ds))]
     assert all(len(b) == 32 for b in blocks[:-1]) and 3 <= len(blocks[-1]) <= 32
     assert all(b[0] == 0 and b[-1] == 2 for b in blocks)
-    assert torch.cat([b[1:-1] for b in blocks]).tolist() == stream[0:len(stream)].tolist()
+    assert torch.cat([b[1:-1] for b in blocks]).tolist() == stream[0 : len(stream)].tolist()
 
 
 def test_doc_sentences_packing_never_crosses_documents(prepared):
@@ -69,7 +80,7 @@ def test_doc_sentences_packing_never_crosses_documents(prepared):
     assert all(len(p) <= 14 for p in pieces)
     assert not any((p == 2).any() for p in pieces)  # no document's </s> inside a block
     starts = np.concatenate([[0], stream.doc_ends[:-1]])
-    docs = [stream[int(a):int(b) - 1].tolist() for a, b in zip(starts, stream.doc_ends)]
+    docs = [stream[int(a) : int(b) - 1].tolist() for a, b in zip(starts, stream.doc_ends)]
     assert torch.cat(pieces).tolist() == [t for d in docs for t in d]
 
 
@@ -79,6 +90,7 @@ def test_bad_data_directory_is_a_clear_error(tmp_path):
 
 
 # ----------------------------------------------------------------------------- trainer
+
 
 def test_resumed_run_matches_uninterrupted_run_bit_for_bit(prepared, tmp_path):
     assert pretrain(args_for(prepared, tmp_path / "straight")) == 0
@@ -99,8 +111,11 @@ def test_resumed_run_matches_uninterrupted_run_bit_for_bit(prepared, tmp_path):
 def test_resume_with_different_settings_is_refused(prepared, tmp_path):
     assert pretrain(args_for(prepared, tmp_path, steps=4)) == 0
     # --lr may change (test_resume); the error names the flag and both values, in one line
-    with pytest.raises(TrainingError, match=r"^cannot resume from .*: --batch-size was 4, now 8\. A resumed run "
-                                            r"continues .* \(--lr, --clip, --warmup and the run's length may change"):
+    with pytest.raises(
+        TrainingError,
+        match=r"^cannot resume from .*: --batch-size was 4, now 8\. A resumed run "
+        r"continues .* \(--lr, --clip, --warmup and the run's length may change",
+    ):
         pretrain(args_for(prepared, tmp_path, steps=4, batch_size=8, resume=True))
 
 
@@ -158,9 +173,16 @@ def test_nan_advice_fits_a_diverged_model(prepared, tmp_path, monkeypatch):
 
 # ----------------------------------------------------------------------------- batches with nothing to predict
 
+
 def test_a_batch_with_nothing_masked_has_zero_loss_and_zero_gradient():
-    cfg = RobertaConfig(vocab_size=50, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=20)
+    cfg = RobertaConfig(
+        vocab_size=50,
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=20,
+    )
     from roberta_scratch import RobertaForMaskedLM
 
     model = RobertaForMaskedLM(cfg)
@@ -227,14 +249,38 @@ def test_short_documents_with_doc_packing_train_without_nan(tmp_path):
     (tmp_path / "short.txt").write_text("\n\n".join(docs) + "\n")
     tok = ByteLevelBPETokenizer.train(iter([" ".join(WORDS)] * 50), vocab_size=300, show_progress=False)
     tok.save_pretrained(str(tmp_path / "tok"))
-    prepare([str(tmp_path / "short.txt")], str(tmp_path / "tok"), str(tmp_path / "data"), seq_len=16,
-            val_fraction=0.05, show_progress=False, num_workers=1)
-    cfg = RobertaConfig(vocab_size=300, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=40)
+    prepare(
+        [str(tmp_path / "short.txt")],
+        str(tmp_path / "tok"),
+        str(tmp_path / "data"),
+        seq_len=16,
+        val_fraction=0.05,
+        show_progress=False,
+        num_workers=1,
+    )
+    cfg = RobertaConfig(
+        vocab_size=300,
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=40,
+    )
     cfg.save(str(tmp_path / "cfg.json"))
-    args = TrainArgs(data=str(tmp_path / "data"), out=str(tmp_path / "run"), config=str(tmp_path / "cfg.json"),
-                     packing="doc", batch_size=2, steps=60, warmup=5, lr=1e-3, log_every=1, eval_every=0,
-                     save_every=60, progress=False)
+    args = TrainArgs(
+        data=str(tmp_path / "data"),
+        out=str(tmp_path / "run"),
+        config=str(tmp_path / "cfg.json"),
+        packing="doc",
+        batch_size=2,
+        steps=60,
+        warmup=5,
+        lr=1e-3,
+        log_every=1,
+        eval_every=0,
+        save_every=60,
+        progress=False,
+    )
     trainer = Trainer(args)
     empty = sum(int((b["labels"] != -100).sum() == 0) for s in range(60) for b in trainer.micro_batches(s))
     assert empty > 0  # the case this test is about does occur
@@ -259,8 +305,7 @@ def test_a_signal_saves_and_exits_cleanly(prepared, tmp_path, sig):
 
 
 def test_learning_drops_held_out_loss(prepared, tmp_path):
-    assert pretrain(args_for(prepared, tmp_path, steps=150, eval_every=150, save_every=150, lr=5e-3,
-                             warmup=5)) == 0
+    assert pretrain(args_for(prepared, tmp_path, steps=150, eval_every=150, save_every=150, lr=5e-3, warmup=5)) == 0
     with open(tmp_path / "metrics.jsonl") as f:
         evals = [json.loads(line) for line in f if "val_loss" in line]
     start, end = evals[0]["val_loss"], evals[-1]["val_loss"]
@@ -301,9 +346,12 @@ def test_ddp_two_ranks_match_one_rank_on_the_same_global_batch(prepared, tmp_pat
     single = Trainer(TrainArgs(out=str(tmp_path / "one"), grad_accum=2, **base))
     single.forward_backward(0)
     want = {n: p.grad for n, p in single.raw_model.named_parameters()}
-    script = DDP_SCRIPT.format(root=os.path.dirname(os.path.dirname(os.path.abspath(__file__))), port=port,
-                               args={**base, "out": str(tmp_path / "two"), "grad_accum": 1},
-                               out=str(tmp_path / "grads.pt"))
+    script = DDP_SCRIPT.format(
+        root=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+        port=port,
+        args={**base, "out": str(tmp_path / "two"), "grad_accum": 1},
+        out=str(tmp_path / "grads.pt"),
+    )
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     procs = [subprocess.Popen([sys.executable, "-c", script, str(r)], env=env) for r in range(2)]
     assert [p.wait(timeout=300) for p in procs] == [0, 0]

@@ -1,5 +1,6 @@
 """BERT's pretraining baseline that RoBERTa's ablations remove: token types, RobertaForPreTraining
 (MLM + next-sentence prediction), the collator on pair examples, and BERT's static copies."""
+
 import json
 import os
 import warnings
@@ -22,8 +23,15 @@ from roberta_scratch.convert import hf_to_ours
 from roberta_scratch.masking import StaticCopies
 from roberta_scratch.model import check_state_dict, load_state
 
-TINY = dict(vocab_size=1000, hidden_size=96, num_hidden_layers=2, num_attention_heads=3, intermediate_size=160,
-            max_position_embeddings=40, type_vocab_size=2)
+TINY = dict(
+    vocab_size=1000,
+    hidden_size=96,
+    num_hidden_layers=2,
+    num_attention_heads=3,
+    intermediate_size=160,
+    max_position_embeddings=40,
+    type_vocab_size=2,
+)
 
 
 def tiny(**overrides):
@@ -37,7 +45,7 @@ def pair_batch(seed=0):
     types = torch.zeros_like(ids)
     for row, (a, n) in enumerate([(5, 12), (3, 9), (6, 12)]):
         ids[row, 0], ids[row, a], ids[row, a + 1], ids[row, n - 1] = 0, 2, 2, 2
-        types[row, a + 1:n] = 1
+        types[row, a + 1 : n] = 1
         ids[row, n:] = 1
     mask = ids.ne(1).long()
     labels = torch.full_like(ids, -100)
@@ -47,6 +55,7 @@ def pair_batch(seed=0):
 
 
 # ----------------------------------------------------------------------------- token types
+
 
 def test_no_token_types_is_type_zero_everywhere_bit_for_bit():
     torch.manual_seed(0)
@@ -86,6 +95,7 @@ def test_bad_token_types_are_value_errors():
 
 # ----------------------------------------------------------------------------- RobertaForPreTraining
 
+
 def test_loss_is_mlm_plus_nsp_computed_independently():
     torch.manual_seed(0)
     model = RobertaForPreTraining(tiny()).eval()
@@ -95,8 +105,9 @@ def test_loss_is_mlm_plus_nsp_computed_independently():
     # by hand: the encoder, the MLM head over the whole vocabulary, BERT's pooler on <s>
     h = model.roberta(ids, attention_mask=mask, token_type_ids=types).last_hidden_state
     dense = model.lm_head.dense
-    x = F.layer_norm(F.gelu(h @ dense.weight.T + dense.bias), (96,), model.lm_head.norm.weight,
-                     model.lm_head.norm.bias, eps=1e-5)
+    x = F.layer_norm(
+        F.gelu(h @ dense.weight.T + dense.bias), (96,), model.lm_head.norm.weight, model.lm_head.norm.bias, eps=1e-5
+    )
     full_logits = x @ model.roberta.embeddings.word_embeddings.weight.T + model.lm_head.bias  # (B, T, V)
     mlm = F.cross_entropy(full_logits.view(-1, 1000), labels.view(-1), ignore_index=-100)
     pooled = torch.tanh(h[:, 0] @ model.nsp.pooler.weight.T + model.nsp.pooler.bias)
@@ -177,15 +188,24 @@ def test_checkpoint_validation_and_hugging_face_export_drop_only_the_nsp_head(tm
 
 # ----------------------------------------------------------------------------- the collator on pair examples
 
+
 def collator(**kw):
     return DynamicMaskingCollator(1000, 999, 1, [0, 1, 2, 3, 999], **kw)
 
 
 def test_collator_pads_token_types_and_stacks_nsp_labels():
-    examples = [{"input_ids": torch.tensor([0, 5, 6, 2, 2, 7, 2]), "token_type_ids": torch.tensor([0, 0, 0, 0, 1, 1, 1]),
-                 "next_sentence_label": 1},
-                {"input_ids": torch.tensor([0, 8, 2, 2, 9, 2]), "token_type_ids": torch.tensor([0, 0, 0, 1, 1, 1]),
-                 "next_sentence_label": 0}]
+    examples = [
+        {
+            "input_ids": torch.tensor([0, 5, 6, 2, 2, 7, 2]),
+            "token_type_ids": torch.tensor([0, 0, 0, 0, 1, 1, 1]),
+            "next_sentence_label": 1,
+        },
+        {
+            "input_ids": torch.tensor([0, 8, 2, 2, 9, 2]),
+            "token_type_ids": torch.tensor([0, 0, 0, 1, 1, 1]),
+            "next_sentence_label": 0,
+        },
+    ]
     out = collator(generator=torch.Generator().manual_seed(0))(examples)
     assert sorted(out) == ["attention_mask", "input_ids", "labels", "next_sentence_label", "token_type_ids"]
     assert out["token_type_ids"].tolist() == [[0, 0, 0, 0, 1, 1, 1], [0, 0, 0, 1, 1, 1, 0]]  # padding: type 0
@@ -204,8 +224,9 @@ def test_collator_never_masks_the_specials_of_a_pair():
     for _ in range(200):
         a, b = torch.randint(4, 999, (20,), generator=g), torch.randint(4, 999, (15,), generator=g)
         ids = torch.cat([torch.tensor([0]), a, torch.tensor([2, 2]), b, torch.tensor([2])])
-        examples.append({"input_ids": ids, "token_type_ids": (torch.arange(len(ids)) > 21).long(),
-                         "next_sentence_label": 0})
+        examples.append(
+            {"input_ids": ids, "token_type_ids": (torch.arange(len(ids)) > 21).long(), "next_sentence_label": 0}
+        )
     out = collator(generator=g)(examples)
     special = torch.isin(torch.stack([e["input_ids"] for e in examples]), torch.tensor([0, 1, 2, 3, 999]))
     assert not ((out["labels"] != -100) & special).any()
@@ -219,13 +240,15 @@ def test_collator_rejects_malformed_dicts():
     with pytest.raises(ValueError, match="token_type_ids has 2 entries for 3 input_ids"):
         collator()([{"input_ids": torch.tensor([0, 5, 2]), "token_type_ids": torch.tensor([0, 0])}])
     with pytest.raises(ValueError, match="same keys"):
-        collator()([{"input_ids": torch.tensor([0, 5, 2])},
-                    {"input_ids": torch.tensor([0, 5, 2]), "next_sentence_label": 0}])
+        collator()(
+            [{"input_ids": torch.tensor([0, 5, 2])}, {"input_ids": torch.tensor([0, 5, 2]), "next_sentence_label": 0}]
+        )
     with pytest.raises(ValueError, match="pass static=True"):
         collator()([{"input_ids": torch.tensor([0, 5, 2]), "mask_copy": 1}])
 
 
 # ----------------------------------------------------------------------------- static masking, BERT's way
+
 
 def masks_seen(collate, dataset, epochs, seed=0):
     """{example index: set of (masked input ids) it was fed with}, over `epochs` shuffled epochs of
@@ -236,7 +259,7 @@ def masks_seen(collate, dataset, epochs, seed=0):
     for _ in range(epochs):
         order = torch.randperm(len(dataset), generator=g).tolist()
         for start in range(0, len(order), 4):
-            js = order[start:start + 4]
+            js = order[start : start + 4]
             out = collate([dataset[j] for j in js])
             for row, j in enumerate(js):
                 n_real = int(out["attention_mask"][row].sum())
@@ -244,8 +267,12 @@ def masks_seen(collate, dataset, epochs, seed=0):
     return seen
 
 
-ROWS = [torch.cat([torch.tensor([0]), torch.randint(4, 999, (n,), generator=torch.Generator().manual_seed(n)),
-                   torch.tensor([2])]) for n in range(30, 42)]
+ROWS = [
+    torch.cat(
+        [torch.tensor([0]), torch.randint(4, 999, (n,), generator=torch.Generator().manual_seed(n)), torch.tensor([2])]
+    )
+    for n in range(30, 42)
+]
 
 
 def test_one_static_copy_is_one_fixed_mask_on_every_epoch():
@@ -263,8 +290,10 @@ def test_k_static_copies_cycle_through_exactly_k_masks(k):
     assert len(copies) == k * len(ROWS)
     seen = masks_seen(collate, copies, epochs=3)
     # each example shows exactly its k masks, none other, whatever the batch it lands in
-    expected = {i: {tuple(collate([copies[c * len(ROWS) + i]])["input_ids"][0].tolist()) for c in range(k)}
-                for i in range(len(ROWS))}
+    expected = {
+        i: {tuple(collate([copies[c * len(ROWS) + i]])["input_ids"][0].tolist()) for c in range(k)}
+        for i in range(len(ROWS))
+    }
     assert seen == expected and all(len(m) == k for m in seen.values())
     # another run seed gives other masks; copy c of seed s is not copy c - 1 of seed s + 1
     other = collator(static=True, static_seed=8)
@@ -277,6 +306,7 @@ def test_dynamic_masking_differs_across_epochs():
 
 
 # ----------------------------------------------------------------------------- the trainer: pair formats, static copies
+
 
 def run_and_resume(prepared, tmp_path, **overrides):
     """An 8-step run, and the same run killed after step 4 and resumed: both metrics rows and final weights."""
@@ -336,17 +366,23 @@ def test_every_run_is_scored_on_the_same_held_out_blocks(prepared, prepared_sent
 
     def held_out(**overrides):
         """The held-out set as one (N, T) batch per key, whatever the batch size."""
-        trainer = Trainer(args_for(prepared, tmp_path / str(len(os.listdir(tmp_path))), data=prepared_sentences,
-                                   **overrides))
+        trainer = Trainer(
+            args_for(prepared, tmp_path / str(len(os.listdir(tmp_path))), data=prepared_sentences, **overrides)
+        )
         batches = trainer.validation_batches()
         assert sorted(batches[0]) == ["attention_mask", "input_ids", "labels"]
         return {k: torch.cat([b[k] for b in batches]) for k in batches[0]}
 
     reference = held_out()
     assert (reference["labels"] != -100).sum() > 10
-    for other in (held_out(seed=5), held_out(packing="doc"), held_out(packing="segment-pair", seed=2),
-                  held_out(static_copies=3), held_out(batch_size=3, grad_accum=1),
-                  held_out(mlm_probability=0.4, eval_mlm_probability=0.15)):
+    for other in (
+        held_out(seed=5),
+        held_out(packing="doc"),
+        held_out(packing="segment-pair", seed=2),
+        held_out(static_copies=3),
+        held_out(batch_size=3, grad_accum=1),
+        held_out(mlm_probability=0.4, eval_mlm_probability=0.15),
+    ):
         assert all(torch.equal(reference[k], other[k]) for k in reference)
     assert not torch.equal(held_out(eval_seed=1)["labels"], reference["labels"])
     # training at another rate moves the held-out rate with it, unless --eval-mlm-probability fixes it

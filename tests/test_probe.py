@@ -1,5 +1,6 @@
 """Looking inside a model: fill-mask, hidden states per layer and attention maps, from the
 library and from the command line."""
+
 import numpy as np
 import pytest
 import torch
@@ -9,16 +10,26 @@ from roberta_scratch import RobertaForMaskedLM, cli
 from roberta_scratch.probe import fill_mask, parse_layers
 from roberta_scratch.tokenizer import load_tokenizer
 
-TEXTS = ["Alice went to Paris and saw the river.", "Bob visited London in the rain.",
-         "The capital of France is Paris."] * 20
+TEXTS = [
+    "Alice went to Paris and saw the river.",
+    "Bob visited London in the rain.",
+    "The capital of France is Paris.",
+] * 20
 
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     """A tiny random RobertaForMaskedLM (hidden 64, 2 layers, 4 heads) with its tokenizer."""
-    return tiny_model_folder(tmp_path_factory.mktemp("probe") / "model", texts=TEXTS, vocab_size=300,
-                             max_positions=130, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                             intermediate_size=128)
+    return tiny_model_folder(
+        tmp_path_factory.mktemp("probe") / "model",
+        texts=TEXTS,
+        vocab_size=300,
+        max_positions=130,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=128,
+    )
 
 
 def test_fill_mask_gives_the_models_own_top_k(model_dir):
@@ -51,8 +62,10 @@ def test_features_and_attention_commands(model_dir, tmp_path, capsys):
     n_tokens = len(load_tokenizer(model_dir).encode(text))
     assert cli.main(["features", "--model", model_dir, "--out", str(tmp_path / "h.npy"), text]) == 0
     assert np.load(tmp_path / "h.npy").shape == (3, n_tokens, 64)  # embeddings + 2 layers
-    assert cli.main(["features", "--model", model_dir, "--layers", "0,-1", "--out", str(tmp_path / "h.safetensors"),
-                     text]) == 0
+    assert (
+        cli.main(["features", "--model", model_dir, "--layers", "0,-1", "--out", str(tmp_path / "h.safetensors"), text])
+        == 0
+    )
     st = load_file(str(tmp_path / "h.safetensors"))
     assert sorted(st) == ["input_ids", "layer_0", "layer_2"] and st["layer_2"].shape == (n_tokens, 64)
     full = np.load(tmp_path / "h.npy")
@@ -62,8 +75,25 @@ def test_features_and_attention_commands(model_dir, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "drew 2 of 2 layers (numbered from 1, as in features) x 4 of 4 heads" in out
     assert "layer 2 head 3: entropy" in out and f"(uniform over {n_tokens} tokens: " in out
-    assert cli.main(["attention", "--model", model_dir, "--out", str(tmp_path / "a2.png"), "--layers", "-1",
-                     "--heads", "0,2", "--scale", "per-head", text]) == 0
+    assert (
+        cli.main(
+            [
+                "attention",
+                "--model",
+                model_dir,
+                "--out",
+                str(tmp_path / "a2.png"),
+                "--layers",
+                "-1",
+                "--heads",
+                "0,2",
+                "--scale",
+                "per-head",
+                text,
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "drew 1 of 2 layers" in out and "x 2 of 4 heads" in out and "per-head colour scale" in out
     assert "layer 2 head 2: entropy" in out and "layer 1 head" not in out

@@ -1,5 +1,6 @@
 """kernels' registry: the built-ins, a user's implementation by name or MODULE:FUNCTION, the model
 calling it, and capabilities."""
+
 import pytest
 import torch
 
@@ -22,8 +23,15 @@ def counted_layer_norm(x, weight, bias, eps=1e-5, residual=None, dropout_p=0.0):
 
 
 def tiny(**kw):
-    return RobertaConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                         intermediate_size=64, max_position_embeddings=20, **kw)
+    return RobertaConfig(
+        vocab_size=100,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=20,
+        **kw,
+    )
 
 
 def test_the_built_ins():
@@ -71,14 +79,23 @@ def test_module_function_is_imported_on_use_and_keeps_registered_capabilities():
 
 
 def test_unknown_names_list_the_registered_ones():
-    with pytest.raises(ValueError, match=r"unknown attention implementation 'flash': registered are eager, sdpa, "
-                                         r"triton.*MODULE:FUNCTION"):
+    with pytest.raises(
+        ValueError,
+        match=r"unknown attention implementation 'flash': registered are eager, sdpa, "
+        r"triton.*MODULE:FUNCTION",
+    ):
         get("attention", "flash")
     with pytest.raises(ValueError, match="test_registry has no 'nope'"):
         get("attention", "test_registry:nope")
     # a config takes any name; building the model resolves it (reading a config imports nothing)
-    cfg = RobertaConfig(layer_norm="fused", vocab_size=50, hidden_size=16, num_hidden_layers=1,
-                        num_attention_heads=2, intermediate_size=32)
+    cfg = RobertaConfig(
+        layer_norm="fused",
+        vocab_size=50,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+    )
     with pytest.raises(ValueError, match="unknown layer_norm implementation 'fused'"):
         RobertaForMaskedLM(cfg)
     with pytest.raises(ValueError, match="a non-empty string without ':'"):
@@ -88,6 +105,7 @@ def test_unknown_names_list_the_registered_ones():
 def test_the_cli_takes_any_name(tmp_path):
     from roberta_scratch import cli
 
-    args = cli.build_parser().parse_args(["pretrain", "--data", "d", "--out", "o", "--attention",
-                                          "test_registry:counted_attention"])
+    args = cli.build_parser().parse_args(
+        ["pretrain", "--data", "d", "--out", "o", "--attention", "test_registry:counted_attention"]
+    )
     assert args.attention == "test_registry:counted_attention"

@@ -1,5 +1,6 @@
 """Run folders and --resume: one run per folder, resume compares content not strings, a
 damaged checkpoint or metrics line falls back instead of stopping, SIGTERM saves like SIGINT."""
+
 import json
 import os
 import re
@@ -24,10 +25,14 @@ def metric_rows(run):
 
 # ----------------------------------------------------------------------------- one run per folder
 
+
 def test_a_finished_folder_is_not_silently_reused(prepared, tmp_path):
     assert pretrain(args_for(prepared, tmp_path)) == 0
-    with pytest.raises(TrainingError, match=r"already holds files \(ckpt, loss.png, metrics.jsonl, model\).*"
-                                            r"--resume.*--overwrite"):
+    with pytest.raises(
+        TrainingError,
+        match=r"already holds files \(ckpt, loss.png, metrics.jsonl, model\).*"
+        r"--resume.*--overwrite",
+    ):
         pretrain(args_for(prepared, tmp_path))
     with pytest.raises(TrainingError, match="pass one of them"):
         pretrain(args_for(prepared, tmp_path, resume=True, overwrite=True))
@@ -62,6 +67,7 @@ def test_two_runs_on_one_folder_are_refused(prepared, tmp_path):
 
 # ----------------------------------------------------------------------------- resume compares content
 
+
 def test_resume_accepts_the_same_data_under_another_path(prepared, tmp_path, capsys):
     assert pretrain(args_for(prepared, tmp_path, steps=4, save_every=4)) == 0
     same = str(prepared) + "/./data"  # another string, the same directory
@@ -79,8 +85,15 @@ def test_resume_refuses_data_prepared_again_with_another_tokenizer(prepared, tmp
     other = ByteLevelBPETokenizer.train(iter([" ".join(WORDS)] * 50), vocab_size=380, show_progress=False)
     other.save_pretrained(str(tmp_path / "tok2"))
     with pytest.warns(UserWarning, match="latin1"):
-        prepare([str(prepared / "corpus")], str(tmp_path / "tok2"), str(data), seq_len=32, val_fraction=0.1,
-                show_progress=False, num_workers=1)
+        prepare(
+            [str(prepared / "corpus")],
+            str(tmp_path / "tok2"),
+            str(data),
+            seq_len=32,
+            val_fraction=0.1,
+            show_progress=False,
+            num_workers=1,
+        )
     with pytest.raises(TrainingError, match="the training data differ from the saved run's"):
         pretrain(args_for(prepared, run, data=str(data), steps=8, resume=True))
 
@@ -123,8 +136,7 @@ def test_the_nan_stop_advice_can_be_followed(prepared, tmp_path, capsys):
     assert pretrain(args_for(prepared, tmp_path, steps=8, save_every=4)) == 0
     os.remove(tmp_path / "ckpt" / "step_00000008.pt")  # as if it had stopped after step 4
     capsys.readouterr()
-    assert pretrain(args_for(prepared, tmp_path, steps=8, save_every=4, lr=1e-3, clip=0.5, warmup=6,
-                             resume=True)) == 0
+    assert pretrain(args_for(prepared, tmp_path, steps=8, save_every=4, lr=1e-3, clip=0.5, warmup=6, resume=True)) == 0
     out = capsys.readouterr().out
     assert "clip 1.0 -> 0.5" in out and "lr 0.003 -> 0.001" in out and "warmup 2 -> 6" in out
     assert "peak 0.001, warmup 6 steps, linear decay to 0 at step 8): 0.000833 at step 4 (it was 0.002)" in out
@@ -135,6 +147,7 @@ def test_the_nan_stop_advice_can_be_followed(prepared, tmp_path, capsys):
 
 
 # ----------------------------------------------------------------------------- damaged files
+
 
 def test_a_partial_last_metrics_line_is_dropped(prepared, tmp_path):
     assert pretrain(args_for(prepared, tmp_path, steps=4, save_every=4)) == 0
@@ -153,11 +166,14 @@ def test_a_metrics_line_that_is_not_ours_is_dropped_with_a_note(prepared, tmp_pa
     assert [r["step"] for r in metric_rows(tmp_path) if "loss" in r] == list(range(1, 7))
 
 
-@pytest.mark.parametrize("damage, reason", [
-    ("truncate", "cannot be read"),
-    ("empty", r"empty \(0 bytes\)"),
-    ("nan", "weights are not finite"),
-])
+@pytest.mark.parametrize(
+    "damage, reason",
+    [
+        ("truncate", "cannot be read"),
+        ("empty", r"empty \(0 bytes\)"),
+        ("nan", "weights are not finite"),
+    ],
+)
 def test_a_damaged_last_checkpoint_falls_back_to_the_one_before(prepared, tmp_path, capsys, damage, reason):
     uninterrupted = tmp_path / "straight"
     assert pretrain(args_for(prepared, uninterrupted, steps=8, save_every=2, keep_last=3)) == 0
@@ -245,10 +261,12 @@ def test_busy_elsewhere_counts_normal_priority_work_not_niced_or_our_own(monkeyp
 
     from roberta_scratch import machine
 
-    snapshots = iter([
-        ("cpu  1000 500 200 3000 0 0 0 0 0 0\n", "1 (python) R " + "0 " * 10 + "40 10 0"),
-        ("cpu  1150 600 200 3000 0 0 0 0 0 0\n", "1 (python) R " + "0 " * 10 + "80 20 0"),
-    ])
+    snapshots = iter(
+        [
+            ("cpu  1000 500 200 3000 0 0 0 0 0 0\n", "1 (python) R " + "0 " * 10 + "40 10 0"),
+            ("cpu  1150 600 200 3000 0 0 0 0 0 0\n", "1 (python) R " + "0 " * 10 + "80 20 0"),
+        ]
+    )
     current = {}
 
     def fake_open(path, *args, **kwargs):

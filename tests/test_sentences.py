@@ -1,5 +1,6 @@
 """split_sentences: the rules on abbreviations, decimals, code, quotes and newlines, and the
 identity the pair formats rely on: encoding sentence by sentence gives the document's ids."""
+
 import pytest
 
 from roberta_scratch.sentences import split_sentences
@@ -12,65 +13,99 @@ def check(text, expected):
     assert pieces == expected
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("", []),
-    ("One sentence", ["One sentence"]),
-    ("First one. Second one! Third? Fourth.", ["First one.", " Second one!", " Third?", " Fourth."]),
-    ("  Leading space. And trailing.\n", ["  Leading space.", " And trailing.\n"]),
-    ("Hard-wrapped prose goes\non across lines. Then stops.", ["Hard-wrapped prose goes\non across lines.",
-                                                                " Then stops."]),
-    ("Wait... What?! Fine.", ["Wait...", " What?!", " Fine."]),
-    ("it ends. numpy starts lower case.", ["it ends. numpy starts lower case."]),  # a documented limit
-    ("The answer is 42. 43 is next.", ["The answer is 42.", " 43 is next."]),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("", []),
+        ("One sentence", ["One sentence"]),
+        ("First one. Second one! Third? Fourth.", ["First one.", " Second one!", " Third?", " Fourth."]),
+        ("  Leading space. And trailing.\n", ["  Leading space.", " And trailing.\n"]),
+        (
+            "Hard-wrapped prose goes\non across lines. Then stops.",
+            ["Hard-wrapped prose goes\non across lines.", " Then stops."],
+        ),
+        ("Wait... What?! Fine.", ["Wait...", " What?!", " Fine."]),
+        ("it ends. numpy starts lower case.", ["it ends. numpy starts lower case."]),  # a documented limit
+        ("The answer is 42. 43 is next.", ["The answer is 42.", " 43 is next."]),
+    ],
+)
 def test_plain_sentences(text, expected):
     check(text, expected)
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("Fruit, e.g. apples, i.e. Red ones, etc. Are fine.", ["Fruit, e.g. apples, i.e. Red ones, etc. Are fine."]),
-    ("Mr. Smith met Dr. Jones and Prof. Lee. They talked.", ["Mr. Smith met Dr. Jones and Prof. Lee.",
-                                                             " They talked."]),
-    ("Cats vs. Dogs (cf. Fig. 3) agree. Yes.", ["Cats vs. Dogs (cf. Fig. 3) agree.", " Yes."]),
-    ("J. R. R. Tolkien wrote it. The U.S. Army read it.", ["J. R. R. Tolkien wrote it.", " The U.S. Army read it."]),
-    ("Smith et al. Showed it. Done!", ["Smith et al. Showed it.", " Done!"]),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("Fruit, e.g. apples, i.e. Red ones, etc. Are fine.", ["Fruit, e.g. apples, i.e. Red ones, etc. Are fine."]),
+        (
+            "Mr. Smith met Dr. Jones and Prof. Lee. They talked.",
+            ["Mr. Smith met Dr. Jones and Prof. Lee.", " They talked."],
+        ),
+        ("Cats vs. Dogs (cf. Fig. 3) agree. Yes.", ["Cats vs. Dogs (cf. Fig. 3) agree.", " Yes."]),
+        (
+            "J. R. R. Tolkien wrote it. The U.S. Army read it.",
+            ["J. R. R. Tolkien wrote it.", " The U.S. Army read it."],
+        ),
+        ("Smith et al. Showed it. Done!", ["Smith et al. Showed it.", " Done!"]),
+    ],
+)
 def test_no_split_after_abbreviations_and_initials(text, expected):
     check(text, expected)
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("Pi is 3.14 here. Version v1.2.3 works. Pay $3.50 now.", ["Pi is 3.14 here.", " Version v1.2.3 works.",
-                                                              " Pay $3.50 now."]),
-    ("Pi is about 3.14. The end.", ["Pi is about 3.14.", " The end."]),
-    ("Use os.path.join and a.b() in setup.py. Then call x.y.z(). Done.",
-     ["Use os.path.join and a.b() in setup.py.", " Then call x.y.z().", " Done."]),
-    ("See http://example.com/a.html for more. Thanks.", ["See http://example.com/a.html for more.", " Thanks."]),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        (
+            "Pi is 3.14 here. Version v1.2.3 works. Pay $3.50 now.",
+            ["Pi is 3.14 here.", " Version v1.2.3 works.", " Pay $3.50 now."],
+        ),
+        ("Pi is about 3.14. The end.", ["Pi is about 3.14.", " The end."]),
+        (
+            "Use os.path.join and a.b() in setup.py. Then call x.y.z(). Done.",
+            ["Use os.path.join and a.b() in setup.py.", " Then call x.y.z().", " Done."],
+        ),
+        ("See http://example.com/a.html for more. Thanks.", ["See http://example.com/a.html for more.", " Thanks."]),
+    ],
+)
 def test_decimals_versions_and_dotted_code_are_not_split(text, expected):
     check(text, expected)
 
 
-@pytest.mark.parametrize("text, expected", [
-    ('He said "Stop." Then he left.', ['He said "Stop."', " Then he left."]),
-    ("(See above.) Next one. \u201cQuoted.\u201d Done.", ["(See above.)", " Next one.", " \u201cQuoted.\u201d",
-                                                       " Done."]),
-    ("It ended. \"Why?\" she asked.", ["It ended.", " \"Why?\" she asked."]),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ('He said "Stop." Then he left.', ['He said "Stop."', " Then he left."]),
+        (
+            "(See above.) Next one. \u201cQuoted.\u201d Done.",
+            ["(See above.)", " Next one.", " \u201cQuoted.\u201d", " Done."],
+        ),
+        ('It ended. "Why?" she asked.', ["It ended.", ' "Why?" she asked.']),
+    ],
+)
 def test_closing_quotes_and_brackets_stay_with_their_sentence(text, expected):
     check(text, expected)
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("A paragraph\n\nanother one starts lower case", ["A paragraph", "\n\nanother one starts lower case"]),
-    ("Para one.\n   \n\nPara two.", ["Para one.", "\n   \n\nPara two."]),
-    ("Example:\n\n>>> x = f(1). Foo\n>>> print(x)\n2\n\nBack to prose. Yes.",
-     ["Example:", "\n\n>>> x = f(1). Foo", "\n>>> print(x)", "\n2", "\n\nBack to prose.", " Yes."]),
-    ("Usage:\n    for x in y: do(x). Then\n    more()\nBack to prose. Yes.",
-     ["Usage:", "\n    for x in y: do(x). Then", "\n    more()", "\nBack to prose.", " Yes."]),
-    ("Steps:\n1. Install it.\n2. Run it. Done.\n- one\n* two",
-     ["Steps:", "\n1. Install it.", "\n2. Run it.", " Done.", "\n- one", "\n* two"]),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("A paragraph\n\nanother one starts lower case", ["A paragraph", "\n\nanother one starts lower case"]),
+        ("Para one.\n   \n\nPara two.", ["Para one.", "\n   \n\nPara two."]),
+        (
+            "Example:\n\n>>> x = f(1). Foo\n>>> print(x)\n2\n\nBack to prose. Yes.",
+            ["Example:", "\n\n>>> x = f(1). Foo", "\n>>> print(x)", "\n2", "\n\nBack to prose.", " Yes."],
+        ),
+        (
+            "Usage:\n    for x in y: do(x). Then\n    more()\nBack to prose. Yes.",
+            ["Usage:", "\n    for x in y: do(x). Then", "\n    more()", "\nBack to prose.", " Yes."],
+        ),
+        (
+            "Steps:\n1. Install it.\n2. Run it. Done.\n- one\n* two",
+            ["Steps:", "\n1. Install it.", "\n2. Run it.", " Done.", "\n- one", "\n* two"],
+        ),
+    ],
+)
 def test_newlines_code_lines_and_lists(text, expected):
     check(text, expected)
 

@@ -1,5 +1,6 @@
 """SentencePieceTokenizer: fairseq's id layout over a sentencepiece model trained here, compared
 with `transformers`' XLMRobertaTokenizer built from the same .model file."""
+
 from __future__ import annotations
 
 import os
@@ -14,7 +15,13 @@ from test_tokenizer import ADVERSARIAL, FRAGMENTS
 from roberta_scratch.spm_tokenizer import SPM_FILE, SentencePieceTokenizer
 from roberta_scratch.tokenizer import ByteLevelBPETokenizer, load_tokenizer
 
-MULTILINGUAL = ["日本語のテキストです。", "Привет, мир! Как дела?", "مرحبا بالعالم", "Ελληνικά κείμενα", "한국어 텍스트 😀"]
+MULTILINGUAL = [
+    "日本語のテキストです。",
+    "Привет, мир! Как дела?",
+    "مرحبا بالعالم",
+    "Ελληνικά κείμενα",
+    "한국어 텍스트 😀",
+]
 # subtle: the reference re-implements sentencepiece's normaliser and differs from it: it splits
 # words at U+0085 (NEL), and, working on grapheme clusters, it handles combining marks and
 # format characters (ZWJ) after other characters differently. Ours calls sentencepiece, as
@@ -74,7 +81,14 @@ def test_from_pretrained_picks_sentencepiece_and_fairseq_ids(ours, model_dir):
     assert ours.encode(text, add_special_tokens=False) == [i + 1 for i in sp.encode(text)]
     assert ours.encode("\u0905") == [0, sp.piece_to_id("▁") + 1, 3, 2]  # Devanagari is unknown here: spm's 0 -> 3
     assert ours.id_to_token(4) == sp.id_to_piece(3) and ours.token_to_id(sp.id_to_piece(3)) == 4
-    assert ours.encode("a", "b") == [0, *ours.encode("a", add_special_tokens=False), 2, 2, *ours.encode("b", add_special_tokens=False), 2]
+    assert ours.encode("a", "b") == [
+        0,
+        *ours.encode("a", add_special_tokens=False),
+        2,
+        2,
+        *ours.encode("b", add_special_tokens=False),
+        2,
+    ]
 
 
 def test_matches_reference_on_docstrings_and_adversarial_strings(ours, hf, docstrings):  # noqa: F811
@@ -102,8 +116,15 @@ def test_follows_sentencepiece_where_the_reference_differs(ours, hf, model_dir):
 
 
 def test_batches_pairs_and_truncation_match_reference(ours, hf):
-    texts, pairs = ["Hello world", "The capital of France is <mask>.", "", "x y z " * 10], ["one", "two three", "four", ""]
-    for kwargs in (dict(padding=True), dict(padding=True, truncation=True, max_length=10), dict(padding="max_length", max_length=40)):
+    texts, pairs = (
+        ["Hello world", "The capital of France is <mask>.", "", "x y z " * 10],
+        ["one", "two three", "four", ""],
+    )
+    for kwargs in (
+        dict(padding=True),
+        dict(padding=True, truncation=True, max_length=10),
+        dict(padding="max_length", max_length=40),
+    ):
         assert dict(ours(texts, pairs, return_special_tokens_mask=True, **kwargs)) == dict(
             hf(texts, pairs, return_special_tokens_mask=True, **kwargs)
         ), kwargs

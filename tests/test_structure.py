@@ -1,6 +1,7 @@
 """The package's shape: imports between its modules form no cycle, and kernels/ stands alone.
 
 Function-local imports count: they are how a cycle hides."""
+
 import ast
 from pathlib import Path
 
@@ -16,7 +17,7 @@ def imported_modules(path: Path, package: str, modules: set) -> set:
             if node.level == 1:  # from . import x / from .x import y
                 base = node.module
             elif node.level == 0 and node.module and node.module.split(".")[0] == package:
-                base = node.module[len(package) + 1:] or None
+                base = node.module[len(package) + 1 :] or None
             else:
                 continue
             if base is None:  # from . import a, b: each name is a module
@@ -44,7 +45,7 @@ def find_cycle(graph: dict):
         state[node] = 1
         for nxt in sorted(graph[node]):
             if state.get(nxt) == 1:
-                return path[path.index(nxt):] + [nxt]
+                return path[path.index(nxt) :] + [nxt]
             if nxt not in state:
                 found = visit(nxt, path + [nxt])
                 if found:

@@ -1,5 +1,6 @@
 """`roberta-scratch study`: the downstream task's split, the noise rule, and a whole (tiny) study:
 its outputs, a rerun that trains nothing, an interrupted study that resumes, changed settings."""
+
 import dataclasses
 import json
 import os
@@ -15,14 +16,27 @@ from roberta_scratch.study_task import TaskSpec, build_task, split_files
 
 # Smaller than `ci` (which stays a few-minute pipeline check): seconds per run.
 TEST_PRESET = dataclasses.replace(
-    PRESETS["ci"], name="test", model=dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                                           intermediate_size=64),
-    vocab_size=400, seq_len=32, batch_size=8, micro_batch=8, steps=8, evals=2, eval_blocks=16, max_documents=200,
-    seeds=2, task=TaskSpec(max_classes=3, train_per_class=12, test_per_class=6), ft_epochs=1.0, ft_batch=8,
-    ft_max_length=32)
+    PRESETS["ci"],
+    name="test",
+    model=dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64),
+    vocab_size=400,
+    seq_len=32,
+    batch_size=8,
+    micro_batch=8,
+    steps=8,
+    evals=2,
+    eval_blocks=16,
+    max_documents=200,
+    seeds=2,
+    task=TaskSpec(max_classes=3, train_per_class=12, test_per_class=6),
+    ft_epochs=1.0,
+    ft_batch=8,
+    ft_max_length=32,
+)
 
 
 # ----------------------------------------------------------------------------- the downstream task
+
 
 def write_module(path, docstrings):
     os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -35,9 +49,13 @@ def fake_stdlib(root):
     """Three packages of several modules, one too small to be a class, and a skipped test folder."""
     for pkg in ("alpha", "beta", "gamma"):
         for m in range(5):
-            write_module(root / pkg / f"mod{m}.py", [f"{pkg} module {m} function {i} does a documented thing here."
-                                                     for i in range(4 + m)])
-    write_module(root / "alpha" / "shared.py", ["This exact docstring is repeated in two different packages, verbatim."])
+            write_module(
+                root / pkg / f"mod{m}.py",
+                [f"{pkg} module {m} function {i} does a documented thing here." for i in range(4 + m)],
+            )
+    write_module(
+        root / "alpha" / "shared.py", ["This exact docstring is repeated in two different packages, verbatim."]
+    )
     write_module(root / "beta" / "shared.py", ["This exact docstring is repeated in two different packages, verbatim."])
     write_module(root / "tiny" / "only.py", ["A package with a single module cannot be split by module file."])
     write_module(root / "alpha" / "tests" / "test_x.py", ["Tests are skipped, as the default corpus skips them."])
@@ -80,10 +98,11 @@ def test_the_real_stdlib_task_has_no_module_in_both_splits(tmp_path):
 
 # ----------------------------------------------------------------------------- the noise rule
 
+
 def test_noise_verdict_is_the_two_std_rule():
     a, b = summarize([10.0, 12.0]), summarize([13.0, 15.0])  # stds sqrt(2), pooled sqrt(2) = 1.41
     v = noise_verdict(a, b)
-    assert v["delta"] == pytest.approx(-3.0) and v["pooled_std"] == pytest.approx(2 ** 0.5)
+    assert v["delta"] == pytest.approx(-3.0) and v["pooled_std"] == pytest.approx(2**0.5)
     assert v["beyond"] is True  # 3.0 > 2.83
     v = noise_verdict(summarize([10.0, 12.0]), summarize([12.0, 14.0]))
     assert v["beyond"] is False  # 2.0 < 2.83
@@ -94,6 +113,7 @@ def test_noise_verdict_is_the_two_std_rule():
 
 
 # ----------------------------------------------------------------------------- a whole study
+
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
@@ -154,8 +174,9 @@ def test_an_interrupted_study_resumes_where_it_stopped(tmp_path, monkeypatch):
 
     calls = []
     real_pretrain = study_mod.pretrain
-    monkeypatch.setattr(study_mod, "pretrain", lambda args: calls.append(os.path.basename(args.out)) or
-                        real_pretrain(args))
+    monkeypatch.setattr(
+        study_mod, "pretrain", lambda args: calls.append(os.path.basename(args.out)) or real_pretrain(args)
+    )
     real_step = Trainer.optimizer_step
 
     def stop_midway(self):  # what Ctrl-C does: finish the step, save a checkpoint, return 130
@@ -184,10 +205,14 @@ def test_an_interrupted_study_resumes_where_it_stopped(tmp_path, monkeypatch):
 
 # ----------------------------------------------------------------------------- the command line
 
-@pytest.mark.parametrize("argv, message", [
-    (["study", "sizes", "--preset", "ci"], "invalid choice: 'sizes'"),
-    (["study", "masking", "--preset", "huge"], "invalid choice: 'huge'"),
-])
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["study", "sizes", "--preset", "ci"], "invalid choice: 'sizes'"),
+        (["study", "masking", "--preset", "huge"], "invalid choice: 'huge'"),
+    ],
+)
 def test_cli_names_a_bad_study_or_preset(tmp_path, capsys, argv, message):
     with pytest.raises(SystemExit) as e:
         main(argv + ["--out", str(tmp_path)])
@@ -208,19 +233,29 @@ def test_study_all_runs_every_arm_once_with_the_pair_formats(tmp_path):
     out = tmp_path / "all"
     assert run_study("all", TEST_PRESET, str(out), seeds=1, show_progress=False) == 0
     runs = sorted(p.name for p in (out / "runs").iterdir())
-    assert runs == sorted(f"{a}-s0" for a in ("static", "static-x10", "baseline", "segment-pair", "sentence-pair",
-                                              "doc", "batch-x8", "batch-x32"))  # the baseline once, for 3 tables
+    assert runs == sorted(
+        f"{a}-s0"
+        for a in ("static", "static-x10", "baseline", "segment-pair", "sentence-pair", "doc", "batch-x8", "batch-x32")
+    )  # the baseline once, for 3 tables
     table = (out / "table.md").read_text()
     for title in ("Table 1", "Table 2", "Table 3"):
         assert f"### {title}:" in table
-    for row in ("| SEGMENT-PAIR + NSP |", "| SENTENCE-PAIR + NSP |", "| FULL-SENTENCES |", "| DOC-SENTENCES |",
-                "| bsz 8 |", "| bsz 64 |", "| bsz 256 |"):
+    for row in (
+        "| SEGMENT-PAIR + NSP |",
+        "| SENTENCE-PAIR + NSP |",
+        "| FULL-SENTENCES |",
+        "| DOC-SENTENCES |",
+        "| bsz 8 |",
+        "| bsz 64 |",
+        "| bsz 256 |",
+    ):
         assert row in table
     results = json.loads((out / "results.json").read_text())
     pair = results["arms"]["sentence-pair"]["runs"][0]["pretrain"]
     assert 0 <= pair["val_nsp_acc"] <= 1  # NSP accuracy for the NSP arms
-    budget = [results["arms"][a]["aggregate"]["tokens"]["mean"] for a in ("baseline", "doc", "sentence-pair",
-                                                                         "batch-x8")]
+    budget = [
+        results["arms"][a]["aggregate"]["tokens"]["mean"] for a in ("baseline", "doc", "sentence-pair", "batch-x8")
+    ]
     assert max(budget) / min(budget) < 1.35  # about one token budget for every arm
     x32 = results["arms"]["batch-x32"]["settings"]
     assert x32["batch_size"] * x32["grad_accum"] == 32 * TEST_PRESET.batch_size

@@ -5,6 +5,7 @@ compare against `transformers`' RobertaTokenizerFast (built from the same files,
 `<mask>` with lstrip as in the original) and against tiktoken. The rest run on
 a tiny hand-made vocabulary.
 """
+
 from __future__ import annotations
 
 import json
@@ -27,7 +28,8 @@ from roberta_scratch.tokenizer import ByteLevelBPETokenizer, bytes_to_unicode, l
 
 REF = os.environ.get("ROBERTA_REFERENCE_DIR")
 needs_ref = pytest.mark.skipif(
-    not REF, reason="ROBERTA_REFERENCE_DIR is unset: point it at the roberta-base tokenizer files (../shared/reference/roberta-base)"
+    not REF,
+    reason="ROBERTA_REFERENCE_DIR is unset: point it at the roberta-base tokenizer files (../shared/reference/roberta-base)",
 )
 HYPOTHESIS = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -35,28 +37,158 @@ HYPOTHESIS = settings(max_examples=120, deadline=None, suppress_health_check=[He
 # cases, digits of several scripts, emoji with modifiers and ZWJ, combining marks, RTL
 # scripts, control characters, and special tokens at the edges of words and punctuation.
 ADVERSARIAL = [
-    "", " ", "  ", "\n", "\n\n", " \n ", "\t", "\t\t x", "\r\n", "a\r\nb", "x \n\n  y", "trailing   ", "   leading",
-    "Hello world!", "Hello  world", "hello\u00a0world", "a\u3000b", "x\u2028y", "x\x85y", "x \x85 y", "\x0b\x0c",
-    "it's I'm you're we've they'll he'd don't", "IT'S I'M YOU'RE WE'VE THEY'LL HE'D DON'T", "'s 't 're 've 'm 'll 'd",
-    "''s", "'", "rock'n'roll", "l'été", "\u2019s curly",
-    "0 12 345 6789 3.14159 1,000,000 2024-01-01", "x1y2z3", "\u0663\u0664\u0665 \uff14\uff15\uff16 \u2177 \u00b2\u00b3",
-    "😀", "😀😀😀", "👍🏽", "👨\u200d👩\u200d👧\u200d👦", "🏳️\u200d🌈", "a\u200db", "\u200b\u200c\u200d\ufeff",
-    "日本語のテキスト", "中文，标点。", "한국어 텍스트", "مرحبا بالعالم", "שלום עולם", "Привет, мир", "Ελληνικά",
-    "e\u0301 a\u0300\u0316 Z\u0351\u0352\u0353", "\ufb01 \ufb02 \u216b \u338f \u00bd",
-    "\x00\x01\x02\x1b[31m\x7f", "x\x1cy\x1d\x1e\x1f", "tab\tsep\tvalues",
-    "<mask>", "<mask>.", " <mask>", "  <mask>", "\n<mask>", "a <mask> b", "a<mask>b", "(<mask>)", "<mask><mask>", "<mask> <mask>",
-    "The capital of France is <mask>.", "end <mask>", "<mask> start", "x\t<mask>", "\u00a0<mask>", "\u200b<mask>",
-    "<s>", "</s>", "<pad>", "<unk>", "hello<s>world", "hello </s> world", "<s><s></s>", "un<unk>known", "pad<pad>ded",
-    "<s", "s>", "<mas k>", "<MASK>", "< mask >", "<<mask>>", "</s >",
-    "def f(x):\n    return x  # comment\n", "    indented\n        more\n", "a, b; c: d! e? f.", "...", "--", "(((x)))",
-    "http://example.com/a?b=c&d=e#f", "user@example.com", "C++ C# F#", "$100 €200 ¥300", "~!@#$%^&*()_+{}|:\"<>?`-=[]\\;',./",
-    "\ufffd", "a\ufffdb", "\U0010ffff", "\U0001f600\U0001f601", "x" * 300, "ab" * 200, " " * 100, "\n" * 50,
+    "",
+    " ",
+    "  ",
+    "\n",
+    "\n\n",
+    " \n ",
+    "\t",
+    "\t\t x",
+    "\r\n",
+    "a\r\nb",
+    "x \n\n  y",
+    "trailing   ",
+    "   leading",
+    "Hello world!",
+    "Hello  world",
+    "hello\u00a0world",
+    "a\u3000b",
+    "x\u2028y",
+    "x\x85y",
+    "x \x85 y",
+    "\x0b\x0c",
+    "it's I'm you're we've they'll he'd don't",
+    "IT'S I'M YOU'RE WE'VE THEY'LL HE'D DON'T",
+    "'s 't 're 've 'm 'll 'd",
+    "''s",
+    "'",
+    "rock'n'roll",
+    "l'été",
+    "\u2019s curly",
+    "0 12 345 6789 3.14159 1,000,000 2024-01-01",
+    "x1y2z3",
+    "\u0663\u0664\u0665 \uff14\uff15\uff16 \u2177 \u00b2\u00b3",
+    "😀",
+    "😀😀😀",
+    "👍🏽",
+    "👨\u200d👩\u200d👧\u200d👦",
+    "🏳️\u200d🌈",
+    "a\u200db",
+    "\u200b\u200c\u200d\ufeff",
+    "日本語のテキスト",
+    "中文，标点。",
+    "한국어 텍스트",
+    "مرحبا بالعالم",
+    "שלום עולם",
+    "Привет, мир",
+    "Ελληνικά",
+    "e\u0301 a\u0300\u0316 Z\u0351\u0352\u0353",
+    "\ufb01 \ufb02 \u216b \u338f \u00bd",
+    "\x00\x01\x02\x1b[31m\x7f",
+    "x\x1cy\x1d\x1e\x1f",
+    "tab\tsep\tvalues",
+    "<mask>",
+    "<mask>.",
+    " <mask>",
+    "  <mask>",
+    "\n<mask>",
+    "a <mask> b",
+    "a<mask>b",
+    "(<mask>)",
+    "<mask><mask>",
+    "<mask> <mask>",
+    "The capital of France is <mask>.",
+    "end <mask>",
+    "<mask> start",
+    "x\t<mask>",
+    "\u00a0<mask>",
+    "\u200b<mask>",
+    "<s>",
+    "</s>",
+    "<pad>",
+    "<unk>",
+    "hello<s>world",
+    "hello </s> world",
+    "<s><s></s>",
+    "un<unk>known",
+    "pad<pad>ded",
+    "<s",
+    "s>",
+    "<mas k>",
+    "<MASK>",
+    "< mask >",
+    "<<mask>>",
+    "</s >",
+    "def f(x):\n    return x  # comment\n",
+    "    indented\n        more\n",
+    "a, b; c: d! e? f.",
+    "...",
+    "--",
+    "(((x)))",
+    "http://example.com/a?b=c&d=e#f",
+    "user@example.com",
+    "C++ C# F#",
+    "$100 €200 ¥300",
+    "~!@#$%^&*()_+{}|:\"<>?`-=[]\\;',./",
+    "\ufffd",
+    "a\ufffdb",
+    "\U0010ffff",
+    "\U0001f600\U0001f601",
+    "x" * 300,
+    "ab" * 200,
+    " " * 100,
+    "\n" * 50,
 ]
 # Building blocks for generated strings: each interacts with the pre-tokeniser differently.
 FRAGMENTS = [
-    "a", "Z", "é", "e\u0301", "ß", "İ", "\ufb01", "日本", "\u0640", "1", "23", "\u0663", " ", "  ", "\t", "\n", "\r", "\x0b",
-    "\x1c", "\x85", "\xa0", "\u3000", "'", "s", "'s", "'S", "'ll", "'LL", "😀", "\u200d", "👍🏽", "<mask>", "<s>", "</s>",
-    "<pad>", "<unk>", "<", ">", "/", ".", ",", "!", "-", "_", "\x00", "\x7f", "\ufffd",
+    "a",
+    "Z",
+    "é",
+    "e\u0301",
+    "ß",
+    "İ",
+    "\ufb01",
+    "日本",
+    "\u0640",
+    "1",
+    "23",
+    "\u0663",
+    " ",
+    "  ",
+    "\t",
+    "\n",
+    "\r",
+    "\x0b",
+    "\x1c",
+    "\x85",
+    "\xa0",
+    "\u3000",
+    "'",
+    "s",
+    "'s",
+    "'S",
+    "'ll",
+    "'LL",
+    "😀",
+    "\u200d",
+    "👍🏽",
+    "<mask>",
+    "<s>",
+    "</s>",
+    "<pad>",
+    "<unk>",
+    "<",
+    ">",
+    "/",
+    ".",
+    ",",
+    "!",
+    "-",
+    "_",
+    "\x00",
+    "\x7f",
+    "\ufffd",
 ]
 fragment_text = st.lists(st.sampled_from(FRAGMENTS), max_size=14).map("".join)
 # Characters assigned in this Python's Unicode database: the reference's regex engine may
@@ -92,8 +224,26 @@ def pair_of_tokenizers(request):
 
 
 # A hand-made vocabulary: specials, the 256 bytes, nine merges spelling "Ġthe", "in" and "Ġworld", <mask> last.
-TINY_MERGES = [("Ġ", "t"), ("h", "e"), ("Ġt", "he"), ("i", "n"), ("Ġ", "w"), ("o", "r"), ("Ġw", "or"), ("l", "d"), ("Ġwor", "ld")]
-TINY_TOKENS = ["<s>", "<pad>", "</s>", "<unk>", *sorted(bytes_to_unicode().values()), *(a + b for a, b in TINY_MERGES), "<mask>"]
+TINY_MERGES = [
+    ("Ġ", "t"),
+    ("h", "e"),
+    ("Ġt", "he"),
+    ("i", "n"),
+    ("Ġ", "w"),
+    ("o", "r"),
+    ("Ġw", "or"),
+    ("l", "d"),
+    ("Ġwor", "ld"),
+]
+TINY_TOKENS = [
+    "<s>",
+    "<pad>",
+    "</s>",
+    "<unk>",
+    *sorted(bytes_to_unicode().values()),
+    *(a + b for a, b in TINY_MERGES),
+    "<mask>",
+]
 TINY_VOCAB = {t: i for i, t in enumerate(TINY_TOKENS)}
 THE, WORLD, MASK = TINY_VOCAB["Ġthe"], TINY_VOCAB["Ġworld"], TINY_VOCAB["<mask>"]
 
@@ -126,7 +276,9 @@ def test_stdlib_docstrings_match_reference(ours, hf, docstrings):
     got = [ours.encode(d) for d in docstrings]
     assert got == expected
     assert [ours.decode(ids) for ids in got] == hf.backend_tokenizer.decode_batch(expected, skip_special_tokens=False)
-    assert [ours.decode(ids, skip_special_tokens=True) for ids in got[:500]] == hf.batch_decode(expected[:500], skip_special_tokens=True)
+    assert [ours.decode(ids, skip_special_tokens=True) for ids in got[:500]] == hf.batch_decode(
+        expected[:500], skip_special_tokens=True
+    )
 
 
 @needs_ref
@@ -195,8 +347,10 @@ def gpt2_and_fast_splits():
 
     from roberta_scratch import bpe
 
-    return (regex.compile(bpe.GPT2_SPLIT_PATTERN).findall,
-            [regex.compile(bpe.GPT2_SPLIT_PATTERN_FAST).findall, bpe.split_words])
+    return (
+        regex.compile(bpe.GPT2_SPLIT_PATTERN).findall,
+        [regex.compile(bpe.GPT2_SPLIT_PATTERN_FAST).findall, bpe.split_words],
+    )
 
 
 ascii_text = st.text(st.characters(max_codepoint=127), max_size=40)
@@ -265,10 +419,17 @@ def test_pair_truncation_matches_reference(ours, hf, strategy):
 @needs_ref
 def test_batch_padding_and_tensors_match_reference(ours, hf):
     texts, pairs = ["Hello world", "a <mask> b<s>", "", "x" * 40], ["one", "two three", "four", ""]
-    kwargs = dict(padding=True, truncation=True, max_length=12, return_offsets_mapping=True, return_special_tokens_mask=True)
+    kwargs = dict(
+        padding=True, truncation=True, max_length=12, return_offsets_mapping=True, return_special_tokens_mask=True
+    )
     assert dict(ours(texts, pairs, **kwargs)) == dict(hf(texts, pairs, **kwargs))
-    assert dict(ours(texts, padding="max_length", max_length=16)) == dict(hf(texts, padding="max_length", max_length=16))
-    got, expected = ours(texts, pairs, padding=True, return_tensors="pt"), hf(texts, pairs, padding=True, return_tensors="pt")
+    assert dict(ours(texts, padding="max_length", max_length=16)) == dict(
+        hf(texts, padding="max_length", max_length=16)
+    )
+    got, expected = (
+        ours(texts, pairs, padding=True, return_tensors="pt"),
+        hf(texts, pairs, padding=True, return_tensors="pt"),
+    )
     assert got.keys() == expected.keys()
     for key in got:
         assert torch.equal(got[key], expected[key]), key
@@ -287,7 +448,9 @@ def gpt2_pair():
     with mock.patch.dict(os.environ, {"TIKTOKEN_CACHE_DIR": ""}):  # read the files, cache nothing
         ranks = data_gym_to_mergeable_bpe_ranks(merges, encoder)
     pattern = tokenizer_module.GPT2_SPLIT_PATTERN
-    enc = tiktoken.Encoding("gpt2-reference", pat_str=pattern, mergeable_ranks=ranks, special_tokens={"<|endoftext|>": 50256})
+    enc = tiktoken.Encoding(
+        "gpt2-reference", pat_str=pattern, mergeable_ranks=ranks, special_tokens={"<|endoftext|>": 50256}
+    )
     return enc, ByteLevelBPETokenizer.from_files(encoder, merges)
 
 
@@ -317,7 +480,10 @@ def test_lone_surrogates_become_replacement_characters_like_tiktoken(gpt2_pair, 
         assert gpt2.encode(s, add_special_tokens=False) == enc.encode_ordinary(s), repr(s)
         fixed = s.replace("\ud800", "\ufffd").replace("\udfff", "\ufffd").replace("\ud83d", "\ufffd")
         assert ours.encode(s) == ours.encode(fixed)
-        assert ours(s, return_offsets_mapping=True)["offset_mapping"] == ours(fixed, return_offsets_mapping=True)["offset_mapping"]
+        assert (
+            ours(s, return_offsets_mapping=True)["offset_mapping"]
+            == ours(fixed, return_offsets_mapping=True)["offset_mapping"]
+        )
 
 
 # ---- round trip ---------------------------------------------------------------------------------
@@ -485,7 +651,9 @@ def test_encode_file_streams_lines(tmp_path):
 def test_encode_file_memory_stays_flat(tmp_path):
     """The peak of Python allocations does not grow with the size of the file streamed."""
     rng = random.Random(0)
-    vocab = ["the", "world", "in", "naïve", "😀", "12", "x"] + ["".join(rng.choices("abcdefghij", k=5)) for _ in range(800)]
+    vocab = ["the", "world", "in", "naïve", "😀", "12", "x"] + [
+        "".join(rng.choices("abcdefghij", k=5)) for _ in range(800)
+    ]
     text = "".join(" ".join(rng.choices(vocab, k=12)) + "\n" for _ in range(3000))
     small, big = tmp_path / "small.txt", tmp_path / "big.txt"
     small.write_text(text, encoding="utf-8")
@@ -607,8 +775,9 @@ def test_encode_file_of_one_gigabyte_keeps_memory_flat(tmp_path):
         "n = sum(len(ids) for ids in tok.encode_file(sys.argv[1], num_workers=2))\n"
         "print(n, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)\n"
     )
-    out = subprocess.run([sys.executable, "-c", script, str(path), str(tmp_path / "tok")],
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", script, str(path), str(tmp_path / "tok")], capture_output=True, text=True, check=True
+    )
     n_tokens, growth_kb = map(int, out.stdout.split())
     assert n_tokens > 100_000_000
     assert growth_kb * 1024 < 100_000_000, f"peak memory grew by {growth_kb} kB while streaming 1 GB"

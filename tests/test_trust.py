@@ -5,6 +5,7 @@ one unless the user opts in (`--trust-code`, `trust_code=True`), as Hugging Face
 Each loading path is tried with a module that writes a marker file when imported, importable on
 sys.path as a downloaded folder's would be; the marker must never appear without the opt-in.
 """
+
 import json
 import os
 import subprocess
@@ -69,8 +70,19 @@ COMMANDS = {
     "convert": lambda m, tmp: ["convert", m, tmp / "converted"],
     "inspect": lambda m, tmp: ["inspect", "--config", m],
     "predict": lambda m, tmp: ["predict", "--model", m, tmp / "in.txt"],
-    "finetune": lambda m, tmp: ["finetune", "--task", "seq-cls", "--model", m, "--train", tmp / "train.csv",
-                                "--out", tmp / "run", "--epochs", "1"],
+    "finetune": lambda m, tmp: [
+        "finetune",
+        "--task",
+        "seq-cls",
+        "--model",
+        m,
+        "--train",
+        tmp / "train.csv",
+        "--out",
+        tmp / "run",
+        "--epochs",
+        "1",
+    ],
 }
 
 
@@ -97,17 +109,37 @@ def test_no_command_imports_a_module_a_config_json_names(command, key, payload, 
 def test_pretrain_with_a_config_json_that_names_code(prepared, payload, tmp_path, capsys):
     name, marker = payload
     model = model_folder(tmp_path / "downloaded", layer_norm=f"{name}:ln")
-    refused(capsys, ["pretrain", "--data", prepared / "data", "--config", model, "--out", tmp_path / "run",
-                     "--steps", "1", "--seq-len", "32"], "layer_norm")
+    refused(
+        capsys,
+        [
+            "pretrain",
+            "--data",
+            prepared / "data",
+            "--config",
+            model,
+            "--out",
+            tmp_path / "run",
+            "--steps",
+            "1",
+            "--seq-len",
+            "32",
+        ],
+        "layer_norm",
+    )
     assert not marker.exists()
 
 
 def test_checkpoints_convert_script(payload, tmp_path):
     name, marker = payload
     model = model_folder(tmp_path / "downloaded", attention=f"{name}:attn")
-    proc = subprocess.run([sys.executable, str(REPO / "checkpoints_convert.py"), model, str(tmp_path / "out")],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "PYTHONPATH": str(tmp_path / "site")})
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "checkpoints_convert.py"), model, str(tmp_path / "out")],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": str(tmp_path / "site")},
+    )
     assert proc.returncode != 0 and "--trust-code" in proc.stderr, proc.stderr
     assert not marker.exists() and not (tmp_path / "out").exists()
 
@@ -146,12 +178,19 @@ def test_a_model_built_with_a_user_kernel_records_its_name(payload, tmp_path):
     """Code the user names in Python needs no opt-in; the saved folder keeps the name, and loads
     again with the opt-in."""
     name, marker = payload
-    cfg = RobertaConfig(vocab_size=50, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                        intermediate_size=64, attention=f"{name}:attn")
+    cfg = RobertaConfig(
+        vocab_size=50,
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        attention=f"{name}:attn",
+    )
     RobertaForMaskedLM(cfg).save_pretrained(str(tmp_path / "mine"))
     assert marker.exists()
     assert json.loads((tmp_path / "mine" / "config.json").read_text())["attention"] == f"{name}:attn"
     with pytest.raises(UntrustedCode):
         RobertaForMaskedLM.from_pretrained(str(tmp_path / "mine"))
-    assert RobertaForMaskedLM.from_pretrained(str(tmp_path / "mine"), trust_code=True).config.attention == \
-        f"{name}:attn"
+    assert (
+        RobertaForMaskedLM.from_pretrained(str(tmp_path / "mine"), trust_code=True).config.attention == f"{name}:attn"
+    )

@@ -1,6 +1,7 @@
 """Every command as a new user meets it, with bad input on purpose: one `error:` line that
 names the file and the problem (the traceback behind --debug), `note:` lines for warnings,
 and nothing guessed quietly."""
+
 import json
 import math
 import subprocess
@@ -36,6 +37,7 @@ def one_error_line(err: str) -> str:
 
 # ----------------------------------------------------------------------------- damaged model folders
 
+
 def test_a_corrupt_safetensors_file_is_one_line_naming_it(tmp_path, capsys):
     path = model_dir(tmp_path / "m")
     (tmp_path / "m" / "model.safetensors").write_bytes(b"\x00\x01not safetensors at all")
@@ -51,15 +53,19 @@ def test_a_config_that_is_not_json_or_has_a_string_value_is_named(tmp_path, caps
     good = json.loads(config.read_text())
     config.write_text("{ this is not json")
     assert run(capsys, "features", "--model", path, "the cat")[0] == 1
-    assert f"{config}: not a JSON file" in one_error_line(capsys.readouterr().err or run(capsys, "features", "--model",
-                                                                                            path, "x")[2])
+    assert f"{config}: not a JSON file" in one_error_line(
+        capsys.readouterr().err or run(capsys, "features", "--model", path, "x")[2]
+    )
     config.write_text(json.dumps({**good, "hidden_size": "32"}))
     code, _, err = run(capsys, "features", "--model", path, "the cat")
-    assert code == 1 and f"{config}: invalid RobertaConfig: hidden_size must be a positive int, got '32'" in \
-        one_error_line(err)
+    assert (
+        code == 1
+        and f"{config}: invalid RobertaConfig: hidden_size must be a positive int, got '32'" in one_error_line(err)
+    )
     config.write_text(json.dumps({**good, "hidden_dropout_prob": "0.1"}))
-    assert "hidden_dropout_prob must be a number, got str '0.1'" in one_error_line(run(capsys, "features", "--model",
-                                                                                           path, "x")[2])
+    assert "hidden_dropout_prob must be a number, got str '0.1'" in one_error_line(
+        run(capsys, "features", "--model", path, "x")[2]
+    )
 
 
 def test_a_vocab_that_is_not_json_is_named(tmp_path, capsys):
@@ -85,12 +91,17 @@ def test_a_linked_file_outside_the_folder_is_not_quoted(tmp_path, capsys):
 def test_debug_shows_the_traceback(tmp_path):
     path = model_dir(tmp_path / "m")
     (tmp_path / "m" / "config.json").write_text("{")
-    proc = subprocess.run([sys.executable, "-m", "roberta_scratch", "features", "--model", path, "x", "--debug"],
-                          cwd=REPO, capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "roberta_scratch", "features", "--model", path, "x", "--debug"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode != 0 and "Traceback" in proc.stderr and "not a JSON file" in proc.stderr
 
 
 # ----------------------------------------------------------------------------- bad requests
+
 
 def test_top_k_larger_than_the_vocabulary(tmp_path, capsys):
     path = model_dir(tmp_path / "m")
@@ -106,15 +117,30 @@ def test_fill_mask_on_text_longer_than_the_model(tmp_path, capsys):
 
 def test_features_says_when_it_cuts_a_long_text_and_which_layers_it_wrote(tmp_path, capsys):
     path = model_dir(tmp_path / "m")
-    code, out, err = run(capsys, "features", "--model", path, "--layers", "0,-1", "--out", tmp_path / "f.safetensors",
-                         "the cat sat " * 20)
+    code, out, err = run(
+        capsys,
+        "features",
+        "--model",
+        path,
+        "--layers",
+        "0,-1",
+        "--out",
+        tmp_path / "f.safetensors",
+        "the cat sat " * 20,
+    )
     assert code == 0 and err.count("note: the text is") == 1 and "only the first 18 are used" in err
     assert "layers 0, 1 (asked as -1)" in out
 
 
 def test_input_ids_of_the_wrong_dtype_and_odd_masks_are_errors():
-    cfg = RobertaConfig(vocab_size=50, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=20)
+    cfg = RobertaConfig(
+        vocab_size=50,
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=20,
+    )
     model = RobertaForMaskedLM(cfg)
     ids = torch.randint(4, 50, (2, 5))
     for dtype in (torch.bool, torch.uint8, torch.int16, torch.float32):
@@ -133,10 +159,12 @@ def test_input_ids_of_the_wrong_dtype_and_odd_masks_are_errors():
 def test_fairseq_args_without_encoder_layers_are_read_from_the_weights():
     from roberta_scratch.convert import ENCODER_PREFIX, fairseq_config
 
-    sd = {ENCODER_PREFIX + "embeddings.word_embeddings.weight": torch.zeros(50, 32),
-          ENCODER_PREFIX + "embeddings.position_embeddings.weight": torch.zeros(20, 32),
-          ENCODER_PREFIX + "layers.0.ffn.fc1.weight": torch.zeros(64, 32),
-          ENCODER_PREFIX + "layers.1.ffn.fc1.weight": torch.zeros(64, 32)}
+    sd = {
+        ENCODER_PREFIX + "embeddings.word_embeddings.weight": torch.zeros(50, 32),
+        ENCODER_PREFIX + "embeddings.position_embeddings.weight": torch.zeros(20, 32),
+        ENCODER_PREFIX + "layers.0.ffn.fc1.weight": torch.zeros(64, 32),
+        ENCODER_PREFIX + "layers.1.ffn.fc1.weight": torch.zeros(64, 32),
+    }
     assert fairseq_config({"encoder_attention_heads": 2}, sd).num_hidden_layers == 2
     with pytest.raises(ValueError, match="no encoder_attention_heads"):
         fairseq_config({}, sd)
@@ -144,12 +172,14 @@ def test_fairseq_args_without_encoder_layers_are_read_from_the_weights():
 
 # ----------------------------------------------------------------------------- predict guesses nothing
 
+
 def test_predict_on_a_model_without_a_task_head_is_an_error(tmp_path, capsys):
     path = model_dir(tmp_path / "m")
     (tmp_path / "in.txt").write_text("the cat sat\n")
     code, out, err = run(capsys, "predict", "--model", path, tmp_path / "in.txt")
-    assert code == 1 and out == "" and "has no fine-tuned task head (its weights hold an MLM head)" in \
-        one_error_line(err)
+    assert (
+        code == 1 and out == "" and "has no fine-tuned task head (its weights hold an MLM head)" in one_error_line(err)
+    )
 
 
 def test_predict_takes_a_run_folder_and_says_which_model(tmp_path, capsys):
@@ -173,6 +203,7 @@ def test_warnings_become_notes_said_once(tmp_path, capsys):
 
 
 # ----------------------------------------------------------------------------- small things
+
 
 def test_attention_maps_have_a_scale_per_head_and_a_colour_bar():
     pytest.importorskip("matplotlib")
@@ -230,16 +261,23 @@ def test_the_readme_says_how_to_reach_the_command():
     assert ". .venv/bin/activate" in readme
 
 
-@pytest.mark.parametrize("argv,message", [
-    (["pretrain", "--data", "d", "--out", "o", "--steps", "-1"], "--steps must be at least 1, got -1"),
-    (["pretrain", "--data", "d", "--out", "o", "--batch-size", "0"], "--batch-size must be at least 1, got 0"),
-    (["pretrain", "--data", "d", "--out", "o", "--lr", "0"], "--lr must be more than 0, got 0.0"),
-    (["pretrain", "--data", "d", "--out", "o", "--lr", "nan"], "--lr must be a number, got nan"),
-    (["finetune", "--task", "qa", "--model", "m", "--train", "t", "--out", "o", "--stride", "-5"],
-     "--stride must be at least 0, got -5"),
-    (["finetune", "--task", "seq-cls", "--model", "m", "--train", "t", "--out", "o", "--epochs", "0"],
-     "--epochs must be more than 0, got 0.0"),
-])
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["pretrain", "--data", "d", "--out", "o", "--steps", "-1"], "--steps must be at least 1, got -1"),
+        (["pretrain", "--data", "d", "--out", "o", "--batch-size", "0"], "--batch-size must be at least 1, got 0"),
+        (["pretrain", "--data", "d", "--out", "o", "--lr", "0"], "--lr must be more than 0, got 0.0"),
+        (["pretrain", "--data", "d", "--out", "o", "--lr", "nan"], "--lr must be a number, got nan"),
+        (
+            ["finetune", "--task", "qa", "--model", "m", "--train", "t", "--out", "o", "--stride", "-5"],
+            "--stride must be at least 0, got -5",
+        ),
+        (
+            ["finetune", "--task", "seq-cls", "--model", "m", "--train", "t", "--out", "o", "--epochs", "0"],
+            "--epochs must be more than 0, got 0.0",
+        ),
+    ],
+)
 def test_numbers_out_of_range_name_the_flag(argv, message, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     code, out, err = run(capsys, *argv)
@@ -250,12 +288,18 @@ def test_numbers_out_of_range_name_the_flag(argv, message, tmp_path, capsys, mon
 def test_converting_onto_an_existing_file_is_one_line(tmp_path):
     path = model_dir(tmp_path / "m")
     (tmp_path / "taken").write_text("mine")
-    proc = subprocess.run([sys.executable, str(REPO / "checkpoints_convert.py"), path, str(tmp_path / "taken")],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "checkpoints_convert.py"), path, str(tmp_path / "taken")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
-    assert proc.stderr.strip().splitlines() == [f"error: DST {tmp_path / 'taken'} is a file: the converted model is a "
-                                                "folder (config.json, model.safetensors and the tokenizer); name a "
-                                                "folder, new or existing"]
+    assert proc.stderr.strip().splitlines() == [
+        f"error: DST {tmp_path / 'taken'} is a file: the converted model is a "
+        "folder (config.json, model.safetensors and the tokenizer); name a "
+        "folder, new or existing"
+    ]
     assert (tmp_path / "taken").read_text() == "mine"
 
 

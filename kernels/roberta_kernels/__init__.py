@@ -18,6 +18,7 @@ Triton fixes compiled-or-interpreted for its own helpers when it is first
 imported, so set TRITON_INTERPRET=1 before anything imports it (see
 kernel_module).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -34,8 +35,10 @@ from .registry import names as implementations
 if __name__ != "roberta_kernels":
     # subtle: from the repository root, kernels/ is a namespace folder, so `kernels.roberta_kernels`
     # would import a second copy with a registry of its own. The one name is roberta_kernels.
-    raise ImportError(f"import roberta_kernels, not {__name__}: the package's one name is roberta_kernels "
-                      "(`kernels` is Hugging Face's package)")
+    raise ImportError(
+        f"import roberta_kernels, not {__name__}: the package's one name is roberta_kernels "
+        "(`kernels` is Hugging Face's package)"
+    )
 
 _TRUTHY = ("1", "true", "on", "yes", "y")  # what Triton accepts for TRITON_INTERPRET
 
@@ -59,9 +62,9 @@ def use_triton(*tensors) -> bool:
 
 _MODE_MISMATCH = {
     True: "triton was imported before TRITON_INTERPRET=1 was set, so its interpreter cannot run in this "
-          "process: set TRITON_INTERPRET=1 before anything imports triton (transformers does)",
+    "process: set TRITON_INTERPRET=1 before anything imports triton (transformers does)",
     False: "triton was imported with TRITON_INTERPRET=1, so compiled kernels cannot run in this process: "
-           "run them in a process without it",
+    "run them in a process without it",
 }
 
 
@@ -156,16 +159,14 @@ def attention(q, k, v, key_padding_mask=None, dropout_p=0.0, softmax_scale=None,
     one from torch's generator); the reference fallback uses torch's dropout.
     """
     if use_triton(q, k, v, key_padding_mask):
-        return kernel_module("flash_attention").attention(q, k, v, key_padding_mask, dropout_p, softmax_scale,
-                                                          seed)
+        return kernel_module("flash_attention").attention(q, k, v, key_padding_mask, dropout_p, softmax_scale, seed)
     return attention_reference(q, k, v, key_padding_mask, dropout_p, softmax_scale)
 
 
 def layer_norm(x, weight, bias, eps=1e-5, residual=None, dropout_p=0.0, seed=None, return_prenorm=False):
     """LN(dropout(x) + residual) over the last dimension; with return_prenorm, also the sum."""
     if use_triton(x, weight, bias, residual):
-        return kernel_module("layernorm").layer_norm(x, weight, bias, eps, residual, dropout_p, seed,
-                                                     return_prenorm)
+        return kernel_module("layernorm").layer_norm(x, weight, bias, eps, residual, dropout_p, seed, return_prenorm)
     return layer_norm_reference(x, weight, bias, eps, residual, dropout_p, return_prenorm)
 
 
@@ -185,7 +186,20 @@ def layer_norm_dropout_mask(seed, shape, dropout_p, device="cpu"):
     return kernel_module("layernorm").layer_norm_dropout_mask(seed, shape, dropout_p, device)
 
 
-__all__ = ["attention", "layer_norm", "attention_reference", "layer_norm_reference",
-           "register", "get_implementation", "implementations", "Implementation",
-           "attention_dropout_mask", "layer_norm_dropout_mask",
-           "use_triton", "triton_available", "interpreter_requested", "kernel_module", "triton_interpreter"]
+__all__ = [
+    "attention",
+    "layer_norm",
+    "attention_reference",
+    "layer_norm_reference",
+    "register",
+    "get_implementation",
+    "implementations",
+    "Implementation",
+    "attention_dropout_mask",
+    "layer_norm_dropout_mask",
+    "use_triton",
+    "triton_available",
+    "interpreter_requested",
+    "kernel_module",
+    "triton_interpreter",
+]

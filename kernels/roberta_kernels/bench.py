@@ -52,6 +52,7 @@ claims, else 0 (2 for bad arguments).
 
 This module does not import triton (or roberta_scratch) at import time.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -75,8 +76,11 @@ from .reference import attention_reference, layer_norm_reference
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 # the references every attention run includes: sdpa forced to each backend, then the registry's own
-SDPA_BACKENDS = {"sdpa-flash": "FLASH_ATTENTION", "sdpa-mem-efficient": "EFFICIENT_ATTENTION",
-                 "sdpa-cudnn": "CUDNN_ATTENTION"}
+SDPA_BACKENDS = {
+    "sdpa-flash": "FLASH_ATTENTION",
+    "sdpa-mem-efficient": "EFFICIENT_ATTENTION",
+    "sdpa-cudnn": "CUDNN_ATTENTION",
+}
 ATTENTION_REFERENCES = (*SDPA_BACKENDS, "flex", "eager")
 LAYER_NORM_REFERENCE = "torch"
 FLOP_COUNT = "FlashAttention's, on real tokens: forward 4*H*D*sum(L_b^2), backward 2.5x forward (fwd+bwd 3.5x)"
@@ -85,55 +89,118 @@ BWD_FLOP_FACTOR = 2.5
 EPS = 1e-5
 
 # --dry-run: every size scaled down so the CPU (and Triton's interpreter) gets through in seconds
-DRY = dict(tokens=64, heads=2, head_dim=32, max_seq_len=32, hidden=48, matmul_n=256, copy_numel=1 << 20,
-           repeats=1)
+DRY = dict(tokens=64, heads=2, head_dim=32, max_seq_len=32, hidden=48, matmul_n=256, copy_numel=1 << 20, repeats=1)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of `roberta-scratch kernels bench` (and `python -m roberta_kernels.bench`)."""
-    parser.add_argument("--attention", nargs="+", default=None, metavar="NAME",
-                        help="attention implementations to bench: registered names (see roberta_kernels.registry) or "
-                             "MODULE:FUNCTION; the references are always added (default: triton, unless "
-                             "--layer-norm is given)")
-    parser.add_argument("--layer-norm", nargs="+", default=None, metavar="NAME",
-                        help="LayerNorm implementations to bench against torch's kernels (default: none)")
+    parser.add_argument(
+        "--attention",
+        nargs="+",
+        default=None,
+        metavar="NAME",
+        help="attention implementations to bench: registered names (see roberta_kernels.registry) or "
+        "MODULE:FUNCTION; the references are always added (default: triton, unless "
+        "--layer-norm is given)",
+    )
+    parser.add_argument(
+        "--layer-norm",
+        nargs="+",
+        default=None,
+        metavar="NAME",
+        help="LayerNorm implementations to bench against torch's kernels (default: none)",
+    )
     parser.add_argument("--out", required=True, help="directory for results.json, attention.png, layernorm.png")
-    parser.add_argument("--dry-run", action="store_true",
-                        help="the whole pipeline on the CPU at tiny sizes (Triton through its interpreter): proves "
-                             "the script works, measures nothing")
-    parser.add_argument("--skip", nargs="+", default=[], metavar="REFERENCE", choices=ATTENTION_REFERENCES,
-                        help=f"attention references to leave out ({', '.join(ATTENTION_REFERENCES)})")
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="the whole pipeline on the CPU at tiny sizes (Triton through its interpreter): proves "
+        "the script works, measures nothing",
+    )
+    parser.add_argument(
+        "--skip",
+        nargs="+",
+        default=[],
+        metavar="REFERENCE",
+        choices=ATTENTION_REFERENCES,
+        help=f"attention references to leave out ({', '.join(ATTENTION_REFERENCES)})",
+    )
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="bf16", help="input dtype (default bf16)")
-    parser.add_argument("--tokens", type=int, default=16384, help="B * T per attention shape, rows M of LayerNorm "
-                                                                  "(default 16384)")
-    parser.add_argument("--seq-lens", type=int, nargs="+", default=[128, 256, 512, 1024, 2048],
-                        help="sequence lengths T swept without padding (default 128 256 512 1024 2048)")
-    parser.add_argument("--pad", type=float, nargs="+", default=[0.0, 0.25, 0.5, 0.75],
-                        help="padding fractions swept at --pad-seq-len (default 0 0.25 0.5 0.75; 0 is always run)")
+    parser.add_argument(
+        "--tokens", type=int, default=16384, help="B * T per attention shape, rows M of LayerNorm (default 16384)"
+    )
+    parser.add_argument(
+        "--seq-lens",
+        type=int,
+        nargs="+",
+        default=[128, 256, 512, 1024, 2048],
+        help="sequence lengths T swept without padding (default 128 256 512 1024 2048)",
+    )
+    parser.add_argument(
+        "--pad",
+        type=float,
+        nargs="+",
+        default=[0.0, 0.25, 0.5, 0.75],
+        help="padding fractions swept at --pad-seq-len (default 0 0.25 0.5 0.75; 0 is always run)",
+    )
     parser.add_argument("--pad-seq-len", type=int, default=512, help="T of the padding sweep (default 512)")
     parser.add_argument("--heads", type=int, default=12, help="attention heads H (default 12)")
     parser.add_argument("--head-dim", type=int, default=64, help="head dim D (default 64)")
-    parser.add_argument("--dropout", type=float, default=0.0,
-                        help="attention dropout_p while timing (errors are measured without; default 0)")
-    parser.add_argument("--hidden", type=int, nargs="+", default=[768, 1024, 4096],
-                        help="LayerNorm hidden sizes N (default 768 1024 4096)")
-    parser.add_argument("--ln-dropout", type=float, nargs="+", default=[0.0, 0.1],
-                        help="LayerNorm dropout rates before the residual add (default 0 0.1)")
-    parser.add_argument("--peak-tflops", type=float, default=None,
-                        help="the card's data-sheet dense TFLOP/s in --dtype, reported beside the measured peak")
-    parser.add_argument("--peak-gbs", type=float, default=None,
-                        help="the card's data-sheet memory bandwidth in GB/s, beside the measured one")
+    parser.add_argument(
+        "--dropout",
+        type=float,
+        default=0.0,
+        help="attention dropout_p while timing (errors are measured without; default 0)",
+    )
+    parser.add_argument(
+        "--hidden",
+        type=int,
+        nargs="+",
+        default=[768, 1024, 4096],
+        help="LayerNorm hidden sizes N (default 768 1024 4096)",
+    )
+    parser.add_argument(
+        "--ln-dropout",
+        type=float,
+        nargs="+",
+        default=[0.0, 0.1],
+        help="LayerNorm dropout rates before the residual add (default 0 0.1)",
+    )
+    parser.add_argument(
+        "--peak-tflops",
+        type=float,
+        default=None,
+        help="the card's data-sheet dense TFLOP/s in --dtype, reported beside the measured peak",
+    )
+    parser.add_argument(
+        "--peak-gbs",
+        type=float,
+        default=None,
+        help="the card's data-sheet memory bandwidth in GB/s, beside the measured one",
+    )
     parser.add_argument("--warmup-ms", type=float, default=25, help="do_bench warmup per figure (default 25)")
     parser.add_argument("--rep-ms", type=float, default=100, help="do_bench measuring time per figure (default 100)")
-    parser.add_argument("--time-limit-s", type=float, default=None,
-                        help="stop starting shapes that would end (judged by the slowest so far) past this many "
-                             "seconds; the rest are reported as skipped (default: no limit)")
+    parser.add_argument(
+        "--time-limit-s",
+        type=float,
+        default=None,
+        help="stop starting shapes that would end (judged by the slowest so far) past this many "
+        "seconds; the rest are reported as skipped (default: no limit)",
+    )
 
 
 # ----------------------------------------------------------------------------- timing and peaks
 
-def median_ms(fn: Callable, device: torch.device, *, grad_to_none=None, warmup_ms: float = 25,
-              rep_ms: float = 100, repeats: int = 3) -> float:
+
+def median_ms(
+    fn: Callable,
+    device: torch.device,
+    *,
+    grad_to_none=None,
+    warmup_ms: float = 25,
+    rep_ms: float = 100,
+    repeats: int = 3,
+) -> float:
     """The median milliseconds per call of fn.
 
     CUDA: triton.testing.do_bench(..., return_mode="median") (L2 flushed before each call;
@@ -198,6 +265,7 @@ def measure_copy_gbs(device, numel: int, **timing) -> float:
 
 # ----------------------------------------------------------------------------- what runs
 
+
 def _sdpa_backend(name: str, backend: str) -> registry.Implementation:
     """torch's sdpa forced to one backend (the key-padding mask becomes a boolean attn_mask)."""
 
@@ -209,8 +277,9 @@ def _sdpa_backend(name: str, backend: str) -> registry.Implementation:
         with sdpa_kernel(getattr(SDPBackend, backend)):
             return registry.sdpa_attention(q, k, v, key_padding_mask, dropout_p, softmax_scale)
 
-    return registry.Implementation("attention", name, fn,
-                                   description=f"F.scaled_dot_product_attention, SDPBackend.{backend} only")
+    return registry.Implementation(
+        "attention", name, fn, description=f"F.scaled_dot_product_attention, SDPBackend.{backend} only"
+    )
 
 
 def attention_implementations(named: list, skip=()) -> list[tuple[registry.Implementation, str]]:
@@ -223,8 +292,9 @@ def attention_implementations(named: list, skip=()) -> list[tuple[registry.Imple
         if name in SDPA_BACKENDS:
             impls.append((_sdpa_backend(name, SDPA_BACKENDS[name]), "reference"))
         elif name == "flex" and not registry.flex_available():
-            impls.append((registry.Implementation("attention", "flex", _missing("this torch has no FlexAttention")),
-                          "reference"))
+            impls.append(
+                (registry.Implementation("attention", "flex", _missing("this torch has no FlexAttention")), "reference")
+            )
         else:
             impls.append((registry.get("attention", name), "reference"))
     return impls
@@ -240,6 +310,7 @@ def layer_norm_implementations(named: list) -> list[tuple[registry.Implementatio
 def _missing(why: str):
     def fn(*args, **kwargs):
         raise NotImplementedError(why)
+
     return fn
 
 
@@ -276,8 +347,11 @@ def _refused(impl: registry.Implementation, exc: BaseException) -> bool:
     if isinstance(exc, NotImplementedError):
         return True
     text = str(exc)
-    return impl.name in SDPA_BACKENDS and isinstance(exc, RuntimeError) and \
-        ("No available kernel" in text or "No viable backend" in text)
+    return (
+        impl.name in SDPA_BACKENDS
+        and isinstance(exc, RuntimeError)
+        and ("No available kernel" in text or "No viable backend" in text)
+    )
 
 
 def _free(device) -> None:
@@ -286,6 +360,7 @@ def _free(device) -> None:
 
 
 # ----------------------------------------------------------------------------- attention
+
 
 def attention_flops(lengths: torch.Tensor, heads: int, head_dim: int) -> float:
     """FlashAttention's forward FLOP count on real tokens: two L x L x D matmuls per head."""
@@ -322,9 +397,20 @@ def bench_attention_shape(impls, T: int, pad: float, s: dict, device, peaks: dic
 
     rows = []
     for impl, role in impls:
-        row = {"op": "attention", "impl": impl.name, "role": role, "T": T, "pad": pad, "B": B, "H": H, "D": D,
-               "real_tokens": int(lengths.sum()), "dtype": s["dtype_name"], "dropout": p,
-               "runs_as": runs_as(impl, device)}
+        row = {
+            "op": "attention",
+            "impl": impl.name,
+            "role": role,
+            "T": T,
+            "pad": pad,
+            "B": B,
+            "H": H,
+            "D": D,
+            "real_tokens": int(lengths.sum()),
+            "dtype": s["dtype_name"],
+            "dropout": p,
+            "runs_as": runs_as(impl, device),
+        }
         rows.append(row)
         why = impl.unsupported(dtype=dtype, head_dim=D, dropout_p=p, device=device)
         if why:
@@ -361,8 +447,10 @@ def bench_attention_shape(impls, T: int, pad: float, s: dict, device, peaks: dic
             ms = median_ms(fwd_bwd, device, grad_to_none=[q, k, v], **s["timing"])
             row.update(fwd_bwd_ms=ms, fwd_bwd_tflops=(1 + BWD_FLOP_FACTOR) * flops / ms * 1e-9, status="ok")
         except Exception as exc:  # noqa: BLE001
-            row.update(status="forward only", reason="backward " + (
-                "not supported: " if _refused(impl, exc) else "failed: ") + _why(exc, caught))
+            row.update(
+                status="forward only",
+                reason="backward " + ("not supported: " if _refused(impl, exc) else "failed: ") + _why(exc, caught),
+            )
         for t in (q, k, v):
             t.grad = None
         for phase in ("fwd", "fwd_bwd"):
@@ -389,6 +477,7 @@ def add_padding_speedups(rows: list, pad_seq_len: int) -> None:
 
 # ----------------------------------------------------------------------------- layer norm
 
+
 def bench_layer_norm_shape(impls, M: int, N: int, p: float, s: dict, device, peaks: dict) -> list[dict]:
     """One row per implementation for y = LN(dropout(x) + r) on (M, N); see the module docstring."""
     dtype = s["dtype"]
@@ -409,8 +498,16 @@ def bench_layer_norm_shape(impls, M: int, N: int, p: float, s: dict, device, pea
 
     rows = []
     for impl, role in impls:
-        row = {"op": "layer_norm", "impl": impl.name, "role": role, "M": M, "N": N, "dropout": p,
-               "dtype": s["dtype_name"], "runs_as": runs_as(impl, device)}
+        row = {
+            "op": "layer_norm",
+            "impl": impl.name,
+            "role": role,
+            "M": M,
+            "N": N,
+            "dropout": p,
+            "dtype": s["dtype_name"],
+            "runs_as": runs_as(impl, device),
+        }
         rows.append(row)
         why = impl.unsupported(dtype=dtype, dropout_p=p, device=device)
         if why:
@@ -460,6 +557,7 @@ def bench_layer_norm_shape(impls, M: int, N: int, p: float, s: dict, device, pea
 
 # ----------------------------------------------------------------------------- plots
 
+
 def plot_attention(rows: list, path: str, title: str, pad_seq_len: int) -> None:
     """TFLOP/s against T without padding (left); speed-up against the padding fraction (right)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -478,8 +576,11 @@ def plot_attention(rows: list, path: str, title: str, pad_seq_len: int) -> None:
                 left.plot(*zip(*pts), style, color=color, label=f"{impl} {phase.replace('_', '+')}")
         pads = sorted((r for r in rows if r["impl"] == impl and r["T"] == pad_seq_len), key=lambda r: r["pad"])
         for phase, style in (("fwd", "o-"), ("fwd_bwd", "s--")):
-            pts = [(r["pad"], 1.0 if r["pad"] == 0 else r[f"{phase}_speedup_vs_no_pad"]) for r in pads
-                   if f"{phase}_ms" in r and (r["pad"] == 0 or f"{phase}_speedup_vs_no_pad" in r)]
+            pts = [
+                (r["pad"], 1.0 if r["pad"] == 0 else r[f"{phase}_speedup_vs_no_pad"])
+                for r in pads
+                if f"{phase}_ms" in r and (r["pad"] == 0 or f"{phase}_speedup_vs_no_pad" in r)
+            ]
             if len(pts) > 1:
                 right.plot(*zip(*pts), style, color=color, label=f"{impl} {phase.replace('_', '+')}")
     fractions = sorted({r["pad"] for r in rows if r["T"] == pad_seq_len})
@@ -488,14 +589,21 @@ def plot_attention(rows: list, path: str, title: str, pad_seq_len: int) -> None:
         right.plot(*zip(*ideal), ":", color="gray", label="ideal: work on real tokens, (1 - pad)^-2")
         measured = [y for line in right.get_lines()[:-1] for y in line.get_ydata()]
         right.set_ylim(0, max(4.5, 1.25 * max(measured, default=1.0)))  # the ideal line runs off at high padding
-    left.set(xscale="log", xlabel="sequence length T (no padding)", ylabel="TFLOP/s on real tokens",
-             title="throughput against T")
+    left.set(
+        xscale="log",
+        xlabel="sequence length T (no padding)",
+        ylabel="TFLOP/s on real tokens",
+        title="throughput against T",
+    )
     xs = sorted({r["T"] for r in rows if r["pad"] == 0})
     if xs:
         left.minorticks_off()
         left.set_xticks(xs, [str(x) for x in xs])
-    right.set(xlabel=f"padding fraction at T = {pad_seq_len}", ylabel="speed-up over no padding (time ratio)",
-              title="skipping padding")
+    right.set(
+        xlabel=f"padding fraction at T = {pad_seq_len}",
+        ylabel="speed-up over no padding (time ratio)",
+        title="skipping padding",
+    )
     for ax in (left, right):
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
@@ -540,19 +648,26 @@ def plot_layer_norm(rows: list, path: str, title: str, bandwidth: Optional[float
 
 # ----------------------------------------------------------------------------- the run
 
+
 def settings(args, device) -> dict:
     """The sizes actually run: the arguments', or the dry run's tiny ones."""
     dry = args.dry_run
     dtype_name = "fp32" if dry else args.dtype  # the CPU and the interpreter: float32, exact enough to compare
-    seq_lens = sorted({min(DRY["max_seq_len"], max(8, T // 16)) for T in args.seq_lens}) if dry else \
-        sorted(set(args.seq_lens))
+    seq_lens = (
+        sorted({min(DRY["max_seq_len"], max(8, T // 16)) for T in args.seq_lens}) if dry else sorted(set(args.seq_lens))
+    )
     pad_seq_len = min(DRY["max_seq_len"], max(8, args.pad_seq_len // 16)) if dry else args.pad_seq_len
     timing = dict(repeats=DRY["repeats"]) if dry else dict(warmup_ms=args.warmup_ms, rep_ms=args.rep_ms)
     return {
-        "dtype_name": dtype_name, "dtype": DTYPES[dtype_name], "device": str(device),
+        "dtype_name": dtype_name,
+        "dtype": DTYPES[dtype_name],
+        "device": str(device),
         "tokens": DRY["tokens"] if dry else args.tokens,
-        "seq_lens": seq_lens, "pad_seq_len": pad_seq_len, "pads": sorted({0.0, *args.pad}),
-        "heads": DRY["heads"] if dry else args.heads, "head_dim": DRY["head_dim"] if dry else args.head_dim,
+        "seq_lens": seq_lens,
+        "pad_seq_len": pad_seq_len,
+        "pads": sorted({0.0, *args.pad}),
+        "heads": DRY["heads"] if dry else args.heads,
+        "head_dim": DRY["head_dim"] if dry else args.head_dim,
         "dropout": args.dropout,
         "hidden": sorted({max(16, N // 16) for N in args.hidden}) if dry else sorted(set(args.hidden)),
         "ln_dropout": sorted(set(args.ln_dropout)),
@@ -622,10 +737,16 @@ def benchmark(args) -> dict:
     if ln_impls:
         peaks["copy_gbs_measured"] = measure_copy_gbs(device, numel, **s["timing"])
         peaks["copy_measured_how"] = f"copy_ of {numel * 4 / 2**20:,.0f} MiB fp32, read + write counted, median"
-    print(f"{card}: measured {peaks.get('matmul_tflops_measured') or 0:,.1f} TFLOP/s ({s['dtype_name']} matmul), "
-          f"{peaks.get('copy_gbs_measured') or 0:,.0f} GB/s (copy); "
-          + (f"data sheet {peaks['datasheet_tflops']} TFLOP/s, {peaks['datasheet_gbs']} GB/s"
-             if peaks.get("datasheet_tflops") is not None else "no data sheet for this device"), flush=True)
+    print(
+        f"{card}: measured {peaks.get('matmul_tflops_measured') or 0:,.1f} TFLOP/s ({s['dtype_name']} matmul), "
+        f"{peaks.get('copy_gbs_measured') or 0:,.0f} GB/s (copy); "
+        + (
+            f"data sheet {peaks['datasheet_tflops']} TFLOP/s, {peaks['datasheet_gbs']} GB/s"
+            if peaks.get("datasheet_tflops") is not None
+            else "no data sheet for this device"
+        ),
+        flush=True,
+    )
 
     durations: list[float] = []
 
@@ -648,8 +769,9 @@ def benchmark(args) -> dict:
     shapes = [(s["pad_seq_len"], pad) for pad in s["pads"]]
     shapes += [(T, 0.0) for T in s["seq_lens"] if T != s["pad_seq_len"]]
     for T, pad in shapes if attention_impls else ():
-        stub = [{"op": "attention", "impl": impl.name, "role": role, "T": T, "pad": pad}
-                for impl, role in attention_impls]
+        stub = [
+            {"op": "attention", "impl": impl.name, "role": role, "T": T, "pad": pad} for impl, role in attention_impls
+        ]
         rows = timed(lambda: bench_attention_shape(attention_impls, T, pad, s, device, peaks), stub)
         attention_rows += rows
         _progress(rows, f"attention T={T} pad={pad:g}", "fwd_tflops", "fwd_bwd_tflops", "TFLOP/s")
@@ -658,14 +780,18 @@ def benchmark(args) -> dict:
     ln_rows = []
     for N in s["hidden"] if ln_impls else ():
         for p in s["ln_dropout"]:
-            stub = [{"op": "layer_norm", "impl": impl.name, "role": role, "N": N, "dropout": p}
-                    for impl, role in ln_impls]
+            stub = [
+                {"op": "layer_norm", "impl": impl.name, "role": role, "N": N, "dropout": p} for impl, role in ln_impls
+            ]
             rows = timed(lambda: bench_layer_norm_shape(ln_impls, s["tokens"], N, p, s, device, peaks), stub)
             ln_rows += rows
             _progress(rows, f"layer_norm N={N} dropout={p:g}", "fwd_gbs", "fwd_bwd_gbs", "GB/s")
 
-    timing = ("median of time.perf_counter timings (dry run: the numbers mean nothing)" if args.dry_run else
-              "median: triton.testing.do_bench(return_mode='median'), L2 flushed before each call")
+    timing = (
+        "median of time.perf_counter timings (dry run: the numbers mean nothing)"
+        if args.dry_run
+        else "median: triton.testing.do_bench(return_mode='median'), L2 flushed before each call"
+    )
     return {
         "benchmark": "kernels bench",
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -715,13 +841,18 @@ def write_outputs(record: dict, out: str) -> list[str]:
     try:
         if record["attention"]:
             path = os.path.join(out, "attention.png")
-            plot_attention(record["attention"], path, f"attention: {what}, H={s['heads']}, D={s['head_dim']}",
-                           s["pad_seq_len"])
+            plot_attention(
+                record["attention"], path, f"attention: {what}, H={s['heads']}, D={s['head_dim']}", s["pad_seq_len"]
+            )
             plots["attention"] = path
         if record["layer_norm"]:
             path = os.path.join(out, "layernorm.png")
-            plot_layer_norm(record["layer_norm"], path, f"LN(dropout(x) + residual): {what} rows",
-                            record["peaks"].get("copy_gbs_measured"))
+            plot_layer_norm(
+                record["layer_norm"],
+                path,
+                f"LN(dropout(x) + residual): {what} rows",
+                record["peaks"].get("copy_gbs_measured"),
+            )
             plots["layer_norm"] = path
     except ImportError as exc:  # matplotlib is optional: the numbers still land in results.json
         plots["skipped"] = f"no plots: {exc}"
@@ -754,8 +885,11 @@ def _interpreter_for_dry_run(dry_run: bool):
 def run(args) -> int:
     """`roberta-scratch kernels bench`: benchmark, write DIR/results.json and the plots, print a summary."""
     if not args.dry_run and not torch.cuda.is_available():
-        print("kernels bench: needs a CUDA GPU and none is visible, so nothing was measured; --dry-run runs the "
-              "pipeline on the CPU", file=sys.stderr)
+        print(
+            "kernels bench: needs a CUDA GPU and none is visible, so nothing was measured; --dry-run runs the "
+            "pipeline on the CPU",
+            file=sys.stderr,
+        )
         return 2
     try:
         registry.import_modules(list(args.attention or ()) + list(args.layer_norm or ()))
@@ -770,8 +904,13 @@ def run(args) -> int:
         record = benchmark(args)
     for path in write_outputs(record, args.out):
         print(f"wrote {path}")
-    broken = [r for r in record["attention"] + record["layer_norm"] if r["role"] == "named" and
-              r.get("status") in ("error", "forward only") and "not supported" not in r.get("reason", "")]
+    broken = [
+        r
+        for r in record["attention"] + record["layer_norm"]
+        if r["role"] == "named"
+        and r.get("status") in ("error", "forward only")
+        and "not supported" not in r.get("reason", "")
+    ]
     for r in broken:
         print(f"kernels bench: {r['op']} {r['impl']} failed on a case it claims: {r.get('reason')}", file=sys.stderr)
     return 1 if broken else 0

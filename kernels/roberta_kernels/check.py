@@ -99,6 +99,7 @@ On the CPU the check runs with TRITON_INTERPRET=1, so Triton code (imported afte
 run() sets it before importing MODULE:FUNCTION) runs in Triton's interpreter; on CUDA it
 runs compiled.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -218,9 +219,14 @@ def attention_cases(quick: bool = False, interpreted: bool = False) -> list[Atte
     and dtype; or, with quick, a cross-section (tinier when the code runs in Triton's interpreter)."""
     if quick:
         return list(QUICK_INTERPRETED_ATTENTION if interpreted else QUICK_ATTENTION)
-    cases = [AttentionCase(T, D, padding, dtype)
-             for dtype in DTYPES for T in LENGTHS for D in HEAD_DIMS for padding in PADDINGS
-             if T >= 3 or padding == "none"]  # with 1 or 2 tokens the padded patterns degenerate
+    cases = [
+        AttentionCase(T, D, padding, dtype)
+        for dtype in DTYPES
+        for T in LENGTHS
+        for D in HEAD_DIMS
+        for padding in PADDINGS
+        if T >= 3 or padding == "none"
+    ]  # with 1 or 2 tokens the padded patterns degenerate
     cases += [AttentionCase(D, D, "right", dtype, DROPOUT_P) for dtype in DTYPES for D in HEAD_DIMS]
     return cases
 
@@ -230,9 +236,14 @@ def layer_norm_cases(quick: bool = False, interpreted: bool = False) -> list[Lay
     dtype; or, with quick, a cross-section."""
     if quick:
         return list(QUICK_INTERPRETED_LAYER_NORM if interpreted else QUICK_LAYER_NORM)
-    cases = [LayerNormCase(T, N, residual, dtype)
-             for dtype in DTYPES for T in LENGTHS for N in HIDDEN_SIZES for residual in RESIDUALS
-             if not (residual == "fp32 residual" and dtype == torch.float32)]
+    cases = [
+        LayerNormCase(T, N, residual, dtype)
+        for dtype in DTYPES
+        for T in LENGTHS
+        for N in HIDDEN_SIZES
+        for residual in RESIDUALS
+        if not (residual == "fp32 residual" and dtype == torch.float32)
+    ]
     cases += [LayerNormCase(65, N, "residual", dtype, DROPOUT_P) for dtype in DTYPES for N in (256, 768)]
     return cases
 
@@ -279,8 +290,9 @@ class Comparison:
     badness: float = math.inf  # the larger error as a fraction of its tolerance (names the worst tensor)
 
 
-def compare(name: str, got: Optional[torch.Tensor], ref: torch.Tensor, tol: Tolerance,
-            select: Optional[torch.Tensor] = None) -> Comparison:
+def compare(
+    name: str, got: Optional[torch.Tensor], ref: torch.Tensor, tol: Tolerance, select: Optional[torch.Tensor] = None
+) -> Comparison:
     """got against the float64 ref, on the elements `select` picks (a bool mask broadcast to ref)."""
     if got is None:
         return Comparison(name, None, math.inf, False, f"{name}: no gradient (the input was detached)")
@@ -303,8 +315,11 @@ def compare(name: str, got: Optional[torch.Tensor], ref: torch.Tensor, tol: Tole
     max_abs = float(err.abs().max())
     scale = max(1.0, float(ref.abs().max()))
     ok = (rel is None or rel <= tol.rel) and max_abs <= tol.abs * scale
-    why = "" if ok else (f"{name}: rel err {_fmt(rel)} (tol {tol.rel:g}), max abs err {max_abs:.2e} "
-                         f"(tol {tol.abs * scale:.2e})")
+    why = (
+        ""
+        if ok
+        else (f"{name}: rel err {_fmt(rel)} (tol {tol.rel:g}), max abs err {max_abs:.2e} (tol {tol.abs * scale:.2e})")
+    )
     return Comparison(name, rel, max_abs, ok, why, max((rel or 0.0) / tol.rel, max_abs / (tol.abs * scale)))
 
 
@@ -378,6 +393,7 @@ def _nan_empties():
                 with torch.no_grad():  # subtle: fill_ on a fresh leaf made with requires_grad=True
                     t.fill_(float("nan"))
             return t
+
         return wrapper
 
     saved = {name: getattr(torch, name) for name in _EMPTIES}
@@ -501,13 +517,13 @@ def padding_mask(kind: str, B: int, T: int) -> Optional[torch.Tensor]:
         return None
     mask = torch.ones(B, T, dtype=torch.bool)
     if kind == "right":
-        mask[-1, max(1, (2 * T) // 3):] = False
+        mask[-1, max(1, (2 * T) // 3) :] = False
     elif kind == "single":
         mask[0, 1:] = False
     elif kind == "middle":
-        mask[0, T // 3: T // 3 + max(1, T // 4)] = False
+        mask[0, T // 3 : T // 3 + max(1, T // 4)] = False
         mask[-1, T // 2] = False
-        mask[-1, max(T // 2 + 2, (3 * T) // 4):] = False
+        mask[-1, max(T // 2 + 2, (3 * T) // 4) :] = False
     else:
         raise ValueError(f"unknown padding {kind!r}; one of {PADDINGS}")
     return mask
@@ -538,8 +554,9 @@ def _split(qkv):
 
 
 def _attention_row(impl, case, status="ok", note=""):
-    return Result("attention", impl.name, _dtype_name(case.dtype), case.T, case.D, case.padding, case.dropout_p,
-                  status, note=note)
+    return Result(
+        "attention", impl.name, _dtype_name(case.dtype), case.T, case.D, case.padding, case.dropout_p, status, note=note
+    )
 
 
 def _run_attention(impl, case, device, qkv, do, mask, seed=None):
@@ -573,8 +590,11 @@ def _compare_attention(case, out, grads, ref_out, ref_grads, mask) -> list[Compa
     """The output on real query rows (finite everywhere) and every gradient in full, against float64."""
     tol, shape = TOLERANCES[case.dtype], (case.B, case.H, case.T, case.D)
     if out.dtype != case.dtype or tuple(out.shape) != shape:
-        return [Comparison("out", None, math.inf, False, f"out: {tuple(out.shape)} {out.dtype}, expected {shape} "
-                                                          f"{case.dtype}")]
+        return [
+            Comparison(
+                "out", None, math.inf, False, f"out: {tuple(out.shape)} {out.dtype}, expected {shape} {case.dtype}"
+            )
+        ]
     real_rows = None if mask is None else mask[:, None, :, None]  # (B, 1, T, 1)
     if torch.isfinite(out).all():
         compared = [compare("out", out, ref_out, tol, real_rows)]
@@ -621,8 +641,9 @@ def _read_keep(dropped: torch.Tensor, undropped: torch.Tensor, readable: torch.T
     return ratio > 0.5, int((readable & ~binary).sum())
 
 
-def _statistics(masks: list, dropped: list, undropped: torch.Tensor, real: torch.Tensor, p: float,
-                rounding: float) -> tuple[list, float, float]:
+def _statistics(
+    masks: list, dropped: list, undropped: torch.Tensor, real: torch.Tensor, p: float, rounding: float
+) -> tuple[list, float, float]:
     """The failed checks (name, why) among keep rate, independence and bias; the keep rate; R.
 
     masks: the keep-masks of draws with different seeds; dropped: what each draw made of
@@ -641,16 +662,18 @@ def _statistics(masks: list, dropped: list, undropped: torch.Tensor, real: torch
     u = undropped.double()[real]
     mean = torch.stack([d.double()[real] for d in dropped]).mean(0)
     # E||mean - u||^2 for independent keep-masks, plus the dropped values' own rounding
-    expected = p / (1 - p) / draws * float((u ** 2).sum()) + (rounding * float(u.norm())) ** 2
+    expected = p / (1 - p) / draws * float((u**2).sum()) + (rounding * float(u.norm())) ** 2
     r = float(((mean - u) ** 2).sum()) / expected
     if r > 2.0:
-        failed.append(("mean", f"the mean of {draws} draws is off the undropped value by R = {r:.2f} (bound 2): "
-                               "biased"))
+        failed.append(
+            ("mean", f"the mean of {draws} draws is off the undropped value by R = {r:.2f} (bound 2): biased")
+        )
     return failed, rate, r
 
 
-def _dropout_row(row: Result, compared: list[Comparison], failed: list[tuple], rate: float, r: float, p: float,
-                 draws: int) -> Result:
+def _dropout_row(
+    row: Result, compared: list[Comparison], failed: list[tuple], rate: float, r: float, p: float, draws: int
+) -> Result:
     """A dropout row: the tensors against the float64 reference built with the read mask, and the statistics."""
     row = _summarize_compared(row, compared)
     stats = f"keep rate {rate:.4f} (1 - p = {1 - p:g}), {draws} draws, mean R = {r:.2f}"
@@ -676,8 +699,17 @@ def _check_attention_dropout(impl, case, device, draws: int) -> Result:
         out, grads, declined = _run_attention(impl, case, device, qkv, do, mask, seed=seed0)
         again = _run_attention(impl, case, device, qkv, do, mask, seed=seed0)[0]
         with torch.no_grad():  # many draws, forward only
-            outs = [_forward(impl, _split(qkv), dict(key_padding_mask=mask, dropout_p=p), seed0 + 1 + n, device,
-                             [(tuple(out.shape), case.dtype)]) for n in range(draws)]
+            outs = [
+                _forward(
+                    impl,
+                    _split(qkv),
+                    dict(key_padding_mask=mask, dropout_p=p),
+                    seed0 + 1 + n,
+                    device,
+                    [(tuple(out.shape), case.dtype)],
+                )
+                for n in range(draws)
+            ]
     except _Declined as e:
         return _attention_row(impl, case, "skip", f"declined: {e}")
     except (Exception, SystemExit) as e:  # noqa: BLE001 (SystemExit too: no exit without a verdict)
@@ -689,8 +721,13 @@ def _check_attention_dropout(impl, case, device, draws: int) -> Result:
         failed.append(("repeat", "the same seed gave a different output"))
     keep, nonbinary = _read_keep(out, probs, readable, p)
     if nonbinary:
-        failed.append(("mask", f"{nonbinary} output elements are neither 0 nor P / (1 - p): not the probabilities "
-                               "dropped and scaled by 1 / (1 - p)"))
+        failed.append(
+            (
+                "mask",
+                f"{nonbinary} output elements are neither 0 nor P / (1 - p): not the probabilities "
+                "dropped and scaled by 1 / (1 - p)",
+            )
+        )
     ref_out, ref_grads = _attention_reference(qkv, do, mask, keep, p)  # with the mask the forward used
     compared = _compare_attention(case, out, grads, ref_out, ref_grads, mask)
     masks = [_read_keep(o, probs, readable, p)[0] for o in outs]
@@ -701,9 +738,14 @@ def _check_attention_dropout(impl, case, device, draws: int) -> Result:
     return row
 
 
-def check_attention(spec, device="cpu", quick: bool = False, cases: Optional[list] = None,
-                    progress: Optional[Callable[[Result], None]] = None,
-                    timeout: Optional[float] = CASE_TIMEOUT_S) -> list[Result]:
+def check_attention(
+    spec,
+    device="cpu",
+    quick: bool = False,
+    cases: Optional[list] = None,
+    progress: Optional[Callable[[Result], None]] = None,
+    timeout: Optional[float] = CASE_TIMEOUT_S,
+) -> list[Result]:
     """Check an attention implementation (a registered name, MODULE:FUNCTION, an Implementation
     or a callable) on `device`; returns one Result per case. progress, if given, sees each as it is done."""
     return _check("attention", spec, device, quick, cases, progress, timeout)
@@ -729,8 +771,17 @@ def _layer_norm_inputs(case: LayerNormCase, device):
 
 
 def _layer_norm_row(impl, case, status="ok", note=""):
-    return Result("layer_norm", impl.name, _dtype_name(case.dtype), case.T, case.N, case.residual, case.dropout_p,
-                  status, note=note)
+    return Result(
+        "layer_norm",
+        impl.name,
+        _dtype_name(case.dtype),
+        case.T,
+        case.N,
+        case.residual,
+        case.dropout_p,
+        status,
+        note=note,
+    )
 
 
 def _run_layer_norm(impl, case, device, inputs, seed=None):
@@ -769,12 +820,18 @@ LN_GRADS = ("dx", "dresidual", "dweight", "dbias")
 def _compare_layer_norm(case, y, grads, ref_y, ref_grads, out_dtype) -> list[Comparison]:
     tol = TOLERANCES[case.dtype]
     if y.dtype != out_dtype or y.shape != ref_y.shape:
-        return [Comparison("y", None, math.inf, False,
-                          f"y: {tuple(y.shape)} {y.dtype}, expected {tuple(ref_y.shape)} {out_dtype}")]
+        return [
+            Comparison(
+                "y", None, math.inf, False, f"y: {tuple(y.shape)} {y.dtype}, expected {tuple(ref_y.shape)} {out_dtype}"
+            )
+        ]
     compared = [compare("y", y, ref_y, tol)]
     if grads is not None:
-        compared += [compare(n, g, r, SUM_TOLERANCES[case.dtype] if n in ("dweight", "dbias") else tol)
-                     for n, g, r in zip(LN_GRADS, grads, ref_grads) if r is not None]
+        compared += [
+            compare(n, g, r, SUM_TOLERANCES[case.dtype] if n in ("dweight", "dbias") else tol)
+            for n, g, r in zip(LN_GRADS, grads, ref_grads)
+            if r is not None
+        ]
     return compared
 
 
@@ -825,8 +882,13 @@ def _check_layer_norm_dropout(impl, case, device, draws: int) -> Result:
         failed.append(("repeat", "the same seed gave a different output"))
     keep, nonbinary = keep_of(grads)
     if nonbinary:
-        failed.append(("mask", f"{nonbinary} elements of dx are neither 0 nor dresidual / (1 - p): not x dropped "
-                               "and scaled by 1 / (1 - p)"))
+        failed.append(
+            (
+                "mask",
+                f"{nonbinary} elements of dx are neither 0 nor dresidual / (1 - p): not x dropped "
+                "and scaled by 1 / (1 - p)",
+            )
+        )
     ref_y, ref_grads = _layer_norm_reference(inputs, keep, p)  # with the mask the backward used
     compared = _compare_layer_norm(case, y, grads, ref_y, ref_grads, inputs[-1].dtype)
     x = inputs[0].double()
@@ -835,9 +897,14 @@ def _check_layer_norm_dropout(impl, case, device, draws: int) -> Result:
     return _dropout_row(row, compared, failed + stats, rate, r, p, draws)
 
 
-def check_layer_norm(spec, device="cpu", quick: bool = False, cases: Optional[list] = None,
-                     progress: Optional[Callable[[Result], None]] = None,
-                     timeout: Optional[float] = CASE_TIMEOUT_S) -> list[Result]:
+def check_layer_norm(
+    spec,
+    device="cpu",
+    quick: bool = False,
+    cases: Optional[list] = None,
+    progress: Optional[Callable[[Result], None]] = None,
+    timeout: Optional[float] = CASE_TIMEOUT_S,
+) -> list[Result]:
     """Check a LayerNorm implementation (a registered name, MODULE:FUNCTION, an Implementation or
     a callable) on `device`; returns one Result per case."""
     return _check("layer_norm", spec, device, quick, cases, progress, timeout)
@@ -902,16 +969,29 @@ def _check(op, spec, device, quick, cases, progress, timeout: Optional[float] = 
     interpreted = impl.triton and device.type == "cpu"
     if op == "attention":
         all_cases, check_case, check_dropout, row_of, draws = (
-            attention_cases, _check_attention_case, _check_attention_dropout, _attention_row, DRAWS)
+            attention_cases,
+            _check_attention_case,
+            _check_attention_dropout,
+            _attention_row,
+            DRAWS,
+        )
     else:
         all_cases, check_case, check_dropout, row_of, draws = (
-            layer_norm_cases, _check_layer_norm_case, _check_layer_norm_dropout, _layer_norm_row, LN_DRAWS)
+            layer_norm_cases,
+            _check_layer_norm_case,
+            _check_layer_norm_dropout,
+            _layer_norm_row,
+            LN_DRAWS,
+        )
     cases = all_cases(quick, interpreted) if cases is None else cases
     draws = draws["full" if not quick else "interpreted" if interpreted else "quick"]
     results = []
     # subtle: the dropout checks reseed torch's generators; fork_rng gives the caller's state back
-    with triton_environment(device), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), \
-            torch.enable_grad():
+    with (
+        triton_environment(device),
+        torch.random.fork_rng(devices=[device] if device.type == "cuda" else []),
+        torch.enable_grad(),
+    ):
         no_triton = _triton_unavailable(impl, device)
         for case in cases:
             why = no_triton or _unsupported(impl, case, device)
@@ -920,8 +1000,11 @@ def _check(op, spec, device, quick, cases, progress, timeout: Optional[float] = 
             else:
                 try:
                     with _time_limit(timeout):
-                        row = check_dropout(impl, case, device, draws) if case.dropout_p > 0 else \
-                            check_case(impl, case, device)
+                        row = (
+                            check_dropout(impl, case, device, draws)
+                            if case.dropout_p > 0
+                            else check_case(impl, case, device)
+                        )
                 except _CaseTimeout:
                     row = row_of(impl, case, "FAIL", f"timed out after {timeout:g} s (--timeout)")
             results.append(row)
@@ -933,8 +1016,18 @@ def _check(op, spec, device, quick, cases, progress, timeout: Optional[float] = 
 # ----------------------------------------------------------------------------- the table
 
 
-_COLUMNS = [("impl", 10), ("dtype", 5), ("T", 4), ("D", 4), ("padding", 13), ("dropout", 7), ("status", 6),
-            ("rel err", 8), ("max abs", 8), ("tensor", 10)]
+_COLUMNS = [
+    ("impl", 10),
+    ("dtype", 5),
+    ("T", 4),
+    ("D", 4),
+    ("padding", 13),
+    ("dropout", 7),
+    ("status", 6),
+    ("rel err", 8),
+    ("max abs", 8),
+    ("tensor", 10),
+]
 
 
 def table_header(op: str = "attention", impl_width: int = 10) -> str:
@@ -947,8 +1040,18 @@ def table_header(op: str = "attention", impl_width: int = 10) -> str:
 def format_row(r: Result, impl_width: int = 10) -> str:
     """One Result as a line of the table."""
     measured = r.status != "skip"
-    cells = [r.impl, r.dtype, r.T, r.D, r.variant, f"{r.dropout:g}" if r.dropout else "-", r.status,
-             _fmt(r.rel_err) if measured else "", _fmt(r.max_abs_err) if measured else "", r.tensor]
+    cells = [
+        r.impl,
+        r.dtype,
+        r.T,
+        r.D,
+        r.variant,
+        f"{r.dropout:g}" if r.dropout else "-",
+        r.status,
+        _fmt(r.rel_err) if measured else "",
+        _fmt(r.max_abs_err) if measured else "",
+        r.tensor,
+    ]
     widths = [max(w, impl_width) if n == "impl" else w for n, w in _COLUMNS]
     return "  ".join(f"{str(c):<{w}}" for c, w in zip(cells, widths)) + "  " + r.note
 
@@ -983,8 +1086,10 @@ def summarize(results: list[Result]) -> tuple[str, int]:
         if failed:
             code = 1
             worst = failed[0]
-            text += (f"; first failure: {worst.dtype} T={worst.T} {'D' if op == 'attention' else 'N'}={worst.D} "
-                     f"{worst.variant}: {worst.tensor}")
+            text += (
+                f"; first failure: {worst.dtype} T={worst.T} {'D' if op == 'attention' else 'N'}={worst.D} "
+                f"{worst.variant}: {worst.tensor}"
+            )
         elif not ok:
             code = max(code, 2)
             text += " -- NOTHING WAS CHECKED: every case was skipped"
@@ -998,25 +1103,51 @@ def summarize(results: list[Result]) -> tuple[str, int]:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The flags of `roberta-scratch kernels check`."""
-    p.add_argument("--attention", nargs="+", action="extend", default=[], metavar="IMPL",
-                   help="attention implementations to check: registered names (eager, sdpa, triton, flex, yours) "
-                        "or MODULE:FUNCTION")
-    p.add_argument("--layer-norm", nargs="+", action="extend", default=[], metavar="IMPL",
-                   help="LayerNorm implementations to check: torch, triton, yours, or MODULE:FUNCTION")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", metavar="cpu|cuda",
-                   help="default: cuda when available (on the CPU, Triton code runs in Triton's interpreter)")
-    p.add_argument("--quick", action="store_true",
-                   help="a cross-section for CI: seconds on the CPU (a handful of tiny cases for interpreted Triton)")
-    p.add_argument("--timeout", type=float, default=CASE_TIMEOUT_S, metavar="S",
-                   help=f"seconds a case may run before it is a FAIL row (default {CASE_TIMEOUT_S:g}; 0: no limit)")
+    p.add_argument(
+        "--attention",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="IMPL",
+        help="attention implementations to check: registered names (eager, sdpa, triton, flex, yours) "
+        "or MODULE:FUNCTION",
+    )
+    p.add_argument(
+        "--layer-norm",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="IMPL",
+        help="LayerNorm implementations to check: torch, triton, yours, or MODULE:FUNCTION",
+    )
+    p.add_argument(
+        "--device",
+        default="cuda" if torch.cuda.is_available() else "cpu",
+        metavar="cpu|cuda",
+        help="default: cuda when available (on the CPU, Triton code runs in Triton's interpreter)",
+    )
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="a cross-section for CI: seconds on the CPU (a handful of tiny cases for interpreted Triton)",
+    )
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=CASE_TIMEOUT_S,
+        metavar="S",
+        help=f"seconds a case may run before it is a FAIL row (default {CASE_TIMEOUT_S:g}; 0: no limit)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     """Check every implementation named, print a table per implementation and a summary; the exit
     code is 0 when all passed, 1 on a failure, 2 when all of an implementation's cases were skipped."""
     if not args.attention and not args.layer_norm:
-        raise ValueError("name at least one implementation: --attention NAME|MODULE:FUNCTION and/or "
-                         "--layer-norm NAME|MODULE:FUNCTION")
+        raise ValueError(
+            "name at least one implementation: --attention NAME|MODULE:FUNCTION and/or "
+            "--layer-norm NAME|MODULE:FUNCTION"
+        )
     device = torch.device(args.device)
     if device.type not in ("cpu", "cuda"):
         raise ValueError(f"--device must be cpu or cuda, got {args.device!r}")
@@ -1030,14 +1161,22 @@ def run(args: argparse.Namespace) -> int:
         for impl in impls:
             interpreted = impl.triton and device.type == "cpu"
             how = "quick" if args.quick else "full"
-            print(f"\n{impl.op} {impl.name} on {device.type}{' (Triton interpreter)' if interpreted else ''}, {how}"
-                  f"{': ' + impl.description if impl.description else ''}", flush=True)
+            print(
+                f"\n{impl.op} {impl.name} on {device.type}{' (Triton interpreter)' if interpreted else ''}, {how}"
+                f"{': ' + impl.description if impl.description else ''}",
+                flush=True,
+            )
             width = max(10, len(impl.name))
             print(table_header(impl.op, width), flush=True)
             start = time.perf_counter()
             check = check_attention if impl.op == "attention" else check_layer_norm
-            results += check(impl, device, quick=args.quick, progress=lambda r: print(format_row(r, width), flush=True),
-                             timeout=getattr(args, "timeout", CASE_TIMEOUT_S) or None)
+            results += check(
+                impl,
+                device,
+                quick=args.quick,
+                progress=lambda r: print(format_row(r, width), flush=True),
+                timeout=getattr(args, "timeout", CASE_TIMEOUT_S) or None,
+            )
             print(f"({time.perf_counter() - start:.1f} s)", flush=True)
     text, code = summarize(results)
     print("\n" + text, flush=True)

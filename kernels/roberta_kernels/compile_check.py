@@ -37,6 +37,7 @@ when a kernel fails to compile or spills (with or without --report).
 
 --json FILE writes every result, these fields included, as a JSON list.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -121,9 +122,19 @@ def _ptxas_stats(ptx: str, arch: int):
         src = Path(tmp) / "kernel.ptx"
         src.write_text(ptx)
         proc = subprocess.run(
-            [get_ptxas(arch).path, "-v", "--regAllocOptLevel=2", f"--gpu-name={sm_arch_from_capability(arch)}",
-             str(src), "-o", str(Path(tmp) / "kernel.cubin")],
-            capture_output=True, text=True, check=True)
+            [
+                get_ptxas(arch).path,
+                "-v",
+                "--regAllocOptLevel=2",
+                f"--gpu-name={sm_arch_from_capability(arch)}",
+                str(src),
+                "-o",
+                str(Path(tmp) / "kernel.cubin"),
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
     log = proc.stdout + proc.stderr
     registers = max(int(m) for m in _PTXAS_STATS.findall(log))
     spills = sum(int(a) + int(b) for a, b in _PTXAS_SPILLS.findall(log))
@@ -160,7 +171,7 @@ def _main_loop(ptx_lines):
         return None
 
     def rank(loop):
-        body = list(_ptx_statements(ptx_lines[loop[0]:loop[1] + 1]))
+        body = list(_ptx_statements(ptx_lines[loop[0] : loop[1] + 1]))
         return (-sum(bool(_PTX_MMA.search(text)) for text in body), len(body))
 
     return min(innermost, key=rank)
@@ -179,7 +190,7 @@ def ptx_report(result: Result, ptx: str, elements: int, threads: int) -> None:
     lines = ptx.splitlines()
     loop = _main_loop(lines)
     if loop is not None:
-        body = list(_ptx_statements(lines[loop[0]:loop[1] + 1]))
+        body = list(_ptx_statements(lines[loop[0] : loop[1] + 1]))
         result.loop_instructions = len(body)
         result.loop_compare_select = sum(_opcode(text).startswith(("setp.", "selp.")) for text in body)
         result.instructions_per_element = round(len(body) * threads / elements, 2) if elements else 0.0
@@ -205,7 +216,8 @@ def compile_one(arch: int, spec) -> Result:
         compiled = triton.compile(
             ASTSource(kernel, signature, constexprs=constexprs, attrs=attrs),
             target=GPUTarget("cuda", arch, 32),
-            options=options)
+            options=options,
+        )
         result.shared_bytes = compiled.metadata.shared
         result.registers, result.spill_bytes = _ptxas_stats(compiled.asm["ptx"], arch)
         ptx_report(result, compiled.asm["ptx"], _elements(constexprs), 32 * options["num_warps"])
@@ -236,11 +248,13 @@ def check(arches, modules=MODULES, jobs=1, out=sys.stdout, only=()) -> list[Resu
 
     only: substrings that "kernel variant" must all contain (default: every spec).
     """
-    tasks = [(module_name, arch, index)
-             for arch in arches
-             for module_name in modules
-             for index, spec in enumerate(kernel_module(module_name, interpret=False).aot_specs(arch))
-             if _selected(spec, only)]
+    tasks = [
+        (module_name, arch, index)
+        for arch in arches
+        for module_name in modules
+        for index, spec in enumerate(kernel_module(module_name, interpret=False).aot_specs(arch))
+        if _selected(spec, only)
+    ]
     if jobs > 1:
         with ProcessPoolExecutor(max_workers=jobs) as pool:
             results = pool.map(_compile_task, tasks)
@@ -249,38 +263,61 @@ def check(arches, modules=MODULES, jobs=1, out=sys.stdout, only=()) -> list[Resu
     collected = []
     for (_, arch, _), result in zip(tasks, results):
         status = "ok" if result.ok else ("FAILED" if result.error else "SPILLS")
-        print(f"sm_{arch} {result.kernel:<32} {result.variant:<35} regs {result.registers:>3}  "
-              f"spill {result.spill_bytes:>5} B  smem {result.shared_bytes:>6} B  "
-              f"{result.seconds:5.1f}s  {status}{'  ' + result.error if result.error else ''}",
-              file=out, flush=True)
+        print(
+            f"sm_{arch} {result.kernel:<32} {result.variant:<35} regs {result.registers:>3}  "
+            f"spill {result.spill_bytes:>5} B  smem {result.shared_bytes:>6} B  "
+            f"{result.seconds:5.1f}s  {status}{'  ' + result.error if result.error else ''}",
+            file=out,
+            flush=True,
+        )
         collected.append(result)
     return collected
 
 
 def print_report(results, out=sys.stdout) -> None:
     """The --report table: one line per kernel configuration (columns: see the module docstring)."""
-    print(f"\n{'arch':<5} {'kernel':<32} {'variant':<35} {'regs':>4} {'smem':>6} {'wgmma':>5} {'mma':>4} "
-          f"{'cp.as':>5} {'tma':>4} {'mbar':>4} {'instr':>5} {'cmp/sel':>7} {'instr/elem':>10}", file=out)
+    print(
+        f"\n{'arch':<5} {'kernel':<32} {'variant':<35} {'regs':>4} {'smem':>6} {'wgmma':>5} {'mma':>4} "
+        f"{'cp.as':>5} {'tma':>4} {'mbar':>4} {'instr':>5} {'cmp/sel':>7} {'instr/elem':>10}",
+        file=out,
+    )
     for r in results:
         per_element = f"{r.instructions_per_element:10.2f}" if r.loop_instructions else f"{'-':>10}"
-        print(f"sm_{r.arch:<2} {r.kernel:<32} {r.variant:<35} {r.registers:>4} {r.shared_bytes:>6} {r.wgmma:>5} "
-              f"{r.mma_sync:>4} {r.cp_async:>5} {r.tma:>4} {r.mbarrier:>4} {r.loop_instructions:>5} "
-              f"{r.loop_compare_select:>7} "
-              f"{per_element}", file=out)
+        print(
+            f"sm_{r.arch:<2} {r.kernel:<32} {r.variant:<35} {r.registers:>4} {r.shared_bytes:>6} {r.wgmma:>5} "
+            f"{r.mma_sync:>4} {r.cp_async:>5} {r.tma:>4} {r.mbarrier:>4} {r.loop_instructions:>5} "
+            f"{r.loop_compare_select:>7} "
+            f"{per_element}",
+            file=out,
+        )
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--arch", type=int, nargs="+", default=[80, 90],
-                        help="compute capabilities to compile for (default: 80 90)")
-    parser.add_argument("--module", choices=MODULES, nargs="+", default=list(MODULES),
-                        help="kernel modules to check (default: all)")
-    parser.add_argument("--jobs", type=int, default=min(4, os.cpu_count() or 1),
-                        help="compilations run in parallel (default: min(4, CPU count))")
-    parser.add_argument("--only", nargs="+", default=[], metavar="TEXT",
-                        help='compile only the specs whose "kernel variant" contains every TEXT')
-    parser.add_argument("--report", action="store_true",
-                        help="also print mma, cp.async/TMA and main-loop instruction counts (see the module doc)")
+    parser.add_argument(
+        "--arch", type=int, nargs="+", default=[80, 90], help="compute capabilities to compile for (default: 80 90)"
+    )
+    parser.add_argument(
+        "--module", choices=MODULES, nargs="+", default=list(MODULES), help="kernel modules to check (default: all)"
+    )
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=min(4, os.cpu_count() or 1),
+        help="compilations run in parallel (default: min(4, CPU count))",
+    )
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        default=[],
+        metavar="TEXT",
+        help='compile only the specs whose "kernel variant" contains every TEXT',
+    )
+    parser.add_argument(
+        "--report",
+        action="store_true",
+        help="also print mma, cp.async/TMA and main-loop instruction counts (see the module doc)",
+    )
     parser.add_argument("--json", metavar="FILE", help="write every result as a JSON list to FILE")
     args = parser.parse_args(argv)
     results = check(args.arch, args.module, args.jobs, only=args.only)

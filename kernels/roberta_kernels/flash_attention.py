@@ -53,6 +53,7 @@ FlashAttention-2 with atomic dQ does 5) and buys deterministic gradients.
 The output is written (B, T, H, D) in memory and returned as a (B, H, T, D)
 view, so merging the heads afterwards needs no copy.
 """
+
 from __future__ import annotations
 
 import math
@@ -75,6 +76,7 @@ SUPPORTED_HEAD_DIMS = (32, 64, 128)
 # Triton inlines them, yet they are not quite free: each inlined call leaves
 # debug line-info labels in the PTX, and ptxas allocates registers around them
 # differently. roberta_kernels.compile_check is the judge (see _attn_bwd_dkdv_kernel).
+
 
 @triton.jit
 def _mma_operand(x, dtype: tl.constexpr, UPCAST: tl.constexpr):
@@ -113,8 +115,12 @@ def _bytes_kept(r, threshold):
     Masking a byte in place and comparing with the threshold shifted to the
     same byte is one AND and one compare per byte, no shift; the top byte needs no AND.
     """
-    return ((r & 0xFF) >= threshold, (r & 0xFF00) >= (threshold << 8),
-            (r & 0xFF0000) >= (threshold << 16), r >= (threshold << 24))
+    return (
+        (r & 0xFF) >= threshold,
+        (r & 0xFF00) >= (threshold << 8),
+        (r & 0xFF0000) >= (threshold << 16),
+        r >= (threshold << 24),
+    )
 
 
 @triton.jit
@@ -150,8 +156,10 @@ def _dropout_keep(seed, head, rows, start_n, threshold, BLOCK_M: tl.constexpr, B
         row = rows[:, None] + (groups * 0)[None, :]
         r0, r1, r2, r3 = tl.philox(seed, g, row, row * 0 + head, row * 0)
         # tl.join appends its axis last: (.., e, jb, w0, w1), word w = 2 w1 + w0
-        x = tl.join(tl.join(_bytes_joined(r0, threshold), _bytes_joined(r1, threshold)),
-                    tl.join(_bytes_joined(r2, threshold), _bytes_joined(r3, threshold)))
+        x = tl.join(
+            tl.join(_bytes_joined(r0, threshold), _bytes_joined(r1, threshold)),
+            tl.join(_bytes_joined(r2, threshold), _bytes_joined(r3, threshold)),
+        )
         x = tl.reshape(x, (BLOCK_M, BLOCK_N // 64, 4, 2, 2, 2, 2))  # (row, blk, q, e, jb, w0, w1)
         x = tl.permute(x, (0, 1, 6, 5, 4, 2, 3))  # (row, blk, w1, w0, jb, q, e): key order, j = 2 w + jb
     else:
@@ -162,8 +170,10 @@ def _dropout_keep(seed, head, rows, start_n, threshold, BLOCK_M: tl.constexpr, B
         r0, r1, r2, r3 = tl.philox(seed, g, row, row * 0 + head, row * 0)
         part = (start_n % 64) // BLOCK_N
         if BLOCK_N == 32:  # words 2 part, 2 part + 1
-            x = tl.join(_bytes_joined(tl.where(part == 0, r0, r2), threshold),
-                        _bytes_joined(tl.where(part == 0, r1, r3), threshold))  # (row, q, e, jb, w0)
+            x = tl.join(
+                _bytes_joined(tl.where(part == 0, r0, r2), threshold),
+                _bytes_joined(tl.where(part == 0, r1, r3), threshold),
+            )  # (row, q, e, jb, w0)
             x = tl.permute(x, (0, 4, 3, 1, 2))  # (row, w0, jb, q, e)
         else:  # BLOCK_N == 16: word `part`
             word = tl.where(part == 0, r0, tl.where(part == 1, r1, tl.where(part == 2, r2, r3)))
@@ -202,8 +212,9 @@ def _tile_desc(head, T, stride_t, BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr, U
     """
     desc = head
     if USE_TMA:
-        desc = tl.make_tensor_descriptor(head, shape=[T, HEAD_DIM], strides=[stride_t, 1],
-                                         block_shape=[BLOCK, HEAD_DIM])
+        desc = tl.make_tensor_descriptor(
+            head, shape=[T, HEAD_DIM], strides=[stride_t, 1], block_shape=[BLOCK, HEAD_DIM]
+        )
     return desc
 
 
@@ -221,12 +232,29 @@ def _load_tile(desc, ptrs, start, T, BLOCK: tl.constexpr, MASKED: tl.constexpr, 
 
 
 @triton.jit
-def _load_operand(head, stride_t, offs, offs_d, start, T, BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr,
-                  USE_TMA: tl.constexpr, UPCAST: tl.constexpr):
+def _load_operand(
+    head,
+    stride_t,
+    offs,
+    offs_d,
+    start,
+    T,
+    BLOCK: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    USE_TMA: tl.constexpr,
+    UPCAST: tl.constexpr,
+):
     """A tile a program loads once and keeps (its Q; or its K and V): rows offs = start +
     arange(BLOCK) of one head, masked to rows < T, rounded as a tl.dot operand."""
-    x = _load_tile(_tile_desc(head, T, stride_t, BLOCK, HEAD_DIM, USE_TMA),
-                   head + offs[:, None] * stride_t + offs_d[None, :], start, T, BLOCK, True, USE_TMA)
+    x = _load_tile(
+        _tile_desc(head, T, stride_t, BLOCK, HEAD_DIM, USE_TMA),
+        head + offs[:, None] * stride_t + offs_d[None, :],
+        start,
+        T,
+        BLOCK,
+        True,
+        USE_TMA,
+    )
     return _mma_operand(x, head.dtype.element_ty, UPCAST)
 
 
@@ -246,8 +274,7 @@ def _store_rows(head, offs, offs_d, stride_t, T, x):
 
     Tokens at or past T are not written: they lie past the end of the tensor.
     """
-    tl.store(head + offs[:, None] * stride_t + offs_d[None, :], x.to(head.dtype.element_ty),
-             mask=(offs < T)[:, None])
+    tl.store(head + offs[:, None] * stride_t + offs_d[None, :], x.to(head.dtype.element_ty), mask=(offs < T)[:, None])
 
 
 @triton.jit
@@ -348,11 +375,38 @@ def _attn_kv_range_kernel(
 
 
 @triton.jit
-def _attn_fwd_inner(acc, l_i, m_i, q, k_head, v_head, k_desc, v_desc, KeyMask, stride_mb, b, offs_m, offs_d,
-                    stride_kt, stride_vt, start, stop, T, qk_scale, seed, head, threshold,
-                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr, HAS_MASK: tl.constexpr,
-                    HAS_DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr, UPCAST_DOTS: tl.constexpr,
-                    USE_TMA: tl.constexpr):
+def _attn_fwd_inner(
+    acc,
+    l_i,
+    m_i,
+    q,
+    k_head,
+    v_head,
+    k_desc,
+    v_desc,
+    KeyMask,
+    stride_mb,
+    b,
+    offs_m,
+    offs_d,
+    stride_kt,
+    stride_vt,
+    start,
+    stop,
+    T,
+    qk_scale,
+    seed,
+    head,
+    threshold,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    MASKED: tl.constexpr,
+    HAS_MASK: tl.constexpr,
+    HAS_DROPOUT: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    UPCAST_DOTS: tl.constexpr,
+    USE_TMA: tl.constexpr,
+):
     """The forward's loop over key tiles [start, stop): online softmax into (acc, l_i, m_i), returned updated.
 
     MASKED tiles check bounds and padding; the others (see _full_tiles) load
@@ -368,10 +422,12 @@ def _attn_fwd_inner(acc, l_i, m_i, q, k_head, v_head, k_desc, v_desc, KeyMask, s
     # the launch's three: at three, a mask spilled the 128-key Hopper tiles (and D=128 with dropout);
     # at one, K and V are loaded into registers instead of shared memory, and spilled too.
     for start_n in tl.range(start, stop, BLOCK_N, num_stages=2 if MASKED else None):
-        k = _mma_operand(_load_tile(k_desc, k_ptrs, start_n, T, BLOCK_N, MASKED, USE_TMA), k_head.dtype.element_ty,
-                         UPCAST_DOTS)  # (BLOCK_N, HEAD_DIM)
-        v = _mma_operand(_load_tile(v_desc, v_ptrs, start_n, T, BLOCK_N, MASKED, USE_TMA), v_head.dtype.element_ty,
-                         UPCAST_DOTS)  # (BLOCK_N, HEAD_DIM)
+        k = _mma_operand(
+            _load_tile(k_desc, k_ptrs, start_n, T, BLOCK_N, MASKED, USE_TMA), k_head.dtype.element_ty, UPCAST_DOTS
+        )  # (BLOCK_N, HEAD_DIM)
+        v = _mma_operand(
+            _load_tile(v_desc, v_ptrs, start_n, T, BLOCK_N, MASKED, USE_TMA), v_head.dtype.element_ty, UPCAST_DOTS
+        )  # (BLOCK_N, HEAD_DIM)
         s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)  # (BLOCK_M, BLOCK_N)
         if MASKED:
             k_real = _is_real(KeyMask, stride_mb, b, start_n + tl.arange(0, BLOCK_N), T, HAS_MASK)
@@ -403,12 +459,21 @@ def _attn_fwd_kernel(
     KVRange,  # (B, 3) int32 from _attn_kv_range_kernel (read when HAS_MASK)
     Out,  # (B, H, T, D) out, unit stride along D
     LSE,  # (B, H, T) fp32 out: log2 of the softmax denominator, scores in log2 units
-    stride_qb, stride_qh, stride_qt,
-    stride_kb, stride_kh, stride_kt,
-    stride_vb, stride_vh, stride_vt,
-    stride_ob, stride_oh, stride_ot,
+    stride_qb,
+    stride_qh,
+    stride_qt,
+    stride_kb,
+    stride_kh,
+    stride_kt,
+    stride_vb,
+    stride_vh,
+    stride_vt,
+    stride_ob,
+    stride_oh,
+    stride_ot,
     stride_mb,
-    H, T,
+    H,
+    T,
     qk_scale,  # softmax_scale * log2(e): the softmax runs on exp2
     dropout_p,
     seed,
@@ -450,25 +515,118 @@ def _attn_fwd_kernel(
     # max is finite after it and exp2(m_i - m_new) never sees -inf - -inf.
     full_lo, full_hi = _full_tiles(KVRange, b, lo, hi, BLOCK_N, HAS_MASK)
     acc, l_i, m_i = _attn_fwd_inner(
-        acc, l_i, m_i, q, k_head, v_head, k_desc, v_desc, KeyMask, stride_mb, b, offs_m, offs_d, stride_kt, stride_vt,
-        (lo // BLOCK_N) * BLOCK_N, full_lo, T, qk_scale, seed, head, threshold,
-        BLOCK_M, BLOCK_N, True, HAS_MASK, HAS_DROPOUT, DOT_PRECISION, UPCAST_DOTS, USE_TMA)
+        acc,
+        l_i,
+        m_i,
+        q,
+        k_head,
+        v_head,
+        k_desc,
+        v_desc,
+        KeyMask,
+        stride_mb,
+        b,
+        offs_m,
+        offs_d,
+        stride_kt,
+        stride_vt,
+        (lo // BLOCK_N) * BLOCK_N,
+        full_lo,
+        T,
+        qk_scale,
+        seed,
+        head,
+        threshold,
+        BLOCK_M,
+        BLOCK_N,
+        True,
+        HAS_MASK,
+        HAS_DROPOUT,
+        DOT_PRECISION,
+        UPCAST_DOTS,
+        USE_TMA,
+    )
     acc, l_i, m_i = _attn_fwd_inner(
-        acc, l_i, m_i, q, k_head, v_head, k_desc, v_desc, KeyMask, stride_mb, b, offs_m, offs_d, stride_kt, stride_vt,
-        full_lo, full_hi, T, qk_scale, seed, head, threshold,
-        BLOCK_M, BLOCK_N, False, HAS_MASK, HAS_DROPOUT, DOT_PRECISION, UPCAST_DOTS, USE_TMA)
+        acc,
+        l_i,
+        m_i,
+        q,
+        k_head,
+        v_head,
+        k_desc,
+        v_desc,
+        KeyMask,
+        stride_mb,
+        b,
+        offs_m,
+        offs_d,
+        stride_kt,
+        stride_vt,
+        full_lo,
+        full_hi,
+        T,
+        qk_scale,
+        seed,
+        head,
+        threshold,
+        BLOCK_M,
+        BLOCK_N,
+        False,
+        HAS_MASK,
+        HAS_DROPOUT,
+        DOT_PRECISION,
+        UPCAST_DOTS,
+        USE_TMA,
+    )
     acc, l_i, m_i = _attn_fwd_inner(
-        acc, l_i, m_i, q, k_head, v_head, k_desc, v_desc, KeyMask, stride_mb, b, offs_m, offs_d, stride_kt, stride_vt,
-        full_hi, hi, T, qk_scale, seed, head, threshold,
-        BLOCK_M, BLOCK_N, True, HAS_MASK, HAS_DROPOUT, DOT_PRECISION, UPCAST_DOTS, USE_TMA)
+        acc,
+        l_i,
+        m_i,
+        q,
+        k_head,
+        v_head,
+        k_desc,
+        v_desc,
+        KeyMask,
+        stride_mb,
+        b,
+        offs_m,
+        offs_d,
+        stride_kt,
+        stride_vt,
+        full_hi,
+        hi,
+        T,
+        qk_scale,
+        seed,
+        head,
+        threshold,
+        BLOCK_M,
+        BLOCK_N,
+        True,
+        HAS_MASK,
+        HAS_DROPOUT,
+        DOT_PRECISION,
+        UPCAST_DOTS,
+        USE_TMA,
+    )
 
     l_safe = tl.where(l_i > 0.0, l_i, 1.0)  # l_i is 0 when the loop was empty: an all-padding tile
     out = acc / l_safe[:, None]
     if HAS_DROPOUT:  # the kept probabilities' 1 / (1 - p), applied once to the sum rather than in the loop
         out = out * (1.0 / (1.0 - dropout_p))
     out = tl.where(q_real[:, None], out, 0.0)
-    _store_tile(o_head, _tile_desc(o_head, T, stride_ot, BLOCK_M, HEAD_DIM, USE_TMA), start_m, offs_d, stride_ot, T,
-                out, BLOCK_M, USE_TMA)
+    _store_tile(
+        o_head,
+        _tile_desc(o_head, T, stride_ot, BLOCK_M, HEAD_DIM, USE_TMA),
+        start_m,
+        offs_d,
+        stride_ot,
+        T,
+        out,
+        BLOCK_M,
+        USE_TMA,
+    )
     tl.store(LSE + row_base + offs_m, m_i + tl.log2(l_safe), mask=offs_m < T)
 
 
@@ -477,9 +635,14 @@ def _attn_bwd_preprocess_kernel(
     Out,  # (B, H, T, D) forward output, unit stride along D
     DOut,  # (B, H, T, D) upstream gradient, unit stride along D
     Delta,  # (B, H, T) fp32 out: rowsum(Out * DOut)
-    stride_ob, stride_oh, stride_ot,
-    stride_dob, stride_doh, stride_dot,
-    H, T,
+    stride_ob,
+    stride_oh,
+    stride_ot,
+    stride_dob,
+    stride_doh,
+    stride_dot,
+    H,
+    T,
     HEAD_DIM: tl.constexpr,
     BLOCK_M: tl.constexpr,
 ):
@@ -493,11 +656,42 @@ def _attn_bwd_preprocess_kernel(
 
 
 @triton.jit
-def _attn_dkdv_inner(dk, dv, k, v, q_head, do_head, q_desc, do_desc, KeyMask, stride_mb, b, LSE, Delta, row_base,
-                     offs_d, stride_qt, stride_dot, start, stop, start_n, T, qk_scale, dropout_p, seed, head,
-                     threshold, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr,
-                     HAS_MASK: tl.constexpr, HAS_DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr,
-                     UPCAST_DOTS: tl.constexpr, USE_TMA: tl.constexpr):
+def _attn_dkdv_inner(
+    dk,
+    dv,
+    k,
+    v,
+    q_head,
+    do_head,
+    q_desc,
+    do_desc,
+    KeyMask,
+    stride_mb,
+    b,
+    LSE,
+    Delta,
+    row_base,
+    offs_d,
+    stride_qt,
+    stride_dot,
+    start,
+    stop,
+    start_n,
+    T,
+    qk_scale,
+    dropout_p,
+    seed,
+    head,
+    threshold,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    MASKED: tl.constexpr,
+    HAS_MASK: tl.constexpr,
+    HAS_DROPOUT: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    UPCAST_DOTS: tl.constexpr,
+    USE_TMA: tl.constexpr,
+):
     """dK/dV's loop over query tiles [start, stop) for keys start_n + arange(BLOCK_N): (dk, dv), returned updated.
 
     Scores are transposed, (BLOCK_N, BLOCK_M). MASKED tiles check the
@@ -512,13 +706,16 @@ def _attn_dkdv_inner(dk, dv, k, v, q_head, do_head, q_desc, do_desc, KeyMask, st
         # forward: the carried pointers' registers spilled the fp32 D=128 kernel on sm_90.
         q_ptrs = q_head + offs_m[:, None] * stride_qt + offs_d[None, :]
         do_ptrs = do_head + offs_m[:, None] * stride_dot + offs_d[None, :]
-        q = _mma_operand(_load_tile(q_desc, q_ptrs, start_m, T, BLOCK_M, MASKED, USE_TMA), q_head.dtype.element_ty,
-                         UPCAST_DOTS)  # (BLOCK_M, HEAD_DIM)
-        do = _mma_operand(_load_tile(do_desc, do_ptrs, start_m, T, BLOCK_M, MASKED, USE_TMA),
-                          do_head.dtype.element_ty, UPCAST_DOTS)  # (BLOCK_M, HEAD_DIM)
+        q = _mma_operand(
+            _load_tile(q_desc, q_ptrs, start_m, T, BLOCK_M, MASKED, USE_TMA), q_head.dtype.element_ty, UPCAST_DOTS
+        )  # (BLOCK_M, HEAD_DIM)
+        do = _mma_operand(
+            _load_tile(do_desc, do_ptrs, start_m, T, BLOCK_M, MASKED, USE_TMA), do_head.dtype.element_ty, UPCAST_DOTS
+        )  # (BLOCK_M, HEAD_DIM)
         if MASKED:
-            lse, delta = _load_row_stats(LSE, Delta, row_base, offs_m,
-                                         _is_real(KeyMask, stride_mb, b, offs_m, T, HAS_MASK))
+            lse, delta = _load_row_stats(
+                LSE, Delta, row_base, offs_m, _is_real(KeyMask, stride_mb, b, offs_m, T, HAS_MASK)
+            )
         else:
             lse = tl.load(LSE + row_base + offs_m)
             delta = tl.load(Delta + row_base + offs_m)
@@ -532,8 +729,9 @@ def _attn_dkdv_inner(dk, dv, k, v, q_head, do_head, q_desc, do_desc, KeyMask, st
             delta = delta * (1.0 - dropout_p)  # dS without its 1 / (1 - p): see the dQ kernel
         else:
             p_drop_t = p_t
-        dv = tl.dot(_mma_operand(p_drop_t, do_head.dtype.element_ty, UPCAST_DOTS), do, dv,
-                    input_precision=DOT_PRECISION)
+        dv = tl.dot(
+            _mma_operand(p_drop_t, do_head.dtype.element_ty, UPCAST_DOTS), do, dv, input_precision=DOT_PRECISION
+        )
         ds_t = p_t * (dp_t - delta[None, :])
         dk = tl.dot(_mma_operand(ds_t, q_head.dtype.element_ty, UPCAST_DOTS), q, dk, input_precision=DOT_PRECISION)
     return dk, dv
@@ -551,14 +749,27 @@ def _attn_bwd_dkdv_kernel(
     Delta,  # (B, H, T) fp32 from _attn_bwd_preprocess_kernel
     DK,  # (B, H, T, D) out, unit stride along D
     DV,  # (B, H, T, D) out, unit stride along D
-    stride_qb, stride_qh, stride_qt,
-    stride_kb, stride_kh, stride_kt,
-    stride_vb, stride_vh, stride_vt,
-    stride_dob, stride_doh, stride_dot,
-    stride_dkb, stride_dkh, stride_dkt,
-    stride_dvb, stride_dvh, stride_dvt,
+    stride_qb,
+    stride_qh,
+    stride_qt,
+    stride_kb,
+    stride_kh,
+    stride_kt,
+    stride_vb,
+    stride_vh,
+    stride_vt,
+    stride_dob,
+    stride_doh,
+    stride_dot,
+    stride_dkb,
+    stride_dkh,
+    stride_dkt,
+    stride_dvb,
+    stride_dvh,
+    stride_dvt,
     stride_mb,
-    H, T,
+    H,
+    T,
     sm_scale,  # softmax_scale
     qk_scale,  # softmax_scale * log2(e)
     dropout_p,
@@ -600,20 +811,113 @@ def _attn_bwd_dkdv_kernel(
     # Query tiles in three runs, as in the forward: masked head, unmasked middle, masked tail.
     full_lo, full_hi = _full_tiles(KVRange, b, lo, hi, BLOCK_M, HAS_MASK)
     dk, dv = _attn_dkdv_inner(
-        dk, dv, k, v, q_head, do_head, q_desc, do_desc, KeyMask, stride_mb, b, LSE, Delta, row_base, offs_d,
-        stride_qt, stride_dot,
-        (lo // BLOCK_M) * BLOCK_M, full_lo, start_n, T, qk_scale, dropout_p, seed, head, threshold,
-        BLOCK_M, BLOCK_N, True, HAS_MASK, HAS_DROPOUT, DOT_PRECISION, UPCAST_DOTS, USE_TMA)
+        dk,
+        dv,
+        k,
+        v,
+        q_head,
+        do_head,
+        q_desc,
+        do_desc,
+        KeyMask,
+        stride_mb,
+        b,
+        LSE,
+        Delta,
+        row_base,
+        offs_d,
+        stride_qt,
+        stride_dot,
+        (lo // BLOCK_M) * BLOCK_M,
+        full_lo,
+        start_n,
+        T,
+        qk_scale,
+        dropout_p,
+        seed,
+        head,
+        threshold,
+        BLOCK_M,
+        BLOCK_N,
+        True,
+        HAS_MASK,
+        HAS_DROPOUT,
+        DOT_PRECISION,
+        UPCAST_DOTS,
+        USE_TMA,
+    )
     dk, dv = _attn_dkdv_inner(
-        dk, dv, k, v, q_head, do_head, q_desc, do_desc, KeyMask, stride_mb, b, LSE, Delta, row_base, offs_d,
-        stride_qt, stride_dot,
-        full_lo, full_hi, start_n, T, qk_scale, dropout_p, seed, head, threshold,
-        BLOCK_M, BLOCK_N, False, HAS_MASK, HAS_DROPOUT, DOT_PRECISION, UPCAST_DOTS, USE_TMA)
+        dk,
+        dv,
+        k,
+        v,
+        q_head,
+        do_head,
+        q_desc,
+        do_desc,
+        KeyMask,
+        stride_mb,
+        b,
+        LSE,
+        Delta,
+        row_base,
+        offs_d,
+        stride_qt,
+        stride_dot,
+        full_lo,
+        full_hi,
+        start_n,
+        T,
+        qk_scale,
+        dropout_p,
+        seed,
+        head,
+        threshold,
+        BLOCK_M,
+        BLOCK_N,
+        False,
+        HAS_MASK,
+        HAS_DROPOUT,
+        DOT_PRECISION,
+        UPCAST_DOTS,
+        USE_TMA,
+    )
     dk, dv = _attn_dkdv_inner(
-        dk, dv, k, v, q_head, do_head, q_desc, do_desc, KeyMask, stride_mb, b, LSE, Delta, row_base, offs_d,
-        stride_qt, stride_dot,
-        full_hi, hi, start_n, T, qk_scale, dropout_p, seed, head, threshold,
-        BLOCK_M, BLOCK_N, True, HAS_MASK, HAS_DROPOUT, DOT_PRECISION, UPCAST_DOTS, USE_TMA)
+        dk,
+        dv,
+        k,
+        v,
+        q_head,
+        do_head,
+        q_desc,
+        do_desc,
+        KeyMask,
+        stride_mb,
+        b,
+        LSE,
+        Delta,
+        row_base,
+        offs_d,
+        stride_qt,
+        stride_dot,
+        full_hi,
+        hi,
+        start_n,
+        T,
+        qk_scale,
+        dropout_p,
+        seed,
+        head,
+        threshold,
+        BLOCK_M,
+        BLOCK_N,
+        True,
+        HAS_MASK,
+        HAS_DROPOUT,
+        DOT_PRECISION,
+        UPCAST_DOTS,
+        USE_TMA,
+    )
 
     # Padded keys were not masked in the loop: their rows of dK and dV are dropped here.
     k_real = _is_real(KeyMask, stride_mb, b, offs_n, T, HAS_MASK)[:, None]
@@ -624,18 +928,64 @@ def _attn_bwd_dkdv_kernel(
         dk = dk * keep_scale
     dk_head = _head_ptr(DK, b, h, stride_dkb, stride_dkh)
     dv_head = _head_ptr(DV, b, h, stride_dvb, stride_dvh)
-    _store_tile(dk_head, _tile_desc(dk_head, T, stride_dkt, BLOCK_N, HEAD_DIM, USE_TMA), start_n, offs_d, stride_dkt,
-                T, dk * sm_scale, BLOCK_N, USE_TMA)
-    _store_tile(dv_head, _tile_desc(dv_head, T, stride_dvt, BLOCK_N, HEAD_DIM, USE_TMA), start_n, offs_d, stride_dvt,
-                T, dv, BLOCK_N, USE_TMA)
+    _store_tile(
+        dk_head,
+        _tile_desc(dk_head, T, stride_dkt, BLOCK_N, HEAD_DIM, USE_TMA),
+        start_n,
+        offs_d,
+        stride_dkt,
+        T,
+        dk * sm_scale,
+        BLOCK_N,
+        USE_TMA,
+    )
+    _store_tile(
+        dv_head,
+        _tile_desc(dv_head, T, stride_dvt, BLOCK_N, HEAD_DIM, USE_TMA),
+        start_n,
+        offs_d,
+        stride_dvt,
+        T,
+        dv,
+        BLOCK_N,
+        USE_TMA,
+    )
 
 
 @triton.jit
-def _attn_dq_inner(dq, q, do, lse, delta, k_head, v_head, k_desc, v_desc, KeyMask, stride_mb, b, offs_m, offs_d,
-                   stride_kt, stride_vt, start, stop, T, qk_scale, seed, head, threshold,
-                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr, HAS_MASK: tl.constexpr,
-                   HAS_DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr, UPCAST_DOTS: tl.constexpr,
-                   USE_TMA: tl.constexpr):
+def _attn_dq_inner(
+    dq,
+    q,
+    do,
+    lse,
+    delta,
+    k_head,
+    v_head,
+    k_desc,
+    v_desc,
+    KeyMask,
+    stride_mb,
+    b,
+    offs_m,
+    offs_d,
+    stride_kt,
+    stride_vt,
+    start,
+    stop,
+    T,
+    qk_scale,
+    seed,
+    head,
+    threshold,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    MASKED: tl.constexpr,
+    HAS_MASK: tl.constexpr,
+    HAS_DROPOUT: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    UPCAST_DOTS: tl.constexpr,
+    USE_TMA: tl.constexpr,
+):
     """dQ's loop over key tiles [start, stop): dq (BLOCK_M, HEAD_DIM) fp32, returned updated.
 
     MASKED and pipelining as in _attn_fwd_inner; here the scale and the
@@ -645,10 +995,12 @@ def _attn_dq_inner(dq, q, do, lse, delta, k_head, v_head, k_desc, v_desc, KeyMas
     k_ptrs = k_head + (start + tl.arange(0, BLOCK_N))[:, None] * stride_kt + offs_d[None, :]
     v_ptrs = v_head + (start + tl.arange(0, BLOCK_N))[:, None] * stride_vt + offs_d[None, :]
     for start_n in tl.range(start, stop, BLOCK_N, num_stages=2 if MASKED else None):
-        k = _mma_operand(_load_tile(k_desc, k_ptrs, start_n, T, BLOCK_N, MASKED, USE_TMA), k_head.dtype.element_ty,
-                         UPCAST_DOTS)  # (BLOCK_N, HEAD_DIM)
-        v = _mma_operand(_load_tile(v_desc, v_ptrs, start_n, T, BLOCK_N, MASKED, USE_TMA), v_head.dtype.element_ty,
-                         UPCAST_DOTS)  # (BLOCK_N, HEAD_DIM)
+        k = _mma_operand(
+            _load_tile(k_desc, k_ptrs, start_n, T, BLOCK_N, MASKED, USE_TMA), k_head.dtype.element_ty, UPCAST_DOTS
+        )  # (BLOCK_N, HEAD_DIM)
+        v = _mma_operand(
+            _load_tile(v_desc, v_ptrs, start_n, T, BLOCK_N, MASKED, USE_TMA), v_head.dtype.element_ty, UPCAST_DOTS
+        )  # (BLOCK_N, HEAD_DIM)
         s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)  # (BLOCK_M, BLOCK_N)
         if MASKED:
             k_real = _is_real(KeyMask, stride_mb, b, start_n + tl.arange(0, BLOCK_N), T, HAS_MASK)
@@ -677,13 +1029,24 @@ def _attn_bwd_dq_kernel(
     LSE,  # (B, H, T) fp32 from the forward
     Delta,  # (B, H, T) fp32 from _attn_bwd_preprocess_kernel
     DQ,  # (B, H, T, D) out, unit stride along D
-    stride_qb, stride_qh, stride_qt,
-    stride_kb, stride_kh, stride_kt,
-    stride_vb, stride_vh, stride_vt,
-    stride_dob, stride_doh, stride_dot,
-    stride_dqb, stride_dqh, stride_dqt,
+    stride_qb,
+    stride_qh,
+    stride_qt,
+    stride_kb,
+    stride_kh,
+    stride_kt,
+    stride_vb,
+    stride_vh,
+    stride_vt,
+    stride_dob,
+    stride_doh,
+    stride_dot,
+    stride_dqb,
+    stride_dqh,
+    stride_dqt,
     stride_mb,
-    H, T,
+    H,
+    T,
     sm_scale,  # softmax_scale
     qk_scale,  # softmax_scale * log2(e)
     dropout_p,
@@ -729,30 +1092,124 @@ def _attn_bwd_dq_kernel(
     # Key tiles in three runs, as in the forward: masked head, unmasked middle, masked tail.
     full_lo, full_hi = _full_tiles(KVRange, b, lo, hi, BLOCK_N, HAS_MASK)
     dq = _attn_dq_inner(
-        dq, q, do, lse, delta, k_head, v_head, k_desc, v_desc, KeyMask, stride_mb, b, offs_m, offs_d, stride_kt,
+        dq,
+        q,
+        do,
+        lse,
+        delta,
+        k_head,
+        v_head,
+        k_desc,
+        v_desc,
+        KeyMask,
+        stride_mb,
+        b,
+        offs_m,
+        offs_d,
+        stride_kt,
         stride_vt,
-        (lo // BLOCK_N) * BLOCK_N, full_lo, T, qk_scale, seed, head, threshold,
-        BLOCK_M, BLOCK_N, True, HAS_MASK, HAS_DROPOUT, DOT_PRECISION, UPCAST_DOTS, USE_TMA)
+        (lo // BLOCK_N) * BLOCK_N,
+        full_lo,
+        T,
+        qk_scale,
+        seed,
+        head,
+        threshold,
+        BLOCK_M,
+        BLOCK_N,
+        True,
+        HAS_MASK,
+        HAS_DROPOUT,
+        DOT_PRECISION,
+        UPCAST_DOTS,
+        USE_TMA,
+    )
     dq = _attn_dq_inner(
-        dq, q, do, lse, delta, k_head, v_head, k_desc, v_desc, KeyMask, stride_mb, b, offs_m, offs_d, stride_kt,
+        dq,
+        q,
+        do,
+        lse,
+        delta,
+        k_head,
+        v_head,
+        k_desc,
+        v_desc,
+        KeyMask,
+        stride_mb,
+        b,
+        offs_m,
+        offs_d,
+        stride_kt,
         stride_vt,
-        full_lo, full_hi, T, qk_scale, seed, head, threshold,
-        BLOCK_M, BLOCK_N, False, HAS_MASK, HAS_DROPOUT, DOT_PRECISION, UPCAST_DOTS, USE_TMA)
+        full_lo,
+        full_hi,
+        T,
+        qk_scale,
+        seed,
+        head,
+        threshold,
+        BLOCK_M,
+        BLOCK_N,
+        False,
+        HAS_MASK,
+        HAS_DROPOUT,
+        DOT_PRECISION,
+        UPCAST_DOTS,
+        USE_TMA,
+    )
     dq = _attn_dq_inner(
-        dq, q, do, lse, delta, k_head, v_head, k_desc, v_desc, KeyMask, stride_mb, b, offs_m, offs_d, stride_kt,
+        dq,
+        q,
+        do,
+        lse,
+        delta,
+        k_head,
+        v_head,
+        k_desc,
+        v_desc,
+        KeyMask,
+        stride_mb,
+        b,
+        offs_m,
+        offs_d,
+        stride_kt,
         stride_vt,
-        full_hi, hi, T, qk_scale, seed, head, threshold,
-        BLOCK_M, BLOCK_N, True, HAS_MASK, HAS_DROPOUT, DOT_PRECISION, UPCAST_DOTS, USE_TMA)
+        full_hi,
+        hi,
+        T,
+        qk_scale,
+        seed,
+        head,
+        threshold,
+        BLOCK_M,
+        BLOCK_N,
+        True,
+        HAS_MASK,
+        HAS_DROPOUT,
+        DOT_PRECISION,
+        UPCAST_DOTS,
+        USE_TMA,
+    )
 
     dq_head = _head_ptr(DQ, b, h, stride_dqb, stride_dqh)
-    _store_tile(dq_head, _tile_desc(dq_head, T, stride_dqt, BLOCK_M, HEAD_DIM, USE_TMA), start_m, offs_d, stride_dqt,
-                T, dq * sm_scale, BLOCK_M, USE_TMA)
+    _store_tile(
+        dq_head,
+        _tile_desc(dq_head, T, stride_dqt, BLOCK_M, HEAD_DIM, USE_TMA),
+        start_m,
+        offs_d,
+        stride_dqt,
+        T,
+        dq * sm_scale,
+        BLOCK_M,
+        USE_TMA,
+    )
 
 
 @triton.jit(do_not_specialize=["seed"])
 def _attn_dropout_mask_kernel(
     Keep,  # (B, H, T, T) bool out, contiguous: the keep-mask the kernels above draw
-    H, T,
+    H,
+    T,
     dropout_p,
     seed,
     BLOCK_M: tl.constexpr,
@@ -778,6 +1235,7 @@ INTERPRETED = not isinstance(_attn_fwd_kernel, triton.runtime.JITFunction)
 # 2. Launchers
 # ---------------------------------------------------------------------------
 
+
 def attention_configs(arch: int, head_dim: int, dtype: torch.dtype, dropout: bool = False) -> dict[str, TileConfig]:
     """Tiles, warps and pipeline stages of each kernel for one architecture.
 
@@ -796,9 +1254,11 @@ def attention_configs(arch: int, head_dim: int, dtype: torch.dtype, dropout: boo
         # subtle: with dropout at D=128, dQ spilled 8 B on sm_90 at 4 warps, dK/dV 28-52 B at 32 query rows;
         # below D=128, dK/dV with dropout spilled 8 B on 8 warps (sm_90, D=32, triton 3.6): 4 warps there.
         heavy = dropout and head_dim > 64
-        return {"fwd": TileConfig(16, 32, 4, 2),
-                "dkdv": TileConfig(16 if heavy else 32, 16, 4 if dropout and not heavy else 8, 2),
-                "dq": TileConfig(16, 32, 8 if heavy else 4, 2)}
+        return {
+            "fwd": TileConfig(16, 32, 4, 2),
+            "dkdv": TileConfig(16 if heavy else 32, 16, 4 if dropout and not heavy else 8, 2),
+            "dq": TileConfig(16, 32, 8 if heavy else 4, 2),
+        }
     if head_dim <= 64:
         return {
             # 128-key tiles on Hopper, as the Triton tutorial: the loop's fixed cost per step (wgmma
@@ -815,16 +1275,18 @@ def attention_configs(arch: int, head_dim: int, dtype: torch.dtype, dropout: boo
         }
     return {
         # sm_80 with dropout: 128 x 32 on 8 warps spilled 16 B (mask + dropout)
-        "fwd": (TileConfig(128, 64, 8, 3) if hopper else
-                TileConfig(64, 32, 4, 2) if dropout else TileConfig(128, 32, 8, 2)),
+        "fwd": (
+            TileConfig(128, 64, 8, 3) if hopper else TileConfig(64, 32, 4, 2) if dropout else TileConfig(128, 32, 8, 2)
+        ),
         "dkdv": TileConfig(32, 64, 8, 3),
         # subtle: 8 warps on sm_80: at 4, dropout's bit unpacking spilled mask + dropout (24 B).
         "dq": TileConfig(64, 32, 4 if hopper else 8, 3),
     }
 
 
-def attention_candidates(arch: int, head_dim: int, dtype: torch.dtype, dropout: bool = False,
-                         tma: bool = True) -> dict[str, list[TileConfig]]:
+def attention_candidates(
+    arch: int, head_dim: int, dtype: torch.dtype, dropout: bool = False, tma: bool = True
+) -> dict[str, list[TileConfig]]:
     """Each kernel's tuning table: the configs triton.autotune times on a GPU, attention_configs' first.
 
     The first is the one used where nothing is timed: under the interpreter and on the CPU the
@@ -863,8 +1325,16 @@ def _launch(kernel, grid, args: tuple, constexprs: dict, candidates: list[TileCo
     """utils.launch keyed on T, the head dim, the mask, dropout and TMA flags. Autotune's repeated
     runs are safe: every kernel here only overwrites its outputs (no atomics, nothing
     accumulated across launches) and reads its inputs, dropout's seed included, unchanged."""
-    launch(kernel, grid, args, constexprs, candidates, device, _AUTOTUNED,
-           ["T", "HEAD_DIM", "HAS_MASK", "HAS_DROPOUT", "USE_TMA"])
+    launch(
+        kernel,
+        grid,
+        args,
+        constexprs,
+        candidates,
+        device,
+        _AUTOTUNED,
+        ["T", "HEAD_DIM", "HAS_MASK", "HAS_DROPOUT", "USE_TMA"],
+    )
 
 
 def tuned_configs() -> dict[str, str]:
@@ -893,14 +1363,27 @@ def _dot_precision(dtype: torch.dtype) -> str:
     return "tf32"
 
 
-def _constexprs(cfg: TileConfig | None, head_dim: int, has_mask: bool, has_dropout: bool, dtype: torch.dtype,
-                interpreted: bool, use_tma: bool = False) -> dict:
+def _constexprs(
+    cfg: TileConfig | None,
+    head_dim: int,
+    has_mask: bool,
+    has_dropout: bool,
+    dtype: torch.dtype,
+    interpreted: bool,
+    use_tma: bool = False,
+) -> dict:
     """The compile-time arguments shared by the forward and backward kernels; the tile's
     BLOCK_M and BLOCK_N only with a cfg (without, the launch's tile config adds them: _launch)."""
     tile = {} if cfg is None else dict(BLOCK_M=cfg.BLOCK_M, BLOCK_N=cfg.BLOCK_N)
-    return dict(HEAD_DIM=head_dim, **tile, HAS_MASK=has_mask,
-                HAS_DROPOUT=has_dropout, DOT_PRECISION=_dot_precision(dtype),
-                UPCAST_DOTS=interpreted and dtype == torch.bfloat16, USE_TMA=use_tma)
+    return dict(
+        HEAD_DIM=head_dim,
+        **tile,
+        HAS_MASK=has_mask,
+        HAS_DROPOUT=has_dropout,
+        DOT_PRECISION=_dot_precision(dtype),
+        UPCAST_DOTS=interpreted and dtype == torch.bfloat16,
+        USE_TMA=use_tma,
+    )
 
 
 # Whether this triton can make TMA descriptors in a kernel (tl.make_tensor_descriptor: triton >= 3.4).
@@ -926,8 +1409,7 @@ def tma_kernels(arch: int, head_dim: int, dtype: torch.dtype, dropout: bool = Fa
 def _tma_fits(*tensors) -> bool:
     """Whether TMA can address every tensor given: a 16-byte aligned start and 16-byte multiples for
     every stride but the last (unit) one, so that each head's start is aligned too."""
-    return all(t.data_ptr() % 16 == 0 and all(s * t.element_size() % 16 == 0 for s in t.stride()[:-1])
-               for t in tensors)
+    return all(t.data_ptr() % 16 == 0 and all(s * t.element_size() % 16 == 0 for s in t.stride()[:-1]) for t in tensors)
 
 
 def _use_tma(arch: int, *tensors) -> bool:
@@ -966,10 +1448,10 @@ _MASK_TILE = TileConfig(64, 64, 4, 1)  # _attn_dropout_mask_kernel (a debugging 
 
 def _validate(q, k, v, key_padding_mask, dropout_p):
     if q.dim() != 4 or q.shape != k.shape or q.shape != v.shape:
-        raise ValueError(f"q, k, v must all be (B, H, T, D); got {tuple(q.shape)}, {tuple(k.shape)}, "
-                         f"{tuple(v.shape)}")
-    check_float_dtypes(q, k, v, same=True,
-                       message="q, k, v must share one dtype among float16, bfloat16, float32; got {dtypes}")
+        raise ValueError(f"q, k, v must all be (B, H, T, D); got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+    check_float_dtypes(
+        q, k, v, same=True, message="q, k, v must share one dtype among float16, bfloat16, float32; got {dtypes}"
+    )
     check_same_device(q, k, v, message="q, k, v must be on one device")
     B, H, T, D = q.shape
     if D not in SUPPORTED_HEAD_DIMS:
@@ -997,8 +1479,14 @@ def _kv_range(key_padding_mask):
     """(B, 3) int32: each sequence's first real token, one past its last, and 1 if every token between is real."""
     B, T = key_padding_mask.shape
     kv_range = torch.empty(B, 3, dtype=torch.int32, device=key_padding_mask.device)
-    _attn_kv_range_kernel[(B,)](key_padding_mask, kv_range, key_padding_mask.stride(0), T,
-                                BLOCK=_KV_RANGE_TILE.BLOCK_M, **_KV_RANGE_TILE.options())
+    _attn_kv_range_kernel[(B,)](
+        key_padding_mask,
+        kv_range,
+        key_padding_mask.stride(0),
+        T,
+        BLOCK=_KV_RANGE_TILE.BLOCK_M,
+        **_KV_RANGE_TILE.options(),
+    )
     return kv_range
 
 
@@ -1021,12 +1509,32 @@ def attention_forward(q, k, v, key_padding_mask, dropout_p, softmax_scale, seed)
     lse = torch.empty(B, H, T, dtype=torch.float32, device=q.device)
     arch = _arch(q.device)
     use_tma = "fwd" in tma_kernels(arch, D, q.dtype, dropout_p > 0.0) and _use_tma(arch, q, k, v, out)
-    _launch(_attn_fwd_kernel, lambda meta: (triton.cdiv(T, meta["BLOCK_M"]), H, B),
-            (q, k, v, mask, kv_range_arg, out, lse,
-             *_strides3(q), *_strides3(k), *_strides3(v), *_strides3(out), stride_mb,
-             H, T, softmax_scale * LOG2E, dropout_p, seed),
-            _constexprs(None, D, key_padding_mask is not None, dropout_p > 0.0, q.dtype, INTERPRETED, use_tma),
-            attention_candidates(arch, D, q.dtype, dropout_p > 0.0, use_tma)["fwd"], q.device)
+    _launch(
+        _attn_fwd_kernel,
+        lambda meta: (triton.cdiv(T, meta["BLOCK_M"]), H, B),
+        (
+            q,
+            k,
+            v,
+            mask,
+            kv_range_arg,
+            out,
+            lse,
+            *_strides3(q),
+            *_strides3(k),
+            *_strides3(v),
+            *_strides3(out),
+            stride_mb,
+            H,
+            T,
+            softmax_scale * LOG2E,
+            dropout_p,
+            seed,
+        ),
+        _constexprs(None, D, key_padding_mask is not None, dropout_p > 0.0, q.dtype, INTERPRETED, use_tma),
+        attention_candidates(arch, D, q.dtype, dropout_p > 0.0, use_tma)["fwd"],
+        q.device,
+    )
     return out, lse, kv_range
 
 
@@ -1039,23 +1547,39 @@ def attention_backward(do, q, k, v, out, lse, key_padding_mask, kv_range, dropou
 
     delta = torch.empty(B, H, T, dtype=torch.float32, device=q.device)
     _attn_bwd_preprocess_kernel[(triton.cdiv(T, _PREPROCESS_TILE.BLOCK_M), H, B)](
-        out, do, delta, *_strides3(out), *_strides3(do), H, T,
-        HEAD_DIM=D, BLOCK_M=_PREPROCESS_TILE.BLOCK_M, **_PREPROCESS_TILE.options())
+        out,
+        do,
+        delta,
+        *_strides3(out),
+        *_strides3(do),
+        H,
+        T,
+        HEAD_DIM=D,
+        BLOCK_M=_PREPROCESS_TILE.BLOCK_M,
+        **_PREPROCESS_TILE.options(),
+    )
 
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     arch = _arch(q.device)
     tma = tma_kernels(arch, D, q.dtype, has_dropout) if _use_tma(arch, q, k, v, do, dq, dk, dv) else frozenset()
     common = (*_strides3(q), *_strides3(k), *_strides3(v), *_strides3(do))
     scalars = (H, T, softmax_scale, softmax_scale * LOG2E, dropout_p, seed)
-    _launch(_attn_bwd_dkdv_kernel, lambda meta: (triton.cdiv(T, meta["BLOCK_N"]), H, B),
-            (q, k, v, do, mask, kv_range, lse, delta, dk, dv,
-             *common, *_strides3(dk), *_strides3(dv), stride_mb, *scalars),
-            _constexprs(None, D, has_mask, has_dropout, q.dtype, INTERPRETED, "dkdv" in tma),
-            attention_candidates(arch, D, q.dtype, has_dropout, "dkdv" in tma)["dkdv"], q.device)
-    _launch(_attn_bwd_dq_kernel, lambda meta: (triton.cdiv(T, meta["BLOCK_M"]), H, B),
-            (q, k, v, do, mask, kv_range, lse, delta, dq, *common, *_strides3(dq), stride_mb, *scalars),
-            _constexprs(None, D, has_mask, has_dropout, q.dtype, INTERPRETED, "dq" in tma),
-            attention_candidates(arch, D, q.dtype, has_dropout, "dq" in tma)["dq"], q.device)
+    _launch(
+        _attn_bwd_dkdv_kernel,
+        lambda meta: (triton.cdiv(T, meta["BLOCK_N"]), H, B),
+        (q, k, v, do, mask, kv_range, lse, delta, dk, dv, *common, *_strides3(dk), *_strides3(dv), stride_mb, *scalars),
+        _constexprs(None, D, has_mask, has_dropout, q.dtype, INTERPRETED, "dkdv" in tma),
+        attention_candidates(arch, D, q.dtype, has_dropout, "dkdv" in tma)["dkdv"],
+        q.device,
+    )
+    _launch(
+        _attn_bwd_dq_kernel,
+        lambda meta: (triton.cdiv(T, meta["BLOCK_M"]), H, B),
+        (q, k, v, do, mask, kv_range, lse, delta, dq, *common, *_strides3(dq), stride_mb, *scalars),
+        _constexprs(None, D, has_mask, has_dropout, q.dtype, INTERPRETED, "dq" in tma),
+        attention_candidates(arch, D, q.dtype, has_dropout, "dq" in tma)["dq"],
+        q.device,
+    )
     return dq, dk, dv
 
 
@@ -1063,8 +1587,8 @@ def attention_backward(do, q, k, v, out, lse, key_padding_mask, kv_range, dropou
 # 3. Autograd
 # ---------------------------------------------------------------------------
 
-class FlashAttentionFunction(torch.autograd.Function):
 
+class FlashAttentionFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, key_padding_mask, dropout_p, softmax_scale, seed):
         out, lse, kv_range = attention_forward(q, k, v, key_padding_mask, dropout_p, softmax_scale, seed)
@@ -1075,14 +1599,16 @@ class FlashAttentionFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, do):
         q, k, v, out, lse, key_padding_mask, kv_range = ctx.saved_tensors
-        dq, dk, dv = attention_backward(do, q, k, v, out, lse, key_padding_mask, kv_range,
-                                        ctx.dropout_p, ctx.softmax_scale, ctx.seed)
+        dq, dk, dv = attention_backward(
+            do, q, k, v, out, lse, key_padding_mask, kv_range, ctx.dropout_p, ctx.softmax_scale, ctx.seed
+        )
         return dq, dk, dv, None, None, None, None
 
 
 # ---------------------------------------------------------------------------
 # 4. Public functions
 # ---------------------------------------------------------------------------
+
 
 def attention(q, k, v, key_padding_mask=None, dropout_p=0.0, softmax_scale=None, seed=None):
     """Fused non-causal attention over (B, H, T, D); the semantics of roberta_kernels.attention_reference.
@@ -1095,14 +1621,15 @@ def attention(q, k, v, key_padding_mask=None, dropout_p=0.0, softmax_scale=None,
     q, k, v = _unit_last_stride(q), _unit_last_stride(k), _unit_last_stride(v)
     _validate(q, k, v, key_padding_mask, dropout_p)
     if key_padding_mask is not None:  # the kernels read it as (B, T) bool with unit stride along T
-        key_padding_mask = (key_padding_mask if key_padding_mask.dtype == torch.bool else key_padding_mask != 0)
+        key_padding_mask = key_padding_mask if key_padding_mask.dtype == torch.bool else key_padding_mask != 0
         key_padding_mask = key_padding_mask.contiguous()
     if softmax_scale is None:
         softmax_scale = 1.0 / math.sqrt(q.shape[-1])
     if softmax_scale < 0:  # the forward's unmasked loop needs scale >= 0 (_attn_fwd_inner): q (-k)^T |scale|
         k, softmax_scale = -k, -softmax_scale
-    return FlashAttentionFunction.apply(q, k, v, key_padding_mask, float(dropout_p), float(softmax_scale),
-                                        kernel_seed(seed, dropout_p))
+    return FlashAttentionFunction.apply(
+        q, k, v, key_padding_mask, float(dropout_p), float(softmax_scale), kernel_seed(seed, dropout_p)
+    )
 
 
 def attention_dropout_mask(seed, batch, heads, seq_len, dropout_p, device="cpu"):
@@ -1113,15 +1640,23 @@ def attention_dropout_mask(seed, batch, heads, seq_len, dropout_p, device="cpu")
     """
     keep = torch.empty(batch, heads, seq_len, seq_len, dtype=torch.bool, device=device)
     grid = (triton.cdiv(seq_len, _MASK_TILE.BLOCK_M), heads, batch)
-    _attn_dropout_mask_kernel[grid](keep, heads, seq_len, float(dropout_p), int(seed),
-                                    BLOCK_M=_MASK_TILE.BLOCK_M, BLOCK_N=_MASK_TILE.BLOCK_N,
-                                    **_MASK_TILE.options())
+    _attn_dropout_mask_kernel[grid](
+        keep,
+        heads,
+        seq_len,
+        float(dropout_p),
+        int(seed),
+        BLOCK_M=_MASK_TILE.BLOCK_M,
+        BLOCK_N=_MASK_TILE.BLOCK_N,
+        **_MASK_TILE.options(),
+    )
     return keep
 
 
 # ---------------------------------------------------------------------------
 # Ahead-of-time compilation specs (roberta_kernels.compile_check)
 # ---------------------------------------------------------------------------
+
 
 def aot_specs(arch: int):
     """Yield (variant, kernel, pointer dtypes, constexprs, launch options) for every
@@ -1132,15 +1667,30 @@ def aot_specs(arch: int):
     mask-and-dropout variant holds the most registers, and the pairs show
     what each costs (compile_check --report).
     """
-    yield ("", _attn_kv_range_kernel, {"KeyMask": "*i1", "KVRange": "*i32"},
-           {"BLOCK": _KV_RANGE_TILE.BLOCK_M}, _KV_RANGE_TILE.options())
-    yield ("", _attn_dropout_mask_kernel, {"Keep": "*i1"},
-           {"BLOCK_M": _MASK_TILE.BLOCK_M, "BLOCK_N": _MASK_TILE.BLOCK_N}, _MASK_TILE.options())
+    yield (
+        "",
+        _attn_kv_range_kernel,
+        {"KeyMask": "*i1", "KVRange": "*i32"},
+        {"BLOCK": _KV_RANGE_TILE.BLOCK_M},
+        _KV_RANGE_TILE.options(),
+    )
+    yield (
+        "",
+        _attn_dropout_mask_kernel,
+        {"Keep": "*i1"},
+        {"BLOCK_M": _MASK_TILE.BLOCK_M, "BLOCK_N": _MASK_TILE.BLOCK_N},
+        _MASK_TILE.options(),
+    )
     for dtype_name, dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32)):
         io = f"*{dtype_name}"
         for D in SUPPORTED_HEAD_DIMS:
-            yield (f"D={D} {dtype_name}", _attn_bwd_preprocess_kernel, {"Out": io, "DOut": io, "Delta": "*fp32"},
-                   {"HEAD_DIM": D, "BLOCK_M": _PREPROCESS_TILE.BLOCK_M}, _PREPROCESS_TILE.options())
+            yield (
+                f"D={D} {dtype_name}",
+                _attn_bwd_preprocess_kernel,
+                {"Out": io, "DOut": io, "Delta": "*fp32"},
+                {"HEAD_DIM": D, "BLOCK_M": _PREPROCESS_TILE.BLOCK_M},
+                _PREPROCESS_TILE.options(),
+            )
             for has_mask, has_dropout in ((False, False), (True, False), (False, True), (True, True)):
                 common = {"Q": io, "K": io, "V": io, "KeyMask": "*i1", "KVRange": "*i32", "LSE": "*fp32"}
                 tma = tma_kernels(arch, D, dtype, has_dropout)
@@ -1156,7 +1706,14 @@ def aot_specs(arch: int):
                         for index, cfg in enumerate(candidates[name]):
                             # the first candidate is "D=..", the others name their tile ("64x128w4s3 D=..")
                             tile = f"{cfg.BLOCK_M}x{cfg.BLOCK_N}w{cfg.num_warps}s{cfg.num_stages} " if index else ""
-                            variant = f"{'tma ' if use_tma else ''}{tile}D={D} {dtype_name} mask={int(has_mask)} " \
-                                      f"dropout={int(has_dropout)}"
-                            yield (variant, kernel, {**common, **outs},
-                                   _constexprs(cfg, D, has_mask, has_dropout, dtype, False, use_tma), cfg.options())
+                            variant = (
+                                f"{'tma ' if use_tma else ''}{tile}D={D} {dtype_name} mask={int(has_mask)} "
+                                f"dropout={int(has_dropout)}"
+                            )
+                            yield (
+                                variant,
+                                kernel,
+                                {**common, **outs},
+                                _constexprs(cfg, D, has_mask, has_dropout, dtype, False, use_tma),
+                                cfg.options(),
+                            )

@@ -31,6 +31,7 @@ whose backward is slower than torch at hidden sizes 768-1024:
   - on CUDA, triton.autotune picks each kernel's config from a small table
     (layer_norm_candidates); everywhere else the first entry.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
@@ -48,6 +49,7 @@ MAX_HIDDEN = 4096  # a whole row lives in registers; wider rows would spill (see
 # ---------------------------------------------------------------------------
 # 1. Kernels
 # ---------------------------------------------------------------------------
+
 
 @triton.jit
 def _dropout_keep(seed, rows, start_col, N, dropout_p, BLOCK_N: tl.constexpr, PER_ELEMENT: tl.constexpr):
@@ -76,16 +78,32 @@ def _dropout_keep(seed, rows, start_col, N, dropout_p, BLOCK_N: tl.constexpr, PE
     # subtle: tl.join appends the new axis last, so join(join(x0, x2), join(x1, x3)) holds
     # x_(2a + b) at [.., a, b]; joining the halves last puts them innermost: column 8g + 2k + half.
     # Compared before joining: bools hold fewer registers than 32-bit words through the joins.
-    low = tl.join(tl.join((r0 & 0xFFFF) >= threshold, (r2 & 0xFFFF) >= threshold),
-                  tl.join((r1 & 0xFFFF) >= threshold, (r3 & 0xFFFF) >= threshold))
-    high = tl.join(tl.join((r0 >> 16) >= threshold, (r2 >> 16) >= threshold),
-                   tl.join((r1 >> 16) >= threshold, (r3 >> 16) >= threshold))
+    low = tl.join(
+        tl.join((r0 & 0xFFFF) >= threshold, (r2 & 0xFFFF) >= threshold),
+        tl.join((r1 & 0xFFFF) >= threshold, (r3 & 0xFFFF) >= threshold),
+    )
+    high = tl.join(
+        tl.join((r0 >> 16) >= threshold, (r2 >> 16) >= threshold),
+        tl.join((r1 >> 16) >= threshold, (r3 >> 16) >= threshold),
+    )
     return tl.reshape(tl.join(low, high), (rows.shape[0], BLOCK_N))
 
 
 @triton.jit
-def _prenorm(X, Residual, rows, cols, mask, stride_x, stride_r, N, dropout_p, seed,
-             HAS_RESIDUAL: tl.constexpr, HAS_DROPOUT: tl.constexpr):
+def _prenorm(
+    X,
+    Residual,
+    rows,
+    cols,
+    mask,
+    stride_x,
+    stride_r,
+    N,
+    dropout_p,
+    seed,
+    HAS_RESIDUAL: tl.constexpr,
+    HAS_DROPOUT: tl.constexpr,
+):
     """(h, keep), each (BLOCK_M, BLOCK_N): h = dropout(x) + residual in fp32 for rows x cols, 0 outside `mask`.
 
     keep is the dropout keep-mask (without dropout, `mask`: every element is
@@ -113,8 +131,12 @@ def _layer_norm_fwd_kernel(
     PreNorm,  # (M, N) out: dropout(X) + Residual (written when STORE_PRENORM); unit column stride
     Mean,  # (M,) fp32 out
     Rstd,  # (M,) fp32 out: 1 / sqrt(var + eps)
-    stride_x, stride_r, stride_y, stride_h,  # row strides
-    M, N,
+    stride_x,
+    stride_r,
+    stride_y,
+    stride_h,  # row strides
+    M,
+    N,
     eps,
     dropout_p,
     seed,
@@ -158,8 +180,12 @@ def _layer_norm_bwd_kernel(
     DResidual,  # (M, N) out, contiguous (written when STORE_DRESIDUAL, else DX serves both)
     DWPartial,  # (programs, N) fp32 out: this program's share of dweight
     DBPartial,  # (programs, N) fp32 out: this program's share of dbias
-    stride_dy, stride_dh, stride_x, stride_r,  # row strides of the inputs
-    M, N,
+    stride_dy,
+    stride_dh,
+    stride_x,
+    stride_r,  # row strides of the inputs
+    M,
+    N,
     dropout_p,
     seed,
     BLOCK_M: tl.constexpr,
@@ -186,8 +212,9 @@ def _layer_norm_bwd_kernel(
         mask = row_ok[:, None] & col_ok[None, :]
         rows64 = rows.to(tl.int64)[:, None]
 
-        h, keep = _prenorm(X, Residual, rows, cols, mask, stride_x, stride_r, N, dropout_p, seed,
-                           HAS_RESIDUAL, HAS_DROPOUT)
+        h, keep = _prenorm(
+            X, Residual, rows, cols, mask, stride_x, stride_r, N, dropout_p, seed, HAS_RESIDUAL, HAS_DROPOUT
+        )
         mean = tl.load(Mean + rows, mask=row_ok, other=0.0)
         rstd = tl.load(Rstd + rows, mask=row_ok, other=0.0)
         xhat = tl.where(mask, (h - mean[:, None]) * rstd[:, None], 0.0)
@@ -215,7 +242,8 @@ def _layer_norm_bwd_kernel(
 @triton.jit(do_not_specialize=["seed"])
 def _layer_norm_dropout_mask_kernel(
     Keep,  # (M, N) bool out, contiguous: the keep-mask the kernels above draw
-    M, N,
+    M,
+    N,
     dropout_p,
     seed,
     BLOCK_M: tl.constexpr,
@@ -225,8 +253,9 @@ def _layer_norm_dropout_mask_kernel(
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     keep = _dropout_keep(seed, rows, tl.program_id(1) * BLOCK_N, N, dropout_p, BLOCK_N, PER_ELEMENT)
-    tl.store(Keep + rows.to(tl.int64)[:, None] * N + cols[None, :], keep,
-             mask=(rows < M)[:, None] & (cols < N)[None, :])
+    tl.store(
+        Keep + rows.to(tl.int64)[:, None] * N + cols[None, :], keep, mask=(rows < M)[:, None] & (cols < N)[None, :]
+    )
 
 
 # True when the kernels above were decorated under TRITON_INTERPRET=1
@@ -238,9 +267,11 @@ INTERPRETED = not isinstance(_layer_norm_fwd_kernel, triton.runtime.JITFunction)
 # 2. Launchers
 # ---------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class RowTileConfig(TileConfig):
     """A TileConfig over rows: BLOCK_M rows of BLOCK_N columns, the hidden size rounded up to a power of two."""
+
     num_stages: int = 3  # the kernel's num_stages option
     loop_stages: int = 1  # the backward's row loop: tiles in flight (1: not pipelined; see layer_norm_configs)
 
@@ -282,8 +313,10 @@ def layer_norm_configs(hidden: int, aligned: bool = True) -> dict[str, RowTileCo
         return min(16, max(1, elements_per_thread * 32 * num_warps // block_n))
 
     bwd_rows = rows(4, bwd_warps) * (2 if aligned and 512 < block_n <= 1024 else 1)
-    return {"fwd": RowTileConfig(rows(16, fwd_warps), block_n, fwd_warps),
-            "bwd": RowTileConfig(bwd_rows, block_n, bwd_warps, loop_stages=3 if aligned else 1)}
+    return {
+        "fwd": RowTileConfig(rows(16, fwd_warps), block_n, fwd_warps),
+        "bwd": RowTileConfig(bwd_rows, block_n, bwd_warps, loop_stages=3 if aligned else 1),
+    }
 
 
 def layer_norm_candidates(hidden: int, aligned: bool = True) -> dict[str, list[RowTileConfig]]:
@@ -322,8 +355,17 @@ def _launch(kernel, grid, args: tuple, constexprs: dict, candidates: list[RowTil
     is the same for every candidate) and read their inputs, dropout's seed included, unchanged."""
     backward = kernel is _layer_norm_bwd_kernel
     flags = ["HAS_DPRENORM", "STORE_DRESIDUAL"] if backward else ["STORE_PRENORM"]
-    launch(kernel, grid, args, constexprs, candidates, device, _AUTOTUNED, ["N", "HAS_RESIDUAL", "HAS_DROPOUT", *flags],
-           _bwd_meta if backward else tile_meta)
+    launch(
+        kernel,
+        grid,
+        args,
+        constexprs,
+        candidates,
+        device,
+        _AUTOTUNED,
+        ["N", "HAS_RESIDUAL", "HAS_DROPOUT", *flags],
+        _bwd_meta if backward else tile_meta,
+    )
 
 
 def tuned_configs() -> dict[str, str]:
@@ -353,8 +395,9 @@ def _validate(x, weight, bias, residual, dropout_p):
         raise ValueError(f"weight and bias must both be ({N},)")
     if residual is not None and residual.shape != x.shape:
         raise ValueError(f"residual must match x's shape {tuple(x.shape)}; got {tuple(residual.shape)}")
-    check_float_dtypes(x, weight, bias, residual,
-                       message="layer_norm supports float16, bfloat16 and float32; got {dtype}")
+    check_float_dtypes(
+        x, weight, bias, residual, message="layer_norm supports float16, bfloat16 and float32; got {dtype}"
+    )
     check_same_device(x, weight, bias, residual, message="x, weight, bias and residual must be on one device")
     check_dropout_p(dropout_p)
 
@@ -375,11 +418,32 @@ def layer_norm_forward(x2, weight, bias, eps, r2, dropout_p, seed, out_dtype, st
     rstd = torch.empty(M, dtype=torch.float32, device=x2.device)
     r_arg = r2 if r2 is not None else x2  # never read without HAS_RESIDUAL
     h_arg = prenorm if store_prenorm else y  # never written without STORE_PRENORM
-    _launch(_layer_norm_fwd_kernel, lambda meta: (triton.cdiv(M, meta["BLOCK_M"]),),
-            (x2, r_arg, weight, bias, y, h_arg, mean, rstd,
-             x2.stride(0), r_arg.stride(0), y.stride(0), h_arg.stride(0), M, N, eps, dropout_p, seed),
-            dict(HAS_RESIDUAL=r2 is not None, HAS_DROPOUT=dropout_p > 0.0, STORE_PRENORM=store_prenorm),
-            candidates, x2.device)
+    _launch(
+        _layer_norm_fwd_kernel,
+        lambda meta: (triton.cdiv(M, meta["BLOCK_M"]),),
+        (
+            x2,
+            r_arg,
+            weight,
+            bias,
+            y,
+            h_arg,
+            mean,
+            rstd,
+            x2.stride(0),
+            r_arg.stride(0),
+            y.stride(0),
+            h_arg.stride(0),
+            M,
+            N,
+            eps,
+            dropout_p,
+            seed,
+        ),
+        dict(HAS_RESIDUAL=r2 is not None, HAS_DROPOUT=dropout_p > 0.0, STORE_PRENORM=store_prenorm),
+        candidates,
+        x2.device,
+    )
     return y, prenorm, mean, rstd
 
 
@@ -401,12 +465,36 @@ def layer_norm_backward(dy2, dh2, x2, r2, weight, bias, mean, rstd, dropout_p, s
     db_partial = torch.empty(programs, N, dtype=torch.float32, device=x2.device)
     r_arg = r2 if has_residual else x2
     dh_arg = dh2 if dh2 is not None else dy2  # never read without HAS_DPRENORM
-    _launch(_layer_norm_bwd_kernel, lambda meta: (programs,),
-            (dy2, dh_arg, x2, r_arg, weight, mean, rstd, dx, dres, dw_partial, db_partial,
-             dy2.stride(0), dh_arg.stride(0), x2.stride(0), r_arg.stride(0), M, N, dropout_p, seed),
-            dict(HAS_RESIDUAL=has_residual, HAS_DROPOUT=has_dropout, HAS_DPRENORM=dh2 is not None,
-                 STORE_DRESIDUAL=store_dres),
-            candidates, x2.device)
+    _launch(
+        _layer_norm_bwd_kernel,
+        lambda meta: (programs,),
+        (
+            dy2,
+            dh_arg,
+            x2,
+            r_arg,
+            weight,
+            mean,
+            rstd,
+            dx,
+            dres,
+            dw_partial,
+            db_partial,
+            dy2.stride(0),
+            dh_arg.stride(0),
+            x2.stride(0),
+            r_arg.stride(0),
+            M,
+            N,
+            dropout_p,
+            seed,
+        ),
+        dict(
+            HAS_RESIDUAL=has_residual, HAS_DROPOUT=has_dropout, HAS_DPRENORM=dh2 is not None, STORE_DRESIDUAL=store_dres
+        ),
+        candidates,
+        x2.device,
+    )
     # The second, small reduction: (programs, N) -> (N,).
     dweight = dw_partial.sum(0).to(weight.dtype)
     dbias = db_partial.sum(0).to(bias.dtype)
@@ -417,8 +505,8 @@ def layer_norm_backward(dy2, dh2, x2, r2, weight, bias, mean, rstd, dropout_p, s
 # 3. Autograd
 # ---------------------------------------------------------------------------
 
-class LayerNormFunction(torch.autograd.Function):
 
+class LayerNormFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, eps, residual, dropout_p, seed, return_prenorm):
         N = x.shape[-1]
@@ -426,8 +514,9 @@ class LayerNormFunction(torch.autograd.Function):
         r2 = _rows(residual, N) if residual is not None else None
         out_dtype = x.dtype if residual is None else torch.promote_types(x.dtype, residual.dtype)
         weight, bias = weight.contiguous(), bias.contiguous()
-        y, prenorm, mean, rstd = layer_norm_forward(x2, weight, bias, eps, r2, dropout_p, seed, out_dtype,
-                                                    return_prenorm)
+        y, prenorm, mean, rstd = layer_norm_forward(
+            x2, weight, bias, eps, r2, dropout_p, seed, out_dtype, return_prenorm
+        )
         ctx.save_for_backward(x2, r2, weight, bias, mean, rstd)
         ctx.dropout_p, ctx.seed, ctx.shape = dropout_p, seed, x.shape
         ctx.residual_shape = None if residual is None else residual.shape
@@ -440,11 +529,13 @@ class LayerNormFunction(torch.autograd.Function):
         x2, r2, weight, bias, mean, rstd = ctx.saved_tensors
         N = x2.shape[1]
         if dy is None:  # only the pre-norm sum was used downstream
-            dy = torch.zeros(x2.shape, dtype=x2.dtype if r2 is None else torch.promote_types(x2.dtype, r2.dtype),
-                             device=x2.device)
+            dy = torch.zeros(
+                x2.shape, dtype=x2.dtype if r2 is None else torch.promote_types(x2.dtype, r2.dtype), device=x2.device
+            )
         dh2 = _rows(dprenorm, N) if dprenorm is not None else None
-        dx, dres, dweight, dbias = layer_norm_backward(_rows(dy, N), dh2, x2, r2, weight, bias, mean, rstd,
-                                                       ctx.dropout_p, ctx.seed)
+        dx, dres, dweight, dbias = layer_norm_backward(
+            _rows(dy, N), dh2, x2, r2, weight, bias, mean, rstd, ctx.dropout_p, ctx.seed
+        )
         dres = dres.view(ctx.residual_shape) if dres is not None else None
         return dx.view(ctx.shape), dweight, dbias, None, dres, None, None, None
 
@@ -452,6 +543,7 @@ class LayerNormFunction(torch.autograd.Function):
 # ---------------------------------------------------------------------------
 # 4. Public functions
 # ---------------------------------------------------------------------------
+
 
 def layer_norm(x, weight, bias, eps=1e-5, residual=None, dropout_p=0.0, seed=None, return_prenorm=False):
     """LN(dropout(x) + residual) over the last dimension: roberta_kernels.layer_norm_reference, fused.
@@ -463,8 +555,9 @@ def layer_norm(x, weight, bias, eps=1e-5, residual=None, dropout_p=0.0, seed=Non
     returns the keep-mask it used.
     """
     _validate(x, weight, bias, residual, dropout_p)
-    return LayerNormFunction.apply(x, weight, bias, float(eps), residual, float(dropout_p),
-                                   kernel_seed(seed, dropout_p), bool(return_prenorm))
+    return LayerNormFunction.apply(
+        x, weight, bias, float(eps), residual, float(dropout_p), kernel_seed(seed, dropout_p), bool(return_prenorm)
+    )
 
 
 _MASK_TILE = RowTileConfig(16, 64, 4)  # _layer_norm_dropout_mask_kernel (a debugging aid)
@@ -488,15 +581,24 @@ def layer_norm_dropout_mask(seed, shape, dropout_p, device="cpu"):
         M *= size
     keep = torch.empty(M, N, dtype=torch.bool, device=device)
     grid = (triton.cdiv(M, _MASK_TILE.BLOCK_M), triton.cdiv(N, _MASK_TILE.BLOCK_N))
-    _layer_norm_dropout_mask_kernel[grid](keep, M, N, float(dropout_p), int(seed),
-                                          BLOCK_M=_MASK_TILE.BLOCK_M, BLOCK_N=_MASK_TILE.BLOCK_N,
-                                          PER_ELEMENT=_per_element_dropout(N), **_MASK_TILE.options())
+    _layer_norm_dropout_mask_kernel[grid](
+        keep,
+        M,
+        N,
+        float(dropout_p),
+        int(seed),
+        BLOCK_M=_MASK_TILE.BLOCK_M,
+        BLOCK_N=_MASK_TILE.BLOCK_N,
+        PER_ELEMENT=_per_element_dropout(N),
+        **_MASK_TILE.options(),
+    )
     return keep.view(shape)
 
 
 # ---------------------------------------------------------------------------
 # Ahead-of-time compilation specs (roberta_kernels.compile_check)
 # ---------------------------------------------------------------------------
+
 
 def aot_specs(arch: int):
     """Yield (variant, kernel, pointer dtypes, constexprs, launch options, divisible) for every
@@ -512,9 +614,13 @@ def aot_specs(arch: int):
     only) and for others in contiguous rows (77: nothing is).
     """
     for per_element in (False, True):
-        yield (f"per_element={int(per_element)}", _layer_norm_dropout_mask_kernel, {"Keep": "*i1"},
-               {"BLOCK_M": _MASK_TILE.BLOCK_M, "BLOCK_N": _MASK_TILE.BLOCK_N, "PER_ELEMENT": per_element},
-               _MASK_TILE.options())
+        yield (
+            f"per_element={int(per_element)}",
+            _layer_norm_dropout_mask_kernel,
+            {"Keep": "*i1"},
+            {"BLOCK_M": _MASK_TILE.BLOCK_M, "BLOCK_N": _MASK_TILE.BLOCK_N, "PER_ELEMENT": per_element},
+            _MASK_TILE.options(),
+        )
     block_n = 16
     while block_n <= MAX_HIDDEN:
         strides = {"stride_x", "stride_r", "stride_y", "stride_h", "stride_dy", "stride_dh"}
@@ -524,18 +630,49 @@ def aot_specs(arch: int):
                 variant = f"N<={block_n} {alignment} residual={int(has_residual)} dropout={int(has_dropout)}"
                 flags = {"HAS_RESIDUAL": has_residual, "HAS_DROPOUT": has_dropout}
                 for k, fwd in enumerate(tables["fwd"]):  # every tuning candidate; the first is the pick
-                    yield (variant + (f" candidate {k}" if k else ""), _layer_norm_fwd_kernel,
-                           {"X": "*bf16", "Residual": "*bf16", "W": "*fp32", "B": "*fp32", "Y": "*bf16",
-                            "PreNorm": "*bf16", "Mean": "*fp32", "Rstd": "*fp32"},
-                           {"BLOCK_M": fwd.BLOCK_M, "BLOCK_N": fwd.BLOCK_N, **flags, "STORE_PRENORM": has_residual},
-                           fwd.options(), divisible)
+                    yield (
+                        variant + (f" candidate {k}" if k else ""),
+                        _layer_norm_fwd_kernel,
+                        {
+                            "X": "*bf16",
+                            "Residual": "*bf16",
+                            "W": "*fp32",
+                            "B": "*fp32",
+                            "Y": "*bf16",
+                            "PreNorm": "*bf16",
+                            "Mean": "*fp32",
+                            "Rstd": "*fp32",
+                        },
+                        {"BLOCK_M": fwd.BLOCK_M, "BLOCK_N": fwd.BLOCK_N, **flags, "STORE_PRENORM": has_residual},
+                        fwd.options(),
+                        divisible,
+                    )
                 for k, bwd in enumerate(tables["bwd"]):
-                    yield (variant + (f" candidate {k}" if k else ""), _layer_norm_bwd_kernel,
-                           {"DY": "*bf16", "DPreNorm": "*bf16", "X": "*bf16", "Residual": "*bf16", "W": "*fp32",
-                            "Mean": "*fp32", "Rstd": "*fp32", "DX": "*bf16", "DResidual": "*bf16",
-                            "DWPartial": "*fp32", "DBPartial": "*fp32"},
-                           {"BLOCK_M": bwd.BLOCK_M, "BLOCK_N": bwd.BLOCK_N, **flags,
-                            "HAS_DPRENORM": has_residual, "STORE_DRESIDUAL": has_residual,
-                            "LOOP_STAGES": bwd.loop_stages},
-                           bwd.options(), divisible)
+                    yield (
+                        variant + (f" candidate {k}" if k else ""),
+                        _layer_norm_bwd_kernel,
+                        {
+                            "DY": "*bf16",
+                            "DPreNorm": "*bf16",
+                            "X": "*bf16",
+                            "Residual": "*bf16",
+                            "W": "*fp32",
+                            "Mean": "*fp32",
+                            "Rstd": "*fp32",
+                            "DX": "*bf16",
+                            "DResidual": "*bf16",
+                            "DWPartial": "*fp32",
+                            "DBPartial": "*fp32",
+                        },
+                        {
+                            "BLOCK_M": bwd.BLOCK_M,
+                            "BLOCK_N": bwd.BLOCK_N,
+                            **flags,
+                            "HAS_DPRENORM": has_residual,
+                            "STORE_DRESIDUAL": has_residual,
+                            "LOOP_STAGES": bwd.loop_stages,
+                        },
+                        bwd.options(),
+                        divisible,
+                    )
         block_n *= 2

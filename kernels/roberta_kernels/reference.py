@@ -4,6 +4,7 @@ They define the semantics the Triton kernels must reproduce, and they are
 the fallback whenever Triton is missing or a tensor is not on CUDA. They are
 written for clarity, not speed: fp32 math, nothing fused.
 """
+
 from __future__ import annotations
 
 import math
@@ -12,8 +13,7 @@ import torch
 import torch.nn.functional as F
 
 
-def attention_reference(q, k, v, key_padding_mask=None, dropout_p=0.0, softmax_scale=None,
-                        dropout_mask=None):
+def attention_reference(q, k, v, key_padding_mask=None, dropout_p=0.0, softmax_scale=None, dropout_mask=None):
     """softmax(q k^T * scale, masked over padding keys) -> dropout -> @ v.
 
     q, k, v: (B, H, T, D). key_padding_mask: (B, T) bool, True for real tokens.
@@ -44,8 +44,9 @@ def attention_reference(q, k, v, key_padding_mask=None, dropout_p=0.0, softmax_s
     return out.to(dtype)
 
 
-def layer_norm_reference(x, weight, bias, eps=1e-5, residual=None, dropout_p=0.0,
-                         return_prenorm=False, dropout_mask=None):
+def layer_norm_reference(
+    x, weight, bias, eps=1e-5, residual=None, dropout_p=0.0, return_prenorm=False, dropout_mask=None
+):
     """LN(dropout(x) + residual): RoBERTa's post-LN step.
 
     x, residual: (..., N). weight, bias: (N,). dropout_mask: optional keep-mask
@@ -62,7 +63,8 @@ def layer_norm_reference(x, weight, bias, eps=1e-5, residual=None, dropout_p=0.0
         h = F.dropout(h, p=dropout_p, training=True)
     if residual is not None:
         h = h + residual.float()
-    y = F.layer_norm(h, (h.shape[-1],), None if weight is None else weight.float(),
-                     None if bias is None else bias.float(), eps)
+    y = F.layer_norm(
+        h, (h.shape[-1],), None if weight is None else weight.float(), None if bias is None else bias.float(), eps
+    )
     y = y.to(out_dtype)
     return (y, h.to(out_dtype)) if return_prenorm else y

@@ -25,6 +25,7 @@ layer_norm(x, weight, bias, eps=1e-5, residual=None, dropout_p=0.0) -> LN(dropou
 Capabilities (dtypes, head_dims, dropout, devices) say which cases an implementation claims;
 the lab skips the others, and says so, instead of failing them.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -112,8 +113,10 @@ def get(op: str, spec) -> Implementation:
     if spec in _REGISTRY[op]:
         return _REGISTRY[op][spec]
     if ":" not in spec:
-        raise ValueError(f"unknown {op} implementation {spec!r}: registered are {', '.join(names(op))}; "
-                         "or name a function as MODULE:FUNCTION")
+        raise ValueError(
+            f"unknown {op} implementation {spec!r}: registered are {', '.join(names(op))}; "
+            "or name a function as MODULE:FUNCTION"
+        )
     module_name, _, attr = spec.partition(":")
     try:
         module = import_user_module(module_name)
@@ -170,6 +173,7 @@ def is_known(op: str, spec: str) -> bool:
 
 
 # ----------------------------------------------------------------------------- the built-ins
+
 
 def eager_attention(q, k, v, key_padding_mask=None, dropout_p=0.0, softmax_scale=None):
     """The math written out in the input dtype (softmax in fp32), as RoBERTa's reference does."""
@@ -254,11 +258,27 @@ def triton_layer_norm(x, weight, bias, eps=1e-5, residual=None, dropout_p=0.0):
 
 register("attention", "eager", eager_attention, description="the math written out (the model's reference)")
 register("attention", "sdpa", sdpa_attention, description="torch F.scaled_dot_product_attention")
-register("attention", "triton", triton_attention, head_dims=(32, 64, 128), triton=True,
-         description="ours: fused flash attention (kernels/roberta_kernels/flash_attention.py)")
+register(
+    "attention",
+    "triton",
+    triton_attention,
+    head_dims=(32, 64, 128),
+    triton=True,
+    description="ours: fused flash attention (kernels/roberta_kernels/flash_attention.py)",
+)
 if flex_available():
-    register("attention", "flex", flex_attention, dropout=False,
-             description="torch FlexAttention with a block mask from the key-padding mask")
+    register(
+        "attention",
+        "flex",
+        flex_attention,
+        dropout=False,
+        description="torch FlexAttention with a block mask from the key-padding mask",
+    )
 register("layer_norm", "torch", torch_layer_norm, description="torch's dropout, add and layer_norm kernels")
-register("layer_norm", "triton", triton_layer_norm, triton=True,
-         description="ours: residual + dropout + LayerNorm fused (kernels/roberta_kernels/layernorm.py)")
+register(
+    "layer_norm",
+    "triton",
+    triton_layer_norm,
+    triton=True,
+    description="ours: residual + dropout + LayerNorm fused (kernels/roberta_kernels/layernorm.py)",
+)

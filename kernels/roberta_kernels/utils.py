@@ -10,6 +10,7 @@ kernel module when TRITON_INTERPRET changes, not the modules it imports: a
 helper decorated here would keep whichever setting it was first decorated
 under. Each kernel module keeps its own (small, documented) @triton.jit helpers.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)  # what every kern
 # Launch configurations
 # ---------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class TileConfig:
     """One kernel's tile and launch options: a program works on (BLOCK_M, BLOCK_N) tiles.
@@ -32,6 +34,7 @@ class TileConfig:
     the launchers and roberta_kernels.compile_check pass to Triton, so the compile
     check measures exactly what runs.
     """
+
     BLOCK_M: int
     BLOCK_N: int
     num_warps: int
@@ -50,8 +53,17 @@ def tile_meta(cfg: TileConfig) -> dict:
     return {"BLOCK_M": cfg.BLOCK_M, "BLOCK_N": cfg.BLOCK_N}
 
 
-def launch(kernel, grid, args: tuple, constexprs: dict, candidates: list, device: torch.device, cache: dict,
-           key: list, meta=tile_meta) -> None:
+def launch(
+    kernel,
+    grid,
+    args: tuple,
+    constexprs: dict,
+    candidates: list,
+    device: torch.device,
+    cache: dict,
+    key: list,
+    meta=tile_meta,
+) -> None:
     """Launch `kernel` over `grid`, a function of the config's constexprs (`meta(config)`).
 
     On CUDA with more than one candidate, triton.autotune picks among them the first time it
@@ -76,13 +88,17 @@ def launch(kernel, grid, args: tuple, constexprs: dict, candidates: list, device
 
 def tuned_configs(cache: dict) -> dict[str, str]:
     """What autotune picked so far from a launch cache: "kernel [candidates]" -> the best config."""
-    return {f"{name} {[str(c) for c in candidates]}": str(tuner.best_config)
-            for (name, candidates), tuner in cache.items() if getattr(tuner, "best_config", None) is not None}
+    return {
+        f"{name} {[str(c) for c in candidates]}": str(tuner.best_config)
+        for (name, candidates), tuner in cache.items()
+        if getattr(tuner, "best_config", None) is not None
+    }
 
 
 # ---------------------------------------------------------------------------
 # Input checks (the launchers' _validate)
 # ---------------------------------------------------------------------------
+
 
 def check_float_dtypes(*tensors, message: str, same: bool = False) -> None:
     """Raise TypeError unless every tensor given is float16, bfloat16 or float32 (with same=True, all one).
@@ -113,6 +129,7 @@ def check_dropout_p(dropout_p: float) -> None:
 # ---------------------------------------------------------------------------
 # Dropout seeds
 # ---------------------------------------------------------------------------
+
 
 def fresh_seed() -> int:
     """A dropout seed drawn from torch's default generator, so torch.manual_seed reproduces it."""
