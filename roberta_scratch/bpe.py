@@ -19,8 +19,8 @@ from __future__ import annotations
 import heapq
 import operator
 import re
-from itertools import repeat
-from typing import Hashable, Sequence
+from collections.abc import Hashable, Sequence
+from itertools import pairwise, repeat
 
 import regex
 
@@ -101,11 +101,11 @@ def encode_reference(ids: list[int], ranks: dict[tuple[int, int], tuple[int, int
     """
     ids = list(ids)
     while len(ids) > 1:
-        found = [ranks[pair] for pair in zip(ids, ids[1:]) if pair in ranks]
+        found = [ranks[pair] for pair in pairwise(ids) if pair in ranks]
         if not found:
             break
         rank, new = min(found)
-        pair = next(p for p in zip(ids, ids[1:]) if ranks.get(p, (None,))[0] == rank)
+        pair = next(p for p in pairwise(ids) if ranks.get(p, (None,))[0] == rank)
         ids = merge(ids, pair, new)
     return ids
 

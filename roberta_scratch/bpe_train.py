@@ -29,8 +29,9 @@ the rule of Hugging Face's trainer, and both learn the same merges.
 from __future__ import annotations
 
 from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from heapq import heapify, heappop, heappush
-from typing import Callable, Iterable, Mapping, Sequence
+from itertools import pairwise
 
 from .bpe import merge
 from .progress import progress
@@ -73,8 +74,8 @@ def learn_merges(
     freqs = list(word_counts.values())
     pair_counts: dict[tuple[int, int], int] = defaultdict(int)
     where: dict[tuple[int, int], set[int]] = defaultdict(set)  # pair -> indices of words that hold it
-    for wi, (word, freq) in enumerate(zip(words, freqs)):
-        for pair in zip(word, word[1:]):
+    for wi, (word, freq) in enumerate(zip(words, freqs, strict=True)):
+        for pair in pairwise(word):
             pair_counts[pair] += freq
             where[pair].add(wi)
 
@@ -114,9 +115,9 @@ def learn_merges(
                 if len(merged) == len(word):  # this word lost the pair in an earlier merge
                     continue
                 freq = freqs[wi]
-                for p in zip(word, word[1:]):
+                for p in pairwise(word):
                     delta[p] -= freq
-                for p in zip(merged, merged[1:]):
+                for p in pairwise(merged):
                     delta[p] += freq
                     if new_id in p:
                         where[p].add(wi)

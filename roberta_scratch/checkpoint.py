@@ -19,7 +19,6 @@ import json
 import os
 import pickle
 import typing
-from typing import Optional
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -108,7 +107,7 @@ def safe_torch_load(path: str, extra_globals=()) -> dict:
         ) from None
 
 
-def read_fairseq(path: str, classification_head: Optional[str] = None) -> tuple[RobertaConfig, dict]:
+def read_fairseq(path: str, classification_head: str | None = None) -> tuple[RobertaConfig, dict]:
     """(config, canonical state dict) from a fairseq model.pt."""
     ckpt = safe_torch_load(path, FAIRSEQ_SAFE_GLOBALS)
     if not isinstance(ckpt, dict) or "model" not in ckpt:
@@ -168,7 +167,7 @@ def _load_safetensors(path: str) -> dict:
 RUN_MODEL_DIRS = ("best", "model")
 
 
-def find_model_dir(path: str) -> tuple[str, Optional[str]]:
+def find_model_dir(path: str) -> tuple[str, str | None]:
     """(the model folder, a note) for a model folder, a fairseq .pt, or a run folder: a run
     folder gives its best/ (the best on the eval set) or else its model/, with a note saying
     which; the note is None otherwise."""
@@ -233,7 +232,7 @@ def save_hf(cfg: RobertaConfig, sd: dict, path: str) -> None:
         save_file(hf, os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
 
 
-def save_ours(cfg: RobertaConfig, sd: dict, path: str, model_class: Optional[str] = None) -> None:
+def save_ours(cfg: RobertaConfig, sd: dict, path: str, model_class: str | None = None) -> None:
     """config.json + model.safetensors in this project's names (a tied weight is stored once:
     the decoder has none). `model_class` is recorded in the file's metadata."""
     metadata = {"format": "pt", **({"model_class": model_class} if model_class else {})}

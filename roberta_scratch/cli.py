@@ -11,6 +11,7 @@ import argparse
 import contextlib
 import dataclasses
 import sys
+import types
 import typing
 import warnings
 
@@ -131,7 +132,7 @@ def add_dataclass_arguments(p: argparse.ArgumentParser, settings: type) -> None:
         if not f.metadata.get("cli", True):
             continue
         kind = hints[f.name]
-        if typing.get_origin(kind) is typing.Union:  # Optional[X]
+        if typing.get_origin(kind) in (typing.Union, types.UnionType):  # X | None
             kind = next(t for t in typing.get_args(kind) if t is not type(None))
         flag = "--" + f.name.replace("_", "-")
         helps = f.metadata.get("help", "")
@@ -300,7 +301,7 @@ def _cmd_features(args: argparse.Namespace) -> int:
     save_features(ids, states, args.out)
     shape = next(iter(states.values())).shape
     asked = args.layers.split(",") if args.layers != "all" else [str(i) for i in states]
-    which = ", ".join(str(i) if str(i) == a else f"{i} (asked as {a})" for i, a in zip(states, asked))
+    which = ", ".join(str(i) if str(i) == a else f"{i} (asked as {a})" for i, a in zip(states, asked, strict=True))
     print(
         f"wrote the hidden states {tuple(shape)} of layers {which} for {len(ids)} tokens to {args.out}"
         " (layer 0 is the embeddings; .safetensors keys are layer_<number>)"

@@ -11,7 +11,6 @@ import dataclasses
 import json
 import os
 from dataclasses import dataclass, field
-from typing import Optional
 
 ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu")
 PROBLEM_TYPES = (None, "regression", "single_label_classification", "multi_label_classification")
@@ -45,12 +44,12 @@ class RobertaConfig:
     attention: str = "sdpa"
     # The residual + dropout + LayerNorm step, likewise: None means triton's with attention="triton",
     # else torch's.
-    layer_norm: Optional[str] = None
+    layer_norm: str | None = None
     # Task heads. classifier_dropout=None means "use hidden_dropout_prob", as in the original.
-    classifier_dropout: Optional[float] = None
+    classifier_dropout: float | None = None
     num_labels: int = 2
-    problem_type: Optional[str] = None
-    label_names: Optional[list] = field(default=None)
+    problem_type: str | None = None
+    label_names: list | None = field(default=None)
 
     def __post_init__(self):
         self.validate()
@@ -143,14 +142,14 @@ class RobertaConfig:
 
     # ---------------------------------------------------------------- presets
     @classmethod
-    def preset(cls, name: str, **overrides) -> "RobertaConfig":
+    def preset(cls, name: str, **overrides) -> RobertaConfig:
         """A standard size. Parameter counts are RobertaForMaskedLM's with the 50,265 vocab;
         about vocab_size * hidden_size of each is the (tied) word embedding."""
         if name not in PRESETS:
             raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
         return cls(**{**PRESETS[name], **overrides})
 
-    def replace(self, **changes) -> "RobertaConfig":
+    def replace(self, **changes) -> RobertaConfig:
         return dataclasses.replace(self, **changes)
 
     # --------------------------------------------------------- serialisation
@@ -158,7 +157,7 @@ class RobertaConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "RobertaConfig":
+    def from_dict(cls, d: dict) -> RobertaConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - names)
         if unknown:
@@ -182,7 +181,7 @@ class RobertaConfig:
         return d
 
     @classmethod
-    def from_hf_dict(cls, d: dict, **overrides) -> "RobertaConfig":
+    def from_hf_dict(cls, d: dict, **overrides) -> RobertaConfig:
         """Read a Hugging Face roberta `config.json` dict (extra HF-only keys are ignored)."""
         if d.get("model_type", "roberta") not in ("roberta", "xlm-roberta", "camembert"):
             raise ValueError(f"config.json has model_type {d.get('model_type')!r}, not a RoBERTa model")
@@ -209,7 +208,7 @@ class RobertaConfig:
             json.dump({"format": CONFIG_FORMAT, **self.to_dict()}, f, indent=2)
 
     @classmethod
-    def load(cls, path: str, trust_code: bool = False, **overrides) -> "RobertaConfig":
+    def load(cls, path: str, trust_code: bool = False, **overrides) -> RobertaConfig:
         """Read this project's config.json or a Hugging Face one (told apart by the `format` key).
 
         subtle: `attention` and `layer_norm` may name code as MODULE:FUNCTION, which building the

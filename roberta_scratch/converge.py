@@ -166,7 +166,7 @@ def converge(
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     rtol0, rtol, atol = TOLERANCES[dtype]
     first, spread = None, 0.0
-    for step, (a, b, c) in enumerate(zip(cand, ref, other)):
+    for step, (a, b, c) in enumerate(zip(cand, ref, other, strict=True)):
         spread = max(spread, abs(c - b))
         limit = atol + (rtol0 if step == 0 else rtol) * abs(b) + SPREAD_FACTOR * spread
         if not abs(a - b) <= limit:  # NaN fails too

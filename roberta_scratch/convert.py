@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import re
 import warnings
-from typing import Optional
+from functools import partial
 
 import torch
 
@@ -144,13 +144,17 @@ FAIRSEQ_DROPPED = re.compile(
 )
 
 
+def _at_layer(key: str, layer: int | None) -> str:
+    return key if layer is None else key.format(layer)
+
+
 def expand(key_map: dict, num_layers: int) -> dict:
     """Replace "{}" by each layer index: {ours: theirs} with concrete keys."""
     out = {}
     for ours, theirs in key_map.items():
         layers = range(num_layers) if "{}" in ours else [None]
         for i in layers:
-            fill = (lambda k: k.format(i)) if i is not None else (lambda k: k)
+            fill = partial(_at_layer, layer=i)
             out[fill(ours)] = (
                 None
                 if theirs is None
@@ -205,7 +209,7 @@ def ours_to_hf(sd: dict, num_layers: int) -> dict:
     for ours, theirs in expand(HF_ENCODER_MAP, num_layers).items():
         tensor = sd.pop(ENCODER_PREFIX + ours)
         if isinstance(theirs, tuple):
-            for key, part in zip(theirs, tensor.chunk(len(theirs), dim=0)):
+            for key, part in zip(theirs, tensor.chunk(len(theirs), dim=0), strict=True):
                 out[ENCODER_PREFIX + key] = part.contiguous()
         else:
             out[ENCODER_PREFIX + theirs] = tensor
@@ -242,7 +246,7 @@ def hf_architecture(sd: dict) -> str:
 # ------------------------------------------------------------------------------ fairseq
 
 
-def fairseq_to_ours(sd: dict, num_layers: int, classification_head: Optional[str] = None) -> dict:
+def fairseq_to_ours(sd: dict, num_layers: int, classification_head: str | None = None) -> dict:
     """A fairseq RobertaModel state dict (any release) -> ours.
 
     Old releases are first brought to current names: "decoder." -> "encoder.",
@@ -258,7 +262,7 @@ def fairseq_to_ours(sd: dict, num_layers: int, classification_head: Optional[str
             sd[new] = sd.pop(old)
     for key in [k for k in sd if k.endswith(("self_attn.in_proj_weight", "self_attn.in_proj_bias"))]:
         stem, kind = key.rsplit(".in_proj_", 1)
-        for name, part in zip(("q_proj", "k_proj", "v_proj"), sd.pop(key).chunk(3, dim=0)):
+        for name, part in zip(("q_proj", "k_proj", "v_proj"), sd.pop(key).chunk(3, dim=0), strict=True):
             sd[f"{stem}.{name}.{kind}"] = part
 
     embed = sd.get(FAIRSEQ_SENTENCE_ENCODER + "embed_tokens.weight")

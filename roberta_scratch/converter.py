@@ -98,7 +98,7 @@ def verify_against_transformers(cfg: RobertaConfig, sd: dict) -> dict:
         raise SystemExit(f"hidden state count differs: ours {len(a.hidden_states)} vs {len(b.hidden_states)}")
     diff = {
         f"hidden_states[{i}]": (x - y).abs().max().item()
-        for i, (x, y) in enumerate(zip(a.hidden_states, b.hidden_states))
+        for i, (x, y) in enumerate(zip(a.hidden_states, b.hidden_states, strict=True))
     }
     for name in ("logits", "start_logits", "end_logits"):
         x, y = getattr(a, name, None), getattr(b, name, None)

@@ -21,8 +21,8 @@ import os
 import sys
 import sysconfig
 import warnings
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator, Optional
 
 from .fileio import COMPRESSED, iter_jsonl, iter_lines
 
@@ -50,7 +50,7 @@ class CorpusReport:
 MAX_DOCUMENT_CHARS = 1 << 20
 
 
-def file_format(path: str) -> Optional[str]:
+def file_format(path: str) -> str | None:
     """ ".txt", ".jsonl", ".json", ".parquet" or "arrow" for a file or folder we read, else None."""
     if os.path.isdir(path):
         return "arrow" if _arrow_files(path) else None
@@ -104,7 +104,7 @@ def corpus_files(paths: Iterable[str]) -> list[str]:
 
 
 def iter_documents(
-    paths: Optional[Iterable[str]], report: Optional[CorpusReport] = None, text_field: str = "text"
+    paths: Iterable[str] | None, report: CorpusReport | None = None, text_field: str = "text"
 ) -> Iterator[str]:
     """Every document of the corpus, in a fixed order. paths=None means the default corpus."""
     report = report if report is not None else CorpusReport()
@@ -279,7 +279,7 @@ HASHED_WHOLE = 256 << 20  # files up to this size are fingerprinted by their who
 SAMPLE = 4 << 20  # of a larger file: its first and last 4 MiB, besides its size and mtime
 
 
-def inputs_fingerprint(paths: Optional[Iterable[str]]) -> str:
+def inputs_fingerprint(paths: Iterable[str] | None) -> str:
     """Identifies the inputs, so that `prepare` knows when there is nothing to do: each file's
     path, size, mtime and content (a sha256 of the whole file up to 256 MiB; of a larger one,
     its first and last 4 MiB); for the default corpus, the Python it comes from.

@@ -39,7 +39,7 @@ import shutil
 import tempfile
 import uuid
 from collections import deque
-from typing import Iterator, Optional
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -90,7 +90,7 @@ class _SplitWriter:
         """Append one document: its ids (a list or an array), then </s>."""
         self.add_many([ids])
 
-    def add_many(self, docs: list, sentence_lengths: Optional[list] = None) -> None:
+    def add_many(self, docs: list, sentence_lengths: list | None = None) -> None:
         """Append documents, each followed by </s>, with one write per shard and one index write.
         With sentences, sentence_lengths[d] holds the token count of each sentence of docs[d]."""
         if not docs:
@@ -147,7 +147,7 @@ def _sentence_ends(docs: list, sentence_lengths: list, offset: int) -> np.ndarra
     """The stream offsets where the sentences of `docs` end, the stream holding `offset` tokens
     before them: each document's sentences back to back, its last one ending after its </s>."""
     ends = []
-    for ids, lengths in zip(docs, sentence_lengths):
+    for ids, lengths in zip(docs, sentence_lengths, strict=True):
         if sum(lengths) != len(ids):
             raise AssertionError(f"sentence lengths {lengths} do not add up to the document's {len(ids)} tokens")
         ends.append(offset + np.cumsum(lengths[:-1], dtype=np.int64))
@@ -178,12 +178,12 @@ def _regroup(rows: list, counts: list) -> tuple[list, list]:
 
 
 def prepare(
-    corpus: Optional[list[str]],
+    corpus: list[str] | None,
     tokenizer_dir: str,
     out_dir: str,
     seq_len: int = 512,
     val_fraction: float = 0.01,
-    num_workers: Optional[int] = None,
+    num_workers: int | None = None,
     batch_documents: int = 256,
     shard_tokens: int = SHARD_TOKENS,
     show_progress: bool = True,
@@ -339,7 +339,7 @@ def _file_info(path: str) -> dict:
     return {"bytes": os.path.getsize(path), "sha256": h.hexdigest()}
 
 
-def _current_meta(out_dir: str) -> Optional[dict]:
+def _current_meta(out_dir: str) -> dict | None:
     """The committed manifest, or None when there is none (or it cannot be read)."""
     try:
         return load_meta(out_dir)
@@ -363,7 +363,7 @@ def check_files(data_dir: str, meta: dict, checksums: bool = False) -> list[str]
     return problems
 
 
-def _made_here(out_dir: str, name: str, previous: Optional[dict] = None) -> bool:
+def _made_here(out_dir: str, name: str, previous: dict | None = None) -> bool:
     """Whether prepare provably wrote out_dir/name: a real folder holding OWNER_MARK, or the
     data-<id>/ folder that the previous manifest named."""
     path = os.path.join(out_dir, name)
@@ -373,7 +373,7 @@ def _made_here(out_dir: str, name: str, previous: Optional[dict] = None) -> bool
     return os.path.isfile(os.path.join(path, OWNER_MARK)) or named
 
 
-def _remove_leftovers(out_dir: str, meta: Optional[dict], previous: Optional[dict], inputs: list[str]) -> None:
+def _remove_leftovers(out_dir: str, meta: dict | None, previous: dict | None, inputs: list[str]) -> None:
     """Remove what prepare wrote and no manifest names now: a killed run's .prepare-* and data-*
     folders, data from before the last commit, and the files of the old layout (format 1 kept its
     shards at the top) once a format-2 manifest replaced a format-1 one. Never an input, and

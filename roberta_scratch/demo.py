@@ -107,7 +107,9 @@ def run(out: str = "runs/demo", steps: int = 6000) -> int:
         f"{last['val_ppl']:.1f}, masked accuracy {first['val_acc']:.1%} -> {last['val_acc']:.1%}"
     )
     print("== 4/4 fill-mask with the trained model: its top 5, and where the corpus' answer ranks")
-    for (text, answer), result in zip(PROBES, fill_mask(os.path.join(run_dir, "model"), [t for t, _ in PROBES])):
+    for (text, answer), result in zip(
+        PROBES, fill_mask(os.path.join(run_dir, "model"), [t for t, _ in PROBES]), strict=True
+    ):
         candidates = result["masks"][0]
         tokens = [token for token, _ in candidates]
         rank = f"ranked {tokens.index(answer) + 1}" if answer in tokens else "not in the top 5"

@@ -16,8 +16,8 @@ import os
 import shutil
 import tempfile
 import warnings
+from collections.abc import Callable, Iterable, Iterator
 from itertools import islice
-from typing import Callable, Iterable, Iterator
 
 # ----------------------------------------------------------------------------- reading
 

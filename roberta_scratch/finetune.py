@@ -29,7 +29,6 @@ import math
 import os
 import warnings
 from dataclasses import dataclass
-from typing import Optional
 
 import torch
 
@@ -50,14 +49,14 @@ class FinetuneArgs(RunArgs):
     task: str = option(help="seq-cls, token-cls or qa", choices=["seq-cls", "token-cls", "qa"])
     model: str = option(help="a pretrained model dir (ours or Hugging Face) with its tokenizer")
     train: str = option(help="seq-cls: .csv/.jsonl; token-cls: CoNLL or .jsonl; qa: SQuAD .json")
-    eval: Optional[str] = option(None, "the eval file, same format; metrics after each epoch")
+    eval: str | None = option(None, "the eval file, same format; metrics after each epoch")
     out: str = option(help="run directory: ckpt/, metrics.jsonl, best/, model/")
     epochs: float = option(10.0, "passes over the training set (fractions allowed)", above=0)
     lr: float = option(2e-5, "peak learning rate", above=0)
     warmup_ratio: float = option(0.06, "share of the steps spent warming up", minimum=0)
     weight_decay: float = option(0.1, "AdamW weight decay (never on biases and LayerNorm weights)", minimum=0)
     clip: float = option(0.0, "max gradient norm; 0 (fairseq's GLUE recipe) turns clipping off", minimum=0)
-    max_length: Optional[int] = option(
+    max_length: int | None = option(
         None, "tokens per example (default 512; qa 384), at most the model's positions", minimum=8
     )
     stride: int = option(128, "qa: tokens shared by consecutive windows of a long context", minimum=0)
@@ -66,8 +65,8 @@ class FinetuneArgs(RunArgs):
         "auto", "seq-cls: auto makes numeric labels regression", choices=["auto", "class", "regression"]
     )
     on_bad_row: str = option("skip", "skip bad rows with a count, or stop at the first", choices=["skip", "stop"])
-    eval_every: Optional[int] = option(None, "steps between evaluations (default: once per epoch)", minimum=1)
-    save_every: Optional[int] = option(None, "steps between checkpoints (default: once per epoch)", minimum=1)
+    eval_every: int | None = option(None, "steps between evaluations (default: once per epoch)", minimum=1)
+    save_every: int | None = option(None, "steps between checkpoints (default: once per epoch)", minimum=1)
     keep_last: int = option(2, "checkpoints kept in OUT/ckpt", minimum=1)
 
     # the model and the training data are compared by content, and epochs may change (training.RESUMING)
@@ -166,7 +165,7 @@ class FinetuneTrainer(BaseTrainer):
     def loss_weight(self, batch: dict) -> torch.Tensor:
         return self.task.loss_weight(batch).to(self.device)
 
-    def evaluate(self) -> Optional[dict]:
+    def evaluate(self) -> dict | None:
         if not self.eval_examples:
             return None
         self.raw_model.eval()

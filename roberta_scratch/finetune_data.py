@@ -14,7 +14,6 @@ from __future__ import annotations
 import csv
 import json
 import sys
-from typing import Optional
 
 from .errors import TrainingError
 from .fileio import iter_jsonl, iter_lines
@@ -41,7 +40,7 @@ class BadRows:
             print(f"skipping {message}", file=sys.stderr)
         self.rows.append(message)
 
-    def summary(self) -> Optional[str]:
+    def summary(self) -> str | None:
         return f"skipped {len(self.rows)} bad row(s) of {self.path}" if self.rows else None
 
 
@@ -95,7 +94,7 @@ def read_labelled_texts(path: str, bad: BadRows) -> list[dict]:
     return examples
 
 
-def bio_problem(tags: list) -> Optional[str]:
+def bio_problem(tags: list) -> str | None:
     """Why a tag sequence is not BIO / IOB2 (O, B-TYPE, I-TYPE), or None when it is."""
     for i, tag in enumerate(tags):
         prefix, _, kind = tag.partition("-")

@@ -10,7 +10,6 @@ One table serves the trainer's MFU and every benchmark, so they never disagree.
 from __future__ import annotations
 
 import re
-from typing import Optional
 
 from .config import RobertaConfig
 
@@ -54,7 +53,7 @@ GPU_PEAKS = [
 DEFAULT_CARD = "A100"  # what MFU assumes for a card the table does not know
 
 
-def card_peaks(name: str) -> Optional[tuple[float, float, float]]:
+def card_peaks(name: str) -> tuple[float, float, float] | None:
     """(16-bit TFLOP/s, tf32 TFLOP/s, GB/s) for a device name, or None when the card is not listed."""
     for pattern, peaks in GPU_PEAKS:
         if re.search(pattern, name):

@@ -24,7 +24,7 @@ example's static masks it gets (see DynamicMaskingCollator).
 from __future__ import annotations
 
 import hashlib
-from typing import Optional, Sequence, Union
+from collections.abc import Sequence
 
 import torch
 
@@ -54,11 +54,11 @@ class DynamicMaskingCollator:
         mlm_probability: float = 0.15,
         mask_replace_prob: float = 0.8,
         random_replace_prob: float = 0.1,
-        pad_to_multiple_of: Optional[int] = None,
-        generator: Optional[torch.Generator] = None,
+        pad_to_multiple_of: int | None = None,
+        generator: torch.Generator | None = None,
         static: bool = False,
         static_seed: int = 0,
-        word_start: Optional[torch.Tensor] = None,
+        word_start: torch.Tensor | None = None,
     ):
         if not 0.0 < mlm_probability < 1.0:
             raise ValueError(f"mlm_probability must be in (0, 1), got {mlm_probability}")
@@ -87,7 +87,7 @@ class DynamicMaskingCollator:
         self.word_start = None if word_start is None else word_start.to(torch.bool)
 
     @classmethod
-    def from_tokenizer(cls, tokenizer, whole_word: bool = False, **kwargs) -> "DynamicMaskingCollator":
+    def from_tokenizer(cls, tokenizer, whole_word: bool = False, **kwargs) -> DynamicMaskingCollator:
         """Read the ids from a tokenizer; whole_word groups tokens by its word_start_mask()."""
         word_start = torch.tensor(tokenizer.word_start_mask(), dtype=torch.bool) if whole_word else None
         return cls(
@@ -100,7 +100,7 @@ class DynamicMaskingCollator:
         )
 
     # ------------------------------------------------------------------ batching
-    def pad(self, examples: Union[torch.Tensor, Sequence[torch.Tensor]]) -> torch.Tensor:
+    def pad(self, examples: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
         """A (B, T) LongTensor from a list of 1-D sequences (right-padded) or a padded batch."""
         if isinstance(examples, torch.Tensor):
             if examples.dim() != 2:
@@ -114,7 +114,7 @@ class DynamicMaskingCollator:
             if self.pad_to_multiple_of:
                 T = -(-T // self.pad_to_multiple_of) * self.pad_to_multiple_of
             ids = torch.full((len(examples), T), self.pad_token_id, dtype=torch.long)
-            for row, (e, n) in enumerate(zip(examples, lengths)):  # one copy per example, not per token
+            for row, (e, n) in enumerate(zip(examples, lengths, strict=True)):  # one copy per example, not per token
                 ids[row, :n] = torch.as_tensor(e, dtype=torch.long)
         if ids.numel() and (ids.min() < 0 or ids.max() >= self.vocab_size):
             raise ValueError(f"token ids must be in [0, {self.vocab_size}); got {ids.min().item()}..{ids.max().item()}")
@@ -175,7 +175,7 @@ class DynamicMaskingCollator:
         return [e["input_ids"] for e in examples], extra, copies
 
     # ------------------------------------------------------------------ masking
-    def _draw(self, ids: torch.Tensor, g: Optional[torch.Generator]) -> tuple[torch.Tensor, torch.Tensor]:
+    def _draw(self, ids: torch.Tensor, g: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
         candidates = ~self.special[ids]  # (B, T): never specials, never pads
         u = torch.rand(ids.shape, generator=g)
         if self.word_start is not None:

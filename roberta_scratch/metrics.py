@@ -22,7 +22,7 @@ import string
 
 
 def accuracy(pred: list, gold: list) -> float:
-    return sum(p == g for p, g in zip(pred, gold)) / max(len(gold), 1)
+    return sum(p == g for p, g in zip(pred, gold, strict=True)) / max(len(gold), 1)
 
 
 def macro_f1(pred: list, gold: list) -> float:
@@ -31,9 +31,9 @@ def macro_f1(pred: list, gold: list) -> float:
     classes = sorted(set(gold) | set(pred), key=str)
     scores = []
     for c in classes:
-        tp = sum(p == c and g == c for p, g in zip(pred, gold))
-        fp = sum(p == c and g != c for p, g in zip(pred, gold))
-        fn = sum(p != c and g == c for p, g in zip(pred, gold))
+        tp = sum(p == c and g == c for p, g in zip(pred, gold, strict=True))
+        fp = sum(p == c and g != c for p, g in zip(pred, gold, strict=True))
+        fn = sum(p != c and g == c for p, g in zip(pred, gold, strict=True))
         scores.append(_f1(tp, fp, fn))
     return sum(scores) / max(len(scores), 1)
 
@@ -49,7 +49,7 @@ def pearson(x: list, y: list) -> float:
     """Pearson's r; 0.0 when either side is constant (r is undefined there)."""
     n = len(x)
     mx, my = sum(x) / n, sum(y) / n
-    sxy = sum((a - mx) * (b - my) for a, b in zip(x, y))
+    sxy = sum((a - mx) * (b - my) for a, b in zip(x, y, strict=True))
     sxx = sum((a - mx) ** 2 for a in x)
     syy = sum((b - my) ** 2 for b in y)
     return sxy / math.sqrt(sxx * syy) if sxx > 0 and syy > 0 else 0.0
@@ -106,7 +106,7 @@ def entity_prf(gold: list[list[str]], pred: list[list[str]]) -> dict:
     only when its type and both boundaries match exactly (a partial overlap is a miss and a
     false alarm at once)."""
     tp = n_gold = n_pred = 0
-    for i, (g, p) in enumerate(zip(gold, pred)):
+    for i, (g, p) in enumerate(zip(gold, pred, strict=True)):
         if len(g) != len(p):
             raise ValueError(f"sentence {i}: {len(g)} gold tags but {len(p)} predicted")
         gs, ps = set(entity_spans(g)), set(entity_spans(p))
@@ -156,7 +156,7 @@ def squad_scores(golds: list[list[str]], preds: list[str]) -> dict:
     prints percents: multiply by 100 to compare), each the best over a question's gold answers.
     An unanswerable question (SQuAD v2.0) has no gold answers; only "" is right for it."""
     em = f1 = 0.0
-    for answers, pred in zip(golds, preds):
+    for answers, pred in zip(golds, preds, strict=True):
         answers = [a for a in answers if normalize_answer(a)] or [""]
         em += max(squad_exact(a, pred) for a in answers)
         f1 += max(squad_f1(a, pred) for a in answers)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass
-from typing import Optional
 
 import torch
 import torch.nn as nn
@@ -39,16 +38,16 @@ ACT2FN = {
 class Output:
     """What every model returns; fields that a model does not produce stay None."""
 
-    loss: Optional[torch.Tensor] = None
-    logits: Optional[torch.Tensor] = None
-    nsp_logits: Optional[torch.Tensor] = None  # (B, 2): next-sentence prediction, RobertaForPreTraining only
-    mlm_loss: Optional[torch.Tensor] = None  # RobertaForPreTraining: the two terms of its loss
-    nsp_loss: Optional[torch.Tensor] = None
-    start_logits: Optional[torch.Tensor] = None  # question answering only
-    end_logits: Optional[torch.Tensor] = None
-    last_hidden_state: Optional[torch.Tensor] = None  # (B, T, H)
-    hidden_states: Optional[tuple] = None  # embeddings output, then every layer's: N + 1 of (B, T, H)
-    attentions: Optional[tuple] = None  # every layer's attention probabilities: N of (B, nh, T, T)
+    loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    nsp_logits: torch.Tensor | None = None  # (B, 2): next-sentence prediction, RobertaForPreTraining only
+    mlm_loss: torch.Tensor | None = None  # RobertaForPreTraining: the two terms of its loss
+    nsp_loss: torch.Tensor | None = None
+    start_logits: torch.Tensor | None = None  # question answering only
+    end_logits: torch.Tensor | None = None
+    last_hidden_state: torch.Tensor | None = None  # (B, T, H)
+    hidden_states: tuple | None = None  # embeddings output, then every layer's: N + 1 of (B, T, H)
+    attentions: tuple | None = None  # every layer's attention probabilities: N of (B, nh, T, T)
 
 
 # --------------------------------------------------------------------------- parts
@@ -65,7 +64,7 @@ class RobertaEmbeddings(nn.Module):
         self.token_type_embeddings = nn.Embedding(cfg.type_vocab_size, cfg.hidden_size)
         self.norm = AddNorm(cfg)
 
-    def forward(self, input_ids: torch.Tensor, token_type_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
         # subtle: positions count real tokens only and start at padding_idx + 1, so with
         # padding_idx=1 the first token sits at position 2 and every pad at position 1,
         # whose row is zero. The reference derives them from the ids, not the attention mask.
@@ -87,13 +86,13 @@ class AddNorm(nn.LayerNorm):
     by default torch's, or our fused kernel (roberta_kernels.layer_norm) with attention="triton".
     """
 
-    def __init__(self, cfg: RobertaConfig, dropout: Optional[float] = None):
+    def __init__(self, cfg: RobertaConfig, dropout: float | None = None):
         super().__init__(cfg.hidden_size, eps=cfg.layer_norm_eps)
         self.dropout = cfg.hidden_dropout_prob if dropout is None else dropout
         name = cfg.layer_norm or ("triton" if cfg.attention == "triton" else "torch")
         self.impl = None if name == "torch" else roberta_kernels.get_implementation("layer_norm", name)
 
-    def forward(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         p = self.dropout if self.training else 0.0
         if residual is None:  # embeddings: the dropout comes after the norm
             return F.dropout(super().forward(x), p, self.training)
@@ -122,7 +121,7 @@ class SelfAttention(nn.Module):
         self.backend = cfg.attention
         self.impl = None if self.backend == "eager" else roberta_kernels.get_implementation("attention", self.backend)
 
-    def forward(self, x: torch.Tensor, pad_mask: Optional[torch.Tensor], need_weights: bool = False):
+    def forward(self, x: torch.Tensor, pad_mask: torch.Tensor | None, need_weights: bool = False):
         """x: (B, T, C); pad_mask: (B, T) bool, True for real tokens, or None for no padding.
         Returns (output (B, T, C), attention probabilities (B, nh, T, T) if need_weights else None)."""
         if need_weights and self.backend != "eager":
@@ -172,7 +171,7 @@ class Layer(nn.Module):
         self.ffn = FeedForward(cfg)
         self.ffn_norm = AddNorm(cfg)
 
-    def forward(self, x: torch.Tensor, pad_mask: Optional[torch.Tensor], need_weights: bool = False):
+    def forward(self, x: torch.Tensor, pad_mask: torch.Tensor | None, need_weights: bool = False):
         h, att = self.attn(x, pad_mask, need_weights)
         x = self.attn_norm(h, residual=x)
         return self.ffn_norm(self.ffn(x), residual=x), att
@@ -235,9 +234,9 @@ ID_DTYPES = (torch.int64, torch.int32)  # what an embedding lookup takes; bool a
 def check_inputs(
     cfg: RobertaConfig,
     input_ids: torch.Tensor,
-    attention_mask: Optional[torch.Tensor],
-    token_type_ids: Optional[torch.Tensor] = None,
-) -> Optional[torch.Tensor]:
+    attention_mask: torch.Tensor | None,
+    token_type_ids: torch.Tensor | None = None,
+) -> torch.Tensor | None:
     """Validate on the host, so bad input is a ValueError on every device (never a CUDA assert).
 
     Returns the key-padding mask as (B, T) bool, or None when nothing is padded.
@@ -482,7 +481,7 @@ class RobertaForSequenceClassification(PreTrained):
     regression (MSE), integer labels single-label (cross-entropy), float labels multi-label (BCE).
     """
 
-    def __init__(self, cfg: RobertaConfig, num_labels: Optional[int] = None):
+    def __init__(self, cfg: RobertaConfig, num_labels: int | None = None):
         super().__init__()
         self.config = cfg = with_num_labels(cfg, num_labels)
         self.roberta = RobertaModel(cfg)
@@ -538,7 +537,7 @@ class RobertaForSequenceClassification(PreTrained):
 class RobertaForTokenClassification(PreTrained):
     """One linear layer per token (NER, POS): dropout -> classifier."""
 
-    def __init__(self, cfg: RobertaConfig, num_labels: Optional[int] = None):
+    def __init__(self, cfg: RobertaConfig, num_labels: int | None = None):
         super().__init__()
         self.config = cfg = with_num_labels(cfg, num_labels)
         self.roberta = RobertaModel(cfg)
@@ -615,7 +614,7 @@ class RobertaForQuestionAnswering(PreTrained):
         )
 
 
-def with_num_labels(cfg: RobertaConfig, num_labels: Optional[int]) -> RobertaConfig:
+def with_num_labels(cfg: RobertaConfig, num_labels: int | None) -> RobertaConfig:
     """The config with num_labels set (label names only survive when the count is unchanged)."""
     if num_labels is None or num_labels == cfg.num_labels:
         return cfg

@@ -112,7 +112,7 @@ def _documents(doc_ends: np.ndarray, sent_ends: np.ndarray) -> list[np.ndarray]:
     document's </s> left out."""
     docs = []
     starts = np.concatenate([[0], doc_ends[:-1]])
-    for start, end in zip(starts.tolist(), doc_ends.tolist()):
+    for start, end in zip(starts.tolist(), doc_ends.tolist(), strict=True):
         lo, hi = np.searchsorted(sent_ends, [start, end], side="right")
         ends = sent_ends[lo:hi].copy()
         ends[-1] -= 1  # drop the document's </s>

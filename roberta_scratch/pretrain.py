@@ -32,7 +32,6 @@ import json
 import math
 import os
 from dataclasses import dataclass
-from typing import Optional
 
 import torch
 
@@ -57,7 +56,7 @@ class TrainArgs(RunArgs):
     config: str = option("tiny", "tiny|small|base|large or a config.json")
     steps: int = option(1000, "optimizer steps", minimum=1)
     warmup: int = option(100, "steps of linear warmup, then linear decay to 0", minimum=0)
-    seq_len: Optional[int] = option(None, "block length (default: the data's)", minimum=8)
+    seq_len: int | None = option(None, "block length (default: the data's)", minimum=8)
     packing: str = option(
         "full",
         "input format: full (FULL-SENTENCES), doc (DOC-SENTENCES), segment-pair "
@@ -74,7 +73,7 @@ class TrainArgs(RunArgs):
     static_copies: int = option(
         0, "BERT's static masking: K fixed masks per sequence, the data duplicated K times (0 = dynamic)"
     )
-    eval_mlm_probability: Optional[float] = option(
+    eval_mlm_probability: float | None = option(
         None,
         "share of tokens masked in the held-out set (default: "
         "--mlm-probability); fix it to compare runs that train "
@@ -194,7 +193,7 @@ class Trainer(BaseTrainer):
         a prepare of it meanwhile is refused, naming this run)."""
         return lock_dir(self.args.data, "a pretraining run reading it", shared=True)
 
-    def _collator(self, meta: dict, static: bool, mlm_probability: Optional[float] = None) -> DynamicMaskingCollator:
+    def _collator(self, meta: dict, static: bool, mlm_probability: float | None = None) -> DynamicMaskingCollator:
         a = self.args
         tok = self.tokenizer
         rate = a.mlm_probability if mlm_probability is None else mlm_probability
@@ -282,7 +281,7 @@ class Trainer(BaseTrainer):
         return batch
 
     @torch.no_grad()
-    def evaluate(self) -> Optional[dict]:
+    def evaluate(self) -> dict | None:
         batches = self.validation_batches()
         if not batches:
             return None

@@ -79,7 +79,7 @@ def fill_mask(path: str, texts: list[str], top_k: int = 5, trust_code: bool = Fa
         masks = []
         for pos in positions:
             top = logits[pos].float().softmax(-1).topk(top_k)
-            masks.append([(tok.decode([i]), p) for p, i in zip(top.values.tolist(), top.indices.tolist())])
+            masks.append([(tok.decode([i]), p) for p, i in zip(top.values.tolist(), top.indices.tolist(), strict=True)])
         results.append({"text": text, "masks": masks})
     return results
 

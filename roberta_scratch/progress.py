@@ -14,14 +14,14 @@ from __future__ import annotations
 import os
 import sys
 import time
-from typing import Iterable, Optional
+from collections.abc import Iterable
 
 from tqdm.auto import tqdm
 
 
 def progress(
-    iterable: Optional[Iterable] = None,
-    total: Optional[int] = None,
+    iterable: Iterable | None = None,
+    total: int | None = None,
     desc: str = "",
     unit: str = "it",
     disable: bool = False,

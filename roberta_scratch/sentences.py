@@ -80,7 +80,7 @@ def split_sentences(text: str) -> list[str]:
             cuts.add(m.end())
     end = len(text.rstrip())  # trailing whitespace stays with the last sentence: no blank pieces
     cuts = sorted(c for c in cuts if 0 < c < end and not text[c - 1].isspace() and text[c].isspace())
-    return [text[a:b] for a, b in zip([0] + cuts, cuts + [len(text)])]
+    return [text[a:b] for a, b in zip([0] + cuts, cuts + [len(text)], strict=True)]
 
 
 def _before_space(text: str, i: int) -> int:

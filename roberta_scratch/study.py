@@ -42,7 +42,6 @@ import os
 import shutil
 import time
 from dataclasses import dataclass, field
-from typing import Optional
 
 from .corpus import iter_documents
 from .data import PackedDataset, prepare
@@ -89,7 +88,7 @@ class Preset:
     evals: int = 8  # held-out evaluations along each run: the points of curves.png
     eval_blocks: int = 256  # the fixed held-out set, in blocks of seq_len
     val_fraction: float = 0.05  # share of the corpus' documents held out for it
-    max_documents: Optional[int] = None  # pretrain on every k-th document only (keeps `ci` tiny)
+    max_documents: int | None = None  # pretrain on every k-th document only (keeps `ci` tiny)
     static_copies: int = 10  # BERT's dupe_factor
     batch_scales: tuple = (1, 8, 32)  # the paper's 256 / 2K / 8K
     lr_ratios: tuple = (1.0, 7.0, 10.0)  # the paper's 1e-4 / 7e-4 / 1e-3
@@ -99,7 +98,7 @@ class Preset:
     ft_batch: int = 16
     ft_max_length: int = 128
     attention: str = "sdpa"  # "auto": the fused Triton kernels where the registry says they run, else sdpa
-    device: Optional[str] = None  # None: cuda when available, else cpu
+    device: str | None = None  # None: cuda when available, else cpu
 
 
 PRESETS = {
@@ -207,14 +206,14 @@ def arms_of(substudy: str, preset: Preset) -> list[tuple[Arm, str]]:
         ]
     if substudy == "batch":
         rows = []
-        for scale, ratio in zip(preset.batch_scales, preset.lr_ratios):
+        for scale, ratio in zip(preset.batch_scales, preset.lr_ratios, strict=True):
             arm = base if scale == 1 else Arm(f"batch-x{scale}", batch_scale=scale, lr_ratio=ratio)
             rows.append((arm, f"bsz {preset.batch_size * scale}"))
         return rows
     raise StudyError(f"unknown sub-study {substudy!r}: choose one of {', '.join(STUDIES)}")
 
 
-def resolve_attention(choice: str, device: Optional[str], head_dim: int) -> str:
+def resolve_attention(choice: str, device: str | None, head_dim: int) -> str:
     """ "auto": our fused Triton attention (and with it the fused LayerNorm) when CUDA, Triton and
     the registry's capabilities allow it for bf16 with dropout at this head dim; else sdpa."""
     if choice != "auto":
@@ -259,7 +258,7 @@ class Study:
         self,
         out: str,
         preset: Preset,
-        corpus: Optional[list[str]] = None,
+        corpus: list[str] | None = None,
         text_field: str = "text",
         overwrite: bool = False,
         show_progress: bool = True,
@@ -607,12 +606,12 @@ def run_study(
     study: str,
     preset,
     out: str,
-    seeds: Optional[int] = None,
-    corpus: Optional[list[str]] = None,
+    seeds: int | None = None,
+    corpus: list[str] | None = None,
     text_field: str = "text",
     overwrite: bool = False,
     show_progress: bool = True,
-    command: Optional[list[str]] = None,
+    command: list[str] | None = None,
 ) -> int:
     """Run (or continue) a study into `out` and write its table, results and curves. `preset`
     is a name in PRESETS or a Preset. Returns 0, or the exit code of an interrupted run."""
@@ -661,7 +660,7 @@ def run_study(
 # ----------------------------------------------------------------------------- helpers
 
 
-def _read_json(path: str) -> Optional[dict]:
+def _read_json(path: str) -> dict | None:
     try:
         with open(path, encoding="utf-8") as f:
             return json.load(f)

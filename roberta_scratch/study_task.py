@@ -35,7 +35,6 @@ import json
 import os
 import sysconfig
 from dataclasses import asdict, dataclass
-from typing import Optional
 
 from .fileio import atomic_write
 
@@ -69,7 +68,7 @@ def file_docstrings(path: str) -> list[str]:
     return [d for d in docs if d and len(d) >= MIN_DOC_CHARS]
 
 
-def package_files(stdlib: Optional[str] = None) -> dict[str, dict[str, list[str]]]:
+def package_files(stdlib: str | None = None) -> dict[str, dict[str, list[str]]]:
     """{package: {file path relative to the stdlib: its docstrings}} for every top-level package
     (a folder) of the standard library, files with no docstring left out."""
     return _package_files(os.path.abspath(stdlib or sysconfig.get_paths()["stdlib"]))
@@ -135,7 +134,7 @@ def _every_kth(items: list, limit: int) -> list:
     return [items[int(i * step)] for i in range(limit)]
 
 
-def build_task(out_dir: str, spec: TaskSpec = TaskSpec(), stdlib: Optional[str] = None) -> tuple[dict, set]:
+def build_task(out_dir: str, spec: TaskSpec = TaskSpec(), stdlib: str | None = None) -> tuple[dict, set]:
     """Write out_dir/train.jsonl and test.jsonl (`text`, `label`, `module`: the seq-cls format)
     and out_dir/split.json (which files went where, the counts), each atomically. Returns the
     split summary and every docstring of the test files (not only those kept in test.jsonl):

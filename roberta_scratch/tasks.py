@@ -17,7 +17,6 @@ import json
 import math
 import re
 import warnings
-from typing import Optional
 
 import torch
 
@@ -79,7 +78,7 @@ class Task:
         the others go to `bad`."""
         return examples
 
-    def describe_labels(self) -> Optional[str]:
+    def describe_labels(self) -> str | None:
         """What fit_labels chose, said at the start of every run (None: nothing to say)."""
         names = getattr(self, "label_names", None)
         if not names:
@@ -183,7 +182,7 @@ class SequenceClassification(Task):
 
     name, model_class, best_metric = "seq-cls", RobertaForSequenceClassification, "accuracy"
 
-    def __init__(self, args, tok: Tokenizer, label_names: Optional[list] = None):
+    def __init__(self, args, tok: Tokenizer, label_names: list | None = None):
         super().__init__(args, tok)
         self.label_names = label_names
 
@@ -258,7 +257,7 @@ class SequenceClassification(Task):
                 max_length=self.args.max_length,
                 num_workers=workers,
             )["input_ids"]
-        return [{"input_ids": ids, "label": e.get("target")} for ids, e in zip(rows, examples)]
+        return [{"input_ids": ids, "label": e.get("target")} for ids, e in zip(rows, examples, strict=True)]
 
     def collate_labels(self, features: list[dict]) -> dict:
         return {"labels": torch.tensor([f["label"] for f in features], dtype=torch.long)}
@@ -277,14 +276,14 @@ class SequenceClassification(Task):
 
     def predict(self, model, rows: list[dict], batch_size, device) -> list[dict]:
         out = []
-        for r, p in zip(rows, self._predict_rows(model, rows, batch_size, device)):
+        for r, p in zip(rows, self._predict_rows(model, rows, batch_size, device), strict=True):
             best = max(range(len(p)), key=p.__getitem__)
             out.append(
                 {
                     **self._echo(r),
                     "label": self.label_names[best],
                     "probability": p[best],
-                    "probabilities": dict(zip(self.label_names, p)),
+                    "probabilities": dict(zip(self.label_names, p, strict=True)),
                 }
             )
         return out
@@ -295,7 +294,9 @@ class SequenceClassification(Task):
             if not isinstance(r.get("text"), str) or not isinstance(r["text_pair"], (str, type(None))):
                 raise DataError(f"a seq-cls input needs a string 'text' (and optionally 'text_pair'), got {r}"[:300])
         lengths = [len(ids) for ids in self.tok([r["text"] for r in rows], num_workers=1)["input_ids"]]
-        warn_truncated([n + (2 if r["text_pair"] else 0) for n, r in zip(lengths, rows)], self.args.max_length)
+        warn_truncated(
+            [n + (2 if r["text_pair"] else 0) for n, r in zip(lengths, rows, strict=True)], self.args.max_length
+        )
         return self.predictions(model, self.features(rows), batch_size, device)
 
     @staticmethod
@@ -309,7 +310,7 @@ class SequenceRegression(SequenceClassification):
 
     best_metric = "pearson"
 
-    def __init__(self, args, tok: Tokenizer, label_names: Optional[list] = None):
+    def __init__(self, args, tok: Tokenizer, label_names: list | None = None):
         super().__init__(args, tok, None)
 
     def info(self) -> dict:
@@ -356,7 +357,7 @@ class SequenceRegression(SequenceClassification):
 
     def predict(self, model, rows: list[dict], batch_size, device) -> list[dict]:
         values = self._predict_rows(model, rows, batch_size, device)
-        return [{**self._echo(r), "value": v} for r, v in zip(rows, values)]
+        return [{**self._echo(r), "value": v} for r, v in zip(rows, values, strict=True)]
 
 
 # ----------------------------------------------------------------------------- token classification
@@ -367,7 +368,7 @@ class TokenClassification(Task):
 
     name, model_class, best_metric = "token-cls", RobertaForTokenClassification, "f1"
 
-    def __init__(self, args, tok: Tokenizer, label_names: Optional[list] = None):
+    def __init__(self, args, tok: Tokenizer, label_names: list | None = None):
         super().__init__(args, tok)
         self.label_names = label_names
 
@@ -424,7 +425,7 @@ class TokenClassification(Task):
         outs = self.logits(model, features, batch_size, device)
         probs = [row for o in outs for row in o.logits.float().softmax(-1).cpu()]
         result = []
-        for e, f, p in zip(examples, features, probs):
+        for e, f, p in zip(examples, features, probs, strict=True):
             tags = [("O", 1.0)] * len(e["tokens"])
             seen = set()
             for t, w in enumerate(f["word_ids"]):
@@ -448,7 +449,7 @@ class TokenClassification(Task):
         every, rows = rows, [r for r in rows if r["tokens"]]  # a row without words gets an empty result
         features = self.features(rows)
         # a row whose last word has no token left was cut short
-        cut = [len(r["tokens"]) - 1 not in f["word_ids"] for r, f in zip(rows, features)]
+        cut = [len(r["tokens"]) - 1 not in f["word_ids"] for r, f in zip(rows, features, strict=True)]
         warn_truncated(
             [self.args.max_length + 1 if c else 0 for c in cut],
             self.args.max_length,
@@ -456,7 +457,7 @@ class TokenClassification(Task):
         )
         preds = self.word_predictions(model, rows, features, batch_size, device)
         out = []
-        for r, p in zip(rows, preds):
+        for r, p in zip(rows, preds, strict=True):
             ents = []
             for kind, a, b in M.entity_spans([t for t, _ in p]):
                 ent = {
@@ -474,7 +475,7 @@ class TokenClassification(Task):
         return [next(found) if r["tokens"] else {"text": r.get("text", ""), "entities": []} for r in every]
 
 
-def align_labels(word_ids: list, word_labels: Optional[list]) -> list[int]:
+def align_labels(word_ids: list, word_labels: list | None) -> list[int]:
     """Each word's label on its first sub-token; IGNORE_INDEX on its other sub-tokens and on
     special tokens and padding (word id None).
 
@@ -571,7 +572,7 @@ class QuestionAnswering(Task):
             for _ in examples
         ]
         L = self.args.max_answer_length
-        for f, s, e in zip(features, starts, ends):
+        for f, s, e in zip(features, starts, ends, strict=True):
             b = best[f["example"]]
             p_start, p_end = s.softmax(-1), e.softmax(-1)
             if float(s[0] + e[0]) < b["null"]:
@@ -615,7 +616,7 @@ class QuestionAnswering(Task):
         # a SQuAD question keeps its id, so the official evaluator can read the answers
         return [
             {**({"id": r["id"]} if r.get("id") is not None else {}), "question": r["question"], **p}
-            for r, p in zip(rows, preds)
+            for r, p in zip(rows, preds, strict=True)
         ]
 
     def parse_input(self, line: str) -> dict:
@@ -645,7 +646,7 @@ def qa_windows(
     max_length: int,
     stride: int,
     max_question_tokens: int = 64,
-    answer: Optional[dict] = None,
+    answer: dict | None = None,
 ) -> list[dict]:
     """Overlapping windows over a long context, each `<s> question </s></s> piece </s>`.
 

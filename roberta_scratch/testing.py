@@ -10,7 +10,7 @@ exercise the same shapes: unequal lengths, <s> ... </s>, then padding.
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -22,7 +22,7 @@ def padded_batch(
     bos_id: int = 0,
     eos_id: int = 2,
     seed: int = 0,
-    seq_len: Optional[int] = None,
+    seq_len: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(input_ids, attention_mask) of shape (len(lengths), seq_len or max(lengths)).
 

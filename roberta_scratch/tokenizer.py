@@ -45,9 +45,9 @@ import gc
 import hashlib
 import json
 import os
+from collections.abc import Iterable
 from itertools import chain
 from pathlib import Path
-from typing import Iterable
 
 import regex
 
@@ -338,7 +338,7 @@ class ByteLevelBPETokenizer(Tokenizer):
         of a word given pre-split) is kept, as in the original.
         """
         trimmed = []
-        for k, (i, (s, e)) in enumerate(zip(ids, spans)):
+        for k, (i, (s, e)) in enumerate(zip(ids, spans, strict=True)):
             if i in self._special_ids:  # its span also holds the whitespace it swallowed
                 lead, trail = (e - s) - len(self._id_to_token[i]), 0
             else:

@@ -20,10 +20,10 @@ import json
 import multiprocessing
 import os
 from collections import deque
+from collections.abc import Iterable, Iterator
 from functools import partial
 from itertools import chain, islice
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import regex
 
@@ -127,7 +127,7 @@ class Tokenizer:
                 pattern = r"(?:\s*(?=" + "|".join(map(regex.escape, lstrip)) + "))?" + pattern
             self._special_pattern = regex.compile(pattern)
 
-    def plain_text(self) -> "Tokenizer":
+    def plain_text(self) -> Tokenizer:
         """This tokenizer reading "<s>", "<mask>", ... written in a text as plain characters, as
         split_special_tokens=True does: a corpus is plain text (fairseq reads it so). A shallow
         copy, sharing the vocabulary and the word cache (nothing reloaded).
@@ -452,7 +452,9 @@ class Tokenizer:
             raise ValueError(f"truncation={truncation!r}: use True, 'longest_first', 'only_first' or 'only_second'")
         if strategy and max_length is None:
             max_length = self.model_max_length
-        rows = [self._assemble(a, b, add_special_tokens, strategy, max_length) for a, b in zip(firsts, seconds)]
+        rows = [
+            self._assemble(a, b, add_special_tokens, strategy, max_length) for a, b in zip(firsts, seconds, strict=True)
+        ]
         _pad(rows, padding, max_length or self.model_max_length, self.pad_token_id)
 
         keys = ["input_ids"]

@@ -27,7 +27,6 @@ import shutil
 import signal
 import time
 from dataclasses import dataclass, field
-from typing import Optional
 
 import numpy as np
 import torch
@@ -73,15 +72,15 @@ class RunArgs:
     )
     compile: bool = option(False, "torch.compile the model")
     log_every: int = option(10, "steps between metrics.jsonl rows", minimum=1)
-    eval_every: Optional[int] = option(100, "steps between held-out evaluations (0: none)", minimum=0)
-    save_every: Optional[int] = option(100, "steps between checkpoints", minimum=1)
+    eval_every: int | None = option(100, "steps between held-out evaluations (0: none)", minimum=0)
+    save_every: int | None = option(100, "steps between checkpoints", minimum=1)
     keep_last: int = option(3, "checkpoints kept in OUT/ckpt", minimum=1)
     resume: bool = option(False, "continue from the last checkpoint in OUT/ckpt")
     overwrite: bool = option(
         False, "start over in an OUT that already holds a run, deleting its checkpoints, metrics and models"
     )
-    device: Optional[str] = option(None, "default: cuda when available, else cpu")
-    threads: Optional[int] = option(
+    device: str | None = option(None, "default: cuda when available, else cpu")
+    threads: int | None = option(
         None,
         "CPU threads for torch (default: OMP_NUM_THREADS if set, else the usable "
         "cores less the machine's load, shared among torchrun's local ranks)",
@@ -259,7 +258,7 @@ class BaseTrainer:
     def collate(self, examples: list, step: int, micro_batch: int) -> dict:
         raise NotImplementedError
 
-    def evaluate(self) -> Optional[dict]:
+    def evaluate(self) -> dict | None:
         return None
 
     def describe(self, metrics: dict) -> str:
@@ -275,7 +274,7 @@ class BaseTrainer:
     def export(self) -> None:
         pass
 
-    def data_fingerprint(self) -> Optional[str]:
+    def data_fingerprint(self) -> str | None:
         """What the training data are, by content, for --resume to compare; None: not compared."""
         return None
 
@@ -284,7 +283,7 @@ class BaseTrainer:
         as scalar tensors; each is averaged over the step like the loss itself."""
         return {}
 
-    def train_flops_per_token(self) -> Optional[float]:
+    def train_flops_per_token(self) -> float | None:
         """Training FLOPs per token, for MFU on CUDA; None to leave MFU out."""
         return None
 
@@ -369,7 +368,7 @@ class BaseTrainer:
         means = sums / total_weight.clamp(min=1)
         # one device sync per step
         values = torch.cat([means.double(), tokens.double()[None], total_weight.double()[None]]).tolist()
-        self.last_loss_parts = dict(zip(names, values[1:-2]))
+        self.last_loss_parts = dict(zip(names, values[1:-2], strict=True))
         self.last_step_empty = values[-1] == 0  # nothing to predict in the whole global batch
         return values[0], int(values[-2]) * self.world
 
@@ -412,7 +411,7 @@ class BaseTrainer:
         """Complete checkpoints, oldest first (a temp file left by a crash is not one)."""
         return sorted(glob.glob(os.path.join(self.ckpt_dir, "step_*.pt")))
 
-    def save(self) -> Optional[str]:
+    def save(self) -> str | None:
         if self.rank != 0:
             return None
         bad = _non_finite(self.raw_model.state_dict())
@@ -468,7 +467,7 @@ class BaseTrainer:
             raise CheckpointUnusable(f"its weights are not finite ({bad[:3]})")
         return state
 
-    def load(self, path: str, state: Optional[dict] = None) -> None:
+    def load(self, path: str, state: dict | None = None) -> None:
         """Continue from a checkpoint, after checking it continues this run (see RESUMING)."""
         state = self.read_checkpoint(path) if state is None else state
         saved, now = state["args"], _args_dict(self.args)
@@ -546,7 +545,7 @@ class BaseTrainer:
             self.schedule.warmup = self.warmup_steps
         if lr_changed:
             self.scheduler.base_lrs = [self.args.lr] * len(self.optimizer.param_groups)
-        for group, base in zip(self.optimizer.param_groups, self.scheduler.base_lrs):
+        for group, base in zip(self.optimizer.param_groups, self.scheduler.base_lrs, strict=True):
             group["initial_lr"] = base
             group["lr"] = base * self.schedule(self.step)
         self.scheduler._last_lr = [g["lr"] for g in self.optimizer.param_groups]
@@ -741,7 +740,7 @@ class BaseTrainer:
             with open(self.metrics_path, "a") as f:
                 f.write(json.dumps(row) + "\n")
 
-    def _record(self, metrics: Optional[dict], when: str) -> None:
+    def _record(self, metrics: dict | None, when: str) -> None:
         if metrics is None:
             return
         self._append_metrics({"step": self.step, **self._tokens(), **metrics})
@@ -842,9 +841,9 @@ def loss_figure(rows: list[dict], train_label: str, val_label: str):
     val = [(r["step"], r["val_loss"]) for r in rows if "val_loss" in r]
     fig, ax = plt.subplots(figsize=(7, 4))
     if train:
-        ax.plot(*zip(*train), label=train_label)
+        ax.plot(*zip(*train, strict=True), label=train_label)
     if val:
-        ax.plot(*zip(*val), "o-", label=val_label)
+        ax.plot(*zip(*val, strict=True), "o-", label=val_label)
     ax.set_xlabel("step")
     ax.set_ylabel("loss (nats a predicted token)")
     ax.legend()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import random
 from collections import Counter
+from itertools import pairwise
 
 import pytest
 import regex
@@ -34,7 +35,7 @@ def naive_merges(word_counts: dict[bytes, int], num_merges: int, min_frequency: 
     while len({a + b for a, b in merges}) < num_merges:  # distinct new tokens, as learn_merges counts
         stats = Counter()
         for word, n in words.items():
-            for pair in zip(word, word[1:]):
+            for pair in pairwise(word):
                 stats[pair] += n
         if not stats:
             break

@@ -43,7 +43,7 @@ def test_save_load_round_trip_every_class(name, tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["config.json", "model.safetensors"]
     loaded = cls.from_pretrained(str(tmp_path)).eval()
     assert loaded.config == model.config
-    for (k, a), (k2, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
+    for (k, a), (k2, b) in zip(model.state_dict().items(), loaded.state_dict().items(), strict=True):
         assert k == k2 and torch.equal(a, b), k
     ids, mask = padded_batch()
     with torch.no_grad():
@@ -58,7 +58,7 @@ def test_seeded_init_is_reproducible_and_padding_rows_are_zero():
     a = RobertaForMaskedLM(tiny())
     torch.manual_seed(123)
     b = RobertaForMaskedLM(tiny())
-    for (k, x), y in zip(a.state_dict().items(), b.state_dict().values()):
+    for (k, x), y in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
         assert torch.equal(x, y), k
     emb = a.roberta.embeddings
     assert torch.count_nonzero(emb.word_embeddings.weight[1]) == 0

@@ -5,6 +5,7 @@ import csv
 import json
 import os
 import random
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -71,7 +72,7 @@ def colour_squad(n, seed, impossible_every=0, n_facts=3, distractors=0):
     for i in range(n):
         objects = rng.sample(OBJECTS, n_facts)
         colours = [rng.choice(COLOURS) for _ in objects]
-        facts = [f"The {o} is {c}." for o, c in zip(objects, colours)]
+        facts = [f"The {o} is {c}." for o, c in zip(objects, colours, strict=True)]
         others = [o for o in OBJECTS if o not in objects]
         facts += [f"The {o} is {rng.choice(FILLER)}." for o in rng.sample(others, distractors)]
         context = " ".join(rng.sample(facts, len(facts)))
@@ -111,7 +112,7 @@ def write_conll(path, rows):
     with open(path, "w") as f:
         f.write("-DOCSTART- -X- -X- O\n\n")
         for r in rows:
-            for t, g in zip(r["tokens"], r["tags"]):
+            for t, g in zip(r["tokens"], r["tags"], strict=True):
                 f.write(f"{t} NNP B-NP {g}\n")
             f.write("\n")
     return str(path)
@@ -235,7 +236,7 @@ def test_qa_learns_colours_then_predicts(pretrained, tmp_path, capsys):
     code, rows = run_cli(capsys, "predict", "--model", tmp_path / "run" / "model", dev)
     paragraphs = json.loads(dev.read_text())["data"][0]["paragraphs"]
     gold = [p["qas"][0]["answers"][0]["text"] for p in paragraphs]
-    assert code == 0 and np.mean([r["answer"] == g for r, g in zip(rows, gold)]) > 0.8
+    assert code == 0 and np.mean([r["answer"] == g for r, g in zip(rows, gold, strict=True)]) > 0.8
     # the SQuAD id stays (the official evaluator reads answers by it); the score is named for what it is
     assert [r["id"] for r in rows] == [p["qas"][0]["id"] for p in paragraphs]
     assert all(0.0 <= r["probability"] <= 1.0 and "logit_score" in r and "score" not in r for r in rows)
@@ -260,7 +261,7 @@ def test_labels_go_on_the_first_sub_token_of_each_word(pretrained):
 
 def test_qa_windows_overlap_and_map_answers_across_boundaries(pretrained):
     tok = load_tokenizer(pretrained)
-    context = " ".join(f"The {o} is {c}." for o, c in zip(OBJECTS, COLOURS + COLOURS))
+    context = " ".join(f"The {o} is {c}." for o, c in zip(OBJECTS, COLOURS + COLOURS, strict=True))
     question = "What colour is the hat?"
     start = context.index("The hat is ") + len("The hat is ")
     colour = context[start:].split(".")[0]
@@ -269,7 +270,7 @@ def test_qa_windows_overlap_and_map_answers_across_boundaries(pretrained):
     assert len(windows) > 2
     n_q = len(tok.encode(question, add_special_tokens=False))
     ctx = [[o for o in w["offsets"] if o is not None] for w in windows]
-    for a, b in zip(ctx, ctx[1:]):
+    for a, b in pairwise(ctx):
         assert a[-6:] == b[:6]  # consecutive windows share `stride` tokens
     assert ctx[0][0][0] == 0 and ctx[-1][-1][1] == len(context)  # the windows cover the whole context
     holding = [w for w in windows if w["start"] > 0]

@@ -88,7 +88,7 @@ def run_and_compare(B, H, T, D, dtype, atol, rtol, padding, dropout_p=0.0, devic
 
     assert out.dtype == dtype and out.shape == (B, H, T, D)
     torch.testing.assert_close(out.float(), ref, atol=atol, rtol=rtol, msg=lambda m: f"output: {m}")
-    for name, mine, theirs in zip("qkv", (q, k, v), ref_inputs):
+    for name, mine, theirs in zip("qkv", (q, k, v), ref_inputs, strict=True):
         assert mine.grad.dtype == dtype
         torch.testing.assert_close(
             mine.grad.float(), theirs.grad, atol=atol, rtol=rtol, msg=lambda m, name=name: f"d{name}: {m}"
@@ -330,7 +330,7 @@ def test_negative_and_zero_softmax_scale(scale, padding):
     out.backward(do)
     ref.backward(do)
     torch.testing.assert_close(out, ref, atol=1e-4, rtol=1e-4)
-    for name, a, r in zip("qkv", mine, theirs):
+    for name, a, r in zip("qkv", mine, theirs, strict=True):
         torch.testing.assert_close(a.grad, r.grad, atol=1e-4, rtol=1e-4, msg=lambda m, name=name: f"d{name}: {m}")
 
 

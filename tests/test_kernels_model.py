@@ -96,6 +96,6 @@ def test_triton_backend_trains_with_dropout(kernel_calls):
     again, grads_again = step()
     assert kernel_calls["attention"] == 2 * cfg.num_hidden_layers
     assert torch.isfinite(loss) and all(torch.isfinite(g).all() for g in grads)
-    assert torch.equal(loss, again) and all(torch.equal(a, b) for a, b in zip(grads, grads_again))
+    assert torch.equal(loss, again) and all(torch.equal(a, b) for a, b in zip(grads, grads_again, strict=True))
     model.eval()
     assert not torch.equal(loss, model(ids, attention_mask=mask, labels=labels).loss.detach())

@@ -132,7 +132,7 @@ def check_whole_word_masking(tok, texts):
     sum_sq_len = 0
     partly = 0
     padded = collate.pad(rows)
-    for draw in range(3):
+    for _ in range(3):
         out = collate(rows)
         for r, ids in enumerate(padded):
             selected = (out["labels"][r] != -100).tolist()

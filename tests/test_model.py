@@ -62,7 +62,7 @@ def test_backends_agree_in_training_mode_without_dropout():
         model(ids, attention_mask=mask, labels=labels).loss.backward()
         grads[backend] = [p.grad for p in model.parameters()]
     for backend in ("sdpa", "triton"):
-        for a, b in zip(grads["eager"], grads[backend]):
+        for a, b in zip(grads["eager"], grads[backend], strict=True):
             assert (a - b).abs().max() < 1e-5
 
 

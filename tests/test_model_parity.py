@@ -60,7 +60,7 @@ def test_masked_lm_matches_transformers(backend, shape, tmp_path):
     # the padded positions are compared too, except where the triton backend zeroes them
     pad_mask = mask if backend == "triton" else None
     assert len(a.hidden_states) == len(b.hidden_states) == CONFIGS[shape]["num_hidden_layers"] + 1
-    for x, y in zip(a.hidden_states, b.hidden_states):
+    for x, y in zip(a.hidden_states, b.hidden_states, strict=True):
         assert_close(x, y, pad_mask)
     assert_close(a.last_hidden_state, b.hidden_states[-1], pad_mask)
     assert_close(a.logits, b.logits, pad_mask)
@@ -184,7 +184,7 @@ def test_attention_probabilities_match_transformers(tmp_path):
         a = ours(ids, attention_mask=mask, output_attentions=True).attentions
         b = theirs(input_ids=ids, attention_mask=mask, output_attentions=True).attentions
     assert len(a) == len(b) == 2 and a[0].shape == (3, 3, 11, 11)
-    for x, y in zip(a, b):
+    for x, y in zip(a, b, strict=True):
         assert_close(x, y)
     assert torch.allclose(a[0].sum(-1), torch.ones(3, 3, 11))
     assert (a[1][2, :, :, 3:] == 0).all()  # nothing attends to padding

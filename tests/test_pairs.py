@@ -4,6 +4,7 @@ the 50/50 label split, negatives from other documents, token types, truncation, 
 import json
 import math
 import warnings
+from itertools import pairwise
 
 import numpy as np
 import pytest
@@ -37,10 +38,10 @@ def test_prepare_records_sentence_ends_and_keeps_the_same_tokens(prepared, sente
         assert ends[-1] == len(stream) and len(ends) > 2 * len(stream.doc_ends)
         # each recorded sentence is one of split_sentences' pieces, encoded
         starts = np.concatenate([[0], stream.doc_ends[:-1]])
-        for a, b in list(zip(starts, stream.doc_ends))[:20]:
+        for a, b in list(zip(starts, stream.doc_ends, strict=True))[:20]:
             inside = ends[(ends > a) & (ends <= b)]
             bounds = [a] + inside.tolist()
-            pieces = [stream[int(x) : int(y)].tolist() for x, y in zip(bounds, bounds[1:])]
+            pieces = [stream[int(x) : int(y)].tolist() for x, y in pairwise(bounds)]
             pieces[-1] = pieces[-1][:-1]  # the document's </s>
             text = tok.decode([t for p in pieces for t in p])
             assert pieces == [tok.encode(s, add_special_tokens=False) for s in split_sentences(text)]

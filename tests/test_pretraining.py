@@ -80,7 +80,7 @@ def test_doc_sentences_packing_never_crosses_documents(prepared):
     assert all(len(p) <= 14 for p in pieces)
     assert not any((p == 2).any() for p in pieces)  # no document's </s> inside a block
     starts = np.concatenate([[0], stream.doc_ends[:-1]])
-    docs = [stream[int(a) : int(b) - 1].tolist() for a, b in zip(starts, stream.doc_ends)]
+    docs = [stream[int(a) : int(b) - 1].tolist() for a, b in zip(starts, stream.doc_ends, strict=True)]
     assert torch.cat(pieces).tolist() == [t for d in docs for t in d]
 
 

@@ -41,7 +41,7 @@ def test_fill_mask_gives_the_models_own_top_k(model_dir):
     ids = tok.encode(text)
     with torch.no_grad():
         probs = model(torch.tensor([ids])).logits[0].softmax(-1)
-    for candidates, pos in zip(result["masks"], [i for i, t in enumerate(ids) if t == tok.mask_token_id]):
+    for candidates, pos in zip(result["masks"], [i for i, t in enumerate(ids) if t == tok.mask_token_id], strict=True):
         top = probs[pos].topk(3)
         assert [t for t, _ in candidates] == [tok.decode([i]) for i in top.indices.tolist()]
         np.testing.assert_allclose([p for _, p in candidates], top.values.tolist(), rtol=1e-6)

@@ -1,6 +1,8 @@
 """split_sentences: the rules on abbreviations, decimals, code, quotes and newlines, and the
 identity the pair formats rely on: encoding sentence by sentence gives the document's ids."""
 
+from itertools import pairwise
+
 import pytest
 
 from roberta_scratch.sentences import split_sentences
@@ -117,7 +119,7 @@ def test_every_piece_is_a_whole_sentence_boundary(docstrings):
         pieces = split_sentences(doc)
         assert "".join(pieces) == doc
         assert all(p.strip() for p in pieces) or len(pieces) == 1
-        for a, b in zip(pieces, pieces[1:]):
+        for a, b in pairwise(pieces):
             assert not a[-1].isspace() and b[0].isspace()
             cuts += 1
     assert cuts > 2000  # it does split

@@ -135,7 +135,7 @@ def test_offsets_point_into_the_text(ours):
     text = "Return the value <mask> of 日本語"
     enc = ours(text, return_offsets_mapping=True, add_special_tokens=False)
     tokens = [ours.id_to_token(i) for i in enc["input_ids"]]
-    for token, (s, e) in zip(tokens, enc["offset_mapping"]):
+    for token, (s, e) in zip(tokens, enc["offset_mapping"], strict=True):
         assert 0 <= s <= e <= len(text)
         if token == "<mask>":
             assert text[s:e] == " <mask>"  # with the space it swallowed

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tracemalloc
 import unicodedata
+from itertools import pairwise
 from unittest import mock
 
 import pytest
@@ -308,7 +309,7 @@ def test_adversarial_pairs_match_reference(pair_of_tokenizers):
     hf, ours = pair_of_tokenizers
     # subtle: the reference reads an empty second text as no pair at all; ours keeps the pair.
     assert ours.encode("x", "") == ours.encode("x") + [ours.sep_token_id] * 2
-    for a, b in zip(ADVERSARIAL, ADVERSARIAL[1:]):
+    for a, b in pairwise(ADVERSARIAL):
         expected = hf(a, b, return_offsets_mapping=True, return_special_tokens_mask=True)
         got = ours(a, b, return_offsets_mapping=True, return_special_tokens_mask=True)
         assert dict(got) == dict(expected), (a, b)

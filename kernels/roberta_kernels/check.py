@@ -113,8 +113,8 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Optional
 
 import torch
 
@@ -263,8 +263,8 @@ class Result:
     variant: str  # padding (attention) or residual kind (layer norm)
     dropout: float
     status: str  # "ok", "FAIL" or "skip"
-    rel_err: Optional[float] = None  # of the failing tensor, else of the worst one
-    max_abs_err: Optional[float] = None
+    rel_err: float | None = None  # of the failing tensor, else of the worst one
+    max_abs_err: float | None = None
     tensor: str = ""  # the tensors or checks that failed (FAIL), else the worst tensor
     note: str = ""  # why it failed or was skipped, what was measured
     forward_only: bool = False  # the backward raised NotImplementedError: gradients unchecked
@@ -283,7 +283,7 @@ class Comparison:
     """One tensor against its reference."""
 
     name: str
-    rel: Optional[float]  # None: the reference is ~0, the relative error means nothing
+    rel: float | None  # None: the reference is ~0, the relative error means nothing
     max_abs: float
     ok: bool
     why: str = ""
@@ -291,7 +291,7 @@ class Comparison:
 
 
 def compare(
-    name: str, got: Optional[torch.Tensor], ref: torch.Tensor, tol: Tolerance, select: Optional[torch.Tensor] = None
+    name: str, got: torch.Tensor | None, ref: torch.Tensor, tol: Tolerance, select: torch.Tensor | None = None
 ) -> Comparison:
     """got against the float64 ref, on the elements `select` picks (a bool mask broadcast to ref)."""
     if got is None:
@@ -337,7 +337,7 @@ def _summarize_compared(row: Result, compared: list[Comparison]) -> Result:
     return row
 
 
-def _fmt(x: Optional[float]) -> str:
+def _fmt(x: float | None) -> str:
     return "-" if x is None else f"{x:.2e}"
 
 
@@ -450,7 +450,7 @@ def triton_environment(device):
     return triton_interpreter(torch.device(device).type == "cpu")
 
 
-def _triton_unavailable(impl: Implementation, device: torch.device) -> Optional[str]:
+def _triton_unavailable(impl: Implementation, device: torch.device) -> str | None:
     """Why a Triton implementation cannot run its Triton code here, or None. Raises RuntimeError
     when triton was imported in the other mode (process-wide: the user must start another process)."""
     if not impl.triton:
@@ -471,7 +471,7 @@ def _takes_seed(fn: Callable) -> bool:
         return False
 
 
-def _call(impl: Implementation, args: tuple, kwargs: dict, seed: Optional[int]):
+def _call(impl: Implementation, args: tuple, kwargs: dict, seed: int | None):
     """impl.fn(*args, **kwargs), seeded: torch.manual_seed(seed), and seed=seed if it takes one."""
     if seed is not None:
         torch.manual_seed(seed)
@@ -498,7 +498,7 @@ def _forward(impl, args, kwargs, seed, device, outputs):
             raise _Declined(_error(e)) from None
 
 
-def _backward(out, grad, device, outputs) -> Optional[str]:
+def _backward(out, grad, device, outputs) -> str | None:
     """out.backward(grad), poisoned; returns the NotImplementedError's text if it raised one."""
     with _poisoned(device, outputs):
         try:
@@ -511,7 +511,7 @@ def _backward(out, grad, device, outputs) -> Optional[str]:
 # ----------------------------------------------------------------------------- attention
 
 
-def padding_mask(kind: str, B: int, T: int) -> Optional[torch.Tensor]:
+def padding_mask(kind: str, B: int, T: int) -> torch.Tensor | None:
     """(B, T) bool key-padding mask, True for real tokens, or None (see the module docstring)."""
     if kind == "none":
         return None
@@ -602,7 +602,9 @@ def _compare_attention(case, out, grads, ref_out, ref_grads, mask) -> list[Compa
         where = "real" if real_rows is None or not torch.isfinite(out[real_rows.expand_as(out)]).all() else "padded"
         compared = [Comparison("out", math.nan, math.nan, False, f"out: NaN/Inf in {where} rows")]
     if grads is not None:
-        compared += [compare(name, got, ref, tol) for name, got, ref in zip(("dq", "dk", "dv"), grads, ref_grads)]
+        compared += [
+            compare(name, got, ref, tol) for name, got, ref in zip(("dq", "dk", "dv"), grads, ref_grads, strict=True)
+        ]
     return compared
 
 
@@ -625,7 +627,7 @@ def _check_attention_case(impl, case, device) -> Result:
     return row
 
 
-def _binomial_bound(rate: float, expected: float, n: int) -> Optional[str]:
+def _binomial_bound(rate: float, expected: float, n: int) -> str | None:
     """None when rate is within SIGMAS standard errors of a binomial(n, expected)'s mean, else why."""
     bound = SIGMAS * math.sqrt(expected * (1 - expected) / max(n, 1))
     if abs(rate - expected) > bound:
@@ -742,9 +744,9 @@ def check_attention(
     spec,
     device="cpu",
     quick: bool = False,
-    cases: Optional[list] = None,
-    progress: Optional[Callable[[Result], None]] = None,
-    timeout: Optional[float] = CASE_TIMEOUT_S,
+    cases: list | None = None,
+    progress: Callable[[Result], None] | None = None,
+    timeout: float | None = CASE_TIMEOUT_S,
 ) -> list[Result]:
     """Check an attention implementation (a registered name, MODULE:FUNCTION, an Implementation
     or a callable) on `device`; returns one Result per case. progress, if given, sees each as it is done."""
@@ -800,7 +802,9 @@ def _run_layer_norm(impl, case, device, inputs, seed=None):
     if not isinstance(y, torch.Tensor):
         raise TypeError(f"returned {type(y).__name__}, not a tensor")
     declined = _backward(y, dy, device, shapes * 2 + [((case.N,), torch.float32)] * 2)
-    if not all(torch.equal(a.detach(), b) for a, b in zip(leaves, (x, residual, weight, bias)) if a is not None):
+    if not all(
+        torch.equal(a.detach(), b) for a, b in zip(leaves, (x, residual, weight, bias), strict=True) if a is not None
+    ):
         raise ValueError("an input was modified in place")
     grads = None if declined else tuple(t.grad if t is not None else None for t in leaves)
     return y.detach(), grads, declined
@@ -829,7 +833,7 @@ def _compare_layer_norm(case, y, grads, ref_y, ref_grads, out_dtype) -> list[Com
     if grads is not None:
         compared += [
             compare(n, g, r, SUM_TOLERANCES[case.dtype] if n in ("dweight", "dbias") else tol)
-            for n, g, r in zip(LN_GRADS, grads, ref_grads)
+            for n, g, r in zip(LN_GRADS, grads, ref_grads, strict=True)
             if r is not None
         ]
     return compared
@@ -901,9 +905,9 @@ def check_layer_norm(
     spec,
     device="cpu",
     quick: bool = False,
-    cases: Optional[list] = None,
-    progress: Optional[Callable[[Result], None]] = None,
-    timeout: Optional[float] = CASE_TIMEOUT_S,
+    cases: list | None = None,
+    progress: Callable[[Result], None] | None = None,
+    timeout: float | None = CASE_TIMEOUT_S,
 ) -> list[Result]:
     """Check a LayerNorm implementation (a registered name, MODULE:FUNCTION, an Implementation or
     a callable) on `device`; returns one Result per case."""
@@ -913,7 +917,7 @@ def check_layer_norm(
 # ----------------------------------------------------------------------------- the driver
 
 
-def _unsupported(impl: Implementation, case, device) -> Optional[str]:
+def _unsupported(impl: Implementation, case, device) -> str | None:
     if impl.op == "attention":
         return impl.unsupported(dtype=case.dtype, head_dim=case.D, dropout_p=case.dropout_p, device=device)
     why = impl.unsupported(dtype=case.dtype, dropout_p=case.dropout_p, device=device)
@@ -939,7 +943,7 @@ def _hard_stop(seconds: float) -> None:
 
 
 @contextlib.contextmanager
-def _time_limit(seconds: Optional[float]):
+def _time_limit(seconds: float | None):
     """Raise _CaseTimeout after `seconds` (SIGALRM, main thread only), so a kernel that loops in
     Python code, or returns to it, ends as a FAIL row. A hang that never returns to the
     interpreter (a GPU kernel that never finishes) is ended a minute later by faulthandler,
@@ -963,7 +967,7 @@ def _time_limit(seconds: Optional[float]):
         signal.signal(signal.SIGALRM, previous)
 
 
-def _check(op, spec, device, quick, cases, progress, timeout: Optional[float] = CASE_TIMEOUT_S) -> list[Result]:
+def _check(op, spec, device, quick, cases, progress, timeout: float | None = CASE_TIMEOUT_S) -> list[Result]:
     impl = get(op, spec)
     device = torch.device(device)
     interpreted = impl.triton and device.type == "cpu"
@@ -1034,7 +1038,7 @@ def table_header(op: str = "attention", impl_width: int = 10) -> str:
     """The column names; for layer norm, D is the hidden size N and padding the residual kind."""
     renamed = {"D": "N", "padding": "residual"} if op == "layer_norm" else {}
     widths = [max(w, impl_width) if n == "impl" else w for n, w in _COLUMNS]
-    return "  ".join(f"{renamed.get(n, n):<{w}}" for (n, _), w in zip(_COLUMNS, widths)) + "  note"
+    return "  ".join(f"{renamed.get(n, n):<{w}}" for (n, _), w in zip(_COLUMNS, widths, strict=True)) + "  note"
 
 
 def format_row(r: Result, impl_width: int = 10) -> str:
@@ -1053,7 +1057,7 @@ def format_row(r: Result, impl_width: int = 10) -> str:
         r.tensor,
     ]
     widths = [max(w, impl_width) if n == "impl" else w for n, w in _COLUMNS]
-    return "  ".join(f"{str(c):<{w}}" for c, w in zip(cells, widths)) + "  " + r.note
+    return "  ".join(f"{str(c):<{w}}" for c, w in zip(cells, widths, strict=True)) + "  " + r.note
 
 
 def format_table(results: list[Result]) -> str:
@@ -1174,7 +1178,7 @@ def run(args: argparse.Namespace) -> int:
                 impl,
                 device,
                 quick=args.quick,
-                progress=lambda r: print(format_row(r, width), flush=True),
+                progress=lambda r, width=width: print(format_row(r, width), flush=True),
                 timeout=getattr(args, "timeout", CASE_TIMEOUT_S) or None,
             )
             print(f"({time.perf_counter() - start:.1f} s)", flush=True)

@@ -261,7 +261,7 @@ def check(arches, modules=MODULES, jobs=1, out=sys.stdout, only=()) -> list[Resu
     else:
         results = map(_compile_task, tasks)
     collected = []
-    for (_, arch, _), result in zip(tasks, results):
+    for (_, arch, _), result in zip(tasks, results, strict=True):
         status = "ok" if result.ok else ("FAILED" if result.error else "SPILLS")
         print(
             f"sm_{arch} {result.kernel:<32} {result.variant:<35} regs {result.registers:>3}  "

@@ -32,8 +32,8 @@ import importlib
 import math
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -51,14 +51,14 @@ class Implementation:
     name: str
     fn: Callable
     dtypes: tuple = FLOAT_DTYPES
-    head_dims: Optional[tuple] = None  # attention: the head dims it takes; None: any
+    head_dims: tuple | None = None  # attention: the head dims it takes; None: any
     dropout: bool = True  # takes dropout_p > 0
     devices: tuple = ("cpu", "cuda")
     triton: bool = False  # Triton code: on the CPU it runs through the interpreter
     description: str = ""
     extra: dict = field(default_factory=dict)
 
-    def unsupported(self, *, dtype=None, head_dim=None, dropout_p=0.0, device=None) -> Optional[str]:
+    def unsupported(self, *, dtype=None, head_dim=None, dropout_p=0.0, device=None) -> str | None:
         """Why this implementation does not claim a case, or None when it does."""
         if dtype is not None and dtype not in self.dtypes:
             return f"{self.name} does not claim {str(dtype).replace('torch.', '')}"
@@ -75,7 +75,7 @@ class Implementation:
 _REGISTRY: dict[str, dict[str, Implementation]] = {op: {} for op in OPS}
 
 
-def register(op: str, name: str, fn: Optional[Callable] = None, **capabilities):
+def register(op: str, name: str, fn: Callable | None = None, **capabilities):
     """Register `fn` as `name` for `op` ("attention" or "layer_norm"); as a decorator without fn.
 
     capabilities: dtypes, head_dims, dropout, devices, triton, description (see Implementation).
