@@ -32,6 +32,7 @@ import statistics
 import sys
 import tempfile
 import time
+from functools import partial
 from unittest import mock
 
 from benchmarks.common import print_table, time_interleaved, write_result
@@ -66,6 +67,10 @@ def once(fn) -> float:
     return time.perf_counter() - start
 
 
+def encode_each(tok, docs: list) -> list:
+    return [tok.encode(d) for d in docs]
+
+
 def cold_interleaved(makers: dict, run, repeats: int) -> dict:
     """Median seconds of one pass by a freshly built tokenizer of each kind, alternating kinds
     round by round: the realistic first encounter with text, with the machine's drift shared."""
@@ -73,7 +78,7 @@ def cold_interleaved(makers: dict, run, repeats: int) -> dict:
     for _ in range(repeats):
         for name, make in makers.items():
             tok = make()
-            times[name].append(once(lambda: run(name, tok)))
+            times[name].append(once(partial(run, name, tok)))
     return {name: statistics.median(t) for name, t in times.items()}
 
 
@@ -172,8 +177,8 @@ def bench_sizes(ref: str, sizes_mb=(1, 5, 20)) -> list:
         mb = sum(len(d.encode()) for d in docs) / 1e6
         ours = ByteLevelBPETokenizer.from_pretrained(ref)
         backend_fresh = reference_tokenizers(ref)[0]
-        ours_s = once(lambda: [ours.encode(d) for d in docs])
-        ref_s = once(lambda: [backend_fresh.encode(d) for d in docs])
+        ours_s = once(partial(encode_each, ours, docs))
+        ref_s = once(partial(encode_each, backend_fresh, docs))
         rows.append(
             {
                 "task": f"{size} MB of installed docstrings and comments, one pass, cold",
@@ -216,8 +221,8 @@ def bench_long_words(ref: str, docs: list, repeats: int) -> list:
         for _ in range(repeats):
             ours = ByteLevelBPETokenizer.from_pretrained(ref)
             theirs, _ = reference_tokenizers(ref)
-            times["ours"].append(once(lambda: ours.encode(text)))
-            times["tokenizers"].append(once(lambda: theirs.encode(text)))
+            times["ours"].append(once(partial(ours.encode, text)))
+            times["tokenizers"].append(once(partial(theirs.encode, text)))
         assert ours.encode(text) == theirs.encode(text).ids, f"ids differ from tokenizers on {kind}"
         ours_s, ref_s = statistics.median(times["ours"]), statistics.median(times["tokenizers"])
         rows.append(

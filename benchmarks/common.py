@@ -1,4 +1,4 @@
-"""What every benchmark shares: timing, the machine's description, the GPU checks, and the JSON record.
+"""What every CPU benchmark shares: interleaved timing, the machine's description and the JSON record.
 
 Benchmarks run as modules from the repository root, e.g. `python -m benchmarks.bench_model`.
 """
@@ -8,65 +8,22 @@ from __future__ import annotations
 import datetime
 import json
 import os
-import platform
-import re
 import statistics
-import sys
 import time
 
+from roberta_kernels.bench import command_line  # the one command recorder, the kernel lab's
+
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
-DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}  # --dtype names -> torch attribute names
-
-
-def torch_dtype(name: str):
-    """The torch dtype of a --dtype name (bf16, fp16, fp32)."""
-    import torch
-
-    return getattr(torch, DTYPES[name])
-
-
-def card_slug(name: str) -> str:
-    """A GPU's name as a file-name part: "NVIDIA H100 80GB HBM3" -> "h100-80gb-hbm3"."""
-    return re.sub(r"[^a-z0-9]+", "-", name.lower().replace("nvidia", "")).strip("-")
-
-
-def require_cuda(script: str) -> None:
-    """Exit with a clear message, before measuring anything, when there is no GPU or no triton."""
-    import torch
-
-    if not torch.cuda.is_available():
-        sys.exit(
-            f"{script}: needs a CUDA GPU and none is visible, so nothing was measured. "
-            "The kernels' correctness is tested on the CPU by `make test` (Triton's interpreter)."
-        )
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        sys.exit(f"{script}: needs triton (pip install -e '.[kernels]'), so nothing was measured.")
 
 
 def machine() -> dict:
-    """Where the numbers come from: CPU or GPU model, its vector extensions and its fp32 GEMM rate
-    measured now in this process (processors of one model name differ), cores, library versions."""
-    import torch
+    """Where the numbers come from: the kernel lab's environment record (card, platform, versions)
+    and the processor's model, vector extensions and fp32 GEMM rate measured now in this process
+    (processors of one model name differ)."""
+    from roberta_kernels.bench import environment
+    from roberta_scratch.machine import describe
 
-    from roberta_scratch.machine import cpu_isa, cpu_name
-
-    info = {
-        "platform": platform.platform(),
-        "processor": cpu_name(),
-        "isa": cpu_isa(),
-        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "gemm_gflops_fp32": round(cpu_gemm_flops() / 1e9, 1),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-    }
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name()
-        info["cuda"] = torch.version.cuda
-    return info
+    return {**environment(), **describe(), "gemm_gflops_fp32": round(cpu_gemm_flops() / 1e9, 1)}
 
 
 def time_interleaved(fns: dict, repeats: int, warmup: int = 1, sync=lambda: None) -> dict:
@@ -109,7 +66,7 @@ def write_result(name: str, rows: list, extra: dict | None = None) -> str:
     record = {
         "benchmark": name,
         "date": now.isoformat(timespec="seconds"),
-        "command": command(),
+        "command": command_line(),
         "machine": machine(),
         **(extra or {}),
         "results": rows,
@@ -124,19 +81,11 @@ def write_result(name: str, rows: list, extra: dict | None = None) -> str:
     return path
 
 
-def command() -> str:
-    """The command line as the user typed it: `python -m benchmarks.x ...` for a module."""
-    main = sys.modules.get("__main__")
-    spec = getattr(main, "__spec__", None)
-    program = ["python", "-m", spec.name] if spec is not None and spec.name else ["python", sys.argv[0]]
-    return " ".join(program + sys.argv[1:])
-
-
 def print_table(rows: list, columns: list) -> None:
     widths = [max(len(c), *(len(_fmt(r.get(c))) for r in rows)) for c in columns]
-    print("  ".join(c.ljust(w) for c, w in zip(columns, widths)))
+    print("  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)))
     for r in rows:
-        print("  ".join(_fmt(r.get(c)).ljust(w) for c, w in zip(columns, widths)))
+        print("  ".join(_fmt(r.get(c)).ljust(w) for c, w in zip(columns, widths, strict=True)))
 
 
 def _fmt(v) -> str:

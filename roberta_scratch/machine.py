@@ -10,10 +10,9 @@ from __future__ import annotations
 import os
 import platform
 import time
-from typing import Optional
 
 
-def cpu_threads(requested: Optional[int] = None) -> tuple[int, str]:
+def cpu_threads(requested: int | None = None) -> tuple[int, str]:
     """How many intra-op threads torch should use on the CPU, and why.
 
     subtle: torch's threads spin while they wait for each other. On a machine where another
@@ -48,7 +47,7 @@ ISA_FLAGS = (
 )
 
 
-def cpu_isa(cpuinfo: Optional[str] = None) -> list[str]:
+def cpu_isa(cpuinfo: str | None = None) -> list[str]:
     """The extensions of ISA_FLAGS this processor has ("AVX-512", "AVX2", ...), widest first:
     two processors of one model name ("AMD EPYC") can differ in them, and in speed with them.
     `cpuinfo`: the text of /proc/cpuinfo (read when None; [] where there is none)."""
@@ -72,6 +71,21 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine() or "unknown"
+
+
+def describe() -> dict:
+    """The processor a record's numbers come from: its model, its vector extensions, its cores (all,
+    and those this process may use), torch's threads and the kernels torch picked for it."""
+    import torch
+
+    return {
+        "processor": cpu_name(),
+        "isa": cpu_isa(),
+        "cpus": os.cpu_count(),
+        "usable_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "torch_threads": torch.get_num_threads(),
+        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+    }
 
 
 def _cpu_ticks() -> tuple[int, int, int]:

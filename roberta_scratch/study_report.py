@@ -17,7 +17,6 @@ import os
 import platform
 import statistics
 import sys
-from typing import Optional
 
 from .fileio import atomic_write
 
@@ -79,17 +78,17 @@ def run_values(record: dict) -> dict:
     }
 
 
-def _estimated_tokens(record: dict) -> Optional[float]:
+def _estimated_tokens(record: dict) -> float | None:
     """Steps x the arm's mean tokens per step, where the metrics do not count tokens."""
     pre = record.get("pretrain") or {}
     return pre["step"] * record["tokens_per_step"] if "step" in pre and record.get("tokens_per_step") else None
 
 
-def _pct(x: Optional[float]) -> Optional[float]:
+def _pct(x: float | None) -> float | None:
     return None if x is None else 100.0 * x
 
 
-def summarize(values: list) -> Optional[dict]:
+def summarize(values: list) -> dict | None:
     """mean, sample std (None with one value) and n of the values that exist."""
     xs = [v for v in values if v is not None]
     if not xs:
@@ -97,7 +96,7 @@ def summarize(values: list) -> Optional[dict]:
     return {"mean": statistics.fmean(xs), "std": statistics.stdev(xs) if len(xs) > 1 else None, "n": len(xs)}
 
 
-def noise_verdict(a: Optional[dict], b: Optional[dict]) -> Optional[dict]:
+def noise_verdict(a: dict | None, b: dict | None) -> dict | None:
     """Arm a against arm b (summaries): the difference of means, the pooled std
     sqrt((s_a^2 + s_b^2) / 2), and whether |difference| > 2 x pooled std ("beyond" True/False;
     None when either side has a single seed, so no std)."""
@@ -119,27 +118,27 @@ def aggregate(records: list[dict]) -> dict:
 # ----------------------------------------------------------------------------- formatting
 
 
-def _fmt(s: Optional[dict], digits: int = 2) -> str:
+def _fmt(s: dict | None, digits: int = 2) -> str:
     if s is None:
         return "–"
     text = f"{s['mean']:.{digits}f}"
     return text + (f" ± {s['std']:.{digits}f}" if s["std"] is not None else "")
 
 
-def _tokens(s: Optional[dict]) -> str:
+def _tokens(s: dict | None) -> str:
     if s is None:
         return "–"
     return f"{s['mean'] / 1e6:.2f}M" if s["mean"] >= 1e5 else f"{s['mean'] / 1e3:.1f}K"
 
 
-def _wall(s: Optional[dict]) -> str:
+def _wall(s: dict | None) -> str:
     if s is None:
         return "–"
     m, sec = divmod(int(round(s["mean"])), 60)
     return f"{m}m{sec:02d}s" if m else f"{sec}s"
 
 
-def _verdict_cell(v: Optional[dict], digits: int = 2) -> str:
+def _verdict_cell(v: dict | None, digits: int = 2) -> str:
     if v is None:
         return "–"
     if v["beyond"] is None:
@@ -228,7 +227,7 @@ def _paper_notes(substudy: str, p) -> list[str]:
 
 
 def write_report(
-    study, study_name: str, plan_rows: list, n_seeds: int, records: dict, command: Optional[list[str]]
+    study, study_name: str, plan_rows: list, n_seeds: int, records: dict, command: list[str] | None
 ) -> None:
     """OUT/table.md, OUT/results.json and OUT/curves.png from the runs' study.json records
     (those of this invocation, plus the done runs already on disk)."""
@@ -336,7 +335,7 @@ def plot_curves(path: str, subs: list, plan_rows: list, per_arm: dict) -> bool:
         print("note: pip install matplotlib to draw curves.png")
         return False
     fig, axes = plt.subplots(1, len(subs), figsize=(6 * len(subs), 4.2), squeeze=False)
-    for ax, sub in zip(axes[0], subs):
+    for ax, sub in zip(axes[0], subs, strict=True):
         for _, arm, label in [r for r in plan_rows if r[0] == sub]:
             curves = [curve_points(r) for r in per_arm.get(arm.name, []) if r.get("status") == "done"]
             curves = [c for c in curves if c]
@@ -371,16 +370,9 @@ def _jsonable(obj) -> dict:
 def _machine() -> dict:
     import torch
 
-    from .machine import cpu_isa, cpu_name
+    from .machine import describe
 
-    info = {
-        "platform": platform.platform(),
-        "processor": cpu_name(),
-        "isa": cpu_isa(),
-        "cpus": os.cpu_count(),
-        "usable_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "torch_threads": torch.get_num_threads(),
-    }
+    info = {"platform": platform.platform(), **describe()}
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
     return info

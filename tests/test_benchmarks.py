@@ -30,7 +30,7 @@ def test_command_is_recorded_as_the_module_invocation(monkeypatch):
     monkeypatch.setitem(
         sys.modules, "__main__", types.SimpleNamespace(__spec__=types.SimpleNamespace(name="benchmarks.bench_model"))
     )
-    assert common.command() == "python -m benchmarks.bench_model --configs tiny"
+    assert common.command_line() == "python -m benchmarks.bench_model --configs tiny"
 
 
 @pytest.mark.parametrize("name", BENCHMARKS)
