@@ -24,8 +24,8 @@ import tempfile
 import time
 
 from benchmarks.common import print_table, write_result
-from roberta_scratch.data import prepare
-from roberta_scratch.tokenizer import ByteLevelBPETokenizer
+from roberta_scratch.data.packed import prepare
+from roberta_scratch.tokenization.byte_level import ByteLevelBPETokenizer
 
 
 def installed_text(limit_bytes: int):

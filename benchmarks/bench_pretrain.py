@@ -36,14 +36,14 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.common import cpu_gemm_flops, print_table, write_result
-from roberta_scratch.checkpoint import save_hf
+from roberta_scratch.checkpoints.formats import save_hf
 from roberta_scratch.config import IGNORE_INDEX
-from roberta_scratch.corpus import default_corpus
-from roberta_scratch.data import prepare, tokenizer_dir
+from roberta_scratch.data.corpus import default_corpus
+from roberta_scratch.data.packed import prepare, tokenizer_dir
 from roberta_scratch.flops import flops_per_token
 from roberta_scratch.machine import cpu_threads
 from roberta_scratch.pretrain import TrainArgs, Trainer
-from roberta_scratch.tokenizer import ByteLevelBPETokenizer
+from roberta_scratch.tokenization.byte_level import ByteLevelBPETokenizer
 from roberta_scratch.training import linear_schedule, param_groups
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -36,9 +36,9 @@ from functools import partial
 from unittest import mock
 
 from benchmarks.common import print_table, time_interleaved, write_result
-from roberta_scratch import tokenizer_base
-from roberta_scratch.corpus import default_corpus
-from roberta_scratch.tokenizer import GPT2_SPLIT_PATTERN, ByteLevelBPETokenizer
+from roberta_scratch.data.corpus import default_corpus
+from roberta_scratch.tokenization import base as tokenizer_base
+from roberta_scratch.tokenization.byte_level import GPT2_SPLIT_PATTERN, ByteLevelBPETokenizer
 
 SPECIALS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
 

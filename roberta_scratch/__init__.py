@@ -1,7 +1,7 @@
 """roberta-scratch: RoBERTa reimplemented from scratch in PyTorch."""
 
 from .config import RobertaConfig
-from .masking import DynamicMaskingCollator
+from .data.masking import DynamicMaskingCollator
 from .model import (
     RobertaForMaskedLM,
     RobertaForPreTraining,
@@ -10,8 +10,8 @@ from .model import (
     RobertaForTokenClassification,
     RobertaModel,
 )
-from .spm_tokenizer import SentencePieceTokenizer
-from .tokenizer import ByteLevelBPETokenizer, Tokenizer, load_tokenizer
+from .tokenization.byte_level import ByteLevelBPETokenizer, Tokenizer, load_tokenizer
+from .tokenization.spm import SentencePieceTokenizer
 
 __all__ = [
     "RobertaConfig",

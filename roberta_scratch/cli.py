@@ -76,7 +76,7 @@ CORPUS_HELP = (
 
 
 def _cmd_prepare(args: argparse.Namespace) -> int:
-    from .data import prepare
+    from .data.packed import prepare
 
     prepare(
         args.corpus,
@@ -192,8 +192,8 @@ def _add_fill_mask_parser(sub) -> None:
 
 
 def _cmd_tokenizer_train(args: argparse.Namespace) -> int:
-    from .corpus import iter_documents
-    from .tokenizer import ByteLevelBPETokenizer
+    from .data.corpus import iter_documents
+    from .tokenization.byte_level import ByteLevelBPETokenizer
 
     # the same reader as `prepare`: every format corpus.py reads, or the default corpus
     docs = iter_documents(args.corpus, text_field=args.text_field)
@@ -204,9 +204,9 @@ def _cmd_tokenizer_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_tokenizer_encode(args: argparse.Namespace) -> int:
-    from .corpus import file_format, iter_documents
+    from .data.corpus import file_format, iter_documents
     from .fileio import chunked
-    from .tokenizer import load_tokenizer
+    from .tokenization.byte_level import load_tokenizer
 
     # a file is plain text, as prepare reads a corpus: "<s>" written in it is not the special id
     tok = load_tokenizer(args.tokenizer)
@@ -251,13 +251,13 @@ def _add_tokenizer_parser(sub) -> None:
 
 
 def _cmd_finetune(args: argparse.Namespace) -> int:
-    from .finetune import FinetuneArgs, finetune
+    from .finetune.trainer import FinetuneArgs, finetune
 
     return finetune(FinetuneArgs(**_given(args)))
 
 
 def _add_finetune_parser(sub) -> None:
-    from .finetune import FinetuneArgs
+    from .finetune.trainer import FinetuneArgs
 
     p = sub.add_parser("finetune", help="train a task head end to end (seq-cls, token-cls, qa) with metrics")
     add_dataclass_arguments(p, FinetuneArgs)
@@ -268,7 +268,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     import json
 
     from .fileio import iter_lines
-    from .predict import predict
+    from .finetune.predict import predict
 
     lines = sys.stdin.readlines() if args.file == "-" else list(iter_lines([args.file]))
     source = "standard input" if args.file == "-" else args.file
@@ -389,7 +389,7 @@ def _add_kernels_parser(sub) -> None:
 
 
 def _add_convert_parser(sub) -> None:
-    from . import converter
+    from .checkpoints import converter
 
     p = sub.add_parser(
         "convert",
@@ -416,7 +416,7 @@ def _add_demo_parser(sub) -> None:
 
 
 def _cmd_study(args: argparse.Namespace) -> int:
-    from .study import run_study
+    from .study.runner import run_study
 
     return run_study(
         args.study,
@@ -431,7 +431,7 @@ def _cmd_study(args: argparse.Namespace) -> int:
 
 
 def _add_study_parser(sub) -> None:
-    from .study import PRESETS, STUDIES
+    from .study.runner import PRESETS, STUDIES
 
     p = sub.add_parser(
         "study",

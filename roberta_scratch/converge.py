@@ -60,7 +60,7 @@ class Curve:
 
 def synthetic_batches(steps: int, batch_size: int, seq_len: int, vocab_size: int, seed: int) -> list[dict]:
     """Padded, masked MLM batches from a fixed random Markov chain: the same for every run."""
-    from .masking import DynamicMaskingCollator
+    from .data.masking import DynamicMaskingCollator
 
     g = torch.Generator().manual_seed(seed)
     n_special = 4  # <s> <pad> </s> <unk>; <mask> is the last id

@@ -76,11 +76,11 @@ def train_args(data_dir: str, run_dir: str, config_path: str, steps: int = 6000,
 
 
 def run(out: str = "runs/demo", steps: int = 6000) -> int:
-    from .corpus import default_corpus
-    from .data import prepare
+    from .data.corpus import default_corpus
+    from .data.packed import prepare
     from .pretrain import pretrain
     from .probe import fill_mask
-    from .tokenizer import ByteLevelBPETokenizer
+    from .tokenization.byte_level import ByteLevelBPETokenizer
 
     tok_dir, data_dir, run_dir = (os.path.join(out, d) for d in ("tokenizer", "data", "run"))
     if not os.path.isfile(os.path.join(tok_dir, "vocab.json")):

@@ -6,7 +6,7 @@
                  pretraining pair (masked LM + next-sentence prediction, for the ablations)
 
 Numbers match the reference implementations (fairseq, Hugging Face) to fp32
-rounding; the module structure is our own, and convert.py maps their state
+rounding; the module structure is our own, and checkpoints/keymaps.py maps their state
 dicts onto it.
 """
 
@@ -22,9 +22,9 @@ import torch.nn.functional as F
 
 import roberta_kernels
 
-from .checkpoint import read_checkpoint, save_ours
+from .checkpoints.formats import read_checkpoint, save_ours
+from .checkpoints.keymaps import ENCODER_PREFIX, HEAD_PREFIXES, normalise_prefix
 from .config import IGNORE_INDEX, RobertaConfig
-from .convert import ENCODER_PREFIX, HEAD_PREFIXES, normalise_prefix
 
 ACT2FN = {
     "gelu": F.gelu,  # exact erf form, as in the original

@@ -36,14 +36,14 @@ from dataclasses import dataclass
 import torch
 
 from .config import IGNORE_INDEX, PRESETS, RobertaConfig
-from .data import PackedDataset, files_dir, load_meta
+from .data.masking import DynamicMaskingCollator, StaticCopies
+from .data.packed import PackedDataset, files_dir, load_meta
+from .data.pairs import PAIR_MODES, PairDataset
 from .errors import TrainingError
 from .fileio import lock_dir
 from .flops import mlm_training_flops_per_token
-from .masking import DynamicMaskingCollator, StaticCopies
 from .model import RobertaForMaskedLM, RobertaForPreTraining
-from .pairs import PAIR_MODES, PairDataset
-from .tokenizer import load_tokenizer
+from .tokenization.byte_level import load_tokenizer
 from .training import BaseTrainer, RunArgs, option, plot_metrics, seed_for
 
 

@@ -14,9 +14,9 @@ import warnings
 import numpy as np
 import torch
 
-from .checkpoint import find_model_dir
+from .checkpoints.formats import find_model_dir
 from .model import RobertaForMaskedLM, RobertaModel
-from .tokenizer import load_tokenizer
+from .tokenization.byte_level import load_tokenizer
 
 
 def _load(path: str, trust_code: bool = False, **overrides):

@@ -3,7 +3,7 @@
 BaseTrainer owns everything a run needs whatever it learns: optimizer and schedule,
 accumulation, clipping, checkpoints, resume, NaN stop, SIGINT, metrics and progress.
 A task is a subclass with a few hooks: MLM pretraining in pretrain.py, fine-tuning in
-finetune.py. Their settings are dataclasses that extend RunArgs, and `roberta-scratch`
+finetune/trainer.py. Their settings are dataclasses that extend RunArgs, and `roberta-scratch`
 builds each command's flags from those fields (cli.add_dataclass_arguments).
 
 Everything random is a function of (seed, step) or is checkpointed, so a run resumed

@@ -15,7 +15,7 @@ os.environ.setdefault(
 @pytest.fixture(scope="session")
 def docstrings() -> list:
     """The standard library's docstrings (about 2 MB): the embedded default corpus, real prose."""
-    from roberta_scratch.corpus import default_corpus
+    from roberta_scratch.data.corpus import default_corpus
 
     return list(default_corpus())
 
@@ -26,8 +26,8 @@ def prepared(tmp_path_factory):
     data prepared from them, as pretraining tests use them."""
     from pretraining_helpers import WORDS, make_corpus
 
-    from roberta_scratch.data import prepare
-    from roberta_scratch.tokenizer import ByteLevelBPETokenizer
+    from roberta_scratch.data.packed import prepare
+    from roberta_scratch.tokenization.byte_level import ByteLevelBPETokenizer
 
     root = tmp_path_factory.mktemp("pretrain")
     make_corpus(root / "corpus")
@@ -54,7 +54,7 @@ def prepared_sentences(prepared):
     pair formats: returns its data directory."""
     import warnings
 
-    from roberta_scratch.data import prepare
+    from roberta_scratch.data.packed import prepare
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the corpus's Latin-1 file, which `prepared` checks the warning for

@@ -46,7 +46,7 @@ def tiny_model_folder(path, cls=None, texts=SMALL_TEXTS, vocab_size=280, max_pos
     """A folder as a user has one: a tiny random model (`cls`, default RobertaForMaskedLM; hidden
     32, one layer, unless `config` says otherwise) and the BPE tokenizer it was made with."""
     from roberta_scratch import RobertaConfig, RobertaForMaskedLM
-    from roberta_scratch.tokenizer import ByteLevelBPETokenizer
+    from roberta_scratch.tokenization.byte_level import ByteLevelBPETokenizer
 
     tok = ByteLevelBPETokenizer.train(iter(texts), vocab_size=vocab_size, show_progress=False)
     shape = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)

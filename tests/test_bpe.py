@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from roberta_scratch.bpe import MergeTable, apply_merges, encode_reference, merge
-from roberta_scratch.tokenizer import ByteLevelBPETokenizer
+from roberta_scratch.tokenization.bpe import MergeTable, apply_merges, encode_reference, merge
+from roberta_scratch.tokenization.byte_level import ByteLevelBPETokenizer
 
 ALPHABETS = {"dna": "ACGT", "letters": "abcdefghijklmnopqrstuvwxyz", "mixed": "aAbB0123+/=-_ é日😀\n\t"}
 

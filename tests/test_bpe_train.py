@@ -13,10 +13,10 @@ import regex
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from roberta_scratch import bpe_train
-from roberta_scratch.bpe_train import learn_merges
 from roberta_scratch.cli import main as cli_main
-from roberta_scratch.tokenizer import (
+from roberta_scratch.tokenization import bpe_train
+from roberta_scratch.tokenization.bpe_train import learn_merges
+from roberta_scratch.tokenization.byte_level import (
     GPT2_SPLIT_PATTERN,
     ByteLevelBPETokenizer,
     bytes_to_unicode,

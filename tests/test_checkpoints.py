@@ -16,8 +16,8 @@ from roberta_scratch import (
     RobertaForSequenceClassification,
     RobertaForTokenClassification,
     RobertaModel,
-    converter,
 )
+from roberta_scratch.checkpoints import converter
 from roberta_scratch.model import MODEL_CLASSES
 
 TINY = dict(

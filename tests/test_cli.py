@@ -125,7 +125,7 @@ def test_every_command_that_reads_a_config_json_has_the_trust_opt_in():
 
 
 def test_flags_reach_the_settings_and_defaults_stay_the_dataclass_ones():
-    from roberta_scratch.finetune import FinetuneArgs
+    from roberta_scratch.finetune.trainer import FinetuneArgs
     from roberta_scratch.pretrain import TrainArgs
 
     args = cli.build_parser().parse_args(
@@ -221,7 +221,7 @@ def test_convert_as_processes_gives_the_same_output(tmp_path):
 
 
 def test_convert_carries_the_tokenizer_both_ways(tmp_path, capsys):
-    from roberta_scratch.tokenizer import ByteLevelBPETokenizer, load_tokenizer
+    from roberta_scratch.tokenization.byte_level import ByteLevelBPETokenizer, load_tokenizer
 
     src = tiny_model_dir(tmp_path / "src")
     texts = ["the cat sat on the mat", "a dog ran to the red house"] * 20
@@ -251,7 +251,7 @@ def test_fairseq_dictionary_and_gpt2_files_rebuild_roberta_base_exactly(referenc
     import json
     import shutil
 
-    from roberta_scratch.converter import find_tokenizer
+    from roberta_scratch.checkpoints.converter import find_tokenizer
 
     for name in ("dict.txt", "gpt2-encoder.json", "merges.txt"):  # as a fairseq model folder has them
         shutil.copy(os.path.join(reference_dir, name), tmp_path / name)

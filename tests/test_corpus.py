@@ -9,9 +9,9 @@ import sys
 
 import pytest
 
-from roberta_scratch.corpus import corpus_files, iter_documents
-from roberta_scratch.data import prepare
-from roberta_scratch.tokenizer import ByteLevelBPETokenizer
+from roberta_scratch.data.corpus import corpus_files, iter_documents
+from roberta_scratch.data.packed import prepare
+from roberta_scratch.tokenization.byte_level import ByteLevelBPETokenizer
 
 DOCS = [f"Document {i} is about the cat number {i}, naïve café 😀." * (1 + i % 3) for i in range(40)]
 OPENERS = {"": open, ".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}

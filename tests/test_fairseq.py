@@ -16,7 +16,7 @@ import torch
 
 import checkpoints_convert
 from roberta_scratch import RobertaForMaskedLM, RobertaForSequenceClassification, RobertaModel
-from roberta_scratch.checkpoint import FAIRSEQ_SAFE_GLOBALS, read_checkpoint, safe_torch_load
+from roberta_scratch.checkpoints.formats import FAIRSEQ_SAFE_GLOBALS, read_checkpoint, safe_torch_load
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "fairseq")
 CHECKPOINTS = ["model.pt", "model_legacy.pt", "model_omegaconf.pt"]

@@ -156,7 +156,7 @@ def check_whole_word_masking(tok, texts):
 
 def test_whole_word_masking_with_a_sentencepiece_tokenizer(tmp_path, docstrings):
     sentencepiece = pytest.importorskip("sentencepiece")
-    from roberta_scratch.spm_tokenizer import SentencePieceTokenizer
+    from roberta_scratch.tokenization.spm import SentencePieceTokenizer
 
     texts = [d for d in docstrings[:3000] if len(d.split()) >= 12][:1200]
     sentencepiece.SentencePieceTrainer.train(
@@ -178,7 +178,7 @@ def test_whole_word_masking_with_a_sentencepiece_tokenizer(tmp_path, docstrings)
 
 
 def test_whole_word_masking_with_a_byte_level_tokenizer(docstrings):
-    from roberta_scratch.tokenizer import ByteLevelBPETokenizer
+    from roberta_scratch.tokenization.byte_level import ByteLevelBPETokenizer
 
     texts = [d for d in docstrings[:3000] if len(d.split()) >= 12][:1200]
     tok = ByteLevelBPETokenizer.train(iter(texts), vocab_size=600, show_progress=False)

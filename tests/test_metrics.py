@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from roberta_scratch.metrics import (
+from roberta_scratch.finetune.metrics import (
     accuracy,
     entity_prf,
     entity_spans,

@@ -168,7 +168,7 @@ def test_gradients_match_transformers(backend, tmp_path):
     labels[mask == 0] = -100
     ours(ids, attention_mask=mask, labels=labels).loss.backward()
     theirs(input_ids=ids, attention_mask=mask, labels=labels).loss.backward()
-    from roberta_scratch.convert import ours_to_hf
+    from roberta_scratch.checkpoints.keymaps import ours_to_hf
 
     ours_grads = ours_to_hf({k: p.grad for k, p in ours.named_parameters()}, 2)
     theirs_grads = {k: p.grad for k, p in theirs.named_parameters()}

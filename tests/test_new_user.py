@@ -61,7 +61,7 @@ def test_data_without_held_out_documents_says_so(prepared, tmp_path, capsys):
 
     from pretraining_helpers import args_for
 
-    from roberta_scratch.data import prepare
+    from roberta_scratch.data.packed import prepare
     from roberta_scratch.pretrain import pretrain
 
     with warnings.catch_warnings():
@@ -95,7 +95,7 @@ def csv_file(path, labels):
 
 
 def finetune_args(pretrained, train, out, **kw):
-    from roberta_scratch.finetune import FinetuneArgs
+    from roberta_scratch.finetune.trainer import FinetuneArgs
 
     base = dict(
         task="seq-cls",
@@ -119,7 +119,7 @@ def finetune_args(pretrained, train, out, **kw):
 )
 def test_integer_labels_are_classes_and_the_run_says_what_it_chose(pretrained, tmp_path, capsys, labels, kind):
     from roberta_scratch.config import RobertaConfig
-    from roberta_scratch.finetune import finetune
+    from roberta_scratch.finetune.trainer import finetune
 
     train = csv_file(tmp_path / "train.csv", labels)
     assert finetune(finetune_args(pretrained, train, tmp_path / "run")) == 0
@@ -136,7 +136,7 @@ def test_integer_labels_are_classes_and_the_run_says_what_it_chose(pretrained, t
 
 
 def test_label_type_regression_keeps_integer_targets_as_numbers(pretrained, tmp_path, capsys):
-    from roberta_scratch.finetune import finetune
+    from roberta_scratch.finetune.trainer import finetune
 
     train = csv_file(tmp_path / "train.csv", [1, 2, 3, 4, 5] * 3)
     assert finetune(finetune_args(pretrained, train, tmp_path / "run", label_type="regression")) == 0
@@ -180,7 +180,7 @@ def test_tokenizer_encode_reads_a_jsonl_gz_as_prepare_does(tmp_path, capsys):
     """It encoded the raw JSON line, while train and prepare read the text field."""
     import gzip
 
-    from roberta_scratch.tokenizer import load_tokenizer
+    from roberta_scratch.tokenization.byte_level import load_tokenizer
 
     path = tiny_model_folder(tmp_path / "m")
     with gzip.open(tmp_path / "docs.jsonl.gz", "wt") as f:

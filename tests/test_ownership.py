@@ -5,7 +5,7 @@ import shutil
 
 import pytest
 
-from roberta_scratch.data import OWNER_MARK, load_meta, prepare
+from roberta_scratch.data.packed import OWNER_MARK, load_meta, prepare
 
 
 def quiet_prepare(corpus, tok, out, **kw):
@@ -70,8 +70,8 @@ def test_special_token_text_in_a_corpus_is_plain_text(prepared, tmp_path):
     characters, never the special ids (which would turn <pad> into padding for the collator)."""
     import numpy as np
 
-    from roberta_scratch.data import files_dir
-    from roberta_scratch.tokenizer import load_tokenizer
+    from roberta_scratch.data.packed import files_dir
+    from roberta_scratch.tokenization.byte_level import load_tokenizer
 
     (tmp_path / "corpus.txt").write_text("price <s>old</s> new and <pad> here <mask>\n")
     quiet_prepare([str(tmp_path / "corpus.txt")], str(prepared / "tok"), str(tmp_path / "data"), val_fraction=0.0)
@@ -92,7 +92,7 @@ def test_special_token_text_in_a_corpus_is_plain_text(prepared, tmp_path):
 
 def test_tokenizer_encode_reads_plain_text_unless_asked(prepared, tmp_path, capsys):
     from roberta_scratch import cli
-    from roberta_scratch.tokenizer import load_tokenizer
+    from roberta_scratch.tokenization.byte_level import load_tokenizer
 
     (tmp_path / "t.txt").write_text("a <mask> b\n")
     tok = load_tokenizer(str(prepared / "tok"))
@@ -165,7 +165,7 @@ def test_a_killed_export_leaves_no_temp_folder_behind(prepared, tmp_path):
 
 
 def test_study_refuses_a_folder_that_is_not_a_study(tmp_path):
-    from roberta_scratch.study import StudyError, run_study
+    from roberta_scratch.study.runner import StudyError, run_study
 
     out = tmp_path / "mine"
     (out / "tokenizer").mkdir(parents=True)
@@ -199,7 +199,7 @@ def test_data_a_run_reads_cannot_be_prepared_meanwhile_and_the_model_keeps_its_t
 
     from roberta_scratch.fileio import DirectoryBusy
     from roberta_scratch.pretrain import Trainer
-    from roberta_scratch.tokenizer import ByteLevelBPETokenizer, load_tokenizer
+    from roberta_scratch.tokenization.byte_level import ByteLevelBPETokenizer, load_tokenizer
 
     shutil.copytree(prepared / "data", tmp_path / "data")
     other = ByteLevelBPETokenizer.train(iter([" ".join(WORDS)] * 50), vocab_size=300, show_progress=False)
@@ -269,8 +269,8 @@ def test_a_corpus_error_leaves_no_file_open_and_nothing_behind(prepared, tmp_pat
 def test_a_huge_single_line_document_is_read_in_pieces_that_add_up_to_it(prepared, tmp_path):
     import numpy as np
 
-    from roberta_scratch.corpus import MAX_DOCUMENT_CHARS
-    from roberta_scratch.tokenizer import load_tokenizer
+    from roberta_scratch.data.corpus import MAX_DOCUMENT_CHARS
+    from roberta_scratch.tokenization.byte_level import load_tokenizer
 
     words = ("the cat sat on a mat while the dog ran " * (MAX_DOCUMENT_CHARS // 15)).rstrip()
     assert len(words) > 2.5 * MAX_DOCUMENT_CHARS

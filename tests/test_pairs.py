@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from roberta_scratch.data import TokenStream, prepare, tokenizer_dir
-from roberta_scratch.pairs import PairDataset, _truncate
-from roberta_scratch.sentences import split_sentences
-from roberta_scratch.tokenizer import load_tokenizer
+from roberta_scratch.data.packed import TokenStream, prepare, tokenizer_dir
+from roberta_scratch.data.pairs import PairDataset, _truncate
+from roberta_scratch.data.sentences import split_sentences
+from roberta_scratch.tokenization.byte_level import load_tokenizer
 
 
 @pytest.fixture

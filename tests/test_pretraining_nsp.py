@@ -18,9 +18,9 @@ from roberta_scratch import (
     RobertaForSequenceClassification,
     RobertaModel,
 )
-from roberta_scratch.checkpoint import read_checkpoint, save_hf
-from roberta_scratch.convert import hf_to_ours
-from roberta_scratch.masking import StaticCopies
+from roberta_scratch.checkpoints.formats import read_checkpoint, save_hf
+from roberta_scratch.checkpoints.keymaps import hf_to_ours
+from roberta_scratch.data.masking import StaticCopies
 from roberta_scratch.model import check_state_dict, load_state
 
 TINY = dict(

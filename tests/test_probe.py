@@ -8,7 +8,7 @@ from helpers import tiny_model_folder
 
 from roberta_scratch import RobertaForMaskedLM, cli
 from roberta_scratch.probe import fill_mask, parse_layers
-from roberta_scratch.tokenizer import load_tokenizer
+from roberta_scratch.tokenization.byte_level import load_tokenizer
 
 TEXTS = [
     "Alice went to Paris and saw the river.",

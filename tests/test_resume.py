@@ -12,10 +12,10 @@ import pytest
 import torch
 from pretraining_helpers import WORDS, args_for, losses, small_config
 
-from roberta_scratch.data import prepare
+from roberta_scratch.data.packed import prepare
 from roberta_scratch.errors import TrainingError
 from roberta_scratch.pretrain import Trainer, pretrain
-from roberta_scratch.tokenizer import ByteLevelBPETokenizer
+from roberta_scratch.tokenization.byte_level import ByteLevelBPETokenizer
 
 
 def metric_rows(run):

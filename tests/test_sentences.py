@@ -5,8 +5,8 @@ from itertools import pairwise
 
 import pytest
 
-from roberta_scratch.sentences import split_sentences
-from roberta_scratch.tokenizer import ByteLevelBPETokenizer
+from roberta_scratch.data.sentences import split_sentences
+from roberta_scratch.tokenization.byte_level import ByteLevelBPETokenizer
 
 
 def check(text, expected):

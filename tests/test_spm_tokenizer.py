@@ -12,8 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_tokenizer import ADVERSARIAL, FRAGMENTS
 
-from roberta_scratch.spm_tokenizer import SPM_FILE, SentencePieceTokenizer
-from roberta_scratch.tokenizer import ByteLevelBPETokenizer, load_tokenizer
+from roberta_scratch.tokenization.byte_level import ByteLevelBPETokenizer, load_tokenizer
+from roberta_scratch.tokenization.spm import SPM_FILE, SentencePieceTokenizer
 
 MULTILINGUAL = [
     "日本語のテキストです。",

@@ -1,40 +1,103 @@
-"""The package's shape: imports between its modules form no cycle, and kernels/ stands alone.
+"""The package's shape: its layers, the one way imports run between them, no cycle, and kernels/ alone.
 
-Function-local imports count: they are how a cycle hides."""
+The layers, lowest first (a module imports only from its own layer or lower ones):
+
+    base          errors, fileio, progress, machine, flops, config, testing     (flat)
+    formats       tokenization/, checkpoints/keymaps, checkpoints/formats       what is on disk
+    model         model                                                         (flat)
+    foundations   training (the loop), data/                                    what every workflow builds on
+    workflows     pretrain, probe, converge (flat); finetune/, checkpoints/converter
+    applications  study/, demo                                                  workflows put together
+    cli           cli, __main__
+
+Within the workflow layer no workflow imports another: what two of them share lives lower down.
+Function-local imports count: they are how a cycle hides.
+"""
 
 import ast
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "roberta_scratch"
 
+LAYERS = [
+    ("base", {"errors", "fileio", "progress", "machine", "flops", "config", "testing"}),
+    ("formats", {"tokenization", "checkpoints", "checkpoints.keymaps", "checkpoints.formats"}),
+    ("model", {"model"}),
+    ("foundations", {"training", "data"}),
+    ("workflows", {"pretrain", "probe", "converge", "finetune", "checkpoints.converter"}),
+    ("applications", {"study", "demo"}),
+    ("cli", {"cli", "__main__"}),
+]
 
-def imported_modules(path: Path, package: str, modules: set) -> set:
-    """The modules of `package` that the file at `path` imports, anywhere in it."""
+
+def unit(module: str) -> str:
+    """The layer entry a dotted module belongs to: itself, or its subpackage."""
+    for _, names in LAYERS:
+        if module in names:
+            return module
+    top = module.split(".")[0]
+    assert any(top in names for _, names in LAYERS), f"{module} is in no layer: add it to LAYERS"
+    return top
+
+
+def layer(module: str) -> int:
+    return next(i for i, (_, names) in enumerate(LAYERS) if unit(module) in names)
+
+
+def module_names(directory: Path) -> dict:
+    """Dotted module name (relative to the package, "data.packed"; a subpackage's __init__ is "data")
+    -> its path."""
+    found = {}
+    for path in directory.rglob("*.py"):
+        parts = list(path.relative_to(directory).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        if parts:
+            found[".".join(parts)] = path
+    return found
+
+
+def imported_modules(path: Path, me: str, package: str, modules: set, is_package: bool = False) -> set:
+    """The modules of `package` that the file of module `me` imports, anywhere in it (function-local too)."""
+    here = me.split(".") if is_package else me.split(".")[:-1]  # the package `from .` means
     found = set()
+
+    def add(dotted: str, names=()):
+        # `from x import y` imports x, and x.y when y is a module
+        for name in names:
+            if f"{dotted}.{name}".strip(".") in modules:
+                found.add(f"{dotted}.{name}".strip("."))
+        while dotted and dotted not in modules:
+            dotted = dotted.rpartition(".")[0]
+        if dotted:
+            found.add(dotted)
+
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(node, ast.ImportFrom):
-            if node.level == 1:  # from . import x / from .x import y
-                base = node.module
-            elif node.level == 0 and node.module and node.module.split(".")[0] == package:
-                base = node.module[len(package) + 1 :] or None
+            if node.level:
+                base = here[: len(here) - (node.level - 1)] if node.level > 1 else list(here)
+                dotted = ".".join(base + ([node.module] if node.module else []))
+            elif node.module and node.module.split(".")[0] == package:
+                dotted = node.module[len(package) + 1 :]
             else:
                 continue
-            if base is None:  # from . import a, b: each name is a module
-                found.update(alias.name for alias in node.names if alias.name in modules)
-            else:
-                found.add(base.split(".")[0])
+            add(dotted, [a.name for a in node.names])
         elif isinstance(node, ast.Import):
             for alias in node.names:
-                parts = alias.name.split(".")
-                if parts[0] == package and len(parts) > 1:
-                    found.add(parts[1])
+                if alias.name.split(".")[0] == package:
+                    add(alias.name[len(package) + 1 :])
     return found & modules
 
 
 def import_graph(directory: Path) -> dict:
-    modules = {p.stem for p in directory.glob("*.py") if p.stem != "__init__"}
-    return {m: imported_modules(directory / f"{m}.py", directory.name, modules) - {m} for m in modules}
+    paths = module_names(directory)
+    graph = {}
+    for m, path in paths.items():
+        graph[m] = imported_modules(path, m, directory.name, set(paths), path.name == "__init__.py") - {m}
+    return graph
 
 
 def find_cycle(graph: dict):
@@ -43,7 +106,7 @@ def find_cycle(graph: dict):
 
     def visit(node, path):
         state[node] = 1
-        for nxt in sorted(graph[node]):
+        for nxt in sorted(graph.get(node, ())):
             if state.get(nxt) == 1:
                 return path[path.index(nxt) :] + [nxt]
             if nxt not in state:
@@ -63,7 +126,7 @@ def find_cycle(graph: dict):
 
 def test_package_imports_form_no_cycle():
     graph = import_graph(PACKAGE)
-    assert len(graph) > 20 and graph["model"]  # the parse found the modules and their imports
+    assert len(graph) > 30 and graph["model"] and graph["data.packed"]  # the parse found modules and imports
     cycle = find_cycle(graph)
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
 
@@ -73,27 +136,68 @@ def test_the_cycle_finder_finds_cycles():
     assert find_cycle({"a": {"b"}, "b": set(), "c": {"b"}}) is None
 
 
-def test_function_local_imports_are_seen(tmp_path):
-    (tmp_path / "a.py").write_text("def f():\n    from .b import x\n")
-    (tmp_path / "b.py").write_text("from . import a\n")
-    assert find_cycle(import_graph(tmp_path)) == ["a", "b", "a"]
+def test_function_local_and_subpackage_imports_are_seen(tmp_path):
+    (tmp_path / "a.py").write_text("def f():\n    from .sub.b import x\n")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "__init__.py").write_text("")
+    (tmp_path / "sub" / "b.py").write_text("from .. import a\n")
+    graph = import_graph(tmp_path)
+    assert graph["a"] == {"sub.b"} and graph["sub.b"] == {"a"}
+    assert find_cycle(graph) == ["a", "sub.b", "a"]
 
 
-def test_the_layering_the_design_asks_for():
+def test_every_module_has_a_layer():
+    for module in import_graph(PACKAGE):
+        layer(module)  # raises, naming the module, when it has none
+
+
+def test_imports_run_down_the_layers():
+    """core <- workflows <- CLI: a module imports only from its own layer or lower ones."""
+    upward = [
+        f"{m} ({LAYERS[layer(m)][0]}) imports {t} ({LAYERS[layer(t)][0]})"
+        for m, targets in import_graph(PACKAGE).items()
+        for t in targets
+        if layer(t) > layer(m)
+    ]
+    assert not upward, upward
+
+
+def test_no_workflow_imports_another():
+    """Two workflows share only what lies below them (the model, the training loop, data/, formats)."""
+    workflows = dict(LAYERS)["workflows"]
+    crossing = [
+        f"{m} imports {t}"
+        for m, targets in import_graph(PACKAGE).items()
+        for t in targets
+        if unit(m) in workflows and unit(t) in workflows and unit(m) != unit(t)
+    ]
+    assert not crossing, crossing
+
+
+@pytest.mark.parametrize(
+    "module, forbidden",
+    [
+        ("model", "tokenization.byte_level"),  # the model loads no tokenizer
+        ("checkpoints.formats", "tokenization.byte_level"),
+        ("checkpoints.keymaps", "checkpoints.formats"),  # key maps are pure: state dict -> state dict
+        ("tokenization.base", "tokenization.byte_level"),  # the base knows no kind of tokenizer
+        ("tokenization.spm", "tokenization.byte_level"),
+        ("data.masking", "tokenization.byte_level"),  # word starts come from whatever tokenizer is given
+        ("finetune.readers", "training"),  # the readers raise their errors without the trainer
+        ("study.report", "training"),
+        ("errors", "training"),
+        ("machine", "training"),
+        ("demo", "cli"),
+    ],
+)
+def test_the_layering_the_design_asks_for(module, forbidden):
     graph = import_graph(PACKAGE)
-
-    def reaches(a, b, seen=None):
-        seen = seen if seen is not None else set()
-        return b in graph[a] or any(reaches(n, b, seen) for n in graph[a] - seen if not seen.add(n))
-
-    assert not reaches("convert", "checkpoint") and not reaches("checkpoint", "model")  # files below models
-    assert not reaches("model", "cli") and not reaches("model", "training")
-    assert not reaches("tokenizer_base", "tokenizer") and not reaches("spm_tokenizer", "tokenizer")
-    assert not reaches("masking", "tokenizer") and not reaches("demo", "cli")
-    # the model loads no tokenizer; the data readers raise their errors without the trainer
-    assert not reaches("model", "tokenizer") and not reaches("checkpoint", "tokenizer")
-    assert not reaches("finetune_data", "training") and not reaches("study_report", "training")
-    assert not reaches("errors", "training") and not reaches("machine", "training")
+    seen, todo = set(), [module]
+    while todo:
+        for nxt in graph[todo.pop()] - seen:
+            seen.add(nxt)
+            todo.append(nxt)
+    assert forbidden not in seen, f"{module} reaches {forbidden}"
 
 
 def test_reading_a_config_imports_no_kernel_registry():

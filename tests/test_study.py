@@ -8,11 +8,11 @@ import signal
 
 import pytest
 
-from roberta_scratch import study as study_mod
 from roberta_scratch.cli import main
-from roberta_scratch.study import PRESETS, StudyError, run_study
-from roberta_scratch.study_report import noise_verdict, summarize
-from roberta_scratch.study_task import TaskSpec, build_task, split_files
+from roberta_scratch.study import runner as study_mod
+from roberta_scratch.study.report import noise_verdict, summarize
+from roberta_scratch.study.runner import PRESETS, StudyError, run_study
+from roberta_scratch.study.tasks import TaskSpec, build_task, split_files
 
 # Smaller than `ci` (which stays a few-minute pipeline check): seconds per run.
 TEST_PRESET = dataclasses.replace(

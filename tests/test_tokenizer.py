@@ -23,9 +23,9 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from roberta_scratch import tokenizer as tokenizer_module
-from roberta_scratch import tokenizer_base
-from roberta_scratch.tokenizer import ByteLevelBPETokenizer, bytes_to_unicode, load_tokenizer
+from roberta_scratch.tokenization import base as tokenizer_base
+from roberta_scratch.tokenization import byte_level as tokenizer_module
+from roberta_scratch.tokenization.byte_level import ByteLevelBPETokenizer, bytes_to_unicode, load_tokenizer
 
 REF = os.environ.get("ROBERTA_REFERENCE_DIR")
 needs_ref = pytest.mark.skipif(
@@ -346,7 +346,7 @@ def test_generated_text_matches_reference(pair_of_tokenizers, text):
 def gpt2_and_fast_splits():
     import regex
 
-    from roberta_scratch import bpe
+    from roberta_scratch.tokenization import bpe
 
     return (
         regex.compile(bpe.GPT2_SPLIT_PATTERN).findall,
@@ -368,7 +368,7 @@ def test_fast_split_patterns_match_gpt2s(text):
 def test_fast_split_patterns_match_gpt2s_on_docstrings_and_every_ascii_pair(docstrings):
     import re
 
-    from roberta_scratch import bpe
+    from roberta_scratch.tokenization import bpe
 
     gpt2, fast = gpt2_and_fast_splits()
     ascii_split = re.compile(bpe.GPT2_SPLIT_PATTERN_ASCII).findall
@@ -770,7 +770,7 @@ def test_encode_file_of_one_gigabyte_keeps_memory_flat(tmp_path):
     tiny().save_pretrained(tmp_path / "tok")
     script = (
         "import resource, sys\n"
-        "from roberta_scratch.tokenizer import load_tokenizer\n"
+        "from roberta_scratch.tokenization.byte_level import load_tokenizer\n"
         "tok = load_tokenizer(sys.argv[2])\n"
         "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
         "n = sum(len(ids) for ids in tok.encode_file(sys.argv[1], num_workers=2))\n"

@@ -157,7 +157,7 @@ def test_input_ids_of_the_wrong_dtype_and_odd_masks_are_errors():
 
 
 def test_fairseq_args_without_encoder_layers_are_read_from_the_weights():
-    from roberta_scratch.convert import ENCODER_PREFIX, fairseq_config
+    from roberta_scratch.checkpoints.keymaps import ENCODER_PREFIX, fairseq_config
 
     sd = {
         ENCODER_PREFIX + "embeddings.word_embeddings.weight": torch.zeros(50, 32),

@@ -13,7 +13,7 @@ hold several heads at once; each model class takes the keys it has and says
 which it ignored.
 
 Everything here maps a state dict (or a config) to another: no files. Reading and
-writing them is checkpoint.py's job, and loading into a model is model.py's.
+writing them is checkpoints/formats.py's job, and loading into a model is model.py's.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from functools import partial
 
 import torch
 
-from .config import RobertaConfig
+from ..config import RobertaConfig
 
 ENCODER_PREFIX = "roberta."
 HEAD_PREFIXES = ("lm_head.", "classifier.", "qa_outputs.", "nsp.")

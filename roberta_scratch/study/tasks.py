@@ -36,7 +36,7 @@ import os
 import sysconfig
 from dataclasses import asdict, dataclass
 
-from .fileio import atomic_write
+from ..fileio import atomic_write
 
 # corpus.default_corpus skips these folders; the task does too, so it draws on the same text
 SKIPPED_DIRS = ("site-packages", "dist-packages", "test", "tests", "idlelib", "lib2to3", "__pycache__", "turtledemo")

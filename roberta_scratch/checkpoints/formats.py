@@ -7,7 +7,7 @@
 Loading never unpickles arbitrary objects: safetensors, or torch.load with
 weights_only=True and, for fairseq's configs, an allowlist of inert stand-ins.
 Writing goes through fileio.atomic_files: a directory holds the old checkpoint or
-the new one, never half of one. The key maps are in convert.py; loading a state
+the new one, never half of one. The key maps are in checkpoints/keymaps.py; loading a state
 dict into a model is in model.py.
 """
 
@@ -23,8 +23,9 @@ import typing
 import torch
 from safetensors.torch import load_file, save_file
 
-from .config import RobertaConfig
-from .convert import (
+from ..config import RobertaConfig
+from ..fileio import atomic_files, iter_lines, quote_line
+from .keymaps import (
     ENCODER_PREFIX,
     fairseq_config,
     fairseq_num_layers,
@@ -35,7 +36,6 @@ from .convert import (
     normalise_prefix,
     ours_to_hf,
 )
-from .fileio import atomic_files, iter_lines, quote_line
 
 # ------------------------------------------------------------------- safe unpickling
 

@@ -1,6 +1,6 @@
 """Fine-tuning tasks: what each one reads, learns, feeds the model, scores and predicts.
 
-A task is a subclass of `Task` that fills in the hooks below; the trainer (finetune.py)
+A task is a subclass of `Task` that fills in the hooks below; the trainer (finetune/trainer.py)
 and `predict` (predict.py) call only these, so adding a task means writing one class
 and naming it in TASKS. The four here:
 
@@ -20,11 +20,11 @@ import warnings
 
 import torch
 
+from ..config import IGNORE_INDEX, RobertaConfig
+from ..model import RobertaForQuestionAnswering, RobertaForSequenceClassification, RobertaForTokenClassification
+from ..tokenization.byte_level import Tokenizer
 from . import metrics as M
-from .config import IGNORE_INDEX, RobertaConfig
-from .finetune_data import BadRows, DataError, is_number, read_labelled_texts, read_squad, read_tagged_words
-from .model import RobertaForQuestionAnswering, RobertaForSequenceClassification, RobertaForTokenClassification
-from .tokenizer import Tokenizer
+from .readers import BadRows, DataError, is_number, read_labelled_texts, read_squad, read_tagged_words
 
 
 def warn_truncated(lengths: list[int], limit: int, consequence: str = "only their beginning is used") -> None:

@@ -15,8 +15,8 @@ import csv
 import json
 import sys
 
-from .errors import TrainingError
-from .fileio import iter_jsonl, iter_lines
+from ..errors import TrainingError
+from ..fileio import iter_jsonl, iter_lines
 
 
 class DataError(TrainingError):

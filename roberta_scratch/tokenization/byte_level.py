@@ -30,10 +30,10 @@ Because every byte has a symbol, nothing is ever unknown and
 (except for the whitespace a `<mask>` swallows; `split_special_tokens=True`
 reads special tokens as plain text).
 
-`Tokenizer` (tokenizer_base.py) holds everything that does not depend on BPE
+`Tokenizer` (tokenization/base.py) holds everything that does not depend on BPE
 (special tokens, pairs, batches with padding and truncation, offsets,
 multi-process and streaming encoding), so that `SentencePieceTokenizer`
-(spm_tokenizer.py) shares it. `load_tokenizer(dir)` picks the kind a
+(tokenization/spm.py) shares it. `load_tokenizer(dir)` picks the kind a
 directory holds.
 """
 
@@ -51,11 +51,8 @@ from pathlib import Path
 
 import regex
 
-from .bpe import GPT2_SPLIT_PATTERN, GPT2_SPLIT_PATTERN_FAST, MergeTable, apply_merges, bytes_to_unicode, split_words
-from .bpe_train import count_words, learn_merges
-from .fileio import atomic_write, iter_lines, quote_line
-from .spm_tokenizer import SentencePieceTokenizer
-from .tokenizer_base import (
+from ..fileio import atomic_write, iter_lines, quote_line
+from .base import (
     CONFIG_FILE,
     LSTRIP_TOKENS,
     SPECIAL_TOKENS,
@@ -63,6 +60,9 @@ from .tokenizer_base import (
     Tokenizer,
     write_config,
 )
+from .bpe import GPT2_SPLIT_PATTERN, GPT2_SPLIT_PATTERN_FAST, MergeTable, apply_merges, bytes_to_unicode, split_words
+from .bpe_train import count_words, learn_merges
+from .spm import SentencePieceTokenizer
 
 VOCAB_FILE, MERGES_FILE = "vocab.json", "merges.txt"
 

@@ -24,7 +24,7 @@ import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
-from .fileio import COMPRESSED, iter_jsonl, iter_lines
+from ..fileio import COMPRESSED, iter_jsonl, iter_lines
 
 DEFAULT_CORPUS = "stdlib-docstrings"
 TEXT_FORMATS = (".txt", ".jsonl", ".json")

@@ -13,13 +13,13 @@ import json
 import os
 import warnings
 
-from .checkpoint import find_model_dir, read_checkpoint
-from .errors import TrainingError
-from .finetune import TASK_FILE, FinetuneArgs
-from .finetune_data import DataError
-from .model import load_state
+from ..checkpoints.formats import find_model_dir, read_checkpoint
+from ..errors import TrainingError
+from ..model import load_state
+from ..tokenization.byte_level import load_tokenizer
+from .readers import DataError
 from .tasks import TASKS
-from .tokenizer import load_tokenizer
+from .trainer import TASK_FILE, FinetuneArgs
 
 # Which task a checkpoint's head keys say it was trained for, for folders without finetune.json.
 HEAD_TASKS = (

@@ -44,12 +44,12 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
+from ..fileio import atomic_write, chunked, fsync_dir, lock_dir
+from ..progress import progress
+from ..tokenization.base import _available_cpus
+from ..tokenization.byte_level import load_tokenizer
 from .corpus import DEFAULT_CORPUS, CorpusReport, corpus_files, inputs_fingerprint, iter_documents
-from .fileio import atomic_write, chunked, fsync_dir, lock_dir
-from .progress import progress
 from .sentences import split_sentences
-from .tokenizer import load_tokenizer
-from .tokenizer_base import _available_cpus
 
 FORMAT_VERSION = 2  # 2: files in data-<id>/, named with sizes and checksums in meta.json
 BATCH_CHARS = 4 << 20  # at most about this many characters tokenized at once by one process

@@ -33,8 +33,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from heapq import heapify, heappop, heappush
 from itertools import pairwise
 
+from ..progress import progress
 from .bpe import merge
-from .progress import progress
 
 
 def count_words(

@@ -28,8 +28,8 @@ from pathlib import Path
 
 import sentencepiece
 
-from .fileio import atomic_write
-from .tokenizer_base import CONFIG_FILE, Tokenizer, write_config
+from ..fileio import atomic_write
+from .base import CONFIG_FILE, Tokenizer, write_config
 
 SPM_FILE = "sentencepiece.bpe.model"
 FAIRSEQ_OFFSET = 1  # fairseq id = spm id + 1

@@ -5,7 +5,7 @@
 SRC is detected: this project's directory, a Hugging Face roberta directory
 (model.safetensors or pytorch_model.bin), or a fairseq model.pt (or the
 directory holding it) with its dict.txt beside it. Every release's fairseq
-names are understood (see convert.py for the key maps).
+names are understood (see checkpoints/keymaps.py for the key maps).
 
 --verify runs this implementation and transformers' on the same padded batch
 and prints the max abs difference of every hidden state and of the logits;
@@ -24,12 +24,12 @@ import warnings
 
 import torch
 
-from .checkpoint import read_checkpoint, read_fairseq_dict, save_hf, save_ours
-from .config import RobertaConfig, add_trust_code_argument
-from .convert import fairseq_vocab, hf_architecture
-from .model import MODEL_CLASSES, check_state_dict, load_state
-from .testing import padded_batch
-from .tokenizer import ByteLevelBPETokenizer, load_tokenizer
+from ..config import RobertaConfig, add_trust_code_argument
+from ..model import MODEL_CLASSES, check_state_dict, load_state
+from ..testing import padded_batch
+from ..tokenization.byte_level import ByteLevelBPETokenizer, load_tokenizer
+from .formats import read_checkpoint, read_fairseq_dict, save_hf, save_ours
+from .keymaps import fairseq_vocab, hf_architecture
 
 TOLERANCE = 1e-4
 

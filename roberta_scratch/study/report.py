@@ -18,7 +18,7 @@ import platform
 import statistics
 import sys
 
-from .fileio import atomic_write
+from ..fileio import atomic_write
 
 # The paper's numbers (Liu et al. 2019, arXiv:1907.11692, Tables 1-3), dev sets. Table 1 is
 # BERT_BASE (medians over 5 seeds), "reference" from Yang et al. (2019); Tables 2-3 are BASE models on
@@ -370,7 +370,7 @@ def _jsonable(obj) -> dict:
 def _machine() -> dict:
     import torch
 
-    from .machine import describe
+    from ..machine import describe
 
     info = {"platform": platform.platform(), **describe()}
     if torch.cuda.is_available():

@@ -1,4 +1,4 @@
-"""Byte-level BPE's building blocks, shared by encoding (tokenizer.py) and training (bpe_train.py).
+"""Byte-level BPE's building blocks, shared by encoding (tokenization/byte_level.py) and training (bpe_train.py).
 
     bytes_to_unicode()        the printable character GPT-2 writes for each byte
     GPT2_SPLIT_PATTERN        how text is cut into words before BPE

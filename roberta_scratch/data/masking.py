@@ -28,7 +28,7 @@ from collections.abc import Sequence
 
 import torch
 
-from .config import IGNORE_INDEX
+from ..config import IGNORE_INDEX
 
 
 class DynamicMaskingCollator:

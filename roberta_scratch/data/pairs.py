@@ -38,7 +38,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .data import TokenStream
+from .packed import TokenStream
 
 PAIR_MODES = ("segment-pair", "sentence-pair")
 ISNEXT, RANDOM = 0, 1  # next_sentence_label values, as BERT and Hugging Face number them

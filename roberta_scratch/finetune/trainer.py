@@ -3,7 +3,7 @@
     roberta-scratch finetune --task seq-cls --model PRETRAINED --train train.csv --eval dev.csv --out RUN
     roberta-scratch predict --model RUN/model texts.txt
 
-Each task (tasks.py) reads its input format (finetune_data.py), turns examples into model
+Each task (tasks.py) reads its input format (finetune/readers.py), turns examples into model
 inputs (features), pads them into batches, and scores predictions with the metrics in
 metrics.py. FinetuneTrainer plugs a task into training.BaseTrainer, so fine-tuning shares
 pretraining's loop, checkpoints, exact resume, NaN stop, SIGINT save, metrics.jsonl and
@@ -32,11 +32,11 @@ from dataclasses import dataclass
 
 import torch
 
-from .errors import TrainingError
-from .finetune_data import BadRows, DataError
+from ..errors import TrainingError
+from ..tokenization.byte_level import load_tokenizer
+from ..training import BaseTrainer, RunArgs, option
+from .readers import BadRows, DataError
 from .tasks import TASKS
-from .tokenizer import load_tokenizer
-from .training import BaseTrainer, RunArgs, option
 
 TASK_FILE = "finetune.json"  # written next to config.json: which task a model dir was trained for
 

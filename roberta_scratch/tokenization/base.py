@@ -1,6 +1,6 @@
 """What every tokenizer here shares: special tokens, pairs, and the Hugging Face-style batch API.
 
-A tokenizer kind (byte-level BPE in tokenizer.py, SentencePiece in spm_tokenizer.py)
+A tokenizer kind (byte-level BPE in tokenization/byte_level.py, SentencePiece in tokenization/spm.py)
 subclasses `Tokenizer` and supplies the vocabulary: how plain text becomes ids, how
 ids become text, which files it owns, and which tokens start a word. Everything
 else lives here once:
@@ -27,7 +27,7 @@ from pathlib import Path
 
 import regex
 
-from .fileio import atomic_write, chunked, iter_lines
+from ..fileio import atomic_write, chunked, iter_lines
 
 # RoBERTa's special tokens; roberta-base gives them ids 0, 1, 2, 3 and 50264.
 SPECIAL_TOKENS = ("<s>", "<pad>", "</s>", "<unk>", "<mask>")

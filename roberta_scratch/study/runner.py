@@ -29,7 +29,7 @@ What makes it safe to stop and rerun:
 
 Output: OUT/table.md (the paper's layout, mean ± std over seeds, the paper's numbers beside
 ours, the 2-std noise verdict), OUT/results.json (everything) and OUT/curves.png (held-out
-loss against training tokens); see study_report.py.
+loss against training tokens); see study/report.py.
 """
 
 from __future__ import annotations
@@ -43,15 +43,15 @@ import shutil
 import time
 from dataclasses import dataclass, field
 
-from .corpus import iter_documents
-from .data import PackedDataset, prepare
-from .errors import TrainingError
-from .fileio import DirectoryBusy, atomic_write, lock_dir
-from .finetune import FinetuneArgs, finetune
-from .pretrain import TrainArgs, pretrain
-from .progress import progress
-from .study_task import TaskSpec, build_task, write_if_changed
-from .tokenizer import ByteLevelBPETokenizer
+from ..data.corpus import iter_documents
+from ..data.packed import PackedDataset, prepare
+from ..errors import TrainingError
+from ..fileio import DirectoryBusy, atomic_write, lock_dir
+from ..finetune.trainer import FinetuneArgs, finetune
+from ..pretrain import TrainArgs, pretrain
+from ..progress import progress
+from ..tokenization.byte_level import ByteLevelBPETokenizer
+from .tasks import TaskSpec, build_task, write_if_changed
 
 SUBSTUDIES = ("masking", "formats", "batch")
 STUDIES = SUBSTUDIES + ("all",)
@@ -277,7 +277,7 @@ class Study:
 
     def data_settings(self) -> dict:
         p = self.preset
-        from .corpus import inputs_fingerprint
+        from ..data.corpus import inputs_fingerprint
 
         return {
             "corpus": inputs_fingerprint(self.corpus),
@@ -411,7 +411,7 @@ class Study:
         if packing in ("full", "doc"):
             spans = PackedDataset(self.data_dir, "train", self.preset.seq_len, packing).spans
             return float((spans[:, 1] - spans[:, 0]).mean()) + 2
-        from . import pairs  # the pair formats (issue 15's foundations)
+        from ..data import pairs  # the pair formats (issue 15's foundations)
 
         ds = pairs.PairDataset(self.data_dir, "train", self.preset.seq_len, packing)
         return float(ds.mean_length)
@@ -615,7 +615,7 @@ def run_study(
 ) -> int:
     """Run (or continue) a study into `out` and write its table, results and curves. `preset`
     is a name in PRESETS or a Preset. Returns 0, or the exit code of an interrupted run."""
-    from .study_report import write_report
+    from .report import write_report
 
     if study not in STUDIES:
         raise StudyError(f"unknown study {study!r}: choose one of {', '.join(STUDIES)}")
