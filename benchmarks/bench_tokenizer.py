@@ -37,7 +37,7 @@ from unittest import mock
 
 from benchmarks.common import print_table, time_interleaved, write_result
 from roberta_scratch.data.corpus import default_corpus
-from roberta_scratch.tokenization import base as tokenizer_base
+from roberta_scratch.tokenization import pool as tokenizer_pool
 from roberta_scratch.tokenization.byte_level import GPT2_SPLIT_PATTERN, ByteLevelBPETokenizer
 
 SPECIALS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
@@ -85,7 +85,7 @@ def cold_interleaved(makers: dict, run, repeats: int) -> dict:
 def bench_encode(ref: str, docs: list, repeats: int) -> list:
     backend, tiktoken_gpt2 = reference_tokenizers(ref)
     mb = sum(len(d.encode()) for d in docs) / 1e6
-    cpus = tokenizer_base._available_cpus()
+    cpus = tokenizer_pool.available_cpus()
     encoder, merges = os.path.join(ref, "gpt2-encoder.json"), os.path.join(ref, "merges.txt")
 
     ours = ByteLevelBPETokenizer.from_pretrained(ref)

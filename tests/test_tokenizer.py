@@ -23,8 +23,8 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from roberta_scratch.tokenization import base as tokenizer_base
 from roberta_scratch.tokenization import byte_level as tokenizer_module
+from roberta_scratch.tokenization import pool as tokenizer_pool
 from roberta_scratch.tokenization.byte_level import ByteLevelBPETokenizer, bytes_to_unicode, load_tokenizer
 
 REF = os.environ.get("ROBERTA_REFERENCE_DIR")
@@ -617,10 +617,10 @@ def test_encode_batch_over_processes_matches_serial(monkeypatch):
     assert tok.encode_batch(texts, add_special_tokens=False, num_workers=2) == [s[1:-1] for s in serial]
     assert tok.encode_batch(texts[:7], num_workers=3) == serial[:7]  # this process's share, then the others'
     used = []
-    real_pool = tokenizer_base._worker_pool
-    monkeypatch.setattr(tokenizer_base, "_worker_pool", lambda *a: used.append(a[1]) or real_pool(*a))
-    monkeypatch.setattr(tokenizer_base, "PARALLEL_MIN_CHARS", 1000)  # "large" batches use every CPU
-    monkeypatch.setattr(tokenizer_base, "_available_cpus", lambda: 2)
+    real_pool = tokenizer_pool._worker_pool
+    monkeypatch.setattr(tokenizer_pool, "_worker_pool", lambda *a: used.append(a[1]) or real_pool(*a))
+    monkeypatch.setattr(tokenizer_pool, "PARALLEL_MIN_CHARS", 1000)  # "large" batches use every CPU
+    monkeypatch.setattr(tokenizer_pool, "available_cpus", lambda: 2)
     assert tok(texts)["input_ids"] == serial
     assert used == [1]  # every CPU: this process encodes a share beside one worker
 

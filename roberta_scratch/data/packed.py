@@ -46,8 +46,8 @@ import torch
 
 from ..fileio import atomic_write, chunked, fsync_dir, lock_dir
 from ..progress import progress
-from ..tokenization.base import _available_cpus
 from ..tokenization.byte_level import load_tokenizer
+from ..tokenization.pool import available_cpus
 from .corpus import DEFAULT_CORPUS, CorpusReport, corpus_files, inputs_fingerprint, iter_documents
 from .sentences import split_sentences
 
@@ -223,7 +223,7 @@ def prepare(
     }
     if sentences:  # only when asked: data prepared before sentences existed stays up to date
         settings["sentences"] = True
-    num_workers = _available_cpus() if num_workers is None else max(1, num_workers)
+    num_workers = available_cpus() if num_workers is None else max(1, num_workers)
     inputs = [tokenizer_dir] + list(corpus or [])
     with lock_dir(out_dir, "prepare"):
         previous = _current_meta(out_dir)

@@ -1,4 +1,4 @@
-"""What every tokenizer here shares: special tokens, pairs, and the Hugging Face-style batch API.
+"""What every tokenizer here shares: special tokens, pairs, encoding one text or many, saving.
 
 A tokenizer kind (byte-level BPE in tokenization/byte_level.py, SentencePiece in tokenization/spm.py)
 subclasses `Tokenizer` and supplies the vocabulary: how plain text becomes ids, how
@@ -8,26 +8,25 @@ else lives here once:
 - special tokens written in the text (`<s>`, `<mask>`, ...) keep their ids, and
   `<mask>` swallows the whitespace before it, as in the original RoBERTa tokenizer;
 - `encode` with `<s> A </s>` / `<s> A </s></s> B </s>` around the text;
-- `__call__` over batches: padding, truncation (longest_first / only_first /
-  only_second), offsets, special-tokens mask, `word_ids()`, tensors;
-- `encode_batch` over worker processes, and `encode_file` streaming a file.
+- `__call__` over batches (the mixin in tokenization/batch.py): padding, truncation,
+  offsets, special-tokens mask, `word_ids()`, tensors;
+- `encode_batch` and `encode_batches` over worker processes (tokenization/pool.py, where the
+  one parallel strategy is described), and `encode_file` streaming a file.
 """
 
 from __future__ import annotations
 
 import copy
 import json
-import multiprocessing
 import os
-from collections import deque
 from collections.abc import Iterable, Iterator
-from functools import partial
-from itertools import chain, islice
 from pathlib import Path
 
 import regex
 
 from ..fileio import atomic_write, chunked, iter_lines
+from .batch import BatchAPI
+from .pool import encode_list, encode_stream
 
 # RoBERTa's special tokens; roberta-base gives them ids 0, 1, 2, 3 and 50264.
 SPECIAL_TOKENS = ("<s>", "<pad>", "</s>", "<unk>", "<mask>")
@@ -36,10 +35,6 @@ LSTRIP_TOKENS = ("<mask>",)
 
 CONFIG_FILE = "tokenizer_config.json"  # settings every kind saves beside its vocabulary
 
-# Below this many characters in a batch, worker processes cost more than they save: starting
-# them and sending the ids back takes ~0.1 s, and one process encodes ~10 MB/s once warm.
-PARALLEL_MIN_CHARS = 4 << 20
-
 
 def _replace_surrogates(text: str) -> str:
     # A str can hold UTF-16 surrogates, which have no UTF-8 form; like tiktoken we
@@ -47,52 +42,7 @@ def _replace_surrogates(text: str) -> str:
     return regex.sub(r"[\ud800-\udfff]", "\ufffd", text)
 
 
-class BatchEncoding(dict):
-    """What `Tokenizer.__call__` returns: a dict of model inputs
-    (`input_ids`, `attention_mask`, and the extras asked for), also readable as
-    attributes, plus the per-token word and sequence indices.
-
-        >>> enc = tok(["Hello world", "Hi"], padding=True)
-        >>> enc["input_ids"]
-        [[0, 31414, 232, 2], [0, 30086, 2, 1]]
-        >>> enc.word_ids(0)          # which word each token came from; None for specials and padding
-        [None, 0, 1, None]
-    """
-
-    def __init__(self, data: dict, word_ids=None, sequence_ids=None, batched: bool = True, details=None):
-        super().__init__(data)
-        self._word_ids, self._sequence_ids = word_ids, sequence_ids
-        self._batched = batched
-        self._details = details  # re-encodes with offsets when word ids are asked for later
-
-    def __getattr__(self, name):
-        try:
-            return self[name]
-        except KeyError:
-            raise AttributeError(name) from None
-
-    def _row(self, rows, batch_index: int):
-        return rows[batch_index] if self._batched else rows
-
-    def word_ids(self, batch_index: int = 0) -> list[int | None]:
-        """The word each token of row `batch_index` came from (None for special tokens and padding).
-
-        A word is a pre-tokenised piece of the text, or, with `is_split_into_words=True`,
-        one of the words given. Counting restarts at 0 in the second text of a pair.
-        """
-        if self._word_ids is None:
-            # Asked for without offsets: encode once more on the slower path that tracks words.
-            detailed = self._details()
-            self._word_ids, self._sequence_ids = detailed._word_ids, detailed._sequence_ids
-        return self._row(self._word_ids, batch_index)
-
-    def sequence_ids(self, batch_index: int = 0) -> list[int | None]:
-        """0 or 1 for the text of a pair each token belongs to, None for special tokens and padding."""
-        self.word_ids(batch_index)
-        return self._row(self._sequence_ids, batch_index)
-
-
-class Tokenizer:
+class Tokenizer(BatchAPI):
     """What every tokenizer here shares. A subclass provides the vocabulary:
 
     - `_encode_plain(text)`: ids of text that holds no special token;
@@ -321,29 +271,13 @@ class Tokenizer:
         """`encode` over many texts, spread over worker processes when the batch is large.
 
         num_workers: None picks one per available CPU once the batch holds
-        `PARALLEL_MIN_CHARS` characters or more, else 1 (this process).
+        `pool.PARALLEL_MIN_CHARS` characters or more, else 1 (this process).
 
             >>> tok.encode_batch(["Hello world!", "Hi"])
             [[0, 31414, 232, 328, 2], [0, 30086, 2]]
         """
         texts = texts if isinstance(texts, list) else list(texts)
-        if num_workers is None:
-            large = sum(len(t) for t in texts if isinstance(t, str)) >= PARALLEL_MIN_CHARS
-            num_workers = _available_cpus() if large else 1
-        if num_workers <= 1 or len(texts) < 2:
-            return _encode_all(self, texts, add_special_tokens)
-        # This process encodes an equal share itself while num_workers - 1 others encode the rest:
-        # one process fewer to start and one share fewer to send back (10% faster on 2 cores).
-        # The others take a few chunks each, so that one long chunk does not leave the rest idle.
-        share = len(texts) // num_workers
-        mine, rest = texts[:share], texts[share:]
-        size = -(-len(rest) // (4 * (num_workers - 1)))
-        chunks = [rest[i : i + size] for i in range(0, len(rest), size)]
-        with _worker_pool(self, num_workers - 1) as pool:
-            pending = pool.starmap_async(_encode_in_worker, [(chunk, add_special_tokens) for chunk in chunks])
-            head = _encode_all(self, mine, add_special_tokens)
-            parts = pending.get()
-        return head + list(chain.from_iterable(parts))
+        return encode_list(self, texts, add_special_tokens, num_workers)
 
     def encode_file(
         self,
@@ -375,163 +309,7 @@ class Tokenizer:
         number of workers (`prepare --workers` relies on both). Rows come back
         as lists in this process, as int32 arrays from workers.
         """
-        if num_workers <= 1:
-            for batch in batches:
-                yield _encode_all(self, batch, add_special_tokens)
-            return
-        batches = iter(batches)
-        # The first batch is encoded here, before the workers fork: they start with its words
-        # (a corpus's most frequent) in their caches rather than each finding them again.
-        for batch in islice(batches, 1):
-            yield _encode_all(self, batch, add_special_tokens)
-        # subtle: this process only reads, hands out and writes. Measured on 2 cores (25 MB,
-        # roberta-base), making it encode a share beside one worker was slower: the pool's
-        # threads here wait up to the interpreter's 5 ms switch interval for the lock while
-        # this process encodes, and the worker, its results unread, stalls.
-        with _worker_pool(self, num_workers) as pool:
-            pending: deque = deque()
-            for batch in batches:
-                pending.append(pool.apply_async(_encode_packed, (batch, add_special_tokens)))
-                if len(pending) >= 2 * num_workers:
-                    yield _unpack(*pending.popleft().get())
-            while pending:
-                yield _unpack(*pending.popleft().get())
-
-    # ---- the batch API ---------------------------------------------------------------
-
-    def __call__(
-        self,
-        text,
-        text_pair=None,
-        *,
-        add_special_tokens: bool = True,
-        padding: bool | str = False,
-        truncation: bool | str = False,
-        max_length: int | None = None,
-        return_tensors: str | None = None,
-        return_attention_mask: bool = True,
-        return_offsets_mapping: bool = False,
-        return_special_tokens_mask: bool = False,
-        is_split_into_words: bool = False,
-        num_workers: int | None = None,
-    ) -> BatchEncoding:
-        """Encode texts (or pairs) into model inputs, as Hugging Face tokenizers do.
-
-        text / text_pair: a str (or a list of words with `is_split_into_words`)
-            gives flat lists; a list of them gives one list per text. Pairs may
-            also come as a list of (a, b) tuples in `text`.
-        padding: True / "longest" pads to the longest row, "max_length" to `max_length`.
-        truncation: True / "longest_first" cuts the longer text of a pair first;
-            "only_first" / "only_second" cut just that one. `max_length`
-            defaults to `model_max_length` and counts the special tokens.
-        return_tensors: "pt" for torch tensors of shape (B, T) (a single text gives B = 1).
-        return_offsets_mapping: the (start, end) characters of each token,
-            (0, 0) for special tokens.
-        return_special_tokens_mask: 1 where `<s>`, `</s>` or padding was added.
-
-            >>> enc = tok(["Hello world", "Hi"], padding=True, return_tensors="pt")
-            >>> enc["input_ids"]
-            tensor([[    0, 31414,   232,     2],
-                    [    0, 30086,     2,     1]])
-            >>> tok("héllo", return_offsets_mapping=True)["offset_mapping"]
-            [(0, 0), (0, 1), (1, 2), (2, 5), (0, 0)]
-        """
-        batched, firsts, seconds = _as_batch(text, text_pair, is_split_into_words)
-        details = return_offsets_mapping
-
-        def encode_all(texts):
-            if details or is_split_into_words:
-                return [self._encode_sequence(t, is_split_into_words, details) for t in texts]
-            return [(ids, None, None) for ids in self.encode_batch(texts, False, num_workers)]
-
-        firsts = encode_all(firsts)
-        seconds = encode_all(seconds) if seconds is not None else [None] * len(firsts)
-
-        strategy = {True: "longest_first", False: None, "do_not_truncate": None}.get(truncation, truncation)
-        if strategy not in (None, "longest_first", "only_first", "only_second"):
-            raise ValueError(f"truncation={truncation!r}: use True, 'longest_first', 'only_first' or 'only_second'")
-        if strategy and max_length is None:
-            max_length = self.model_max_length
-        rows = [
-            self._assemble(a, b, add_special_tokens, strategy, max_length) for a, b in zip(firsts, seconds, strict=True)
-        ]
-        _pad(rows, padding, max_length or self.model_max_length, self.pad_token_id)
-
-        keys = ["input_ids"]
-        if return_attention_mask:
-            keys.append("attention_mask")
-        if return_offsets_mapping:
-            keys.append("offset_mapping")
-        if return_special_tokens_mask:
-            keys.append("special_tokens_mask")
-        data = {k: [row[k] for row in rows] for k in keys}
-        if return_tensors is not None:
-            data = _to_tensors(data, return_tensors)
-        elif not batched:
-            data = {k: v[0] for k, v in data.items()}
-        word_ids = sequence_ids = None
-        if details:
-            word_ids = [row["word_ids"] for row in rows]
-            sequence_ids = [row["sequence_ids"] for row in rows]
-        batched_out = batched or return_tensors is not None
-        if not batched_out and details:
-            word_ids, sequence_ids = word_ids[0], sequence_ids[0]
-        redo = partial(
-            self,
-            text,
-            text_pair,
-            add_special_tokens=add_special_tokens,
-            padding=padding,
-            truncation=truncation,
-            max_length=max_length,
-            return_offsets_mapping=True,
-            is_split_into_words=is_split_into_words,
-            return_tensors=return_tensors,
-        )
-        return BatchEncoding(data, word_ids, sequence_ids, batched=batched_out, details=None if details else redo)
-
-    def _assemble(
-        self, first, second, add_special_tokens: bool, truncation: str | None = None, max_length: int | None = None
-    ) -> dict:
-        """One row: truncate, then wrap in special tokens. `first`/`second` are (ids, spans, words)."""
-        a_ids, a_spans, a_words = first
-        b_ids, b_spans, b_words = second if second is not None else ([], None, None)
-        n_special = (2 if second is None else 4) if add_special_tokens else 0
-        if truncation:
-            budget = max_length - n_special
-            if budget < 0:
-                raise ValueError(
-                    f"max_length={max_length} is smaller than the {n_special} special tokens "
-                    f"a {'pair' if second is not None else 'single text'} needs"
-                )
-            n_a, n_b = _truncated_lengths(len(a_ids), len(b_ids), budget, truncation, second is not None)
-            a_ids, b_ids = a_ids[:n_a], b_ids[:n_b]
-            a_spans, b_spans = a_spans and a_spans[:n_a], b_spans and b_spans[:n_b]
-            a_words, b_words = a_words and a_words[:n_a], b_words and b_words[:n_b]
-
-        # Each piece: (ids, is special, sequence index, spans, words).
-        a, b = (a_ids, 0, 0, a_spans, a_words), (b_ids, 0, 1, b_spans, b_words)
-        if add_special_tokens:
-            cls = ([self._require(self.cls_token)], 1, None, None, None)
-            sep = ([self._require(self.sep_token)], 1, None, None, None)
-            pieces = [cls, a, sep] if second is None else [cls, a, sep, sep, b, sep]  # <s> A </s></s> B </s>
-        else:
-            pieces = [a] if second is None else [a, b]
-        row = {
-            "input_ids": [i for ids, *_ in pieces for i in ids],
-            "special_tokens_mask": [special for ids, special, *_ in pieces for _ in ids],
-        }
-        row["attention_mask"] = [1] * len(row["input_ids"])
-        if a_spans is not None:  # details were asked for
-            row["offset_mapping"] = [s for ids, _, _, spans, _ in pieces for s in (spans or [(0, 0)] * len(ids))]
-            row["word_ids"] = [w for ids, _, _, _, words in pieces for w in (words or [None] * len(ids))]
-            row["sequence_ids"] = [seq for ids, _, seq, _, _ in pieces for _ in ids]
-        return row
-
-    def _require(self, token: str) -> int:
-        if token not in self.special_tokens:
-            raise ValueError(f"this vocabulary has no {token!r} token; use add_special_tokens=False")
-        return self.special_tokens[token]
+        return encode_stream(self, batches, add_special_tokens, num_workers)
 
     # ---- decoding helpers shared by subclasses -------------------------------------------
 
@@ -543,100 +321,7 @@ class Tokenizer:
         return list(ids)
 
 
-# ---- helpers for batches --------------------------------------------------------------
-
-
-def _as_batch(text, text_pair, is_split_into_words: bool):
-    """(batched, firsts, seconds or None): normalise every accepted input shape to lists."""
-    if text is None:
-        raise TypeError("text must be a str or a list of str, got None")
-
-    def is_single(x) -> bool:
-        if is_split_into_words:
-            return isinstance(x, (list, tuple)) and all(isinstance(w, str) for w in x)
-        return isinstance(x, str)
-
-    if is_single(text) and (text_pair is None or is_single(text_pair)):
-        return False, [text], None if text_pair is None else [text_pair]
-    if not isinstance(text, (list, tuple)):
-        raise TypeError(f"text must be a str or a list of str, got {type(text).__name__}")
-    texts = list(text)
-    pairs_in_text = texts and all(isinstance(t, tuple) and len(t) == 2 for t in texts)
-    if text_pair is None and not is_split_into_words and pairs_in_text:
-        return True, [a for a, _ in texts], [b for _, b in texts]
-    if text_pair is not None:
-        if isinstance(text_pair, str) or len(text_pair) != len(texts):
-            raise ValueError("text_pair must be a list with one entry per text")
-        return True, texts, list(text_pair)
-    return True, texts, None
-
-
-def _truncated_lengths(n_a: int, n_b: int, budget: int, strategy: str, is_pair: bool) -> tuple[int, int]:
-    """Lengths of the two texts after truncation to `budget` tokens (special tokens excluded).
-
-    longest_first, as in the reference: cut the longer text down to the
-    shorter one's length first; if both are still too long, give each half the
-    budget, the odd token going to the longer text (to the second on a tie).
-    """
-    if n_a + n_b <= budget:
-        return n_a, n_b
-    if not is_pair:
-        if strategy == "only_second":
-            raise ValueError("truncation='only_second' needs a text pair")
-        return budget, 0
-    # As in the reference, the text that is cut keeps at least one token.
-    if strategy == "only_first":
-        if n_b >= budget:
-            raise ValueError(
-                f"cannot truncate only the first text: the second alone has {n_b} of the {budget} tokens allowed"
-            )
-        return budget - n_b, n_b
-    if strategy == "only_second":
-        if n_a >= budget:
-            raise ValueError(
-                f"cannot truncate only the second text: the first alone has {n_a} of the {budget} tokens allowed"
-            )
-        return n_a, budget - n_a
-    shorter, longer = sorted((n_a, n_b))
-    longer = max(shorter, budget - shorter)
-    if shorter + longer > budget:
-        shorter, longer = budget // 2, budget - budget // 2
-    return (longer, shorter) if n_a > n_b else (shorter, longer)
-
-
-def _pad(rows: list[dict], padding, max_length: int, pad_id: int | None) -> None:
-    if padding in (False, None, "do_not_pad") or not rows:
-        return
-    if padding in (True, "longest"):
-        target = max(len(row["input_ids"]) for row in rows)
-    elif padding == "max_length":
-        target = max_length
-    else:
-        raise ValueError(f"padding={padding!r}: use True, 'longest', 'max_length' or False")
-    if pad_id is None:
-        raise ValueError("this vocabulary has no '<pad>' token to pad with")
-    for row in rows:
-        n = target - len(row["input_ids"])
-        if n <= 0:
-            continue
-        row["input_ids"] += [pad_id] * n
-        row["attention_mask"] += [0] * n
-        row["special_tokens_mask"] += [1] * n
-        if "offset_mapping" in row:
-            row["offset_mapping"] += [(0, 0)] * n
-            row["word_ids"] += [None] * n
-            row["sequence_ids"] += [None] * n
-
-
-def _to_tensors(data: dict, return_tensors: str) -> dict:
-    if return_tensors != "pt":
-        raise ValueError(f"return_tensors={return_tensors!r}: only 'pt' (torch) is supported")
-    import torch
-
-    lengths = {len(row) for row in data["input_ids"]}
-    if len(lengths) > 1:
-        raise ValueError(f"rows have different lengths {sorted(lengths)}; pass padding=True to make tensors")
-    return {k: torch.tensor(v, dtype=torch.long) for k, v in data.items()}
+# ---- the settings file every kind writes ------------------------------------------------
 
 
 def read_config(directory: Path) -> dict:
@@ -672,51 +357,3 @@ def write_config(directory: Path, tok: Tokenizer, tokenizer_class: str, **extra)
         config["additional_special_tokens"] = additional
     with atomic_write(Path(directory) / CONFIG_FILE, "w") as f:
         f.write(json.dumps(config, indent=2) + "\n")
-
-
-# ---- worker processes -------------------------------------------------------------------
-
-_worker_tokenizer: Tokenizer | None = None
-
-
-def _set_worker_tokenizer(tok: Tokenizer) -> None:
-    global _worker_tokenizer
-    _worker_tokenizer = tok
-
-
-def _encode_all(tok: Tokenizer, texts: list[str], add_special_tokens: bool) -> list[list[int]]:
-    if add_special_tokens:
-        return [tok.encode(t) for t in texts]
-    return [tok._encode_text(t) for t in texts]
-
-
-def _encode_in_worker(texts: list[str], add_special_tokens: bool) -> list[list[int]]:
-    return _encode_all(_worker_tokenizer, texts, add_special_tokens)
-
-
-def _encode_packed(texts: list[str], add_special_tokens: bool):
-    """In a worker: the ids of `texts` as one flat int32 array and the lengths (cheap to send back)."""
-    import numpy as np
-
-    rows = _encode_all(_worker_tokenizer, texts, add_special_tokens)
-    return np.fromiter(chain.from_iterable(rows), dtype=np.int32), np.array([len(r) for r in rows], dtype=np.int64)
-
-
-def _unpack(flat, lengths) -> list:
-    """The rows _encode_packed flattened, as int32 arrays (views, no copy)."""
-    import numpy as np
-
-    return np.split(flat, np.cumsum(lengths)[:-1]) if len(lengths) else []
-
-
-def _worker_pool(tok: Tokenizer, num_workers: int):
-    # fork (Linux) hands each worker the tokenizer, warm cache included, without pickling it.
-    methods = multiprocessing.get_all_start_methods()
-    ctx = multiprocessing.get_context("fork" if "fork" in methods else None)
-    return ctx.Pool(num_workers, initializer=_set_worker_tokenizer, initargs=(tok,))
-
-
-def _available_cpus() -> int:
-    if multiprocessing.current_process().daemon:  # a pool's worker may not start processes of its own
-        return 1
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1

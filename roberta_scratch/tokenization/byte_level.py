@@ -56,10 +56,10 @@ from .base import (
     CONFIG_FILE,
     LSTRIP_TOKENS,
     SPECIAL_TOKENS,
-    BatchEncoding,
     Tokenizer,
     write_config,
 )
+from .batch import BatchEncoding
 from .bpe import GPT2_SPLIT_PATTERN, GPT2_SPLIT_PATTERN_FAST, MergeTable, apply_merges, bytes_to_unicode, split_words
 from .bpe_train import count_words, learn_merges
 from .spm import SentencePieceTokenizer
