@@ -43,8 +43,10 @@ from .errors import TrainingError
 from .fileio import lock_dir
 from .flops import mlm_training_flops_per_token
 from .model import RobertaForMaskedLM, RobertaForPreTraining
+from .plots import plot_metrics
+from .run_args import RunArgs, option
 from .tokenization.byte_level import load_tokenizer
-from .training import BaseTrainer, RunArgs, option, plot_metrics, seed_for
+from .training import BaseTrainer, Built, seed_for
 
 
 @dataclass(kw_only=True)
@@ -86,7 +88,7 @@ class TrainArgs(RunArgs):
         "packing and masking are scored on the same inputs",
     )
 
-    # data and config are compared by content, and steps may change (training.RESUMING)
+    # data and config are compared by content, and steps may change (run_args.RESUMING)
     RESUME_KEYS = RunArgs.RESUME_KEYS + (
         "warmup",
         "seq_len",
@@ -105,15 +107,14 @@ class Trainer(BaseTrainer):
     desc = "pretraining"
     eval_at_start = True
 
-    def build(self) -> torch.nn.Module:
+    def build(self) -> Built:
         a = self.args
         meta = load_meta(a.data)
         self.meta = meta
         # subtle: the run keeps the tokenizer of the data it opened, and model/ gets that one, even
         # if the folder is prepared again meanwhile (fit holds it against that: hold_inputs)
         self.tokenizer = load_tokenizer(os.path.join(files_dir(a.data, meta), "tokenizer"))
-        if a.seq_len is None:
-            a.seq_len = meta["seq_len"]
+        seq_len = a.seq_len or meta["seq_len"]  # the effective --seq-len (Built.resolved)
         self.pairs = a.packing in PAIR_MODES
         copies = self._static_copies()
         has_val = bool(meta["splits"]["val"]["tokens"])
@@ -128,30 +129,30 @@ class Trainer(BaseTrainer):
                     f"--packing {a.packing} needs sentence boundaries, and {a.data} was prepared "
                     "without them: run `roberta-scratch prepare --sentences ...` again"
                 )
-            self.train_set = self._pairs("train", a.seed)
+            train_set = self._pairs("train", a.seed, seq_len)
         else:
-            self.train_set = PackedDataset(a.data, "train", a.seq_len, a.packing)
+            train_set = PackedDataset(a.data, "train", seq_len, a.packing)
         if copies:
-            self.train_set = StaticCopies(self.train_set, copies)
+            train_set = StaticCopies(train_set, copies)
         # the held-out MLM set is FULL-SENTENCES blocks whatever the packing: comparable across runs
-        self.val_set = PackedDataset(a.data, "val", a.seq_len, "full") if has_val else None
+        self.val_set = PackedDataset(a.data, "val", seq_len, "full") if has_val else None
         self.val_pairs = None
         if self.pairs and has_val:
             try:
-                self.val_pairs = PairDataset(a.data, "val", a.seq_len, a.packing, seed=a.eval_seed)
+                self.val_pairs = PairDataset(a.data, "val", seq_len, a.packing, seed=a.eval_seed)
             except ValueError as e:
                 self._log(f"note: no held-out next-sentence accuracy: {e}")
-        self.total_steps, self.warmup_steps = a.steps, a.warmup
-        self.cfg = self._model_config(meta)
+        self.cfg = self._model_config(meta, seq_len)
         self.collator = self._collator(meta, static=bool(copies))
         eval_rate = a.mlm_probability if a.eval_mlm_probability is None else a.eval_mlm_probability
         self.eval_collator = self._collator(meta, static=False, mlm_probability=eval_rate)
         torch.manual_seed(a.seed)  # the same initial weights on every rank
-        return RobertaForPreTraining(self.cfg) if self.pairs else RobertaForMaskedLM(self.cfg)
+        model = RobertaForPreTraining(self.cfg) if self.pairs else RobertaForMaskedLM(self.cfg)
+        return Built(model, train_set, a.steps, a.warmup, resolved={"seq_len": seq_len})
 
-    def _pairs(self, split: str, seed: int) -> PairDataset:
+    def _pairs(self, split: str, seed: int, seq_len: int) -> PairDataset:
         try:
-            return PairDataset(self.args.data, split, self.args.seq_len, self.args.packing, seed=seed)
+            return PairDataset(self.args.data, split, seq_len, self.args.packing, seed=seed)
         except ValueError as e:
             raise TrainingError(str(e)) from None
 
@@ -167,7 +168,7 @@ class Trainer(BaseTrainer):
             )
         return a.static_copies or int(a.static_masking)
 
-    def _model_config(self, meta: dict) -> RobertaConfig:
+    def _model_config(self, meta: dict, seq_len: int) -> RobertaConfig:
         a = self.args
         if a.config in PRESETS:
             cfg = RobertaConfig.preset(a.config)
@@ -175,7 +176,7 @@ class Trainer(BaseTrainer):
             cfg = RobertaConfig.load(a.config, trust_code=a.trust_code)
         else:
             raise TrainingError(f"--config {a.config!r} is neither a preset ({', '.join(PRESETS)}) nor a config.json")
-        positions = max(cfg.max_position_embeddings, a.seq_len + cfg.pad_token_id + 1)
+        positions = max(cfg.max_position_embeddings, seq_len + cfg.pad_token_id + 1)
         # the pair formats give A and B their own token type, as BERT does (RoBERTa has one)
         types = max(2, cfg.type_vocab_size) if self.pairs else cfg.type_vocab_size
         return cfg.replace(

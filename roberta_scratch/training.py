@@ -1,4 +1,5 @@
-"""The training loop every task shares (BaseTrainer) and the settings every run shares (RunArgs).
+"""The training loop every task shares (BaseTrainer). Its settings are in run_args.py, what it
+writes into OUT in run_files.py, its loss plot in plots.py.
 
 BaseTrainer owns everything a run needs whatever it learns: optimizer and schedule,
 accumulation, clipping, checkpoints, resume, NaN stop, SIGINT, metrics and progress.
@@ -22,10 +23,10 @@ import glob
 import json
 import math
 import os
-import re
 import shutil
 import signal
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -38,115 +39,11 @@ from .fileio import DirectoryBusy, atomic_write, lock_dir
 from .flops import peak_flops
 from .machine import cpu_threads
 from .progress import progress
-
-
-def option(default=dataclasses.MISSING, help: str = "", **cli):
-    """A settings field that is also a command-line flag: `help` and argparse extras (choices,
-    cli=False to keep it off the command line) go in its metadata."""
-    return field(default=default, metadata={"help": help, **cli})
-
-
-@dataclass(kw_only=True)
-class RunArgs:
-    """The settings every training run shares; each task's settings extend these."""
-
-    out: str = option(help="run directory: ckpt/, metrics.jsonl, model/")
-    lr: float = option(5e-4, "peak learning rate", above=0)
-    batch_size: int = option(16, "sequences per rank per micro-batch", minimum=1)
-    grad_accum: int = option(1, "micro-batches per optimizer step", minimum=1)
-    weight_decay: float = option(0.01, "AdamW weight decay (never on biases and LayerNorm weights)", minimum=0)
-    betas: tuple = option((0.9, 0.98), cli=False)
-    eps: float = option(1e-6, cli=False)
-    clip: float = option(1.0, "max gradient norm; 0 turns clipping off", minimum=0)
-    seed: int = option(0, "seeds the weights, the data order, the masks and dropout")
-    attention: str = option(
-        "sdpa",
-        "attention implementation: eager, sdpa, triton, flex, one registered with "
-        "roberta_kernels.register, or MODULE:FUNCTION",
-    )
-    trust_code: bool = option(
-        False,
-        "let the model's config.json name its kernels as MODULE:FUNCTION, which "
-        "imports that module (off: a file runs no code, as Hugging Face's "
-        "trust_remote_code)",
-    )
-    compile: bool = option(False, "torch.compile the model")
-    log_every: int = option(10, "steps between metrics.jsonl rows", minimum=1)
-    eval_every: int | None = option(100, "steps between held-out evaluations (0: none)", minimum=0)
-    save_every: int | None = option(100, "steps between checkpoints", minimum=1)
-    keep_last: int = option(3, "checkpoints kept in OUT/ckpt", minimum=1)
-    resume: bool = option(False, "continue from the last checkpoint in OUT/ckpt")
-    overwrite: bool = option(
-        False, "start over in an OUT that already holds a run, deleting its checkpoints, metrics and models"
-    )
-    device: str | None = option(None, "default: cuda when available, else cpu")
-    threads: int | None = option(
-        None,
-        "CPU threads for torch (default: OMP_NUM_THREADS if set, else the usable "
-        "cores less the machine's load, shared among torchrun's local ranks)",
-        minimum=1,
-    )
-    progress: bool = option(True, cli=False)
-
-    def __post_init__(self):
-        """Numbers out of range are one clear error naming the flag (`--steps -1` was accepted, and
-        `--batch-size 0` ended in a range() error), from the bounds in each field's metadata."""
-        for f in dataclasses.fields(self):
-            value, low, above = getattr(self, f.name), f.metadata.get("minimum"), f.metadata.get("above")
-            if value is None or (low is None and above is None):
-                continue
-            flag = "--" + f.name.replace("_", "-")
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise TrainingError(f"{flag} must be a number, got {value!r}")
-            if low is not None and value < low:
-                raise TrainingError(f"{flag} must be at least {low}, got {value}")
-            if above is not None and value <= above:
-                raise TrainingError(f"{flag} must be more than {above}, got {value}")
-
-    # The settings a resumed run must share with the run it continues (a task adds its own). The
-    # data and the model are compared by content (BaseTrainer.load), not by these strings, and
-    # the length of the run may change (the schedule is re-anchored): see RESUMING.
-    RESUME_KEYS = ("batch_size", "grad_accum", "lr", "weight_decay", "betas", "eps", "clip", "seed")
-    # Of those, the ones a resumed run may change, with a note: what the NaN stop advises changing.
-    ADJUSTABLE = ("lr", "clip")
-
-
-RESUMING = """What --resume checks. A resumed run must continue the saved one:
-  - the same data, by content: the prepared data's fingerprint (every file's sha256), or the
-    fine-tuning features; the same path re-prepared with another tokenizer is refused, while
-    ./data and data are the same;
-  - the same model config (the attention backend may change: the same math);
-  - the same optimisation settings (RESUME_KEYS).
-Safe to change, with a note: where and how often to log, evaluate and save, the device, compile,
-the length of the run (--steps, --epochs), and the settings a diverged run is told to lower
-(--lr, --clip, --warmup; ADJUSTABLE). The schedule is then the one the new settings describe
-(warmup to the peak rate, then linear decay to 0 at the last step), from the step the run
-resumes at on: a finished run extended from 1000 to 2000 steps goes on at half the peak rate,
-as a 2000-step run would be at step 1000. The note says the rate before and after. With
-nothing changed, the resumed run continues bit for bit."""
-
+from .run_args import args_dict
+from .run_files import CheckpointUnusable, non_finite, overwrite_run, read_training_checkpoint
 
 # Scores, fractions from 0 to 1 in metrics.jsonl (every task), shown as percents in the log.
 PERCENT_METRICS = ("accuracy", "macro_f1", "f1", "precision", "recall", "exact_match", "val_acc", "val_nsp_acc")
-
-# What a run writes into OUT: what --overwrite deletes, by name, and nothing else.
-RUN_FILES = ("ckpt", "metrics.jsonl", "loss.png", "model", "best")
-# What a run writes inside ckpt/, model/ and best/ (the model and its tokenizer, finetune's task
-# file, and the temp names of atomic_write and atomic_files); a user's file there is left alone.
-RUN_FOLDER_FILES = re.compile(
-    r"step_\d{8}\.pt(\.tmp-\d+|\.unusable)?|\.tmp-\w+|config\.json|model\.safetensors|"
-    r"vocab\.json|merges\.txt|tokenizer_config\.json|sentencepiece\.bpe\.model|"
-    r"finetune\.json|[\w.]+\.tmp-\d+"
-)
-
-
-class CheckpointUnusable(Exception):
-    """A checkpoint file that cannot be resumed from; the message says why."""
-
-
-def _non_finite(state: dict) -> list[str]:
-    """The names of the floating-point tensors in a state dict that hold NaN or inf."""
-    return [k for k, v in state.items() if torch.is_tensor(v) and v.is_floating_point() and not torch.isfinite(v).all()]
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -186,10 +83,23 @@ def seed_for(*parts: int) -> int:
 # ----------------------------------------------------------------------------- the loop, shared by every task
 
 
+@dataclass
+class Built:
+    """What a task's build() makes: the loop's inputs, given to it explicitly."""
+
+    model: torch.nn.Module
+    train_set: Sequence  # indexed by the loop's data order (see BaseTrainer)
+    total_steps: int
+    warmup_steps: int
+    # settings the task resolved from their defaults (an unset --max-length from the model, say):
+    # the run's effective settings are the given ones with these replaced (BaseTrainer.args)
+    resolved: dict = field(default_factory=dict)
+
+
 class BaseTrainer:
     """The training loop every task shares; a task subclass fills in five hooks.
 
-        build()                     -> the model; also sets self.train_set, self.total_steps, self.warmup_steps
+        build()                     -> Built: the model, the training set, the run's length
         collate(examples, step, m)  -> one micro-batch: a dict of the model's keyword arguments, labels included
         evaluate()                  -> a dict of held-out metrics, or None
         describe(metrics)           -> one line for the log (on_evaluated(metrics) may act on them)
@@ -210,7 +120,8 @@ class BaseTrainer:
     extra_state_keys: tuple = ()  # attributes saved in checkpoints and restored on resume
 
     def __init__(self, args):
-        self.args = args
+        self.given_args = args  # as the caller passed them; never changed
+        self.args = args  # the effective settings, once build() has resolved its defaults
         self.distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
         if self.distributed and not dist.is_initialized():
             dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
@@ -228,7 +139,10 @@ class BaseTrainer:
             torch.set_num_threads(threads)
             self._log(f"torch uses {threads} CPU thread{'s' if threads > 1 else ''} ({why})")
 
-        self.raw_model = self.build().to(self.device)
+        built = self.build()
+        self.args = dataclasses.replace(args, **built.resolved) if built.resolved else args
+        self.train_set, self.total_steps, self.warmup_steps = built.train_set, built.total_steps, built.warmup_steps
+        self.raw_model = built.model.to(self.device)
         self.model = self.raw_model
         if self.distributed:
             self.model = torch.nn.parallel.DistributedDataParallel(
@@ -252,7 +166,7 @@ class BaseTrainer:
 
     # ---- the hooks -----------------------------------------------------------------
 
-    def build(self) -> torch.nn.Module:
+    def build(self) -> Built:
         raise NotImplementedError
 
     def collate(self, examples: list, step: int, micro_batch: int) -> dict:
@@ -414,7 +328,7 @@ class BaseTrainer:
     def save(self) -> str | None:
         if self.rank != 0:
             return None
-        bad = _non_finite(self.raw_model.state_dict())
+        bad = non_finite(self.raw_model.state_dict())
         if bad:  # never a checkpoint that resuming or exporting would spread
             raise TrainingError(self._diverged(f"the weights {bad[:3]} are not finite"))
         os.makedirs(self.ckpt_dir, exist_ok=True)
@@ -430,7 +344,8 @@ class BaseTrainer:
             },
             "data": {"examples_seen": seen, "epoch": seen // len(self.train_set)},
             "config": self.raw_model.config.to_dict(),
-            "args": _args_dict(self.args),
+            "args": args_dict(self.given_args),
+            "settings": args_dict(self.args),  # what --resume compares: the effective settings
             "data_fingerprint": self.data_fingerprint(),
             "threads": torch.get_num_threads() if self.device.type == "cpu" else None,
             "tokens_seen": self.tokens_seen,
@@ -443,34 +358,28 @@ class BaseTrainer:
             os.remove(old)  # old checkpoints, and what a save killed midway left behind
         return path
 
-    def read_checkpoint(self, path: str) -> dict:
-        """A checkpoint's state, or CheckpointUnusable saying why not (empty, truncated, not
-        ours, weights that are not finite). Nothing beyond tensors is ever unpickled."""
-        if os.path.getsize(path) == 0:
-            raise CheckpointUnusable("it is empty (0 bytes): the disk filled up or the save was cut short")
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:  # a truncated or foreign file: say which, never unpickle further
-            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise CheckpointUnusable(
-                f"it cannot be read ({reason[:200]}): it is truncated or not a checkpoint"
-            ) from None
-        missing = (
-            [k for k in ("step", "model", "optimizer", "scheduler", "rng", "args") if k not in state]
-            if isinstance(state, dict)
-            else ["everything"]
-        )
-        if missing:
-            raise CheckpointUnusable(f"it is not a training checkpoint of this project (no {missing})")
-        bad = _non_finite(state["model"])
-        if bad:
-            raise CheckpointUnusable(f"its weights are not finite ({bad[:3]})")
-        return state
-
     def load(self, path: str, state: dict | None = None) -> None:
         """Continue from a checkpoint, after checking it continues this run (see RESUMING)."""
-        state = self.read_checkpoint(path) if state is None else state
-        saved, now = state["args"], _args_dict(self.args)
+        state = read_training_checkpoint(path) if state is None else state
+        saved, now = state.get("settings") or state["args"], args_dict(self.args)  # older ones: "args" only
+        self._check_continues(path, state, saved, now)
+        self._keep_saved_threads(state.get("threads"))
+        self.raw_model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"]["torch"])
+        if state["rng"]["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        for k, v in state.get("extra", {}).items():
+            setattr(self, k, v)
+        self.step = state["step"]
+        self.tokens_seen = state.get("tokens_seen")  # None from a checkpoint older than the count: not logged
+        self._note_safe_changes(saved, now)
+        self._reanchor_schedule(path, saved, now)
+
+    def _check_continues(self, path: str, state: dict, saved: dict, now: dict) -> None:
+        """TrainingError unless the checkpoint continues this run: the same settings (RESUME_KEYS, less
+        ADJUSTABLE), the same training data by content, the same model config."""
         changed = {
             k: (saved.get(k), now[k])
             for k in self.args.RESUME_KEYS
@@ -503,29 +412,18 @@ class BaseTrainer:
             raise TrainingError(
                 f"cannot resume from {path}: the model config differs from the saved run's (saved, now): {diff}"
             )
-        saved_threads = state.get("threads")
+
+    def _keep_saved_threads(self, saved_threads: int | None) -> None:
+        """subtle: CPU matmuls can round differently with another thread count, and a resumed run
+        must continue exactly: keep the saved run's count unless --threads or OMP_NUM_THREADS say."""
         if (
             saved_threads
             and self.device.type == "cpu"
             and saved_threads != torch.get_num_threads()
             and cpu_threads(self.args.threads)[1] not in ("--threads", "OMP_NUM_THREADS")
         ):
-            # subtle: CPU matmuls can round differently with another thread count, and a resumed
-            # run must continue exactly: keep the saved run's count unless told otherwise
             torch.set_num_threads(saved_threads)
             self._log(f"torch uses {saved_threads} CPU threads, as the saved run did (pass --threads to change)")
-        self.raw_model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["rng"]["torch"])
-        if state["rng"]["cuda"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
-        for k, v in state.get("extra", {}).items():
-            setattr(self, k, v)
-        self.step = state["step"]
-        self.tokens_seen = state.get("tokens_seen")  # None from a checkpoint older than the count: not logged
-        self._note_safe_changes(saved, now)
-        self._reanchor_schedule(path, saved, now)
 
     def _reanchor_schedule(self, path: str, saved: dict, now: dict) -> None:
         """After loading: the schedule the current --steps/--epochs, --lr and warmup describe, from
@@ -543,12 +441,11 @@ class BaseTrainer:
         self.schedule.total = self.total_steps
         if warmup_changed:
             self.schedule.warmup = self.warmup_steps
-        if lr_changed:
-            self.scheduler.base_lrs = [self.args.lr] * len(self.optimizer.param_groups)
-        for group, base in zip(self.optimizer.param_groups, self.scheduler.base_lrs, strict=True):
-            group["initial_lr"] = base
-            group["lr"] = base * self.schedule(self.step)
-        self.scheduler._last_lr = [g["lr"] for g in self.optimizer.param_groups]
+        for group in self.optimizer.param_groups:
+            group["initial_lr"] = self.args.lr  # the peak rate, which LambdaLR reads back as its base_lrs
+        # A scheduler made at this step sets every group's rate from the schedule, through the
+        # public constructor (last_epoch = step - 1: it steps once, to `step`).
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.schedule, last_epoch=self.step - 1)
         self._log(
             f"note: the learning rate follows the schedule of the current settings from here (peak "
             f"{self.scheduler.base_lrs[0]:.3g}, warmup {self.schedule.warmup} steps, linear decay to 0 at "
@@ -569,7 +466,7 @@ class BaseTrainer:
         """Load the newest usable checkpoint; an unusable one is set aside with a note."""
         for path in reversed(self.checkpoints()):
             try:
-                state = self.read_checkpoint(path)
+                state = read_training_checkpoint(path)
             except (CheckpointUnusable, OSError) as e:
                 self._log(f"note: skipping {path}: {e}")
                 if self.rank == 0 and os.path.exists(path):
@@ -777,82 +674,3 @@ class BaseTrainer:
             )
         with atomic_write(self.metrics_path, "w") as f:
             f.writelines(rows)
-
-
-def overwrite_run(out: str) -> str:
-    """Delete the previous run in `out` for --overwrite: only the files a run writes (RUN_FILES,
-    and inside its folders RUN_FOLDER_FILES), all checked before anything is deleted. Returns
-    what it did, for the log; a user's file inside a run folder stays, with the folder."""
-    plan, kept = [], []
-    for name in RUN_FILES:
-        path = os.path.join(out, name)
-        if not os.path.lexists(path):
-            continue
-        if os.path.islink(path):
-            raise TrainingError(
-                f"--overwrite: {path} is a symbolic link, which this run did not write; nothing "
-                "was deleted. Remove or move it yourself, then run again"
-            )
-        if os.path.isdir(path):
-            inside = os.listdir(path)
-            ours = [n for n in inside if RUN_FOLDER_FILES.fullmatch(n)]
-            kept += [os.path.join(name, n) for n in inside if n not in ours]
-            plan += [os.path.join(path, n) for n in ours] + [path]
-        else:
-            plan.append(path)
-    for path in plan:  # files and temp folders first, then each run folder if nothing else is in it
-        if os.path.isdir(path) and not os.path.islink(path):
-            if os.path.basename(path) in RUN_FILES:
-                with contextlib.suppress(OSError):
-                    os.rmdir(path)
-            else:
-                shutil.rmtree(path)
-        else:
-            os.remove(path)
-    done = "deleted the previous run's files" if plan else "there was no previous run to delete"
-    return done + (f"; kept what the run did not write: {', '.join(sorted(kept)[:5])}" if kept else "")
-
-
-def plot_metrics(
-    metrics_path: str, png_path: str, train_label: str = "training loss", val_label: str = "held-out loss"
-) -> bool:
-    """loss.png from metrics.jsonl: training loss and held-out loss against steps (needs matplotlib).
-    The labels say what each loss is: a run may train and evaluate with different masking."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return False
-    with open(metrics_path) as f:
-        rows = [json.loads(line) for line in f if line.strip()]
-    fig = loss_figure(rows, train_label, val_label)
-    fig.savefig(png_path, dpi=100)
-    plt.close(fig)
-    return True
-
-
-def loss_figure(rows: list[dict], train_label: str, val_label: str):
-    """The figure plot_metrics saves, from metrics.jsonl rows."""
-    import matplotlib.pyplot as plt
-
-    train = [(r["step"], r["loss"]) for r in rows if "loss" in r]
-    val = [(r["step"], r["val_loss"]) for r in rows if "val_loss" in r]
-    fig, ax = plt.subplots(figsize=(7, 4))
-    if train:
-        ax.plot(*zip(*train, strict=True), label=train_label)
-    if val:
-        ax.plot(*zip(*val, strict=True), "o-", label=val_label)
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss (nats a predicted token)")
-    ax.legend()
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    return fig
-
-
-def _args_dict(args: RunArgs) -> dict:
-    d = dataclasses.asdict(args)
-    d["betas"] = list(d["betas"])
-    return d

@@ -2,6 +2,7 @@
 and a Hugging Face directory that carries a classification head."""
 
 import csv
+import dataclasses
 import json
 import os
 import random
@@ -397,6 +398,29 @@ def test_the_last_evaluation_of_two_epochs_is_labelled_epoch_2(pretrained, tmp_p
     train = write_jsonl(tmp_path / "train.jsonl", sentiment_rows(100, 11))  # 100 / 16: a partial last batch
     assert finetune(args_for(pretrained, "seq-cls", train, tmp_path / "run", eval=train, epochs=2)) == 0
     assert [r["epoch"] for r in metric_rows(tmp_path / "run") if "epoch" in r] == [1.0, 2.0]
+
+
+def test_finetuning_leaves_the_given_arguments_as_given(pretrained, tmp_path, monkeypatch):
+    """Defaults resolved by the run (max_length from the model, eval/save every epoch) are the run's
+    own: the caller's FinetuneArgs are unchanged, a checkpoint keeps both, and --resume compares
+    the effective ones. The loss curve is labelled with the task's loss."""
+    from roberta_scratch.finetune import trainer as trainer_mod
+
+    labels = []
+    monkeypatch.setattr(trainer_mod, "plot_metrics", lambda m, png, train, val: labels.append(train) or False)
+    train = write_jsonl(tmp_path / "train.jsonl", sentiment_rows(40, 12))
+    args = args_for(pretrained, "seq-cls", train, tmp_path / "run", epochs=1, max_length=None, save_every=None)
+    given = dataclasses.asdict(args)
+    assert finetune(args) == 0
+    assert dataclasses.asdict(args) == given  # nothing written back into the caller's object
+    ckpt = sorted((tmp_path / "run" / "ckpt").glob("step_*.pt"))[-1]
+    state = torch.load(ckpt, weights_only=True)
+    assert state["args"]["max_length"] is None and state["args"]["save_every"] is None
+    assert state["settings"]["max_length"] == RobertaConfig.load(pretrained).max_tokens
+    assert state["settings"]["save_every"] == 3  # an epoch: 40 examples, 16 a step
+    assert labels == ["training loss: cross-entropy over the classes"]
+    args.resume, args.epochs = True, 2
+    assert finetune(args) == 0  # the same effective settings: resumes
 
 
 def test_a_training_file_with_one_class_is_refused(pretrained, tmp_path):

@@ -217,7 +217,7 @@ def test_the_loss_plot_says_which_masking_each_curve_has(prepared, tmp_path, mon
         "val": "held-out MLM loss, 15% masked (not comparable when the rates differ)",
     }
     pytest.importorskip("matplotlib")
-    from roberta_scratch.training import loss_figure
+    from roberta_scratch.plots import loss_figure
 
     fig = loss_figure([{"step": 1, "loss": 5.0}, {"step": 2, "val_loss": 4.0}], drawn["train"], drawn["val"])
     assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == [drawn["train"], drawn["val"]]

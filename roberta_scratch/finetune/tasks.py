@@ -56,6 +56,7 @@ class Task:
     name: str
     model_class: type
     best_metric: str
+    loss_name: str  # what the model's loss is, for the loss curve's label
     default_max_length: int = 512
 
     def __init__(self, args, tok: Tokenizer):
@@ -181,6 +182,7 @@ class SequenceClassification(Task):
     """Classes from the <s> token; string labels are class names, saved with the model."""
 
     name, model_class, best_metric = "seq-cls", RobertaForSequenceClassification, "accuracy"
+    loss_name = "cross-entropy over the classes"
 
     def __init__(self, args, tok: Tokenizer, label_names: list | None = None):
         super().__init__(args, tok)
@@ -309,6 +311,7 @@ class SequenceRegression(SequenceClassification):
     """One number from the <s> token (STS-B), trained with mean squared error."""
 
     best_metric = "pearson"
+    loss_name = "mean squared error"
 
     def __init__(self, args, tok: Tokenizer, label_names: list | None = None):
         super().__init__(args, tok, None)
@@ -367,6 +370,7 @@ class TokenClassification(Task):
     """NER: a tag per word; each word's tag goes on its first sub-token, the others get -100."""
 
     name, model_class, best_metric = "token-cls", RobertaForTokenClassification, "f1"
+    loss_name = "cross-entropy over the tags of words' first sub-tokens"
 
     def __init__(self, args, tok: Tokenizer, label_names: list | None = None):
         super().__init__(args, tok)
@@ -501,6 +505,7 @@ class QuestionAnswering(Task):
     when <s> (the "no answer" score) beats it."""
 
     name, model_class, best_metric = "qa", RobertaForQuestionAnswering, "f1"
+    loss_name = "cross-entropy of the answer's start and end"
     default_max_length = 384
     max_question_tokens = 64
 

@@ -23,6 +23,7 @@ Input formats (every bad row is reported as FILE:LINE and skipped, or stops the 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -33,8 +34,10 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import TrainingError
+from ..plots import plot_metrics
+from ..run_args import RunArgs, option
 from ..tokenization.byte_level import load_tokenizer
-from ..training import BaseTrainer, RunArgs, option
+from ..training import BaseTrainer, Built
 from .readers import BadRows, DataError
 from .tasks import TASKS
 
@@ -69,7 +72,7 @@ class FinetuneArgs(RunArgs):
     save_every: int | None = option(None, "steps between checkpoints (default: once per epoch)", minimum=1)
     keep_last: int = option(2, "checkpoints kept in OUT/ckpt", minimum=1)
 
-    # the model and the training data are compared by content, and epochs may change (training.RESUMING)
+    # the model and the training data are compared by content, and epochs may change (run_args.RESUMING)
     RESUME_KEYS = RunArgs.RESUME_KEYS + ("task", "warmup_ratio", "max_length", "stride", "label_type")
     ADJUSTABLE = RunArgs.ADJUSTABLE + ("warmup_ratio",)
 
@@ -85,7 +88,7 @@ class FinetuneTrainer(BaseTrainer):
     desc = "fine-tuning"
     extra_state_keys = ("best",)
 
-    def build(self) -> torch.nn.Module:
+    def build(self) -> Built:
         a = self.args
         if a.task not in TASKS:
             raise TrainingError(f"--task {a.task!r} is not one of {sorted(TASKS)}")
@@ -117,24 +120,28 @@ class FinetuneTrainer(BaseTrainer):
             )
         for w in caught:
             self._log(f"note: {w.message}")
-        a.max_length = min(a.max_length or self.task.default_max_length, model.config.max_tokens)
+        max_length = min(a.max_length or self.task.default_max_length, model.config.max_tokens)
+        # the task works with the effective settings; the caller's args stay as given
+        self.task.args = dataclasses.replace(a, max_length=max_length)
 
-        self.train_set = self.task.features(train)
+        train_set = self.task.features(train)
         self.eval_features = self.task.features(self.eval_examples)
         # An epoch is steps_per_epoch steps (the last batch of a pass tops up from the next), so
         # --epochs 2 ends on an evaluation labelled epoch 2.0.
-        self.steps_per_epoch = math.ceil(len(self.train_set) / self.global_batch)
-        self.total_steps = max(1, math.ceil(a.epochs * self.steps_per_epoch))
-        self.warmup_steps = round(a.warmup_ratio * self.total_steps)
-        a.eval_every = a.eval_every or self.steps_per_epoch
-        a.save_every = a.save_every or self.steps_per_epoch
+        self.steps_per_epoch = math.ceil(len(train_set) / self.global_batch)
+        total_steps = max(1, math.ceil(a.epochs * self.steps_per_epoch))
         self.best = None
         self._log(
-            f"{a.task}: {len(train)} training examples ({len(self.train_set)} features), "
-            f"{len(self.eval_examples)} eval; {self.total_steps} steps of {self.global_batch}, "
+            f"{a.task}: {len(train)} training examples ({len(train_set)} features), "
+            f"{len(self.eval_examples)} eval; {total_steps} steps of {self.global_batch}, "
             f"{self.steps_per_epoch} per epoch"
         )
-        return model
+        resolved = {
+            "max_length": max_length,
+            "eval_every": a.eval_every or self.steps_per_epoch,
+            "save_every": a.save_every or self.steps_per_epoch,
+        }
+        return Built(model, train_set, total_steps, round(a.warmup_ratio * total_steps), resolved)
 
     def _read(self, path: str, split: str, fit: bool = False) -> list[dict]:
         if not os.path.isfile(path):
@@ -201,7 +208,10 @@ class FinetuneTrainer(BaseTrainer):
             if self.best
             else ""
         )
-        self._log(f"saved the fine-tuned model and its tokenizer to {path}{best}")
+        png = os.path.join(self.args.out, "loss.png")
+        drawn = plot_metrics(self.metrics_path, png, f"training loss: {self.task.loss_name}", "held-out loss")
+        curve = f"; the loss curve is in {png}" if drawn else " (pip install matplotlib to draw loss.png)"
+        self._log(f"saved the fine-tuned model and its tokenizer to {path}{best}{curve}")
 
 
 def finetune(args: FinetuneArgs) -> int:
