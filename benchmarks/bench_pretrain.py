@@ -212,7 +212,30 @@ MATMULS = {
 }
 
 
-def main(argv=None) -> None:
+def interleaved_steps(ours, ref, steps: int) -> tuple[dict, dict]:
+    """Our training step, then the reference's, `steps` times: seconds and real tokens of each."""
+    times = {"ours": 0.0, "ref": 0.0}
+    tokens = {"ours": 0, "ref": 0}
+    ours.model.train()
+    for step in range(steps):
+        t = time.perf_counter()
+        _, n = ours.forward_backward(step)
+        ours.optimizer_step()
+        times["ours"] += time.perf_counter() - t
+        tokens["ours"] += n
+        t = time.perf_counter()
+        tokens["ref"] += ref.step(step)
+        times["ref"] += time.perf_counter() - t
+        if (step + 1) % 50 == 0:
+            print(
+                f"step {step + 1}/{steps}: ours {tokens['ours'] / times['ours']:,.0f} tok/s, "
+                f"reference {tokens['ref'] / times['ref']:,.0f} tok/s",
+                flush=True,
+            )
+    return times, tokens
+
+
+def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument(
         "--data",
@@ -236,7 +259,11 @@ def main(argv=None) -> None:
         choices=["compare", "threads", "profile"],
         help="compare with transformers (default), thread counts under load, or the profiler",
     )
-    args = p.parse_args(argv)
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
     data = args.data or default_data(args.seq_len)
     with tempfile.TemporaryDirectory() as out:
         ours = Trainer(
@@ -262,24 +289,7 @@ def main(argv=None) -> None:
         on_cpu = ours.device.type == "cpu"
         gemm = [cpu_gemm_flops()] if on_cpu else []
         ref = ReferenceLoop(ours)
-        times = {"ours": 0.0, "ref": 0.0}
-        tokens = {"ours": 0, "ref": 0}
-        ours.model.train()
-        for step in range(args.steps):
-            t = time.perf_counter()
-            _, n = ours.forward_backward(step)
-            ours.optimizer_step()
-            times["ours"] += time.perf_counter() - t
-            tokens["ours"] += n
-            t = time.perf_counter()
-            tokens["ref"] += ref.step(step)
-            times["ref"] += time.perf_counter() - t
-            if (step + 1) % 50 == 0:
-                print(
-                    f"step {step + 1}/{args.steps}: ours {tokens['ours'] / times['ours']:,.0f} tok/s, "
-                    f"reference {tokens['ref'] / times['ref']:,.0f} tok/s",
-                    flush=True,
-                )
+        times, tokens = interleaved_steps(ours, ref, args.steps)
         ours_loss, ref_loss = ours.evaluate()["val_loss"], ref.evaluate()
         if on_cpu:
             gemm.append(cpu_gemm_flops())

@@ -231,16 +231,8 @@ class PreTrained(nn.Module):
 ID_DTYPES = (torch.int64, torch.int32)  # what an embedding lookup takes; bool and uint8 would be masks
 
 
-def check_inputs(
-    cfg: RobertaConfig,
-    input_ids: torch.Tensor,
-    attention_mask: torch.Tensor | None,
-    token_type_ids: torch.Tensor | None = None,
-) -> torch.Tensor | None:
-    """Validate on the host, so bad input is a ValueError on every device (never a CUDA assert).
-
-    Returns the key-padding mask as (B, T) bool, or None when nothing is padded.
-    """
+def _check_shapes(cfg: RobertaConfig, input_ids, attention_mask, token_type_ids) -> None:
+    """check_inputs' part that needs no device sync: types, shapes and the length."""
     if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2 or input_ids.dtype not in ID_DTYPES:
         raise ValueError(
             f"input_ids must be an int64 or int32 tensor of shape (batch, seq_len), got "
@@ -255,7 +247,6 @@ def check_inputs(
         )
     if input_ids.numel() == 0:
         raise ValueError(f"input_ids is empty, shape {tuple(input_ids.shape)}")
-    stats = [input_ids.min(), input_ids.max()]
     if token_type_ids is not None:
         if (
             not isinstance(token_type_ids, torch.Tensor)
@@ -267,12 +258,27 @@ def check_inputs(
                 f"like input_ids, got {getattr(token_type_ids, 'dtype', type(token_type_ids))} "
                 f"{tuple(getattr(token_type_ids, 'shape', ()))}"
             )
+    if attention_mask is not None and tuple(attention_mask.shape) != (B, T):
+        raise ValueError(
+            f"attention_mask has shape {tuple(attention_mask.shape)}, expected (batch, seq_len) "
+            f"= {(B, T)} like input_ids"
+        )
+
+
+def check_inputs(
+    cfg: RobertaConfig,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    token_type_ids: torch.Tensor | None = None,
+) -> torch.Tensor | None:
+    """Validate on the host, so bad input is a ValueError on every device (never a CUDA assert).
+
+    Returns the key-padding mask as (B, T) bool, or None when nothing is padded.
+    """
+    _check_shapes(cfg, input_ids, attention_mask, token_type_ids)
+    B, T = input_ids.shape
+    stats = [input_ids.min(), input_ids.max()]
     if attention_mask is not None:
-        if tuple(attention_mask.shape) != (B, T):
-            raise ValueError(
-                f"attention_mask has shape {tuple(attention_mask.shape)}, expected (batch, seq_len) "
-                f"= {(B, T)} like input_ids"
-            )
         attention_mask = attention_mask.to(device=input_ids.device)
         if attention_mask.dtype != torch.bool:  # 1 and 0 only: 2, -1 or NaN is a bug upstream, not "real"
             odd = (attention_mask != 0) & (attention_mask != 1)

@@ -217,3 +217,34 @@ def test_kernels_never_import_the_package():
         names = [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
         names += [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.level == 0]
         assert not [n for n in names if n.split(".")[0] == "roberta_scratch"], path.name
+
+
+MAX_FUNCTION_LINES = 80
+
+
+def long_functions(roots: list) -> list:
+    """(lines, "path:function") of every function over MAX_FUNCTION_LINES lines, Triton kernels
+    (@triton.jit: one kernel is one GPU program, split only at a cost) excepted."""
+    found = []
+    for root in roots:
+        for path in sorted(root.rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    continue
+                if any("jit" in ast.unparse(d) for d in node.decorator_list):
+                    continue
+                lines = node.end_lineno - node.lineno + 1
+                if lines > MAX_FUNCTION_LINES:
+                    found.append((lines, f"{path.relative_to(root.parent).as_posix()}:{node.name}"))
+    return found
+
+
+def test_no_function_is_longer_than_80_lines():
+    roots = [PACKAGE, REPO / "kernels" / "roberta_kernels", REPO / "benchmarks"]
+    assert not long_functions(roots), sorted(long_functions(roots), reverse=True)
+
+
+def test_the_length_check_sees_long_functions_and_spares_kernels(tmp_path):
+    body = "\n".join(f"    x{i} = {i}" for i in range(MAX_FUNCTION_LINES))
+    (tmp_path / "m.py").write_text(f"def long():\n{body}\n\n\n@triton.jit\ndef kernel():\n{body}\n")
+    assert long_functions([tmp_path]) == [(MAX_FUNCTION_LINES + 1, f"{tmp_path.name}/m.py:long")]

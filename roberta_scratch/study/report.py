@@ -226,27 +226,10 @@ def _paper_notes(substudy: str, p) -> list[str]:
 # ----------------------------------------------------------------------------- the report
 
 
-def write_report(
-    study, study_name: str, plan_rows: list, n_seeds: int, records: dict, command: list[str] | None
-) -> None:
-    """OUT/table.md, OUT/results.json and OUT/curves.png from the runs' study.json records
-    (those of this invocation, plus the done runs already on disk)."""
-    records = dict(records)
-    for name in sorted(os.listdir(study.runs_dir)) if os.path.isdir(study.runs_dir) else []:
-        path = os.path.join(study.runs_dir, name, "study.json")
-        if name not in records and os.path.isfile(path):
-            with open(path, encoding="utf-8") as f:
-                records[name] = json.load(f)
-    arms = {arm.name: arm for _, arm, _ in plan_rows}
-    per_arm = {a: [records[f"{a}-s{s}"] for s in range(n_seeds) if f"{a}-s{s}" in records] for a in arms}
-    aggregates = {a: aggregate(rs) for a, rs in per_arm.items()}
-    subs = list(dict.fromkeys(s for s, _, _ in plan_rows))
-    verdicts = {}
-    for a in arms:
-        if a != "baseline":
-            verdicts[a] = {k: noise_verdict(aggregates[a][k], aggregates["baseline"][k]) for k, _, _ in METRICS}
+def _report_header(study, study_name: str, n_seeds: int, command: list[str] | None) -> list[str]:
+    """table.md's title and what the tables measure: preset, corpus, held-out MLM, downstream task, noise."""
     p = study.preset
-    parts = [
+    return [
         f"# RoBERTa's pretraining ablations, preset `{p.name}`",
         "",
         f"`{' '.join(command) if command else 'roberta-scratch study ' + study_name}`",
@@ -270,6 +253,28 @@ def write_report(
         "scale, for reference: compare directions, not values.",
         "",
     ]
+
+
+def write_report(
+    study, study_name: str, plan_rows: list, n_seeds: int, records: dict, command: list[str] | None
+) -> None:
+    """OUT/table.md, OUT/results.json and OUT/curves.png from the runs' study.json records
+    (those of this invocation, plus the done runs already on disk)."""
+    records = dict(records)
+    for name in sorted(os.listdir(study.runs_dir)) if os.path.isdir(study.runs_dir) else []:
+        path = os.path.join(study.runs_dir, name, "study.json")
+        if name not in records and os.path.isfile(path):
+            with open(path, encoding="utf-8") as f:
+                records[name] = json.load(f)
+    arms = {arm.name: arm for _, arm, _ in plan_rows}
+    per_arm = {a: [records[f"{a}-s{s}"] for s in range(n_seeds) if f"{a}-s{s}" in records] for a in arms}
+    aggregates = {a: aggregate(rs) for a, rs in per_arm.items()}
+    subs = list(dict.fromkeys(s for s, _, _ in plan_rows))
+    verdicts = {}
+    for a in arms:
+        if a != "baseline":
+            verdicts[a] = {k: noise_verdict(aggregates[a][k], aggregates["baseline"][k]) for k, _, _ in METRICS}
+    parts = _report_header(study, study_name, n_seeds, command)
     for sub in subs:
         rows = [(arm, label) for s, arm, label in plan_rows if s == sub]
         parts.append(table_markdown(study, sub, rows, aggregates, verdicts))
@@ -281,7 +286,7 @@ def write_report(
         f.write("\n".join(parts))
     results = {
         "study": study_name,
-        "preset": _jsonable(p),
+        "preset": _jsonable(study.preset),
         "seeds": n_seeds,
         "command": command,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

@@ -52,6 +52,26 @@ def count_words(
     return {word.encode("utf-8", errors="replace"): n for word, n in counts.items()}
 
 
+def _merge_in_words(words: list, freqs: list, where: dict, pair: tuple[int, int], new_id: int) -> dict:
+    """Merge `pair` into `new_id` in every word that holds it (updating `words` and `where`); the
+    change of each pair's count."""
+    delta: dict[tuple[int, int], int] = defaultdict(int)
+    for wi in where.pop(pair):
+        word = words[wi]
+        merged = merge(word, pair, new_id)
+        if len(merged) == len(word):  # this word lost the pair in an earlier merge
+            continue
+        freq = freqs[wi]
+        for p in pairwise(word):
+            delta[p] -= freq
+        for p in pairwise(merged):
+            delta[p] += freq
+            if new_id in p:
+                where[p].add(wi)
+        words[wi] = merged
+    return delta
+
+
 def learn_merges(
     word_counts: Mapping[bytes, int],
     num_merges: int,
@@ -108,20 +128,7 @@ def learn_merges(
                 new_tokens.add(token_bytes[new_id])
                 bar.update()
 
-            delta: dict[tuple[int, int], int] = defaultdict(int)
-            for wi in where.pop(pair):
-                word = words[wi]
-                merged = merge(word, pair, new_id)
-                if len(merged) == len(word):  # this word lost the pair in an earlier merge
-                    continue
-                freq = freqs[wi]
-                for p in pairwise(word):
-                    delta[p] -= freq
-                for p in pairwise(merged):
-                    delta[p] += freq
-                    if new_id in p:
-                        where[p].add(wi)
-                words[wi] = merged
+            delta = _merge_in_words(words, freqs, where, pair, new_id)
             for p, d in delta.items():
                 if not d:
                     continue
