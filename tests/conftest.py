@@ -12,6 +12,26 @@ os.environ.setdefault(
 )
 
 
+# The tiny model most model tests build: 2 layers of 3 heads of 32, fast on a CPU, odd enough
+# (3 heads, 160-wide feed-forward) to catch a reshape that only works for powers of two.
+TINY_CONFIG = dict(
+    vocab_size=1000,
+    hidden_size=96,
+    num_hidden_layers=2,
+    num_attention_heads=3,
+    intermediate_size=160,
+    max_position_embeddings=40,
+)
+
+
+@pytest.fixture
+def tiny():
+    """tiny(**overrides): the tiny RobertaConfig (TINY_CONFIG) with any field changed."""
+    from roberta_scratch import RobertaConfig
+
+    return lambda **overrides: RobertaConfig(**{**TINY_CONFIG, **overrides})
+
+
 @pytest.fixture(scope="session")
 def docstrings() -> list:
     """The standard library's docstrings (about 2 MB): the embedded default corpus, real prose."""

@@ -20,22 +20,9 @@ from roberta_scratch import (
 from roberta_scratch.checkpoints import converter
 from roberta_scratch.model import MODEL_CLASSES
 
-TINY = dict(
-    vocab_size=1000,
-    hidden_size=96,
-    num_hidden_layers=2,
-    num_attention_heads=3,
-    intermediate_size=160,
-    max_position_embeddings=40,
-)
-
-
-def tiny(**overrides):
-    return RobertaConfig(**{**TINY, **overrides})
-
 
 @pytest.mark.parametrize("name", sorted(MODEL_CLASSES))
-def test_save_load_round_trip_every_class(name, tmp_path):
+def test_save_load_round_trip_every_class(tiny, name, tmp_path):
     cls = MODEL_CLASSES[name]
     torch.manual_seed(0)
     model = cls(tiny(num_labels=3)).eval()
@@ -53,7 +40,7 @@ def test_save_load_round_trip_every_class(name, tmp_path):
             assert torch.equal(getattr(a, field), getattr(b, field))
 
 
-def test_seeded_init_is_reproducible_and_padding_rows_are_zero():
+def test_seeded_init_is_reproducible_and_padding_rows_are_zero(tiny):
     torch.manual_seed(123)
     a = RobertaForMaskedLM(tiny())
     torch.manual_seed(123)
@@ -68,7 +55,7 @@ def test_seeded_init_is_reproducible_and_padding_rows_are_zero():
     assert torch.all(a.lm_head.bias == 0) and torch.all(a.roberta.layers[0].attn_norm.weight == 1)
 
 
-def test_classifier_on_mlm_checkpoint_is_fresh_with_a_warning(tmp_path):
+def test_classifier_on_mlm_checkpoint_is_fresh_with_a_warning(tiny, tmp_path):
     RobertaForMaskedLM(tiny()).save_pretrained(str(tmp_path))
     with pytest.warns(UserWarning) as record:
         model = RobertaForSequenceClassification.from_pretrained(str(tmp_path), num_labels=4)
@@ -78,7 +65,7 @@ def test_classifier_on_mlm_checkpoint_is_fresh_with_a_warning(tmp_path):
     assert model.classifier.out_proj.weight.shape == (4, 96)
 
 
-def test_bare_model_loads_any_head_checkpoint_and_heads_load_a_bare_one(tmp_path):
+def test_bare_model_loads_any_head_checkpoint_and_heads_load_a_bare_one(tiny, tmp_path):
     mlm = RobertaForMaskedLM(tiny()).eval()
     mlm.save_pretrained(str(tmp_path / "mlm"))
     with pytest.warns(UserWarning, match="lm_head"):
@@ -113,14 +100,14 @@ def _edit_checkpoint(path, edit):
         (lambda sd: sd.update({"lm_head.bias": torch.zeros(999)}), r"lm_head.bias: checkpoint \(999,\)"),
     ],
 )
-def test_bad_checkpoints_name_the_key(edit, message, tmp_path):
+def test_bad_checkpoints_name_the_key(tiny, edit, message, tmp_path):
     RobertaForMaskedLM(tiny()).save_pretrained(str(tmp_path))
     _edit_checkpoint(str(tmp_path), edit)
     with pytest.raises(ValueError, match=message):
         RobertaForMaskedLM.from_pretrained(str(tmp_path))
 
 
-def test_missing_files_are_clear_errors(tmp_path):
+def test_missing_files_are_clear_errors(tiny, tmp_path):
     with pytest.raises(FileNotFoundError, match="config.json"):
         RobertaForMaskedLM.from_pretrained(str(tmp_path))
     tiny().save(str(tmp_path / "config.json"))
@@ -139,7 +126,7 @@ class _Payload:
 
 
 @pytest.mark.parametrize("filename", ["pytorch_model.bin", "model.pt"])
-def test_pickle_carrying_code_is_refused_and_never_runs(filename, tmp_path):
+def test_pickle_carrying_code_is_refused_and_never_runs(tiny, filename, tmp_path):
     marker = tmp_path / "pwned"
     if filename == "pytorch_model.bin":
         tiny().save(str(tmp_path / "config.json"))
@@ -173,7 +160,7 @@ def test_hf_pytorch_model_bin_loads_with_weights_only(tmp_path):
         "RobertaForQuestionAnswering",
     ],
 )
-def test_ours_to_hf_to_ours_is_bit_identical_and_transformers_loads_it(arch, tmp_path):
+def test_ours_to_hf_to_ours_is_bit_identical_and_transformers_loads_it(tiny, arch, tmp_path):
     cls = MODEL_CLASSES[arch]
     torch.manual_seed(1)
     ours = cls(tiny(num_labels=3, label_names=["neg", "neu", "pos"])).eval()
@@ -201,7 +188,7 @@ def test_ours_to_hf_to_ours_is_bit_identical_and_transformers_loads_it(arch, tmp
         assert theirs.config.id2label == {0: "neg", 1: "neu", 2: "pos"}
 
 
-def test_verify_fails_loudly_when_weights_disagree(tmp_path, monkeypatch, capsys):
+def test_verify_fails_loudly_when_weights_disagree(tiny, tmp_path, monkeypatch, capsys):
     RobertaForMaskedLM(tiny()).save_pretrained(str(tmp_path / "ours"))
     real = converter.save_hf
 
@@ -220,12 +207,12 @@ def test_convert_cli_reports_bad_source(tmp_path, capsys):
     assert "neither a model directory nor a fairseq .pt file" in capsys.readouterr().err
 
 
-def test_head_classes_accept_num_labels():
+def test_head_classes_accept_num_labels(tiny):
     assert RobertaForTokenClassification(tiny(), num_labels=7).classifier.out_features == 7
     assert RobertaForSequenceClassification(tiny(), 5).config.num_labels == 5
 
 
-def test_a_head_for_another_label_count_is_an_error_unless_reinitialised(tmp_path):
+def test_a_head_for_another_label_count_is_an_error_unless_reinitialised(tiny, tmp_path):
     torch.manual_seed(0)
     old = RobertaForSequenceClassification(tiny(), num_labels=3)
     old.save_pretrained(str(tmp_path))

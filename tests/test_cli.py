@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import checkpoints_convert
-from roberta_scratch import RobertaConfig, RobertaForMaskedLM, RobertaForSequenceClassification, cli
+from roberta_scratch import RobertaForMaskedLM, RobertaForSequenceClassification, cli
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -163,23 +163,15 @@ def test_console_script_inspect_prints_parameters_and_flops():
     assert "feed_forward" in out and "124,697,433" in out
 
 
-def tiny_model_dir(path, cls=RobertaForMaskedLM):
-    cfg = RobertaConfig(
-        vocab_size=300,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=40,
-    )
+def tiny_model_dir(path, cfg, cls=RobertaForMaskedLM):
     torch.manual_seed(0)
     cls(cfg).save_pretrained(str(path))
     return str(path)
 
 
 @pytest.mark.parametrize("cls", [RobertaForMaskedLM, RobertaForSequenceClassification])
-def test_convert_command_and_script_are_one_command(tmp_path, capsys, cls):
-    src = tiny_model_dir(tmp_path / "src", cls)
+def test_convert_command_and_script_are_one_command(tiny, tmp_path, capsys, cls):
+    src = tiny_model_dir(tmp_path / "src", tiny(vocab_size=300), cls)
     results = []
     for name, run in (("cli", lambda argv: cli.main(["convert", *argv])), ("script", checkpoints_convert.main)):
         out = tmp_path / name
@@ -196,8 +188,8 @@ def test_convert_command_and_script_are_one_command(tmp_path, capsys, cls):
     assert bad[0] == bad[1] and bad[0][0] == 2 and "neither a model directory" in bad[0][1]
 
 
-def test_convert_as_processes_gives_the_same_output(tmp_path):
-    src = tiny_model_dir(tmp_path / "src")
+def test_convert_as_processes_gives_the_same_output(tiny, tmp_path):
+    src = tiny_model_dir(tmp_path / "src", tiny(vocab_size=300))
     outs = []
     for name, argv in (
         ("script", [sys.executable, "checkpoints_convert.py"]),
@@ -220,10 +212,10 @@ def test_convert_as_processes_gives_the_same_output(tmp_path):
     assert outs[0] == outs[1] and outs[0][0] == 0
 
 
-def test_convert_carries_the_tokenizer_both_ways(tmp_path, capsys):
+def test_convert_carries_the_tokenizer_both_ways(tiny, tmp_path, capsys):
     from roberta_scratch.tokenization.byte_level import ByteLevelBPETokenizer, load_tokenizer
 
-    src = tiny_model_dir(tmp_path / "src")
+    src = tiny_model_dir(tmp_path / "src", tiny(vocab_size=300))
     texts = ["the cat sat on the mat", "a dog ran to the red house"] * 20
     tok = ByteLevelBPETokenizer.train(iter(texts), vocab_size=300, show_progress=False)
     tok.save_pretrained(src)
@@ -241,8 +233,8 @@ def test_convert_carries_the_tokenizer_both_ways(tmp_path, capsys):
     assert cli.main(["fill-mask", "--model", str(tmp_path / "back"), "the cat sat on the <mask>."]) == 0
 
 
-def test_convert_says_when_there_is_no_tokenizer_to_carry(tmp_path, capsys):
-    src = tiny_model_dir(tmp_path / "src")
+def test_convert_says_when_there_is_no_tokenizer_to_carry(tiny, tmp_path, capsys):
+    src = tiny_model_dir(tmp_path / "src", tiny(vocab_size=300))
     assert cli.main(["convert", src, str(tmp_path / "out")]) == 0
     assert "holds no tokenizer files" in capsys.readouterr().out
 

@@ -16,21 +16,8 @@ from roberta_scratch import (
 )
 from roberta_scratch.model import MODEL_CLASSES
 
-TINY = dict(
-    vocab_size=1000,
-    hidden_size=96,
-    num_hidden_layers=2,
-    num_attention_heads=3,
-    intermediate_size=160,
-    max_position_embeddings=40,
-)
 
-
-def tiny(**overrides):
-    return RobertaConfig(**{**TINY, **overrides})
-
-
-def test_position_ids_count_real_tokens_from_padding_idx_plus_one():
+def test_position_ids_count_real_tokens_from_padding_idx_plus_one(tiny):
     model = RobertaModel(tiny()).eval()
     seen = {}
     model.embeddings.position_embeddings.register_forward_hook(lambda m, args, out: seen.update(pos=args[0]))
@@ -39,7 +26,7 @@ def test_position_ids_count_real_tokens_from_padding_idx_plus_one():
     assert seen["pos"].tolist() == [[2, 3, 4, 5, 1, 1], [2, 3, 4, 1, 1, 1]]
 
 
-def test_padding_does_not_change_real_tokens():
+def test_padding_does_not_change_real_tokens(tiny):
     """A sequence gives the same hidden states alone or padded in a batch (every backend)."""
     for backend in ("eager", "sdpa", "triton"):
         torch.manual_seed(0)
@@ -51,7 +38,7 @@ def test_padding_does_not_change_real_tokens():
         assert (batched[1, :5] - alone[0]).abs().max() < 1e-5, backend
 
 
-def test_backends_agree_in_training_mode_without_dropout():
+def test_backends_agree_in_training_mode_without_dropout(tiny):
     cfg = tiny(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     ids, mask = padded_batch()
     labels = torch.where(mask.bool(), ids, -100)
@@ -66,7 +53,7 @@ def test_backends_agree_in_training_mode_without_dropout():
             assert (a - b).abs().max() < 1e-5
 
 
-def test_masked_only_head_equals_full_head():
+def test_masked_only_head_equals_full_head(tiny):
     torch.manual_seed(0)
     model = RobertaForMaskedLM(tiny()).eval()
     ids, mask = padded_batch()
@@ -82,7 +69,7 @@ def test_masked_only_head_equals_full_head():
     torch.testing.assert_close(masked.loss, expected, rtol=0, atol=1e-6)
 
 
-def test_masked_only_head_skips_the_vocabulary_projection_elsewhere():
+def test_masked_only_head_skips_the_vocabulary_projection_elsewhere(tiny):
     model = RobertaForMaskedLM(tiny()).eval()
     rows = []
     model.lm_head.dense.register_forward_hook(lambda m, args, out: rows.append(args[0].shape[0]))
@@ -93,7 +80,7 @@ def test_masked_only_head_skips_the_vocabulary_projection_elsewhere():
     assert rows == [1]
 
 
-def test_decoder_is_tied_to_word_embeddings():
+def test_decoder_is_tied_to_word_embeddings(tiny):
     model = RobertaForMaskedLM(tiny())
     ids, mask = padded_batch()
     model(ids, mask, labels=torch.where(mask.bool(), ids, -100)).loss.backward()
@@ -102,7 +89,7 @@ def test_decoder_is_tied_to_word_embeddings():
     assert emb.grad[ids[0, 3]].abs().sum() > 0
 
 
-def test_output_hidden_states_returns_embeddings_and_every_layer():
+def test_output_hidden_states_returns_embeddings_and_every_layer(tiny):
     model = RobertaModel(tiny(num_hidden_layers=3)).eval()
     ids, mask = padded_batch()
     out = model(ids, mask, output_hidden_states=True)
@@ -111,7 +98,7 @@ def test_output_hidden_states_returns_embeddings_and_every_layer():
     assert model(ids, mask).hidden_states is None
 
 
-def test_dropout_is_seeded_and_off_in_eval():
+def test_dropout_is_seeded_and_off_in_eval(tiny):
     model = RobertaForMaskedLM(tiny(hidden_dropout_prob=0.3)).train()
     ids, mask = padded_batch()
     torch.manual_seed(5)
@@ -128,7 +115,7 @@ def test_dropout_is_seeded_and_off_in_eval():
 
 
 @pytest.mark.parametrize("name", sorted(MODEL_CLASSES))
-def test_out_of_range_ids_are_a_value_error(name):
+def test_out_of_range_ids_are_a_value_error(tiny, name):
     model = MODEL_CLASSES[name](tiny())
     for bad in (1000, -1):
         ids = torch.tensor([[0, 5, bad, 2]])
@@ -136,7 +123,7 @@ def test_out_of_range_ids_are_a_value_error(name):
             model(ids)
 
 
-def test_too_long_sequence_is_a_value_error():
+def test_too_long_sequence_is_a_value_error(tiny):
     model = RobertaModel(tiny())  # 40 rows - padding_idx 1 - 1 = 38 tokens
     model(torch.full((1, 38), 5))
     with pytest.raises(ValueError, match="sequence length 39 is longer than the 38 positions"):
@@ -144,13 +131,13 @@ def test_too_long_sequence_is_a_value_error():
 
 
 @pytest.mark.parametrize("mask_shape", [(2, 6), (1, 7), (6,), (1, 1, 6)])
-def test_wrong_mask_shape_is_a_value_error(mask_shape):
+def test_wrong_mask_shape_is_a_value_error(tiny, mask_shape):
     model = RobertaModel(tiny())
     with pytest.raises(ValueError, match=r"attention_mask has shape .* expected \(batch, seq_len\) = \(1, 6\)"):
         model(torch.full((1, 6), 5), attention_mask=torch.ones(mask_shape))
 
 
-def test_other_bad_inputs_are_value_errors():
+def test_other_bad_inputs_are_value_errors(tiny):
     model = RobertaForMaskedLM(tiny())
     with pytest.raises(ValueError, match="an int64 or int32 tensor of shape"):
         model(torch.ones(1, 4))

@@ -12,7 +12,6 @@ from helpers import padded_batch, random_hf_model
 
 from roberta_scratch import (
     DynamicMaskingCollator,
-    RobertaConfig,
     RobertaForMaskedLM,
     RobertaForPreTraining,
     RobertaForSequenceClassification,
@@ -22,20 +21,6 @@ from roberta_scratch.checkpoints.formats import read_checkpoint, save_hf
 from roberta_scratch.checkpoints.keymaps import hf_to_ours
 from roberta_scratch.data.masking import StaticCopies
 from roberta_scratch.model import check_state_dict, load_state
-
-TINY = dict(
-    vocab_size=1000,
-    hidden_size=96,
-    num_hidden_layers=2,
-    num_attention_heads=3,
-    intermediate_size=160,
-    max_position_embeddings=40,
-    type_vocab_size=2,
-)
-
-
-def tiny(**overrides):
-    return RobertaConfig(**{**TINY, **overrides})
 
 
 def pair_batch(seed=0):
@@ -57,9 +42,9 @@ def pair_batch(seed=0):
 # ----------------------------------------------------------------------------- token types
 
 
-def test_no_token_types_is_type_zero_everywhere_bit_for_bit():
+def test_no_token_types_is_type_zero_everywhere_bit_for_bit(tiny):
     torch.manual_seed(0)
-    model = RobertaModel(tiny()).eval()
+    model = RobertaModel(tiny(type_vocab_size=2)).eval()
     with torch.no_grad():
         model.embeddings.token_type_embeddings.weight.normal_()  # two distinct rows
     ids, mask = padded_batch()
@@ -69,9 +54,9 @@ def test_no_token_types_is_type_zero_everywhere_bit_for_bit():
     assert torch.equal(a, b) and not torch.allclose(a, c)
 
 
-def test_token_types_match_transformers():
+def test_token_types_match_transformers(tiny):
     hf = random_hf_model("RobertaForMaskedLM", type_vocab_size=2)
-    ours = RobertaForMaskedLM(tiny(num_hidden_layers=3, attention="eager")).eval()
+    ours = RobertaForMaskedLM(tiny(type_vocab_size=2, num_hidden_layers=3, attention="eager")).eval()
     load_state(ours, hf_to_ours(hf.state_dict(), 3))
     ids, mask, types, _, _ = pair_batch()
     with torch.no_grad():
@@ -80,8 +65,8 @@ def test_token_types_match_transformers():
     torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
 
 
-def test_bad_token_types_are_value_errors():
-    model = RobertaModel(tiny())
+def test_bad_token_types_are_value_errors(tiny):
+    model = RobertaModel(tiny(type_vocab_size=2))
     ids = torch.full((2, 5), 7)
     with pytest.raises(ValueError, match="token type id 2 is out of range for type_vocab_size 2"):
         model(ids, token_type_ids=torch.full((2, 5), 2))
@@ -96,9 +81,9 @@ def test_bad_token_types_are_value_errors():
 # ----------------------------------------------------------------------------- RobertaForPreTraining
 
 
-def test_loss_is_mlm_plus_nsp_computed_independently():
+def test_loss_is_mlm_plus_nsp_computed_independently(tiny):
     torch.manual_seed(0)
-    model = RobertaForPreTraining(tiny()).eval()
+    model = RobertaForPreTraining(tiny(type_vocab_size=2)).eval()
     ids, mask, types, labels, nsp = pair_batch()
     out = model(ids, attention_mask=mask, token_type_ids=types, labels=labels, next_sentence_label=nsp)
 
@@ -131,9 +116,9 @@ def test_loss_is_mlm_plus_nsp_computed_independently():
         model(ids, attention_mask=mask, token_type_ids=types, next_sentence_label=torch.tensor([0, 2, 1]))
 
 
-def test_save_load_round_trip_and_encoder_loads_into_other_heads(tmp_path):
+def test_save_load_round_trip_and_encoder_loads_into_other_heads(tiny, tmp_path):
     torch.manual_seed(0)
-    model = RobertaForPreTraining(tiny()).eval()
+    model = RobertaForPreTraining(tiny(type_vocab_size=2)).eval()
     model.save_pretrained(str(tmp_path))
     loaded = RobertaForPreTraining.from_pretrained(str(tmp_path)).eval()
     assert loaded.config == model.config
@@ -166,9 +151,9 @@ def test_save_load_round_trip_and_encoder_loads_into_other_heads(tmp_path):
         RobertaForPreTraining.from_pretrained(str(tmp_path / "mlm"))
 
 
-def test_checkpoint_validation_and_hugging_face_export_drop_only_the_nsp_head(tmp_path):
+def test_checkpoint_validation_and_hugging_face_export_drop_only_the_nsp_head(tiny, tmp_path):
     torch.manual_seed(0)
-    model = RobertaForPreTraining(tiny())
+    model = RobertaForPreTraining(tiny(type_vocab_size=2))
     check_state_dict(model.config, model.state_dict())  # the NSP keys are known keys
     with pytest.warns(UserWarning, match=r"dropping \['nsp.classifier.bias'.*no Hugging Face RoBERTa class"):
         save_hf(model.config, model.state_dict(), str(tmp_path))

@@ -22,18 +22,6 @@ def counted_layer_norm(x, weight, bias, eps=1e-5, residual=None, dropout_p=0.0):
     return torch_layer_norm(x, weight, bias, eps, residual, dropout_p)
 
 
-def tiny(**kw):
-    return RobertaConfig(
-        vocab_size=100,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=20,
-        **kw,
-    )
-
-
 def test_the_built_ins():
     assert names("attention")[:3] == ["eager", "sdpa", "triton"] and names("layer_norm") == ["torch", "triton"]
     if roberta_kernels.registry.flex_available():
@@ -52,7 +40,7 @@ def test_builtins_agree_with_the_reference():
         torch.testing.assert_close(got * mask[:, None, :, None], want, rtol=1e-5, atol=1e-6)
 
 
-def test_a_user_implementation_by_name_runs_in_the_model():
+def test_a_user_implementation_by_name_runs_in_the_model(tiny):
     register("attention", "counted", counted_attention, dtypes=(torch.float32,), dropout=False)
     register("layer_norm", "counted_ln", counted_layer_norm)
     torch.manual_seed(0)
@@ -78,7 +66,7 @@ def test_module_function_is_imported_on_use_and_keeps_registered_capabilities():
     assert RobertaConfig(attention="test_registry:counted_attention").attention == "test_registry:counted_attention"
 
 
-def test_unknown_names_list_the_registered_ones():
+def test_unknown_names_list_the_registered_ones(tiny):
     with pytest.raises(
         ValueError,
         match=r"unknown attention implementation 'flash': registered are eager, sdpa, "
@@ -88,14 +76,7 @@ def test_unknown_names_list_the_registered_ones():
     with pytest.raises(ValueError, match="test_registry has no 'nope'"):
         get("attention", "test_registry:nope")
     # a config takes any name; building the model resolves it (reading a config imports nothing)
-    cfg = RobertaConfig(
-        layer_norm="fused",
-        vocab_size=50,
-        hidden_size=16,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=32,
-    )
+    cfg = tiny(layer_norm="fused")
     with pytest.raises(ValueError, match="unknown layer_norm implementation 'fused'"):
         RobertaForMaskedLM(cfg)
     with pytest.raises(ValueError, match="a non-empty string without ':'"):

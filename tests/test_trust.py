@@ -174,18 +174,11 @@ def test_registered_names_from_a_file_need_no_opt_in(tmp_path):
     assert RobertaForMaskedLM.from_pretrained(model).config.attention == "eager"
 
 
-def test_a_model_built_with_a_user_kernel_records_its_name(payload, tmp_path):
+def test_a_model_built_with_a_user_kernel_records_its_name(tiny, payload, tmp_path):
     """Code the user names in Python needs no opt-in; the saved folder keeps the name, and loads
     again with the opt-in."""
     name, marker = payload
-    cfg = RobertaConfig(
-        vocab_size=50,
-        hidden_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=64,
-        attention=f"{name}:attn",
-    )
+    cfg = tiny(attention=f"{name}:attn")
     RobertaForMaskedLM(cfg).save_pretrained(str(tmp_path / "mine"))
     assert marker.exists()
     assert json.loads((tmp_path / "mine" / "config.json").read_text())["attention"] == f"{name}:attn"

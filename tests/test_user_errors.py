@@ -12,7 +12,7 @@ import pytest
 import torch
 from helpers import tiny_model_folder
 
-from roberta_scratch import RobertaConfig, RobertaForMaskedLM, RobertaForSequenceClassification, cli
+from roberta_scratch import RobertaForMaskedLM, RobertaForSequenceClassification, cli
 
 REPO = Path(__file__).resolve().parents[1]
 TEXTS = ["the cat sat on the mat and the dog ran to the house"] * 30
@@ -132,15 +132,8 @@ def test_features_says_when_it_cuts_a_long_text_and_which_layers_it_wrote(tmp_pa
     assert "layers 0, 1 (asked as -1)" in out
 
 
-def test_input_ids_of_the_wrong_dtype_and_odd_masks_are_errors():
-    cfg = RobertaConfig(
-        vocab_size=50,
-        hidden_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=20,
-    )
+def test_input_ids_of_the_wrong_dtype_and_odd_masks_are_errors(tiny):
+    cfg = tiny()
     model = RobertaForMaskedLM(cfg)
     ids = torch.randint(4, 50, (2, 5))
     for dtype in (torch.bool, torch.uint8, torch.int16, torch.float32):
