@@ -1,4 +1,4 @@
-"""The kernel lab's README commands, run as written (their bracketed options included: --quick,
+"""The kernel lab's documented commands (docs/kernel-lab.md), run as written (their bracketed options included: --quick,
 --dry-run, the CPU's choices), with a `my_pkg/attn.py` of the README's shape in a temp folder."""
 
 import re
@@ -10,7 +10,7 @@ import pytest
 from roberta_kernels import registry
 from roberta_scratch import cli
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = Path(__file__).resolve().parents[1] / "docs" / "kernel-lab.md"  # the kernel lab's page
 MY_PKG = """\
 import roberta_kernels
 
