@@ -10,7 +10,7 @@
 Every step is skipped when its output already exists, so a second run is quick
 (delete the output directory to start over).
 
-What it trains, and why (measured on 2 CPU cores; see the README):
+What it trains, and why (measured on 2 CPU cores; see docs/benchmarks.md):
 - The corpus is small (about 0.5M tokens at this vocabulary), so a 4096-token vocabulary
   and the `tiny` shape (hidden 128, 2 layers, 2 heads) are what a few minutes can train:
   6,000 steps see each token about 22 times.

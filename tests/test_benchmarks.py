@@ -1,5 +1,5 @@
 """The benchmark scripts run as modules from the repository root, with no sys.path edits, and
-each parses its options (the measurements themselves are run by hand; see the README)."""
+each parses its options (the measurements themselves are run by hand; see docs/benchmarks.md)."""
 
 import importlib
 from pathlib import Path

@@ -1,6 +1,6 @@
 """`make demo`'s settings learn: the whole demo, shortened to a few dozen steps.
 
-The full demo (6,000 steps) is measured, not tested: see the README for its time and accuracy.
+The full demo (6,000 steps) is measured, not tested: see docs/benchmarks.md for its time and accuracy.
 """
 
 import json

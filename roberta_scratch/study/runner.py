@@ -124,7 +124,7 @@ PRESETS = {
         ft_max_length=64,
     ),
     # Sized to run `study all` (16 runs) in under 45 min on 2 cores: ~1.5M tokens a run
-    # (about 3 passes over the stdlib docstrings), 2 seeds. Timed by probing each arm (see README).
+    # (about 3 passes over the stdlib docstrings), 2 seeds. Timed by probing each arm (see docs/study.md).
     "cpu": Preset(
         name="cpu",
         description="the `tiny` encoder (hidden 128, 2 layers), 1.5M tokens a run, 2 seeds",
