@@ -16,7 +16,6 @@ import math
 import os
 import platform
 import statistics
-import sys
 
 from ..fileio import atomic_write
 
@@ -384,11 +383,12 @@ def _machine() -> dict:
 
 
 def _versions() -> dict:
+    """The kernel lab's version record (python, torch, CUDA, triton, numpy), this project's version
+    and its git commit."""
     import importlib.metadata
     import subprocess
 
-    import numpy
-    import torch
+    from roberta_kernels.bench import versions
 
     try:
         ours = importlib.metadata.version("roberta-scratch")
@@ -407,10 +407,4 @@ def _versions() -> dict:
         )
     except (OSError, subprocess.SubprocessError):
         commit = None
-    return {
-        "python": sys.version.split()[0],
-        "torch": torch.__version__,
-        "numpy": numpy.__version__,
-        "roberta_scratch": ours,
-        "git_commit": commit,
-    }
+    return {**versions(), "roberta_scratch": ours, "git_commit": commit}
