@@ -144,6 +144,9 @@ class SelfAttention(nn.Module):
             att = F.dropout(att, p, self.training)
             y = att @ v  # (B, nh, T, hs)
         else:  # sdpa, triton, flex or yours: the registry's contract
+            why = self.impl.unsupported_shape(T, pad_mask is not None)  # limits the kernel declared
+            if why:
+                raise ValueError(f"attention {self.backend!r} cannot run this batch (T={T}): {why}")
             y = self.impl.fn(q, k, v, key_padding_mask=pad_mask, dropout_p=p)  # (B, nh, T, hs)
 
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble the heads side by side

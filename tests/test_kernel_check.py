@@ -309,7 +309,8 @@ def test_unknown_name_lists_the_registered_ones():
 
 def test_cases_cover_the_issue():
     cases = check.attention_cases()
-    assert {c.T for c in cases if not c.dropout_p} == {1, 17, 77, 128, 130, 257, 513}
+    assert {c.T for c in cases if not c.dropout_p and c.inputs == "normal"} == {1, 17, 77, 128, 130, 257, 513}
+    assert set(check.ACCUMULATION_ATTENTION) <= set(cases)
     assert {c.D for c in cases} == {32, 64, 128}
     assert {c.padding for c in cases} == {"none", "right", "single", "middle"}
     assert {c.dtype for c in cases} == {torch.float32, torch.bfloat16, torch.float16}
@@ -345,7 +346,7 @@ def test_run_prints_the_table_and_exits_zero(capsys):
     assert check.run(parse(["--attention", "eager", "--quick", "--device", "cpu"])) == 0
     out = capsys.readouterr().out
     assert "impl" in out and "rel err" in out and "max abs" in out
-    assert "attention eager: 8 ok, 0 FAIL, 0 skipped" in out and "PASS" in out
+    assert "attention eager: 9 ok, 0 FAIL, 0 skipped" in out and "PASS" in out
 
 
 def test_run_with_a_wrong_module_function_exits_nonzero(capsys):
@@ -366,7 +367,7 @@ def test_run_with_a_wrong_module_function_exits_nonzero(capsys):
     out = capsys.readouterr().out
     assert code == 1
     assert re.search(rf"attention {__name__}:scale_off_attention: \d+ ok, [1-9]\d* FAIL", out)
-    assert "attention eager: 8 ok, 0 FAIL" in out and "layer_norm torch: 7 ok, 0 FAIL" in out
+    assert "attention eager: 9 ok, 0 FAIL" in out and "layer_norm torch: 7 ok, 0 FAIL" in out
     assert out.rstrip().endswith("FAIL")
 
 
@@ -382,7 +383,7 @@ def test_cli_main(capsys):
     from roberta_scratch import cli
 
     assert cli.main(["kernels", "check", "--attention", "eager", "--quick", "--device", "cpu"]) == 0
-    assert "attention eager: 8 ok" in capsys.readouterr().out
+    assert "attention eager: 9 ok" in capsys.readouterr().out
     assert (
         cli.main(["kernels", "check", "--attention", f"{__name__}:wrong_dv_attention", "--quick", "--device", "cpu"])
         == 1
@@ -457,3 +458,130 @@ def test_a_kernel_that_hangs_fails_its_case_and_the_check_goes_on():
     assert time.monotonic() - start < 10
     assert [r.status for r in rows] == ["FAIL", "FAIL"] and "timed out after 0.5 s" in rows[0].note
     assert check.summarize(rows)[1] == 1
+
+
+def segfaulting_attention(q, k, v, key_padding_mask=None, dropout_p=0.0, softmax_scale=None):
+    import ctypes
+
+    ctypes.string_at(0)  # reads address 0: SIGSEGV, as a kernel writing out of bounds in the interpreter did
+
+
+def test_a_kernel_that_segfaults_fails_its_case_and_the_check_goes_on():
+    """The Triton tutorial's attention segfaulted Triton's interpreter at case 7, and the whole
+    check died with it, with no summary. Each case now runs in a child process."""
+    cases = [check.AttentionCase(17, 32, "right", torch.float32), check.AttentionCase(5, 32, "none", torch.float32)]
+    rows = check.check_attention(segfaulting_attention, cases=cases)
+    assert [r.status for r in rows] == ["FAIL", "FAIL"]
+    assert "the process running the case died: killed by SIGSEGV (a crash)" in rows[0].note
+    assert check.summarize(rows)[1] == 1
+    assert_passes(check.check_attention("eager", cases=cases))  # the next check runs as ever
+
+
+def test_declared_limits_skip_once_per_limit_and_quick_moves_inside_them(capsys):
+    roberta_kernels.register("attention", "tiles128", eager_attention, padding=False, seq_multiple=128, dropout=False)
+    try:
+        rows = run_quick("tiles128")
+        ok = [r for r in rows if r.status == "ok"]
+        assert ok and all(r.T % 128 == 0 and r.variant.split(",")[0] == "none" for r in ok)  # what it claims
+        assert check.run(parse(["--attention", "tiles128", "--device", "cpu", "--seq-lens", "77", "128"])) == 0
+        out = capsys.readouterr().out
+        lines = [line for line in out.splitlines() if line.startswith("skipped")]
+        assert "skipped" in out and len(lines) == len(set(lines)) <= 4  # one line per limit, not per case
+        assert any("does not claim padding (padding=False)" in line for line in lines)
+        assert any("multiple of 128" in line for line in lines)
+        assert {r.T for r in check.check_attention("tiles128", lengths=[256]) if r.status == "ok"} == {256}
+        # --quick with nothing left to check: exit 2, saying why
+        roberta_kernels.register("attention", "tiny_only", eager_attention, max_seq=8, seq_multiple=16)
+        with pytest.raises(check.NothingClaimed, match="claims none of the quick cases"):
+            run_quick("tiny_only")
+        assert check.run(parse(["--attention", "tiny_only", "--quick", "--device", "cpu"])) == 2
+        assert "claims none of the quick cases" in capsys.readouterr().err
+    finally:
+        for name in ("tiles128", "tiny_only"):
+            roberta_kernels.registry._REGISTRY["attention"].pop(name, None)
+
+
+def test_the_model_refuses_a_batch_outside_declared_limits(tiny):
+    from roberta_scratch import RobertaForMaskedLM
+
+    roberta_kernels.register("attention", "unpadded", eager_attention, padding=False)
+    try:
+        model = RobertaForMaskedLM(tiny(attention="unpadded"))
+        ids = torch.randint(4, 100, (2, 6))
+        model(ids)  # no padding: runs
+        with pytest.raises(ValueError, match=r"attention 'unpadded' cannot run this batch.*padding=False"):
+            model(ids, attention_mask=torch.tensor([[1] * 6, [1] * 4 + [0] * 2]))
+    finally:
+        roberta_kernels.registry._REGISTRY["attention"].pop("unpadded", None)
+
+
+def test_bad_limits_are_refused_when_registered():
+    with pytest.raises(ValueError, match="seq_multiple must be a whole number >= 1"):
+        roberta_kernels.register("attention", "bad", eager_attention, seq_multiple=0)
+    with pytest.raises(ValueError, match="max_seq must be a whole number >= min_seq"):
+        roberta_kernels.register("attention", "bad", eager_attention, min_seq=64, max_seq=32)
+
+
+def test_dropout_failures_after_a_failing_forward_blame_the_forward():
+    """With the forward already wrong, the dropout case used to report a bad keep rate, which sent
+    the author to the wrong place."""
+    rows = run_quick(scale_off_attention)
+    dropout_failures = [r for r in rows if r.failed and r.dropout]
+    assert dropout_failures and all(
+        r.note.startswith("forward already fails without dropout") for r in dropout_failures
+    )
+
+
+# ----------------------------------------------------------------------------- low-precision accumulation
+
+
+def low_precision_accumulator_attention(q, k, v, key_padding_mask=None, dropout_p=0.0, softmax_scale=None):
+    """A real bf16 kernel bug: flash attention's running output and row sum kept in the input dtype,
+    16 keys at a time, so each tile's contribution is rounded into them. Scores and the exponentials
+    are float32, as in a correct kernel; only the accumulators are wrong."""
+    B, H, T, D = q.shape
+    scale = softmax_scale or 1.0 / math.sqrt(D)
+    m = torch.full((B, H, T), -math.inf, device=q.device)
+    l = torch.zeros((B, H, T), dtype=q.dtype, device=q.device)
+    acc = torch.zeros((B, H, T, D), dtype=q.dtype, device=q.device)
+    for j in range(0, T, 16):
+        s = (q.float() @ k[..., j : j + 16, :].float().transpose(-2, -1)) * scale  # (B, H, T, 16)
+        if key_padding_mask is not None:
+            s = s.masked_fill(~key_padding_mask[:, None, None, j : j + 16], -math.inf)
+        m_new = torch.maximum(m, s.amax(-1))
+        alpha = torch.exp(m - m_new).nan_to_num(0.0)
+        p = torch.exp(s - m_new[..., None]).nan_to_num(0.0)
+        l = (l.float() * alpha + p.sum(-1)).to(q.dtype)  # the bug: rounded to bf16 every tile
+        acc = (acc.float() * alpha[..., None] + p.to(q.dtype).float() @ v[..., j : j + 16, :].float()).to(q.dtype)
+        m = m_new
+    return (acc.float() / l.float()[..., None]).to(q.dtype)
+
+
+def test_an_input_dtype_accumulator_passes_the_ordinary_cases_and_fails_the_long_ones():
+    """It passed all 234 cases of the full suite before the accumulation cases existed: its error
+    grows with the keys in a row, and T = 513 keeps it under bf16's tolerance."""
+    ordinary = [c for c in check.QUICK_ATTENTION if c.inputs == "normal" and not c.dropout_p]
+    assert_passes(check.check_attention(low_precision_accumulator_attention, cases=ordinary))
+    rows = check.check_attention(low_precision_accumulator_attention, cases=check.ACCUMULATION_ATTENTION)
+    assert [r.status for r in rows] == ["FAIL", "FAIL"], check.format_table(rows)
+    assert all("accumulate" in r.variant for r in rows)
+    assert check.ACCUMULATION_ATTENTION[0] in check.QUICK_ATTENTION  # --quick catches it too
+
+
+@pytest.mark.parametrize("name", ["eager", "sdpa"])
+def test_correct_attention_passes_the_accumulation_cases(name):
+    assert_passes(check.check_attention(name, cases=check.ACCUMULATION_ATTENTION))
+
+
+def test_our_triton_attention_passes_the_bf16_accumulation_case():
+    """About 10 s in Triton's interpreter; the fp16 case at T = 4096 (about 55 s) is `slow`."""
+    if not roberta_kernels.triton_available():
+        pytest.skip("triton is not installed")
+    assert_passes(check.check_attention("triton", cases=check.ACCUMULATION_ATTENTION[:1]))
+
+
+@pytest.mark.slow
+def test_our_triton_attention_passes_the_fp16_accumulation_case():
+    if not roberta_kernels.triton_available():
+        pytest.skip("triton is not installed")
+    assert_passes(check.check_attention("triton", cases=check.ACCUMULATION_ATTENTION[1:]))

@@ -13,7 +13,18 @@ the same dtype-rounded inputs, so the error measured is the implementation's alo
 cross sequence lengths T in (1, 17, 77, 128, 130, 257, 513), which straddle the usual tiles
 of 16, 32, 64 and 128, head dims 32, 64 and 128, four padding patterns, and fp32, bf16 and
 fp16; --quick runs a cross-section (a handful of tiny cases for Triton code interpreted on
-the CPU, see QUICK_INTERPRETED_ATTENTION). Dropout is checked separately (see "Dropout" below).
+the CPU, see QUICK_INTERPRETED_ATTENTION), and --seq-lens chooses the lengths. Dropout is checked
+separately (see "Dropout" below). Long rows of nearly uniform attention over values of wide range
+(ACCUMULATION_ATTENTION: T = 2048 in bf16, 4096 in fp16) catch a kernel that accumulates in its
+input dtype, which the ordinary cases, up to T = 513, let through.
+
+Each case runs in a child process (spawned: see _CaseProcess), so a kernel that crashes the
+process or hangs past --timeout fails that case, and the check goes on to its summary.
+
+Limits. An implementation declares what it claims when it registers: dtypes, head_dims,
+dropout, devices, and for attention padding, seq_multiple, min_seq and max_seq. Cases outside
+are skipped and listed once per limit; --quick moves its cross-section inside the sequence
+limits (T rounded up to the multiple, no padding), and exits 2 when nothing is left.
 
 Inputs follow the model: q, k and v are non-contiguous (B, H, T, D) views into one
 (B, T, 3, H, D) projection, the padding mask is (B, T) bool with True for real tokens, and
@@ -90,7 +101,8 @@ and with seed= as well when the function takes one.
                 dropout(x) over the draws against x (y is not linear in x: its mean is not the
                 undropped y).
 
-An implementation that raises NotImplementedError declines: if it refuses inputs that require
+An implementation that raises NotImplementedError declines (the way to refuse what its declared
+limits already exclude, should it be called so anyway): if it refuses inputs that require
 grad (flex attention has no backward on the CPU), its forward is checked alone and the table
 and summary say "forward only"; if it refuses the forward too, the case is skipped. Skips
 are not failures, but an implementation with every case skipped fails the run (exit 2).
@@ -104,11 +116,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import faulthandler
 import functools
 import inspect
 import io
 import math
+import multiprocessing
+import pickle
 import signal
 import sys
 import threading
@@ -163,6 +178,7 @@ class AttentionCase:
     dropout_p: float = 0.0  # > 0: the dropout check (needs T == D)
     B: int = 2
     H: int = 2
+    inputs: str = "normal"  # or "accumulate": see ACCUMULATION_ATTENTION
 
 
 @dataclass(frozen=True)
@@ -187,6 +203,21 @@ QUICK_ATTENTION = [
     AttentionCase(77, 64, "right", F16),
     AttentionCase(64, 64, "right", F32, DROPOUT_P),
 ]
+# Cases a kernel that accumulates in its input dtype fails (a real bf16 bug: the running output
+# and row sum kept in bf16, a 16-key tile added at a time): many keys in one row (q scaled by 0.1,
+# so attention is nearly uniform and every key counts), values of wide range (each key's v scaled
+# by exp(N(0, 1.5^2))) and a long row. Calibrated on the CPU (2026-12-07) with that seeded kernel
+# (tests/test_kernel_check.py: low_precision_accumulator_attention) against float64; the worst
+# tensor's rel error (tolerance: bf16 1.6e-2, fp16 2e-3):
+#     bf16, T = 2048, right padding: seeded 4.2e-2 (dq; out 2.8e-2): fails; eager 2.9e-3, sdpa 3.8e-3
+#     fp16, T = 4096:                seeded 1.2e-2 (dq; out 8.4e-3): fails; eager 3.6e-4, sdpa 6.3e-4
+# At T = 513 (the longest ordinary case) the seeded kernel's 9e-3 passes bf16's tolerance.
+ACCUMULATION_ATTENTION = [
+    AttentionCase(2048, 64, "right", BF16, B=1, inputs="accumulate"),
+    AttentionCase(4096, 64, "none", F16, B=1, inputs="accumulate"),
+]
+QUICK_ATTENTION += ACCUMULATION_ATTENTION[:1]
+
 # Triton on the CPU runs in its interpreter, far slower than torch's CPU kernels: a few tiny cases.
 QUICK_INTERPRETED_ATTENTION = [
     AttentionCase(1, 32, "none", F32),
@@ -195,6 +226,7 @@ QUICK_INTERPRETED_ATTENTION = [
     AttentionCase(17, 64, "single", BF16),
     AttentionCase(17, 32, "right", F16),
     AttentionCase(32, 32, "right", F32, DROPOUT_P),
+    ACCUMULATION_ATTENTION[0],  # about 10 s interpreted
 ]
 QUICK_LAYER_NORM = [
     LayerNormCase(1, 64, "residual", F32),
@@ -214,21 +246,29 @@ QUICK_INTERPRETED_LAYER_NORM = [
 ]
 
 
-def attention_cases(quick: bool = False, interpreted: bool = False) -> list[AttentionCase]:
+def attention_cases(quick: bool = False, interpreted: bool = False, lengths=None) -> list[AttentionCase]:
     """The attention cases: every length x head dim x padding x dtype, then dropout per head dim
-    and dtype; or, with quick, a cross-section (tinier when the code runs in Triton's interpreter)."""
+    and dtype; or, with quick, a cross-section (tinier when the code runs in Triton's interpreter).
+    lengths (--seq-lens) replaces LENGTHS (and the long ACCUMULATION_ATTENTION cases); with quick,
+    the cross-section's lengths in turn."""
     if quick:
-        return list(QUICK_INTERPRETED_ATTENTION if interpreted else QUICK_ATTENTION)
+        cases = list(QUICK_INTERPRETED_ATTENTION if interpreted else QUICK_ATTENTION)
+        if lengths:
+            cases = [
+                dataclasses.replace(c, T=lengths[i % len(lengths)]) if not c.dropout_p else c
+                for i, c in enumerate(cases)
+            ]
+        return cases
     cases = [
         AttentionCase(T, D, padding, dtype)
         for dtype in DTYPES
-        for T in LENGTHS
+        for T in lengths or LENGTHS
         for D in HEAD_DIMS
         for padding in PADDINGS
         if T >= 3 or padding == "none"
     ]  # with 1 or 2 tokens the padded patterns degenerate
     cases += [AttentionCase(D, D, "right", dtype, DROPOUT_P) for dtype in DTYPES for D in HEAD_DIMS]
-    return cases
+    return cases if lengths else cases + ACCUMULATION_ATTENTION  # chosen lengths: those only
 
 
 def layer_norm_cases(quick: bool = False, interpreted: bool = False) -> list[LayerNormCase]:
@@ -540,6 +580,9 @@ def _attention_inputs(case: AttentionCase, device):
     qkv = torch.randn(B, T, 3, H, D, generator=g)  # (B, T, 3, H, D)
     if case.dropout_p > 0:
         qkv[:, :, 2] = torch.eye(T)[None, :, None, :]  # v[b, h, j] = e_j
+    if case.inputs == "accumulate":  # see ACCUMULATION_ATTENTION
+        qkv[:, :, 0] *= 0.1
+        qkv[:, :, 2] *= torch.exp(1.5 * torch.randn(B, T, H, 1, generator=g))
     do = torch.randn(B, H, T, D, generator=g)  # (B, H, T, D)
     mask = padding_mask(case.padding, B, T)
     if mask is not None:
@@ -554,8 +597,9 @@ def _split(qkv):
 
 
 def _attention_row(impl, case, status="ok", note=""):
+    variant = case.padding if case.inputs == "normal" else f"{case.padding}, {case.inputs}"
     return Result(
-        "attention", impl.name, _dtype_name(case.dtype), case.T, case.D, case.padding, case.dropout_p, status, note=note
+        "attention", impl.name, _dtype_name(case.dtype), case.T, case.D, variant, case.dropout_p, status, note=note
     )
 
 
@@ -747,10 +791,15 @@ def check_attention(
     cases: list | None = None,
     progress: Callable[[Result], None] | None = None,
     timeout: float | None = CASE_TIMEOUT_S,
+    isolate: bool = True,
+    lengths: list[int] | None = None,
 ) -> list[Result]:
     """Check an attention implementation (a registered name, MODULE:FUNCTION, an Implementation
-    or a callable) on `device`; returns one Result per case. progress, if given, sees each as it is done."""
-    return _check("attention", spec, device, quick, cases, progress, timeout)
+    or a callable) on `device`; returns one Result per case. progress, if given, sees each as it is done.
+    isolate: run the cases in a child process, so that a crash or a hang fails its case (see _CaseProcess).
+    lengths: the sequence lengths to check (--seq-lens) instead of LENGTHS.
+    Raises NothingClaimed when quick finds no case the implementation claims."""
+    return _check("attention", spec, device, quick, cases, progress, timeout, isolate, lengths)
 
 
 # ----------------------------------------------------------------------------- layer norm
@@ -908,10 +957,11 @@ def check_layer_norm(
     cases: list | None = None,
     progress: Callable[[Result], None] | None = None,
     timeout: float | None = CASE_TIMEOUT_S,
+    isolate: bool = True,
 ) -> list[Result]:
     """Check a LayerNorm implementation (a registered name, MODULE:FUNCTION, an Implementation or
-    a callable) on `device`; returns one Result per case."""
-    return _check("layer_norm", spec, device, quick, cases, progress, timeout)
+    a callable) on `device`; returns one Result per case (isolate: see check_attention)."""
+    return _check("layer_norm", spec, device, quick, cases, progress, timeout, isolate)
 
 
 # ----------------------------------------------------------------------------- the driver
@@ -919,7 +969,14 @@ def check_layer_norm(
 
 def _unsupported(impl: Implementation, case, device) -> str | None:
     if impl.op == "attention":
-        return impl.unsupported(dtype=case.dtype, head_dim=case.D, dropout_p=case.dropout_p, device=device)
+        return impl.unsupported(
+            dtype=case.dtype,
+            head_dim=case.D,
+            dropout_p=case.dropout_p,
+            device=device,
+            seq_len=case.T,
+            padded=case.padding != "none",
+        )
     why = impl.unsupported(dtype=case.dtype, dropout_p=case.dropout_p, device=device)
     if why is None and case.residual == "fp32 residual":
         why = impl.unsupported(dtype=torch.float32)
@@ -967,54 +1024,226 @@ def _time_limit(seconds: float | None):
         signal.signal(signal.SIGALRM, previous)
 
 
-def _check(op, spec, device, quick, cases, progress, timeout: float | None = CASE_TIMEOUT_S) -> list[Result]:
+def _case_functions(op: str):
+    """(all cases, check one case, check one dropout case, row of, draws) for an op."""
+    if op == "attention":
+        return attention_cases, _check_attention_case, _check_attention_dropout, _attention_row, DRAWS
+    return layer_norm_cases, _check_layer_norm_case, _check_layer_norm_dropout, _layer_norm_row, LN_DRAWS
+
+
+def _run_case(impl: Implementation, case, device: torch.device, draws: int) -> Result:
+    """One case, its failures as a FAIL row (a bug in the implementation is a result, not a crash)."""
+    _, check_case, check_dropout, row_of, _ = _case_functions(impl.op)
+    try:
+        return check_dropout(impl, case, device, draws) if case.dropout_p > 0 else check_case(impl, case, device)
+    except Exception as e:  # noqa: BLE001
+        return row_of(impl, case, "FAIL", _error(e))
+
+
+class NothingClaimed(ValueError):
+    """--quick found no case the implementation claims (its declared limits rule them all out)."""
+
+
+def _within_limits(impl: Implementation, cases: list) -> list:
+    """--quick's cross-section moved inside an attention implementation's declared sequence
+    limits: T rounded up to a multiple of seq_multiple within [min_seq, max_seq], padding dropped
+    where it is not claimed. A dropout case (T = D) that cannot keep T = D is left as it is
+    (and is skipped). Duplicates go."""
+    if impl.op != "attention":
+        return cases
+    moved = []
+    for c in cases:
+        if impl.unsupported_shape(c.T, c.padding != "none") is None:
+            moved.append(c)
+            continue
+        T = max(c.T, impl.min_seq)
+        T = -(-T // impl.seq_multiple) * impl.seq_multiple
+        if impl.max_seq is not None and T > impl.max_seq:
+            T = impl.max_seq // impl.seq_multiple * impl.seq_multiple
+        padding = c.padding if impl.padding else "none"
+        if c.dropout_p and T != c.D:
+            moved.append(c)
+            continue
+        moved.append(dataclasses.replace(c, T=T, padding=padding))
+    return list(dict.fromkeys(moved))
+
+
+def _blame_the_forward(rows: list[Result]) -> None:
+    """A dropout case failing where a case without dropout already failed is the forward's fault,
+    not the keep rate's: say so first, so the author looks in the right place."""
+    plain_failures = [r for r in rows if r.failed and not r.dropout]
+    for r in rows:
+        if r.failed and r.dropout and plain_failures:
+            first = plain_failures[0]
+            r.note = (
+                f"forward already fails without dropout (first: {first.dtype} T={first.T} {first.variant}); " + r.note
+            )
+
+
+def _check(
+    op, spec, device, quick, cases, progress, timeout: float | None = CASE_TIMEOUT_S, isolate=True, lengths=None
+):
     impl = get(op, spec)
     device = torch.device(device)
     interpreted = impl.triton and device.type == "cpu"
-    if op == "attention":
-        all_cases, check_case, check_dropout, row_of, draws = (
-            attention_cases,
-            _check_attention_case,
-            _check_attention_dropout,
-            _attention_row,
-            DRAWS,
-        )
-    else:
-        all_cases, check_case, check_dropout, row_of, draws = (
-            layer_norm_cases,
-            _check_layer_norm_case,
-            _check_layer_norm_dropout,
-            _layer_norm_row,
-            LN_DRAWS,
-        )
-    cases = all_cases(quick, interpreted) if cases is None else cases
+    all_cases, _, _, row_of, draws = _case_functions(op)
+    if cases is None:
+        cases = all_cases(quick, interpreted, lengths) if op == "attention" else all_cases(quick, interpreted)
+        if quick:
+            cases = _within_limits(impl, cases)
+            shape = [impl.unsupported_shape(c.T, c.padding != "none") for c in cases] if op == "attention" else []
+            if shape and all(shape):  # its declared sequence limits rule out every case
+                raise NothingClaimed(
+                    f"--quick: {impl.name} claims none of the quick cases ({shape[0]}); name lengths it "
+                    "takes with --seq-lens, or run without --quick"
+                )
     draws = draws["full" if not quick else "interpreted" if interpreted else "quick"]
     results = []
     # subtle: the dropout checks reseed torch's generators; fork_rng gives the caller's state back
-    with (
-        triton_environment(device),
-        torch.random.fork_rng(devices=[device] if device.type == "cuda" else []),
-        torch.enable_grad(),
-    ):
+    # (in-process only: a case process has generators of its own)
+    with triton_environment(device), contextlib.ExitStack() as stack:
         no_triton = _triton_unavailable(impl, device)
+        runner = stack.enter_context(_CaseProcess(impl, device, timeout)) if isolate else None
+        if runner is None:
+            stack.enter_context(torch.random.fork_rng(devices=[device] if device.type == "cuda" else []))
+            stack.enter_context(torch.enable_grad())
         for case in cases:
             why = no_triton or _unsupported(impl, case, device)
             if why:
                 row = row_of(impl, case, "skip", why)
+            elif runner is not None:
+                row = runner.run(case, draws)
             else:
-                try:
-                    with _time_limit(timeout):
-                        row = (
-                            check_dropout(impl, case, device, draws)
-                            if case.dropout_p > 0
-                            else check_case(impl, case, device)
-                        )
-                except _CaseTimeout:
-                    row = row_of(impl, case, "FAIL", f"timed out after {timeout:g} s (--timeout)")
+                row = _run_in_process(impl, case, device, draws, timeout)
             results.append(row)
+            _blame_the_forward(results)
             if progress is not None:
                 progress(row)
     return results
+
+
+def _run_in_process(impl, case, device, draws, timeout) -> Result:
+    try:
+        with _time_limit(timeout):
+            return _run_case(impl, case, device, draws)
+    except _CaseTimeout:
+        return _case_functions(impl.op)[3](impl, case, "FAIL", f"timed out after {timeout:g} s (--timeout)")
+
+
+# ----------------------------------------------------------------------------- a process for the cases
+
+
+def _serve(conn, impl: Implementation, device: torch.device) -> None:
+    """The case process: run each case it is sent, send back its row; None ends it."""
+    with torch.enable_grad():
+        while True:
+            message = conn.recv()
+            if message is None:
+                return
+            case, draws = message
+            conn.send(_run_case(impl, case, device, draws))
+
+
+class _CaseProcess:
+    """Cases run in a child process, one at a time, so that an implementation that crashes the
+    process (a segfault in Triton's interpreter, an abort in a C++ extension) or hangs fails its
+    case, and the check goes on to the next one and its summary. The child keeps Triton's caches
+    from case to case; a crash or a timeout ends it, and the next case starts a new one.
+
+    subtle: the child is spawned, not forked. A fork copies the locks other threads hold (torch's
+    thread pools, the allocator), and a forked child that needs one waits forever: it happened
+    here after ten minutes of tests. A spawned child imports afresh and receives the
+    Implementation pickled: a function defined at a module's top level (or MODULE:FUNCTION) is
+    found again by name, and sys.path and TRITON_INTERPRET come with it. A function that cannot
+    be pickled (one defined inside another) runs in this process instead, with the SIGALRM time
+    limit, and the check says so once."""
+
+    def __init__(self, impl: Implementation, device: torch.device, timeout: float | None):
+        self.impl, self.device, self.timeout = impl, device, timeout
+        self.process = self.conn = None
+        self.in_process = _why_not_picklable(impl)
+        if self.in_process:
+            print(
+                f"note: {impl.name} cannot be sent to a child process ({self.in_process}); its cases run "
+                "in this process, where a crash ends the check",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._stop(kill=exc[0] is not None)
+
+    def run(self, case, draws: int) -> Result:
+        if self.in_process:
+            with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+                with torch.enable_grad():
+                    return _run_in_process(self.impl, case, self.device, draws, self.timeout)
+        if self.process is None:
+            self._start()
+        row_of = _case_functions(self.impl.op)[3]
+        try:
+            self.conn.send((case, draws))
+            ready = self.conn.poll(self.timeout)
+        except (EOFError, OSError):
+            ready = True  # the child is gone; recv says so
+        if not ready:
+            self._stop(kill=True)
+            return row_of(self.impl, case, "FAIL", f"timed out after {self.timeout:g} s (--timeout)")
+        try:
+            return self.conn.recv()
+        except (EOFError, OSError):
+            self.process.join(5)
+            why = _death(self.process.exitcode)
+            self._stop(kill=True)
+            return row_of(self.impl, case, "FAIL", f"the process running the case died: {why}")
+
+    def _start(self) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        self.conn, child = ctx.Pipe()
+        self.process = ctx.Process(target=_serve, args=(child, self.impl, self.device), daemon=True)
+        self.process.start()
+        child.close()
+
+    def _stop(self, kill: bool) -> None:
+        if self.process is None:
+            return
+        if kill:
+            self.process.kill()
+        else:
+            with contextlib.suppress(OSError, BrokenPipeError):
+                self.conn.send(None)
+        self.process.join(10)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join()
+        self.conn.close()
+        self.process = self.conn = None
+
+
+def _why_not_picklable(impl: Implementation) -> str | None:
+    """None when `impl` pickles (so a spawned child can have it), else why not."""
+    try:
+        pickle.dumps(impl)
+    except Exception as e:  # noqa: BLE001 (pickling a function raises several kinds)
+        return f"{type(e).__name__}: {str(e).splitlines()[0][:100]}"
+    return None
+
+
+def _death(exitcode: int | None) -> str:
+    """How a process ended, in words: "killed by SIGSEGV (a crash)", "exit code 3"."""
+    if exitcode is None:
+        return "it did not exit"
+    if exitcode < 0:
+        try:
+            name = signal.Signals(-exitcode).name
+        except ValueError:
+            name = f"signal {-exitcode}"
+        crash = " (a crash)" if name in ("SIGSEGV", "SIGBUS", "SIGILL", "SIGFPE", "SIGABRT") else ""
+        return f"killed by {name}{crash}"
+    return f"exit code {exitcode}"
 
 
 # ----------------------------------------------------------------------------- the table
@@ -1072,6 +1301,14 @@ def format_table(results: list[Result]) -> str:
     return "\n".join(lines)
 
 
+def _skip_reasons(skipped: list[Result]) -> list[str]:
+    """Each distinct reason cases were skipped for, with how many: one line per limit, not per case."""
+    counts: dict[str, int] = {}
+    for r in skipped:
+        counts[r.note] = counts.get(r.note, 0) + 1
+    return [f"{n} case{'s' if n > 1 else ''}: {note}" for note, n in counts.items()]
+
+
 def summarize(results: list[Result]) -> tuple[str, int]:
     """(summary text, exit code): 0 when every implementation passed what it claims, 1 on any
     failure, 2 when an implementation had every case skipped (nothing was checked)."""
@@ -1087,6 +1324,9 @@ def summarize(results: list[Result]) -> tuple[str, int]:
         text = f"{op} {impl}: {len(ok)} ok, {len(failed)} FAIL, {len(skipped)} skipped"
         if fwd_only:
             text += f" ({len(fwd_only)} checked forward only: the backward raised NotImplementedError)"
+        reasons = _skip_reasons(skipped)
+        if reasons:
+            text += "\n  skipped, one line per limit: " + "\n  skipped, one line per limit: ".join(reasons)
         if failed:
             code = 1
             worst = failed[0]
@@ -1136,6 +1376,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="a cross-section for CI: seconds on the CPU (a handful of tiny cases for interpreted Triton)",
     )
     p.add_argument(
+        "--seq-lens",
+        type=int,
+        nargs="+",
+        default=None,
+        metavar="T",
+        help=f"attention sequence lengths to check (default {' '.join(map(str, LENGTHS))}, then the long "
+        "accumulation cases; with --quick, the cross-section's lengths)",
+    )
+    p.add_argument(
         "--timeout",
         type=float,
         default=CASE_TIMEOUT_S,
@@ -1174,13 +1423,22 @@ def run(args: argparse.Namespace) -> int:
             print(table_header(impl.op, width), flush=True)
             start = time.perf_counter()
             check = check_attention if impl.op == "attention" else check_layer_norm
-            results += check(
-                impl,
-                device,
-                quick=args.quick,
-                progress=lambda r, width=width: print(format_row(r, width), flush=True),
-                timeout=getattr(args, "timeout", CASE_TIMEOUT_S) or None,
-            )
+            extra = {"lengths": args.seq_lens} if impl.op == "attention" and args.seq_lens else {}
+            try:
+                rows = check(
+                    impl,
+                    device,
+                    quick=args.quick,
+                    progress=lambda r, width=width: r.status == "skip" or print(format_row(r, width), flush=True),
+                    timeout=args.timeout or None,
+                    **extra,
+                )
+            except NothingClaimed as e:
+                print(f"kernels check: {e}", file=sys.stderr, flush=True)
+                return 2
+            for reason in _skip_reasons([r for r in rows if r.status == "skip"]):
+                print(f"skipped {reason}", flush=True)
+            results += rows
             print(f"({time.perf_counter() - start:.1f} s)", flush=True)
     text, code = summarize(results)
     print("\n" + text, flush=True)

@@ -22,8 +22,12 @@ layer_norm(x, weight, bias, eps=1e-5, residual=None, dropout_p=0.0) -> LN(dropou
     x, residual: (..., N); weight, bias: (N,). The result has the promoted dtype of x and
     residual (a bf16 branch on an fp32 residual stream stays fp32, as under autocast).
 
-Capabilities (dtypes, head_dims, dropout, devices) say which cases an implementation claims;
-the lab skips the others, and says so, instead of failing them.
+Capabilities (dtypes, head_dims, dropout, devices; for attention also padding, seq_multiple,
+min_seq and max_seq) say which cases an implementation claims; the lab skips the others, and
+says so once per limit, instead of failing them. A kernel that only takes unpadded sequences
+whose length is a multiple of 128:
+
+    roberta_kernels.register("attention", "tiles128", fn, padding=False, seq_multiple=128)
 """
 
 from __future__ import annotations
@@ -56,9 +60,38 @@ class Implementation:
     devices: tuple = ("cpu", "cuda")
     triton: bool = False  # Triton code: on the CPU it runs through the interpreter
     description: str = ""
+    # attention's sequence limits: a key-padding mask at all, T a multiple of seq_multiple, and
+    # min_seq <= T <= max_seq (None: no bound). The model refuses a batch outside them, naming
+    # the limit; the lab skips such cases, one line per limit.
+    padding: bool = True
+    seq_multiple: int = 1
+    min_seq: int = 1
+    max_seq: int | None = None
     extra: dict = field(default_factory=dict)
 
-    def unsupported(self, *, dtype=None, head_dim=None, dropout_p=0.0, device=None) -> str | None:
+    def __post_init__(self):
+        if not isinstance(self.seq_multiple, int) or self.seq_multiple < 1:
+            raise ValueError(f"{self.name}: seq_multiple must be a whole number >= 1, got {self.seq_multiple!r}")
+        if not isinstance(self.min_seq, int) or self.min_seq < 1:
+            raise ValueError(f"{self.name}: min_seq must be a whole number >= 1, got {self.min_seq!r}")
+        if self.max_seq is not None and (not isinstance(self.max_seq, int) or self.max_seq < self.min_seq):
+            raise ValueError(f"{self.name}: max_seq must be a whole number >= min_seq, got {self.max_seq!r}")
+
+    def unsupported_shape(self, seq_len: int | None = None, padded: bool = False) -> str | None:
+        """Why this implementation does not claim a sequence length or a padding mask, or None."""
+        if padded and not self.padding:
+            return f"{self.name} does not claim padding (padding=False)"
+        if seq_len is not None and seq_len % self.seq_multiple:
+            return f"{self.name} claims T a multiple of {self.seq_multiple} only (seq_multiple={self.seq_multiple})"
+        if seq_len is not None and seq_len < self.min_seq:
+            return f"{self.name} claims T >= {self.min_seq} only (min_seq={self.min_seq})"
+        if seq_len is not None and self.max_seq is not None and seq_len > self.max_seq:
+            return f"{self.name} claims T <= {self.max_seq} only (max_seq={self.max_seq})"
+        return None
+
+    def unsupported(
+        self, *, dtype=None, head_dim=None, dropout_p=0.0, device=None, seq_len=None, padded=False
+    ) -> str | None:
         """Why this implementation does not claim a case, or None when it does."""
         if dtype is not None and dtype not in self.dtypes:
             return f"{self.name} does not claim {str(dtype).replace('torch.', '')}"
@@ -69,7 +102,7 @@ class Implementation:
         device_type = getattr(device, "type", device)
         if device_type is not None and device_type not in self.devices:
             return f"{self.name} does not run on {device_type}"
-        return None
+        return self.unsupported_shape(seq_len, padded)
 
 
 _REGISTRY: dict[str, dict[str, Implementation]] = {op: {} for op in OPS}
@@ -78,7 +111,8 @@ _REGISTRY: dict[str, dict[str, Implementation]] = {op: {} for op in OPS}
 def register(op: str, name: str, fn: Callable | None = None, **capabilities):
     """Register `fn` as `name` for `op` ("attention" or "layer_norm"); as a decorator without fn.
 
-    capabilities: dtypes, head_dims, dropout, devices, triton, description (see Implementation).
+    capabilities: dtypes, head_dims, dropout, devices, triton, description, and for attention
+    padding, seq_multiple, min_seq, max_seq (see Implementation).
     Registering a taken name replaces it.
     """
     if op not in OPS:
@@ -121,7 +155,7 @@ def get(op: str, spec) -> Implementation:
     try:
         module = import_user_module(module_name)
     except ImportError as e:
-        raise ValueError(f"{op} implementation {spec!r}: cannot import {module_name!r} ({e})") from None
+        raise ValueError(f"{op} implementation {spec!r}: {_import_failure(module_name, e)}") from None
     fn = module
     for part in attr.split("."):
         fn = getattr(fn, part, None)
@@ -150,6 +184,18 @@ def import_user_module(name: str):
         return importlib.import_module(name)
 
 
+def _import_failure(module_name: str, e: ImportError) -> str:
+    """Why a MODULE:FUNCTION's module did not import, with where it was looked for when it was not found."""
+    text = f"cannot import {module_name!r} ({e})"
+    if isinstance(e, ModuleNotFoundError) and e.name == module_name.split(".")[0]:
+        where = [p or os.getcwd() for p in sys.path if isinstance(p, str)]
+        if os.getcwd() not in where:
+            where.append(os.getcwd())
+        text += f"; looked in the current folder {os.getcwd()} and on sys.path: {', '.join(where[:6])}"
+        text += f" (+{len(where) - 6} more)" if len(where) > 6 else ""
+    return text
+
+
 def import_modules(specs) -> None:
     """Import the module of every MODULE:FUNCTION among `specs`, before any name is resolved, so
     that a name such a module registers on import resolves wherever it stands on the command
@@ -160,7 +206,7 @@ def import_modules(specs) -> None:
             try:
                 import_user_module(module_name)
             except ImportError as e:
-                raise ValueError(f"implementation {spec!r}: cannot import {module_name!r} ({e})") from None
+                raise ValueError(f"implementation {spec!r}: {_import_failure(module_name, e)}") from None
 
 
 def is_known(op: str, spec: str) -> bool:
