@@ -58,8 +58,18 @@ class Curve:
     losses: list
 
 
-def synthetic_batches(steps: int, batch_size: int, seq_len: int, vocab_size: int, seed: int) -> list[dict]:
-    """Padded, masked MLM batches from a fixed random Markov chain: the same for every run."""
+# Where each row's padding starts, as fractions of seq_len: inside the first 64-key tile, beyond it,
+# past 128 keys, near the end of the row, and nowhere (a full row), as `kernels check` places it.
+# At the default seq_len of 160: 32, 72, 96, 136, 155 and 160 tokens (up to 3 more at random).
+LENGTH_FRACTIONS = (0.2, 0.45, 0.6, 0.85, 0.97, 1.0)
+
+
+def synthetic_batches(
+    steps: int, batch_size: int, seq_len: int, vocab_size: int, seed: int, padded: bool = True
+) -> list[dict]:
+    """Padded, masked MLM batches from a fixed random Markov chain: the same for every run. The
+    rows' lengths cycle through LENGTH_FRACTIONS of seq_len, so padding starts in every key tile;
+    with padded=False every row is seq_len tokens (for a kernel that declares padding=False)."""
     from .data.masking import DynamicMaskingCollator
 
     g = torch.Generator().manual_seed(seed)
@@ -73,8 +83,10 @@ def synthetic_batches(steps: int, batch_size: int, seq_len: int, vocab_size: int
     batches = []
     for step in range(steps):
         rows = []
-        for _ in range(batch_size):
-            n = int(torch.randint(seq_len // 4, seq_len - 1, (1,), generator=g))
+        for i in range(batch_size):
+            fraction = LENGTH_FRACTIONS[(step + i) % len(LENGTH_FRACTIONS)] if padded else 1.0
+            jitter = int(torch.randint(0, 4, (1,), generator=g)) if fraction < 1 else 0
+            n = max(1, min(seq_len, round(fraction * seq_len) + jitter) - 2)  # words, less <s> and </s>
             toks = [int(torch.randint(0, words, (1,), generator=g))]
             for _ in range(n - 1):
                 toks.append(int(successors[toks[-1], int(torch.randint(0, 3, (1,), generator=g))]))
@@ -116,12 +128,66 @@ def train_curve(
     return losses
 
 
+# Step 0's gradients (see first_step_gradients): per parameter, the candidate's relative error
+# against float64 may be FLOOR + SPREAD_FACTOR x that of the reference implementations in the same
+# dtype. fp32, measured on the CPU (2026-12-07): sdpa, eager and a third correct one are within
+# 5e-7 of float64 at worst; a softmax scale 1% off is 9e-5, padding honoured in the first 64 keys only 0.28.
+GRADIENT_FLOOR = {torch.float32: 5e-6, torch.bfloat16: 1e-3}
+
+
+def _gradients(attention: str, layer_norm, batch: dict, cfg_kwargs: dict, init_state: dict, device, dtype):
+    """Every parameter's gradient of step 0's loss, as float64 on the CPU."""
+    from .config import RobertaConfig
+    from .model import RobertaForMaskedLM
+
+    model = RobertaForMaskedLM(RobertaConfig(**cfg_kwargs, attention=attention, layer_norm=layer_norm))
+    model.load_state_dict(init_state)
+    model.to(device=device, dtype=dtype).train()
+    batch = {k: v.to(device) for k, v in batch.items()}
+    model(**batch).loss.backward()
+    return {n: p.grad.detach().double().cpu() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def _relative_errors(grads: dict, exact: dict) -> dict:
+    return {n: float((g - exact[n]).norm() / exact[n].norm().clamp(min=1e-30)) for n, g in grads.items()}
+
+
+def first_step_gradients(
+    attention: str, layer_norm, twin: str, batch: dict, cfg_kwargs: dict, init_state: dict, device
+) -> dict:
+    """The exact first step: every parameter's gradient at step 0 with the candidate, against the
+    same model in float64 with eager attention and torch's LayerNorm. A 1% error in a scale or a
+    gradient, or padding honoured over part of the keys only, shows here at once, where the loss
+    curves may take dozens of steps to drift apart. The candidate runs in float32 (bf16 on CUDA
+    when it does not claim float32); `twin` in the same dtype measures what rounding alone gives."""
+    import roberta_kernels
+
+    candidate = roberta_kernels.get_implementation("attention", attention)
+    dtype = torch.float32 if candidate.unsupported(dtype=torch.float32) is None else torch.bfloat16
+    exact = _gradients("eager", None, batch, cfg_kwargs, init_state, torch.device("cpu"), torch.float64)
+    cand = _relative_errors(_gradients(attention, layer_norm, batch, cfg_kwargs, init_state, device, dtype), exact)
+    ref = _relative_errors(_gradients(twin, None, batch, cfg_kwargs, init_state, device, dtype), exact)
+    missing = sorted(set(exact) - set(cand))
+    limits = {n: GRADIENT_FLOOR[dtype] + SPREAD_FACTOR * ref[n] for n in cand}
+    worst = max(cand, key=lambda n: cand[n] / limits[n])
+    ok = not missing and all(cand[n] <= limits[n] for n in cand)  # NaN fails too
+    return {
+        "ok": ok,
+        "dtype": str(dtype),
+        "worst": worst,
+        "error": cand[worst],
+        "limit": limits[worst],
+        "reference_error": ref[worst],
+        "missing": missing,
+    }
+
+
 def converge(
     attention: str,
     layer_norm=None,
     steps: int = STEPS,
     batch_size: int = 8,
-    seq_len: int = 64,
+    seq_len: int = 160,
     device: str = "cpu",
     seed: int = 0,
     lr: float = 5e-3,
@@ -129,7 +195,8 @@ def converge(
     twin: str = "eager",
     show_progress: bool = False,
 ) -> dict:
-    """The loss curves and the verdict: {"candidate", "reference", "twin", "first_divergence", "tolerance"}."""
+    """The first step's gradients against float64, the loss curves and the verdict:
+    {"first_step", "candidate", "reference", "twin", "first_divergence", "tolerance"}."""
     import roberta_kernels
 
     from .config import RobertaConfig
@@ -137,8 +204,10 @@ def converge(
 
     device = torch.device(device)
     candidate = roberta_kernels.get_implementation("attention", attention)
+    # the kernel's declared limits: T a multiple of seq_multiple, and unpadded rows without padding
+    seq_len = -(-max(seq_len, candidate.min_seq) // candidate.seq_multiple) * candidate.seq_multiple
     problem = candidate.unsupported(
-        dtype=torch.bfloat16 if device.type == "cuda" else torch.float32, head_dim=32, device=device
+        dtype=torch.bfloat16 if device.type == "cuda" else torch.float32, head_dim=32, device=device, seq_len=seq_len
     )
     if problem:
         raise ValueError(f"cannot train with {attention}: {problem}")
@@ -155,7 +224,8 @@ def converge(
     )
     torch.manual_seed(seed)
     init_state = RobertaForMaskedLM(RobertaConfig(**cfg_kwargs)).state_dict()
-    batches = synthetic_batches(steps, batch_size, seq_len, vocab, seed)
+    batches = synthetic_batches(steps, batch_size, seq_len, vocab, seed, padded=candidate.padding)
+    first_step = first_step_gradients(attention, layer_norm, twin, batches[0], cfg_kwargs, init_state, device)
     ref = train_curve(reference, None, batches, cfg_kwargs, init_state, device, lr)
     other = train_curve(twin, None, batches, cfg_kwargs, init_state, device, lr)
     from .progress import progress
@@ -173,6 +243,8 @@ def converge(
             first = {"step": step, "candidate": a, "reference": b, "difference": abs(a - b), "limit": limit}
             break
     return {
+        "batches": {"seq_len": seq_len, "padded": candidate.padding},
+        "first_step": first_step,
         "candidate": Curve(attention + (f" + {layer_norm}" if layer_norm else ""), cand),
         "reference": Curve(reference, ref),
         "twin": Curve(twin, other),
@@ -198,7 +270,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "interpreter, about 9 s a step)",
     )
     p.add_argument("--batch-size", type=int, default=8, help="sequences per step (default 8)")
-    p.add_argument("--seq-len", type=int, default=64, help="padded length of each batch (default 64)")
+    p.add_argument(
+        "--seq-len",
+        type=int,
+        default=160,
+        help="padded length of each batch (default 160: padding starts inside, past and far past a 64-key tile)",
+    )
     p.add_argument(
         "--device",
         default="cuda" if torch.cuda.is_available() else "cpu",
@@ -211,24 +288,18 @@ def run(args: argparse.Namespace) -> int:
     import roberta_kernels
 
     names = [("attention", args.attention)] + ([("layer_norm", args.layer_norm)] if args.layer_norm else [])
-    roberta_kernels.registry.import_modules([n for _, n in names])
-    triton_on_cpu = args.device == "cpu" and any(roberta_kernels.get_implementation(op, n).triton for op, n in names)
-    if args.steps is None:
-        args.steps = INTERPRETED_STEPS if triton_on_cpu else STEPS
-    if args.steps < 1:
-        raise ValueError(f"--steps must be at least 1, got {args.steps}")
-    if triton_on_cpu:
-        minutes = args.steps * INTERPRETED_STEP_S / 60
-        print(
-            f"note: Triton code runs in Triton's CPU interpreter here: about {INTERPRETED_STEP_S:g} s a step on a "
-            f"quiet 2-core machine, so {args.steps} steps take about {minutes:.1f} min (more under load); "
-            "--steps sets how many",
-            file=sys.stderr,
-            flush=True,
-        )
-    # on the CPU, Triton code runs in the interpreter (not the torch fallback); elsewhere as it is
-    with roberta_kernels.triton_interpreter(True) if triton_on_cpu else contextlib.nullcontext():
+    on_cpu = torch.device(args.device).type == "cpu"
+    # subtle: on the CPU, Triton code runs in the interpreter, and TRITON_INTERPRET must be set before
+    # a MODULE:FUNCTION with Triton kernels is imported (they are decorated for one mode on import)
+    with roberta_kernels.triton_interpreter(True) if on_cpu else contextlib.nullcontext():
+        roberta_kernels.registry.import_modules([n for _, n in names])
+        triton_on_cpu = on_cpu and any(roberta_kernels.get_implementation(op, n).triton for op, n in names)
+        if args.steps is None:
+            args.steps = INTERPRETED_STEPS if triton_on_cpu else STEPS
+        if args.steps < 1:
+            raise ValueError(f"--steps must be at least 1, got {args.steps}")
         if triton_on_cpu:
+            _interpreter_note(args.steps)
             for module in ("flash_attention", "layernorm"):
                 roberta_kernels.kernel_module(module, interpret=True)
         result = converge(
@@ -241,9 +312,32 @@ def run(args: argparse.Namespace) -> int:
             args.seed,
             show_progress=True,
         )
-    cand, ref, first, tol = result["candidate"], result["reference"], result["first_divergence"], result["tolerance"]
+    return _report(args, result)
+
+
+def _interpreter_note(steps: int) -> None:
+    minutes = steps * INTERPRETED_STEP_S / 60
     print(
-        f"{cand.name} against {ref.name}: {args.steps} steps of {args.batch_size} x {args.seq_len} (padded), "
+        f"note: Triton code runs in Triton's CPU interpreter here: about {INTERPRETED_STEP_S:g} s a step on a "
+        f"quiet 2-core machine, so {steps} steps take about {minutes:.1f} min (more under load); "
+        "--steps sets how many",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+def _report(args: argparse.Namespace, result: dict) -> int:
+    """Print the first step's gradient check and the curves; 0 when both agree, else 1."""
+    cand, ref, first, tol = result["candidate"], result["reference"], result["first_divergence"], result["tolerance"]
+    grads = result["first_step"]
+    print(
+        f"step 0, every parameter's gradient against float64 ({grads['dtype']}): worst {grads['worst']}, "
+        f"relative error {grads['error']:.2e} (limit {grads['limit']:.2e}; {result['twin'].name} "
+        f"{grads['reference_error']:.2e})"
+    )
+    print(
+        f"{cand.name} against {ref.name}: {args.steps} steps of {args.batch_size} x {result['batches']['seq_len']} "
+        f"({'padded' if result['batches']['padded'] else 'unpadded: the kernel declares padding=False'}), "
         f"{tol['dtype']}, tolerance atol {tol['atol']:g} + rtol {tol['rtol']:g} (step 0: {tol['step0_rtol']:g}) "
         f"+ {tol['spread_factor']} x the spread of {ref.name} and {result['twin'].name}"
     )
@@ -254,6 +348,14 @@ def run(args: argparse.Namespace) -> int:
     for s in shown:
         if s < len(cand.losses):
             print(f"{s:>5} {cand.losses[s]:>24.6f} {ref.losses[s]:>12.6f} {abs(cand.losses[s] - ref.losses[s]):>11.2e}")
+    if not grads["ok"]:
+        what = (
+            f"no gradient for {grads['missing'][:3]}"
+            if grads["missing"]
+            else (f"{grads['worst']} off by {grads['error']:.2e} relative, over the limit {grads['limit']:.2e}")
+        )
+        print(f"WRONG GRADIENTS at step 0: {what}", file=sys.stderr)
+        return 1
     if first:
         print(
             f"DIVERGED at step {first['step']}: {first['candidate']:.6f} vs {first['reference']:.6f} "

@@ -53,9 +53,38 @@ def test_an_attention_wrong_only_in_the_model_is_caught(capsys):
     torch.testing.assert_close(assumes_contiguous(q, k, v), eager_attention(q, k, v))
     # ... wrong in training, from the first step
     assert converge.run(args(attention="test_converge:assumes_contiguous", steps=20, device="cpu")) == 1
-    assert "DIVERGED at step 0" in capsys.readouterr().err
-    first = converge.converge("test_converge:ignores_padding", steps=20)["first_divergence"]
-    assert first is not None and first["step"] == 0 and first["difference"] > first["limit"]
+    assert "WRONG GRADIENTS at step 0" in capsys.readouterr().err
+    result = converge.converge("test_converge:ignores_padding", steps=20)
+    first = result["first_divergence"]
+    assert not result["first_step"]["ok"] and first is not None and first["step"] == 0
+
+
+def first_tile_mask(q, k, v, key_padding_mask=None, dropout_p=0.0, softmax_scale=None):
+    """Padding honoured in the first 64 keys only: right wherever rows are padded inside the first
+    tile (the old batches of 64 tokens), wrong where padding starts past it."""
+    if key_padding_mask is not None:
+        key_padding_mask = key_padding_mask | (torch.arange(q.shape[-2], device=q.device) >= 64)
+    return eager_attention(q, k, v, key_padding_mask, dropout_p, softmax_scale)
+
+
+def scale_one_percent_off(q, k, v, key_padding_mask=None, dropout_p=0.0, softmax_scale=None):
+    return eager_attention(q, k, v, key_padding_mask, dropout_p, softmax_scale=1.01 / math.sqrt(q.shape[-1]))
+
+
+@pytest.mark.parametrize("name", ["first_tile_mask", "scale_one_percent_off"])
+def test_the_exact_first_step_catches_what_the_curves_catch_late(name):
+    """A 1% scale error took up to 42 steps to show in the loss curves, and padding honoured over
+    the first key tile only passed: step 0's gradients against float64 show both at once."""
+    grads = converge.converge(f"test_converge:{name}", steps=1)["first_step"]
+    assert not grads["ok"] and grads["error"] > 5 * grads["limit"]
+    assert converge.converge("test_converge:right", steps=1)["first_step"]["ok"]
+
+
+def test_the_batches_put_padding_inside_past_and_far_past_the_first_key_tile():
+    batches = converge.synthetic_batches(steps=3, batch_size=8, seq_len=160, vocab_size=120, seed=0)
+    lengths = {int(n) for b in batches for n in b["attention_mask"].sum(1)}
+    assert min(lengths) < 64 and any(64 < n < 128 for n in lengths) and any(128 < n < 160 for n in lengths)
+    assert 160 in lengths  # a full row: the batch is as long as seq_len
 
 
 def test_the_interpreter_gets_a_short_default_said_up_front(monkeypatch, capsys):
@@ -71,6 +100,16 @@ def test_the_interpreter_gets_a_short_default_said_up_front(monkeypatch, capsys)
         seen.update(steps=steps, show_progress=show_progress)
         curve = converge.Curve(attention, [1.0] * steps)
         return {
+            "batches": {"seq_len": 160, "padded": True},
+            "first_step": {
+                "ok": True,
+                "dtype": "torch.float32",
+                "worst": "w",
+                "error": 0.0,
+                "limit": 1e-5,
+                "reference_error": 0.0,
+                "missing": [],
+            },
             "candidate": curve,
             "reference": converge.Curve("sdpa", [1.0] * steps),
             "twin": curve,
@@ -104,3 +143,73 @@ def test_progress_moves_a_step_at_a_time(capsys, monkeypatch):
     converge.converge("test_converge:right", steps=3, show_progress=True)
     err = capsys.readouterr().err
     assert "training with test_converge:right: 1/3 steps" in err and "3/3 steps (100%)" in err
+
+
+TRITON_MODULE = """\
+import torch
+import triton
+import triton.language as tl
+
+import roberta_kernels
+from roberta_kernels.registry import eager_attention
+
+
+@triton.jit
+def _copy_kernel(src, dst, n, BLOCK: tl.constexpr):
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    tl.store(dst + offs, tl.load(src + offs, mask=offs < n), mask=offs < n)
+
+
+def attn(q, k, v, key_padding_mask=None, dropout_p=0.0, softmax_scale=None):
+    # a Triton kernel in the forward (interpreted on the CPU), then the math written out
+    flat = q.detach().contiguous().view(-1)
+    out = torch.empty_like(flat)
+    _copy_kernel[(triton.cdiv(flat.numel(), 1024),)](flat, out, flat.numel(), BLOCK=1024)
+    assert torch.equal(out, flat)
+    return eager_attention(q, k, v, key_padding_mask, dropout_p, softmax_scale)
+"""
+
+
+def test_converge_runs_a_triton_module_from_the_current_folder(tmp_path):
+    """`converge --attention MODULE:FUNCTION` imported the module before it set TRITON_INTERPRET, so
+    a Triton kernel there was decorated for a GPU and failed on the CPU; and the console script did
+    not look in the current folder."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import roberta_kernels
+
+    if not roberta_kernels.triton_available():
+        pytest.skip("triton is not installed")
+    (tmp_path / "my_tri").mkdir()
+    (tmp_path / "my_tri" / "__init__.py").write_text("")
+    (tmp_path / "my_tri" / "attn.py").write_text(TRITON_MODULE)
+    script = Path(sys.executable).parent / "roberta-scratch"
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "TRITON_INTERPRET")}
+    argv = [str(script), "kernels", "converge", "--attention", "my_tri.attn:attn", "--steps", "2", "--device", "cpu"]
+    proc = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "OK: the curves agree" in proc.stdout
+    missing = subprocess.run(
+        [str(script), "kernels", "converge", "--attention", "no_such_pkg.attn:attn", "--device", "cpu"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert missing.returncode != 0 and f"looked in the current folder {tmp_path}" in missing.stderr
+
+
+def test_a_kernel_without_padding_trains_on_full_rows_of_its_multiple():
+    import roberta_kernels
+
+    roberta_kernels.register("attention", "unpadded64", eager_attention, padding=False, seq_multiple=64)
+    try:
+        result = converge.converge("unpadded64", steps=3)
+    finally:
+        roberta_kernels.registry._REGISTRY["attention"].pop("unpadded64", None)
+    assert result["batches"] == {"seq_len": 192, "padded": False}  # 160 rounded up to a multiple of 64
+    assert result["first_step"]["ok"] and result["first_divergence"] is None
