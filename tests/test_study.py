@@ -3,6 +3,7 @@ its outputs, a rerun that trains nothing, an interrupted study that resumes, cha
 
 import dataclasses
 import json
+import math
 import os
 import signal
 
@@ -99,17 +100,41 @@ def test_the_real_stdlib_task_has_no_module_in_both_splits(tmp_path):
 # ----------------------------------------------------------------------------- the noise rule
 
 
-def test_noise_verdict_is_the_two_std_rule():
-    a, b = summarize([10.0, 12.0]), summarize([13.0, 15.0])  # stds sqrt(2), pooled sqrt(2) = 1.41
-    v = noise_verdict(a, b)
-    assert v["delta"] == pytest.approx(-3.0) and v["pooled_std"] == pytest.approx(2**0.5)
-    assert v["beyond"] is True  # 3.0 > 2.83
-    v = noise_verdict(summarize([10.0, 12.0]), summarize([12.0, 14.0]))
-    assert v["beyond"] is False  # 2.0 < 2.83
+def test_the_t_distribution_matches_its_tables():
+    from roberta_scratch.study.report import t_quantile, t_two_sided_p
+
+    # two-sided 5% points of Student's t (any statistics table): df 1, 2, 4, 30
+    for df, t in ((1, 12.7062), (2, 4.3027), (4, 2.7764), (30, 2.0423)):
+        assert abs(t_two_sided_p(t, df) - 0.05) < 1e-4 and abs(t_quantile(0.975, df) - t) < 1e-3
+    assert abs(t_two_sided_p(2.1213, 2) - (1 - 2.1213 / math.sqrt(2 + 2.1213**2))) < 1e-6  # df 2 in closed form
+    assert t_two_sided_p(0.0, 3) == 1.0
+
+
+def test_an_arm_learned_only_when_every_seed_is_clearly_below_the_floor():
+    from roberta_scratch.study.report import LEARN_MARGIN, learned
+
+    floor = {"loss": 6.0}
+    assert learned({"loss": summarize([5.0, 5.5])}, floor) is True
+    assert learned({"loss": summarize([5.0, 6.0 - LEARN_MARGIN / 2])}, floor) is False  # one seed at the floor
+    assert learned({"loss": None}, floor) is None and learned({"loss": summarize([5.0])}, None) is None
+
+
+def test_noise_verdict_is_welchs_t_test():
+    """The 2-std rule with 2 seeds was about t > 2 at 2 degrees of freedom, p 0.1-0.2, and printed
+    '2σ = 0.0' where neither arm varied. Welch's test at p < 0.05, with its interval, instead."""
+    v = noise_verdict(summarize([10.0, 12.0]), summarize([13.0, 15.0]))  # t = -2.12, df = 2
+    assert v["delta"] == -3.0 and abs(v["df"] - 2.0) < 1e-9 and abs(v["p"] - 0.1679) < 1e-3
+    assert v["different"] is False  # what the 2-std rule called "beyond noise" (3.0 > 2.83)
+    lo, hi = v["ci95"]
+    assert lo < 0 < hi and abs((hi - lo) / 2 - 4.3027 * math.sqrt(2)) < 1e-3
+    v = noise_verdict(summarize([10.0, 10.1, 9.9, 10.05, 9.95]), summarize([11.0, 11.1, 10.9, 11.05, 10.95]))
+    assert v["different"] is True and v["p"] < 1e-5 and v["ci95"][1] < 0
     v = noise_verdict(summarize([10.0, 10.0, 10.0]), summarize([10.5, 10.5]))
-    assert v["beyond"] is True  # no noise at all: any gap counts
-    assert noise_verdict(summarize([1.0]), summarize([2.0]))["beyond"] is None  # one seed: no std, no verdict
+    assert v["different"] is None and "no spread" in v["why"]  # never a zero-width band
+    assert noise_verdict(summarize([1.0]), summarize([2.0]))["different"] is None  # one seed: no test
     assert summarize([None, None]) is None and noise_verdict(None, summarize([1.0, 2.0])) is None
+    s = summarize([3.0, 1.0, 2.0])
+    assert (s["median"], s["min"], s["max"]) == (2.0, 1.0, 3.0)
 
 
 # ----------------------------------------------------------------------------- a whole study
@@ -125,10 +150,11 @@ def finished(tmp_path_factory):
 def test_study_writes_the_table_the_json_and_the_curves(finished):
     table = (finished / "table.md").read_text()
     assert "### Table 1: static vs dynamic masking" in table
-    for row in ("| static, 1 mask |", "| dynamic |", "| static, 10 copies (BERT) |"):
+    for row in ("| static, 1 mask", "| dynamic", "| static, 10 copies (BERT)", "| unigram (no model) |"):
         assert row in table
     assert "| 78.7 | 84.0 | 92.9 |" in table  # the paper's dynamic row beside ours
-    assert "Gap to dynamic (the baseline)" in table and "noise" in table
+    assert "Gap to dynamic (the baseline)" in table and "Welch's" in table
+    assert "| mask seen |" in table and "| once (dynamic) |" in table and " times |" in table  # per static mask
     results = json.loads((finished / "results.json").read_text())
     assert results["preset"]["name"] == "test" and results["seeds"] == 2
     assert set(results["arms"]) == {"static", "static-x10", "baseline"}
@@ -138,6 +164,13 @@ def test_study_writes_the_table_the_json_and_the_curves(finished):
     assert agg["seeds_done"] == 2 and agg["ppl"]["std"] is not None and 0 <= agg["down_acc"]["mean"] <= 100
     assert results["versions"]["torch"] and results["machine"]["cpus"] and results["date"]
     assert (finished / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    floor = results["unigram_floor"]
+    assert 1 < floor["ppl"] and abs(floor["ppl"] - math.exp(floor["loss"])) < 1e-9 and 0 < floor["acc"] < 1
+    for name, arm in results["arms"].items():  # the floor decides, and the table says so
+        worst = max(r["pretrain"]["val_loss"] for r in arm["runs"])
+        assert arm["learned"] == (worst <= floor["loss"] - results["learn_margin_nats"]), name
+        label = {"baseline": "dynamic", "static": "static, 1 mask", "static-x10": "static, 10 copies (BERT)"}[name]
+        assert (f"| {label} **(did not learn)** |" in table) == (not arm["learned"])
     for seed in (0, 1):  # every arm x seed is an ordinary run: a model, metrics, checkpoints
         run = finished / "runs" / f"baseline-s{seed}"
         assert (run / "model" / "config.json").is_file() and (run / "metrics.jsonl").is_file()
@@ -200,7 +233,7 @@ def test_an_interrupted_study_resumes_where_it_stopped(tmp_path, monkeypatch):
     steps = [r["step"] for r in rows if "loss" in r]
     assert steps == sorted(set(steps)) and steps[-1] == TEST_PRESET.steps  # resumed, not restarted
     assert json.loads((out / "runs" / "baseline-s0" / "study.json").read_text())["status"] == "done"
-    assert "| dynamic |" in (out / "table.md").read_text()
+    assert "| dynamic" in (out / "table.md").read_text()
 
 
 # ----------------------------------------------------------------------------- the command line
@@ -241,13 +274,13 @@ def test_study_all_runs_every_arm_once_with_the_pair_formats(tmp_path):
     for title in ("Table 1", "Table 2", "Table 3"):
         assert f"### {title}:" in table
     for row in (
-        "| SEGMENT-PAIR + NSP |",
-        "| SENTENCE-PAIR + NSP |",
-        "| FULL-SENTENCES |",
-        "| DOC-SENTENCES |",
-        "| bsz 8 |",
-        "| bsz 64 |",
-        "| bsz 256 |",
+        "| SEGMENT-PAIR + NSP",
+        "| SENTENCE-PAIR + NSP",
+        "| FULL-SENTENCES",
+        "| DOC-SENTENCES",
+        "| bsz 8",
+        "| bsz 64",
+        "| bsz 256",
     ):
         assert row in table
     results = json.loads((out / "results.json").read_text())

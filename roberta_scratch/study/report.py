@@ -1,11 +1,12 @@
 """The study's report: OUT/table.md in the paper's layout, OUT/results.json, OUT/curves.png.
 
 Each table has one row per arm: our held-out MLM perplexity and masked-token accuracy, the
-downstream task's accuracy and macro-F1 (and NSP accuracy for the NSP arms), each as mean ±
-sample std over seeds, the training tokens and wall time, and the paper's numbers for that
-row beside ours. Under it, every arm is compared with the baseline, metric by metric, by the
-2-std rule: a gap counts as beyond the noise when |mean difference| > 2 x the pooled std,
-sqrt((s_a^2 + s_b^2) / 2) with sample stds (ddof=1); with one seed there is no std and no verdict.
+downstream task's accuracy and macro-F1 (and NSP accuracy for the NSP arms), each as the median
+and range over seeds (the paper's form) and mean ± sample std, the training tokens and wall time,
+and the paper's numbers for that row beside ours. Under it, every arm is compared with the
+baseline, metric by metric: the difference of means, its 95% interval and Welch's two-sided
+t-test, called *different* at p < 0.05. With one seed on a side, or no spread on either, there
+is no test (a zero-width band would call any difference real).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import math
 import os
 import platform
 import statistics
+import sys
 
 from ..fileio import atomic_write
 
@@ -88,24 +90,127 @@ def _pct(x: float | None) -> float | None:
 
 
 def summarize(values: list) -> dict | None:
-    """mean, sample std (None with one value) and n of the values that exist."""
+    """mean, sample std (None with one value), median, range and n of the values that exist; the
+    values themselves, for the test between arms."""
     xs = [v for v in values if v is not None]
     if not xs:
         return None
-    return {"mean": statistics.fmean(xs), "std": statistics.stdev(xs) if len(xs) > 1 else None, "n": len(xs)}
+    return {
+        "mean": statistics.fmean(xs),
+        "std": statistics.stdev(xs) if len(xs) > 1 else None,
+        "median": statistics.median(xs),
+        "min": min(xs),
+        "max": max(xs),
+        "n": len(xs),
+        "values": xs,
+    }
+
+
+def _betainc(a: float, b: float, x: float) -> float:
+    """The regularized incomplete beta function I_x(a, b), by its continued fraction (modified
+    Lentz), on the side where it converges fast."""
+    if x <= 0.0:
+        return 0.0
+    if x >= 1.0:
+        return 1.0
+    if x > (a + 1) / (a + b + 2):
+        return 1.0 - _betainc(b, a, 1.0 - x)
+    front = math.exp(math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)) / a
+    tiny = 1e-300
+    f, c, d = 1.0, 1.0, 0.0
+    for i in range(400):
+        m = i // 2
+        if i == 0:
+            num = 1.0
+        elif i % 2 == 0:
+            num = m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m))
+        else:
+            num = -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))
+        d = 1.0 + num * d
+        d = 1.0 / (d if abs(d) > tiny else tiny)
+        c = 1.0 + num / c if abs(c) > tiny else 1.0 + num / tiny
+        f *= c * d
+        if abs(1.0 - c * d) < 1e-14:
+            break
+    return front * (f - 1.0)
+
+
+def t_two_sided_p(t: float, df: float) -> float:
+    """P(|T| >= |t|) for Student's t with df degrees of freedom (df may be fractional, as Welch's)."""
+    return _betainc(df / 2, 0.5, df / (df + t * t))
+
+
+def t_quantile(q: float, df: float) -> float:
+    """The q-quantile (q > 0.5) of Student's t, by bisection on t_two_sided_p."""
+    lo, hi = 0.0, 1e6
+    for _ in range(200):
+        mid = (lo + hi) / 2
+        if t_two_sided_p(mid, df) / 2 > 1 - q:
+            lo = mid
+        else:
+            hi = mid
+    return (lo + hi) / 2
+
+
+ALPHA = 0.05  # a difference is called when Welch's two-sided p < ALPHA
 
 
 def noise_verdict(a: dict | None, b: dict | None) -> dict | None:
-    """Arm a against arm b (summaries): the difference of means, the pooled std
-    sqrt((s_a^2 + s_b^2) / 2), and whether |difference| > 2 x pooled std ("beyond" True/False;
-    None when either side has a single seed, so no std)."""
+    """Arm a against arm b (summaries): the difference of means, Welch's two-sided t-test (t, its
+    degrees of freedom, p) and the 95% interval of the difference; "different" is p < ALPHA (None
+    with fewer than 2 seeds on a side, or when neither side varies: no noise was measured, and a
+    band of zero width would call any difference real)."""
     if a is None or b is None:
         return None
     delta = a["mean"] - b["mean"]
-    if a["std"] is None or b["std"] is None:
-        return {"delta": delta, "pooled_std": None, "beyond": None}
-    pooled = math.sqrt((a["std"] ** 2 + b["std"] ** 2) / 2)
-    return {"delta": delta, "pooled_std": pooled, "beyond": abs(delta) > 2 * pooled}
+    verdict = {"delta": delta, "p": None, "ci95": None, "different": None, "why": None}
+    if a["n"] < 2 or b["n"] < 2:
+        return verdict | {"why": "1 seed: no spread"}
+    va, vb = a["std"] ** 2 / a["n"], b["std"] ** 2 / b["n"]
+    if va + vb == 0:
+        return verdict | {"why": "no spread across seeds: untestable"}
+    se = math.sqrt(va + vb)
+    df = (va + vb) ** 2 / (va**2 / (a["n"] - 1) + vb**2 / (b["n"] - 1))
+    t = delta / se
+    p = t_two_sided_p(t, df)
+    half = t_quantile(0.975, df) * se
+    return verdict | {"t": t, "df": df, "p": p, "ci95": (delta - half, delta + half), "different": p < ALPHA}
+
+
+LEARN_MARGIN = 0.1  # nats: an arm learned when every seed's held-out loss is this far below the floor
+
+
+def unigram_floor(data_dir: str, eval_blocks: int, seq_len: int) -> dict:
+    """The held-out MLM score of no model at all: every masked token predicted from the training
+    split's token frequencies (add-one smoothed), over the tokens of the held-out set the runs are
+    scored on (its first eval_blocks FULL-SENTENCES blocks) that masking may pick, each equally
+    likely: {"loss", "ppl", "acc"}. An arm not clearly below it learned nothing from context."""
+    import numpy as np
+
+    from ..data.packed import TokenStream
+
+    train, val = TokenStream(data_dir, "train"), TokenStream(data_dir, "val")
+    meta = train.meta
+    special = [meta["bos_token_id"], meta["eos_token_id"], meta["pad_token_id"]]
+    counts = np.zeros(meta["vocab_size"], dtype=np.int64)
+    for start in range(0, len(train), 1 << 24):  # bounded memory whatever the corpus
+        counts += np.bincount(train[start : start + (1 << 24)].astype(np.int64), minlength=len(counts))
+    counts[special] = 0
+    held_out = val[0 : min(len(val), eval_blocks * (seq_len - 2))].astype(np.int64)
+    held_out = held_out[~np.isin(held_out, special)]
+    if not len(held_out):
+        return {"loss": None, "ppl": None, "acc": None}
+    words = len(counts) - len(special)
+    log_p = np.log((counts[held_out] + 1) / (counts.sum() + words))
+    loss = float(-log_p.mean())
+    return {"loss": loss, "ppl": math.exp(loss), "acc": float((held_out == counts.argmax()).mean())}
+
+
+def learned(agg: dict | None, floor: dict | None) -> bool | None:
+    """Whether every seed's held-out loss is LEARN_MARGIN below the floor (None: nothing to judge)."""
+    if not agg or not agg.get("loss") or not floor or floor.get("loss") is None:
+        return None
+    return agg["loss"]["max"] <= floor["loss"] - LEARN_MARGIN
 
 
 def aggregate(records: list[dict]) -> dict:
@@ -118,10 +223,15 @@ def aggregate(records: list[dict]) -> dict:
 
 
 def _fmt(s: dict | None, digits: int = 2) -> str:
+    """median [min–max] over seeds (the paper's form), then mean ± std."""
     if s is None:
         return "–"
-    text = f"{s['mean']:.{digits}f}"
-    return text + (f" ± {s['std']:.{digits}f}" if s["std"] is not None else "")
+    if s["n"] == 1:
+        return f"{s['mean']:.{digits}f}"
+    return (
+        f"{s['median']:.{digits}f} [{s['min']:.{digits}f}–{s['max']:.{digits}f}] "
+        f"({s['mean']:.{digits}f} ± {s['std']:.{digits}f})"
+    )
 
 
 def _tokens(s: dict | None) -> str:
@@ -140,10 +250,13 @@ def _wall(s: dict | None) -> str:
 def _verdict_cell(v: dict | None, digits: int = 2) -> str:
     if v is None:
         return "–"
-    if v["beyond"] is None:
-        return f"{v['delta']:+.{digits}f} (1 seed: no std)"
-    where = "beyond" if v["beyond"] else "within"
-    return f"{v['delta']:+.{digits}f} ({where} noise, 2σ = {2 * v['pooled_std']:.{digits}f})"
+    if "excluded" in v:
+        return f"{v['excluded']}: left out"
+    if v["different"] is None:
+        return f"{v['delta']:+.{digits}f} ({v['why']})"
+    lo, hi = v["ci95"]
+    call = "different" if v["different"] else "no difference"
+    return f"{v['delta']:+.{digits}f}, 95% CI [{lo:+.{digits}f}, {hi:+.{digits}f}], p = {v['p']:.2g}: {call}"
 
 
 def _paper_cells(substudy: str, arm, row_label: str) -> list:
@@ -158,26 +271,32 @@ def _paper_cells(substudy: str, arm, row_label: str) -> list:
     return [str(v) for v in values] if values else ["–"] * len(PAPER[substudy]["columns"])
 
 
-def table_markdown(study, substudy: str, rows: list, aggregates: dict, verdicts: dict) -> str:
+def table_markdown(
+    study, substudy: str, rows: list, aggregates: dict, verdicts: dict, floor=None, learned_arms=None
+) -> str:
     """One sub-study's table, its paper reference and its noise comparison, in markdown."""
     p = study.preset
     nsp = substudy == "formats"
     head = ["arm"] + (["bsz", "steps", "lr"] if substudy == "batch" else []) + [m[1] for m in METRICS]
-    head += (["NSP acc %"] if nsp else []) + ["seeds", "tokens/run", "wall/run"]
+    head += (["NSP acc %"] if nsp else []) + (["mask seen"] if substudy == "masking" else [])
+    head += ["seeds", "tokens/run", "wall/run"]
     head += [f"paper: {c}" for c in PAPER[substudy]["columns"]]
     lines = [f"### {TITLES[substudy]}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for arm, label in rows:
         agg = aggregates.get(arm.name)
-        cells = [label]
+        cells = [label + (" **(did not learn)**" if (learned_arms or {}).get(arm.name) is False else "")]
         if substudy == "batch":
             args = study.train_args(arm, 0)
             cells += [str(args.batch_size * args.grad_accum), str(args.steps), f"{args.lr:.2g}"]
         digits = {"ppl": 2}
         cells += [_fmt(agg and agg[k], digits.get(k, 1)) for k, _, _ in METRICS]
         cells += [_fmt(agg and agg["nsp_acc"], 1)] if nsp else []
+        cells += [_mask_repeats(study, arm, agg)] if substudy == "masking" else []
         cells += [str(agg["seeds_done"]) if agg else "0", _tokens(agg and agg["tokens"]), _wall(agg and agg["wall_s"])]
         cells += _paper_cells(substudy, arm, label)
         lines.append("| " + " | ".join(cells) + " |")
+    if floor and floor.get("loss") is not None:
+        lines.append(_floor_row(floor, len(head), substudy))
     lines.append("")
     lines += _paper_notes(substudy, p)
     others = [(arm, label) for arm, label in rows if arm.name != "baseline" and arm.name in verdicts]
@@ -185,7 +304,8 @@ def table_markdown(study, substudy: str, rows: list, aggregates: dict, verdicts:
         base_label = next(label for arm, label in rows if arm.name == "baseline")
         lines += [
             "",
-            f"Gap to {base_label} (the baseline), mean difference and the 2-std rule:",
+            f"Gap to {base_label} (the baseline): the difference of means, its 95% interval and Welch's "
+            f"two-sided t-test; *different* when p < {ALPHA:g}:",
             "",
             "| arm | " + " | ".join(m[1] for m in METRICS) + " |",
             "|---|" + "---|" * len(METRICS),
@@ -198,6 +318,24 @@ def table_markdown(study, substudy: str, rows: list, aggregates: dict, verdicts:
                 + " |"
             )
     return "\n".join(lines) + "\n"
+
+
+def _mask_repeats(study, arm, agg: dict | None) -> str:
+    """How many times each static mask was seen: the passes over the training data (measured, from
+    the run's training tokens) over the copies. Dynamic masking draws a new mask every time."""
+    if not arm.static_copies:
+        return "once (dynamic)"
+    train_tokens = ((getattr(study, "meta", None) or {}).get("splits") or {}).get("train", {}).get("tokens")
+    if not agg or not agg.get("tokens") or not train_tokens:
+        return "–"
+    return f"{agg['tokens']['mean'] / train_tokens / arm.static_copies:.1f} times"
+
+
+def _floor_row(floor: dict, width: int, substudy: str) -> str:
+    """The unigram row: held-out perplexity and masked accuracy of predicting from frequencies alone."""
+    cells = ["unigram (no model)"] + (["–"] * 3 if substudy == "batch" else [])
+    cells += [f"{floor['ppl']:.2f}", f"{100 * floor['acc']:.1f}"]
+    return "| " + " | ".join(cells + ["–"] * (width - len(cells))) + " |"
 
 
 def _paper_notes(substudy: str, p) -> list[str]:
@@ -246,12 +384,47 @@ def _report_header(study, study_name: str, n_seeds: int, command: list[str] | No
         f"splits; the test modules' docstrings are not in the default pretraining corpus. Fine-tuned "
         f"{p.ft_epochs:g} epochs at lr {p.ft_lr:g} from each arm's model; the last epoch's test accuracy "
         "and macro-F1, no model selection on the test set.",
-        "- Mean ± sample std over seeds. Gaps to the baseline are *beyond noise* when |difference| > 2 x the "
-        "pooled std sqrt((s_a² + s_b²)/2), *within noise* otherwise: read only the former as a result.",
+        "- Each cell: median [min–max] over seeds (the paper's form), then mean ± sample std. A gap to the "
+        "baseline is *different* when Welch's two-sided t-test gives p < 0.05; its 95% interval is printed "
+        "beside it. With one seed, or no spread on either side, there is no test.",
+        f"- The *unigram (no model)* row predicts every masked token from the training split's token "
+        f"frequencies. An arm whose held-out loss is not {LEARN_MARGIN:g} nats below it on every seed *did not "
+        "learn*: it is marked, and left out of every comparison.",
         "- The paper's columns are its own numbers on other tasks (SQuAD, MNLI, SST-2, RACE) at a far larger "
         "scale, for reference: compare directions, not values.",
         "",
     ]
+
+
+def _floor(study) -> dict | None:
+    """The unigram floor of the study's prepared data (None before there is any)."""
+    if not os.path.isfile(os.path.join(study.data_dir, "meta.json")):
+        return None
+    return unigram_floor(study.data_dir, study.preset.eval_blocks, study.preset.seq_len)
+
+
+def _verdicts(arms: dict, aggregates: dict, learned_arms: dict, floor: dict | None) -> dict:
+    """Every arm against the baseline, metric by metric; an arm that did not learn (or a baseline
+    that did not) is left out of every conclusion, and the run says so on stderr."""
+    for a, ok in learned_arms.items():
+        if ok is False:
+            worst = aggregates[a]["loss"]["max"]
+            print(
+                f"WARNING: arm {a} did not learn: its held-out loss ({worst:.3f} at worst over seeds) is not "
+                f"{LEARN_MARGIN:g} nats below the unigram floor ({floor['loss']:.3f}); it is left out of "
+                "every conclusion",
+                file=sys.stderr,
+                flush=True,
+            )
+    verdicts = {}
+    for a in arms:
+        if a == "baseline":
+            continue
+        if learned_arms.get(a) is False or learned_arms.get("baseline") is False:
+            verdicts[a] = {k: {"excluded": "did not learn"} for k, _, _ in METRICS}
+        else:
+            verdicts[a] = {k: noise_verdict(aggregates[a][k], aggregates["baseline"][k]) for k, _, _ in METRICS}
+    return verdicts
 
 
 def write_report(
@@ -269,14 +442,13 @@ def write_report(
     per_arm = {a: [records[f"{a}-s{s}"] for s in range(n_seeds) if f"{a}-s{s}" in records] for a in arms}
     aggregates = {a: aggregate(rs) for a, rs in per_arm.items()}
     subs = list(dict.fromkeys(s for s, _, _ in plan_rows))
-    verdicts = {}
-    for a in arms:
-        if a != "baseline":
-            verdicts[a] = {k: noise_verdict(aggregates[a][k], aggregates["baseline"][k]) for k, _, _ in METRICS}
+    floor = _floor(study)
+    learned_arms = {a: learned(aggregates[a], floor) for a in arms}
+    verdicts = _verdicts(arms, aggregates, learned_arms, floor)
     parts = _report_header(study, study_name, n_seeds, command)
     for sub in subs:
         rows = [(arm, label) for s, arm, label in plan_rows if s == sub]
-        parts.append(table_markdown(study, sub, rows, aggregates, verdicts))
+        parts.append(table_markdown(study, sub, rows, aggregates, verdicts, floor, learned_arms))
     failed = [r for r in records.values() if r.get("status") == "failed" and r["arm"] in arms]
     if failed:
         parts += ["Failed runs (not retried; delete the run folder to retry):", ""]
@@ -295,12 +467,15 @@ def write_report(
         "corpus": study.corpus_note,
         "data": {"fingerprint": study.meta.get("fingerprint"), "splits": study.meta.get("splits")},
         "downstream": study.task,
+        "unigram_floor": floor,
+        "learn_margin_nats": LEARN_MARGIN,
         "arms": {
             a: {
                 "arm": _jsonable(arm),
                 "settings": _jsonable(study.train_args(arm, 0)),
                 "runs": per_arm[a],
                 "aggregate": aggregates[a],
+                "learned": learned_arms.get(a),
                 "vs_baseline": verdicts.get(a),
             }
             for a, arm in arms.items()

@@ -27,9 +27,9 @@ What makes it safe to stop and rerun:
   - the tokenizer, the prepared data and the downstream task are rebuilt only when their
     inputs change, and OUT is locked while a study runs in it.
 
-Output: OUT/table.md (the paper's layout, mean ± std over seeds, the paper's numbers beside
-ours, the 2-std noise verdict), OUT/results.json (everything) and OUT/curves.png (held-out
-loss against training tokens); see study/report.py.
+Output: OUT/table.md (the paper's layout, median [range] and mean ± std over seeds, the paper's
+numbers beside ours, the unigram floor, Welch's t-test against the baseline), OUT/results.json
+(everything) and OUT/curves.png (held-out loss against training tokens); see study/report.py.
 """
 
 from __future__ import annotations
