@@ -317,8 +317,12 @@ class Trainer(BaseTrainer):
         return metrics
 
     def _evaluate_nsp(self, model) -> dict:
-        """Next-sentence accuracy and loss on the held-out pairs (masked like training, fixed seed)."""
+        """On the held-out pairs (masked like training, fixed seed): next-sentence accuracy and loss,
+        and the MLM loss and masked accuracy in the pair format itself (val_pair_*), beside the
+        FULL-SENTENCES blocks every arm is scored on (val_loss): a pair arm trains on short pairs,
+        and scoring it on long blocks only would mix the format with the length."""
         loss_sum, correct, count = 0.0, 0, 0
+        mlm_sum, mlm_correct, mlm_count = 0.0, 0, 0
         for batch in self.validation_batches(self.val_pairs):
             batch = {k: v.to(self.device) for k, v in batch.items()}
             with self._autocast():
@@ -326,13 +330,26 @@ class Trainer(BaseTrainer):
                     batch["input_ids"],
                     attention_mask=batch["attention_mask"],
                     token_type_ids=batch["token_type_ids"],
+                    labels=batch["labels"],
                     next_sentence_label=batch["next_sentence_label"],
                 )
             n = len(batch["next_sentence_label"])
-            loss_sum += out.loss.item() * n
+            loss_sum += out.nsp_loss.item() * n
             correct += int((out.nsp_logits.argmax(-1) == batch["next_sentence_label"]).sum())
             count += n
-        return {"val_nsp_loss": loss_sum / max(count, 1), "val_nsp_acc": correct / max(count, 1), "val_pairs": count}
+            labels = batch["labels"][batch["labels"] != IGNORE_INDEX]
+            if labels.numel():
+                mlm_sum += out.mlm_loss.item() * labels.numel()
+                mlm_correct += int((out.logits.argmax(-1) == labels).sum())
+                mlm_count += labels.numel()
+        metrics = {"val_nsp_loss": loss_sum / max(count, 1), "val_nsp_acc": correct / max(count, 1), "val_pairs": count}
+        if mlm_count:
+            metrics.update(
+                val_pair_loss=mlm_sum / mlm_count,
+                val_pair_ppl=math.exp(min(mlm_sum / mlm_count, 50.0)),
+                val_pair_acc=mlm_correct / mlm_count,
+            )
+        return metrics
 
     def describe(self, m: dict) -> str:
         nsp = (

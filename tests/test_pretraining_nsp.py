@@ -2,6 +2,7 @@
 (MLM + next-sentence prediction), the collator on pair examples, and BERT's static copies."""
 
 import json
+import math
 import os
 import warnings
 
@@ -328,6 +329,10 @@ def test_pair_formats_train_log_nsp_and_resume_exactly(prepared, prepared_senten
         assert r["loss"] == pytest.approx(r["mlm_loss"] + r["nsp_loss"], rel=1e-6)
         assert 0.3 < r["nsp_loss"] < 1.2  # about ln 2 this early
     assert all(0 <= r["val_nsp_acc"] <= 1 and r["val_pairs"] > 0 and "val_ppl" in r for r in evals)
+    # the pair arm is scored in its own format too (held-out pairs), beside the common FULL-SENTENCES blocks
+    assert all(r["val_pair_ppl"] == pytest.approx(math.exp(r["val_pair_loss"])) for r in evals)
+    assert all(0 <= r["val_pair_acc"] <= 1 and r["val_pair_loss"] != r["val_loss"] for r in evals)
+    assert all(0.3 < r["val_nsp_loss"] < 1.2 for r in evals)  # the NSP term alone, not MLM + NSP
     tokens = [r["tokens"] for r in rows]
     assert tokens == sorted(tokens) and tokens[0] == 0 and tokens[-1] > 0
     model = RobertaForPreTraining.from_pretrained(str(tmp_path / "straight" / "model"))

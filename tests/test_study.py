@@ -286,6 +286,7 @@ def test_study_all_runs_every_arm_once_with_the_pair_formats(tmp_path):
     results = json.loads((out / "results.json").read_text())
     pair = results["arms"]["sentence-pair"]["runs"][0]["pretrain"]
     assert 0 <= pair["val_nsp_acc"] <= 1  # NSP accuracy for the NSP arms
+    assert pair["val_pair_ppl"] > 1 and "own-format ppl" in table  # and their own format's held-out score
     budget = [
         results["arms"][a]["aggregate"]["tokens"]["mean"] for a in ("baseline", "doc", "sentence-pair", "batch-x8")
     ]
