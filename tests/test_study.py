@@ -81,6 +81,28 @@ def test_downstream_split_is_by_module_and_deterministic(tmp_path):
     assert before == {s: (tmp_path / "task2" / f"{s}.jsonl").read_bytes() for s in rows}
 
 
+def test_the_pair_task_asks_whether_two_docstrings_share_a_module(tmp_path):
+    fake_stdlib(tmp_path / "lib")
+    spec = TaskSpec(min_files=3, min_docs=10, test_fraction=0.3, pair_train=24, pair_test=12)
+    summary, held_out = build_task(str(tmp_path / "task"), spec, stdlib=str(tmp_path / "lib"))
+    pairs = {s: [json.loads(line) for line in open(tmp_path / "task" / f"pairs-{s}.jsonl")] for s in ("train", "test")}
+    # which module each docstring of the fake library came from
+    module_of = {f"{p} module {m} function {i} does a documented thing here.": (p, m) for p in "alpha beta gamma".split()
+                 for m in range(5) for i in range(4 + m)}  # fmt: skip
+    for split, rows in pairs.items():
+        labels = [r["label"] for r in rows]
+        assert rows and labels.count("same") == labels.count("different")  # half and half
+        assert summary["pairs"][split] == {"same": labels.count("same"), "different": labels.count("different")}
+        for r in rows:
+            # the docstring repeated verbatim in alpha/shared.py and beta/shared.py: its partner says which
+            a, b = module_of.get(r["text"]), module_of.get(r["text_pair"])
+            a, b = a or (b[0], "shared"), b or (a[0], "shared")
+            assert a[0] == b[0] and (a == b) == (r["label"] == "same")  # one package; same file or not
+    test_docs = {d for r in pairs["test"] for d in (r["text"], r["text_pair"])}
+    train_docs = {d for r in pairs["train"] for d in (r["text"], r["text_pair"])}
+    assert test_docs <= held_out and not train_docs & held_out  # the module split holds for pairs too
+
+
 def test_split_files_keeps_a_training_file_and_a_share_near_the_target():
     files = {f"p/m{i}.py": ["d"] * 10 for i in range(10)}
     train, test = split_files(files, 0.3)
@@ -163,6 +185,8 @@ def test_study_writes_the_table_the_json_and_the_curves(finished):
     agg = results["arms"]["baseline"]["aggregate"]
     assert agg["seeds_done"] == 2 and agg["ppl"]["std"] is not None and 0 <= agg["down_acc"]["mean"] <= 100
     assert results["versions"]["torch"] and results["machine"]["cpus"] and results["date"]
+    assert results["threads"]["count"] >= 1  # one count for every run of the study
+    assert {a["settings"]["threads"] for a in results["arms"].values()} == {results["threads"]["count"]}
     assert (finished / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     floor = results["unigram_floor"]
     assert 1 < floor["ppl"] and abs(floor["ppl"] - math.exp(floor["loss"])) < 1e-9 and 0 < floor["acc"] < 1
@@ -175,6 +199,9 @@ def test_study_writes_the_table_the_json_and_the_curves(finished):
         run = finished / "runs" / f"baseline-s{seed}"
         assert (run / "model" / "config.json").is_file() and (run / "metrics.jsonl").is_file()
         assert (run / "downstream" / "model" / "config.json").is_file()
+        assert (run / "downstream-pairs" / "model" / "config.json").is_file()  # the pair task, fine-tuned too
+    assert "same-module acc %" in table and "Pair task" in table
+    assert all(0 <= r["finetune_pairs"]["accuracy"] <= 1 for r in runs)
 
 
 def test_a_second_invocation_trains_nothing(finished, monkeypatch, capsys):
@@ -232,7 +259,9 @@ def test_an_interrupted_study_resumes_where_it_stopped(tmp_path, monkeypatch):
     rows = [json.loads(line) for line in open(out / "runs" / "baseline-s0" / "metrics.jsonl")]
     steps = [r["step"] for r in rows if "loss" in r]
     assert steps == sorted(set(steps)) and steps[-1] == TEST_PRESET.steps  # resumed, not restarted
-    assert json.loads((out / "runs" / "baseline-s0" / "study.json").read_text())["status"] == "done"
+    record = json.loads((out / "runs" / "baseline-s0" / "study.json").read_text())
+    assert record["status"] == "done"
+    assert "exit_code" not in record and record["interrupted_before"] == [130]  # history, not the result
     assert "| dynamic" in (out / "table.md").read_text()
 
 

@@ -58,6 +58,7 @@ METRICS = (
     ("mlm_acc", "masked acc %", True),
     ("down_acc", "downstream acc %", True),
     ("down_f1", "macro-F1 %", True),
+    ("pair_task_acc", "same-module acc %", True),
 )
 
 
@@ -67,6 +68,7 @@ METRICS = (
 def run_values(record: dict) -> dict:
     """The numbers of one finished run (None where a stage did not finish)."""
     pre, ft = record.get("pretrain") or {}, record.get("finetune") or {}
+    pairs = record.get("finetune_pairs") or {}
     return {
         "ppl": pre.get("val_ppl"),
         "loss": pre.get("val_loss"),
@@ -76,6 +78,7 @@ def run_values(record: dict) -> dict:
         "pair_acc": _pct(pre.get("val_pair_acc")),
         "down_acc": _pct(ft.get("accuracy")),
         "down_f1": _pct(ft.get("macro_f1")),
+        "pair_task_acc": _pct(pairs.get("accuracy")),
         "tokens": pre.get("train_tokens") or _estimated_tokens(record),
         "wall_s": sum(record.get("wall_s", {}).values()),
     }
@@ -217,7 +220,8 @@ def learned(agg: dict | None, floor: dict | None) -> bool | None:
 
 def aggregate(records: list[dict]) -> dict:
     done = [run_values(r) for r in records if r.get("status") == "done"]
-    keys = ("ppl", "loss", "mlm_acc", "nsp_acc", "pair_ppl", "pair_acc", "down_acc", "down_f1", "tokens", "wall_s")
+    keys = ("ppl", "loss", "mlm_acc", "nsp_acc", "pair_ppl", "pair_acc", "down_acc", "down_f1", "pair_task_acc")
+    keys += ("tokens", "wall_s")
     return {k: summarize([v[k] for v in done]) for k in keys} | {"seeds_done": len(done)}
 
 
@@ -370,6 +374,17 @@ def _paper_notes(substudy: str, p) -> list[str]:
 # ----------------------------------------------------------------------------- the report
 
 
+def _pair_task_line(study) -> str:
+    """The second downstream task, Table 2's question: does the model relate two texts?"""
+    pairs = study.task.get("pairs") or {}
+    n = {split: sum(c.values()) for split, c in pairs.items()}
+    return (
+        f"- Pair task (*same-module acc*): whether two docstrings of one package come from the same module "
+        f"file, half and half ({n.get('train', 0)} training and {n.get('test', 0)} test pairs, from the same "
+        "module split), fine-tuned as the first task: a task about two texts, which NSP is said to help."
+    )
+
+
 def _report_header(study, study_name: str, n_seeds: int, command: list[str] | None) -> list[str]:
     """table.md's title and what the tables measure: preset, corpus, held-out MLM, downstream task, noise."""
     p = study.preset
@@ -391,6 +406,7 @@ def _report_header(study, study_name: str, n_seeds: int, command: list[str] | No
         f"splits; the test modules' docstrings are not in the default pretraining corpus. Fine-tuned "
         f"{p.ft_epochs:g} epochs at lr {p.ft_lr:g} from each arm's model; the last epoch's test accuracy "
         "and macro-F1, no model selection on the test set.",
+        _pair_task_line(study),
         "- Each cell: median [min–max] over seeds (the paper's form), then mean ± sample std. A gap to the "
         "baseline is *different* when Welch's two-sided t-test gives p < 0.05; its 95% interval is printed "
         "beside it. With one seed, or no spread on either side, there is no test.",
@@ -471,6 +487,7 @@ def write_report(
         "machine": _machine(),
         "versions": _versions(),
         "attention": study.attention,
+        "threads": {"count": study.threads, "why": study.threads_why, "every run": True},
         "corpus": study.corpus_note,
         "data": {"fingerprint": study.meta.get("fingerprint"), "splits": study.meta.get("splits")},
         "downstream": study.task,

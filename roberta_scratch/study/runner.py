@@ -48,6 +48,7 @@ from ..data.packed import PackedDataset, prepare
 from ..errors import TrainingError
 from ..fileio import DirectoryBusy, atomic_write, lock_dir
 from ..finetune.trainer import FinetuneArgs, finetune
+from ..machine import cpu_threads
 from ..pretrain import TrainArgs, pretrain
 from ..progress import progress
 from ..tokenization.byte_level import ByteLevelBPETokenizer
@@ -269,6 +270,9 @@ class Study:
             os.path.join(out, d) for d in ("tokenizer", "data", "downstream", "runs")
         )
         self._lengths: dict = {}
+        # One CPU thread count for every run of the study, chosen once (the trainer would otherwise
+        # pick per run from the machine's load, and wall/run mixed 1- and 2-thread runs).
+        self.threads, self.threads_why = cpu_threads(None)
         self.attention = resolve_attention(
             preset.attention, preset.device, preset.model["hidden_size"] // preset.model["num_attention_heads"]
         )
@@ -338,7 +342,8 @@ class Study:
             for d in (self.tok_dir, self.data_dir, self.task_dir, self.runs_dir):
                 shutil.rmtree(d, ignore_errors=True)
             print(f"--overwrite: deleted the study in {self.out} ({', '.join(changed)} changed)")
-        task_files = [os.path.join(self.task_dir, n) for n in ("split.json", "train.jsonl", "test.jsonl")]
+        names = ("split.json", "train.jsonl", "test.jsonl", "pairs-train.jsonl", "pairs-test.jsonl")
+        task_files = [os.path.join(self.task_dir, n) for n in names]
         if previous == settings and all(os.path.exists(f) for f in task_files + state["pretrain_corpus"]):
             # as built before: skip re-reading the standard library (seconds)
             self.task, self.corpus_note = _read_json(task_files[0]), state["corpus_note"]
@@ -450,17 +455,21 @@ class Study:
             resume=True,
             progress=self.show_progress,
             static_copies=arm.static_copies,
+            threads=self.threads,
         )
         return TrainArgs(**kw)
 
-    def finetune_args(self, run_dir: str, seed: int) -> FinetuneArgs:
+    # the downstream tasks: (stage name, its files in OUT/downstream, the run folder in the arm's run)
+    DOWNSTREAM = (("finetune", "", "downstream"), ("finetune_pairs", "pairs-", "downstream-pairs"))
+
+    def finetune_args(self, run_dir: str, seed: int, files: str = "", folder: str = "downstream") -> FinetuneArgs:
         p = self.preset
         return FinetuneArgs(
             task="seq-cls",
             model=os.path.join(run_dir, "model"),
-            train=os.path.join(self.task_dir, "train.jsonl"),
-            eval=os.path.join(self.task_dir, "test.jsonl"),
-            out=os.path.join(run_dir, "downstream"),
+            train=os.path.join(self.task_dir, f"{files}train.jsonl"),
+            eval=os.path.join(self.task_dir, f"{files}test.jsonl"),
+            out=os.path.join(run_dir, folder),
             epochs=p.ft_epochs,
             lr=p.ft_lr,
             batch_size=p.ft_batch,
@@ -472,9 +481,14 @@ class Study:
             resume=True,
             progress=self.show_progress,
             log_every=10,
+            threads=self.threads,
         )
 
-    def settings_hash(self, args: TrainArgs, ft: FinetuneArgs) -> tuple[str, dict]:
+    def downstream_args(self, run_dir: str, seed: int) -> dict[str, FinetuneArgs]:
+        """Every downstream task's fine-tuning, by stage name."""
+        return {stage: self.finetune_args(run_dir, seed, files, folder) for stage, files, folder in self.DOWNSTREAM}
+
+    def settings_hash(self, args: TrainArgs, fts: dict[str, FinetuneArgs]) -> tuple[str, dict]:
         """What a run's results depend on, by content: its settings (not paths, devices or
         progress bars), the prepared data's fingerprint, the model config, the task's files."""
         volatile = {
@@ -493,10 +507,10 @@ class Study:
         }
         settings = {
             "pretrain": {k: v for k, v in dataclasses.asdict(args).items() if k not in volatile},
-            "finetune": {k: v for k, v in dataclasses.asdict(ft).items() if k not in volatile},
+            "finetune": {k: v for k, v in dataclasses.asdict(fts["finetune"]).items() if k not in volatile},
             "data_fingerprint": self.meta.get("fingerprint"),
             "model": self.preset.model,
-            "task": _files_sha256([ft.train, ft.eval]),
+            "task": _files_sha256([p for ft in fts.values() for p in (ft.train, ft.eval)]),
         }
         settings = json.loads(json.dumps(settings))  # tuples as lists, as they come back from disk
         return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest(), settings
@@ -506,8 +520,8 @@ class Study:
         study.json record; status "done", "failed" (a TrainingError, kept: delete the folder to
         retry) or "interrupted" (with the exit code)."""
         args = self.train_args(arm, seed)
-        ft = self.finetune_args(args.out, seed)
-        digest, settings = self.settings_hash(args, ft)
+        fts = self.downstream_args(args.out, seed)
+        digest, settings = self.settings_hash(args, fts)
         record_path = os.path.join(args.out, "study.json")
         record = _read_json(record_path)
         if os.path.isdir(args.out) and os.listdir(args.out) and (record is None or record["hash"] != digest):
@@ -523,7 +537,7 @@ class Study:
             shutil.rmtree(args.out)
             record = None
         if record is not None:
-            self._forget_missing(record, args, ft)
+            self._forget_missing(record, args, fts)
             if record["status"] in ("done", "failed"):
                 return {**record, "reused": True}  # not saved: says this call trained nothing
         record = record or {
@@ -532,12 +546,13 @@ class Study:
             "seed": seed,
             "hash": digest,
             "settings": settings,
-            "wall_s": {"pretrain": 0.0, "finetune": 0.0},
+            "wall_s": {"pretrain": 0.0} | {stage: 0.0 for stage in fts},
             "tokens_per_step": args.batch_size * args.grad_accum * self.example_length(arm.packing),
         }
         record["status"] = "training"
         self._save(record_path, record)
-        for stage, fn, stage_args in (("pretrain", pretrain, args), ("finetune", finetune, ft)):
+        stages = [("pretrain", pretrain, args)] + [(stage, finetune, ft) for stage, ft in fts.items()]
+        for stage, fn, stage_args in stages:
             if stage in record:
                 continue
             start = time.perf_counter()
@@ -545,7 +560,7 @@ class Study:
                 code = fn(stage_args)
             except TrainingError as e:
                 code, record["error"] = None, f"{stage}: {str(e).strip().splitlines()[0]}"
-            record["wall_s"][stage] += time.perf_counter() - start
+            record["wall_s"][stage] = record["wall_s"].get(stage, 0.0) + time.perf_counter() - start
             if code != 0:
                 record["status"] = "failed" if code is None else "interrupted"
                 if code is not None:
@@ -555,17 +570,22 @@ class Study:
             record[stage] = _final_metrics(os.path.join(stage_args.out, "metrics.jsonl"), stage)
             self._save(record_path, record)
         record["status"] = "done"
+        if "exit_code" in record:  # an earlier attempt was interrupted: history, not this run's result
+            record["interrupted_before"] = record.get("interrupted_before", []) + [record.pop("exit_code")]
         self._save(record_path, record)
         return record
 
     @staticmethod
-    def _forget_missing(record: dict, args: TrainArgs, ft: FinetuneArgs) -> None:
-        """A stage whose model folder is gone is not done (the fine-tuning depends on the
+    def _forget_missing(record: dict, args: TrainArgs, fts: dict[str, FinetuneArgs]) -> None:
+        """A stage whose model folder is gone is not done (the fine-tunings depend on the
         pretrained model): it runs again, resuming from its checkpoints."""
-        for stage, out in (("pretrain", args.out), ("finetune", ft.out)):
+        outs = [("pretrain", args.out)] + [(stage, ft.out) for stage, ft in fts.items()]
+        for stage, out in outs:
             if stage in record and not os.path.isfile(os.path.join(out, "model", "config.json")):
                 record.pop(stage)
-                record.pop("finetune", None)
+                if stage == "pretrain":
+                    for downstream in fts:
+                        record.pop(downstream, None)
                 if record["status"] == "done":
                     record["status"] = "training"
 

@@ -22,6 +22,11 @@ How it is built, deterministically:
     docstrings (every k-th, in file order), which keeps the classes balanced and the
     fine-tuning short.
 
+A second task asks Table 2's question, whether a model relates two texts: given two docstrings
+of one package, do they come from the same module file? ("same" or "different", half each.) It
+is built from the same split, so its test pairs come from test files only (pairs-train.jsonl,
+pairs-test.jsonl: `text`, `text_pair`, `label`).
+
 The test docstrings are held out of the study's pretraining corpus too (study.py removes
 them from the default corpus), so no arm has seen a test document, even without its label.
 """
@@ -53,6 +58,8 @@ class TaskSpec:
     test_fraction: float = 0.3
     train_per_class: int = 120
     test_per_class: int = 40
+    pair_train: int = 480  # the pair task (same module?): examples per split, half of each label
+    pair_test: int = 160
 
 
 def file_docstrings(path: str) -> list[str]:
@@ -172,11 +179,54 @@ def build_task(out_dir: str, spec: TaskSpec = TaskSpec(), stdlib: str | None = N
             os.path.join(out_dir, f"{split}.jsonl"), "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in items)
         )
     summary["examples"] = {s: len(r) for s, r in rows.items()}
+    summary["pairs"] = _write_pairs(out_dir, packages, classes, summary["files"], held_out, spec)
     summary["test_texts_sha256"] = hashlib.sha256(
         "\n\0".join(sorted(r["text"] for r in rows["test"])).encode()
     ).hexdigest()
     write_if_changed(os.path.join(out_dir, "split.json"), json.dumps(summary, indent=1) + "\n")
     return summary, held_out
+
+
+def _pairs_of(docs_by_file: dict[str, list[str]], limit: int) -> list[dict]:
+    """Up to `limit` pairs of docstrings of one package, half from one file ("same"), half from two
+    ("different"), spread evenly over the files in path order (deterministic)."""
+    paths = sorted(docs_by_file, key=_path_order)
+    same = [(a, b) for p in paths for a, b in zip(docs_by_file[p][::2], docs_by_file[p][1::2], strict=False)]
+    paths = [p for p in paths if docs_by_file[p]]
+    different = [  # file i with file i + shift, a different docstring of each for every shift
+        (docs_by_file[p][shift % len(docs_by_file[p])], docs_by_file[q][(2 * shift) % len(docs_by_file[q])])
+        for shift in range(1, len(paths))
+        for i, p in enumerate(paths)
+        for q in [paths[(i + shift) % len(paths)]]
+    ]
+    n = min(limit // 2, len(same), len(different))
+    if n == 0:  # a package with too few files or docstrings gives no pair
+        return []
+    rows = [{"text": a, "text_pair": b, "label": "same"} for a, b in _every_kth(same, n)]
+    rows += [{"text": a, "text_pair": b, "label": "different"} for a, b in _every_kth(different, n)]
+    return rows
+
+
+def _write_pairs(out_dir: str, packages: dict, classes: list, files: dict, held_out: set, spec: TaskSpec) -> dict:
+    """pairs-train.jsonl and pairs-test.jsonl (see the module docstring); their counts."""
+    counts = {}
+    for split, limit in (("train", spec.pair_train), ("test", spec.pair_test)):
+        rows = []
+        for label in classes:
+            docs = {
+                path: [d for d in packages[label][path] if split == "test" or d not in held_out]
+                for path in files[label][split]
+            }
+            rows += _pairs_of(docs, max(2, limit // len(classes)))
+        write_if_changed(
+            os.path.join(out_dir, f"pairs-{split}.jsonl"),
+            "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows),
+        )
+        counts[split] = {
+            "same": sum(r["label"] == "same" for r in rows),
+            "different": sum(r["label"] == "different" for r in rows),
+        }
+    return counts
 
 
 def write_if_changed(path: str, text: str) -> None:
