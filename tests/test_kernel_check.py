@@ -530,6 +530,7 @@ def test_dropout_failures_after_a_failing_forward_blame_the_forward():
     assert dropout_failures and all(
         r.note.startswith("forward already fails without dropout") for r in dropout_failures
     )
+    assert all(r.note.count("forward already fails") <= 1 for r in rows)  # said once, whatever follows
 
 
 # ----------------------------------------------------------------------------- low-precision accumulation

@@ -1068,16 +1068,15 @@ def _within_limits(impl: Implementation, cases: list) -> list:
     return list(dict.fromkeys(moved))
 
 
-def _blame_the_forward(rows: list[Result]) -> None:
+def _blame_the_forward(row: Result, earlier: list[Result]) -> None:
     """A dropout case failing where a case without dropout already failed is the forward's fault,
     not the keep rate's: say so first, so the author looks in the right place."""
-    plain_failures = [r for r in rows if r.failed and not r.dropout]
-    for r in rows:
-        if r.failed and r.dropout and plain_failures:
-            first = plain_failures[0]
-            r.note = (
-                f"forward already fails without dropout (first: {first.dtype} T={first.T} {first.variant}); " + r.note
-            )
+    plain_failures = [r for r in earlier if r.failed and not r.dropout]
+    if row.failed and row.dropout and plain_failures:
+        first = plain_failures[0]
+        row.note = (
+            f"forward already fails without dropout (first: {first.dtype} T={first.T} {first.variant}); " + row.note
+        )
 
 
 def _check(
@@ -1115,8 +1114,8 @@ def _check(
                 row = runner.run(case, draws)
             else:
                 row = _run_in_process(impl, case, device, draws, timeout)
+            _blame_the_forward(row, results)
             results.append(row)
-            _blame_the_forward(results)
             if progress is not None:
                 progress(row)
     return results
