@@ -45,11 +45,12 @@ TOLERANCES = {  # (step 0 rtol, later rtol, atol)
 SPREAD_FACTOR = 10  # K: how many times the two correct implementations' spread is allowed
 STEPS = 50  # the default run
 # Triton code on the CPU runs in Triton's interpreter: one step of the tiny model with our fused
-# attention and LayerNorm took 8.8 s on a 2-core AMD EPYC (2026-12-07, `kernels converge
-# --attention triton --steps 3` and `--steps 6`: 28.8 s and 55.2 s), so 50 steps would take
-# 7 minutes there and far longer on a loaded machine. The interpreter's default is a smoke test.
+# attention, at the default 8 x 160 batches, took 24 s on a 2-core AMD EPYC (2026-12-07, `kernels
+# converge --attention triton --steps 2` and `--steps 4`: 69.7 s and 117.7 s, so about 22 s more
+# for the exact first step), so 50 steps would take 20 minutes there and far longer on a loaded
+# machine. The interpreter's default is a smoke test. (At the old 64-token batches: 8.8 s a step.)
 INTERPRETED_STEPS = 5
-INTERPRETED_STEP_S = 8.8
+INTERPRETED_STEP_S = 24.0
 
 
 @dataclass
@@ -267,7 +268,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         type=int,
         default=None,
         help=f"training steps (default {STEPS}; {INTERPRETED_STEPS} when Triton code runs in the CPU "
-        "interpreter, about 9 s a step)",
+        "interpreter, about 24 s a step)",
     )
     p.add_argument("--batch-size", type=int, default=8, help="sequences per step (default 8)")
     p.add_argument(
@@ -319,7 +320,8 @@ def _interpreter_note(steps: int) -> None:
     minutes = steps * INTERPRETED_STEP_S / 60
     print(
         f"note: Triton code runs in Triton's CPU interpreter here: about {INTERPRETED_STEP_S:g} s a step on a "
-        f"quiet 2-core machine, so {steps} steps take about {minutes:.1f} min (more under load); "
+        f"quiet 2-core machine, so {steps} steps take about {minutes:.1f} min, plus about a third of a minute for "
+        "the exact first step (more under load); "
         "--steps sets how many",
         file=sys.stderr,
         flush=True,

@@ -130,8 +130,8 @@ def test_the_interpreter_gets_a_short_default_said_up_front(monkeypatch, capsys)
     assert seen == {"steps": converge.INTERPRETED_STEPS, "show_progress": True}
     err = capsys.readouterr().err
     assert (
-        "runs in Triton's CPU interpreter here: about 8.8 s a step on a quiet 2-core machine, so 5 steps take "
-        "about 0.7 min" in err
+        "runs in Triton's CPU interpreter here: about 24 s a step on a quiet 2-core machine, so 5 steps take "
+        "about 2.0 min, plus about a third of a minute for the exact first step" in err
     )
     a = args(attention="test_converge:right", device="cpu")
     a.steps = None
