@@ -163,76 +163,30 @@ def _bench(suite: Suite, name: str, argv: list, time_limit_s: float | None = Non
     }
 
 
+def _attention_argv(seq_lens, pad_seq_len: int, pads) -> list[str]:
+    """`kernels bench` options for our attention at the headline's bf16, tokens, heads and head dim."""
+    h = HEADLINE
+    argv = f"--attention triton --dtype bf16 --tokens {h['tokens']} --heads {h['H']} --head-dim {h['D']}".split()
+    return argv + ["--seq-lens", *map(str, seq_lens), "--pad-seq-len", str(pad_seq_len), "--pad", *map(str, pads)]
+
+
 def stage_attention(suite: Suite) -> dict:
     h = HEADLINE
-    return _bench(
-        suite,
-        "attention",
-        [
-            "--attention",
-            "triton",
-            "--dtype",
-            "bf16",
-            "--tokens",
-            str(h["tokens"]),
-            "--seq-lens",
-            str(h["T"]),
-            "--pad-seq-len",
-            str(h["T"]),
-            "--pad",
-            *map(str, h["pads"]),
-            "--heads",
-            str(h["H"]),
-            "--head-dim",
-            str(h["D"]),
-        ],
-    )
+    return _bench(suite, "attention", _attention_argv([h["T"]], h["T"], h["pads"]))
 
 
 def stage_layernorm(suite: Suite) -> dict:
     h = HEADLINE
-    return _bench(
-        suite,
-        "layernorm",
-        [
-            "--layer-norm",
-            "triton",
-            "--dtype",
-            "bf16",
-            "--tokens",
-            str(h["tokens"]),
-            "--hidden",
-            str(h["hidden"]),
-            "--ln-dropout",
-            *map(str, h["ln_dropout"]),
-        ],
-    )
+    argv = f"--layer-norm triton --dtype bf16 --tokens {h['tokens']} --hidden {h['hidden']}".split()
+    return _bench(suite, "layernorm", argv + ["--ln-dropout", *map(str, h["ln_dropout"])])
 
 
 def stage_sweep(suite: Suite) -> dict:
-    h = HEADLINE
     margin = 0.0 if suite.dry_run else 15.0
     return _bench(
         suite,
         "sweep",
-        [
-            "--attention",
-            "triton",
-            "--dtype",
-            "bf16",
-            "--tokens",
-            str(h["tokens"]),
-            "--seq-lens",
-            *map(str, SWEEP_SEQ_LENS),
-            "--pad-seq-len",
-            str(SWEEP_SEQ_LENS[0]),
-            "--pad",
-            "0",
-            "--heads",
-            str(h["H"]),
-            "--head-dim",
-            str(h["D"]),
-        ],
+        _attention_argv(SWEEP_SEQ_LENS, SWEEP_SEQ_LENS[0], [0]),
         time_limit_s=None if suite.dry_run else suite.left_s() - margin,
     )
 
