@@ -25,6 +25,7 @@ TEST_PRESET = dataclasses.replace(
     batch_size=8,
     micro_batch=8,
     steps=8,
+    lr=1e-3,
     evals=2,
     eval_blocks=16,
     max_documents=200,
@@ -33,6 +34,9 @@ TEST_PRESET = dataclasses.replace(
     ft_epochs=1.0,
     ft_batch=8,
     ft_max_length=32,
+    batch_scales=(1, 8, 32),
+    lr_grid=((1.0,), (10.0,), (10.0,)),  # one rate each: the sweep has its own test
+    smoke=False,  # the tables' comparisons are what is tested
 )
 
 
@@ -172,14 +176,14 @@ def finished(tmp_path_factory):
 def test_study_writes_the_table_the_json_and_the_curves(finished):
     table = (finished / "table.md").read_text()
     assert "### Table 1: static vs dynamic masking" in table
-    for row in ("| static, 1 mask", "| dynamic", "| static, 10 copies (BERT)", "| unigram (no model) |"):
+    for row in ("| static, 1 mask", "| dynamic", "| static, 2 copies (BERT)", "| unigram (no model) |"):
         assert row in table
     assert "| 78.7 | 84.0 | 92.9 |" in table  # the paper's dynamic row beside ours
-    assert "Gap to dynamic (the baseline)" in table and "Welch's" in table
+    assert "Gap to dynamic (the reference)" in table and "Welch's" in table
     assert "| mask seen |" in table and "| once (dynamic) |" in table and " times |" in table  # per static mask
     results = json.loads((finished / "results.json").read_text())
     assert results["preset"]["name"] == "test" and results["seeds"] == 2
-    assert set(results["arms"]) == {"static", "static-x10", "baseline"}
+    assert set(results["arms"]) == {"static", "static-x2", "baseline"}  # too few passes for more copies
     runs = results["arms"]["baseline"]["runs"]
     assert [r["seed"] for r in runs] == [0, 1] and all(r["status"] == "done" for r in runs)
     agg = results["arms"]["baseline"]["aggregate"]
@@ -193,7 +197,7 @@ def test_study_writes_the_table_the_json_and_the_curves(finished):
     for name, arm in results["arms"].items():  # the floor decides, and the table says so
         worst = max(r["pretrain"]["val_loss"] for r in arm["runs"])
         assert arm["learned"] == (worst <= floor["loss"] - results["learn_margin_nats"]), name
-        label = {"baseline": "dynamic", "static": "static, 1 mask", "static-x10": "static, 10 copies (BERT)"}[name]
+        label = {"baseline": "dynamic", "static": "static, 1 mask", "static-x2": "static, 2 copies (BERT)"}[name]
         assert (f"| {label} **(did not learn)** |" in table) == (not arm["learned"])
     for seed in (0, 1):  # every arm x seed is an ordinary run: a model, metrics, checkpoints
         run = finished / "runs" / f"baseline-s{seed}"
@@ -202,6 +206,116 @@ def test_study_writes_the_table_the_json_and_the_curves(finished):
         assert (run / "downstream-pairs" / "model" / "config.json").is_file()  # the pair task, fine-tuned too
     assert "same-module acc %" in table and "Pair task" in table
     assert all(0 <= r["finetune_pairs"]["accuracy"] <= 1 for r in runs)
+
+
+def test_the_static_copies_follow_the_passes_and_the_table_measures_the_repeats(finished):
+    """BERT saw each of its 10 masks 4 times; the copies are as many as let each be seen
+    static_repeats times in the study's passes, 2 at least, and the table prints the measured repeats."""
+    from roberta_scratch.study.runner import Study
+
+    study = Study(str(finished), TEST_PRESET, None, "text", False, False)
+    study.prepare_data()
+    passes = study.passes()
+    assert 0 < passes < 2 * TEST_PRESET.static_repeats and study.static_copies() == 2
+    many = dataclasses.replace(TEST_PRESET, steps=TEST_PRESET.steps * math.ceil(40 / passes))
+    big = Study(str(finished), many, None, "text", False, False)
+    big.meta, big._lengths = study.meta, study._lengths
+    assert big.passes() >= 40 and big.static_copies() == int(big.passes() // 4) >= 10
+    results = json.loads((finished / "results.json").read_text())
+    tokens = results["arms"]["static-x2"]["aggregate"]["tokens"]["mean"]
+    seen = tokens / study.meta["splits"]["train"]["tokens"] / 2
+    assert f"| {seen:.1f} times |" in (finished / "table.md").read_text()
+
+
+def test_the_findings_state_each_gap_against_the_papers(finished):
+    from roberta_scratch.study.report import Table, findings_markdown
+    from roberta_scratch.study.runner import Arm
+
+    def verdicts(**samples):  # metric -> (arm's values, reference's values)
+        return {k: noise_verdict(summarize(a), summarize(b)) for k, (a, b) in samples.items()}
+
+    rows = [(Arm("static", static_copies=1), "static, 1 mask"), (Arm("static-x2", static_copies=2), "static, 2 copies")]
+    rows += [(Arm("baseline"), "dynamic")]
+    table = Table("masking", rows, "baseline", {})
+    table.verdicts["static"] = verdicts(mlm_acc=([10.0, 10.1, 9.9], [14.0, 14.1, 13.9]))  # clearly worse
+    table.verdicts["static-x2"] = verdicts(mlm_acc=([14.0, 14.5, 13.5], [14.0, 14.2, 13.8]))  # no difference
+    text = "\n".join(findings_markdown([table], {}))
+    assert "The paper: dynamic masking is comparable to static" in text
+    worse = next(x for x in text.splitlines() if x.startswith("- static, 1 mask against dynamic: "))
+    assert "masked acc % -4.00 (p = " in worse and "different" in worse and "So: **worse**" in worse
+    same = next(x for x in text.splitlines() if x.startswith("- static, 2 copies against dynamic: "))
+    assert "So: **no difference beyond noise**" in same
+    assert "the paper's gap for this row: SQuAD 2.0 -0.4, MNLI-m +0.3, SST-2 -0.4" in same
+
+    formats = Table("formats", [(Arm("doc", packing="doc"), "DOC"), (Arm("baseline"), "FULL")], "baseline", {})
+    formats.verdicts["doc"] = verdicts(down_acc=([60.0, 61.0, 62.0], [50.0, 51.0, 52.0]))  # better, as the paper
+    text = "\n".join(findings_markdown([formats], {}))
+    assert "So: **the paper's direction**" in text and "rests on the downstream tasks" in text
+    formats.verdicts["doc"] = verdicts(down_acc=([40.0, 41.0, 42.0], [50.0, 51.0, 52.0]))
+    assert "So: **against the paper's direction**" in "\n".join(findings_markdown([formats], {}))
+
+    written = (finished / "table.md").read_text()  # a real study: every compared arm has its line
+    results = json.loads((finished / "results.json").read_text())
+    for name, label in (("static", "static, 1 mask"), ("static-x2", "static, 2 copies (BERT)")):
+        line = next(x for x in written.splitlines() if x.startswith(f"- {label} against dynamic: "))
+        learned = results["arms"][name]["learned"] and results["arms"]["baseline"]["learned"]
+        assert ("left out: an arm did not learn" in line) == (not learned)
+
+
+def test_a_smoke_preset_draws_no_conclusions(finished, tmp_path):
+    import shutil
+
+    copy = tmp_path / "smoke"
+    shutil.copytree(finished, copy)
+    smoke = dataclasses.replace(TEST_PRESET, smoke=True)  # not a training setting: every run is kept
+    assert run_study("masking", smoke, str(copy), show_progress=False) == 0
+    table = (copy / "table.md").read_text()
+    assert "is a pipeline smoke test: it draws no conclusions" in table
+    assert "Gap to" not in table and "Findings" not in table and "p = " not in table
+    assert json.loads((copy / "results.json").read_text())["smoke_test"] is True
+    assert PRESETS["ci"].smoke and not PRESETS["cpu"].smoke and not PRESETS["gpu-small"].smoke
+
+
+def test_sweep_winners_take_the_lowest_seed_0_loss_of_each_batch_size():
+    from roberta_scratch.study.report import sweep_winners
+    from roberta_scratch.study.runner import Arm, later_seeds
+
+    base, a, b = (
+        Arm("baseline"),
+        Arm("bsz8-lr0.002", lr_ratio=2, sweep=True),
+        Arm("bsz8-lr0.004", lr_ratio=4, sweep=True),
+    )
+    c, d = Arm("bsz32-lr0.01", batch_scale=4, sweep=True), Arm("bsz32-lr0.02", batch_scale=4, sweep=True)
+    rows = [("masking", Arm("static", static_copies=1), "s")] + [("batch", x, x.name) for x in (base, a, b, c, d)]
+
+    def done(loss):
+        return {"status": "done", "pretrain": {"val_loss": loss}}
+
+    records = {"baseline-s0": done(5.0), "bsz8-lr0.002-s0": done(4.5), "bsz8-lr0.004-s0": done(float("nan"))}
+    records |= {"bsz32-lr0.01-s0": {"status": "failed"}, "bsz32-lr0.02-s0": done(5.5)}
+    assert sweep_winners(rows, records) == {1: "bsz8-lr0.002", 4: "bsz32-lr0.02"}  # NaN and failed: no candidates
+    assert [x.name for x in later_seeds(rows, records)] == ["static", "baseline", "bsz8-lr0.002", "bsz32-lr0.02"]
+    assert sweep_winners(rows, {}) == {}
+
+
+def test_the_lr_sweep_runs_seed_0_then_every_seed_of_each_best_rate(tmp_path):
+    preset = dataclasses.replace(TEST_PRESET, batch_scales=(1, 2), lr_grid=((1.0, 3.0), (1.0, 2.0)))
+    out = tmp_path / "batch"
+    assert run_study("batch", preset, str(out), seeds=2, show_progress=False) == 0
+    results = json.loads((out / "results.json").read_text())
+    best = results["tables"]["batch"]["lr_sweep_best"]
+    seed0 = {a: v["runs"][0]["pretrain"]["val_loss"] for a, v in results["arms"].items()}
+    for scale, names in (("1", ("baseline", "bsz8-lr0.003")), ("2", ("bsz16-lr0.001", "bsz16-lr0.002"))):
+        assert best[scale] == min(names, key=seed0.get)
+    runs = sorted(p.name for p in (out / "runs").iterdir())
+    later = {"baseline", best["1"], best["2"]}
+    assert runs == sorted([f"{a}-s0" for a in seed0] + [f"{a}-s1" for a in later])
+    assert results["tables"]["batch"]["reference"] == best["1"]
+    assert results["arms"][best["2"]]["compared_with"] == best["1"]
+    loser = next(a for a in ("bsz16-lr0.001", "bsz16-lr0.002") if a != best["2"])
+    assert results["arms"][loser]["comparison"] is None  # one seed: shown, not tested
+    table = (out / "table.md").read_text()
+    assert table.count("**(best lr)**") == 2 and "bsz 16, lr 0.002" in table and "bsz 8, lr 0.003" in table
 
 
 def test_a_second_invocation_trains_nothing(finished, monkeypatch, capsys):
@@ -247,7 +361,7 @@ def test_an_interrupted_study_resumes_where_it_stopped(tmp_path, monkeypatch):
     monkeypatch.setattr(Trainer, "optimizer_step", stop_midway)
     out = tmp_path / "study"
     assert run_study("masking", TEST_PRESET, str(out), seeds=1, show_progress=False) == 130
-    assert calls == ["static-s0", "static-x10-s0", "baseline-s0"]
+    assert calls == ["static-s0", "static-x2-s0", "baseline-s0"]
     record = json.loads((out / "runs" / "baseline-s0" / "study.json").read_text())
     assert record["status"] == "interrupted" and "pretrain" not in record
     assert (out / "runs" / "baseline-s0" / "ckpt" / "step_00000005.pt").is_file()
@@ -297,7 +411,16 @@ def test_study_all_runs_every_arm_once_with_the_pair_formats(tmp_path):
     runs = sorted(p.name for p in (out / "runs").iterdir())
     assert runs == sorted(
         f"{a}-s0"
-        for a in ("static", "static-x10", "baseline", "segment-pair", "sentence-pair", "doc", "batch-x8", "batch-x32")
+        for a in (
+            "static",
+            "static-x2",
+            "baseline",
+            "segment-pair",
+            "sentence-pair",
+            "doc",
+            "bsz64-lr0.01",
+            "bsz256-lr0.01",
+        )
     )  # the baseline once, for 3 tables
     table = (out / "table.md").read_text()
     for title in ("Table 1", "Table 2", "Table 3"):
@@ -307,9 +430,9 @@ def test_study_all_runs_every_arm_once_with_the_pair_formats(tmp_path):
         "| SENTENCE-PAIR + NSP",
         "| FULL-SENTENCES",
         "| DOC-SENTENCES",
-        "| bsz 8",
-        "| bsz 64",
-        "| bsz 256",
+        "| bsz 8, lr 0.001",
+        "| bsz 64, lr 0.01",
+        "| bsz 256, lr 0.01",
     ):
         assert row in table
     results = json.loads((out / "results.json").read_text())
@@ -317,9 +440,9 @@ def test_study_all_runs_every_arm_once_with_the_pair_formats(tmp_path):
     assert 0 <= pair["val_nsp_acc"] <= 1  # NSP accuracy for the NSP arms
     assert pair["val_pair_ppl"] > 1 and "own-format ppl" in table  # and their own format's held-out score
     budget = [
-        results["arms"][a]["aggregate"]["tokens"]["mean"] for a in ("baseline", "doc", "sentence-pair", "batch-x8")
+        results["arms"][a]["aggregate"]["tokens"]["mean"] for a in ("baseline", "doc", "sentence-pair", "bsz64-lr0.01")
     ]
     assert max(budget) / min(budget) < 1.35  # about one token budget for every arm
-    x32 = results["arms"]["batch-x32"]["settings"]
+    x32 = results["arms"]["bsz256-lr0.01"]["settings"]
     assert x32["batch_size"] * x32["grad_accum"] == 32 * TEST_PRESET.batch_size
     assert x32["lr"] == pytest.approx(10 * TEST_PRESET.lr)

@@ -18,6 +18,7 @@ import os
 import platform
 import statistics
 import sys
+from dataclasses import dataclass, field
 
 from ..fileio import atomic_write
 
@@ -277,11 +278,20 @@ def _paper_cells(substudy: str, arm, row_label: str) -> list:
     return [str(v) for v in values] if values else ["–"] * len(PAPER[substudy]["columns"])
 
 
-def table_markdown(
-    study, substudy: str, rows: list, aggregates: dict, verdicts: dict, floor=None, learned_arms=None
-) -> str:
+@dataclass
+class Table:
+    """One sub-study's table: its rows, the arm they are compared with, and the comparisons."""
+
+    substudy: str
+    rows: list  # (Arm, label)
+    reference: str  # the arm name the others are compared with
+    verdicts: dict  # arm name -> {metric: noise_verdict}
+    winners: dict = field(default_factory=dict)  # Table 3: batch scale -> its best rate's arm
+
+
+def table_markdown(study, table: Table, aggregates: dict, floor=None, learned_arms=None) -> str:
     """One sub-study's table, its paper reference and its noise comparison, in markdown."""
-    p = study.preset
+    substudy, verdicts = table.substudy, table.verdicts
     nsp = substudy == "formats"
     head = ["arm"] + (["bsz", "steps", "lr"] if substudy == "batch" else []) + [m[1] for m in METRICS]
     head += ["NSP acc %", "own-format ppl", "own-format masked acc %"] if nsp else []
@@ -289,9 +299,14 @@ def table_markdown(
     head += ["seeds", "tokens/run", "wall/run"]
     head += [f"paper: {c}" for c in PAPER[substudy]["columns"]]
     lines = [f"### {TITLES[substudy]}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for arm, label in rows:
+    chosen = set(table.winners.values())
+    for arm, label in table.rows:
         agg = aggregates.get(arm.name)
-        cells = [label + (" **(did not learn)**" if (learned_arms or {}).get(arm.name) is False else "")]
+        cells = [
+            label
+            + (" **(best lr)**" if arm.name in chosen else "")
+            + (" **(did not learn)**" if (learned_arms or {}).get(arm.name) is False else "")
+        ]
         if substudy == "batch":
             args = study.train_args(arm, 0)
             cells += [str(args.batch_size * args.grad_accum), str(args.steps), f"{args.lr:.2g}"]
@@ -301,18 +316,21 @@ def table_markdown(
             cells += [_fmt(agg and agg[k], d) for k, d in (("nsp_acc", 1), ("pair_ppl", 2), ("pair_acc", 1))]
         cells += [_mask_repeats(study, arm, agg)] if substudy == "masking" else []
         cells += [str(agg["seeds_done"]) if agg else "0", _tokens(agg and agg["tokens"]), _wall(agg and agg["wall_s"])]
-        cells += _paper_cells(substudy, arm, label)
+        shown = substudy != "batch" or arm.name in chosen or not chosen
+        cells += _paper_cells(substudy, arm, label) if shown else ["–"] * len(PAPER[substudy]["columns"])
         lines.append("| " + " | ".join(cells) + " |")
     if floor and floor.get("loss") is not None:
         lines.append(_floor_row(floor, len(head), substudy))
     lines.append("")
-    lines += _paper_notes(substudy, p)
-    others = [(arm, label) for arm, label in rows if arm.name != "baseline" and arm.name in verdicts]
+    lines += _paper_notes(substudy, study)
+    if study.preset.smoke:
+        return "\n".join(lines + ["", SMOKE_NOTE]) + "\n"
+    others = [(arm, label) for arm, label in table.rows if arm.name in verdicts]
     if others:
-        base_label = next(label for arm, label in rows if arm.name == "baseline")
+        ref_label = next(label for arm, label in table.rows if arm.name == table.reference)
         lines += [
             "",
-            f"Gap to {base_label} (the baseline): the difference of means, its 95% interval and Welch's "
+            f"Gap to {ref_label} (the reference): the difference of means, its 95% interval and Welch's "
             f"two-sided t-test; *different* when p < {ALPHA:g}:",
             "",
             "| arm | " + " | ".join(m[1] for m in METRICS) + " |",
@@ -326,6 +344,12 @@ def table_markdown(
                 + " |"
             )
     return "\n".join(lines) + "\n"
+
+
+SMOKE_NOTE = (
+    "**A pipeline smoke test, not an experiment:** this preset is sized to prove that every stage runs, "
+    "not to measure anything, so no arm is compared with another and nothing here is a finding."
+)
 
 
 def _mask_repeats(study, arm, agg: dict | None) -> str:
@@ -346,14 +370,18 @@ def _floor_row(floor: dict, width: int, substudy: str) -> str:
     return "| " + " | ".join(cells + ["–"] * (width - len(cells))) + " |"
 
 
-def _paper_notes(substudy: str, p) -> list[str]:
+def _paper_notes(substudy: str, study) -> list[str]:
+    p = study.preset
     if substudy == "masking":
+        k = study.static_copies()
         return [
             f"The paper's *static* row is BERT's recipe: the data duplicated 10 times with 10 masks over 40 "
-            f"epochs; ours is `static, {p.static_copies} copies` (`--static-copies {p.static_copies}`), and "
-            "`static, 1 mask` (`--static-masking`, one fixed mask per sequence) is an extra, harsher row. "
-            "The paper's reference row (BERT_BASE as reported by Yang et al. 2019) is 76.3 / 84.3 / 92.8. The "
-            "paper ran Table 1 on BERT's SEGMENT-PAIR+NSP setup; ours shares the FULL-SENTENCES baseline run."
+            f"epochs, so each mask was seen 4 times. Ours makes as many copies as let each mask be seen "
+            f"{p.static_repeats} times in this study's {study.passes():.1f} passes over the data: `static, {k} "
+            f"copies` (`--static-copies {k}`); the *mask seen* column is measured from each run's training "
+            "tokens. `static, 1 mask` (`--static-masking`, one fixed mask per sequence) is an extra, harsher "
+            "row. The paper's reference row (BERT_BASE as reported by Yang et al. 2019) is 76.3 / 84.3 / 92.8. "
+            "The paper ran Table 1 on BERT's SEGMENT-PAIR+NSP setup; ours shares the FULL-SENTENCES baseline run."
         ]
     if substudy == "formats":
         return [
@@ -361,14 +389,107 @@ def _paper_notes(substudy: str, p) -> list[str]:
             "BERT_BASE row is 88.5/76.3, 84.3, 92.8, 64.3. Arms with shorter examples (DOC-SENTENCES, the pairs) "
             "get bigger batches so that each step holds about as many tokens, as the paper did. The held-out "
             "columns score every arm on the same FULL-SENTENCES blocks; a pair arm trains on short pairs, so "
-            "its *own-format* columns score it on held-out pairs of its format as well: where the two disagree, "
-            "the gap on the common set is the length, not the format."
+            "its *own-format* columns score it on held-out pairs of its format as well."
         ]
+    grid = "; ".join(
+        f"bsz {p.batch_size * scale}: {', '.join(f'{p.lr * r:g}' for r in ratios)}"
+        for scale, ratios in zip(p.batch_scales, p.lr_grid, strict=True)
+    )
     return [
-        f"The paper tuned the learning rate for each batch size; we scale ours by the paper's ratios "
-        f"{' : '.join(f'{r:g}' for r in p.lr_ratios)} (1e-4 : 7e-4 : 1e-3) from the baseline's {p.lr:g}, "
-        "with no tuning of our own, and keep the token budget: the steps shrink as the batch grows."
+        "The paper tuned the learning rate for each batch size (1e-4, 7e-4, 1e-3 for 256, 2K, 8K). We sweep "
+        f"it ({grid}) at seed 0 and pick each batch size's rate by held-out loss (**best lr**); that rate alone "
+        "gets the other seeds, and the test compares the best rates. The token budget is fixed: the steps "
+        "shrink as the batch grows. Picking on the held-out set that also scores the row favours the picked "
+        "rate slightly, the same for every batch size."
     ]
+
+
+# ----------------------------------------------------------------------------- findings
+
+# What the paper concludes from each table (Liu et al. 2019, sections 4.1-4.3).
+PAPER_CLAIMS = {
+    "masking": "dynamic masking is comparable to static or slightly better (Table 1), so RoBERTa uses it",
+    "formats": "removing NSP matches or slightly improves end tasks (FULL/DOC-SENTENCES vs SEGMENT-PAIR+NSP), "
+    "SENTENCE-PAIR+NSP (single sentences) is worst, and DOC-SENTENCES is slightly better than FULL-SENTENCES",
+    "batch": "with the learning rate tuned, bsz 2K beats 256 at the same token budget in perplexity and end "
+    "tasks, and 8K is close to 2K",
+}
+# the paper's rows that are its reference in each table (our reference's counterpart)
+PAPER_REFERENCE = {"masking": "dynamic", "formats": "full", "batch": 1}
+
+
+def paper_gap(substudy: str, arm) -> tuple[float, str] | None:
+    """The paper's own gap of an arm's row to its reference row: the mean over its end-task
+    columns (perplexity's sign flipped, lower being better), and those gaps spelled out."""
+    rows, columns = PAPER[substudy]["rows"], PAPER[substudy]["columns"]
+    key = {"masking": "static" if arm.static_copies > 1 else None, "formats": arm.name}.get(substudy, arm.batch_scale)
+    if key not in rows or key == PAPER_REFERENCE[substudy]:
+        return None
+    gaps, words = [], []
+    for column, ours, ref in zip(columns, rows[key], rows[PAPER_REFERENCE[substudy]], strict=True):
+        if column in ("bsz", "steps", "lr"):
+            continue
+        if isinstance(ours, str):  # SQuAD 1.1/2.0: the 2.0 F1
+            ours, ref = float(ours.split("/")[1]), float(ref.split("/")[1])
+        gap = ours - ref
+        gaps.append(-gap if column == "ppl" else gap)
+        words.append(f"{column} {gap:+.1f}")
+    return sum(gaps) / len(gaps), ", ".join(words)
+
+
+def _our_calls(verdicts: dict) -> tuple[list[str], int]:
+    """Our gaps, metric by metric, and the sign of the ones called different (better = +)."""
+    words, signs = [], set()
+    for key, name, higher_better in METRICS:
+        v = verdicts.get(key)
+        if not v or "excluded" in v:
+            continue
+        if v["different"] is None:
+            words.append(f"{name} {v['delta']:+.2f} ({v['why']})")
+            continue
+        call = "different" if v["different"] else "no difference"
+        words.append(f"{name} {v['delta']:+.2f} (p = {v['p']:.2g}, {call})")
+        if v["different"]:
+            signs.add(1 if (v["delta"] > 0) == higher_better else -1)
+    return words, (signs.pop() if len(signs) == 1 else 0 if not signs else 2)
+
+
+def findings_markdown(tables: list, aggregates: dict) -> list[str]:
+    """Each table's conclusion against the paper's: our gaps with their tests, the paper's gap for
+    the same row, and whether ours goes the paper's way, against it, or shows no difference."""
+    lines = ["## Findings against the paper", ""]
+    for t in tables:
+        labels = dict((arm.name, label) for arm, label in t.rows)
+        lines += [f"**{TITLES[t.substudy]}.** The paper: {PAPER_CLAIMS[t.substudy]}.", ""]
+        for arm, label in t.rows:
+            if arm.name not in t.verdicts:
+                continue
+            v = t.verdicts[arm.name]
+            head = f"- {label} against {labels[t.reference]}: "
+            if any("excluded" in x for x in v.values() if x):
+                lines.append(head + "left out: an arm did not learn.")
+                continue
+            words, sign = _our_calls(v)
+            paper = paper_gap(t.substudy, arm)
+            if sign == 0:
+                call = "no difference beyond noise"
+            elif sign == 2:
+                call = "mixed: better on some metrics, worse on others"
+            elif paper is None or paper[0] == 0:
+                call = "better" if sign > 0 else "worse"
+            else:
+                call = "the paper's direction" if (sign > 0) == (paper[0] > 0) else "against the paper's direction"
+            paper_words = f"the paper's gap for this row: {paper[1]}" if paper else "no paper row to compare"
+            lines.append(head + "; ".join(words) + f". So: **{call}** ({paper_words}).")
+        if t.substudy == "formats":
+            lines.append(
+                "- The pair formats' conclusion rests on the downstream tasks, which fine-tune and test every "
+                "arm alike. Masked-LM scores are shown on both held-out sets: the common FULL-SENTENCES "
+                "blocks (longer than the pairs these arms trained on) and held-out pairs of their own "
+                "format (which the baseline is not scored on); neither alone compares formats fairly."
+            )
+        lines.append("")
+    return lines
 
 
 # ----------------------------------------------------------------------------- the report
@@ -388,11 +509,13 @@ def _pair_task_line(study) -> str:
 def _report_header(study, study_name: str, n_seeds: int, command: list[str] | None) -> list[str]:
     """table.md's title and what the tables measure: preset, corpus, held-out MLM, downstream task, noise."""
     p = study.preset
+    smoke = [f"**Preset `{p.name}` is a pipeline smoke test: it draws no conclusions.**", ""] if p.smoke else []
     return [
         f"# RoBERTa's pretraining ablations, preset `{p.name}`",
         "",
         f"`{' '.join(command) if command else 'roberta-scratch study ' + study_name}`",
         "",
+        *smoke,
         f"- Preset `{p.name}`: {p.description}. Model {p.model}, vocabulary {p.vocab_size}, blocks of "
         f"{p.seq_len} tokens; the baseline trains {p.steps} steps of {p.batch_size} sequences, lr {p.lr:g}, "
         f"warmup {p.warmup:.0%}, then linear decay; {n_seeds} seed(s); attention `{study.attention}`.",
@@ -426,9 +549,24 @@ def _floor(study) -> dict | None:
     return unigram_floor(study.data_dir, study.preset.eval_blocks, study.preset.seq_len)
 
 
-def _verdicts(arms: dict, aggregates: dict, learned_arms: dict, floor: dict | None) -> dict:
-    """Every arm against the baseline, metric by metric; an arm that did not learn (or a baseline
-    that did not) is left out of every conclusion, and the run says so on stderr."""
+def sweep_winners(rows: list, records: dict) -> dict[int, str]:
+    """Table 3's chosen rate: for each batch scale, the arm of its sweep with the lowest held-out
+    loss at seed 0 (a run that did not finish is not a candidate). {batch_scale: arm name}."""
+    best: dict[int, tuple[float, str]] = {}
+    for sub, arm, _ in rows:
+        if sub != "batch":
+            continue
+        record = records.get(f"{arm.name}-s0") or {}
+        loss = (record.get("pretrain") or {}).get("val_loss") if record.get("status") == "done" else None
+        if loss is None or not math.isfinite(loss):
+            continue
+        if arm.batch_scale not in best or loss < best[arm.batch_scale][0]:
+            best[arm.batch_scale] = (loss, arm.name)
+    return {scale: name for scale, (_, name) in best.items()}
+
+
+def _warn_unlearned(learned_arms: dict, aggregates: dict, floor: dict | None) -> None:
+    """Say loudly, on stderr, which arms did not learn: they are left out of every conclusion."""
     for a, ok in learned_arms.items():
         if ok is False:
             worst = aggregates[a]["loss"]["max"]
@@ -439,15 +577,29 @@ def _verdicts(arms: dict, aggregates: dict, learned_arms: dict, floor: dict | No
                 file=sys.stderr,
                 flush=True,
             )
+
+
+def _verdicts(compared: list[str], reference: str, aggregates: dict, learned_arms: dict) -> dict:
+    """Each compared arm against the table's reference, metric by metric; an arm that did not
+    learn (or a reference that did not) is left out of every conclusion."""
     verdicts = {}
-    for a in arms:
-        if a == "baseline":
-            continue
-        if learned_arms.get(a) is False or learned_arms.get("baseline") is False:
+    for a in compared:
+        if learned_arms.get(a) is False or learned_arms.get(reference) is False:
             verdicts[a] = {k: {"excluded": "did not learn"} for k, _, _ in METRICS}
         else:
-            verdicts[a] = {k: noise_verdict(aggregates[a][k], aggregates["baseline"][k]) for k, _, _ in METRICS}
+            verdicts[a] = {k: noise_verdict(aggregates[a][k], aggregates[reference][k]) for k, _, _ in METRICS}
     return verdicts
+
+
+def reference_and_compared(substudy: str, rows: list, winners: dict) -> tuple[str, list[str]]:
+    """The arm a table's others are compared with, and those others. Tables 1-2: the baseline
+    and every other arm. Table 3: the best rate of the baseline's batch size, and the best rate
+    of each other batch size (the sweep's other points have one seed: shown, not tested)."""
+    if substudy != "batch":
+        return "baseline", [arm.name for arm, _ in rows if arm.name != "baseline"]
+    scales = sorted({arm.batch_scale for arm, _ in rows})
+    reference = winners.get(scales[0], "baseline")
+    return reference, [winners[s] for s in scales[1:] if s in winners]
 
 
 def write_report(
@@ -464,20 +616,28 @@ def write_report(
     arms = {arm.name: arm for _, arm, _ in plan_rows}
     per_arm = {a: [records[f"{a}-s{s}"] for s in range(n_seeds) if f"{a}-s{s}" in records] for a in arms}
     aggregates = {a: aggregate(rs) for a, rs in per_arm.items()}
-    subs = list(dict.fromkeys(s for s, _, _ in plan_rows))
     floor = _floor(study)
     learned_arms = {a: learned(aggregates[a], floor) for a in arms}
-    verdicts = _verdicts(arms, aggregates, learned_arms, floor)
-    parts = _report_header(study, study_name, n_seeds, command)
-    for sub in subs:
+    _warn_unlearned(learned_arms, aggregates, floor)
+    winners = sweep_winners(plan_rows, records)
+    tables = []
+    for sub in dict.fromkeys(s for s, _, _ in plan_rows):
         rows = [(arm, label) for s, arm, label in plan_rows if s == sub]
-        parts.append(table_markdown(study, sub, rows, aggregates, verdicts, floor, learned_arms))
+        reference, compared = reference_and_compared(sub, rows, winners)
+        verdicts = {} if study.preset.smoke else _verdicts(compared, reference, aggregates, learned_arms)
+        tables.append(Table(sub, rows, reference, verdicts, winners if sub == "batch" else {}))
+    parts = _report_header(study, study_name, n_seeds, command)
+    parts += [table_markdown(study, t, aggregates, floor, learned_arms) for t in tables]
+    if not study.preset.smoke:
+        parts += findings_markdown(tables, aggregates)
     failed = [r for r in records.values() if r.get("status") == "failed" and r["arm"] in arms]
     if failed:
         parts += ["Failed runs (not retried; delete the run folder to retry):", ""]
         parts += [f"- {r['run']}: {r.get('error', 'failed')}" for r in failed] + [""]
     with atomic_write(os.path.join(study.out, "table.md"), "w") as f:
         f.write("\n".join(parts))
+    subs = [t.substudy for t in tables]
+    comparisons = {a: (t.reference, v) for t in tables for a, v in t.verdicts.items()}
     results = {
         "study": study_name,
         "preset": _jsonable(study.preset),
@@ -500,11 +660,20 @@ def write_report(
                 "runs": per_arm[a],
                 "aggregate": aggregates[a],
                 "learned": learned_arms.get(a),
-                "vs_baseline": verdicts.get(a),
+                "compared_with": comparisons[a][0] if a in comparisons else None,
+                "comparison": comparisons[a][1] if a in comparisons else None,
             }
             for a, arm in arms.items()
         },
-        "tables": {sub: [{"arm": arm.name, "label": label} for s, arm, label in plan_rows if s == sub] for sub in subs},
+        "tables": {
+            t.substudy: {
+                "rows": [{"arm": arm.name, "label": label} for arm, label in t.rows],
+                "reference": t.reference,
+                "lr_sweep_best": {str(k): v for k, v in t.winners.items()},
+            }
+            for t in tables
+        },
+        "smoke_test": study.preset.smoke,
         "paper": {sub: PAPER[sub] for sub in subs},
     }
     with atomic_write(os.path.join(study.out, "results.json"), "w") as f:

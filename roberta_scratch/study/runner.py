@@ -52,6 +52,7 @@ from ..machine import cpu_threads
 from ..pretrain import TrainArgs, pretrain
 from ..progress import progress
 from ..tokenization.byte_level import ByteLevelBPETokenizer
+from .report import sweep_winners, write_report
 from .tasks import TaskSpec, build_task, write_if_changed
 
 SUBSTUDIES = ("masking", "formats", "batch")
@@ -89,10 +90,13 @@ class Preset:
     evals: int = 8  # held-out evaluations along each run: the points of curves.png
     eval_blocks: int = 256  # the fixed held-out set, in blocks of seq_len
     val_fraction: float = 0.05  # share of the corpus' documents held out for it
-    max_documents: int | None = None  # pretrain on every k-th document only (keeps `ci` tiny)
-    static_copies: int = 10  # BERT's dupe_factor
+    max_documents: int | None = None  # pretrain on every k-th document only (sizes the passes, keeps `ci` tiny)
+    static_repeats: int = 4  # BERT saw each of its 10 static masks 4 times (40 epochs): the copies follow
     batch_scales: tuple = (1, 8, 32)  # the paper's 256 / 2K / 8K
-    lr_ratios: tuple = (1.0, 7.0, 10.0)  # the paper's 1e-4 / 7e-4 / 1e-3
+    # Table 3's learning-rate sweep: for each batch scale, the rates tried (x the preset's lr); the
+    # best by seed 0's held-out loss gets every seed. The baseline's rate (1.0 at scale 1) is one of them.
+    lr_grid: tuple = ((0.5, 1.0, 2.0), (3.5, 7.0, 14.0), (5.0, 10.0, 20.0))
+    smoke: bool = False  # a pipeline check: the table says so and draws no conclusions
     task: TaskSpec = field(default_factory=TaskSpec)
     ft_epochs: float = 3.0
     ft_lr: float = 1e-4
@@ -123,20 +127,37 @@ PRESETS = {
         ft_epochs=3.0,
         ft_lr=1e-3,
         ft_max_length=64,
+        batch_scales=(1, 4),
+        lr_grid=((0.5, 1.0, 2.0), (1.0, 2.0, 4.0)),
+        smoke=True,
     ),
-    # Sized to run `study all` (16 runs) in under 45 min on 2 cores: ~1.5M tokens a run
-    # (about 3 passes over the stdlib docstrings), 2 seeds. Timed by probing each arm (see docs/study.md).
+    # Sized to run `study all` (32 runs) in about 75 min on 2 cores with 2 threads: the demo's recipe
+    # (no dropout, lr 2e-3, 64-token blocks of 32) at the paper's 15% masking, 2.5M tokens a run, 3
+    # seeds. The corpus is thinned so that those tokens are 8+ passes: BERT's static copies can then
+    # each be seen 4 times. Probed and timed arm by arm: see docs/study.md.
     "cpu": Preset(
         name="cpu",
-        description="the `tiny` encoder (hidden 128, 2 layers), 1.5M tokens a run, 2 seeds",
-        model=dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=2, intermediate_size=512),
+        description="hidden 128, 2 layers, no dropout; 2.5M tokens a run (about 9 passes over 3,000 "
+        "stdlib docstrings), 3 seeds",
+        model=dict(
+            hidden_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=512,
+            hidden_dropout_prob=0.0,
+            attention_probs_dropout_prob=0.0,
+        ),
         vocab_size=4096,
-        seq_len=128,
-        batch_size=16,
-        micro_batch=64,
-        steps=750,
-        lr=5e-4,
-        seeds=2,
+        seq_len=64,
+        batch_size=32,
+        micro_batch=256,
+        steps=1200,
+        lr=2e-3,
+        seeds=3,
+        val_fraction=0.08,
+        max_documents=3000,
+        batch_scales=(1, 4, 8),  # the largest still takes 150 steps
+        lr_grid=((0.5, 1.0, 2.0), (1.0, 2.0, 4.0), (1.0, 2.0, 4.0)),
         task=TaskSpec(),
         ft_epochs=3.0,
         ft_lr=3e-4,
@@ -147,7 +168,7 @@ PRESETS = {
     "gpu-small": Preset(
         name="gpu-small",
         description="hidden 512, 4 layers, 8 heads; 33M tokens a run (about 50 passes over "
-        "the stdlib docstrings, as BERT made 40), 3 seeds, bf16",
+        "the stdlib docstrings, as BERT made 40), 5 seeds, bf16",
         model=dict(hidden_size=512, num_hidden_layers=4, num_attention_heads=8, intermediate_size=2048),
         vocab_size=8192,
         seq_len=256,
@@ -155,7 +176,9 @@ PRESETS = {
         micro_batch=256,
         steps=2000,
         lr=5e-4,
-        seeds=3,
+        seeds=5,
+        batch_scales=(1, 4, 8),  # the largest still takes 250 steps
+        lr_grid=((0.5, 1.0, 2.0), (1.0, 2.0, 4.0), (1.5, 3.0, 6.0)),
         evals=10,
         eval_blocks=512,
         task=TaskSpec(),
@@ -180,22 +203,21 @@ class Arm:
     static_copies: int = 0  # 0: dynamic masking; 1: one fixed mask; K: BERT's K static copies
     batch_scale: int = 1  # x the preset's batch, / the preset's steps
     lr_ratio: float = 1.0  # x the preset's learning rate
+    sweep: bool = False  # a point of Table 3's lr sweep: seed 0 only, unless it is its batch size's best
 
     @property
     def nsp(self) -> bool:
         return self.packing in ("segment-pair", "sentence-pair")
 
 
-def arms_of(substudy: str, preset: Preset) -> list[tuple[Arm, str]]:
-    """(arm, its row label in the paper's wording) of one sub-study, in the paper's row order."""
+def arms_of(substudy: str, preset: Preset, static_copies: int) -> list[tuple[Arm, str]]:
+    """(arm, its row label in the paper's wording) of one sub-study, in the paper's row order.
+    `static_copies` is BERT's dupe factor at this study's passes (Study.static_copies)."""
     base = Arm("baseline")
     if substudy == "masking":
         return [
             (Arm("static", static_copies=1), "static, 1 mask"),
-            (
-                Arm(f"static-x{preset.static_copies}", static_copies=preset.static_copies),
-                f"static, {preset.static_copies} copies (BERT)",
-            ),
+            (Arm(f"static-x{static_copies}", static_copies=static_copies), f"static, {static_copies} copies (BERT)"),
             (base, "dynamic"),
         ]
     if substudy == "formats":
@@ -206,10 +228,16 @@ def arms_of(substudy: str, preset: Preset) -> list[tuple[Arm, str]]:
             (Arm("doc", packing="doc"), "DOC-SENTENCES"),
         ]
     if substudy == "batch":
+        if len(preset.lr_grid) != len(preset.batch_scales):
+            raise StudyError(f"preset {preset.name}: lr_grid needs one list of rates per batch scale")
         rows = []
-        for scale, ratio in zip(preset.batch_scales, preset.lr_ratios, strict=True):
-            arm = base if scale == 1 else Arm(f"batch-x{scale}", batch_scale=scale, lr_ratio=ratio)
-            rows.append((arm, f"bsz {preset.batch_size * scale}"))
+        for scale, ratios in zip(preset.batch_scales, preset.lr_grid, strict=True):
+            bsz = preset.batch_size * scale
+            for ratio in ratios:
+                lr = preset.lr * ratio
+                is_base = scale == 1 and ratio == 1.0
+                arm = base if is_base else Arm(f"bsz{bsz}-lr{lr:g}", batch_scale=scale, lr_ratio=ratio, sweep=True)
+                rows.append((arm, f"bsz {bsz}, lr {lr:g}"))
         return rows
     raise StudyError(f"unknown sub-study {substudy!r}: choose one of {', '.join(STUDIES)}")
 
@@ -421,6 +449,18 @@ class Study:
         ds = pairs.PairDataset(self.data_dir, "train", self.preset.seq_len, packing)
         return float(ds.mean_length)
 
+    def passes(self) -> float:
+        """Passes over the training split in the baseline's token budget (measured from the data)."""
+        p = self.preset
+        train_tokens = self.meta["splits"]["train"]["tokens"]
+        return p.steps * p.batch_size * self.example_length("full") / max(1, train_tokens)
+
+    def static_copies(self) -> int:
+        """BERT's dupe factor at this study's scale: as many static copies as let each mask be seen
+        `static_repeats` times (BERT: 10 copies over 40 epochs), and never fewer than 2 (1 is the
+        `static, 1 mask` arm). Too few passes for that: the table's `mask seen` column says so."""
+        return max(2, int(self.passes() // self.preset.static_repeats))
+
     def train_args(self, arm: Arm, seed: int) -> TrainArgs:
         """The arm's `pretrain` settings: the token budget split into steps and batches, the
         learning rate scaled, evaluation and checkpoints spaced over the run."""
@@ -616,10 +656,21 @@ def _final_metrics(metrics_path: str, stage: str) -> dict:
 # ----------------------------------------------------------------------------- the command
 
 
-def plan(study: str, preset: Preset) -> list[tuple[str, Arm, str]]:
+def plan(study: str, preset: Preset, static_copies: int) -> list[tuple[str, Arm, str]]:
     """(sub-study, arm, row label) for every row of the tables asked for."""
     subs = SUBSTUDIES if study == "all" else (study,)
-    return [(s, arm, label) for s in subs for arm, label in arms_of(s, preset)]
+    return [(s, arm, label) for s in subs for arm, label in arms_of(s, preset, static_copies)]
+
+
+def _arms(rows: list[tuple[str, Arm, str]]) -> list[Arm]:
+    return list({arm.name: arm for _, arm, _ in rows}.values())  # each shared arm once
+
+
+def later_seeds(rows: list[tuple[str, Arm, str]], records: dict) -> list[Arm]:
+    """The arms that get seeds 1..n: every arm but the lr sweep's, plus the sweep's best rate of
+    each batch size (chosen by seed 0, so call it once those are in `records`)."""
+    winners = set(sweep_winners(rows, records).values())
+    return [arm for arm in _arms(rows) if not arm.sweep or arm.name in winners]
 
 
 def run_study(
@@ -635,8 +686,6 @@ def run_study(
 ) -> int:
     """Run (or continue) a study into `out` and write its table, results and curves. `preset`
     is a name in PRESETS or a Preset. Returns 0, or the exit code of an interrupted run."""
-    from .report import write_report
-
     if study not in STUDIES:
         raise StudyError(f"unknown study {study!r}: choose one of {', '.join(STUDIES)}")
     if isinstance(preset, str):
@@ -651,30 +700,47 @@ def run_study(
         with lock_dir(out, f"a {study} study"):
             s = Study(out, preset, corpus, text_field, overwrite, show_progress)
             s.prepare_data()
-            rows = plan(study, preset)
-            arms = list({arm.name: arm for _, arm, _ in rows}.values())  # each shared arm once
-            # every arm of seed 0 first: a partial study is already a table
-            todo = [(arm, seed) for seed in range(n_seeds) for arm in arms]
-            records, code = {}, 0
-            bar = progress(total=len(todo), desc=f"study {study}", unit="runs", disable=not show_progress)
-            for i, (arm, seed) in enumerate(todo):
-                print(f"== study {study}: run {i + 1}/{len(todo)}: {s.run_name(arm, seed)}", flush=True)
-                record = s.run(arm, seed)
-                if record.pop("reused", False):  # finished by an earlier call: its results are kept
-                    print(f"   {record['status']} before: kept, not trained again", flush=True)
-                    bar.total -= 1  # the bar's rate and time left count the runs trained now
-                else:
-                    bar.update(1)
-                records[record["run"]] = record
-                if record["status"] == "interrupted":
-                    code = record.get("exit_code", 130)
-                    print(f"stopped in {s.run_name(arm, seed)}: run the same command again to continue")
-                    break
-            bar.close()
+            rows = plan(study, preset, s.static_copies())
+            records, code = _run_all(s, study, rows, n_seeds, show_progress)
             write_report(s, study, rows, n_seeds, records, command)
             return code
     except DirectoryBusy as e:
         raise StudyError(str(e)) from None
+
+
+def _run_all(s: Study, study: str, rows: list, n_seeds: int, show_progress: bool) -> tuple[dict, int]:
+    """Every arm's seed 0 first (a partial study is already a table, and it picks the lr sweeps'
+    rates), then seeds 1..n of later_seeds. Returns the runs' records and 0, or the exit code of
+    an interrupted run."""
+    records: dict = {}
+    arms = _arms(rows)
+    # the count, until seed 0 has picked the sweeps' rates, assumes the baseline's rate wins its sweep
+    swept = {a.batch_scale for a in arms if a.sweep} - {a.batch_scale for _, a, _ in rows if a.name == "baseline"}
+    total = len(arms) + (n_seeds - 1) * (len([a for a in arms if not a.sweep]) + len(swept))
+    bar = progress(total=total, desc=f"study {study}", unit="runs", disable=not show_progress)
+    todo = [(arm, 0) for arm in arms]
+    i = 0
+    while i < len(todo):
+        arm, seed = todo[i]
+        i += 1
+        print(f"== study {study}: run {i}/{total}: {s.run_name(arm, seed)}", flush=True)
+        record = s.run(arm, seed)
+        if record.pop("reused", False):  # finished by an earlier call: its results are kept
+            print(f"   {record['status']} before: kept, not trained again", flush=True)
+            bar.total -= 1  # the bar's rate and time left count the runs trained now
+        else:
+            bar.update(1)
+        records[record["run"]] = record
+        if record["status"] == "interrupted":
+            print(f"stopped in {s.run_name(arm, seed)}: run the same command again to continue")
+            bar.close()
+            return records, record.get("exit_code", 130)
+        if i == len(arms):  # seed 0 is in: the sweeps' rates are chosen, and the count is exact
+            todo += [(arm, seed) for seed in range(1, n_seeds) for arm in later_seeds(rows, records)]
+            bar.total += len(todo) - total
+            total = len(todo)
+    bar.close()
+    return records, 0
 
 
 # ----------------------------------------------------------------------------- helpers
