@@ -192,6 +192,20 @@ def test_study_writes_the_table_the_json_and_the_curves(finished):
     assert results["threads"]["count"] >= 1  # one count for every run of the study
     assert {a["settings"]["threads"] for a in results["arms"].values()} == {results["threads"]["count"]}
     assert (finished / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    from roberta_scratch.study.report import curve_points
+
+    curve = runs[0]["pretrain"]["curve"]
+    assert curve[0][0] == 0 and [p[0] for p in curve_points(runs[0])] == [t for s, t, _ in curve if s > 0]
+    header = next(line for line in table.splitlines() if line.startswith("| arm |"))
+    assert header.index("downstream acc %") < header.index("masked acc %") < header.index("held-out ppl")
+    columns = [c.strip() for c in header.strip("|").split("|")]
+    floor_row = next(line for line in table.splitlines() if line.startswith("| unigram (no model) |"))
+    cells = dict(zip(columns, (c.strip() for c in floor_row.strip("|").split("|")), strict=True))
+    assert (
+        cells["held-out ppl"] == f"{results['unigram_floor']['ppl']:.2f}"
+        and cells["masked acc %"] == f"{100 * results['unigram_floor']['acc']:.1f}"
+    )
+    assert cells["downstream acc %"] == "–"  # the floor row's numbers sit in their own columns
     floor = results["unigram_floor"]
     assert 1 < floor["ppl"] and abs(floor["ppl"] - math.exp(floor["loss"])) < 1e-9 and 0 < floor["acc"] < 1
     for name, arm in results["arms"].items():  # the floor decides, and the table says so
@@ -237,20 +251,23 @@ def test_the_findings_state_each_gap_against_the_papers(finished):
     rows = [(Arm("static", static_copies=1), "static, 1 mask"), (Arm("static-x2", static_copies=2), "static, 2 copies")]
     rows += [(Arm("baseline"), "dynamic")]
     table = Table("masking", rows, "baseline", {})
-    table.verdicts["static"] = verdicts(mlm_acc=([10.0, 10.1, 9.9], [14.0, 14.1, 13.9]))  # clearly worse
-    table.verdicts["static-x2"] = verdicts(mlm_acc=([14.0, 14.5, 13.5], [14.0, 14.2, 13.8]))  # no difference
+    table.verdicts["static"] = verdicts(down_acc=([10.0, 10.1, 9.9], [14.0, 14.1, 13.9]))  # clearly worse
+    # a masked-LM gap alone does not decide Table 1: the paper's Table 1 reports end tasks only
+    table.verdicts["static-x2"] = verdicts(
+        down_acc=([14.0, 14.5, 13.5], [14.0, 14.2, 13.8]), ppl=([500.0, 501.0, 502.0], [400.0, 401.0, 402.0])
+    )
     text = "\n".join(findings_markdown([table], {}))
     assert "The paper: dynamic masking is comparable to static" in text
     worse = next(x for x in text.splitlines() if x.startswith("- static, 1 mask against dynamic: "))
-    assert "masked acc % -4.00 (p = " in worse and "different" in worse and "So: **worse**" in worse
+    assert "downstream acc % -4.00 (p = " in worse and "different" in worse and "So: **worse**" in worse
     same = next(x for x in text.splitlines() if x.startswith("- static, 2 copies against dynamic: "))
-    assert "So: **no difference beyond noise**" in same
+    assert "held-out ppl +100.00 (p = " in same and "So: **no difference beyond noise**" in same
     assert "the paper's gap for this row: SQuAD 2.0 -0.4, MNLI-m +0.3, SST-2 -0.4" in same
 
     formats = Table("formats", [(Arm("doc", packing="doc"), "DOC"), (Arm("baseline"), "FULL")], "baseline", {})
     formats.verdicts["doc"] = verdicts(down_acc=([60.0, 61.0, 62.0], [50.0, 51.0, 52.0]))  # better, as the paper
     text = "\n".join(findings_markdown([formats], {}))
-    assert "So: **the paper's direction**" in text and "rests on the downstream tasks" in text
+    assert "So: **the paper's direction**" in text and "calls rest on the downstream tasks" in text
     formats.verdicts["doc"] = verdicts(down_acc=([40.0, 41.0, 42.0], [50.0, 51.0, 52.0]))
     assert "So: **against the paper's direction**" in "\n".join(findings_markdown([formats], {}))
 

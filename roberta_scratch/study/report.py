@@ -43,9 +43,10 @@ PAPER = {
     "batch": {
         "columns": ["bsz", "steps", "lr", "ppl", "MNLI-m", "SST-2"],
         "rows": {
-            1: ["256", "1M", "1e-4", 3.99, 84.7, 92.7],
-            8: ["2K", "125K", "7e-4", 3.68, 85.2, 92.9],
-            32: ["8K", "31K", "1e-3", 3.77, 84.6, 92.8],
+            # by rank: a study's smallest, middle and largest batch stand for the paper's 256, 2K, 8K
+            0: ["256", "1M", "1e-4", 3.99, 84.7, 92.7],
+            1: ["2K", "125K", "7e-4", 3.68, 85.2, 92.9],
+            2: ["8K", "31K", "1e-3", 3.77, 84.6, 92.8],
         },
     },
 }
@@ -54,12 +55,14 @@ TITLES = {
     "formats": "Table 2: input format and next sentence prediction",
     "batch": "Table 3: batch size at an equal token budget",
 }
+# (key, column, higher is better): the downstream tasks first, as the paper's Tables 1-2 report
+# end tasks only; then the masked-LM scores (Table 3 leads with perplexity, in its own columns)
 METRICS = (
-    ("ppl", "held-out ppl", False),
-    ("mlm_acc", "masked acc %", True),
     ("down_acc", "downstream acc %", True),
     ("down_f1", "macro-F1 %", True),
     ("pair_task_acc", "same-module acc %", True),
+    ("mlm_acc", "masked acc %", True),
+    ("ppl", "held-out ppl", False),
 )
 
 
@@ -266,15 +269,19 @@ def _verdict_cell(v: dict | None, digits: int = 2) -> str:
     return f"{v['delta']:+.{digits}f}, 95% CI [{lo:+.{digits}f}, {hi:+.{digits}f}], p = {v['p']:.2g}: {call}"
 
 
-def _paper_cells(substudy: str, arm, row_label: str) -> list:
-    rows = PAPER[substudy]["rows"]
+def paper_row(substudy: str, arm, scales: tuple = ()):
+    """The key of the paper's row that an arm stands for (None: no such row). Table 3's rows go
+    by rank: our smallest, middle and largest batch scale are the paper's 256, 2K and 8K."""
     if substudy == "masking":
-        key = "dynamic" if arm.name == "baseline" else "static" if arm.static_copies > 1 else None
-    elif substudy == "formats":
-        key = {"baseline": "full"}.get(arm.name, arm.name)
-    else:
-        key = arm.batch_scale
-    values = rows.get(key)
+        return "dynamic" if arm.name == "baseline" else "static" if arm.static_copies > 1 else None
+    if substudy == "formats":
+        return {"baseline": "full"}.get(arm.name, arm.name)
+    ranks = sorted(set(scales))
+    return ranks.index(arm.batch_scale) if arm.batch_scale in ranks else None
+
+
+def _paper_cells(substudy: str, arm, scales: tuple = ()) -> list:
+    values = PAPER[substudy]["rows"].get(paper_row(substudy, arm, scales))
     return [str(v) for v in values] if values else ["–"] * len(PAPER[substudy]["columns"])
 
 
@@ -287,6 +294,7 @@ class Table:
     reference: str  # the arm name the others are compared with
     verdicts: dict  # arm name -> {metric: noise_verdict}
     winners: dict = field(default_factory=dict)  # Table 3: batch scale -> its best rate's arm
+    scales: tuple = ()  # Table 3: the study's batch scales (the paper's rows go by their rank)
 
 
 def table_markdown(study, table: Table, aggregates: dict, floor=None, learned_arms=None) -> str:
@@ -317,7 +325,8 @@ def table_markdown(study, table: Table, aggregates: dict, floor=None, learned_ar
         cells += [_mask_repeats(study, arm, agg)] if substudy == "masking" else []
         cells += [str(agg["seeds_done"]) if agg else "0", _tokens(agg and agg["tokens"]), _wall(agg and agg["wall_s"])]
         shown = substudy != "batch" or arm.name in chosen or not chosen
-        cells += _paper_cells(substudy, arm, label) if shown else ["–"] * len(PAPER[substudy]["columns"])
+        scales = study.preset.batch_scales
+        cells += _paper_cells(substudy, arm, scales) if shown else ["–"] * len(PAPER[substudy]["columns"])
         lines.append("| " + " | ".join(cells) + " |")
     if floor and floor.get("loss") is not None:
         lines.append(_floor_row(floor, len(head), substudy))
@@ -364,9 +373,11 @@ def _mask_repeats(study, arm, agg: dict | None) -> str:
 
 
 def _floor_row(floor: dict, width: int, substudy: str) -> str:
-    """The unigram row: held-out perplexity and masked accuracy of predicting from frequencies alone."""
+    """The unigram row: held-out perplexity and masked accuracy of predicting from frequencies
+    alone, in those two metrics' columns."""
+    known = {"ppl": f"{floor['ppl']:.2f}", "mlm_acc": f"{100 * floor['acc']:.1f}"}
     cells = ["unigram (no model)"] + (["–"] * 3 if substudy == "batch" else [])
-    cells += [f"{floor['ppl']:.2f}", f"{100 * floor['acc']:.1f}"]
+    cells += [known.get(key, "–") for key, _, _ in METRICS]
     return "| " + " | ".join(cells + ["–"] * (width - len(cells))) + " |"
 
 
@@ -395,7 +406,11 @@ def _paper_notes(substudy: str, study) -> list[str]:
         f"bsz {p.batch_size * scale}: {', '.join(f'{p.lr * r:g}' for r in ratios)}"
         for scale, ratios in zip(p.batch_scales, p.lr_grid, strict=True)
     )
+    largest = max(p.batch_scales)
     return [
+        f"Our batch sizes stand for the paper's 256, 2K and 8K by rank; they grow "
+        f"{' and '.join(f'{s}x' for s in p.batch_scales[1:])} (the paper's 8x and 32x) so that the largest "
+        f"still takes {max(1, round(p.steps / largest))} steps. "
         "The paper tuned the learning rate for each batch size (1e-4, 7e-4, 1e-3 for 256, 2K, 8K). We sweep "
         f"it ({grid}) at seed 0 and pick each batch size's rate by held-out loss (**best lr**); that rate alone "
         "gets the other seeds, and the test compares the best rates. The token budget is fixed: the steps "
@@ -415,14 +430,14 @@ PAPER_CLAIMS = {
     "tasks, and 8K is close to 2K",
 }
 # the paper's rows that are its reference in each table (our reference's counterpart)
-PAPER_REFERENCE = {"masking": "dynamic", "formats": "full", "batch": 1}
+PAPER_REFERENCE = {"masking": "dynamic", "formats": "full", "batch": 0}
 
 
-def paper_gap(substudy: str, arm) -> tuple[float, str] | None:
+def paper_gap(substudy: str, arm, scales: tuple = ()) -> tuple[float, str] | None:
     """The paper's own gap of an arm's row to its reference row: the mean over its end-task
     columns (perplexity's sign flipped, lower being better), and those gaps spelled out."""
     rows, columns = PAPER[substudy]["rows"], PAPER[substudy]["columns"]
-    key = {"masking": "static" if arm.static_copies > 1 else None, "formats": arm.name}.get(substudy, arm.batch_scale)
+    key = paper_row(substudy, arm, scales)
     if key not in rows or key == PAPER_REFERENCE[substudy]:
         return None
     gaps, words = [], []
@@ -437,8 +452,16 @@ def paper_gap(substudy: str, arm) -> tuple[float, str] | None:
     return sum(gaps) / len(gaps), ", ".join(words)
 
 
-def _our_calls(verdicts: dict) -> tuple[list[str], int]:
-    """Our gaps, metric by metric, and the sign of the ones called different (better = +)."""
+# The metrics each table's call rests on: those the paper's table reports. Tables 1-2 report end
+# tasks only (and a pair format's masked-LM scores are length-confounded, see the formats note);
+# Table 3 reports perplexity beside them.
+END_TASKS = ("down_acc", "down_f1", "pair_task_acc")
+CALLED_ON = {"masking": END_TASKS, "formats": END_TASKS, "batch": END_TASKS + ("ppl",)}
+
+
+def _our_calls(verdicts: dict, called_on: tuple) -> tuple[list[str], int]:
+    """Our gaps, metric by metric, and the sign of the ones in `called_on` called different
+    (better = +; 0: none; 2: some better, some worse)."""
     words, signs = [], set()
     for key, name, higher_better in METRICS:
         v = verdicts.get(key)
@@ -449,7 +472,7 @@ def _our_calls(verdicts: dict) -> tuple[list[str], int]:
             continue
         call = "different" if v["different"] else "no difference"
         words.append(f"{name} {v['delta']:+.2f} (p = {v['p']:.2g}, {call})")
-        if v["different"]:
+        if v["different"] and key in called_on:
             signs.add(1 if (v["delta"] > 0) == higher_better else -1)
     return words, (signs.pop() if len(signs) == 1 else 0 if not signs else 2)
 
@@ -457,7 +480,14 @@ def _our_calls(verdicts: dict) -> tuple[list[str], int]:
 def findings_markdown(tables: list, aggregates: dict) -> list[str]:
     """Each table's conclusion against the paper's: our gaps with their tests, the paper's gap for
     the same row, and whether ours goes the paper's way, against it, or shows no difference."""
-    lines = ["## Findings against the paper", ""]
+    lines = [
+        "## Findings against the paper",
+        "",
+        "Each call rests on the metrics the paper's table reports: the downstream tasks in Tables 1-2, "
+        "perplexity with them in Table 3. Every gap is listed with its test; *better* or *worse* needs p < "
+        f"{ALPHA:g}.",
+        "",
+    ]
     for t in tables:
         labels = dict((arm.name, label) for arm, label in t.rows)
         lines += [f"**{TITLES[t.substudy]}.** The paper: {PAPER_CLAIMS[t.substudy]}.", ""]
@@ -469,8 +499,8 @@ def findings_markdown(tables: list, aggregates: dict) -> list[str]:
             if any("excluded" in x for x in v.values() if x):
                 lines.append(head + "left out: an arm did not learn.")
                 continue
-            words, sign = _our_calls(v)
-            paper = paper_gap(t.substudy, arm)
+            words, sign = _our_calls(v, CALLED_ON[t.substudy])
+            paper = paper_gap(t.substudy, arm, t.scales)
             if sign == 0:
                 call = "no difference beyond noise"
             elif sign == 2:
@@ -483,7 +513,7 @@ def findings_markdown(tables: list, aggregates: dict) -> list[str]:
             lines.append(head + "; ".join(words) + f". So: **{call}** ({paper_words}).")
         if t.substudy == "formats":
             lines.append(
-                "- The pair formats' conclusion rests on the downstream tasks, which fine-tune and test every "
+                "- The pair formats' calls rest on the downstream tasks, which fine-tune and test every "
                 "arm alike. Masked-LM scores are shown on both held-out sets: the common FULL-SENTENCES "
                 "blocks (longer than the pairs these arms trained on) and held-out pairs of their own "
                 "format (which the baseline is not scored on); neither alone compares formats fairly."
@@ -625,7 +655,10 @@ def write_report(
         rows = [(arm, label) for s, arm, label in plan_rows if s == sub]
         reference, compared = reference_and_compared(sub, rows, winners)
         verdicts = {} if study.preset.smoke else _verdicts(compared, reference, aggregates, learned_arms)
-        tables.append(Table(sub, rows, reference, verdicts, winners if sub == "batch" else {}))
+        batch = sub == "batch"
+        tables.append(
+            Table(sub, rows, reference, verdicts, winners if batch else {}, study.preset.batch_scales if batch else ())
+        )
     parts = _report_header(study, study_name, n_seeds, command)
     parts += [table_markdown(study, t, aggregates, floor, learned_arms) for t in tables]
     if not study.preset.smoke:
@@ -683,14 +716,14 @@ def write_report(
 
 
 def curve_points(record: dict) -> list[tuple[float, float]]:
-    """(training tokens, held-out loss) at each evaluation of a run; tokens estimated from the
-    step when the metrics do not record them."""
+    """(training tokens, held-out loss) at each evaluation of a run after the first step; tokens
+    estimated from the step when the metrics do not record them."""
     pre = record.get("pretrain") or {}
     per_step = record.get("tokens_per_step")
     points = []
     for step, tokens, loss in pre.get("curve", []):
         t = tokens if tokens is not None else (step * per_step if per_step else None)
-        if t is not None:
+        if t is not None and step > 0:  # not the untrained model: ln(V) would flatten every difference
             points.append((float(t), float(loss)))
     return points
 
