@@ -632,6 +632,21 @@ def reference_and_compared(substudy: str, rows: list, winners: dict) -> tuple[st
     return reference, [winners[s] for s in scales[1:] if s in winners]
 
 
+def _tables(study, plan_rows: list, records: dict, aggregates: dict, learned_arms: dict) -> list[Table]:
+    """One Table per sub-study in the plan: its rows, its reference and its comparisons (none for a
+    smoke-test preset)."""
+    winners = sweep_winners(plan_rows, records)
+    tables = []
+    for sub in dict.fromkeys(s for s, _, _ in plan_rows):
+        rows = [(arm, label) for s, arm, label in plan_rows if s == sub]
+        reference, compared = reference_and_compared(sub, rows, winners)
+        verdicts = {} if study.preset.smoke else _verdicts(compared, reference, aggregates, learned_arms)
+        batch = sub == "batch"
+        scales = study.preset.batch_scales if batch else ()
+        tables.append(Table(sub, rows, reference, verdicts, winners if batch else {}, scales))
+    return tables
+
+
 def write_report(
     study, study_name: str, plan_rows: list, n_seeds: int, records: dict, command: list[str] | None
 ) -> None:
@@ -649,16 +664,7 @@ def write_report(
     floor = _floor(study)
     learned_arms = {a: learned(aggregates[a], floor) for a in arms}
     _warn_unlearned(learned_arms, aggregates, floor)
-    winners = sweep_winners(plan_rows, records)
-    tables = []
-    for sub in dict.fromkeys(s for s, _, _ in plan_rows):
-        rows = [(arm, label) for s, arm, label in plan_rows if s == sub]
-        reference, compared = reference_and_compared(sub, rows, winners)
-        verdicts = {} if study.preset.smoke else _verdicts(compared, reference, aggregates, learned_arms)
-        batch = sub == "batch"
-        tables.append(
-            Table(sub, rows, reference, verdicts, winners if batch else {}, study.preset.batch_scales if batch else ())
-        )
+    tables = _tables(study, plan_rows, records, aggregates, learned_arms)
     parts = _report_header(study, study_name, n_seeds, command)
     parts += [table_markdown(study, t, aggregates, floor, learned_arms) for t in tables]
     if not study.preset.smoke:
