@@ -44,6 +44,8 @@ def probe_preset(overrides: dict[str, str]):
     for key, value in overrides.items():
         if key not in types:
             raise SystemExit(f"error: {key} is neither a preset field nor one of {', '.join(MODEL_FIELDS)}, dropout")
+        if not any(t in str(types[key]) for t in ("int", "float")):
+            raise SystemExit(f"error: {key} is a {types[key]}: only number fields can be changed here")
         if value.lower() == "none":
             fields[key] = None
         else:

@@ -256,7 +256,7 @@ def test_the_findings_state_each_gap_against_the_papers(finished):
     table.verdicts["static-x2"] = verdicts(
         down_acc=([14.0, 14.5, 13.5], [14.0, 14.2, 13.8]), ppl=([500.0, 501.0, 502.0], [400.0, 401.0, 402.0])
     )
-    text = "\n".join(findings_markdown([table], {}))
+    text = "\n".join(findings_markdown([table]))
     assert "The paper: dynamic masking is comparable to static" in text
     worse = next(x for x in text.splitlines() if x.startswith("- static, 1 mask against dynamic: "))
     assert "downstream acc % -4.00 (p = " in worse and "different" in worse and "So: **worse**" in worse
@@ -266,10 +266,10 @@ def test_the_findings_state_each_gap_against_the_papers(finished):
 
     formats = Table("formats", [(Arm("doc", packing="doc"), "DOC"), (Arm("baseline"), "FULL")], "baseline", {})
     formats.verdicts["doc"] = verdicts(down_acc=([60.0, 61.0, 62.0], [50.0, 51.0, 52.0]))  # better, as the paper
-    text = "\n".join(findings_markdown([formats], {}))
+    text = "\n".join(findings_markdown([formats]))
     assert "So: **the paper's direction**" in text and "calls rest on the downstream tasks" in text
     formats.verdicts["doc"] = verdicts(down_acc=([40.0, 41.0, 42.0], [50.0, 51.0, 52.0]))
-    assert "So: **against the paper's direction**" in "\n".join(findings_markdown([formats], {}))
+    assert "So: **against the paper's direction**" in "\n".join(findings_markdown([formats]))
 
     written = (finished / "table.md").read_text()  # a real study: every compared arm has its line
     results = json.loads((finished / "results.json").read_text())

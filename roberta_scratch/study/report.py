@@ -325,8 +325,7 @@ def table_markdown(study, table: Table, aggregates: dict, floor=None, learned_ar
         cells += [_mask_repeats(study, arm, agg)] if substudy == "masking" else []
         cells += [str(agg["seeds_done"]) if agg else "0", _tokens(agg and agg["tokens"]), _wall(agg and agg["wall_s"])]
         shown = substudy != "batch" or arm.name in chosen or not chosen
-        scales = study.preset.batch_scales
-        cells += _paper_cells(substudy, arm, scales) if shown else ["–"] * len(PAPER[substudy]["columns"])
+        cells += _paper_cells(substudy, arm, table.scales) if shown else ["–"] * len(PAPER[substudy]["columns"])
         lines.append("| " + " | ".join(cells) + " |")
     if floor and floor.get("loss") is not None:
         lines.append(_floor_row(floor, len(head), substudy))
@@ -477,7 +476,7 @@ def _our_calls(verdicts: dict, called_on: tuple) -> tuple[list[str], int]:
     return words, (signs.pop() if len(signs) == 1 else 0 if not signs else 2)
 
 
-def findings_markdown(tables: list, aggregates: dict) -> list[str]:
+def findings_markdown(tables: list) -> list[str]:
     """Each table's conclusion against the paper's: our gaps with their tests, the paper's gap for
     the same row, and whether ours goes the paper's way, against it, or shows no difference."""
     lines = [
@@ -668,7 +667,7 @@ def write_report(
     parts = _report_header(study, study_name, n_seeds, command)
     parts += [table_markdown(study, t, aggregates, floor, learned_arms) for t in tables]
     if not study.preset.smoke:
-        parts += findings_markdown(tables, aggregates)
+        parts += findings_markdown(tables)
     failed = [r for r in records.values() if r.get("status") == "failed" and r["arm"] in arms]
     if failed:
         parts += ["Failed runs (not retried; delete the run folder to retry):", ""]

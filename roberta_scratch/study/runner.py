@@ -132,7 +132,8 @@ PRESETS = {
         lr_grid=((0.5, 1.0, 2.0), (1.0, 2.0, 4.0)),
         smoke=True,
     ),
-    # Sized to run `study all` (32 runs) in about 75 min on 2 cores with 2 threads: the demo's recipe
+    # Sized to run `study all` (32 runs) within 90 min on 2 cores with 2 threads (measured: the runs
+    # took 55 min of their own wall time, docs/study.md): the demo's recipe
     # (no dropout, lr 2e-3, 64-token blocks of 32) at the paper's 15% masking, 2.5M tokens a run, 3
     # seeds. The corpus is thinned so that those tokens are 8+ passes: BERT's static copies can then
     # each be seen 4 times. Probed and timed arm by arm: see docs/study.md.
