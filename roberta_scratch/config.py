@@ -50,8 +50,17 @@ class RobertaConfig:
     num_labels: int = 2
     problem_type: str | None = None
     label_names: list | None = field(default=None)
+    # Structured pruning (roberta-scratch prune): {layer: [head, ...]} of the heads removed, in the
+    # original numbering, as transformers 4.x records them. Layer i keeps
+    # num_attention_heads - len(pruned_heads[i]) heads of head_dim each.
+    pruned_heads: dict | None = field(default=None)
+    # Int8 quantization (roberta-scratch quantize): what the weights hold, e.g.
+    # {"method": "dynamic-int8", "embeddings": "int8"}; None for a float model. See int8.py.
+    quantization: dict | None = field(default=None)
 
     def __post_init__(self):
+        if isinstance(self.pruned_heads, dict):  # JSON object keys are strings; empty layers say nothing
+            self.pruned_heads = _normalise_pruned_heads(self.pruned_heads)
         self.validate()
 
     # ----------------------------------------------------------------- checks
@@ -125,15 +134,46 @@ class RobertaConfig:
             f"max_position_embeddings ({self.max_position_embeddings}) leaves no room for a real "
             f"token: positions start at pad_token_id + 1 = {self.pad_token_id + 1}",
         )
+        self._validate_deploy_fields(need)
         need(self.problem_type in PROBLEM_TYPES, f"problem_type {self.problem_type!r} is not one of {PROBLEM_TYPES}")
         need(
             self.label_names is None or len(self.label_names) == self.num_labels,
             f"label_names has {len(self.label_names or [])} names but num_labels is {self.num_labels}",
         )
 
+    def _validate_deploy_fields(self, need) -> None:
+        """pruned_heads and quantization: what prune and quantize write."""
+        need(
+            self.pruned_heads is None or isinstance(self.pruned_heads, dict),
+            f"pruned_heads must be an object {{layer: [heads]}} or null, got {self.pruned_heads!r}",
+        )
+        for layer, heads in (self.pruned_heads or {}).items():
+            need(
+                isinstance(layer, int) and 0 <= layer < self.num_hidden_layers,
+                f"pruned_heads names layer {layer!r}, but the model has layers 0..{self.num_hidden_layers - 1}",
+            )
+            need(
+                all(isinstance(h, int) and 0 <= h < self.num_attention_heads for h in heads),
+                f"pruned_heads[{layer}] = {heads!r}: heads are numbered 0..{self.num_attention_heads - 1}",
+            )
+            need(
+                len(heads) < self.num_attention_heads,
+                f"pruned_heads[{layer}] removes all {self.num_attention_heads} heads of layer {layer}: "
+                "a layer needs at least one (remove the layer instead)",
+            )
+        q = self.quantization
+        need(
+            q is None or (isinstance(q, dict) and q.get("method") in QUANT_METHODS),
+            f"quantization must be null or an object whose method is one of {QUANT_METHODS}, got {q!r}",
+        )
+
     @property
     def head_dim(self) -> int:
         return self.hidden_size // self.num_attention_heads
+
+    def heads_in_layer(self, layer: int) -> int:
+        """How many attention heads layer `layer` has after pruning."""
+        return self.num_attention_heads - len((self.pruned_heads or {}).get(layer, ()))
 
     @property
     def max_tokens(self) -> int:
@@ -169,8 +209,17 @@ class RobertaConfig:
         d = {
             k: v
             for k, v in self.to_dict().items()
-            if k not in ("attention", "layer_norm", "label_names", "problem_type", "classifier_dropout")
+            if k
+            not in ("attention", "layer_norm", "label_names", "problem_type", "classifier_dropout", "pruned_heads")
         }
+        if self.quantization is not None:
+            raise ValueError(
+                f"an int8 model ({self.quantization['method']}) has no Hugging Face form: convert the float "
+                "model it was quantized from"
+            )
+        del d["quantization"]
+        if self.pruned_heads:  # transformers 4.x prunes these heads when it builds the model
+            d["pruned_heads"] = {str(k): v for k, v in self.pruned_heads.items()}
         d.update(model_type="roberta", position_embedding_type="absolute", classifier_dropout=self.classifier_dropout)
         if self.problem_type is not None:
             d["problem_type"] = self.problem_type
@@ -190,7 +239,13 @@ class RobertaConfig:
                 f"position_embedding_type {d['position_embedding_type']!r} is not supported "
                 "(only RoBERTa's absolute positions)"
             )
-        names = {f.name for f in dataclasses.fields(cls)} - {"attention", "layer_norm", "label_names", "num_labels"}
+        names = {f.name for f in dataclasses.fields(cls)} - {
+            "attention",
+            "layer_norm",
+            "label_names",
+            "num_labels",
+            "quantization",
+        }
         kwargs = {k: d[k] for k in names if d.get(k) is not None}
         id2label = d.get("id2label")
         if id2label:
@@ -245,6 +300,20 @@ class RobertaConfig:
             raise ValueError(f"{path}: {e}") from None
 
 
+def _normalise_pruned_heads(d: dict) -> dict | None:
+    """{"3": [2, 0, 2]} -> {3: [0, 2]}: int layers (JSON keys are strings), sorted unique heads,
+    layers with none removed left out; None when nothing is pruned. Odd values pass through for
+    validate() to name."""
+    out = {}
+    for k, v in d.items():
+        layer = int(k) if isinstance(k, str) and k.lstrip("-").isdigit() else k
+        heads = sorted(set(v)) if isinstance(v, (list, tuple)) and all(isinstance(h, int) for h in v) else v
+        if heads != []:
+            out[layer] = heads
+    return out or None
+
+
+QUANT_METHODS = ("dynamic-int8", "weight-only-int8")
 CONFIG_FORMAT = "roberta-scratch"
 CODE_FIELDS = ("attention", "layer_norm")  # may name MODULE:FUNCTION, which building a model imports
 

@@ -188,6 +188,33 @@ def atomic_files(directory: str | os.PathLike, prefix: str = ".tmp-"):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def new_directory(path: str | os.PathLike):
+    """Yield a temp directory beside `path`, renamed to `path` when the block ends without error
+    (thrown away otherwise): a command's output folder appears whole or not at all. `path` must
+    not exist yet; the temp folder's name starts with `.<name>.tmp-` in the same parent."""
+    path = os.path.abspath(os.fspath(path))
+    if os.path.lexists(path):
+        raise FileExistsError(f"{path} already exists: name a new folder (nothing was written)")
+    parent = os.path.dirname(path)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(path)}.tmp-")
+    try:
+        yield tmp
+        for name in sorted(os.listdir(tmp)):
+            full = os.path.join(tmp, name)
+            if os.path.isfile(full):
+                with open(full, "rb+") as f:
+                    os.fsync(f.fileno())
+        fsync_dir(tmp)
+        if os.path.lexists(path):  # appeared while we worked: never replace what another wrote
+            raise FileExistsError(f"{path} appeared while this command ran: left it alone")
+        os.rename(tmp, path)
+        fsync_dir(parent)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 class DirectoryBusy(RuntimeError):
     """Another process holds the lock on a directory (a run, a prepare) that this one wants."""
 

@@ -25,6 +25,7 @@ import roberta_kernels
 from .checkpoints.formats import read_checkpoint, save_ours
 from .checkpoints.keymaps import ENCODER_PREFIX, HEAD_PREFIXES, normalise_prefix
 from .config import IGNORE_INDEX, RobertaConfig
+from .int8 import swap_linears, unpack_embeddings
 
 ACT2FN = {
     "gelu": F.gelu,  # exact erf form, as in the original
@@ -226,9 +227,7 @@ class PreTrained(nn.Module):
         building the model would import that module (RobertaConfig.load).
         """
         cfg, sd = read_checkpoint(path, trust_code=trust_code, **config_overrides)
-        model = cls(cfg)
-        load_state(model, sd, reinit_mismatched_heads)
-        return model
+        return build_model(cls, cfg, sd, reinit_mismatched_heads)
 
 
 ID_DTYPES = (torch.int64, torch.int32)  # what an embedding lookup takes; bool and uint8 would be masks
@@ -662,6 +661,17 @@ MODEL_CLASSES = {
 
 
 # --------------------------------------------------------------------------- loading weights
+
+
+def build_model(cls, cfg: RobertaConfig, sd: dict, reinit_mismatched_heads: bool = False):
+    """cls(cfg) holding the weights of `sd`: a float model, or an int8 one (int8.py) when
+    cfg.quantization says the checkpoint was written by `roberta-scratch quantize`."""
+    model = cls(cfg)
+    if cfg.quantization is not None:
+        swap_linears(model, cfg.quantization)
+        sd = unpack_embeddings(sd)
+    load_state(model, sd, reinit_mismatched_heads)
+    return model
 
 
 def load_state(model, sd: dict, reinit_mismatched_heads: bool = False) -> None:

@@ -4,10 +4,10 @@ The layers, lowest first (a module imports only from its own layer or lower ones
 
     base          errors, fileio, progress, machine, flops, config, testing     (flat)
     formats       tokenization/, checkpoints/keymaps, checkpoints/formats       what is on disk
-    model         model                                                         (flat)
+    model         model, int8, onnx_model                                      (flat)
     foundations   training (the loop), run_args, run_files, plots, data/      what every workflow builds on
     workflows     pretrain, probe, converge (flat); finetune/, checkpoints/converter
-    applications  study/, demo                                                  workflows put together
+    applications  study/, demo, deploy/                                         workflows put together
     cli           cli, __main__
 
 Within the workflow layer no workflow imports another: what two of them share lives lower down.
@@ -25,10 +25,10 @@ PACKAGE = REPO / "roberta_scratch"
 LAYERS = [
     ("base", {"errors", "fileio", "progress", "machine", "flops", "config", "testing"}),
     ("formats", {"tokenization", "checkpoints", "checkpoints.keymaps", "checkpoints.formats"}),
-    ("model", {"model"}),
+    ("model", {"model", "int8", "onnx_model"}),
     ("foundations", {"training", "run_args", "run_files", "plots", "data"}),
     ("workflows", {"pretrain", "probe", "converge", "finetune", "checkpoints.converter"}),
-    ("applications", {"study", "demo"}),
+    ("applications", {"study", "demo", "deploy"}),
     ("cli", {"cli", "__main__"}),
 ]
 

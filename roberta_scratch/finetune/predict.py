@@ -15,7 +15,7 @@ import warnings
 
 from ..checkpoints.formats import find_model_dir, read_checkpoint
 from ..errors import TrainingError
-from ..model import load_state
+from ..model import build_model
 from ..tokenization.byte_level import load_tokenizer
 from .readers import DataError
 from .tasks import TASKS
@@ -50,8 +50,7 @@ def load_finetuned(path: str, device=None, trust_code: bool = False):
             )
         info = {"task": task, "max_length": cfg.max_tokens}
     task_cls = TASKS[info["task"]]
-    model = task_cls.model_class(cfg)
-    load_state(model, sd)
+    model = build_model(task_cls.model_class, cfg, sd)
     model = model.eval().to(device or "cpu")
     args = FinetuneArgs(
         task=info["task"],

@@ -120,6 +120,11 @@ class FinetuneTrainer(BaseTrainer):
             )
         for w in caught:
             self._log(f"note: {w.message}")
+        if model.config.quantization is not None:  # int8 weights have no gradients to follow
+            raise TrainingError(
+                f"{a.model} is an int8 model ({model.config.quantization['method']}): fine-tune the float "
+                "model it was quantized from, then quantize the result"
+            )
         max_length = min(a.max_length or self.task.default_max_length, model.config.max_tokens)
         # the task works with the effective settings; the caller's args stay as given
         self.task.args = dataclasses.replace(a, max_length=max_length)
