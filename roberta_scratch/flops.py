@@ -21,9 +21,11 @@ def flops_per_token(cfg: RobertaConfig, seq_len: int) -> dict:
     trainer's masked-only head runs it at mlm_probability of them.
     """
     H, I, L, V = cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers, cfg.vocab_size
+    # A is a layer's heads side by side: H, or less where prune removed heads (cfg.pruned_heads)
+    widths = [cfg.heads_in_layer(i) * cfg.head_dim for i in range(L)]
     return {
         "embeddings": 0,  # lookups and one LayerNorm: no matmul
-        "attention": L * (2 * 4 * H * H + 2 * 2 * seq_len * H),  # qkv + out proj, then QK^T and PV
+        "attention": sum(2 * 4 * H * A + 2 * 2 * seq_len * A for A in widths),  # qkv + out proj, QK^T and PV
         "feed_forward": L * 2 * 2 * H * I,
         "mlm_head": 2 * H * H + 2 * H * V,
     }

@@ -113,11 +113,14 @@ class SelfAttention(nn.Module):
               fn(q, k, v, key_padding_mask=..., dropout_p=...) (see kernels/roberta_kernels/registry.py).
     """
 
-    def __init__(self, cfg: RobertaConfig):
+    def __init__(self, cfg: RobertaConfig, index: int):
         super().__init__()
-        self.n_head = cfg.num_attention_heads
-        self.qkv = nn.Linear(cfg.hidden_size, 3 * cfg.hidden_size)  # query, key, value in one matmul
-        self.proj = nn.Linear(cfg.hidden_size, cfg.hidden_size)
+        # A pruned layer (cfg.pruned_heads, roberta-scratch prune) keeps fewer heads of the same
+        # size, so the heads together are n_head * head_dim wide, which may be less than C.
+        self.n_head, self.head_dim = cfg.heads_in_layer(index), cfg.head_dim
+        inner = self.n_head * self.head_dim
+        self.qkv = nn.Linear(cfg.hidden_size, 3 * inner)  # query, key, value in one matmul
+        self.proj = nn.Linear(inner, cfg.hidden_size)
         self.dropout = cfg.attention_probs_dropout_prob
         self.backend = cfg.attention
         self.impl = None if self.backend == "eager" else roberta_kernels.get_implementation("attention", self.backend)
@@ -131,10 +134,11 @@ class SelfAttention(nn.Module):
                 f"{self.backend!r} backend never materialises them"
             )
         B, T, C = x.shape
-        q, k, v = self.qkv(x).split(C, dim=2)
-        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
-        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
-        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        nh, hs = self.n_head, self.head_dim
+        q, k, v = self.qkv(x).split(nh * hs, dim=2)
+        q = q.view(B, T, nh, hs).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, nh, hs).transpose(1, 2)  # (B, nh, T, hs)
+        v = v.view(B, T, nh, hs).transpose(1, 2)  # (B, nh, T, hs)
         p = self.dropout if self.training else 0.0
 
         if self.backend == "eager":
@@ -150,7 +154,7 @@ class SelfAttention(nn.Module):
                 raise ValueError(f"attention {self.backend!r} cannot run this batch (T={T}): {why}")
             y = self.impl.fn(q, k, v, key_padding_mask=pad_mask, dropout_p=p)  # (B, nh, T, hs)
 
-        y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble the heads side by side
+        y = y.transpose(1, 2).contiguous().view(B, T, nh * hs)  # re-assemble the heads side by side
         return self.proj(y), (att if need_weights else None)
 
 
@@ -166,11 +170,12 @@ class FeedForward(nn.Module):
 
 
 class Layer(nn.Module):
-    """One post-LN Transformer layer, as in BERT and RoBERTa."""
+    """One post-LN Transformer layer, as in BERT and RoBERTa; `index` is its place in the stack
+    (a pruned config gives each layer its own head count)."""
 
-    def __init__(self, cfg: RobertaConfig):
+    def __init__(self, cfg: RobertaConfig, index: int):
         super().__init__()
-        self.attn = SelfAttention(cfg)
+        self.attn = SelfAttention(cfg, index)
         self.attn_norm = AddNorm(cfg)
         self.ffn = FeedForward(cfg)
         self.ffn_norm = AddNorm(cfg)
@@ -329,7 +334,7 @@ class RobertaModel(PreTrained):
         super().__init__()
         self.config = cfg
         self.embeddings = RobertaEmbeddings(cfg)
-        self.layers = nn.ModuleList([Layer(cfg) for _ in range(cfg.num_hidden_layers)])
+        self.layers = nn.ModuleList([Layer(cfg, i) for i in range(cfg.num_hidden_layers)])
         self.init_weights()
 
     def forward(
