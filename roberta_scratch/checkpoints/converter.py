@@ -72,6 +72,25 @@ def find_tokenizer(src: str):
     return ByteLevelBPETokenizer(vocab, merges), None
 
 
+def transformers_cannot_prune(cfg: RobertaConfig) -> str | None:
+    """Why the installed transformers cannot load this model, for a head-pruned one (None: it can).
+    transformers 4.x builds a model with fewer heads from config.json's pruned_heads; 5.0 removed
+    head pruning, so it would find the smaller weights the wrong shape."""
+    if not cfg.pruned_heads:
+        return None
+    try:
+        import transformers
+    except ImportError:
+        return None  # verify says that it needs transformers
+    major = int(transformers.__version__.split(".")[0])
+    if major < 5:
+        return None
+    return (
+        f"this model has pruned heads (pruned_heads in config.json), which transformers >= 5 cannot load "
+        f"(installed: {transformers.__version__}; 4.x can)"
+    )
+
+
 def verify_against_transformers(cfg: RobertaConfig, sd: dict) -> dict:
     """Max abs diff between our model and transformers' on one padded batch, per output."""
     try:
@@ -160,7 +179,16 @@ def convert(
     )
     if tok is None:
         print(f"note: {why_not}; {dst} holds the model only, and fill-mask and predict need a tokenizer there")
+    if to == "hf" and cfg.pruned_heads:
+        print(
+            "note: transformers >= 5 cannot load a head-pruned model (it removed head pruning); "
+            "transformers 4.x loads this folder, and this project loads it with any version"
+        )
     if not verify:
+        return 0
+    cannot = transformers_cannot_prune(cfg)
+    if cannot:
+        print(f"note: --verify skipped: {cannot}")
         return 0
     diff = verify_against_transformers(cfg, sd)
     for name, value in diff.items():
