@@ -16,6 +16,7 @@ import warnings
 from ..checkpoints.formats import find_model_dir, read_checkpoint
 from ..errors import TrainingError
 from ..model import build_model
+from ..onnx_model import OnnxModel
 from ..tokenization.byte_level import load_tokenizer
 from .readers import DataError
 from .tasks import TASKS
@@ -29,9 +30,12 @@ HEAD_TASKS = (
 )
 
 
-def load_finetuned(path: str, device=None, trust_code: bool = False):
+def load_finetuned(path: str, device=None, trust_code: bool = False, backend: str = "torch", onnx: str | None = None):
     """(task, model) from a folder written by finetune, a run folder (its best/, else model/),
-    or a Hugging Face folder whose weights carry a task head."""
+    or a Hugging Face folder whose weights carry a task head.
+
+    backend="onnx" runs the file `roberta-scratch export` wrote (`onnx`, default FOLDER/model.onnx)
+    in ONNX Runtime instead of the torch model, after checking it was exported from this folder."""
     path, note = find_model_dir(path)
     if note:
         warnings.warn(note, stacklevel=2)
@@ -50,8 +54,11 @@ def load_finetuned(path: str, device=None, trust_code: bool = False):
             )
         info = {"task": task, "max_length": cfg.max_tokens}
     task_cls = TASKS[info["task"]]
-    model = build_model(task_cls.model_class, cfg, sd)
-    model = model.eval().to(device or "cpu")
+    if backend == "onnx":
+        model = OnnxModel(onnx or os.path.join(path, "model.onnx"), device).check_source(cfg, sd, path)
+    else:
+        model = build_model(task_cls.model_class, cfg, sd)
+        model = model.eval().to(device or "cpu")
     args = FinetuneArgs(
         task=info["task"],
         model=path,
@@ -66,10 +73,18 @@ def load_finetuned(path: str, device=None, trust_code: bool = False):
 
 
 def predict(
-    path: str, lines: list[str], batch_size: int = 32, device=None, source: str = "the input", trust_code: bool = False
+    path: str,
+    lines: list[str],
+    batch_size: int = 32,
+    device=None,
+    source: str = "the input",
+    trust_code: bool = False,
+    backend: str = "torch",
+    onnx: str | None = None,
 ) -> list[dict]:
-    """One result per input line (or per question of a SQuAD file), from a fine-tuned model."""
-    task, model = load_finetuned(path, device, trust_code=trust_code)
+    """One result per input line (or per question of a SQuAD file), from a fine-tuned model
+    (backend "torch", or "onnx" for the file `roberta-scratch export` wrote)."""
+    task, model = load_finetuned(path, device, trust_code=trust_code, backend=backend, onnx=onnx)
     rows = task.read_inputs(lines)
     if not rows:
         raise DataError(f"{source} holds no inputs: it is empty or blank")
