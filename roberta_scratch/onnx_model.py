@@ -219,7 +219,7 @@ class OnnxModel:
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or torch.get_num_threads()
         options.inter_op_num_threads = 1
-        options.log_severity_level = 3  # errors only: ORT's notes on unused initializers are not the user's
+        options.log_severity_level = 4  # its errors come back as exceptions; its notes are not the user's
         self.session = ort.InferenceSession(path, options, providers=_providers(ort, device))
 
     def check_source(self, cfg: RobertaConfig, sd: dict, folder: str) -> OnnxModel:
@@ -242,7 +242,7 @@ class OnnxModel:
     def eval(self) -> OnnxModel:
         return self
 
-    def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **unused) -> Output:
+    def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> Output:
         check_inputs(self.config, input_ids, attention_mask)
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)

@@ -235,6 +235,15 @@ def test_a_kernel_backend_is_refused_with_the_way_out(folders, tmp_path, capsys,
     assert not os.path.exists(tmp_path / "m.onnx") and not leftovers(tmp_path)
 
 
+def test_opsets_that_cannot_work_are_refused(folders, tmp_path, capsys):
+    # there sdpa becomes ONNX's Attention op, which onnxruntime 1.32 cannot run with a padding mask
+    code, _, err = run_cli(capsys, "export", "--model", folders["mlm"], "--out", tmp_path / "m.onnx", "--attention", "sdpa", "--opset", "23")  # fmt: skip
+    assert code != 0 and "--opset 22" in err, err
+    code, _, err = run_cli(capsys, "export", "--model", folders["mlm"], "--out", tmp_path / "m.onnx", "--opset", "17")
+    assert code != 0 and "opset 18 or newer" in err, err
+    assert os.listdir(tmp_path) == []
+
+
 def test_attention_override_exports_a_kernel_model_and_overwrite_replaces(folders, exported, tmp_path, capsys):
     folder = copy_folder(folders["seq-cls"], tmp_path / "m", attention="triton")
     out = tmp_path / "m.onnx"

@@ -94,6 +94,13 @@ def export(
     require("onnx"), require("onnxruntime"), require("onnxscript")
     _check_out(out, overwrite)
     folder, cfg, sd, info = _read_source(model_dir, attention, trust_code)
+    if cfg.attention == "sdpa" and opset >= 23:
+        import onnxruntime
+
+        raise ValueError(
+            f"sdpa attention at opset {opset} becomes ONNX's Attention op, whose padding mask onnxruntime "
+            f"{onnxruntime.__version__} rejects: pass --opset 22, or --attention eager"
+        )
     head = model_class_name(sd)
     model = MODEL_CLASSES[head](cfg)
     with warnings.catch_warnings():
@@ -229,8 +236,13 @@ def verify(path: str, model, seed: int = 1) -> float:
     cfg = model.config
     top = min(13, cfg.max_tokens)
     ids, mask = example_batch(cfg, lengths=(top, max(2, top // 2), 2), seed=seed)
-    runner = OnnxModel(path)
+    try:
+        runner = OnnxModel(path)
+        got = runner(ids, attention_mask=mask)
+    except Exception as e:  # noqa: BLE001 (ORT's own error types; its messages run to pages)
+        why = str(e).strip().splitlines()[0][:400]
+        raise RuntimeError(f"ONNX Runtime cannot run the exported graph ({why}); nothing was written") from e
     with torch.no_grad():
-        want, got = model(ids, attention_mask=mask), runner(ids, attention_mask=mask)
+        want = model(ids, attention_mask=mask)
     diffs = [(getattr(got, n) - getattr(want, n)).abs().max().item() for n in runner.outputs]
     return max(diffs)
