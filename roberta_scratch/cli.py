@@ -273,7 +273,14 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     lines = sys.stdin.readlines() if args.file == "-" else list(iter_lines([args.file]))
     source = "standard input" if args.file == "-" else args.file
     results = predict(
-        args.model, lines, batch_size=args.batch_size, device=args.device, source=source, trust_code=args.trust_code
+        args.model,
+        lines,
+        batch_size=args.batch_size,
+        device=args.device,
+        source=source,
+        trust_code=args.trust_code,
+        backend=args.backend,
+        onnx=args.onnx,
     )
     for r in results:
         print(json.dumps(r, ensure_ascii=False))
@@ -285,6 +292,15 @@ def _add_predict_parser(sub) -> None:
     p.add_argument("--model", required=True, help="a directory written by `roberta-scratch finetune` (RUN/model)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--device", default=None)
+    p.add_argument(
+        "--backend",
+        choices=("torch", "onnx"),
+        default="torch",
+        help="onnx: run the file `roberta-scratch export` wrote, in ONNX Runtime (the same results)",
+    )
+    p.add_argument(
+        "--onnx", default=None, metavar="FILE", help="the file for --backend onnx (default MODEL/model.onnx)"
+    )
     add_trust_code_argument(p)
     p.add_argument(
         "file",
@@ -400,6 +416,71 @@ def _add_convert_parser(sub) -> None:
     p.set_defaults(func=converter.run)
 
 
+# --------------------------------------------------------------------------- deploy: quantize, prune, export
+
+
+def _cmd_quantize(args: argparse.Namespace) -> int:
+    from .deploy.quantize import quantize
+
+    summary = quantize(
+        args.model, args.out, method=args.method, calibration=args.calibration, trust_code=args.trust_code
+    )
+    print(summary)
+    return 0
+
+
+def _add_quantize_parser(sub) -> None:
+    from .config import QUANT_METHODS
+
+    p = sub.add_parser("quantize", help="int8 weights (per output channel) for every Linear: a smaller, faster model")
+    p.add_argument("--model", required=True, help="a model folder: fine-tuned (any task), MLM, or Hugging Face")
+    p.add_argument("--out", required=True, help="the new folder (must not exist)")
+    p.add_argument(
+        "--method",
+        choices=QUANT_METHODS,
+        default="dynamic-int8",
+        help="dynamic-int8: int8 weights and int8 activations scaled per batch (fastest on CPU); "
+        "weight-only-int8: int8 weights, float arithmetic (smaller only)",
+    )
+    p.add_argument(
+        "--calibration",
+        default=None,
+        help="a file of inputs (as predict reads them) on which quantize compares the int8 model with the float one",
+    )
+    add_trust_code_argument(p)
+    p.set_defaults(func=_cmd_quantize)
+
+
+def _cmd_prune(args: argparse.Namespace) -> int:
+    from .deploy.prune import prune_command
+
+    return prune_command(args)
+
+
+def _add_prune_parser(sub) -> None:
+    from .deploy.prune import add_prune_arguments
+
+    p = sub.add_parser("prune", help="remove attention heads or whole layers (Michel et al. 2019's importance)")
+    add_prune_arguments(p)
+    add_trust_code_argument(p)
+    p.set_defaults(func=_cmd_prune)
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .deploy.export import export_command
+
+    return export_command(args)
+
+
+def _add_export_parser(sub) -> None:
+    from .deploy.export import add_export_arguments
+
+    p = sub.add_parser("export", help="an ONNX file with dynamic batch and length axes, for ONNX Runtime")
+    add_export_arguments(p)
+    add_trust_code_argument(p)
+    p.set_defaults(func=_cmd_export)
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run
 
@@ -482,6 +563,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_features_parser(sub)
     _add_attention_parser(sub)
     _add_convert_parser(sub)
+    _add_quantize_parser(sub)
+    _add_prune_parser(sub)
+    _add_export_parser(sub)
     _add_kernels_parser(sub)
     return parser
 
