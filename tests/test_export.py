@@ -166,7 +166,8 @@ def test_the_file_declares_named_dynamic_axes_and_records_its_source(folders, ex
     meta = read_metadata(exported["qa"])
     with open(os.path.join(folders["qa"], "finetune.json")) as f:
         assert json.loads(meta["task"]) == json.load(f)
-    assert json.loads(meta["config"]) == RobertaConfig.load(folders["qa"]).to_dict()
+    # the config the graph computes with: the folder's, with the attention it was written with (eager)
+    assert json.loads(meta["config"]) == RobertaConfig.load(folders["qa"]).replace(attention="eager").to_dict()
     assert len(meta["weights_sha256"]) == 64 and meta["int8"] == "false"
 
 

@@ -93,14 +93,19 @@ def test_a_finetuned_model_quantizes_and_predicts_as_before(finetuned, tmp_path,
 
     lines = open(inputs).read().splitlines()
     a, b = predict(model, lines), predict(str(out), lines)
-    assert sum(x["label"] == y["label"] for x, y in zip(a, b)) >= 0.95 * len(a)
-    assert max(abs(x["probability"] - y["probability"]) for x, y in zip(a, b) if x["label"] == y["label"]) < 0.05
+    assert sum(x["label"] == y["label"] for x, y in zip(a, b, strict=True)) >= 0.95 * len(a)
+    assert (
+        max(abs(x["probability"] - y["probability"]) for x, y in zip(a, b, strict=True) if x["label"] == y["label"])
+        < 0.05
+    )
 
 
 def test_an_int8_model_is_under_a_third_of_the_float_size(tmp_path):
     src = tiny_model_folder(tmp_path / "m", RobertaForSequenceClassification, hidden_size=256, intermediate_size=1024)
     quantize(src, str(tmp_path / "q"))
-    ratio = os.path.getsize(tmp_path / "q" / "model.safetensors") / os.path.getsize(tmp_path / "m" / "model.safetensors")
+    ratio = os.path.getsize(tmp_path / "q" / "model.safetensors") / os.path.getsize(
+        tmp_path / "m" / "model.safetensors"
+    )
     assert ratio <= 0.30, ratio
 
 

@@ -60,8 +60,8 @@ def add_export_arguments(p) -> None:
         "--attention",
         choices=EXPORTABLE_ATTENTION,
         default=None,
-        help="the attention written into the graph (default: the model's own, when it is eager or sdpa); "
-        "both compute the same function",
+        help="the attention written into the graph (default eager: both compute the same function, and "
+        "ONNX Runtime ran the eager graph 9%% faster in int8, docs/deploy.md)",
     )
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
 
@@ -168,7 +168,7 @@ def _read_source(model_dir: str, attention: str | None, trust_code: bool):
     cfg, sd = read_checkpoint(
         folder,
         trust_code=trust_code,
-        attention=attention or named.get("attention") or "eager",
+        attention=attention or "eager",  # measured faster in ONNX Runtime than sdpa's decomposition
         layer_norm=None,
     )
     if cfg.quantization is not None:

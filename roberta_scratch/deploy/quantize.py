@@ -75,7 +75,9 @@ def quantize(
         save_ours(cfg.replace(quantization=spec), pack_embeddings(int8_model.state_dict()), tmp, cls.__name__)
         _carry_files(src, tmp)
     after = os.path.getsize(os.path.join(out, "model.safetensors"))
-    size = f"{before / 1e6:.1f} MB -> {after / 1e6:.1f} MB ({after / before:.0%})" if before else f"{after / 1e6:.1f} MB"
+    size = f"{after / 1e6:.1f} MB"
+    if before:
+        size = f"{before / 1e6:.1f} MB -> {size} ({after / before:.0%})"
     texts = _read_texts(calibration) if calibration else DEFAULT_TEXTS
     drift = compare_outputs(float_model, int8_model, load_tokenizer(out), texts)
     agree = _compare_predictions(src, out, calibration) if calibration and os.path.isfile(f"{src}/{TASK_FILE}") else ""
@@ -128,9 +130,8 @@ def compare_outputs(a, b, tok, texts: list[str], batch_size: int = 16) -> float:
     """The largest |a(x) - b(x)| over the real tokens' outputs (logits, or hidden states)."""
     worst = 0.0
     for i in range(0, len(texts), batch_size):
-        batch = tok(
-            texts[i : i + batch_size], padding=True, truncation=True, max_length=a.config.max_tokens, return_tensors="pt"
-        )
+        texts_now = texts[i : i + batch_size]
+        batch = tok(texts_now, padding=True, truncation=True, max_length=a.config.max_tokens, return_tensors="pt")
         ids, mask = batch["input_ids"], batch["attention_mask"]
         for x, y in zip(_outputs(a(ids, attention_mask=mask)), _outputs(b(ids, attention_mask=mask)), strict=True):
             real = mask.bool() if x.dim() >= 2 and x.shape[:2] == mask.shape else slice(None)
