@@ -209,8 +209,7 @@ class RobertaConfig:
         d = {
             k: v
             for k, v in self.to_dict().items()
-            if k
-            not in ("attention", "layer_norm", "label_names", "problem_type", "classifier_dropout", "pruned_heads")
+            if k not in ("attention", "layer_norm", "label_names", "problem_type", "classifier_dropout", "pruned_heads")
         }
         if self.quantization is not None:
             raise ValueError(
