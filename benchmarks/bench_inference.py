@@ -150,6 +150,7 @@ FORMS = [
 def load_form(name: str, root: str):
     """A callable (ids, mask) -> logits for one form, and its size on disk in bytes. Each form
     imports only what it needs, so that a child process's peak memory is that form's own."""
+
     def torch_model(model):
         def run(ids, mask):
             with torch.inference_mode():
