@@ -38,7 +38,7 @@ from ..checkpoints.formats import find_model_dir, read_checkpoint, save_ours
 from ..checkpoints.keymaps import hf_architecture
 from ..config import RobertaConfig
 from ..errors import TrainingError
-from ..fileio import iter_lines
+from ..fileio import iter_lines, new_directory
 from ..finetune.predict import HEAD_TASKS, load_finetuned
 from ..finetune.readers import BadRows, DataError
 from ..finetune.trainer import TASK_FILE
@@ -417,25 +417,6 @@ def report_dict(cfg: RobertaConfig, raw: list, normalised: list, model: str, dat
 # --------------------------------------------------------------------------- writing the result
 
 
-@contextlib.contextmanager
-def new_folder(out: str):
-    """A work folder beside `out`; its model/ becomes `out` when the block succeeds. The work
-    folder is removed either way, so `out` appears whole or not at all, and nothing else stays."""
-    out = os.path.abspath(out)
-    if os.path.exists(out):
-        raise ValueError(f"--out {out} already exists: name a new folder (nothing was written)")
-    parent = os.path.dirname(out)
-    os.makedirs(parent, exist_ok=True)
-    work = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(out)}.prune-")
-    try:
-        yield work
-        if os.path.exists(out):
-            raise ValueError(f"--out {out} appeared while pruning: nothing was written there")
-        os.rename(os.path.join(work, "model"), out)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-
-
 def write_model(src: Source, model, path: str) -> None:
     """The pruned model as a model folder: config.json (the source's, with the new shape),
     model.safetensors, the tokenizer, and finetune.json for a fine-tuned model."""
@@ -663,13 +644,15 @@ def prune_command(args) -> int:
     pruned = apply(args, src.model, importance)
     if data is not None:
         scores["after pruning"] = measure(pruned, src.task, data, args.batch_size, device)
-    with new_folder(args.out) as work:
-        path = os.path.join(work, "model")
+    with new_directory(args.out) as path:  # `out` appears whole, or not at all
         write_model(src, pruned, path)
         if args.finetune_epochs > 0:
-            tuned = recover(src, path, os.path.join(work, "recovery"), args)
-            shutil.rmtree(path)
-            os.rename(tuned, path)
+            with tempfile.TemporaryDirectory(dir=os.path.dirname(path), prefix=".recovery-") as work:
+                tuned = recover(src, path, work, args)
+                for name in os.listdir(path):  # the recovered model replaces the pruned one
+                    os.remove(os.path.join(path, name))
+                for name in os.listdir(tuned):
+                    os.replace(os.path.join(tuned, name), os.path.join(path, name))
             if data is not None:
                 task, model = load_finetuned(path, device)
                 again = task_data(task, args.data, args.max_examples, args.batch_size, args.seed)
