@@ -79,3 +79,21 @@ def test_results_name_the_processor_its_extensions_and_its_gemm_rate():
     sapphire = "flags\t\t: avx2 avx512f avx512_vnni amx_tile amx_bf16 avx_vnni\n"
     assert cpu_isa(sapphire) == ["AMX", "AVX-512 VNNI", "AVX-512", "AVX-VNNI", "AVX2"]
     assert cpu_isa("") == []
+
+
+def test_inference_batches_are_padded_rows_of_the_drawn_lengths():
+    from benchmarks.bench_inference import make_batches
+    from roberta_scratch import RobertaConfig
+
+    cfg = RobertaConfig.preset("tiny")
+    lengths = [3, 9, 40]
+    batches = make_batches(cfg, lengths, 8, "mix", n=3, seed=1)
+    assert make_batches(cfg, lengths, 8, "mix", n=3, seed=1)[0][0].equal(batches[0][0])  # seeded: same inputs
+    for ids, mask in batches:
+        real = mask.sum(1).tolist()
+        assert ids.shape == mask.shape == (8, max(real)) and set(real) <= set(lengths)
+        for row, n in zip(ids.tolist(), real, strict=True):
+            assert row[0] == cfg.bos_token_id and row[n - 1] == cfg.eos_token_id
+            assert row[n:] == [cfg.pad_token_id] * (len(row) - n)
+    ids, mask = make_batches(cfg, lengths, 32, 128, n=1)[0]
+    assert ids.shape == (32, 128) and bool(mask.all())

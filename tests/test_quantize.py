@@ -7,7 +7,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 from helpers import tiny_model_folder
-from test_finetune import args_for, pretrained, sentiment_rows, write_jsonl  # noqa: F401 (a fixture)
+from test_finetune import (  # noqa: F401 (pretrained is a fixture)
+    args_for,
+    colour_squad,
+    ner_rows,
+    pretrained,
+    sentiment_rows,
+    write_conll,
+    write_jsonl,
+)
 
 from roberta_scratch import RobertaConfig, RobertaForMaskedLM, RobertaForSequenceClassification, cli
 from roberta_scratch.checkpoints.formats import read_checkpoint
@@ -156,3 +164,29 @@ def test_an_int8_model_is_not_finetuned(finetuned, tmp_path):
     train = write_jsonl(tmp_path / "train.jsonl", sentiment_rows(32, 2))
     with pytest.raises(Exception, match="int8 model"):
         finetune(args_for(str(tmp_path / "int8"), "seq-cls", train, tmp_path / "run", epochs=1))
+
+
+@pytest.mark.parametrize("task", ["token-cls", "qa"])
+def test_token_and_qa_models_quantize_and_predict_as_before(pretrained, tmp_path, task):  # noqa: F811
+    """The other heads: entities and answers survive int8 (weights that learned a little)."""
+    if task == "token-cls":
+        train = write_conll(tmp_path / "train.conll", ner_rows(96, 2))
+        lines = [" ".join(r["tokens"]) for r in ner_rows(20, 5)]
+        kw = {}
+    else:
+        train = tmp_path / "squad.json"
+        train.write_text(json.dumps(colour_squad(96, 2, n_facts=1, distractors=1)))
+        lines = [
+            json.dumps({"question": p["qas"][0]["question"], "context": p["context"]})
+            for p in colour_squad(20, 5, n_facts=1, distractors=1)["data"][0]["paragraphs"]
+        ]
+        kw = {"stride": 16}
+    assert finetune(args_for(pretrained, task, train, tmp_path / "run", epochs=1, **kw)) == 0
+    model = str(tmp_path / "run" / "model")
+    quantize(model, str(tmp_path / "int8"))
+    a, b = predict(model, lines), predict(str(tmp_path / "int8"), lines)
+    assert len(a) == len(b) == len(lines)
+    key = "entities" if task == "token-cls" else "answer"
+    assert all(key in r for r in b)
+    assert a != b  # the int8 weights really ran: the scores moved
+    assert sum(x[key] == y[key] for x, y in zip(a, b, strict=True)) >= 0.8 * len(a)
