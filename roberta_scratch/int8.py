@@ -14,9 +14,10 @@ symmetric: W ~= q * scale[:, None], scale = max|W_row| / 127. The bias stays flo
 Off the CPU (or where torch lacks the quantized engine) dynamic-int8 runs as weight-only: the
 stored numbers are the same, only the activations stay float.
 
-Why not torchao or torch.ao.quantization.quantize_dynamic: torchao's int8 dynamic-activation
-config has no eager CPU kernel (measured 1.0x fp32 on this machine: it needs torch.compile),
-and torch.ao.quantization's module swap is deprecated. The engine below is the kernel
+Why not torchao or torch.ao.quantization.quantize_dynamic (benchmarks/bench_int8.py): torchao's
+int8 dynamic-activation config has no eager CPU kernel (0.95x fp32 on a base feed-forward: it
+needs torch.compile), and torch.ao.quantization's module swap is deprecated (and, with FBGEMM's
+7-bit activations, twice our error). The engine below is the kernel
 quantize_dynamic itself calls; what we store is plain int8 + float32 tensors in safetensors, so a
 checkpoint does not depend on any library's serialised packed format (docs/deploy.md).
 
