@@ -128,6 +128,7 @@ def test_an_mlm_model_quantizes_and_fills_masks(tmp_path, capsys, method):
     with torch.no_grad():
         la, lb = a(ids).logits, b(ids).logits
     assert (la - lb).abs().max() < 0.05 * la.abs().max()
+    assert not torch.equal(la, lb)  # the int8 weights really ran
     assert cli.main(["fill-mask", "--model", out, "the cat <mask> on the mat"]) == 0
     assert cli.main(["features", "--model", out, "--out", str(tmp_path / "f.npy"), "the cat sat"]) == 0
 
@@ -156,6 +157,12 @@ def test_bad_inputs_name_the_problem_and_write_nothing(finetuned, tmp_path, caps
         RobertaConfig.load(str(tmp_path / "odd"))
     with pytest.raises(ValueError, match="has no Hugging Face form"):
         RobertaConfig.load(str(out)).to_hf_dict()
+    for to in ("hf", "ours"):  # neither format holds int8 weights: one line, nothing written
+        capsys.readouterr()
+        assert cli.main(["convert", str(out), str(tmp_path / f"as-{to}"), "--to", to]) == 2  # convert refuses with 2
+        err = capsys.readouterr().err.strip()
+        assert "holds an int8 model (dynamic-int8): convert the float model" in err and len(err.splitlines()) == 1
+        assert not os.path.exists(tmp_path / f"as-{to}")
 
 
 def test_an_int8_model_is_not_finetuned(finetuned, tmp_path):

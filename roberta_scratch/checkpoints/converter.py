@@ -147,6 +147,11 @@ def convert(
             "model's files over theirs, or name a new folder"
         )
     cfg, sd = read_checkpoint(src, trust_code=trust_code)
+    if cfg.quantization is not None:  # int8 weights and their scales have no place in either format
+        raise ValueError(
+            f"{src} holds an int8 model ({cfg.quantization.get('method')}): convert the float model it was "
+            "quantized from"
+        )
     fairseq_file = src if os.path.isfile(src) else os.path.join(src, "model.pt")
     if os.path.isfile(fairseq_file) and not os.path.isfile(os.path.join(src, "config.json")):
         dict_path = dict_path or os.path.join(os.path.dirname(fairseq_file), "dict.txt")
