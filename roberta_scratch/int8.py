@@ -27,6 +27,7 @@ turned back into float when the model loads: lookups and the tied MLM decoder st
 
 from __future__ import annotations
 
+import functools
 import warnings
 
 import torch
@@ -51,6 +52,7 @@ def dequantize_rows(q: torch.Tensor, scale: torch.Tensor, dtype=torch.float32) -
     return (q.to(torch.float32) * scale[:, None].to(torch.float32)).to(dtype)
 
 
+@functools.cache
 def _engine() -> tuple[str | None, bool]:
     """(quantized engine, reduce_range) for this CPU, or (None, _) where torch has none."""
     engines = torch.backends.quantized.supported_engines

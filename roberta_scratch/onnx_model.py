@@ -22,7 +22,6 @@ import torch
 import torch.nn as nn
 
 from . import model as modeling
-from .checkpoints.keymaps import hf_architecture
 from .config import RobertaConfig
 from .model import Output, check_inputs
 from .testing import padded_batch
@@ -51,12 +50,6 @@ def require(module: str):
         raise ImportError(
             f"{module} is not installed ({e}); it comes with the [deploy] extra: {INSTALL_HINT}"
         ) from None
-
-
-def model_class_name(sd: dict) -> str:
-    """Which model class a canonical state dict is for, judged by its heads (pretraining's NSP
-    head is dropped: the graph is its MLM)."""
-    return hf_architecture(sd)
 
 
 def weights_fingerprint(sd: dict) -> str:

@@ -24,8 +24,9 @@ import warnings
 import torch
 
 from ..checkpoints.formats import find_model_dir, read_checkpoint
+from ..checkpoints.keymaps import hf_architecture
 from ..fileio import fsync_dir
-from ..model import MODEL_CLASSES, load_state
+from ..model import MODEL_CLASSES, build_model
 from ..onnx_model import (
     DEFAULT_OPSET,
     EXPORTABLE_ATTENTION,
@@ -35,7 +36,6 @@ from ..onnx_model import (
     describe_source,
     example_batch,
     export_graph,
-    model_class_name,
     require,
     set_metadata,
 )
@@ -101,12 +101,10 @@ def export(
             f"sdpa attention at opset {opset} becomes ONNX's Attention op, whose padding mask onnxruntime "
             f"{onnxruntime.__version__} rejects: pass --opset 22, or --attention eager"
         )
-    head = model_class_name(sd)
-    model = MODEL_CLASSES[head](cfg)
+    head = hf_architecture(sd)  # a pretraining folder's NSP head is left out: the graph is its MLM
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # a pretraining folder's NSP head, which the graph leaves out
-        load_state(model, sd)
-    model.eval()
+        warnings.simplefilter("ignore")  # that NSP head, which the model class does not take
+        model = build_model(MODEL_CLASSES[head], cfg, sd).eval()
 
     import onnx
 

@@ -38,11 +38,11 @@ from ..checkpoints.formats import find_model_dir, read_checkpoint, save_ours
 from ..checkpoints.keymaps import hf_architecture
 from ..config import RobertaConfig
 from ..errors import TrainingError
-from ..fileio import iter_lines, new_directory
+from ..fileio import atomic_write, iter_lines, new_directory
 from ..finetune.predict import HEAD_TASKS, load_finetuned
 from ..finetune.readers import BadRows, DataError
 from ..finetune.trainer import TASK_FILE
-from ..model import MODEL_CLASSES, load_state
+from ..model import MODEL_CLASSES, build_model
 from ..progress import progress
 from ..tokenization.byte_level import load_tokenizer
 
@@ -293,8 +293,7 @@ def load_source(path: str, device, trust_code: bool = False) -> Source:
     if os.path.isfile(os.path.join(folder, TASK_FILE)) or any(key in sd for key, _ in HEAD_TASKS):
         task, model = load_finetuned(folder, device, trust_code=trust_code)
         return Source(folder, cfg, model, task, task.tok)
-    model = MODEL_CLASSES[hf_architecture(sd)](cfg)
-    load_state(model, sd)
+    model = build_model(MODEL_CLASSES[hf_architecture(sd)], cfg, sd)
     try:
         tok = load_tokenizer(folder)
     except (FileNotFoundError, OSError, ValueError):
@@ -637,7 +636,7 @@ def prune_command(args) -> int:
             print(format_report(src.model.config, importance[0], importance[1], what))
         if args.report_json:
             d = report_dict(src.model.config, importance[0], importance[1], src.path, args.data, importance[2])
-            with open(args.report_json, "w", encoding="utf-8") as f:
+            with atomic_write(args.report_json, "w") as f:
                 json.dump(d, f, indent=2)
     if _action(args) is None:
         return 0

@@ -26,11 +26,11 @@ import torch
 from ..checkpoints.formats import find_model_dir, read_checkpoint, save_ours
 from ..checkpoints.keymaps import hf_architecture
 from ..fileio import iter_lines, new_directory
+from ..finetune.trainer import TASK_FILE
 from ..int8 import pack_embeddings, quantizable, swap_linears
 from ..model import MODEL_CLASSES, build_model
 from ..tokenization.byte_level import load_tokenizer
 
-TASK_FILE = "finetune.json"  # finetune.trainer.TASK_FILE; copied across unread
 COMPARE_LIMIT = 256  # calibration inputs compared, at most
 
 # Texts to compare the two models on when no --calibration file is given.
