@@ -125,14 +125,25 @@ class Task:
         batch.update(self.collate_labels(features))
         return batch
 
-    def logits(self, model, features: list[dict], batch_size: int, device) -> list:
-        """Run the model over features in batches; one output object per batch."""
+    def model_inputs(self, features: list[dict], device) -> tuple[torch.Tensor, torch.Tensor]:
+        """input_ids and attention_mask of one inference batch."""
+        ids = pad_rows([f["input_ids"] for f in features], self.tok.pad_token_id).to(device)
+        return ids, ids.ne(self.tok.pad_token_id).long()
+
+    @torch.no_grad()
+    def outputs(self, model, features: list[dict], batch_size: int, device) -> list:
+        """Run the model over features in batches: what each feature gives (split_outputs), cut
+        to its own length, so that no result depends on which features shared its batch."""
         outs = []
         for i in range(0, len(features), batch_size):
             chunk = features[i : i + batch_size]
-            ids = pad_rows([f["input_ids"] for f in chunk], self.tok.pad_token_id).to(device)
-            outs.append(model(ids, attention_mask=ids.ne(self.tok.pad_token_id).long()))
+            ids, mask = self.model_inputs(chunk, device)
+            outs += self.split_outputs(model(ids, attention_mask=mask), [len(f["input_ids"]) for f in chunk])
         return outs
+
+    def split_outputs(self, out, lengths: list[int]) -> list:
+        """One batch's model output as one item per feature, float32 on the CPU."""
+        raise NotImplementedError
 
     # ---- evaluation and prediction -----------------------------------------------
 
@@ -140,9 +151,22 @@ class Task:
         """Held-out metrics, `best_metric` among them."""
         raise NotImplementedError
 
-    def predict(self, model, rows: list[dict], batch_size: int, device) -> list[dict]:
-        """One JSON-able result per input row (labels, entities or answers)."""
+    # Prediction runs in three steps, so that the server (serve/) can batch the model step across
+    # requests: prepare (check and tokenize) -> outputs (the model) -> finish (shape the results).
+
+    def prepare(self, rows: list[dict], warn: bool = True) -> list[dict]:
+        """The features of predict's input rows, each with "input_ids" and "truncated" (it lost
+        tokens to max_length; warn=True says so in a warning). A DataError names a bad row."""
         raise NotImplementedError
+
+    def finish(self, rows: list[dict], features: list[dict], outputs: list) -> list[dict]:
+        """One JSON-able result per row (labels, entities or answers), from its features' outputs."""
+        raise NotImplementedError
+
+    def predict(self, model, rows: list[dict], batch_size: int, device) -> list[dict]:
+        """One JSON-able result per input row."""
+        features = self.prepare(rows)
+        return self.finish(rows, features, self.outputs(model, features, batch_size, device))
 
     def parse_input(self, line: str) -> dict:
         """An input row from a plain-text line of predict's input."""
@@ -264,11 +288,15 @@ class SequenceClassification(Task):
     def collate_labels(self, features: list[dict]) -> dict:
         return {"labels": torch.tensor([f["label"] for f in features], dtype=torch.long)}
 
-    @torch.no_grad()
+    def split_outputs(self, out, lengths: list[int]) -> list:
+        return list(out.logits.float().cpu())
+
     def predictions(self, model, features, batch_size, device) -> list:
         """Per feature: the probability of each class."""
-        outs = self.logits(model, features, batch_size, device)
-        return torch.cat([o.logits.float().cpu() for o in outs]).softmax(-1).tolist()
+        return self.scores(self.outputs(model, features, batch_size, device))
+
+    def scores(self, outputs: list) -> list:
+        return torch.stack(outputs).softmax(-1).tolist()
 
     def evaluate(self, model, examples, features, batch_size, device) -> dict:
         preds = self.predictions(model, features, batch_size, device)
@@ -276,9 +304,9 @@ class SequenceClassification(Task):
         argmax = [max(range(len(p)), key=p.__getitem__) for p in preds]
         return {"accuracy": M.accuracy(argmax, gold), "macro_f1": M.macro_f1(argmax, gold), "examples": len(gold)}
 
-    def predict(self, model, rows: list[dict], batch_size, device) -> list[dict]:
+    def finish(self, rows: list[dict], features: list[dict], outputs: list) -> list[dict]:
         out = []
-        for r, p in zip(rows, self._predict_rows(model, rows, batch_size, device), strict=True):
+        for r, p in zip(rows, self.scores(outputs), strict=True):
             best = max(range(len(p)), key=p.__getitem__)
             out.append(
                 {
@@ -290,16 +318,21 @@ class SequenceClassification(Task):
             )
         return out
 
-    def _predict_rows(self, model, rows: list[dict], batch_size, device) -> list:
+    def prepare(self, rows: list[dict], warn: bool = True) -> list[dict]:
         for r in rows:
             r.setdefault("text_pair", None)
             if not isinstance(r.get("text"), str) or not isinstance(r["text_pair"], (str, type(None))):
                 raise DataError(f"a seq-cls input needs a string 'text' (and optionally 'text_pair'), got {r}"[:300])
+        if not rows:
+            return []
         lengths = [len(ids) for ids in self.tok([r["text"] for r in rows], num_workers=1)["input_ids"]]
-        warn_truncated(
-            [n + (2 if r["text_pair"] else 0) for n, r in zip(lengths, rows, strict=True)], self.args.max_length
-        )
-        return self.predictions(model, self.features(rows), batch_size, device)
+        lengths = [n + (2 if r["text_pair"] else 0) for n, r in zip(lengths, rows, strict=True)]
+        if warn:
+            warn_truncated(lengths, self.args.max_length)
+        features = self.features(rows)
+        for f, n in zip(features, lengths, strict=True):
+            f["truncated"] = n > self.args.max_length
+        return features
 
     @staticmethod
     def _echo(row: dict) -> dict:
@@ -347,19 +380,17 @@ class SequenceRegression(SequenceClassification):
     def collate_labels(self, features: list[dict]) -> dict:
         return {"labels": torch.tensor([f["label"] for f in features], dtype=torch.float32)}
 
-    @torch.no_grad()
-    def predictions(self, model, features, batch_size, device) -> list:
+    def scores(self, outputs: list) -> list:
         """Per feature: the predicted number."""
-        outs = self.logits(model, features, batch_size, device)
-        return torch.cat([o.logits.float().cpu() for o in outs])[:, 0].tolist()
+        return torch.stack(outputs)[:, 0].tolist()
 
     def evaluate(self, model, examples, features, batch_size, device) -> dict:
         preds = self.predictions(model, features, batch_size, device)
         gold = [f["label"] for f in features]
         return {"pearson": M.pearson(preds, gold), "spearman": M.spearman(preds, gold), "examples": len(gold)}
 
-    def predict(self, model, rows: list[dict], batch_size, device) -> list[dict]:
-        values = self._predict_rows(model, rows, batch_size, device)
+    def finish(self, rows: list[dict], features: list[dict], outputs: list) -> list[dict]:
+        values = self.scores(outputs)
         return [{**self._echo(r), "value": v} for r, v in zip(rows, values, strict=True)]
 
 
@@ -423,13 +454,15 @@ class TokenClassification(Task):
         """The labelled tokens (each word's first sub-token): the loss is their mean."""
         return (batch["labels"] != IGNORE_INDEX).sum()
 
-    @torch.no_grad()
-    def word_predictions(self, model, examples, features, batch_size, device) -> list[list[tuple[str, float]]]:
+    def split_outputs(self, out, lengths: list[int]) -> list:
+        logits = out.logits.float().cpu()
+        return [logits[i, :n] for i, n in enumerate(lengths)]
+
+    def word_predictions(self, examples, features, outputs) -> list[list[tuple[str, float]]]:
         """(tag, probability) per word; a word cut off by truncation is O."""
-        outs = self.logits(model, features, batch_size, device)
-        probs = [row for o in outs for row in o.logits.float().softmax(-1).cpu()]
         result = []
-        for e, f, p in zip(examples, features, probs, strict=True):
+        for e, f, logits in zip(examples, features, outputs, strict=True):
+            p = logits.softmax(-1)
             tags = [("O", 1.0)] * len(e["tokens"])
             seen = set()
             for t, w in enumerate(f["word_ids"]):
@@ -441,25 +474,35 @@ class TokenClassification(Task):
         return result
 
     def evaluate(self, model, examples, features, batch_size, device) -> dict:
-        pred = self.word_predictions(model, examples, features, batch_size, device)
+        pred = self.word_predictions(examples, features, self.outputs(model, features, batch_size, device))
         scores = M.entity_prf([e["tags"] for e in examples], [[t for t, _ in p] for p in pred])
         return {**scores, "sentences": len(examples)}
 
-    def predict(self, model, rows: list[dict], batch_size, device) -> list[dict]:
+    def prepare(self, rows: list[dict], warn: bool = True) -> list[dict]:
+        """One feature per row that has words (a row without words gets an empty result)."""
         for r in rows:
             if "tokens" not in r:  # plain text: split into words, keeping each word's characters
+                if not isinstance(r.get("text"), str):
+                    raise DataError(f"a token-cls input needs a string 'text' or a list 'tokens', got {r}"[:300])
                 spans = [(m.start(), m.end()) for m in re.finditer(r"\w+|[^\w\s]", r["text"])]
                 r["tokens"], r["spans"] = [r["text"][a:b] for a, b in spans], spans
-        every, rows = rows, [r for r in rows if r["tokens"]]  # a row without words gets an empty result
+            elif not isinstance(r["tokens"], list) or not all(isinstance(t, str) for t in r["tokens"]):
+                raise DataError(f"a token-cls input's 'tokens' must be a list of strings, got {r['tokens']!r}"[:300])
+        rows = [r for r in rows if r["tokens"]]
         features = self.features(rows)
-        # a row whose last word has no token left was cut short
-        cut = [len(r["tokens"]) - 1 not in f["word_ids"] for r, f in zip(rows, features, strict=True)]
-        warn_truncated(
-            [self.args.max_length + 1 if c else 0 for c in cut],
-            self.args.max_length,
-            "the words past the end are tagged O",
-        )
-        preds = self.word_predictions(model, rows, features, batch_size, device)
+        for r, f in zip(rows, features, strict=True):  # a row whose last word has no token left was cut short
+            f["truncated"] = len(r["tokens"]) - 1 not in f["word_ids"]
+        if warn:
+            warn_truncated(
+                [self.args.max_length + 1 if f["truncated"] else 0 for f in features],
+                self.args.max_length,
+                "the words past the end are tagged O",
+            )
+        return features
+
+    def finish(self, rows: list[dict], features: list[dict], outputs: list) -> list[dict]:
+        every, rows = rows, [r for r in rows if r["tokens"]]
+        preds = self.word_predictions(rows, features, outputs)
         out = []
         for r, p in zip(rows, preds, strict=True):
             ents = []
@@ -556,14 +599,15 @@ class QuestionAnswering(Task):
             "end_positions": torch.tensor([f["end"] for f in features]),
         }
 
-    @torch.no_grad()
-    def answers(self, model, examples, features, batch_size, device) -> list[dict]:
+    def split_outputs(self, out, lengths: list[int]) -> list:
+        starts, ends = out.start_logits.float().cpu(), out.end_logits.float().cpu()
+        return [(starts[i, :n], ends[i, :n]) for i, n in enumerate(lengths)]
+
+    def answers(self, examples, features, outputs) -> list[dict]:
         """The best answer of each example over its windows: text, character span, its probability
         in its window (softmax of the start logits at its start times softmax of the end logits
-        at its end) and logit_score, the sum of those two logits that picks the answer."""
-        outs = self.logits(model, features, batch_size, device)
-        starts = [row for o in outs for row in o.start_logits.float().cpu()]
-        ends = [row for o in outs for row in o.end_logits.float().cpu()]
+        at its end, over the window's own tokens) and logit_score, the sum of those two logits
+        that picks the answer."""
         best = [
             {
                 "answer": "",
@@ -577,7 +621,7 @@ class QuestionAnswering(Task):
             for _ in examples
         ]
         L = self.args.max_answer_length
-        for f, s, e in zip(features, starts, ends, strict=True):
+        for f, (s, e) in zip(features, outputs, strict=True):
             b = best[f["example"]]
             p_start, p_end = s.softmax(-1), e.softmax(-1)
             if float(s[0] + e[0]) < b["null"]:
@@ -609,15 +653,19 @@ class QuestionAnswering(Task):
         return best
 
     def evaluate(self, model, examples, features, batch_size, device) -> dict:
-        preds = self.answers(model, examples, features, batch_size, device)
+        preds = self.answers(examples, features, self.outputs(model, features, batch_size, device))
         scores = M.squad_scores([[a["text"] for a in e["answers"]] for e in examples], [p["answer"] for p in preds])
         return {**scores, "questions": len(examples)}
 
-    def predict(self, model, rows: list[dict], batch_size, device) -> list[dict]:
+    def prepare(self, rows: list[dict], warn: bool = True) -> list[dict]:
+        """The windows of each row; a long context is windowed, never truncated."""
         for r in rows:
             if not isinstance(r.get("question"), str) or not isinstance(r.get("context"), str):
                 raise DataError(f"a QA input needs 'question' and 'context', got keys {sorted(r)}")
-        preds = self.answers(model, rows, self.features(rows), batch_size, device)
+        return [{**f, "truncated": False} for f in self.features(rows)]
+
+    def finish(self, rows: list[dict], features: list[dict], outputs: list) -> list[dict]:
+        preds = self.answers(rows, features, outputs)
         # a SQuAD question keeps its id, so the official evaluator can read the answers
         return [
             {**({"id": r["id"]} if r.get("id") is not None else {}), "question": r["question"], **p}
