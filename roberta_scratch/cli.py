@@ -481,6 +481,39 @@ def _add_export_parser(sub) -> None:
     p.set_defaults(func=_cmd_export)
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        from .serve.app import Settings
+        from .serve.server import serve
+    except ImportError as e:
+        raise ImportError(f"serve needs {e.name}: pip install 'roberta-scratch[serve]'") from None
+    return serve(Settings(**{k: v for k, v in vars(args).items() if k not in ("func", "command")}))
+
+
+def _add_serve_parser(sub) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="an HTTP service for a model: /predict, /embed, /v1/embeddings, /fill-mask, with dynamic batching",
+        description="Serve a model folder over HTTP (FastAPI + uvicorn); API docs at /docs. See docs/serving.md.",
+    )
+    p.add_argument("--model", required=True, help="any model folder: fine-tuned, MLM, int8, pruned or Hugging Face")
+    p.add_argument("--host", default="127.0.0.1", help="127.0.0.1 (default) answers this machine only")
+    p.add_argument("--port", type=int, default=8080, help="0 picks a free port (the first line says which)")
+    p.add_argument("--max-batch-tokens", type=int, default=16384, help="padded tokens per batch (inputs x the longest)")
+    p.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a batch waits for more inputs")
+    p.add_argument("--max-queue", type=int, default=512, help="inputs waiting; past it a request gets 429")
+    p.add_argument("--max-client-batch-size", type=int, default=32, help="inputs in one request (413 past it)")
+    p.add_argument("--max-request-bytes", type=int, default=1 << 20, help="request body size (413 past it)")
+    p.add_argument("--workers", type=int, default=1, help="processes, each with its own model")
+    p.add_argument("--threads", type=int, default=0, help="torch threads per worker (default: cores / workers)")
+    p.add_argument("--api-key", default=None, help="require Authorization: Bearer KEY (or set ROBERTA_SCRATCH_API_KEY)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    p.add_argument("--pooling", default="mean", choices=("mean", "cls"), help="embeddings' default pooling")
+    p.add_argument("--graceful-timeout", type=float, default=30.0, help="seconds SIGTERM waits for requests")
+    add_trust_code_argument(p)
+    p.set_defaults(func=_cmd_serve)
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run
 
@@ -566,6 +599,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_quantize_parser(sub)
     _add_prune_parser(sub)
     _add_export_parser(sub)
+    _add_serve_parser(sub)
     _add_kernels_parser(sub)
     return parser
 

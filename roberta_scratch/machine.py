@@ -12,6 +12,11 @@ import platform
 import time
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity, which a container's CPU set narrows)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def cpu_threads(requested: int | None = None) -> tuple[int, str]:
     """How many intra-op threads torch should use on the CPU, and why.
 
@@ -25,7 +30,7 @@ def cpu_threads(requested: int | None = None) -> tuple[int, str]:
         return requested, "--threads"
     if os.environ.get("OMP_NUM_THREADS", "").strip().isdigit():
         return max(1, int(os.environ["OMP_NUM_THREADS"])), "OMP_NUM_THREADS"
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cores = usable_cores()
     local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     share = max(1, cores // local)
     elsewhere = busy_elsewhere()

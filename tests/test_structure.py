@@ -28,7 +28,7 @@ LAYERS = [
     ("model", {"model", "int8", "onnx_model"}),
     ("foundations", {"training", "run_args", "run_files", "plots", "data"}),
     ("workflows", {"pretrain", "probe", "converge", "finetune", "checkpoints.converter"}),
-    ("applications", {"study", "demo", "deploy"}),
+    ("applications", {"study", "demo", "deploy", "serve"}),
     ("cli", {"cli", "__main__"}),
 ]
 

@@ -30,6 +30,39 @@ HEAD_TASKS = (
 )
 
 
+def task_info(path: str, cfg, sd: dict, required: bool = True) -> dict | None:
+    """What the folder was fine-tuned for: its finetune.json, or for a folder without one (a
+    Hugging Face folder) the task its head keys say. A folder with no task head is a
+    TrainingError, or None when not `required`."""
+    if os.path.isfile(os.path.join(path, TASK_FILE)):
+        with open(os.path.join(path, TASK_FILE), encoding="utf-8") as f:
+            return json.load(f)
+    task = next((t for key, t in HEAD_TASKS if key in sd), None)
+    if task is not None:
+        return {"task": task, "max_length": cfg.max_tokens}
+    if not required:
+        return None
+    raise TrainingError(
+        f"{path} has no fine-tuned task head (its weights hold "
+        f"{'an MLM head' if 'lm_head.bias' in sd else 'the encoder alone'}): fine-tune it "
+        "first with `roberta-scratch finetune`, or use fill-mask or features with it"
+    )
+
+
+def make_task(path: str, cfg, info: dict):
+    """The Task a folder was fine-tuned for, from task_info(), with its tokenizer."""
+    args = FinetuneArgs(
+        task=info["task"],
+        model=path,
+        train="",
+        out="",
+        max_length=min(info.get("max_length") or cfg.max_tokens, cfg.max_tokens),
+        stride=info.get("stride", 128),
+        max_answer_length=info.get("max_answer_length", 30),
+    )
+    return TASKS[info["task"]].from_saved(info, args, load_tokenizer(path), cfg)
+
+
 def load_finetuned(path: str, device=None, trust_code: bool = False, backend: str = "torch", onnx: str | None = None):
     """(task, model) from a folder written by finetune, a run folder (its best/, else model/),
     or a Hugging Face folder whose weights carry a task head.
@@ -40,36 +73,13 @@ def load_finetuned(path: str, device=None, trust_code: bool = False, backend: st
     if note:
         warnings.warn(note, stacklevel=2)
     cfg, sd = read_checkpoint(path, trust_code=trust_code, attention="sdpa")
-    info = {}
-    if os.path.isfile(os.path.join(path, TASK_FILE)):
-        with open(os.path.join(path, TASK_FILE), encoding="utf-8") as f:
-            info = json.load(f)
-    else:  # not written by finetune: the head in the weights says which task
-        task = next((t for key, t in HEAD_TASKS if key in sd), None)
-        if task is None:
-            raise TrainingError(
-                f"{path} has no fine-tuned task head (its weights hold "
-                f"{'an MLM head' if 'lm_head.bias' in sd else 'the encoder alone'}): fine-tune it "
-                "first with `roberta-scratch finetune`, or use fill-mask or features with it"
-            )
-        info = {"task": task, "max_length": cfg.max_tokens}
-    task_cls = TASKS[info["task"]]
+    info = task_info(path, cfg, sd)
     if backend == "onnx":
         model = OnnxModel(onnx or os.path.join(path, "model.onnx"), device).check_source(cfg, sd, path)
     else:
-        model = build_model(task_cls.model_class, cfg, sd)
+        model = build_model(TASKS[info["task"]].model_class, cfg, sd)
         model = model.eval().to(device or "cpu")
-    args = FinetuneArgs(
-        task=info["task"],
-        model=path,
-        train="",
-        out="",
-        max_length=min(info.get("max_length") or cfg.max_tokens, cfg.max_tokens),
-        stride=info.get("stride", 128),
-        max_answer_length=info.get("max_answer_length", 30),
-    )
-    task = task_cls.from_saved(info, args, load_tokenizer(path), cfg)
-    return task, model
+    return make_task(path, cfg, info), model
 
 
 def predict(
