@@ -4,7 +4,7 @@ Requests put their inputs (features) on one queue. The loop takes the oldest inp
 in arrival order, as many inputs of that route as fit in `max_batch_tokens` padded tokens. It
 waits for more only while the batch is not full and the oldest input has waited less than
 `max_wait` (NVIDIA Triton's max_queue_delay). It sorts the batch by length and cuts it where
-padding would waste much, runs the model on its own thread (the event loop keeps answering),
+padding would cost more than another model call, runs the model on its own thread (the event loop keeps answering),
 and routes each output back to its request. A request's inputs may land in several batches.
 
 Back-pressure: `submit` refuses a request at once (QueueFull, with how long to wait) when its
@@ -21,11 +21,11 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-# Sorted by length, a batch is cut into pieces where the next input would make more than this
-# fraction of a piece padding, once the piece holds MIN_PIECE_TOKENS (smaller pieces cost more in
-# per-call overhead than their padding).
-MAX_PADDING = 0.2
-MIN_PIECE_TOKENS = 256
+import numpy as np
+
+# What one more model call costs, in tokens' worth of work (kernel launches, Python, the threads
+# waking): `pieces` cuts a batch only where the padding it saves is worth more than this.
+CALL_COST_TOKENS = 256
 
 
 class QueueFull(Exception):
@@ -54,21 +54,22 @@ class Item:
 
 
 def pieces(items: list[Item]) -> list[list[Item]]:
-    """A batch sorted by length and cut where padding would waste more than MAX_PADDING."""
+    """A batch sorted by length and cut into runs of similar length: the cuts that minimise the
+    padded tokens plus CALL_COST_TOKENS per run (a shortest path over the cut points)."""
     items = sorted(items, key=lambda i: i.tokens)
-    out, piece, real = [], [], 0
-    for it in items:
-        padded = (len(piece) + 1) * it.tokens
-        if (
-            piece
-            and len(piece) * piece[-1].tokens >= MIN_PIECE_TOKENS
-            and padded - real - it.tokens > MAX_PADDING * padded
-        ):
-            out.append(piece)
-            piece, real = [], 0
-        piece.append(it)
-        real += it.tokens
-    return out + [piece]
+    lengths = np.array([i.tokens for i in items], dtype=np.int64)
+    n = len(items)
+    cost = np.zeros(n + 1, dtype=np.int64)  # cost[j]: the best cost of the first j items
+    cut = np.zeros(n + 1, dtype=np.int64)  # where the last run of that best starts
+    for j in range(1, n + 1):  # a run items[i:j] costs CALL_COST_TOKENS + (j - i) * its longest
+        options = cost[:j] + CALL_COST_TOKENS + (j - np.arange(j)) * lengths[j - 1]
+        cut[j] = int(options.argmin())
+        cost[j] = options[cut[j]]
+    out, j = [], n
+    while j > 0:
+        out.append(items[cut[j] : j])
+        j = cut[j]
+    return out[::-1]
 
 
 class Batcher:

@@ -163,7 +163,7 @@ class Info(BaseModel):
     max_input_length: int
     hidden_size: int
     layers: int
-    quantization: str | None
+    quantization: dict | None = Field(description="how `roberta-scratch quantize` made it, or None")
     pruned_heads: dict[str, list[int]]
     backend: str
     device: str

@@ -115,7 +115,7 @@ def _run_workers(config: uvicorn.Config, sock, s: Settings) -> int:
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     os.environ[SETTINGS_ENV] = json.dumps(dataclasses.asdict(s))
     try:
-        Multiprocess(config, target=uvicorn.Server(config).run, sockets=[sock]).run()
+        Multiprocess(config, sockets=[sock]).run()
     finally:
         shutil.rmtree(metrics_dir, ignore_errors=True)  # made by mkdtemp above, so ours to delete
     return 0
