@@ -97,3 +97,37 @@ def test_inference_batches_are_padded_rows_of_the_drawn_lengths():
             assert row[n:] == [cfg.pad_token_id] * (len(row) - n)
     ids, mask = make_batches(cfg, lengths, 32, 128, n=1)[0]
     assert ids.shape == (32, 128) and bool(mask.all())
+
+
+def test_serve_benchmark_quick_run_has_every_section_and_no_server_error(tmp_path, monkeypatch, reference_dir):
+    """bench_serve --quick end to end: a tiny model, every server as its own process, a few requests
+    each (about 25 s on 2 cores). Every row's figures are finite, no request got a 5xx or hung, the
+    429s carried Retry-After, the overloaded server recovered, and every server exited 0 on SIGTERM."""
+    import json
+    import math
+
+    import torch
+
+    from benchmarks import bench_serve, common
+
+    monkeypatch.setattr(common, "RESULTS_DIR", str(tmp_path))
+    threads = torch.get_num_threads()
+    try:
+        record = json.load(open(bench_serve.main(["--quick"])))
+    finally:
+        torch.set_num_threads(threads)  # the benchmark sets its own
+    rows = record["results"]
+    closed = {(r["server"], r["clients"]) for r in rows if r["section"] == "closed loop"}
+    assert closed == {(s, c) for s in bench_serve.SERVERS for c in (1, 8)}
+    assert [r["section"] for r in rows if r["section"] != "closed loop"] == ["half load", "overload", "int8"]
+    for r in rows:
+        numbers = {k: v for k, v in r.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        assert numbers and all(math.isfinite(v) for v in numbers.values()), r
+        if "ok" in r:
+            assert r["ok"] > 0 and r["5xx"] == 0 and r["hangs"] == 0, r
+    overload = rows[-2]
+    assert overload["ok"] + overload["429"] == overload["sent"] and overload["429"] == overload["429_with_retry_after"]
+    assert overload["recovery_s"] is not None
+    assert record["exit_codes"] == {name: 0 for name in [*bench_serve.SERVERS, "overload"]}
+    assert record["torch_threads_per_server"] >= 1
+    assert len(record["targets"]) == 9 and all(t["met"] in (True, False) for t in record["targets"])
