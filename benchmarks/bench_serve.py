@@ -9,7 +9,7 @@ One random seq-cls model of the shape (2 labels, seeded), written in a temporary
 form a server needs, with the real roberta-base tokenizer (copied from ROBERTA_REFERENCE_DIR into
 that folder). Each server is its own process with the same torch threads (every usable core):
 
-  dynamic          `roberta-scratch serve`, default batching (--max-batch-tokens 16384, --max-wait-ms 5)
+  dynamic          `roberta-scratch serve`, default batching (--max-batch-tokens 16384, --max-wait-ms 0)
   one per batch    the same with --max-batch-tokens 1: the batcher takes at least one input, so exactly one
   pipeline         transformers.pipeline("text-classification") in a FastAPI route on uvicorn, one call per
                    request (benchmarks/serve_pipeline_app.py), on the same weights as a Hugging Face folder

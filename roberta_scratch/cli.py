@@ -500,7 +500,12 @@ def _add_serve_parser(sub) -> None:
     p.add_argument("--host", default="127.0.0.1", help="127.0.0.1 (default) answers this machine only")
     p.add_argument("--port", type=int, default=8080, help="0 picks a free port (the first line says which)")
     p.add_argument("--max-batch-tokens", type=int, default=16384, help="padded tokens per batch (inputs x the longest)")
-    p.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a batch waits for more inputs")
+    p.add_argument(
+        "--max-wait-ms",
+        type=float,
+        default=0.0,
+        help="how long an idle model waits for more inputs (0: never; under load batches fill while one runs)",
+    )
     p.add_argument("--max-queue", type=int, default=512, help="inputs waiting; past it a request gets 429")
     p.add_argument("--max-client-batch-size", type=int, default=32, help="inputs in one request (413 past it)")
     p.add_argument("--max-request-bytes", type=int, default=1 << 20, help="request body size (413 past it)")

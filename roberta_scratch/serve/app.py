@@ -49,6 +49,7 @@ from .schemas import (
 access_log = logging.getLogger("roberta_scratch.serve.access")
 log = logging.getLogger("roberta_scratch.serve")
 
+MODEL_ROUTES = ("/predict", "/embed", "/v1/embeddings", "/fill-mask")  # the ones that queue for the model
 ROUTES = ("/predict", "/embed", "/v1/embeddings", "/fill-mask", "/tokenize", "/health", "/info", "/metrics")
 OPEN_ROUTES = ("/health", "/docs", "/openapi.json")  # answered without the API key (probes, the schema)
 ERRORS = {400: {"model": ErrorBody}, 413: {"model": ErrorBody}, 422: {"model": ErrorBody}, 429: {"model": ErrorBody}}
@@ -62,7 +63,7 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 8080
     max_batch_tokens: int = 16384
-    max_wait_ms: float = 5.0
+    max_wait_ms: float = 0.0
     max_queue: int = 512
     max_client_batch_size: int = 32
     max_request_bytes: int = 1 << 20
@@ -160,21 +161,27 @@ class Service:
 
     async def run(self, request: Request | None, route: str, rows: list, truncate: bool, **options) -> list:
         """One request through prepare -> the batcher -> finish."""
+        try:
+            return await self._run(request, route, rows, truncate, **options)
+        except QueueFull as e:
+            raise HTTPError(429, str(e), "overloaded", headers={"Retry-After": str(e.retry_after)}) from None
+        finally:
+            if self.batcher is not None:
+                self.metrics.queue_depth.set(self.batcher.depth)
+
+    async def _run(self, request: Request | None, route: str, rows: list, truncate: bool, **options) -> list:
         if self.status not in ("ok", "loading"):
             raise HTTPError(503, f"the server is {self.status}", "unhealthy")
         self.check_count(rows)
+        if self.batcher is not None:
+            self.batcher.check_room(len(rows))  # before tokenizing: a refusal costs next to nothing
         try:
             features = await run_in_threadpool(self.engine.prepare, route, rows, truncate, **options)
         except Unsupported as e:
             raise HTTPError(400, str(e), "unsupported") from None
         except InputError as e:
             raise HTTPError(413 if e.limit else 422, str(e), "validation", e.limit) from None
-        try:
-            items = await self.batcher.submit(route, features) if features else []
-        except QueueFull as e:
-            raise HTTPError(429, str(e), "overloaded", headers={"Retry-After": str(e.retry_after)}) from None
-        finally:
-            self.metrics.queue_depth.set(self.batcher.depth)
+        items = await self.batcher.submit(route, features) if features else []
         if request is not None:
             request.state.inputs = len(rows)
             request.state.tokens = sum(i.tokens for i in items)
@@ -410,6 +417,10 @@ class Gate:
                     "unauthorized",
                     headers={"WWW-Authenticate": "Bearer"},
                 ), b""
+        if path in MODEL_ROUTES:
+            refusal = self._queue_full(path)
+            if refusal is not None:
+                return refusal, b""
         limit = self.settings.max_request_bytes
         too_big = error_response(
             path,
@@ -432,6 +443,15 @@ class Gate:
                 return too_big, b""
             if not message.get("more_body", False):
                 return None, b"".join(chunks)
+
+    def _queue_full(self, path: str):
+        """429 before reading the body when the queue is full: under overload a refusal must cost
+        next to nothing, or it takes the cores from the requests that were accepted."""
+        batcher = self.state.service.batcher
+        if batcher is None or batcher.depth < batcher.max_queue:
+            return None
+        full = QueueFull(batcher.depth, batcher.max_queue, batcher.retry_after(1))
+        return error_response(path, 429, str(full), "overloaded", headers={"Retry-After": str(full.retry_after)})
 
 
 def replay(body: bytes, receive):

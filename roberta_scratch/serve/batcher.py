@@ -107,13 +107,17 @@ class Batcher:
     def depth(self) -> int:
         return len(self.pending)
 
+    def check_room(self, n: int) -> None:
+        """QueueFull unless n more inputs fit in the queue now."""
+        if len(self.pending) + n > self.max_queue:
+            raise QueueFull(len(self.pending), self.max_queue, self.retry_after(n))
+
     async def submit(self, route: str, features: list[dict]) -> list[Item]:
         """Queue one request's inputs and wait for all their outputs (item.future's results);
         QueueFull at once when they do not fit."""
         if not self.alive:
             raise RuntimeError("the batching loop is not running")
-        if len(self.pending) + len(features) > self.max_queue:
-            raise QueueFull(len(self.pending), self.max_queue, self.retry_after(len(features)))
+        self.check_room(len(features))
         loop = asyncio.get_running_loop()
         items = [Item(route, f, loop.create_future()) for f in features]
         self.pending.extend(items)

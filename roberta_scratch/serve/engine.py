@@ -187,11 +187,14 @@ class Engine:
     def run(self, route: str, features: list[dict]) -> list:
         """One batch: the output of each feature, float32 on the CPU."""
         lengths = [len(f["input_ids"]) for f in features]
-        ids = pad_rows([f["input_ids"] for f in features], self.tok.pad_token_id).to(self.device)
-        mask = ids.ne(self.tok.pad_token_id).long()
-        if route == "predict":
+        if route == "predict":  # the task's own batch, as offline predict builds it
+            ids, mask = self.task.model_inputs(features, self.device)
             outs = self.task.split_outputs(self.model(ids, attention_mask=mask), lengths)
-        else:
+        else:  # the mask from the lengths: a <pad> id sent to /v1/embeddings is a token like any other
+            ids = pad_rows([f["input_ids"] for f in features], self.tok.pad_token_id).to(self.device)
+            mask = (
+                torch.arange(ids.shape[1], device=self.device)[None, :] < torch.tensor(lengths)[:, None].to(self.device)
+            ).long()
             h = self.encoder(ids, attention_mask=mask).last_hidden_state
             if route == "embed":  # cls: the <s> token's state; mean: over the input's tokens, specials too
                 outs = [
