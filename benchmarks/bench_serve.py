@@ -28,7 +28,8 @@ Sections and their figures:
                    (rotated each of --rounds). requests/s: 200 answers over the seconds from the first
                    request to the last answer (= inputs/s); tokens/s: their real tokens; p50/p95/p99:
                    latency of the 200 answers in ms; vs_dynamic: requests/s over the dynamic server's in
-                   the same round; batch: mean inputs per model batch and busy: model time over wall time
+                   the same round; batch: mean inputs per model batch, busy: model time over wall time, and
+                   model_ms_per_input: model time per input
                    (from the server's /metrics); client_cpu: this process's CPU seconds per second (the
                    load generator shares the cores with the servers).
   half load        open loop on the dynamic server: arrivals evenly spaced at half its requests/s at 32
@@ -385,10 +386,20 @@ async def measure_one(s: Server, items: list, warm: list, clients: int, args) ->
     row["client_cpu"] = (time.process_time() - cpu) / max(seconds, 1e-9)
     if before is not None:
         after = await batch_counters(s.url)
-        batches = after["batches"] - before["batches"]
-        row["batch"] = (after["inputs"] - before["inputs"]) / batches if batches else math.nan
-        row["busy"] = (after["model_s"] - before["model_s"]) / max(seconds, 1e-9)
+        row.update(model_use(before, after, seconds))
     return row
+
+
+def model_use(before: dict, after: dict, seconds: float) -> dict:
+    """From two readings of batch_counters: mean inputs per batch, the model's busy fraction, and its
+    time per input (which rises when something else takes the cores)."""
+    batches, inputs = after["batches"] - before["batches"], after["inputs"] - before["inputs"]
+    model_s = after["model_s"] - before["model_s"]
+    return {
+        "batch": inputs / batches if batches else math.nan,
+        "busy": model_s / max(seconds, 1e-9),
+        "model_ms_per_input": 1000 * model_s / inputs if inputs else math.nan,
+    }
 
 
 async def measure_closed(servers: list[Server], items: list, warm: list, args) -> list[dict]:
@@ -426,10 +437,12 @@ async def measure_overload(s: Server, items: list, saturation: float, args) -> d
     rate, window = 4 * saturation, args.overload_seconds
     logged = len(open(s.log).readlines())
     async with Clients(s.url, *OPEN_LOOP_CLIENTS) as pool:
+        before = await batch_counters(s.url)
         cpu = time.process_time()
         probe = asyncio.create_task(health_probe(s.url, window, args.timeout))
         tasks, start, end, lag = await open_loop(pool, items, rate, math.ceil(rate * window), args.timeout, window)
         cpu = time.process_time() - cpu
+        use = model_use(before, await batch_counters(s.url), end - start)
         recovery = await recovery_time(s.url, items[0], end, args.timeout)  # while the backlog drains
         results = await asyncio.gather(*tasks)
         health = await probe
@@ -451,6 +464,7 @@ async def measure_overload(s: Server, items: list, saturation: float, args) -> d
         "saturation_per_s": saturation,
         "accepted_vs_saturation": accepted / saturation,
         "recovery_s": recovery,
+        **use,
         "health_p50_ms": 1000 * median(health),
         "health_max_ms": 1000 * max(health, default=math.nan),
         **server_side(s.log, logged),
@@ -627,7 +641,9 @@ def report(m: dict, offline: dict, targets: list[dict]) -> list[dict]:
     ref, closed = m["reference_clients"], m["closed"]
     shown = [{**r, "errors": " ".join(f"{k}:{n}" for k, n in r["errors"].items()) or "-"} for r in closed]
     columns = ["clients", "round", "server", "requests_per_s", "vs_dynamic", "tokens_per_s"]
-    print_table(shown, [*columns, "p50_ms", "p95_ms", "p99_ms", "batch", "busy", "client_cpu", "errors"])
+    print_table(
+        shown, [*columns, "p50_ms", "p95_ms", "p99_ms", "batch", "busy", "model_ms_per_input", "client_cpu", "errors"]
+    )
     if max(r["round"] for r in closed) > 1:
         print("\nmedians over the rounds:")
         print_table(medians(closed), ["clients", "server", "requests_per_s", "vs_dynamic", "p50_ms", "p99_ms"])
@@ -643,6 +659,8 @@ def report(m: dict, offline: dict, targets: list[dict]) -> list[dict]:
         columns = ["rate", "offered_per_s", "client_cpu", "lag_ms", "ok", "429", "429_with_retry_after", "5xx"]
         print_table([o], ["section", *columns, "hangs", "accepted_per_s", "saturation_per_s", "accepted_vs_saturation"])
         print()
+        print()
+        print_table([o], ["batch", "busy", "model_ms_per_input"])
         columns = ["recovery_s", "health_p50_ms", "health_max_ms", "p50_ms", "p99_ms", "server_200_total_p50_ms"]
         print_table([o], [*columns, "server_200_total_p99_ms", "server_200_queue_p99_ms", "server_429_total_p99_ms"])
 
