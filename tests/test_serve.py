@@ -12,6 +12,7 @@ import math
 import os
 import random
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -31,6 +32,8 @@ from roberta_scratch import (
     RobertaForTokenClassification,
     RobertaModel,
 )
+from roberta_scratch.checkpoints import converter
+from roberta_scratch.deploy.prune import prune_heads
 from roberta_scratch.deploy.quantize import quantize
 from roberta_scratch.finetune.predict import predict
 from roberta_scratch.machine import usable_cores
@@ -229,6 +232,24 @@ def test_results_equal_offline_predict_whatever_the_batching(models, task):
     batches = metric(text, "roberta_batch_inputs_count")
     inputs_run = metric(text, "roberta_inputs_total", route="predict")
     assert inputs_run >= 2 * len(inputs) and batches < inputs_run / 2, "requests never shared a batch"
+
+
+@pytest.mark.parametrize("form", ["pruned", "hugging face"])
+def test_pruned_and_hugging_face_folders_serve_what_predict_gives(models, tmp_path, form):
+    """The folders the deploy commands and `convert --to hf` write serve like any other."""
+    folder = str(tmp_path / "model")
+    if form == "pruned":
+        shutil.copytree(models["seq-cls"], folder)  # the tokenizer and finetune.json come along
+        model = RobertaForSequenceClassification.from_pretrained(models["seq-cls"])
+        prune_heads(model, {0: [1]}).save_pretrained(folder)
+    else:
+        assert converter.convert(models["seq-cls"], folder, "hf") == 0
+    offline = predict(folder, TEXTS[:12])
+    with serving(folder, max_batch_tokens=300, max_wait_ms=20) as (url, _):
+        info = httpx.get(f"{url}/info", timeout=TIMEOUT).json()
+        assert_same_results(served_in_groups(url, TEXTS[:12], seed=2), offline)
+    assert info["task"] == "seq-cls"
+    assert info["pruned_heads"] == ({"0": [1]} if form == "pruned" else {})
 
 
 def test_embeddings_pool_the_encoder_and_match_the_openai_client(models):
