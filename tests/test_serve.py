@@ -373,6 +373,20 @@ def test_an_api_key_is_required_when_set(models):
         assert ok.status_code == 200
 
 
+def test_health_is_503_while_the_server_is_not_ready(models):
+    with serving(models["seq-cls"]) as (url, app):
+        service = app.state.service
+        for status in ("draining", "loading"):
+            service.status = status
+            r = httpx.get(f"{url}/health", timeout=TIMEOUT)
+            assert r.status_code == 503 and r.json() == {"status": status}
+        service.status = "draining"
+        r = httpx.post(f"{url}/predict", json={"inputs": "a cat"}, timeout=TIMEOUT)
+        assert r.status_code == 503 and r.json()["error_type"] == "unhealthy"
+        service.status = "ok"
+        assert httpx.get(f"{url}/health", timeout=TIMEOUT).status_code == 200
+
+
 def test_metrics_and_the_access_log_describe_each_request(models, caplog):
     with caplog.at_level("INFO", logger="roberta_scratch.serve.access"), serving(models["seq-cls"]) as (url, _):
         r = httpx.post(f"{url}/predict", json={"inputs": TEXTS[:3]}, headers={"x-request-id": "abc-1"}, timeout=TIMEOUT)
