@@ -16,7 +16,8 @@ from .errors import TrainingError
 
 def option(default=dataclasses.MISSING, help: str = "", **cli):
     """A settings field that is also a command-line flag: `help` and argparse extras (choices,
-    cli=False to keep it off the command line) go in its metadata."""
+    cli=False to keep it off the command line) go in its metadata, and so do its bounds
+    (minimum=, above=, maximum=), which RunArgs checks."""
     return field(default=default, metadata={"help": help, **cli})
 
 
@@ -67,7 +68,8 @@ class RunArgs:
         `--batch-size 0` ended in a range() error), from the bounds in each field's metadata."""
         for f in dataclasses.fields(self):
             value, low, above = getattr(self, f.name), f.metadata.get("minimum"), f.metadata.get("above")
-            if value is None or (low is None and above is None):
+            high = f.metadata.get("maximum")
+            if value is None or (low is None and above is None and high is None):
                 continue
             flag = "--" + f.name.replace("_", "-")
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
@@ -76,6 +78,8 @@ class RunArgs:
                 raise TrainingError(f"{flag} must be at least {low}, got {value}")
             if above is not None and value <= above:
                 raise TrainingError(f"{flag} must be more than {above}, got {value}")
+            if high is not None and value > high:
+                raise TrainingError(f"{flag} must be at most {high}, got {value}")
 
     # The settings a resumed run must share with the run it continues (a task adds its own). The
     # data and the model are compared by content (BaseTrainer.load), not by these strings, and
