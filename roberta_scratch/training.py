@@ -68,11 +68,24 @@ class LinearSchedule:
         return linear_schedule(step, 1.0, self.warmup, self.total)
 
 
-def param_groups(model: torch.nn.Module, weight_decay: float) -> list:
-    """Decay matrices and embeddings; never biases or LayerNorm weights (the 1-D parameters)."""
-    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+def param_groups(model: torch.nn.Module, weight_decay: float, lr_scale=None) -> list:
+    """AdamW's parameter groups. Decay matrices and embeddings; never biases or LayerNorm weights
+    (the 1-D parameters). Only what trains: a frozen parameter (requires_grad=False) is in no group,
+    so the optimizer keeps no state for it.
+
+    lr_scale(name) -> the factor on the peak rate of a parameter (layer-wise decay, say; default 1).
+    Each group keeps its factor as "lr_scale": the schedule multiplies the peak rate by it (see
+    BaseTrainer.__init__ and _reanchor_schedule). The groups with the largest factor come first, so
+    the first group's rate is the peak rate the log shows.
+    """
+    groups: dict = {}
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            groups.setdefault((lr_scale(name) if lr_scale else 1.0, p.dim() >= 2), []).append(p)
+    return [
+        {"params": params, "weight_decay": weight_decay if decay else 0.0, "lr_scale": scale}
+        for (scale, decay), params in sorted(groups.items(), key=lambda kv: (-kv[0][0], not kv[0][1]))
+    ]
 
 
 def seed_for(*parts: int) -> int:
@@ -105,6 +118,10 @@ class BaseTrainer:
         describe(metrics)           -> one line for the log (on_evaluated(metrics) may act on them)
         export()                    -> what the run leaves behind in OUT when it finishes
         loss_parts(out) (optional)  -> named terms of the loss to log beside it (MLM and NSP)
+
+    Two optional hooks say which parameters train and how fast: build() may freeze some
+    (requires_grad=False: they get no optimizer group and no AdamW state), and lr_scale(name) gives
+    a parameter's factor on the peak rate. metrics.jsonl's first row counts what trains.
 
     Everything else lives here once: AdamW with decay on matrices only, warmup then linear decay,
     gradient accumulation and clipping, DDP, atomic checkpoints (model, optimizer, scheduler, RNG,
@@ -149,8 +166,12 @@ class BaseTrainer:
                 self.raw_model, device_ids=[self.device.index] if self.device.type == "cuda" else None
             )
         self.forward = torch.compile(self.model) if args.compile else self.model
+        groups = param_groups(self.raw_model, args.weight_decay, self.lr_scale)
+        for group in groups:
+            group["lr"] = args.lr * group["lr_scale"]  # LambdaLR keeps it as the group's peak (initial_lr)
+        self.parameter_counts = self._count_parameters(groups)
         self.optimizer = torch.optim.AdamW(
-            param_groups(self.raw_model, args.weight_decay),
+            groups,
             lr=args.lr,
             betas=tuple(args.betas),
             eps=args.eps,
@@ -197,9 +218,22 @@ class BaseTrainer:
         as scalar tensors; each is averaged over the step like the loss itself."""
         return {}
 
+    def lr_scale(self, name: str) -> float:
+        """The factor on the peak learning rate of the parameter called `name` (1: the peak rate).
+        A parameter that does not train is frozen by build() (requires_grad=False), never here."""
+        return 1.0
+
     def train_flops_per_token(self) -> float | None:
         """Training FLOPs per token, for MFU on CUDA; None to leave MFU out."""
         return None
+
+    def _count_parameters(self, groups: list) -> dict:
+        """What trains (the optimizer's parameters) against the whole model; logged, and recorded in
+        metrics.jsonl's first row."""
+        trainable = sum(p.numel() for g in groups for p in g["params"])
+        total = sum(p.numel() for p in self.raw_model.parameters())
+        self._log(f"training {trainable:,} of {total:,} parameters ({trainable / max(total, 1):.1%})")
+        return {"trainable_params": trainable, "total_params": total}
 
     # ---- data ----------------------------------------------------------------------
 
@@ -442,7 +476,9 @@ class BaseTrainer:
         if warmup_changed:
             self.schedule.warmup = self.warmup_steps
         for group in self.optimizer.param_groups:
-            group["initial_lr"] = self.args.lr  # the peak rate, which LambdaLR reads back as its base_lrs
+            # the group's peak rate, which LambdaLR reads back as its base_lrs (checkpoints older than
+            # layer-wise decay have no lr_scale: every group ran at the peak rate)
+            group["initial_lr"] = self.args.lr * group.get("lr_scale", 1.0)
         # A scheduler made at this step sets every group's rate from the schedule, through the
         # public constructor (last_epoch = step - 1: it steps once, to `step`).
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.schedule, last_epoch=self.step - 1)
@@ -554,6 +590,8 @@ class BaseTrainer:
     def _loop(self) -> int:
         a, steps = self.args, self.total_steps
         self.model.train()
+        if self.step == 0:
+            self._append_metrics({"step": 0, **self.parameter_counts})
         if self.step == 0 and a.eval_every and self.eval_at_start:
             self._record(self.evaluate(), "start")
         bar = progress(
