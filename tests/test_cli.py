@@ -107,7 +107,8 @@ def test_training_commands_keep_their_flags():
     # every flag they had, plus --overwrite (start over in a folder that holds a run) and --threads;
     # pretrain also has the ablations' --static-copies (BERT's K masks), --eval-seed (one held-out set) and
     # --eval-mlm-probability (one masking rate for that set, whatever the runs train with); both have
-    # --trust-code, the opt-in for a config.json that names its kernels as MODULE:FUNCTION
+    # --trust-code, the opt-in for a config.json that names its kernels as MODULE:FUNCTION; finetune also
+    # says which parameters train (--freeze-embeddings, --train-top-layers, --layerwise-lr-decay)
     assert flags("pretrain") == PRETRAIN_FLAGS | {
         "--overwrite",
         "--threads",
@@ -116,7 +117,14 @@ def test_training_commands_keep_their_flags():
         "--eval-mlm-probability",
         "--trust-code",
     }
-    assert flags("finetune") == FINETUNE_FLAGS | {"--overwrite", "--threads", "--trust-code"}
+    assert flags("finetune") == FINETUNE_FLAGS | {
+        "--overwrite",
+        "--threads",
+        "--trust-code",
+        "--freeze-embeddings",
+        "--train-top-layers",
+        "--layerwise-lr-decay",
+    }
 
 
 def test_every_command_that_reads_a_config_json_has_the_trust_opt_in():

@@ -478,12 +478,108 @@ def test_predict_gives_one_line_per_input_even_without_words(pretrained, tmp_pat
     assert results[1] == {"error": "line 2: not valid JSON (Expecting value at column 13)"}
 
 
+# ----------------------------------------------------------------------------- which parameters train
+
+
+def test_frozen_parameters_get_no_gradient_no_optimizer_state_and_stay_bit_identical(pretrained, tmp_path, capsys):
+    """--train-top-layers 1 of 2: layer 0 and the embeddings are frozen. AdamW holds state for the
+    trained parameters only (no exp_avg for a frozen one: memory, not just requires_grad), frozen
+    weights come out bit for bit as loaded, and the saved model is the whole model, which predict loads."""
+    train = write_jsonl(tmp_path / "train.jsonl", sentiment_rows(32, 13))
+    trainer = FinetuneTrainer(args_for(pretrained, "seq-cls", train, tmp_path / "run", epochs=1, train_top_layers=1))
+    model = trainer.raw_model
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+    assert frozen and all(n.startswith(("roberta.embeddings.", "roberta.layers.0.")) for n in frozen)
+    assert {n for n, _ in model.named_parameters()} - frozen == {
+        n for n, _ in model.named_parameters() if n.startswith(("roberta.layers.1.", "classifier."))
+    }
+    assert trainer.fit() == 0
+    params = dict(model.named_parameters())
+    trained = [p for n, p in params.items() if n not in frozen]
+    assert {id(p) for g in trainer.optimizer.param_groups for p in g["params"]} == {id(p) for p in trained}
+    assert set(trainer.optimizer.state) == set(trained)  # keyed by the parameters themselves
+    state_numel = sum(t.numel() for s in trainer.optimizer.state.values() for t in s.values() if t.dim() > 0)
+    assert state_numel == 2 * sum(p.numel() for p in trained)  # exp_avg and exp_avg_sq, nothing more
+    saved = torch.load(sorted((tmp_path / "run" / "ckpt").glob("step_*.pt"))[-1], weights_only=True)["optimizer"]
+    assert len(saved["state"]) == len(trained)
+    assert all(params[n].grad is None for n in frozen)
+    after = model.state_dict()
+    assert all(torch.equal(after[n], before[n]) for n in frozen)
+    assert all(not torch.equal(after[n], before[n]) for n in params if n not in frozen)
+    total, n_trained = sum(p.numel() for p in params.values()), sum(p.numel() for p in trained)
+    assert f"training {n_trained:,} of {total:,} parameters ({n_trained / total:.1%})" in capsys.readouterr().out
+    assert metric_rows(tmp_path / "run")[0] == {"step": 0, "trainable_params": n_trained, "total_params": total}
+    saved_model = RobertaConfig.load(str(tmp_path / "run" / "model"))  # the whole model, frozen weights too
+    assert saved_model.num_hidden_layers == 2
+    _, reloaded = load_finetuned(str(tmp_path / "run" / "model"))
+    assert all(torch.equal(reloaded.state_dict()[k], v) for k, v in after.items())
+
+
+@pytest.mark.parametrize(
+    "kw, trains",
+    [
+        (dict(train_top_layers=0), ("classifier.",)),  # a linear probe
+        (dict(train_top_layers=2), ("roberta.", "classifier.")),  # every layer: the embeddings too
+        (dict(train_top_layers=2, freeze_embeddings=True), ("roberta.layers.", "classifier.")),
+        (dict(freeze_embeddings=True), ("roberta.layers.", "classifier.")),
+    ],
+)
+def test_what_trains_under_each_setting(pretrained, tmp_path, kw, trains):
+    train = write_jsonl(tmp_path / "train.jsonl", sentiment_rows(20, 14))
+    trainer = FinetuneTrainer(args_for(pretrained, "seq-cls", train, tmp_path / "run", **kw))
+    for name, p in trainer.raw_model.named_parameters():
+        assert p.requires_grad == name.startswith(trains), name
+
+
+def test_layerwise_lr_decay_scales_every_group_and_the_schedule_applies_to_all(pretrained, tmp_path):
+    train = write_jsonl(tmp_path / "train.jsonl", sentiment_rows(32, 15))
+    trainer = FinetuneTrainer(args_for(pretrained, "seq-cls", train, tmp_path / "run", layerwise_lr_decay=0.5))
+    lr, want = 2e-3, {"roberta.embeddings.": 0.25, "roberta.layers.0.": 0.5, "roberta.layers.1.": 1.0}
+    group_of = {id(p): g for g in trainer.optimizer.param_groups for p in g["params"]}
+    for name, p in trainer.raw_model.named_parameters():
+        scale = next((v for k, v in want.items() if name.startswith(k)), 1.0)  # the head: the peak rate
+        group = group_of[id(p)]
+        assert group["lr_scale"] == scale and group["initial_lr"] == pytest.approx(lr * scale), name
+        assert group["weight_decay"] == (0.01 if p.dim() >= 2 else 0.0), name
+    for _ in range(3):  # warmup and decay move every group's rate together
+        trainer.optimizer.step()  # no gradients yet: changes nothing, keeps torch's order of calls
+        trainer.scheduler.step()
+        factor = trainer.schedule(trainer.scheduler.last_epoch)
+        for g in trainer.optimizer.param_groups:
+            assert g["lr"] == pytest.approx(lr * g["lr_scale"] * factor)
+    assert trainer.scheduler.get_last_lr()[0] == pytest.approx(lr * factor)  # the logged rate: the head's
+
+
+def test_bad_freezing_values_are_one_error_line_naming_the_flag(pretrained, tmp_path, capsys):
+    train = write_jsonl(tmp_path / "train.jsonl", sentiment_rows(20, 16))
+    base = ["finetune", "--task", "seq-cls", "--model", pretrained, "--train", train, "--out", tmp_path / "run"]
+    for extra, message in [
+        (["--train-top-layers", "3"], f"--train-top-layers must be at most 2 (the layers of {pretrained}), got 3"),
+        (["--train-top-layers", "-1"], "--train-top-layers must be at least 0, got -1"),
+        (["--layerwise-lr-decay", "1.5"], "--layerwise-lr-decay must be at most 1, got 1.5"),
+        (["--layerwise-lr-decay", "0"], "--layerwise-lr-decay must be more than 0, got 0.0"),
+    ]:
+        assert cli.main([str(a) for a in base + extra]) == 1
+        err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+        assert err == [f"error: {message} (--debug shows where)"]
+
+
 # ----------------------------------------------------------------------------- resume
 
 
-def test_resumed_finetuning_matches_an_uninterrupted_run(pretrained, tmp_path):
+@pytest.mark.parametrize(
+    "which",
+    [
+        {},
+        {"train_top_layers": 1},
+        {"layerwise_lr_decay": 0.7, "freeze_embeddings": True},
+    ],
+    ids=["everything", "top-layer", "layerwise-decay"],
+)
+def test_resumed_finetuning_matches_an_uninterrupted_run(pretrained, tmp_path, which):
     train = write_jsonl(tmp_path / "train.jsonl", sentiment_rows(64, 6))
-    kw = dict(eval=train, epochs=2, batch_size=8, save_every=4, keep_last=10)
+    kw = dict(eval=train, epochs=2, batch_size=8, save_every=4, keep_last=10, **which)
     assert finetune(args_for(pretrained, "seq-cls", train, tmp_path / "straight", **kw)) == 0
     assert finetune(args_for(pretrained, "seq-cls", train, tmp_path / "split", **kw)) == 0
     ckpt = tmp_path / "split" / "ckpt"
@@ -500,6 +596,28 @@ def test_resumed_finetuning_matches_an_uninterrupted_run(pretrained, tmp_path):
     b = torch.load(ckpt / "step_00000016.pt", weights_only=True)
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
     assert a["extra"]["best"] == b["extra"]["best"]
+
+
+def test_resume_refuses_other_freezing_and_keeps_layerwise_rates_when_lr_changes(pretrained, tmp_path):
+    train = write_jsonl(tmp_path / "train.jsonl", sentiment_rows(32, 17))
+    kw = dict(epochs=1, batch_size=8, train_top_layers=2, layerwise_lr_decay=0.5)
+    assert finetune(args_for(pretrained, "seq-cls", train, tmp_path / "run", **kw)) == 0
+    for change, said in [
+        ({"train_top_layers": 1}, "--train-top-layers was 2, now 1"),
+        ({"train_top_layers": None}, "--train-top-layers was 2, now None"),
+        ({"freeze_embeddings": True}, "--freeze-embeddings was False, now True"),
+        ({"layerwise_lr_decay": 0.9}, "--layerwise-lr-decay was 0.5, now 0.9"),
+    ]:
+        with pytest.raises(TrainingError, match=f"cannot resume from .*: {said}\\."):
+            finetune(args_for(pretrained, "seq-cls", train, tmp_path / "run", resume=True, **{**kw, **change}))
+    # a lower --lr on resume (what the NaN stop advises) keeps each group's share of it
+    trainer = FinetuneTrainer(
+        args_for(pretrained, "seq-cls", train, tmp_path / "run", resume=True, **{**kw, "epochs": 2, "lr": 1e-3})
+    )
+    assert trainer.fit() == 0
+    assert {g["lr_scale"]: g["initial_lr"] for g in trainer.optimizer.param_groups} == pytest.approx(
+        {1.0: 1e-3, 0.5: 5e-4, 0.25: 2.5e-4}
+    )
 
 
 # ----------------------------------------------------------------------------- a Hugging Face directory

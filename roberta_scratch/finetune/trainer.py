@@ -71,9 +71,35 @@ class FinetuneArgs(RunArgs):
     eval_every: int | None = option(None, "steps between evaluations (default: once per epoch)", minimum=1)
     save_every: int | None = option(None, "steps between checkpoints (default: once per epoch)", minimum=1)
     keep_last: int = option(2, "checkpoints kept in OUT/ckpt", minimum=1)
+    # which parameters train (see FinetuneTrainer.freeze and lr_scale)
+    freeze_embeddings: bool = option(
+        False, "the embeddings (word, position, token type and their LayerNorm) do not train"
+    )
+    train_top_layers: int | None = option(
+        None,
+        "train only the top K encoder layers and the task head (0: the head alone, a linear probe); "
+        "the embeddings train only when K is every layer (default: everything trains)",
+        minimum=0,
+    )
+    layerwise_lr_decay: float = option(
+        1.0,
+        "layer-wise learning-rate decay D: encoder layer l of L trains at lr x D^(L-l), the embeddings at "
+        "lr x D^L, the head at lr (1: off)",
+        above=0,
+        maximum=1,
+    )
 
     # the model and the training data are compared by content, and epochs may change (run_args.RESUMING)
-    RESUME_KEYS = RunArgs.RESUME_KEYS + ("task", "warmup_ratio", "max_length", "stride", "label_type")
+    RESUME_KEYS = RunArgs.RESUME_KEYS + (
+        "task",
+        "warmup_ratio",
+        "max_length",
+        "stride",
+        "label_type",
+        "freeze_embeddings",
+        "train_top_layers",
+        "layerwise_lr_decay",
+    )
     ADJUSTABLE = RunArgs.ADJUSTABLE + ("warmup_ratio",)
 
 
@@ -125,6 +151,7 @@ class FinetuneTrainer(BaseTrainer):
                 f"{a.model} is an int8 model ({model.config.quantization['method']}): fine-tune the float "
                 "model it was quantized from, then quantize the result"
             )
+        self.freeze(model)
         max_length = min(a.max_length or self.task.default_max_length, model.config.max_tokens)
         # the task works with the effective settings; the caller's args stay as given
         self.task.args = dataclasses.replace(a, max_length=max_length)
@@ -147,6 +174,33 @@ class FinetuneTrainer(BaseTrainer):
             "save_every": a.save_every or self.steps_per_epoch,
         }
         return Built(model, train_set, total_steps, round(a.warmup_ratio * total_steps), resolved)
+
+    def freeze(self, model: torch.nn.Module) -> None:
+        """--freeze-embeddings and --train-top-layers: what does not train gets requires_grad=False,
+        so it receives no gradient and BaseTrainer gives it to no optimizer group (no AdamW state).
+        With --train-top-layers K below the layer count the embeddings are frozen too: they sit
+        under the frozen layers. The task head always trains."""
+        a, layers = self.args, model.roberta.layers
+        top = a.train_top_layers
+        if top is not None and top > len(layers):
+            raise TrainingError(
+                f"--train-top-layers must be at most {len(layers)} (the layers of {a.model}), got {top}"
+            )
+        frozen = list(layers[: len(layers) - top]) if top is not None else []
+        if a.freeze_embeddings or frozen:
+            frozen.append(model.roberta.embeddings)
+        for module in frozen:
+            module.requires_grad_(False)
+
+    def lr_scale(self, name: str) -> float:
+        """--layerwise-lr-decay D: encoder layer l (1..L, from the bottom) at lr x D^(L-l), the
+        embeddings at lr x D^L, the task head at lr (ELECTRA's and DeBERTa's fine-tuning recipe)."""
+        decay, n_layers = self.args.layerwise_lr_decay, len(self.raw_model.roberta.layers)
+        if name.startswith("roberta.embeddings."):
+            return decay**n_layers
+        if name.startswith("roberta.layers."):
+            return decay ** (n_layers - 1 - int(name.split(".")[2]))  # layers.0 is layer l = 1
+        return 1.0
 
     def _read(self, path: str, split: str, fit: bool = False) -> list[dict]:
         if not os.path.isfile(path):
