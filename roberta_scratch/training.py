@@ -591,7 +591,7 @@ class BaseTrainer:
         a, steps = self.args, self.total_steps
         self.model.train()
         if self.step == 0:
-            self._append_metrics({"step": 0, **self.parameter_counts})
+            self._append_metrics({"step": 0, **self._tokens(), **self.parameter_counts})
         if self.step == 0 and a.eval_every and self.eval_at_start:
             self._record(self.evaluate(), "start")
         bar = progress(

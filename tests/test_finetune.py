@@ -509,7 +509,12 @@ def test_frozen_parameters_get_no_gradient_no_optimizer_state_and_stay_bit_ident
     assert all(not torch.equal(after[n], before[n]) for n in params if n not in frozen)
     total, n_trained = sum(p.numel() for p in params.values()), sum(p.numel() for p in trained)
     assert f"training {n_trained:,} of {total:,} parameters ({n_trained / total:.1%})" in capsys.readouterr().out
-    assert metric_rows(tmp_path / "run")[0] == {"step": 0, "trainable_params": n_trained, "total_params": total}
+    assert metric_rows(tmp_path / "run")[0] == {
+        "step": 0,
+        "tokens": 0,
+        "trainable_params": n_trained,
+        "total_params": total,
+    }
     saved_model = RobertaConfig.load(str(tmp_path / "run" / "model"))  # the whole model, frozen weights too
     assert saved_model.num_hidden_layers == 2
     _, reloaded = load_finetuned(str(tmp_path / "run" / "model"))
