@@ -122,7 +122,8 @@ def _add_prepare_parser(sub) -> None:
 
 def add_dataclass_arguments(p: argparse.ArgumentParser, settings: type) -> None:
     """One flag per field of a settings dataclass (RunArgs and its subclasses): --batch-size for
-    batch_size, its type, its choices and its help from the field; a bool is a switch.
+    batch_size, its type, its choices and its help from the field; a bool is a switch (with
+    its --no-X opposite when the field says negatable=True).
 
     Every default is None, so only the flags given reach the dataclass and its own defaults
     apply to the rest; the help text shows them.
@@ -138,8 +139,9 @@ def add_dataclass_arguments(p: argparse.ArgumentParser, settings: type) -> None:
         helps = f.metadata.get("help", "")
         if f.default is dataclasses.MISSING:
             p.add_argument(flag, required=True, help=helps)
-        elif kind is bool:
-            p.add_argument(flag, action="store_true", default=None, help=helps)
+        elif kind is bool:  # a switch; negatable=True adds its --no-X opposite
+            action = argparse.BooleanOptionalAction if f.metadata.get("negatable") else "store_true"
+            p.add_argument(flag, action=action, default=None, help=helps)
         else:
             default = (
                 f" (default {f.default:g})"

@@ -115,7 +115,8 @@ class BaseTrainer:
         build()                     -> Built: the model, the training set, the run's length
         collate(examples, step, m)  -> one micro-batch: a dict of the model's keyword arguments, labels included
         evaluate()                  -> a dict of held-out metrics, or None
-        describe(metrics)           -> one line for the log (on_evaluated(metrics) may act on them)
+        describe(metrics)           -> one line for the log (on_evaluated(metrics) may act on them,
+                                       and set self.stop_early to a reason to end the run there)
         export()                    -> what the run leaves behind in OUT when it finishes
         loss_parts(out) (optional)  -> named terms of the loss to log beside it (MLM and NSP)
 
@@ -184,6 +185,7 @@ class BaseTrainer:
         self.last_loss_parts: dict = {}  # the last step's loss_parts, for the log
         self._perms: dict = {}
         self._stop = False
+        self.stop_early: str | None = None  # why the run stops before its last step (set by on_evaluated)
 
     # ---- the hooks -----------------------------------------------------------------
 
@@ -599,7 +601,7 @@ class BaseTrainer:
         )
         flops = self.train_flops_per_token()
         window_tokens, window_start = 0, time.perf_counter()
-        while self.step < steps:
+        while self.step < steps and not self.stop_early:
             loss, tokens = self.forward_backward(self.step)
             if not math.isfinite(loss):
                 raise TrainingError(self._diverged(f"the loss is {loss}"))
@@ -631,7 +633,10 @@ class BaseTrainer:
                 window_tokens, window_start = 0, time.perf_counter()
             if a.eval_every and (self.step % a.eval_every == 0 or self.step == steps):
                 self._record(self.evaluate(), f"step {self.step}")
-            if self.step % a.save_every == 0 or self.step == steps:
+            if self.stop_early:  # the row before the checkpoint: a resumed run keeps it or redoes it
+                self._append_metrics({"step": self.step, "stopped_early": self.stop_early})
+                self._log(f"stopped early at step {self.step}: {self.stop_early}")
+            if self.step % a.save_every == 0 or self.step == steps or self.stop_early:
                 self.save()
             if self._stopping():
                 self.save()

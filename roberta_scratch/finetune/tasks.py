@@ -49,13 +49,15 @@ class Task:
     stride, label_type, ...); `tok` the model's tokenizer.
 
     Fields a subclass sets: `name` (the --task value), `model_class` (the head it trains),
-    `best_metric` (the eval metric, higher is better, that picks OUT/best) and
+    `best_metric` (the eval metric, higher is better, that picks OUT/best unless --metric says),
+    `metric_names` (the scores evaluate() returns, what --metric may name) and
     `default_max_length` (tokens per example when --max-length is not given).
     """
 
     name: str
     model_class: type
     best_metric: str
+    metric_names: tuple
     loss_name: str  # what the model's loss is, for the loss curve's label
     default_max_length: int = 512
 
@@ -206,6 +208,7 @@ class SequenceClassification(Task):
     """Classes from the <s> token; string labels are class names, saved with the model."""
 
     name, model_class, best_metric = "seq-cls", RobertaForSequenceClassification, "accuracy"
+    metric_names = ("accuracy", "macro_f1")
     loss_name = "cross-entropy over the classes"
 
     def __init__(self, args, tok: Tokenizer, label_names: list | None = None):
@@ -344,6 +347,7 @@ class SequenceRegression(SequenceClassification):
     """One number from the <s> token (STS-B), trained with mean squared error."""
 
     best_metric = "pearson"
+    metric_names = ("pearson", "spearman")
     loss_name = "mean squared error"
 
     def __init__(self, args, tok: Tokenizer, label_names: list | None = None):
@@ -401,6 +405,7 @@ class TokenClassification(Task):
     """NER: a tag per word; each word's tag goes on its first sub-token, the others get -100."""
 
     name, model_class, best_metric = "token-cls", RobertaForTokenClassification, "f1"
+    metric_names = ("precision", "recall", "f1")
     loss_name = "cross-entropy over the tags of words' first sub-tokens"
 
     def __init__(self, args, tok: Tokenizer, label_names: list | None = None):
@@ -548,6 +553,7 @@ class QuestionAnswering(Task):
     when <s> (the "no answer" score) beats it."""
 
     name, model_class, best_metric = "qa", RobertaForQuestionAnswering, "f1"
+    metric_names = ("exact_match", "f1")
     loss_name = "cross-entropy of the answer's start and end"
     default_max_length = 384
     max_question_tokens = 64
