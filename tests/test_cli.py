@@ -108,7 +108,8 @@ def test_training_commands_keep_their_flags():
     # pretrain also has the ablations' --static-copies (BERT's K masks), --eval-seed (one held-out set) and
     # --eval-mlm-probability (one masking rate for that set, whatever the runs train with); both have
     # --trust-code, the opt-in for a config.json that names its kernels as MODULE:FUNCTION; finetune also
-    # says which parameters train (--freeze-embeddings, --train-top-layers, --layerwise-lr-decay)
+    # says which parameters train (--freeze-embeddings, --train-top-layers, --layerwise-lr-decay), and
+    # selects the model and stops early (--metric, --[no-]greater-is-better, --early-stopping)
     assert flags("pretrain") == PRETRAIN_FLAGS | {
         "--overwrite",
         "--threads",
@@ -124,6 +125,10 @@ def test_training_commands_keep_their_flags():
         "--freeze-embeddings",
         "--train-top-layers",
         "--layerwise-lr-decay",
+        "--metric",
+        "--greater-is-better",
+        "--no-greater-is-better",
+        "--early-stopping",
     }
 
 

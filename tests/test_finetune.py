@@ -655,3 +655,142 @@ def test_hf_directory_with_a_classification_head_keeps_it(pretrained, tmp_path, 
     got = torch.tensor([[r["probabilities"][n] for n in ("neg", "neu", "pos")] for r in rows])
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
     assert [r["label"] for r in rows] == [["neg", "neu", "pos"][i] for i in want.argmax(-1).tolist()]
+
+
+# ----------------------------------------------------------------------------- early stopping and --metric
+
+
+def scripted(monkeypatch, values, name="accuracy"):
+    """FinetuneTrainer.evaluate returns values[k] at the k-th evaluation (a function of the step, so a
+    resumed run sees the same sequence); the model still trains for real underneath."""
+
+    def evaluate(self):
+        k = self.step // self.args.eval_every - 1
+        return {"epoch": round(self.step / self.steps_per_epoch, 3), name: values[k]}
+
+    monkeypatch.setattr(FinetuneTrainer, "evaluate", evaluate)
+
+
+def stop_rows(out):
+    return [r for r in metric_rows(out) if "stopped_early" in r]
+
+
+def model_weights(path):
+    return load_finetuned(str(path))[1].state_dict()
+
+
+def test_early_stopping_stops_after_patience_and_best_holds_the_best_model(pretrained, tmp_path, monkeypatch, capsys):
+    scripted(monkeypatch, [0.5, 0.8, 0.7, 0.8, 0.6, 0.9, 0.9, 0.9])  # a tie is no improvement
+    train = write_jsonl(tmp_path / "train.jsonl", sentiment_rows(32, 20))
+    kw = dict(eval=train, epochs=8, batch_size=8, eval_every=2, save_every=2, keep_last=20, early_stopping=3)
+    trainer = FinetuneTrainer(args_for(pretrained, "seq-cls", train, tmp_path / "run", **kw))
+    assert trainer.total_steps == 32 and trainer.fit() == 0
+    why = "accuracy has not improved for 3 evaluations (best 0.8 at step 4)"
+    assert stop_rows(tmp_path / "run") == [{"step": 10, "stopped_early": why}]
+    assert f"stopped early at step 10: {why}" in capsys.readouterr().out
+    assert max(r["step"] for r in metric_rows(tmp_path / "run")) == 10 and trainer.step == 10
+    assert trainer.best == {"metric": "accuracy", "value": 0.8, "step": 4}
+    ckpt = tmp_path / "run" / "ckpt"
+    best, final = model_weights(tmp_path / "run" / "best"), model_weights(tmp_path / "run" / "model")
+    at = {s: torch.load(ckpt / f"step_{s:08d}.pt", weights_only=True)["model"] for s in (4, 10)}
+    assert all(torch.equal(best[k], at[4][k]) for k in at[4])  # OUT/best: the model of step 4
+    assert all(torch.equal(final[k], at[10][k]) for k in at[10])  # OUT/model: the model at the stop
+    assert not all(torch.equal(best[k], final[k]) for k in best)
+
+
+def test_metric_and_lower_is_better_pick_best_without_early_stopping(pretrained, tmp_path, monkeypatch):
+    from roberta_scratch.finetune import tasks
+    from roberta_scratch.finetune.trainer import greater_is_better
+
+    assert not greater_is_better("val_loss") and not greater_is_better("eval_loss") and greater_is_better("f1")
+    monkeypatch.setattr(tasks.SequenceClassification, "metric_names", ("accuracy", "macro_f1", "eval_loss"))
+    scripted(monkeypatch, [0.9, 0.4, 0.6, 0.5], name="eval_loss")
+    train = write_jsonl(tmp_path / "train.jsonl", sentiment_rows(32, 21))
+    kw = dict(eval=train, epochs=2, batch_size=8, eval_every=2, metric="eval_loss")
+    trainer = FinetuneTrainer(args_for(pretrained, "seq-cls", train, tmp_path / "low", **kw))
+    assert trainer.args.greater_is_better is False and trainer.fit() == 0
+    assert trainer.best == {"metric": "eval_loss", "value": 0.4, "step": 4} and not stop_rows(tmp_path / "low")
+    trainer = FinetuneTrainer(args_for(pretrained, "seq-cls", train, tmp_path / "high", greater_is_better=True, **kw))
+    assert trainer.fit() == 0 and trainer.best["value"] == 0.9 and trainer.best["step"] == 2
+    scripted(monkeypatch, [0.9, 0.4, 0.6, 0.5])  # accuracy, told lower is better, with patience
+    kw.update(metric=None, greater_is_better=False, early_stopping=2)
+    trainer = FinetuneTrainer(args_for(pretrained, "seq-cls", train, tmp_path / "neg", **kw))
+    assert trainer.fit() == 0 and trainer.step == 8 and trainer.best["value"] == 0.4
+    assert stop_rows(tmp_path / "neg") == [
+        {"step": 8, "stopped_early": "accuracy has not improved for 2 evaluations (best 0.4 at step 4)"}
+    ]
+
+
+def test_early_stopping_resumed_after_the_first_evaluation_matches_an_uninterrupted_run(
+    pretrained, tmp_path, monkeypatch
+):
+    scripted(monkeypatch, [0.5, 0.7, 0.6, 0.7, 0.65, 0.9])
+    train = write_jsonl(tmp_path / "train.jsonl", sentiment_rows(32, 22))
+    kw = dict(eval=train, epochs=6, batch_size=8, eval_every=2, save_every=2, keep_last=20, early_stopping=3)
+    assert finetune(args_for(pretrained, "seq-cls", train, tmp_path / "straight", **kw)) == 0
+    assert finetune(args_for(pretrained, "seq-cls", train, tmp_path / "split", **kw)) == 0
+    ckpt = tmp_path / "split" / "ckpt"
+    for name in os.listdir(ckpt):  # as if the run died just after its first evaluation (step 2)
+        if name != "step_00000002.pt":
+            os.remove(ckpt / name)
+    assert finetune(args_for(pretrained, "seq-cls", train, tmp_path / "split", resume=True, **kw)) == 0
+    with pytest.raises(TrainingError, match="--early-stopping was 3, now 4"):
+        finetune(args_for(pretrained, "seq-cls", train, tmp_path / "split", resume=True, **{**kw, "early_stopping": 4}))
+    with pytest.raises(TrainingError, match="--metric was 'accuracy', now 'macro_f1'"):
+        finetune(args_for(pretrained, "seq-cls", train, tmp_path / "split", resume=True, **kw, metric="macro_f1"))
+
+    def strip(rows):
+        return [{k: v for k, v in r.items() if k != "tokens_per_s"} for r in rows]
+
+    rows = strip(metric_rows(tmp_path / "straight"))
+    assert (
+        rows == strip(metric_rows(tmp_path / "split"))
+        and rows[-1]["step"] == 10 == stop_rows(tmp_path / "split")[0]["step"]
+    )
+    a = torch.load(tmp_path / "straight" / "ckpt" / "step_00000010.pt", weights_only=True)
+    b = torch.load(ckpt / "step_00000010.pt", weights_only=True)
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert a["extra"] == b["extra"] == {"best": {"metric": "accuracy", "value": 0.7, "step": 4}, "stale": 3}
+    for d in ("best", "model"):
+        x, y = model_weights(tmp_path / "straight" / d), model_weights(tmp_path / "split" / d)
+        assert all(torch.equal(x[k], y[k]) for k in x)
+    # resuming a run that stopped early finishes it again without training further
+    assert finetune(args_for(pretrained, "seq-cls", train, tmp_path / "split", resume=True, **kw)) == 0
+    assert strip(metric_rows(tmp_path / "split")) == rows
+
+
+def test_a_checkpoint_older_than_early_stopping_resumes_as_nothing_was_counted(pretrained, tmp_path):
+    train = write_jsonl(tmp_path / "train.jsonl", sentiment_rows(32, 23))
+    kw = dict(eval=train, epochs=2, batch_size=8, save_every=2, keep_last=20)
+    assert finetune(args_for(pretrained, "seq-cls", train, tmp_path / "run", **kw)) == 0
+    path = tmp_path / "run" / "ckpt" / "step_00000002.pt"
+    state = torch.load(path, weights_only=True)
+    for k in ("metric", "greater_is_better", "early_stopping"):
+        del state["settings"][k], state["args"][k]
+    del state["extra"]["stale"]
+    torch.save(state, path)
+    trainer = FinetuneTrainer(args_for(pretrained, "seq-cls", train, tmp_path / "run", resume=True, **kw))
+    trainer.load(str(path))
+    assert trainer.step == 2 and trainer.stale == 0 and trainer.stop_early is None
+
+
+def test_bad_early_stopping_and_metric_flags_are_one_error_line(pretrained, tmp_path, capsys):
+    train = write_jsonl(tmp_path / "train.jsonl", sentiment_rows(20, 24))
+    base = ["finetune", "--task", "seq-cls", "--model", pretrained, "--train", train, "--out", tmp_path / "run"]
+    for extra, message in [
+        (
+            ["--early-stopping", "3"],
+            "--early-stopping 3 needs --eval: it stops when the eval set's metric stops improving",
+        ),
+        (["--early-stopping", "0", "--eval", train], "--early-stopping must be at least 1, got 0"),
+        (
+            ["--metric", "f1", "--eval", train],
+            "--metric 'f1' is not a metric of seq-cls evaluation, which gives: accuracy, macro_f1",
+        ),
+    ]:
+        assert cli.main([str(a) for a in base + extra]) == 1
+        err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+        assert err == [f"error: {message} (--debug shows where)"]
+    assert not os.path.exists(tmp_path / "run" / "metrics.jsonl")  # refused before any training
+    parser_args = cli.build_parser().parse_args([str(a) for a in base + ["--no-greater-is-better"]])
+    assert parser_args.greater_is_better is False

@@ -36,12 +36,20 @@ import torch
 from ..errors import TrainingError
 from ..plots import plot_metrics
 from ..run_args import RunArgs, option
+from ..run_files import read_training_checkpoint
 from ..tokenization.byte_level import load_tokenizer
 from ..training import BaseTrainer, Built
 from .readers import BadRows, DataError
 from .tasks import TASKS
 
 TASK_FILE = "finetune.json"  # written next to config.json: which task a model dir was trained for
+LOWER_IS_BETTER = ("loss", "perplexity", "error")  # a metric whose name holds one of these: lower is better
+
+
+def greater_is_better(metric: str) -> bool:
+    """The default direction of a metric: lower is better for loss-like names (val_loss, eval_loss,
+    perplexity, error_rate), higher for every other score (accuracy, f1, pearson, ...)."""
+    return not any(word in metric.lower() for word in LOWER_IS_BETTER)
 
 
 @dataclass(kw_only=True)
@@ -88,6 +96,24 @@ class FinetuneArgs(RunArgs):
         above=0,
         maximum=1,
     )
+    # model selection and early stopping (see FinetuneTrainer.on_evaluated)
+    metric: str | None = option(
+        None, "the eval metric that picks OUT/best and drives --early-stopping (default: the task's own)"
+    )
+    greater_is_better: bool | None = option(
+        None, "whether a larger --metric is better (default: no for loss-like names, else yes)", negatable=True
+    )
+    early_stopping: int | None = option(
+        None, "stop after PATIENCE evaluations in a row without improving --metric (needs --eval)", minimum=1
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.early_stopping is not None and not self.eval:
+            raise TrainingError(
+                f"--early-stopping {self.early_stopping} needs --eval: it stops when the eval set's metric "
+                "stops improving"
+            )
 
     # the model and the training data are compared by content, and epochs may change (run_args.RESUMING)
     RESUME_KEYS = RunArgs.RESUME_KEYS + (
@@ -99,6 +125,9 @@ class FinetuneArgs(RunArgs):
         "freeze_embeddings",
         "train_top_layers",
         "layerwise_lr_decay",
+        "metric",
+        "greater_is_better",
+        "early_stopping",
     )
     ADJUSTABLE = RunArgs.ADJUSTABLE + ("warmup_ratio",)
 
@@ -112,7 +141,7 @@ class FinetuneTrainer(BaseTrainer):
     each epoch; OUT/best holds the best model on the eval set and OUT/model the final one."""
 
     desc = "fine-tuning"
-    extra_state_keys = ("best",)
+    extra_state_keys = ("best", "stale")  # the best eval so far, and evaluations since it (--early-stopping)
 
     def build(self) -> Built:
         a = self.args
@@ -162,7 +191,13 @@ class FinetuneTrainer(BaseTrainer):
         # --epochs 2 ends on an evaluation labelled epoch 2.0.
         self.steps_per_epoch = math.ceil(len(train_set) / self.global_batch)
         total_steps = max(1, math.ceil(a.epochs * self.steps_per_epoch))
-        self.best = None
+        self.best, self.stale = None, 0
+        metric = a.metric or self.task.best_metric
+        if metric not in self.task.metric_names:
+            raise TrainingError(
+                f"--metric {metric!r} is not a metric of {a.task} evaluation, which gives: "
+                + ", ".join(self.task.metric_names)
+            )
         self._log(
             f"{a.task}: {len(train)} training examples ({len(train_set)} features), "
             f"{len(self.eval_examples)} eval; {total_steps} steps of {self.global_batch}, "
@@ -172,6 +207,8 @@ class FinetuneTrainer(BaseTrainer):
             "max_length": max_length,
             "eval_every": a.eval_every or self.steps_per_epoch,
             "save_every": a.save_every or self.steps_per_epoch,
+            "metric": metric,
+            "greater_is_better": greater_is_better(metric) if a.greater_is_better is None else a.greater_is_better,
         }
         return Built(model, train_set, total_steps, round(a.warmup_ratio * total_steps), resolved)
 
@@ -245,11 +282,41 @@ class FinetuneTrainer(BaseTrainer):
         return {"epoch": round(self.step / self.steps_per_epoch, 3), **m}
 
     def on_evaluated(self, metrics: dict) -> None:
-        key = self.task.best_metric
-        if self.best is None or metrics[key] > self.best["value"]:
-            self.best = {"metric": key, "value": metrics[key], "step": self.step}
+        """OUT/best by --metric; --early-stopping PATIENCE ends the run after PATIENCE evaluations in a
+        row that do not beat the best so far (a tie is no improvement; NaN never improves)."""
+        key, value = self.args.metric, metrics.get(self.args.metric)
+        if value is None:  # the names were checked in build(): a task's metric_names is out of date
+            raise TrainingError(f"--metric {key!r} is not among the evaluation's metrics: {', '.join(metrics)}")
+        best = None if self.best is None else self.best["value"]
+        if best is None or (not math.isnan(value) and (math.isnan(best) or self._beats(value, best))):
+            self.best, self.stale = {"metric": key, "value": value, "step": self.step}, 0
             if self.rank == 0:
                 self.save_model(os.path.join(self.args.out, "best"))
+        else:
+            self.stale += 1
+        self._check_patience()
+
+    def _beats(self, value: float, best: float) -> bool:
+        return value > best if self.args.greater_is_better else value < best
+
+    def _check_patience(self) -> None:
+        patience = self.args.early_stopping
+        if patience and self.stale >= patience:
+            self.stop_early = (
+                f"{self.best['metric']} has not improved for {self.stale} evaluation{'s' if self.stale > 1 else ''} "
+                f"(best {self.best['value']:.4g} at step {self.best['step']})"
+            )
+
+    def load(self, path: str, state: dict | None = None) -> None:
+        """A checkpoint older than --metric and --early-stopping resumes as what it was: selected by the
+        task's metric, higher better, no early stopping, nothing counted (stale 0). A run that had
+        already stopped early stays stopped (it goes straight to its export)."""
+        state = read_training_checkpoint(path) if state is None else state
+        saved = state.get("settings") or state["args"]
+        for k, v in {"metric": self.task.best_metric, "greater_is_better": True, "early_stopping": None}.items():
+            saved.setdefault(k, v)
+        super().load(path, state)
+        self._check_patience()
 
     def save_model(self, path: str) -> None:
         """A model dir predict can use: weights, config (with label names), tokenizer, task info."""
