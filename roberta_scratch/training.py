@@ -634,7 +634,7 @@ class BaseTrainer:
             if a.eval_every and (self.step % a.eval_every == 0 or self.step == steps):
                 self._record(self.evaluate(), f"step {self.step}")
             if self.stop_early:  # the row before the checkpoint: a resumed run keeps it or redoes it
-                self._append_metrics({"step": self.step, "stopped_early": self.stop_early})
+                self._append_metrics({"step": self.step, **self._tokens(), "stopped_early": self.stop_early})
                 self._log(f"stopped early at step {self.step}: {self.stop_early}")
             if self.step % a.save_every == 0 or self.step == steps or self.stop_early:
                 self.save()
