@@ -294,7 +294,11 @@ def test_fill_mask_equals_the_command_and_routes_refuse_what_a_model_lacks(model
             for mask, want in zip(g["masks"], o["masks"], strict=True):
                 assert [m["score"] for m in mask] == pytest.approx([p for _, p in want], abs=1e-6)
         r = httpx.post(f"{url}/fill-mask", json={"inputs": "no mask here"}, timeout=TIMEOUT)
-        assert r.status_code == 422 and "<mask>" in r.json()["error"]
+        assert r.status_code == 422 and "no <mask>" in r.json()["error"]
+        for truncate in (False, True):  # a <mask> past the model's length: too long, not missing
+            body = {"inputs": "the cat " * 40 + "<mask>", "truncate": truncate}
+            r = httpx.post(f"{url}/fill-mask", json=body, timeout=TIMEOUT)
+            assert r.status_code == 413 and "lies past the 64 tokens" in r.json()["error"], r.text
         r = httpx.post(f"{url}/predict", json={"inputs": "a cat"}, timeout=TIMEOUT)
         assert r.status_code == 400 and "no fine-tuned task head" in r.json()["error"]
     with serving(models["seq-cls"]) as (url, _):
@@ -536,6 +540,7 @@ def test_workers_split_the_cores_and_share_their_metrics(models):
         (["--model", "/nonexistent/folder"], "/nonexistent/folder"),
         (["--workers", str(usable_cores() + 1)], "usable cores"),
         (["--max-batch-tokens", "0"], "--max-batch-tokens must be at least 1"),
+        (["--graceful-timeout", "-1"], "--graceful-timeout must be 0 or more"),
     ],
 )
 def test_bad_settings_are_one_line_errors(models, flags, words):

@@ -165,6 +165,12 @@ class Engine:
             raise InputError(f"top_k {top_k} must be between 1 and the vocabulary's {self.cfg.vocab_size}")
         f = self._encode(text)
         f["masks"] = [i for i, t in enumerate(f["input_ids"]) if t == self.tok.mask_token_id]
+        if not f["masks"] and f["truncated"]:  # there is one, cut off: say so, not that it is missing
+            raise InputError(
+                f"every {self.tok.mask_token} in {text[:200]!r} lies past the {self.max_length} tokens this model "
+                "takes: shorten the text around it",
+                limit={"max_input_length": self.max_length},
+            )
         if not f["masks"]:
             raise InputError(f"no {self.tok.mask_token} in {text[:200]!r}")
         f["top_k"] = top_k

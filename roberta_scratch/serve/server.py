@@ -35,8 +35,9 @@ def check_settings(s: Settings) -> Settings:
     for name in ("max_batch_tokens", "max_queue", "max_client_batch_size", "max_request_bytes", "workers"):
         if getattr(s, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(s, name)}")
-    if s.max_wait_ms < 0:
-        raise ValueError(f"--max-wait-ms must be 0 or more, got {s.max_wait_ms}")
+    for name in ("max_wait_ms", "graceful_timeout"):
+        if not getattr(s, name) >= 0:  # NaN too
+            raise ValueError(f"--{name.replace('_', '-')} must be 0 or more, got {getattr(s, name)}")
     cores = usable_cores()
     threads = s.threads or max(1, cores // s.workers)
     if s.workers * threads > cores:
