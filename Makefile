@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 # Known-good versions of the reference libraries and test tools (see its header). With another
 # TORCH_SPEC (a CUDA build wants its own triton) pass CONSTRAINTS= to install without them.
 CONSTRAINTS ?= constraints.txt
-EXTRAS     := test,kernels,plot,deploy,serve
+EXTRAS     := test,kernels,plot,deploy,serve,tensorboard
 
 .PHONY: install lint compat-check test test-latest test-slow test-gpu demo bench compile-check bench-kernels clean
 
