@@ -453,6 +453,27 @@ def _add_quantize_parser(sub) -> None:
     p.set_defaults(func=_cmd_quantize)
 
 
+def _cmd_lora_merge(args: argparse.Namespace) -> int:
+    from .deploy.merge import merge_adapter
+
+    print(merge_adapter(args.adapter, args.out, base=args.base, trust_code=args.trust_code))
+    return 0
+
+
+def _add_lora_parser(sub) -> None:
+    p = sub.add_parser("lora", help="LoRA adapters (finetune --lora-r): fold one into its base model")
+    lsub = p.add_subparsers(dest="lora_command", required=True)
+    m = lsub.add_parser(
+        "merge",
+        help="write the adapter's base model with the adapter folded into its weights: an ordinary model folder",
+    )
+    m.add_argument("--adapter", required=True, help="an adapter folder, or the finetune run that wrote one")
+    m.add_argument("--out", required=True, help="the new folder (must not exist)")
+    m.add_argument("--base", default=None, help="the base model, if it is no longer where the adapter says")
+    add_trust_code_argument(m)
+    m.set_defaults(func=_cmd_lora_merge)
+
+
 def _cmd_prune(args: argparse.Namespace) -> int:
     from .deploy.prune import prune_command
 
@@ -605,6 +626,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_convert_parser(sub)
     _add_quantize_parser(sub)
     _add_prune_parser(sub)
+    _add_lora_parser(sub)
     _add_export_parser(sub)
     _add_serve_parser(sub)
     _add_kernels_parser(sub)

@@ -14,7 +14,6 @@ functions: they are the optional [deploy] extra, and importing this module must 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 
@@ -22,6 +21,7 @@ import torch
 import torch.nn as nn
 
 from . import model as modeling
+from .checkpoints.formats import weights_fingerprint
 from .config import RobertaConfig
 from .model import Output, check_inputs
 from .testing import padded_batch
@@ -50,19 +50,6 @@ def require(module: str):
         raise ImportError(
             f"{module} is not installed ({e}); it comes with the [deploy] extra: {INSTALL_HINT}"
         ) from None
-
-
-def weights_fingerprint(sd: dict) -> str:
-    """sha256 over a canonical state dict: every key, dtype, shape and byte, in key order.
-
-    Computed from the weights rather than a file, so the same model converted to Hugging Face's
-    layout (or read from fairseq's model.pt) has the same fingerprint as ours."""
-    h = hashlib.sha256()
-    for k in sorted(sd):
-        t = sd[k].detach().cpu().contiguous()
-        h.update(f"{k}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
 
 
 def comparable_config(cfg: RobertaConfig | dict) -> dict:

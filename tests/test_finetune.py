@@ -579,8 +579,9 @@ def test_bad_freezing_values_are_one_error_line_naming_the_flag(pretrained, tmp_
         {},
         {"train_top_layers": 1},
         {"layerwise_lr_decay": 0.7, "freeze_embeddings": True},
+        {"lora_r": 2, "lora_dropout": 0.1, "lora_targets": "value,fc2"},
     ],
-    ids=["everything", "top-layer", "layerwise-decay"],
+    ids=["everything", "top-layer", "layerwise-decay", "lora"],
 )
 def test_resumed_finetuning_matches_an_uninterrupted_run(pretrained, tmp_path, which):
     train = write_jsonl(tmp_path / "train.jsonl", sentiment_rows(64, 6))

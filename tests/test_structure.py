@@ -25,7 +25,7 @@ PACKAGE = REPO / "roberta_scratch"
 LAYERS = [
     ("base", {"errors", "fileio", "progress", "machine", "flops", "config", "testing"}),
     ("formats", {"tokenization", "checkpoints", "checkpoints.keymaps", "checkpoints.formats"}),
-    ("model", {"model", "int8", "onnx_model"}),
+    ("model", {"model", "int8", "onnx_model", "lora"}),
     ("foundations", {"training", "run_args", "run_files", "plots", "data"}),
     ("workflows", {"pretrain", "probe", "converge", "finetune", "checkpoints.converter"}),
     ("applications", {"study", "demo", "deploy", "serve"}),

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import hashlib
 import json
 import os
 import pickle
@@ -25,6 +26,7 @@ from safetensors.torch import load_file, save_file
 
 from ..config import RobertaConfig
 from ..fileio import atomic_files, iter_lines, quote_line
+from . import adapter
 from .keymaps import (
     ENCODER_PREFIX,
     fairseq_config,
@@ -36,6 +38,20 @@ from .keymaps import (
     normalise_prefix,
     ours_to_hf,
 )
+
+
+def weights_fingerprint(sd: dict) -> str:
+    """sha256 over a canonical state dict: every key, dtype, shape and byte, in key order.
+
+    Computed from the weights rather than a file, so the same model converted to Hugging Face's
+    layout (or read from fairseq's model.pt) has the same fingerprint as ours."""
+    h = hashlib.sha256()
+    for k in sorted(sd):
+        t = sd[k].detach().cpu().contiguous()
+        h.update(f"{k}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
 
 # ------------------------------------------------------------------- safe unpickling
 
@@ -171,15 +187,15 @@ def find_model_dir(path: str) -> tuple[str, str | None]:
     """(the model folder, a note) for a model folder, a fairseq .pt, or a run folder: a run
     folder gives its best/ (the best on the eval set) or else its model/, with a note saying
     which; the note is None otherwise."""
-    if (
-        os.path.isfile(path)
-        or os.path.isfile(os.path.join(path, "config.json"))
-        or os.path.isfile(os.path.join(path, "model.pt"))
-    ):
+
+    def is_model(p: str) -> bool:  # a model folder, or a LoRA adapter folder (checkpoints/adapter.py)
+        return os.path.isfile(os.path.join(p, "config.json")) or os.path.isfile(os.path.join(p, "adapter_config.json"))
+
+    if os.path.isfile(path) or is_model(path) or os.path.isfile(os.path.join(path, "model.pt")):
         return path, None
     for name in RUN_MODEL_DIRS:
         candidate = os.path.join(path, name)
-        if os.path.isfile(os.path.join(candidate, "config.json")):
+        if is_model(candidate):
             return candidate, f"{path} is a run folder: using {candidate}"
     if not os.path.isdir(path):
         raise FileNotFoundError(f"{path} does not exist")
@@ -190,7 +206,10 @@ def find_model_dir(path: str) -> tuple[str, str | None]:
 
 def read_checkpoint(path: str, trust_code: bool = False, **config_overrides) -> tuple[RobertaConfig, dict]:
     """(config, canonical state dict) from any supported checkpoint: ours, HF dir, fairseq model.pt.
-    trust_code: let config.json name its kernels as MODULE:FUNCTION (RobertaConfig.load)."""
+    trust_code: let config.json name its kernels as MODULE:FUNCTION (RobertaConfig.load).
+    A LoRA adapter folder gives its base model with the adapter merged in (checkpoints/adapter.py)."""
+    if adapter.is_adapter(path) and not os.path.isfile(os.path.join(path, "config.json")):
+        return read_adapter(path, trust_code=trust_code, **config_overrides)
     if (
         os.path.isdir(path)
         and not os.path.isfile(os.path.join(path, "config.json"))
@@ -213,6 +232,28 @@ def read_checkpoint(path: str, trust_code: bool = False, **config_overrides) -> 
             "infinite values: the checkpoint is damaged (a run that diverged?)"
         )
     return cfg, sd
+
+
+def read_adapter(path: str, trust_code: bool = False, base: str | None = None, **config_overrides):
+    """(config, state dict) of the model an adapter folder stands for: its base with every
+    low-rank update folded in and the trained head in place, as read_checkpoint gives them."""
+    meta, cfg, sd, tensors = read_adapter_parts(path, trust_code, base)
+    cfg = cfg.replace(**config_overrides) if config_overrides else cfg
+    return cfg, adapter.merge_state_dict(sd, tensors, meta, where=path)
+
+
+def read_adapter_parts(path: str, trust_code: bool = False, base: str | None = None):
+    """(meta, config, base state dict, adapter tensors), the base checked by fingerprint: an
+    adapter fits only the exact weights it was trained against."""
+    meta = adapter.adapter_meta(path)
+    base_path = adapter.find_base(path, meta, base)
+    cfg, sd = read_checkpoint(base_path, trust_code=trust_code)
+    if weights_fingerprint(sd) != meta["base_fingerprint"]:
+        raise ValueError(
+            f"{base_path} is not the model the adapter {path} was trained on (its weights differ: "
+            "fine-tuned or converted since?); an adapter only fits the exact weights it was trained against"
+        )
+    return meta, cfg.replace(**meta.get("config_overrides", {})), sd, adapter.read_tensors(path)
 
 
 def save_hf(cfg: RobertaConfig, sd: dict, path: str) -> None:

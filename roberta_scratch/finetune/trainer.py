@@ -33,7 +33,11 @@ from dataclasses import dataclass
 
 import torch
 
+from ..checkpoints.adapter import describe as describe_adapter
+from ..checkpoints.adapter import save_adapter
+from ..checkpoints.formats import read_checkpoint, weights_fingerprint
 from ..errors import TrainingError
+from ..lora import add_lora, lora_tensors, parse_targets
 from ..plots import plot_metrics
 from ..run_args import RunArgs, option
 from ..run_files import read_training_checkpoint
@@ -96,6 +100,17 @@ class FinetuneArgs(RunArgs):
         above=0,
         maximum=1,
     )
+    # LoRA (roberta_scratch/lora.py): the encoder frozen, a low-rank update of some projections trains
+    lora_r: int | None = option(
+        None, "train a LoRA update of rank R on --lora-targets, the encoder frozen; saves an adapter", minimum=1
+    )
+    lora_alpha: float | None = option(
+        None, "LoRA scale numerator: updates are scaled by alpha / r (default: r)", above=0
+    )
+    lora_dropout: float = option(0.0, "dropout on the input of each LoRA update", minimum=0, maximum=0.9)
+    lora_targets: str | None = option(
+        None, "the projections LoRA adapts, of query, key, value, proj, fc1, fc2 (default: query,value)"
+    )
     # model selection and early stopping (see FinetuneTrainer.on_evaluated)
     metric: str | None = option(
         None, "the eval metric that picks OUT/best and drives --early-stopping (default: the task's own)"
@@ -109,11 +124,31 @@ class FinetuneArgs(RunArgs):
 
     def __post_init__(self):
         super().__post_init__()
+        self._check_lora()
         if self.early_stopping is not None and not self.eval:
             raise TrainingError(
                 f"--early-stopping {self.early_stopping} needs --eval: it stops when the eval set's metric "
                 "stops improving"
             )
+
+    def _check_lora(self) -> None:
+        given = [f"--lora-{n}" for n in ("alpha", "targets") if getattr(self, f"lora_{n}") is not None]
+        given += ["--lora-dropout"] if self.lora_dropout else []
+        if self.lora_r is None:
+            if given:
+                needs = "need" if len(given) > 1 else "needs"
+                raise TrainingError(f"{', '.join(given)} {needs} --lora-r R, the rank of the LoRA update")
+            return
+        if self.train_top_layers is not None or self.freeze_embeddings:
+            raise TrainingError(
+                "--lora-r freezes the whole encoder already: drop --train-top-layers and --freeze-embeddings"
+            )
+        try:
+            self.lora_targets = ",".join(parse_targets(self.lora_targets or "query,value"))
+        except ValueError as e:
+            raise TrainingError(str(e)) from None
+        if self.lora_alpha is None:
+            self.lora_alpha = float(self.lora_r)
 
     # the model and the training data are compared by content, and epochs may change (run_args.RESUMING)
     RESUME_KEYS = RunArgs.RESUME_KEYS + (
@@ -128,6 +163,10 @@ class FinetuneArgs(RunArgs):
         "metric",
         "greater_is_better",
         "early_stopping",
+        "lora_r",
+        "lora_alpha",
+        "lora_dropout",
+        "lora_targets",
     )
     ADJUSTABLE = RunArgs.ADJUSTABLE + ("warmup_ratio",)
 
@@ -181,6 +220,7 @@ class FinetuneTrainer(BaseTrainer):
                 "model it was quantized from, then quantize the result"
             )
         self.freeze(model)
+        self.adapter = self._add_lora(model) if a.lora_r else None
         max_length = min(a.max_length or self.task.default_max_length, model.config.max_tokens)
         # the task works with the effective settings; the caller's args stay as given
         self.task.args = dataclasses.replace(a, max_length=max_length)
@@ -228,6 +268,29 @@ class FinetuneTrainer(BaseTrainer):
             frozen.append(model.roberta.embeddings)
         for module in frozen:
             module.requires_grad_(False)
+
+    def _add_lora(self, model: torch.nn.Module) -> dict:
+        """--lora-r: freeze the encoder, add the updates, and return what the adapter file records
+        besides its tensors: the settings, and the base model by path and by weights fingerprint."""
+        a = self.args
+        cfg, sd = read_checkpoint(a.model, trust_code=a.trust_code)
+        targets = a.lora_targets.split(",")
+        added = add_lora(model, a.lora_r, a.lora_alpha, targets, a.lora_dropout)
+        meta = {
+            "r": a.lora_r,
+            "alpha": a.lora_alpha,
+            "dropout": a.lora_dropout,
+            "targets": targets,
+            "base_model": os.path.abspath(a.model),
+            "base_fingerprint": weights_fingerprint(sd),
+            "config_overrides": self.task.config_overrides(),
+        }
+        self._log(f"LoRA {describe_adapter(meta)}: {added:,} parameters in {len(model.roberta.layers)} layers")
+        if a.lr < 1e-4:
+            self._log(
+                f"note: --lr {a.lr:g} is low for LoRA, which usually takes 1e-4..1e-3 (the paper: 4e-4..5e-4 at base)"
+            )
+        return meta
 
     def lr_scale(self, name: str) -> float:
         """--layerwise-lr-decay D: encoder layer l (1..L, from the bottom) at lr x D^(L-l), the
@@ -319,11 +382,21 @@ class FinetuneTrainer(BaseTrainer):
         self._check_patience()
 
     def save_model(self, path: str) -> None:
-        """A model dir predict can use: weights, config (with label names), tokenizer, task info."""
+        """A model dir predict can use: weights, config (with label names), tokenizer, task info.
+        With --lora-r, an adapter folder instead (checkpoints/adapter.py): the trained tensors alone."""
+
+        def write_task(folder: str) -> None:
+            self.tok.save_pretrained(folder)
+            with open(os.path.join(folder, TASK_FILE), "w") as f:
+                json.dump(self.task.info(), f, indent=2)
+
+        if self.adapter is not None:
+            relative = os.path.relpath(self.adapter["base_model"], os.path.abspath(path))
+            meta = {**self.adapter, "base_model_relative": relative}
+            save_adapter(path, meta, lora_tensors(self.raw_model), write_extra=write_task)
+            return
         self.raw_model.save_pretrained(path)
-        self.tok.save_pretrained(path)
-        with open(os.path.join(path, TASK_FILE), "w") as f:
-            json.dump(self.task.info(), f, indent=2)
+        write_task(path)
 
     def export(self) -> None:
         path = os.path.join(self.args.out, "model")
