@@ -183,6 +183,7 @@ class BaseTrainer:
         self.step = 0
         self.tokens_seen = 0  # non-padding training tokens so far, over every rank (metrics.jsonl's "tokens")
         self.last_loss_parts: dict = {}  # the last step's loss_parts, for the log
+        self.last_grad_norm = None  # the last step's gradient norm, before clipping (a tensor), for its row
         self._perms: dict = {}
         self._stop = False
         self.stop_early: str | None = None  # why the run stops before its last step (set by on_evaluated)
@@ -327,6 +328,12 @@ class BaseTrainer:
             norm = torch.nn.utils.clip_grad_norm_(self.raw_model.parameters(), self.args.clip)
             if not torch.isfinite(norm):
                 raise TrainingError(self._diverged(f"the gradient norm is {norm.item()}"))
+        elif self._logged(self.step + 1):  # nothing to clip, but the metrics row reports the norm
+            grads = [p.grad for p in self.raw_model.parameters() if p.grad is not None]
+            norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
+        else:
+            norm = None
+        self.last_grad_norm = norm
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -612,7 +619,7 @@ class BaseTrainer:
             if self.tokens_seen is not None:
                 self.tokens_seen += tokens
             bar.update(1)
-            if self.step % a.log_every == 0 or self.step == steps:
+            if self._logged(self.step):
                 elapsed = time.perf_counter() - window_start
                 tps = window_tokens / max(elapsed, 1e-9)
                 row = {
@@ -620,6 +627,7 @@ class BaseTrainer:
                     "loss": loss,
                     **self.last_loss_parts,
                     "lr": lr,
+                    **({} if self.last_grad_norm is None else {"grad_norm": float(self.last_grad_norm)}),
                     "tokens_per_s": tps,
                     **self._tokens(),
                 }
@@ -647,6 +655,10 @@ class BaseTrainer:
         if self.rank == 0:
             self.export()
         return 0
+
+    def _logged(self, step: int) -> bool:
+        """Whether `step` ends with a row in metrics.jsonl: every --log-every steps, and the last."""
+        return step % self.args.log_every == 0 or step == self.total_steps
 
     def _on_signal(self, signum, frame):
         """SIGINT (Ctrl-C) and SIGTERM (what schedulers send): finish the step, save, exit."""
