@@ -704,6 +704,13 @@ class BaseTrainer:
         against tokens; empty when resumed from a checkpoint that did not count them."""
         return {} if self.tokens_seen is None else {"tokens": self.tokens_seen}
 
+    @property
+    def _redo_from(self) -> int:
+        """On --resume, the first step whose metrics the run writes again: the one after the
+        checkpoint's (its rows were written before it was saved), or 0 when there was no
+        checkpoint to resume from (a run is saved from step 1 on; at 0 everything is redone)."""
+        return self.step + 1 if self.step else 0
+
     def _truncate_metrics(self) -> None:
         """Drop metric lines a killed run wrote after its last checkpoint (they will be redone),
         and a line cut short by a crash or a full disk."""
@@ -720,7 +727,7 @@ class BaseTrainer:
                 if isinstance(step, bool) or not isinstance(step, int):  # cut short, or not a row of ours
                     broken += bool(line.strip())
                     continue
-                if step <= self.step:
+                if step < self._redo_from:
                     rows.append(json.dumps(row) + "\n")
         if broken:
             self._log(
