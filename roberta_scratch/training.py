@@ -39,6 +39,7 @@ from .fileio import DirectoryBusy, atomic_write, lock_dir
 from .flops import peak_flops
 from .machine import cpu_threads
 from .progress import progress
+from .reporting import Reporter
 from .run_args import args_dict
 from .run_files import CheckpointUnusable, non_finite, overwrite_run, read_training_checkpoint
 
@@ -127,10 +128,11 @@ class BaseTrainer:
     Everything else lives here once: AdamW with decay on matrices only, warmup then linear decay,
     gradient accumulation and clipping, DDP, atomic checkpoints (model, optimizer, scheduler, RNG,
     data position) with keep-last-K and bit-for-bit --resume, the NaN stop, the SIGINT save,
-    metrics.jsonl (every row with "tokens", the training tokens seen so far) and the progress
-    bar. The data order is a function of (seed, step): step s reads global positions
-    [s * global_batch, (s + 1) * global_batch) of an endless stream of training examples,
-    permuted afresh each epoch with a generator seeded by (seed, epoch).
+    metrics.jsonl (every row with "tokens", the training tokens seen so far), its mirror in
+    TensorBoard (--report-to, reporting.py) and the progress bar. The data order is a function
+    of (seed, step): step s reads global positions [s * global_batch, (s + 1) * global_batch) of
+    an endless stream of training examples, permuted afresh each epoch with a generator seeded
+    by (seed, epoch).
     """
 
     desc = "training"  # the progress bar's label
@@ -140,6 +142,7 @@ class BaseTrainer:
     def __init__(self, args):
         self.given_args = args  # as the caller passed them; never changed
         self.args = args  # the effective settings, once build() has resolved its defaults
+        self.reporter = Reporter(args.report_to)  # opened by fit(), on rank 0
         self.distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
         if self.distributed and not dist.is_initialized():
             dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
@@ -397,6 +400,7 @@ class BaseTrainer:
         path = os.path.join(self.ckpt_dir, f"step_{self.step:08d}.pt")
         with atomic_write(path) as f:
             torch.save(state, f)
+        self.reporter.flush()  # the event files hold at least what the checkpoint covers
         for old in self.checkpoints()[: -self.args.keep_last] + glob.glob(path[: -len("step_00000000.pt")] + "*.tmp-*"):
             os.remove(old)  # old checkpoints, and what a save killed midway left behind
         return path
@@ -573,6 +577,8 @@ class BaseTrainer:
                 if a.resume:
                     self._resume()
                     self._truncate_metrics()
+                if self.rank == 0:  # on --resume, TensorBoard hides what will be written again (reporting.py)
+                    self.reporter.open(a.out, purge_step=self._redo_from if a.resume else None)
                 handled = (signal.SIGINT, signal.SIGTERM) if self.rank == 0 else ()
                 previous = {sig: signal.signal(sig, self._on_signal) for sig in handled}
                 try:
@@ -580,6 +586,7 @@ class BaseTrainer:
                 finally:
                     for sig, handler in previous.items():
                         signal.signal(sig, handler)
+                    self.reporter.close()
         except DirectoryBusy as e:
             raise TrainingError(str(e)) from None
 
@@ -591,6 +598,7 @@ class BaseTrainer:
         done, which torchrun reports as a failed rank. It happened in about 1 run in 15 with gloo
         on CPU (torch 2.13); dropping the wrapper first removed it (0 in 150).
         """
+        self.reporter.close()
         self.forward = self.model = self.raw_model
         gc.collect()  # the wrapper may sit in a reference cycle
         if self.distributed and dist.is_initialized():
@@ -687,15 +695,20 @@ class BaseTrainer:
     def metrics_path(self) -> str:
         return os.path.join(self.args.out, "metrics.jsonl")
 
-    def _append_metrics(self, row: dict) -> None:
+    def _append_metrics(self, row: dict, section: str = "train") -> None:
+        """One row of metrics.jsonl (always written), mirrored by the reporter: section "train"
+        for the loop's rows, "eval" for held-out ones (TensorBoard's train/... and eval/... tags)."""
         if self.rank == 0:
             with open(self.metrics_path, "a") as f:
                 f.write(json.dumps(row) + "\n")
+            self.reporter.add(row, section)
 
     def _record(self, metrics: dict | None, when: str) -> None:
         if metrics is None:
             return
-        self._append_metrics({"step": self.step, **self._tokens(), **metrics})
+        self._append_metrics({"step": self.step, **self._tokens(), **metrics}, "eval")
+        if self.rank == 0:
+            self.reporter.flush()  # an evaluation is worth seeing now, not at the next flush
         self._log(f"held-out at {when}: {self.describe(metrics)}")
         self.on_evaluated(metrics)
 
