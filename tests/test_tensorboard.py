@@ -1,5 +1,5 @@
 """--report-to tensorboard: event files that TensorBoard's own reader reads back as metrics.jsonl,
-one value per step after a resume, and the flag checked."""
+one value per step after a resume, the flag checked, and carried by the study to every stage."""
 
 import json
 import os
@@ -138,3 +138,25 @@ def test_tensorboard_missing_is_said_before_training(prepared, tmp_path, monkeyp
     assert "pip install 'roberta-scratch[tensorboard]'" in err and len(err.splitlines()) == 1
     assert not (tmp_path / "run").exists()
     assert parse_report_to("jsonl") == ("jsonl",)  # jsonl alone needs nothing
+
+
+def test_the_study_passes_report_to_to_every_stage(monkeypatch, tmp_path):
+    from roberta_scratch.study import runner as study_mod
+
+    seen, run_study = {}, study_mod.run_study
+    monkeypatch.setattr(study_mod, "run_study", lambda *a, **kw: seen.update(kw) or 0)
+    assert main(["study", "masking", "--preset", "ci", "--out", str(tmp_path), "--report-to", "tensorboard"]) == 0
+    assert seen["report_to"] == "tensorboard"
+
+    s = study_mod.Study(str(tmp_path), study_mod.PRESETS["ci"], show_progress=False, report_to="jsonl,tensorboard")
+    s.model_config, s.meta = "config.json", {}
+    baseline = next(arm for arm, _ in study_mod.arms_of("masking", s.preset, 2) if arm.name == "baseline")
+    args, fts = s.train_args(baseline, 0), s.downstream_args(str(tmp_path / "runs" / "baseline-s0"), 0)
+    assert args.report_to == "jsonl,tensorboard" and {ft.report_to for ft in fts.values()} == {"jsonl,tensorboard"}
+    # where metrics go changes no result: a study run with TensorBoard or without is the same run
+    monkeypatch.setattr(study_mod, "_files_sha256", lambda paths: "the task files")
+    s.report_to = "jsonl"
+    assert s.settings_hash(s.train_args(baseline, 0), fts)[0] == s.settings_hash(args, fts)[0]
+    with pytest.raises(TrainingError, match="--report-to: unknown 'wandb'"):
+        run_study("masking", "ci", str(tmp_path / "study"), report_to="wandb")
+    assert not (tmp_path / "study").exists()
