@@ -409,6 +409,7 @@ class BaseTrainer:
         """Continue from a checkpoint, after checking it continues this run (see RESUMING)."""
         state = read_training_checkpoint(path) if state is None else state
         saved, now = state.get("settings") or state["args"], args_dict(self.args)  # older ones: "args" only
+        saved.setdefault("report_to", "jsonl")  # from before --report-to: what it did (no note that it changed)
         self._check_continues(path, state, saved, now)
         self._keep_saved_threads(state.get("threads"))
         self.raw_model.load_state_dict(state["model"])

@@ -7,6 +7,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 from helpers import SMALL_TEXTS, tiny_model_folder
 from pretraining_helpers import args_for
 
@@ -109,6 +110,18 @@ def test_a_resumed_run_continues_the_curves_without_a_repeated_step(prepared, tm
     assert pretrain(args_for(prepared, tmp_path, resume=True, **{**args, "steps": 7})) == 0
     assert_same_curves(tmp_path)
     assert [s for s, _ in read_back(tmp_path)["train/loss"]] == list(range(1, 8))
+
+
+def test_a_checkpoint_from_before_report_to_resumes_without_a_note(prepared, tmp_path, capsys):
+    assert pretrain(args_for(prepared, tmp_path, steps=2, eval_every=0)) == 0
+    path = tmp_path / "ckpt" / "step_00000002.pt"
+    state = torch.load(path, weights_only=True)
+    for settings in (state["settings"], state["args"]):
+        del settings["report_to"]
+    torch.save(state, path)
+    capsys.readouterr()
+    assert pretrain(args_for(prepared, tmp_path, steps=3, eval_every=0, resume=True)) == 0
+    assert "report_to" not in capsys.readouterr().out  # metrics.jsonl only, as before: nothing changed
 
 
 def test_overwrite_deletes_the_event_files_it_wrote(prepared, tmp_path):
