@@ -569,6 +569,7 @@ def _cmd_study(args: argparse.Namespace) -> int:
         text_field=args.text_field,
         overwrite=args.overwrite,
         command=["roberta-scratch"] + sys.argv[1:],
+        report_to=args.report_to,
     )
 
 
@@ -595,6 +596,12 @@ def _add_study_parser(sub) -> None:
         "--overwrite",
         action="store_true",
         help="delete the runs (or the whole study) whose settings differ, and train them again",
+    )
+    p.add_argument(
+        "--report-to",
+        default="jsonl",
+        help="every run's --report-to: jsonl (metrics.jsonl, always written), tensorboard (adds event "
+        "files in each run folder's tensorboard/: `tensorboard --logdir OUT` shows every arm) (default jsonl)",
     )
     p.set_defaults(func=_cmd_study)
 

@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass, field
 
 from .errors import TrainingError
+from .reporting import parse_report_to
 
 
 def option(default=dataclasses.MISSING, help: str = "", **cli):
@@ -61,6 +62,12 @@ class RunArgs:
         "cores less the machine's load, shared among torchrun's local ranks)",
         minimum=1,
     )
+    report_to: str = option(
+        "jsonl",
+        "where metrics go, comma-separated: jsonl (OUT/metrics.jsonl, always written: --resume, "
+        "loss.png and the study read it), tensorboard (adds event files in OUT/tensorboard/, for "
+        "`tensorboard --logdir OUT`; needs the [tensorboard] extra)",
+    )
     progress: bool = option(True, cli=False)
 
     def __post_init__(self):
@@ -80,6 +87,7 @@ class RunArgs:
                 raise TrainingError(f"{flag} must be more than {above}, got {value}")
             if high is not None and value > high:
                 raise TrainingError(f"{flag} must be at most {high}, got {value}")
+        parse_report_to(self.report_to)  # a name it does not know, or tensorboard not installed
 
     # The settings a resumed run must share with the run it continues (a task adds its own). The
     # data and the model are compared by content (BaseTrainer.load), not by these strings, and

@@ -12,15 +12,16 @@ import torch
 from .errors import TrainingError
 
 # What a run writes into OUT: what --overwrite deletes, by name, and nothing else.
-RUN_FILES = ("ckpt", "metrics.jsonl", "loss.png", "model", "best")
+RUN_FILES = ("ckpt", "metrics.jsonl", "loss.png", "model", "best", "tensorboard")
 
 
-# What a run writes inside ckpt/, model/ and best/ (the model and its tokenizer, finetune's task
-# file, and the temp names of atomic_write and atomic_files); a user's file there is left alone.
+# What a run writes inside ckpt/, model/, best/ and tensorboard/ (the model and its tokenizer,
+# finetune's task file, the temp names of atomic_write and atomic_files, SummaryWriter's event
+# files); a user's file there is left alone.
 RUN_FOLDER_FILES = re.compile(
     r"step_\d{8}\.pt(\.tmp-\d+|\.unusable)?|\.tmp-\w+|config\.json|model\.safetensors|"
     r"vocab\.json|merges\.txt|tokenizer_config\.json|sentencepiece\.bpe\.model|"
-    r"finetune\.json|[\w.]+\.tmp-\d+"
+    r"finetune\.json|[\w.]+\.tmp-\d+|events\.out\.tfevents\.\d+\.[\w.-]+"
 )
 
 

@@ -39,6 +39,7 @@ from .fileio import DirectoryBusy, atomic_write, lock_dir
 from .flops import peak_flops
 from .machine import cpu_threads
 from .progress import progress
+from .reporting import Reporter
 from .run_args import args_dict
 from .run_files import CheckpointUnusable, non_finite, overwrite_run, read_training_checkpoint
 
@@ -127,10 +128,11 @@ class BaseTrainer:
     Everything else lives here once: AdamW with decay on matrices only, warmup then linear decay,
     gradient accumulation and clipping, DDP, atomic checkpoints (model, optimizer, scheduler, RNG,
     data position) with keep-last-K and bit-for-bit --resume, the NaN stop, the SIGINT save,
-    metrics.jsonl (every row with "tokens", the training tokens seen so far) and the progress
-    bar. The data order is a function of (seed, step): step s reads global positions
-    [s * global_batch, (s + 1) * global_batch) of an endless stream of training examples,
-    permuted afresh each epoch with a generator seeded by (seed, epoch).
+    metrics.jsonl (every row with "tokens", the training tokens seen so far), its mirror in
+    TensorBoard (--report-to, reporting.py) and the progress bar. The data order is a function
+    of (seed, step): step s reads global positions [s * global_batch, (s + 1) * global_batch) of
+    an endless stream of training examples, permuted afresh each epoch with a generator seeded
+    by (seed, epoch).
     """
 
     desc = "training"  # the progress bar's label
@@ -140,6 +142,7 @@ class BaseTrainer:
     def __init__(self, args):
         self.given_args = args  # as the caller passed them; never changed
         self.args = args  # the effective settings, once build() has resolved its defaults
+        self.reporter = Reporter(args.report_to)  # opened by fit(), on rank 0
         self.distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
         if self.distributed and not dist.is_initialized():
             dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
@@ -183,6 +186,7 @@ class BaseTrainer:
         self.step = 0
         self.tokens_seen = 0  # non-padding training tokens so far, over every rank (metrics.jsonl's "tokens")
         self.last_loss_parts: dict = {}  # the last step's loss_parts, for the log
+        self.last_grad_norm = None  # the last step's gradient norm, before clipping (a tensor), for its row
         self._perms: dict = {}
         self._stop = False
         self.stop_early: str | None = None  # why the run stops before its last step (set by on_evaluated)
@@ -327,6 +331,12 @@ class BaseTrainer:
             norm = torch.nn.utils.clip_grad_norm_(self.raw_model.parameters(), self.args.clip)
             if not torch.isfinite(norm):
                 raise TrainingError(self._diverged(f"the gradient norm is {norm.item()}"))
+        elif self._logged(self.step + 1):  # nothing to clip, but the metrics row reports the norm
+            grads = [p.grad for p in self.raw_model.parameters() if p.grad is not None]
+            norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
+        else:
+            norm = None
+        self.last_grad_norm = norm
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -390,6 +400,7 @@ class BaseTrainer:
         path = os.path.join(self.ckpt_dir, f"step_{self.step:08d}.pt")
         with atomic_write(path) as f:
             torch.save(state, f)
+        self.reporter.flush()  # the event files hold at least what the checkpoint covers
         for old in self.checkpoints()[: -self.args.keep_last] + glob.glob(path[: -len("step_00000000.pt")] + "*.tmp-*"):
             os.remove(old)  # old checkpoints, and what a save killed midway left behind
         return path
@@ -398,6 +409,7 @@ class BaseTrainer:
         """Continue from a checkpoint, after checking it continues this run (see RESUMING)."""
         state = read_training_checkpoint(path) if state is None else state
         saved, now = state.get("settings") or state["args"], args_dict(self.args)  # older ones: "args" only
+        saved.setdefault("report_to", "jsonl")  # from before --report-to: what it did (no note that it changed)
         self._check_continues(path, state, saved, now)
         self._keep_saved_threads(state.get("threads"))
         self.raw_model.load_state_dict(state["model"])
@@ -566,6 +578,8 @@ class BaseTrainer:
                 if a.resume:
                     self._resume()
                     self._truncate_metrics()
+                if self.rank == 0:  # on --resume, TensorBoard hides what will be written again (reporting.py)
+                    self.reporter.open(a.out, purge_step=self._redo_from if a.resume else None)
                 handled = (signal.SIGINT, signal.SIGTERM) if self.rank == 0 else ()
                 previous = {sig: signal.signal(sig, self._on_signal) for sig in handled}
                 try:
@@ -573,6 +587,7 @@ class BaseTrainer:
                 finally:
                     for sig, handler in previous.items():
                         signal.signal(sig, handler)
+                    self.reporter.close()
         except DirectoryBusy as e:
             raise TrainingError(str(e)) from None
 
@@ -584,6 +599,7 @@ class BaseTrainer:
         done, which torchrun reports as a failed rank. It happened in about 1 run in 15 with gloo
         on CPU (torch 2.13); dropping the wrapper first removed it (0 in 150).
         """
+        self.reporter.close()
         self.forward = self.model = self.raw_model
         gc.collect()  # the wrapper may sit in a reference cycle
         if self.distributed and dist.is_initialized():
@@ -612,7 +628,7 @@ class BaseTrainer:
             if self.tokens_seen is not None:
                 self.tokens_seen += tokens
             bar.update(1)
-            if self.step % a.log_every == 0 or self.step == steps:
+            if self._logged(self.step):
                 elapsed = time.perf_counter() - window_start
                 tps = window_tokens / max(elapsed, 1e-9)
                 row = {
@@ -620,6 +636,7 @@ class BaseTrainer:
                     "loss": loss,
                     **self.last_loss_parts,
                     "lr": lr,
+                    **({} if self.last_grad_norm is None else {"grad_norm": float(self.last_grad_norm)}),
                     "tokens_per_s": tps,
                     **self._tokens(),
                 }
@@ -648,6 +665,10 @@ class BaseTrainer:
             self.export()
         return 0
 
+    def _logged(self, step: int) -> bool:
+        """Whether `step` ends with a row in metrics.jsonl: every --log-every steps, and the last."""
+        return step % self.args.log_every == 0 or step == self.total_steps
+
     def _on_signal(self, signum, frame):
         """SIGINT (Ctrl-C) and SIGTERM (what schedulers send): finish the step, save, exit."""
         if self._stop:  # a second signal: give up at once
@@ -675,15 +696,20 @@ class BaseTrainer:
     def metrics_path(self) -> str:
         return os.path.join(self.args.out, "metrics.jsonl")
 
-    def _append_metrics(self, row: dict) -> None:
+    def _append_metrics(self, row: dict, section: str = "train") -> None:
+        """One row of metrics.jsonl (always written), mirrored by the reporter: section "train"
+        for the loop's rows, "eval" for held-out ones (TensorBoard's train/... and eval/... tags)."""
         if self.rank == 0:
             with open(self.metrics_path, "a") as f:
                 f.write(json.dumps(row) + "\n")
+            self.reporter.add(row, section)
 
     def _record(self, metrics: dict | None, when: str) -> None:
         if metrics is None:
             return
-        self._append_metrics({"step": self.step, **self._tokens(), **metrics})
+        self._append_metrics({"step": self.step, **self._tokens(), **metrics}, "eval")
+        if self.rank == 0:
+            self.reporter.flush()  # an evaluation is worth seeing now, not at the next flush
         self._log(f"held-out at {when}: {self.describe(metrics)}")
         self.on_evaluated(metrics)
 
@@ -691,6 +717,13 @@ class BaseTrainer:
         """{"tokens": training tokens seen so far} for a metrics row, so curves can be drawn
         against tokens; empty when resumed from a checkpoint that did not count them."""
         return {} if self.tokens_seen is None else {"tokens": self.tokens_seen}
+
+    @property
+    def _redo_from(self) -> int:
+        """On --resume, the first step whose metrics the run writes again: the one after the
+        checkpoint's (its rows were written before it was saved), or 0 when there was no
+        checkpoint to resume from (a run is saved from step 1 on; at 0 everything is redone)."""
+        return self.step + 1 if self.step else 0
 
     def _truncate_metrics(self) -> None:
         """Drop metric lines a killed run wrote after its last checkpoint (they will be redone),
@@ -708,7 +741,7 @@ class BaseTrainer:
                 if isinstance(step, bool) or not isinstance(step, int):  # cut short, or not a row of ours
                     broken += bool(line.strip())
                     continue
-                if step <= self.step:
+                if step < self._redo_from:
                     rows.append(json.dumps(row) + "\n")
         if broken:
             self._log(

@@ -110,7 +110,8 @@ def test_training_commands_keep_their_flags():
     # --trust-code, the opt-in for a config.json that names its kernels as MODULE:FUNCTION; finetune also
     # says which parameters train (--freeze-embeddings, --train-top-layers, --layerwise-lr-decay), and
     # selects the model and stops early (--metric, --[no-]greater-is-better, --early-stopping), and trains
-    # a LoRA adapter instead of the encoder (--lora-r, --lora-alpha, --lora-dropout, --lora-targets)
+    # a LoRA adapter instead of the encoder (--lora-r, --lora-alpha, --lora-dropout, --lora-targets); both
+    # say where metrics go besides metrics.jsonl (--report-to)
     assert flags("pretrain") == PRETRAIN_FLAGS | {
         "--overwrite",
         "--threads",
@@ -118,6 +119,7 @@ def test_training_commands_keep_their_flags():
         "--eval-seed",
         "--eval-mlm-probability",
         "--trust-code",
+        "--report-to",
     }
     assert flags("finetune") == FINETUNE_FLAGS | {
         "--overwrite",
@@ -134,6 +136,7 @@ def test_training_commands_keep_their_flags():
         "--lora-alpha",
         "--lora-dropout",
         "--lora-targets",
+        "--report-to",
     }
 
 

@@ -149,6 +149,14 @@ def test_the_nan_stop_advice_can_be_followed(prepared, tmp_path, capsys):
 # ----------------------------------------------------------------------------- damaged files
 
 
+def test_a_run_resumed_with_no_checkpoint_writes_its_rows_once(prepared, tmp_path, capsys):
+    assert pretrain(args_for(prepared, tmp_path, steps=2, eval_every=0)) == 0
+    shutil.rmtree(tmp_path / "ckpt")  # as if killed before its first checkpoint
+    assert pretrain(args_for(prepared, tmp_path, steps=2, eval_every=0, resume=True)) == 0
+    assert "nothing to resume from: starting at step 0" in capsys.readouterr().out
+    assert [r["step"] for r in metric_rows(tmp_path)] == [0, 1, 2]  # step 0's row not kept and written again
+
+
 def test_a_partial_last_metrics_line_is_dropped(prepared, tmp_path):
     assert pretrain(args_for(prepared, tmp_path, steps=4, save_every=4)) == 0
     with open(tmp_path / "metrics.jsonl", "a") as f:

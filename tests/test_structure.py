@@ -5,7 +5,8 @@ The layers, lowest first (a module imports only from its own layer or lower ones
     base          errors, fileio, progress, machine, flops, config, testing     (flat)
     formats       tokenization/, checkpoints/keymaps, checkpoints/formats       what is on disk
     model         model, int8, onnx_model                                      (flat)
-    foundations   training (the loop), run_args, run_files, plots, data/      what every workflow builds on
+    foundations   training (the loop), run_args, run_files, reporting, plots, data/
+                                                                                what every workflow builds on
     workflows     pretrain, probe, converge (flat); finetune/, checkpoints/converter
     applications  study/, demo, deploy/                                         workflows put together
     cli           cli, __main__
@@ -26,7 +27,7 @@ LAYERS = [
     ("base", {"errors", "fileio", "progress", "machine", "flops", "config", "testing"}),
     ("formats", {"tokenization", "checkpoints", "checkpoints.keymaps", "checkpoints.formats"}),
     ("model", {"model", "int8", "onnx_model", "lora"}),
-    ("foundations", {"training", "run_args", "run_files", "plots", "data"}),
+    ("foundations", {"training", "run_args", "run_files", "reporting", "plots", "data"}),
     ("workflows", {"pretrain", "probe", "converge", "finetune", "checkpoints.converter"}),
     ("applications", {"study", "demo", "deploy", "serve"}),
     ("cli", {"cli", "__main__"}),

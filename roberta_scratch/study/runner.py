@@ -52,6 +52,7 @@ from ..finetune.trainer import FinetuneArgs, finetune
 from ..machine import cpu_threads
 from ..pretrain import TrainArgs, pretrain
 from ..progress import progress
+from ..reporting import parse_report_to
 from ..tokenization.byte_level import ByteLevelBPETokenizer
 from .report import sweep_winners, write_report
 from .tasks import TaskSpec, build_task, write_if_changed
@@ -297,9 +298,11 @@ class Study:
         text_field: str = "text",
         overwrite: bool = False,
         show_progress: bool = True,
+        report_to: str = "jsonl",
     ):
         self.out, self.preset, self.corpus, self.text_field = out, preset, corpus, text_field
         self.overwrite, self.show_progress = overwrite, show_progress
+        self.report_to = report_to  # every stage's --report-to: each run folder gets its own tensorboard/
         self.tok_dir, self.data_dir, self.task_dir, self.runs_dir = (
             os.path.join(out, d) for d in ("tokenizer", "data", "downstream", "runs")
         )
@@ -502,6 +505,7 @@ class Study:
             progress=self.show_progress,
             static_copies=arm.static_copies,
             threads=self.threads,
+            report_to=self.report_to,
         )
         return TrainArgs(**kw)
 
@@ -528,6 +532,7 @@ class Study:
             progress=self.show_progress,
             log_every=10,
             threads=self.threads,
+            report_to=self.report_to,
         )
 
     def downstream_args(self, run_dir: str, seed: int) -> dict[str, FinetuneArgs]:
@@ -550,6 +555,7 @@ class Study:
             "resume",
             "overwrite",
             "attention",
+            "report_to",  # where metrics are mirrored changes no result (and studies from before it stay done)
         }
         settings = {
             "pretrain": {k: v for k, v in dataclasses.asdict(args).items() if k not in volatile},
@@ -689,9 +695,12 @@ def run_study(
     overwrite: bool = False,
     show_progress: bool = True,
     command: list[str] | None = None,
+    report_to: str = "jsonl",
 ) -> int:
     """Run (or continue) a study into `out` and write its table, results and curves. `preset`
-    is a name in PRESETS or a Preset. Returns 0, or the exit code of an interrupted run."""
+    is a name in PRESETS or a Preset; `report_to` is every stage's --report-to (TensorBoard:
+    `tensorboard --logdir OUT` shows every arm). Returns 0, or the exit code of an interrupted run."""
+    parse_report_to(report_to)  # a bad name, or tensorboard missing: said before any data are prepared
     if study not in STUDIES:
         raise StudyError(f"unknown study {study!r}: choose one of {', '.join(STUDIES)}")
     if isinstance(preset, str):
@@ -704,7 +713,7 @@ def run_study(
     os.makedirs(out, exist_ok=True)
     try:
         with lock_dir(out, f"a {study} study"):
-            s = Study(out, preset, corpus, text_field, overwrite, show_progress)
+            s = Study(out, preset, corpus, text_field, overwrite, show_progress, report_to)
             s.prepare_data()
             rows = plan(study, preset, s.static_copies())
             records, code = _run_all(s, study, rows, n_seeds, show_progress)
