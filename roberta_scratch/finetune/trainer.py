@@ -40,7 +40,7 @@ from ..run_files import read_training_checkpoint
 from ..tokenization.byte_level import load_tokenizer
 from ..training import BaseTrainer, Built
 from .readers import BadRows, DataError
-from .tasks import TASKS
+from .registry import TASKS
 
 TASK_FILE = "finetune.json"  # written next to config.json: which task a model dir was trained for
 LOWER_IS_BETTER = ("loss", "perplexity", "error")  # a metric whose name holds one of these: lower is better
