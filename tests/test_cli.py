@@ -109,7 +109,8 @@ def test_training_commands_keep_their_flags():
     # --eval-mlm-probability (one masking rate for that set, whatever the runs train with); both have
     # --trust-code, the opt-in for a config.json that names its kernels as MODULE:FUNCTION; finetune also
     # says which parameters train (--freeze-embeddings, --train-top-layers, --layerwise-lr-decay), and
-    # selects the model and stops early (--metric, --[no-]greater-is-better, --early-stopping)
+    # selects the model and stops early (--metric, --[no-]greater-is-better, --early-stopping), and has
+    # prompt-based few-shot classification's --template, --verbalizer and --shots
     assert flags("pretrain") == PRETRAIN_FLAGS | {
         "--overwrite",
         "--threads",
@@ -129,6 +130,9 @@ def test_training_commands_keep_their_flags():
         "--greater-is-better",
         "--no-greater-is-better",
         "--early-stopping",
+        "--template",
+        "--verbalizer",
+        "--shots",
     }
 
 
