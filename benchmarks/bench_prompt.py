@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--shots", default="8,16,32", help="K values, comma-separated")
     parser.add_argument("--seeds", default="0,1,2", help="seeds, comma-separated")
     parser.add_argument("--steps", type=int, default=100, help="optimizer steps per run, at every K")
-    parser.add_argument("--lr", type=float, default=3e-4, help="peak learning rate, both methods")
+    parser.add_argument("--lr", type=float, default=1e-3, help="peak learning rate, both methods")
     parser.add_argument("--batch-size", type=int, default=8, help="examples per step, both methods")
     parser.add_argument("--max-length", type=int, default=128, help="tokens per docstring with its template")
     parser.add_argument("--data", default=None, help="where the task's files go (default: a temporary folder)")
