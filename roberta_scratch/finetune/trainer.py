@@ -19,6 +19,7 @@ Input formats (every bad row is reported as FILE:LINE and skipped, or stops the 
   token-cls  CoNLL (a token and its tag per line, the tag last; a blank line between sentences;
              -DOCSTART- lines skipped) or JSONL with `tokens` and `tags`. BIO / IOB2 tags.
   qa         SQuAD JSON, v1.1 or v2.0 (`is_impossible` questions with no answers).
+  prompt-cls seq-cls's files, put into --template and scored by --verbalizer's words (prompt.py).
 """
 
 from __future__ import annotations
