@@ -180,6 +180,9 @@ def accuracy(args) -> tuple[list, dict]:
     lrs = dict(zip(METHODS, args.lrs, strict=True))
     rows = []
     for name, kw in METHODS.items():
+        if args.methods and name not in args.methods:
+            continue
+        kw = {**kw, **({"lora_targets": args.lora_targets} if "lora_r" in kw and args.lora_targets else {})}
         accs, seconds = [], []
         for seed in range(args.seeds):
             out = os.path.join(root, f"{name}-{seed}")
@@ -215,7 +218,14 @@ def accuracy(args) -> tuple[list, dict]:
         )
     extra = {
         "task": {"classes": summary["classes"], "counts": summary["counts"]},
-        "settings": {"model": args.model, "epochs": args.epochs, "seeds": args.seeds, "batch": 16, "max_length": 64},
+        "settings": {
+            "model": args.model,
+            "epochs": args.epochs,
+            "seeds": args.seeds,
+            "batch": 16,
+            "max_length": 64,
+            "lora_targets": args.lora_targets or "query,value",
+        },
     }
     return rows, extra
 
@@ -238,6 +248,8 @@ def main(argv: list[str] | None = None) -> str:
         default=[1e-3, 5e-3, 1e-3, 5e-3],
         help="accuracy: the learning rate of each method, in the order full, LoRA, top layer, head only",
     )
+    p.add_argument("--methods", type=lambda s: s.split(","), default=None, help=f"accuracy: some of {list(METHODS)}")
+    p.add_argument("--lora-targets", default=None, help="accuracy: LoRA's targets (default query,value)")
     args = p.parse_args(argv)
     rows, extra = speed(args) if args.part == "speed" else accuracy(args)
     columns = ["method", "trainable", "share", "step_s", "vs_full"] if args.part == "speed" else None

@@ -261,7 +261,7 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
 def _add_finetune_parser(sub) -> None:
     from .finetune.trainer import FinetuneArgs
 
-    p = sub.add_parser("finetune", help="train a task head end to end (seq-cls, token-cls, qa) with metrics")
+    p = sub.add_parser("finetune", help="fine-tune end to end (seq-cls, token-cls, qa, prompt-cls) with metrics")
     add_dataclass_arguments(p, FinetuneArgs)
     p.set_defaults(func=_cmd_finetune)
 

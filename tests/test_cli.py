@@ -109,9 +109,10 @@ def test_training_commands_keep_their_flags():
     # --eval-mlm-probability (one masking rate for that set, whatever the runs train with); both have
     # --trust-code, the opt-in for a config.json that names its kernels as MODULE:FUNCTION; finetune also
     # says which parameters train (--freeze-embeddings, --train-top-layers, --layerwise-lr-decay), and
-    # selects the model and stops early (--metric, --[no-]greater-is-better, --early-stopping), and trains
-    # a LoRA adapter instead of the encoder (--lora-r, --lora-alpha, --lora-dropout, --lora-targets); both
-    # say where metrics go besides metrics.jsonl (--report-to)
+    # selects the model and stops early (--metric, --[no-]greater-is-better, --early-stopping), trains
+    # a LoRA adapter instead of the encoder (--lora-r, --lora-alpha, --lora-dropout, --lora-targets), and
+    # has prompt-based few-shot classification's --template, --verbalizer and --shots; both say where
+    # metrics go besides metrics.jsonl (--report-to)
     assert flags("pretrain") == PRETRAIN_FLAGS | {
         "--overwrite",
         "--threads",
@@ -137,6 +138,9 @@ def test_training_commands_keep_their_flags():
         "--lora-dropout",
         "--lora-targets",
         "--report-to",
+        "--template",
+        "--verbalizer",
+        "--shots",
     }
 
 

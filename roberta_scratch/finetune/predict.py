@@ -19,7 +19,7 @@ from ..model import build_model
 from ..onnx_model import OnnxModel
 from ..tokenization.byte_level import load_tokenizer
 from .readers import DataError
-from .tasks import TASKS
+from .registry import TASKS
 from .trainer import TASK_FILE, FinetuneArgs
 
 # Which task a checkpoint's head keys say it was trained for, for folders without finetune.json.
@@ -59,6 +59,7 @@ def make_task(path: str, cfg, info: dict):
         max_length=min(info.get("max_length") or cfg.max_tokens, cfg.max_tokens),
         stride=info.get("stride", 128),
         max_answer_length=info.get("max_answer_length", 30),
+        **TASKS[info["task"]].saved_args(info),
     )
     return TASKS[info["task"]].from_saved(info, args, load_tokenizer(path), cfg)
 
@@ -74,6 +75,8 @@ def load_finetuned(path: str, device=None, trust_code: bool = False, backend: st
         warnings.warn(note, stacklevel=2)
     cfg, sd = read_checkpoint(path, trust_code=trust_code, attention="sdpa")
     info = task_info(path, cfg, sd)
+    if backend == "onnx" and not TASKS[info["task"]].runs_in_onnx:
+        raise TrainingError(f"{path}: a {info['task']} model runs in torch only; predict without --backend onnx")
     if backend == "onnx":
         model = OnnxModel(onnx or os.path.join(path, "model.onnx"), device).check_source(cfg, sd, path)
     else:

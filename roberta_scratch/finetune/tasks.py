@@ -2,7 +2,7 @@
 
 A task is a subclass of `Task` that fills in the hooks below; the trainer (finetune/trainer.py)
 and `predict` (predict.py) call only these, so adding a task means writing one class
-and naming it in TASKS. The four here:
+and naming it in TASKS (registry.py). The four here (prompt-cls is in prompt.py):
 
     seq-cls    SequenceClassification  classes from the <s> token (accuracy, macro F1)
                SequenceRegression      one number from the <s> token (Pearson, Spearman);
@@ -60,6 +60,7 @@ class Task:
     metric_names: tuple
     loss_name: str  # what the model's loss is, for the loss curve's label
     default_max_length: int = 512
+    runs_in_onnx: bool = True  # whether `predict --backend onnx` can run it from the exported graph
 
     def __init__(self, args, tok: Tokenizer):
         self.args, self.tok = args, tok
@@ -100,6 +101,11 @@ class Task:
         return {"task": self.name, "max_length": self.args.max_length}
 
     @classmethod
+    def saved_args(cls, info: dict) -> dict:
+        """FinetuneArgs fields, besides max_length, that finetune.json `info` gives back at predict."""
+        return {}
+
+    @classmethod
     def from_saved(cls, info: dict, args, tok: Tokenizer, cfg: RobertaConfig) -> Task:
         """The task a saved model was trained for, from its finetune.json `info` and config."""
         return cls(args, tok)
@@ -132,6 +138,11 @@ class Task:
         ids = pad_rows([f["input_ids"] for f in features], self.tok.pad_token_id).to(device)
         return ids, ids.ne(self.tok.pad_token_id).long()
 
+    def model_kwargs(self, features: list[dict], device) -> dict:
+        """Model keyword arguments of one inference batch besides input_ids and attention_mask
+        (prompt-cls: where the <mask> is, and the label words)."""
+        return {}
+
     @torch.no_grad()
     def outputs(self, model, features: list[dict], batch_size: int, device) -> list:
         """Run the model over features in batches: what each feature gives (split_outputs), cut
@@ -140,7 +151,8 @@ class Task:
         for i in range(0, len(features), batch_size):
             chunk = features[i : i + batch_size]
             ids, mask = self.model_inputs(chunk, device)
-            outs += self.split_outputs(model(ids, attention_mask=mask), [len(f["input_ids"]) for f in chunk])
+            out = model(ids, attention_mask=mask, **self.model_kwargs(chunk, device))
+            outs += self.split_outputs(out, [len(f["input_ids"]) for f in chunk])
         return outs
 
     def split_outputs(self, out, lengths: list[int]) -> list:
@@ -749,6 +761,3 @@ def qa_windows(
             }
         )
     return out
-
-
-TASKS = {t.name: t for t in (SequenceClassification, TokenClassification, QuestionAnswering)}

@@ -19,6 +19,7 @@ Input formats (every bad row is reported as FILE:LINE and skipped, or stops the 
   token-cls  CoNLL (a token and its tag per line, the tag last; a blank line between sentences;
              -DOCSTART- lines skipped) or JSONL with `tokens` and `tags`. BIO / IOB2 tags.
   qa         SQuAD JSON, v1.1 or v2.0 (`is_impossible` questions with no answers).
+  prompt-cls seq-cls's files, put into --template and scored by --verbalizer's words (prompt.py).
 """
 
 from __future__ import annotations
@@ -43,8 +44,9 @@ from ..run_args import RunArgs, option
 from ..run_files import read_training_checkpoint
 from ..tokenization.byte_level import load_tokenizer
 from ..training import BaseTrainer, Built
+from .prompt import check_prompt_flags, sample_shots
 from .readers import BadRows, DataError
-from .tasks import TASKS
+from .registry import TASKS
 
 TASK_FILE = "finetune.json"  # written next to config.json: which task a model dir was trained for
 LOWER_IS_BETTER = ("loss", "perplexity", "error")  # a metric whose name holds one of these: lower is better
@@ -61,7 +63,9 @@ class FinetuneArgs(RunArgs):
     """`roberta-scratch finetune`: every field is also its command-line flag. The defaults follow
     the RoBERTa paper's GLUE recipe (see the module docstring)."""
 
-    task: str = option(help="seq-cls, token-cls or qa", choices=["seq-cls", "token-cls", "qa"])
+    task: str = option(
+        help="seq-cls, token-cls, qa or prompt-cls", choices=["seq-cls", "token-cls", "qa", "prompt-cls"]
+    )
     model: str = option(help="a pretrained model dir (ours or Hugging Face) with its tokenizer")
     train: str = option(help="seq-cls: .csv/.jsonl; token-cls: CoNLL or .jsonl; qa: SQuAD .json")
     eval: str | None = option(None, "the eval file, same format; metrics after each epoch")
@@ -121,10 +125,17 @@ class FinetuneArgs(RunArgs):
     early_stopping: int | None = option(
         None, "stop after PATIENCE evaluations in a row without improving --metric (needs --eval)", minimum=1
     )
+    # prompt-based few-shot classification (see finetune/prompt.py)
+    template: str | None = option(None, "prompt-cls: the input as a cloze: {text}, optional {text_pair}, one <mask>")
+    verbalizer: str | None = option(None, "prompt-cls: each label's word at <mask>, LABEL=WORD,... (single tokens)")
+    shots: int | None = option(
+        None, "train on K examples per class drawn with --seed (seq-cls, prompt-cls; default: all)", minimum=1
+    )
 
     def __post_init__(self):
         super().__post_init__()
         self._check_lora()
+        check_prompt_flags(self)
         if self.early_stopping is not None and not self.eval:
             raise TrainingError(
                 f"--early-stopping {self.early_stopping} needs --eval: it stops when the eval set's metric "
@@ -167,6 +178,9 @@ class FinetuneArgs(RunArgs):
         "lora_alpha",
         "lora_dropout",
         "lora_targets",
+        "template",
+        "verbalizer",
+        "shots",
     )
     ADJUSTABLE = RunArgs.ADJUSTABLE + ("warmup_ratio",)
 
@@ -197,6 +211,8 @@ class FinetuneTrainer(BaseTrainer):
         train = self._read(a.train, "train", fit=True)
         if not train:
             raise DataError(f"{a.train}: no usable training examples")
+        if a.shots:
+            train = self._few_shot(train)
         self.eval_examples = self._read(a.eval, "eval") if a.eval else []
         if a.eval and not self.eval_examples:
             raise DataError(f"{a.eval}: no usable evaluation examples (every row was bad)")
@@ -317,6 +333,16 @@ class FinetuneTrainer(BaseTrainer):
         if bad.summary():
             self._log(bad.summary())
         return examples
+
+    def _few_shot(self, train: list[dict]) -> list[dict]:
+        """--shots K: K training examples per class, the same ones for the same --seed."""
+        if not getattr(self.task, "label_names", None) or self.task.name not in ("seq-cls", "prompt-cls"):
+            raise TrainingError(f"--shots samples examples per class: {self.args.train} has no classes (regression)")
+        picked, notes = sample_shots(train, self.args.shots, self.args.seed)
+        for note in notes:
+            self._log(f"note: {note}")
+        self._log(f"few-shot: {len(picked)} of {len(train)} training examples (--shots {self.args.shots} per class)")
+        return picked
 
     def collate(self, examples: list, step: int, micro_batch: int) -> dict:
         return self.task.collate(examples)

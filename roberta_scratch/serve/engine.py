@@ -28,7 +28,8 @@ from ..checkpoints.formats import find_model_dir, read_checkpoint
 from ..config import RobertaConfig
 from ..finetune.predict import make_task, task_info
 from ..finetune.readers import DataError
-from ..finetune.tasks import TASKS, pad_rows
+from ..finetune.registry import TASKS
+from ..finetune.tasks import pad_rows
 from ..model import RobertaForMaskedLM, RobertaModel, build_model
 from ..tokenization.byte_level import load_tokenizer
 
@@ -195,7 +196,8 @@ class Engine:
         lengths = [len(f["input_ids"]) for f in features]
         if route == "predict":  # the task's own batch, as offline predict builds it
             ids, mask = self.task.model_inputs(features, self.device)
-            outs = self.task.split_outputs(self.model(ids, attention_mask=mask), lengths)
+            out = self.model(ids, attention_mask=mask, **self.task.model_kwargs(features, self.device))
+            outs = self.task.split_outputs(out, lengths)
         else:  # the mask from the lengths: a <pad> id sent to /v1/embeddings is a token like any other
             ids = pad_rows([f["input_ids"] for f in features], self.tok.pad_token_id).to(self.device)
             mask = (
