@@ -115,14 +115,15 @@ def lora_tensors(model: nn.Module) -> dict:
     return {name: p.detach() for name, p in model.named_parameters() if p.requires_grad}
 
 
-def load_unmerged(path: str, base: str | None = None, trust_code: bool = False) -> nn.Module:
+def load_unmerged(path: str, base: str | None = None, trust_code: bool = False, cls: type | None = None) -> nn.Module:
     """The model an adapter folder stands for, as it trained: its base (checked by fingerprint)
     with the LoRA modules added and the adapter's tensors loaded, nothing folded in. An eval
-    model; `lora merge` compares its outputs with the merged weights'."""
+    model of class `cls` (default: the one its head's weights say); `lora merge` compares its
+    outputs with the merged weights'."""
     meta, cfg, sd, tensors = read_adapter_parts(path, trust_code, base)
     head = {k: v for k, v in tensors.items() if not LORA_KEY.match(k)}
     sd = merge_state_dict(sd, head, meta, where=path)
-    model = build_model(MODEL_CLASSES[hf_architecture(sd)], cfg, sd)
+    model = build_model(cls or MODEL_CLASSES[hf_architecture(sd)], cfg, sd)
     add_lora(model, meta["r"], meta["alpha"], meta["targets"], meta.get("dropout", 0.0))
     lora = {k: v for k, v in tensors.items() if LORA_KEY.match(k)}
     expected = {k for k in model.state_dict() if LORA_KEY.match(k)}

@@ -265,3 +265,27 @@ def test_resumed_prompt_finetuning_matches_an_uninterrupted_run(pretrained, tmp_
     for change, said in [({"shots": 4}, "--shots was 8, now 4"), ({"verbalizer": "positive=bad,negative=good"}, "")]:
         with pytest.raises(TrainingError, match=f"cannot resume from .*{said}"):
             finetune(prompt_args(pretrained, train, tmp_path / "split", resume=True, **{**kw, **change}))
+
+
+def test_prompt_cls_with_lora_saves_an_adapter_of_the_mlm_head_and_predicts_through_it(pretrained, tmp_path, capsys):
+    """LoRA composes with prompting: the adapter holds the A and B pairs and the MLM head's own
+    weights (its dense layer, LayerNorm and bias; the decoder is tied to the frozen word embeddings),
+    and predict through the adapter equals base + adapter unmerged."""
+    from roberta_scratch.checkpoints.adapter import ADAPTER_WEIGHTS
+    from roberta_scratch.lora import load_unmerged
+
+    train = write_csv(tmp_path / "train.csv", sentiment_rows(96, 4))
+    assert finetune(prompt_args(pretrained, train, tmp_path / "run", epochs=1, lora_r=2, lr=5e-3)) == 0
+    adapter = tmp_path / "run" / "model"
+    from safetensors import safe_open
+
+    with safe_open(str(adapter / ADAPTER_WEIGHTS), "pt") as f:
+        heads = sorted(k for k in f.keys() if ".lora." not in k)
+    assert heads and all(k.startswith("lm_head.") for k in heads)
+    assert "roberta.embeddings.word_embeddings.weight" not in heads
+    task, merged = load_finetuned(str(adapter))
+    rows = [{"text": "it was a wonderful film"}, {"text": "the story was boring"}]
+    unmerged = load_unmerged(str(adapter), cls=RobertaForPromptClassification)
+    want, got = task.predict(unmerged, rows, 8, "cpu"), task.predict(merged, rows, 8, "cpu")
+    for a, b in zip(got, want, strict=True):
+        assert a["label"] == b["label"] and a["probability"] == pytest.approx(b["probability"], abs=1e-5)
