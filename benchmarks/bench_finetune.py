@@ -39,6 +39,8 @@ METHODS = {
     "top-layer": {"train_top_layers": 1},
     "head-only": {"train_top_layers": 0},
 }
+# accuracy only (their step time is full fine-tuning's, less the frozen embeddings' update)
+MORE_METHODS = {"freeze-embeddings": {"freeze_embeddings": True}, "layerwise-0.8": {"layerwise_lr_decay": 0.8}}
 WORDS = "the a of to and in is for that with as by on this returns value object list file name".split()
 
 
@@ -177,10 +179,10 @@ def accuracy(args) -> tuple[list, dict]:
 
     root = tempfile.mkdtemp(prefix="bench-finetune-acc-")
     summary, _ = build_task(os.path.join(root, "task"))
-    lrs = dict(zip(METHODS, args.lrs, strict=True))
+    lrs = {**dict(zip(METHODS, args.lrs, strict=True)), **dict.fromkeys(MORE_METHODS, args.lrs[0])}
     rows = []
-    for name, kw in METHODS.items():
-        if args.methods and name not in args.methods:
+    for name, kw in {**METHODS, **MORE_METHODS}.items():
+        if (args.methods or list(METHODS)).count(name) == 0:
             continue
         kw = {**kw, **({"lora_targets": args.lora_targets} if "lora_r" in kw and args.lora_targets else {})}
         accs, seconds = [], []
@@ -248,7 +250,12 @@ def main(argv: list[str] | None = None) -> str:
         default=[1e-3, 5e-3, 1e-3, 5e-3],
         help="accuracy: the learning rate of each method, in the order full, LoRA, top layer, head only",
     )
-    p.add_argument("--methods", type=lambda s: s.split(","), default=None, help=f"accuracy: some of {list(METHODS)}")
+    p.add_argument(
+        "--methods",
+        type=lambda s: s.split(","),
+        default=None,
+        help=f"accuracy: some of {list(METHODS) + list(MORE_METHODS)} (default: the first four)",
+    )
     p.add_argument("--lora-targets", default=None, help="accuracy: LoRA's targets (default query,value)")
     args = p.parse_args(argv)
     rows, extra = speed(args) if args.part == "speed" else accuracy(args)
