@@ -119,12 +119,8 @@ def write_conll(path, rows):
     return str(path)
 
 
-@pytest.fixture(scope="module")
-def pretrained(tmp_path_factory):
-    """A tiny random RobertaForMaskedLM and its tokenizer in one dir, as pretraining leaves them."""
-    root = tmp_path_factory.mktemp("finetune")
-    texts = [r["text"] for r in sentiment_rows(200, 1)] + [" ".join(r["tokens"]) for r in ner_rows(200, 1)]
-    texts += [p["context"] + " " + p["qas"][0]["question"] for p in colour_squad(200, 1)["data"][0]["paragraphs"]]
+def tiny_pretrained(path, texts: list[str]) -> str:
+    """A tiny random RobertaForMaskedLM and a BPE tokenizer of `texts` in one dir, as pretraining leaves them."""
     tok = ByteLevelBPETokenizer.train(iter(texts * 3), vocab_size=420, show_progress=False)
     cfg = RobertaConfig(
         vocab_size=tok.vocab_size,
@@ -137,10 +133,17 @@ def pretrained(tmp_path_factory):
         attention_probs_dropout_prob=0.0,
     )
     torch.manual_seed(0)
-    path = str(root / "pretrained")
-    RobertaForMaskedLM(cfg).save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
+    RobertaForMaskedLM(cfg).save_pretrained(str(path))
+    tok.save_pretrained(str(path))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory):
+    """A tiny random MLM model whose tokenizer knows every task's words."""
+    texts = [r["text"] for r in sentiment_rows(200, 1)] + [" ".join(r["tokens"]) for r in ner_rows(200, 1)]
+    texts += [p["context"] + " " + p["qas"][0]["question"] for p in colour_squad(200, 1)["data"][0]["paragraphs"]]
+    return tiny_pretrained(tmp_path_factory.mktemp("finetune") / "pretrained", texts)
 
 
 def args_for(pretrained, task, train, out, **kw):

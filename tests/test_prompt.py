@@ -11,11 +11,19 @@ import httpx
 import pytest
 import torch
 import torch.nn.functional as F
-from test_finetune import args_for, metric_rows, ner_rows, run_cli, sentiment_rows, write_csv, write_jsonl
+from test_finetune import (
+    args_for,
+    metric_rows,
+    ner_rows,
+    run_cli,
+    sentiment_rows,
+    tiny_pretrained,
+    write_csv,
+    write_jsonl,
+)
 from test_user_errors import one_error_line
 
 from roberta_scratch import cli
-from roberta_scratch.config import RobertaConfig
 from roberta_scratch.errors import TrainingError
 from roberta_scratch.finetune.predict import load_finetuned
 from roberta_scratch.finetune.prompt import (
@@ -28,7 +36,7 @@ from roberta_scratch.finetune.prompt import (
 from roberta_scratch.finetune.readers import DataError
 from roberta_scratch.finetune.trainer import FinetuneTrainer, finetune
 from roberta_scratch.model import RobertaForMaskedLM
-from roberta_scratch.tokenization.byte_level import ByteLevelBPETokenizer, load_tokenizer
+from roberta_scratch.tokenization.byte_level import load_tokenizer
 
 TEMPLATE = "{text} It was <mask>."
 VERBALIZER = "positive=good,negative=bad"  # single tokens ('Ġgood', 'Ġbad') of the fixture's tokenizer
@@ -40,22 +48,7 @@ def pretrained(tmp_path_factory):
     """test_finetune's tiny random MLM, with a tokenizer of the sentiment texts: 'good' and 'bad'
     are single tokens of it, 'terrible' is not."""
     texts = [r["text"] for r in sentiment_rows(200, 1)] + [" ".join(r["tokens"]) for r in ner_rows(200, 1)]
-    tok = ByteLevelBPETokenizer.train(iter(texts * 3), vocab_size=420, show_progress=False)
-    cfg = RobertaConfig(
-        vocab_size=tok.vocab_size,
-        hidden_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=128,
-        max_position_embeddings=130,
-        hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0,
-    )
-    torch.manual_seed(0)
-    path = str(tmp_path_factory.mktemp("prompt") / "pretrained")
-    RobertaForMaskedLM(cfg).save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
+    return tiny_pretrained(tmp_path_factory.mktemp("prompt") / "pretrained", texts)
 
 
 def prompt_args(pretrained, train, out, **kw):
