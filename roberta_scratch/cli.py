@@ -545,15 +545,30 @@ def _add_serve_parser(sub) -> None:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run
 
-    return run(out=args.out) if args.steps is None else run(out=args.out, steps=args.steps)
+    return run(out=args.out, steps=args.steps, budget=args.budget)
 
 
 def _add_demo_parser(sub) -> None:
+    from .demo import BUDGET_S
+
     p = sub.add_parser(
         "demo", help="tokenizer, data, a few minutes of pretraining and fill-mask, on the default corpus"
     )
     p.add_argument("--out", default="runs/demo")
-    p.add_argument("--steps", type=int, default=None, help="pretraining steps (default: the demo's 6,000)")
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="pretraining steps (default: as many as fit --budget at this machine's measured speed); "
+        "the same N gives the same run",
+    )
+    p.add_argument(
+        "--budget",
+        type=float,
+        default=BUDGET_S,
+        help=f"seconds the whole demo may take when --steps is not given (default {BUDGET_S:.0f}: `make demo` "
+        "from a fresh clone, setup included, in 8 minutes)",
+    )
     p.set_defaults(func=_cmd_demo)
 
 

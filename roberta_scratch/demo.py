@@ -10,10 +10,18 @@
 Every step is skipped when its output already exists, so a second run is quick
 (delete the output directory to start over).
 
+How long it trains is a time budget, not a step count: machines differ two-fold and more
+(an AVX2 processor runs this step at half the speed of an AVX-512 one). Unless --steps is
+given, the demo times 30 real training steps, then picks as many steps as fit the rest of
+--budget (default 390 s, so that `make demo` from a fresh clone, setup included, takes 8
+minutes), says why, and saves the choice in OUT/demo.json. The learning-rate schedule is
+defined over the steps chosen, and a run of N steps is the same run whether N was chosen
+or given (Cramming, Geiping & Goldstein 2022, budgets by time for the same reason).
+
 What it trains, and why (measured on 2 CPU cores; see docs/benchmarks.md):
 - The corpus is small (about 0.5M tokens at this vocabulary), so a 4096-token vocabulary
   and the `tiny` shape (hidden 128, 2 layers, 2 heads) are what a few minutes can train:
-  6,000 steps see each token about 22 times.
+  6,000 steps (about 7 minutes on an AVX-512 EPYC's 2 cores) see each token about 22 times.
 - Blocks of 64 tokens, 32 per step: docstrings are short, and short blocks give twice
   the steps of 128-token ones for the same tokens.
 - No dropout: a 1M-parameter encoder that sees its data about 22 times does not overfit in
@@ -30,9 +38,14 @@ What it trains, and why (measured on 2 CPU cores; see docs/benchmarks.md):
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import math
 import os
+import time
+
+from .fileio import atomic_write
 
 # (text, the answer the corpus teaches): docstrings say these things over and over
 PROBES = (
@@ -43,6 +56,7 @@ PROBES = (
 )
 
 VOCAB_SIZE, SEQ_LEN = 4096, 64
+MIN_STEPS = 500  # fewer leaves the model in its unigram phase: no demo at all
 
 
 def model_config():
@@ -67,7 +81,7 @@ def train_args(data_dir: str, run_dir: str, config_path: str, steps: int = 6000,
         warmup=min(200, steps // 10),
         mlm_probability=0.3,
         eval_mlm_probability=0.15,
-        eval_every=max(1, steps // 3),
+        eval_every=max(1, math.ceil(steps / 3)),  # the third evaluation is the final one, not one step before it
         save_every=max(1, steps // 4),
         log_every=50,
         resume=True,
@@ -75,13 +89,67 @@ def train_args(data_dir: str, run_dir: str, config_path: str, steps: int = 6000,
     return TrainArgs(**{**settings, **overrides})
 
 
-def run(out: str = "runs/demo", steps: int = 6000) -> int:
+# The demo's own wall-clock budget: make demo from a fresh clone is to take at most 8 minutes,
+# and setting up .venv takes 1-1.5 of them (pip installs torch from local disk on these machines).
+BUDGET_S = 390.0
+CALIBRATION_STEPS = 30  # timed training steps (after 5 untimed) that measure this machine's speed
+RESERVE_S = 15.0  # what follows the last step: evaluations, the export, fill-mask
+CHOICE_FILE = "demo.json"  # the step count chosen for this folder, so that a rerun continues it
+
+
+def calibrate(data_dir: str, config_path: str, scratch: str) -> float:
+    """Training steps per second on this machine, now: the demo's own step (model, batch, AdamW)
+    timed over CALIBRATION_STEPS steps of a throwaway trainer that saves nothing."""
+    from .pretrain import Trainer
+
+    with contextlib.redirect_stdout(io.StringIO()):  # its log would read as the real run's
+        trainer = Trainer(train_args(data_dir, scratch, config_path, steps=1000, progress=False))
+    try:
+        for step in range(5 + CALIBRATION_STEPS):
+            if step == 5:
+                start = time.perf_counter()
+            trainer.forward_backward(step)
+            trainer.optimizer_step()
+        return CALIBRATION_STEPS / (time.perf_counter() - start)
+    finally:
+        trainer.close()
+
+
+def choose_steps(out: str, data_dir: str, config_path: str, budget: float, started: float) -> int:
+    """How many steps fit the rest of the budget at this machine's measured speed; the choice is
+    saved in OUT/demo.json and reused by a rerun, so that it continues the same run."""
+    path = os.path.join(out, CHOICE_FILE)
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8") as f:
+            saved = json.load(f)
+        print(f"pretraining for the {saved['steps']} steps chosen before ({path}; delete it to choose again)")
+        return saved["steps"]
+    rate = calibrate(data_dir, config_path, os.path.join(out, "calibration"))
+    left = budget - (time.monotonic() - started) - RESERVE_S
+    steps = max(MIN_STEPS, int(left * rate) // 100 * 100)
+    why = (
+        f"{rate:.1f} steps/s measured over {CALIBRATION_STEPS} steps, {left:.0f} s of the {budget:.0f} s budget "
+        f"left for training"
+    )
+    print(
+        f"chose {steps:,} steps ({steps * 32 * SEQ_LEN:,} tokens): {why}"
+        + (" (the minimum)" if steps == MIN_STEPS else "")
+    )
+    with atomic_write(path, "w") as f:
+        json.dump({"steps": steps, "steps_per_s": round(rate, 2), "budget_s": budget, "why": why}, f, indent=2)
+    return steps
+
+
+def run(out: str = "runs/demo", steps: int | None = None, budget: float = BUDGET_S) -> int:
+    """The demo into `out`: `steps` pretraining steps, or as many as fit `budget` seconds for the
+    whole command on this machine (see choose_steps)."""
     from .data.corpus import default_corpus
     from .data.packed import prepare
     from .pretrain import pretrain
     from .probe import fill_mask
     from .tokenization.byte_level import ByteLevelBPETokenizer
 
+    started = time.monotonic()
     tok_dir, data_dir, run_dir = (os.path.join(out, d) for d in ("tokenizer", "data", "run"))
     if not os.path.isfile(os.path.join(tok_dir, "vocab.json")):
         print(f"== 1/4 training a {VOCAB_SIZE}-token byte-level BPE on the standard library's docstrings")
@@ -90,6 +158,8 @@ def run(out: str = "runs/demo", steps: int = 6000) -> int:
     prepare(None, tok_dir, data_dir, seq_len=SEQ_LEN, val_fraction=0.02)
     config_path = os.path.join(out, "config.json")
     model_config().save(config_path)
+    if steps is None:
+        steps = choose_steps(out, data_dir, config_path, budget, started)
     args = train_args(data_dir, run_dir, config_path, steps)
     print(
         f"== 3/4 pretraining a tiny RoBERTa for {steps} steps of {args.batch_size} x {SEQ_LEN} tokens, "

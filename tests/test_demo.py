@@ -1,6 +1,7 @@
 """`make demo`'s settings learn: the whole demo, shortened to a few dozen steps.
 
-The full demo (6,000 steps) is measured, not tested: see docs/benchmarks.md for its time and accuracy.
+The full demo (as many steps as fit its budget) is measured, not tested: see docs/benchmarks.md for its time
+and accuracy.
 """
 
 import json
@@ -23,3 +24,50 @@ def test_demo_settings_lower_the_held_out_loss_within_a_few_steps(tmp_path, caps
         assert f"{text}   (the corpus says {answer.strip()!r}: " in out
     assert out.count("%  '") >= 5 * len(demo.PROBES)
     assert "30% masked (held out: 15%" in out
+
+
+def test_without_steps_the_demo_fits_its_budget_at_the_measured_speed_and_keeps_its_choice(
+    tmp_path, monkeypatch, capsys
+):
+    """The step count is the rest of the budget times the measured steps/s (rounded down to 100, at
+    least MIN_STEPS), said with why, and saved: a rerun of the same folder reuses it, so that it
+    continues the same run instead of measuring (and choosing) again."""
+    import time
+
+    import pytest
+
+    from roberta_scratch import demo
+
+    monkeypatch.setattr(demo, "calibrate", lambda *a: 10.0)
+    steps = demo.choose_steps(str(tmp_path), "data", "config.json", demo.RESERVE_S + 70, time.monotonic())
+    assert steps == 600  # 69.9 s left x 10 steps/s, rounded down to the hundred
+    said = capsys.readouterr().out
+    assert "chose 600 steps (1,228,800 tokens): 10.0 steps/s measured over 30 steps" in said
+    saved = json.loads((tmp_path / demo.CHOICE_FILE).read_text())
+    assert saved["steps"] == 600 and saved["steps_per_s"] == 10.0
+
+    def no_second_measure(*a):
+        raise AssertionError("measured again")
+
+    monkeypatch.setattr(demo, "calibrate", no_second_measure)
+    assert demo.choose_steps(str(tmp_path), "data", "config.json", 1e6, time.monotonic()) == 600
+    assert "chosen before" in capsys.readouterr().out
+    (tmp_path / demo.CHOICE_FILE).unlink()
+    monkeypatch.setattr(demo, "calibrate", lambda *a: 10.0)
+    assert demo.choose_steps(str(tmp_path), "data", "config.json", 1.0, time.monotonic()) == demo.MIN_STEPS
+    assert "(the minimum)" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        from roberta_scratch import cli
+
+        cli.build_parser().parse_args(["demo", "--budget", "x"])
+
+
+def test_calibration_times_real_steps_and_writes_nothing(prepared, tmp_path, monkeypatch):
+    from roberta_scratch import demo
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    config = tmp_path / "config.json"
+    demo.model_config().save(str(config))
+    rate = demo.calibrate(str(prepared / "data"), str(config), str(tmp_path / "scratch"))
+    assert 0.5 < rate < 10_000  # steps per second of a real tiny step on any machine
+    assert not (tmp_path / "scratch").exists()
