@@ -55,7 +55,7 @@ PROBES = (
     ("The default value is <mask>.", " None"),
 )
 
-VOCAB_SIZE, SEQ_LEN = 4096, 64
+VOCAB_SIZE, SEQ_LEN, BATCH_SIZE = 4096, 64, 32
 MIN_STEPS = 500  # fewer leaves the model in its unigram phase: no demo at all
 
 
@@ -75,7 +75,7 @@ def train_args(data_dir: str, run_dir: str, config_path: str, steps: int = 6000,
         out=run_dir,
         config=config_path,
         steps=steps,
-        batch_size=32,
+        batch_size=BATCH_SIZE,
         seq_len=SEQ_LEN,
         lr=2e-3,
         warmup=min(200, steps // 10),
@@ -121,10 +121,15 @@ def choose_steps(out: str, data_dir: str, config_path: str, budget: float, start
     saved in OUT/demo.json and reused by a rerun, so that it continues the same run."""
     path = os.path.join(out, CHOICE_FILE)
     if os.path.isfile(path):
-        with open(path, encoding="utf-8") as f:
-            saved = json.load(f)
-        print(f"pretraining for the {saved['steps']} steps chosen before ({path}; delete it to choose again)")
-        return saved["steps"]
+        try:
+            with open(path, encoding="utf-8") as f:
+                steps = json.load(f)["steps"]
+            if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+                raise ValueError(f"steps is {steps!r}")
+        except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"{path} is not a step count the demo saved ({e}): delete it to choose again") from None
+        print(f"pretraining for the {steps} steps chosen before ({path}; delete it to choose again)")
+        return steps
     rate = calibrate(data_dir, config_path, os.path.join(out, "calibration"))
     left = budget - (time.monotonic() - started) - RESERVE_S
     steps = max(MIN_STEPS, int(left * rate) // 100 * 100)
@@ -133,7 +138,7 @@ def choose_steps(out: str, data_dir: str, config_path: str, budget: float, start
         f"left for training"
     )
     print(
-        f"chose {steps:,} steps ({steps * 32 * SEQ_LEN:,} tokens): {why}"
+        f"chose {steps:,} steps ({steps * BATCH_SIZE * SEQ_LEN:,} tokens): {why}"
         + (" (the minimum)" if steps == MIN_STEPS else "")
     )
     with atomic_write(path, "w") as f:

@@ -71,3 +71,16 @@ def test_calibration_times_real_steps_and_writes_nothing(prepared, tmp_path, mon
     rate = demo.calibrate(str(prepared / "data"), str(config), str(tmp_path / "scratch"))
     assert 0.5 < rate < 10_000  # steps per second of a real tiny step on any machine
     assert not (tmp_path / "scratch").exists()
+
+
+def test_a_damaged_choice_file_is_an_error_naming_it(tmp_path):
+    import time
+
+    import pytest
+
+    from roberta_scratch import demo
+
+    for text in ('{"steps": "many"}', "{not json", '{"budget_s": 3}'):
+        (tmp_path / demo.CHOICE_FILE).write_text(text)
+        with pytest.raises(ValueError, match=r"demo\.json is not a step count the demo saved .*delete it"):
+            demo.choose_steps(str(tmp_path), "data", "config.json", 100.0, time.monotonic())
