@@ -13,6 +13,8 @@ alternating round by round, median of --repeats. That is what a user meets. Rows
                        vocabulary, against tiktoken's `encode_ordinary_batch` (threads);
                        target >= 1.0x;
   warm (labelled):     the same text again, every word already cached: a best case;
+  short documents:     the same four rows on the docstring of every standard-library function and
+                       class, one document each (about 250 bytes on average): the per-call cost;
   sizes:               one cold pass over 1, 5 and 20 MB of installed docstrings and comments,
                        to show how the word cache pays off as a corpus grows;
   1 MB word:           a megabyte with no space (DNA, base64, minified prose), fresh tokenizers
@@ -170,6 +172,37 @@ def bench_encode(ref: str, docs: list, repeats: int) -> list:
     ]
 
 
+def short_docs() -> list:
+    """Many short documents, as most real corpora come (code, chat, reviews): the docstring of every
+    function and class of the installed standard library, one document each, whatever its length
+    (module docstrings and pydoc's long topics left out), parsed in sorted order."""
+    import ast
+    import sysconfig
+
+    skip = ("site-packages", "dist-packages", "test", "tests", "idlelib", "lib2to3", "__pycache__", "turtledemo")
+    docs = []
+    for root, dirs, files in os.walk(sysconfig.get_paths()["stdlib"]):
+        dirs[:] = sorted(d for d in dirs if d not in skip)
+        for name in sorted(f for f in files if f.endswith(".py")):
+            try:
+                with open(os.path.join(root, name), encoding="utf-8") as f:
+                    tree = ast.parse(f.read())
+            except (SyntaxError, UnicodeDecodeError, ValueError):
+                continue
+            kinds = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
+            docs += [d for n in ast.walk(tree) if isinstance(n, kinds) and (d := ast.get_docstring(n))]
+    return docs
+
+
+def bench_short_docs(ref: str, repeats: int) -> list:
+    """The encode rows again on short_docs(): the per-call cost shows where documents are short."""
+    docs = short_docs()
+    size = sum(len(d.encode()) for d in docs)
+    print(f"short documents: {len(docs)}, {size / 1e6:.2f} MB, {size / len(docs):.0f} bytes on average")
+    rows = bench_encode(ref, docs, repeats)
+    return [{**r, "task": f"short documents ({len(docs)}): {r['task']}"} for r in rows]
+
+
 def bench_sizes(ref: str, sizes_mb=(1, 5, 20)) -> list:
     """One cold pass over growing amounts of unseen text: how fast the word cache pays off."""
     from benchmarks.bench_prepare import installed_text
@@ -283,8 +316,8 @@ def main(argv=None) -> None:
     parser.add_argument(
         "--sections",
         nargs="+",
-        default=["encode", "sizes", "long-words", "train"],
-        choices=["encode", "sizes", "long-words", "train"],
+        default=["encode", "short-docs", "sizes", "long-words", "train"],
+        choices=["encode", "short-docs", "sizes", "long-words", "train"],
         help="which rows to measure (default: all)",
     )
     args = parser.parse_args(argv)
@@ -297,6 +330,8 @@ def main(argv=None) -> None:
     rows = []
     if "encode" in args.sections:
         rows += bench_encode(args.reference_dir, docs, args.repeats)
+    if "short-docs" in args.sections:
+        rows += bench_short_docs(args.reference_dir, args.repeats)
     if "sizes" in args.sections:
         rows += bench_sizes(args.reference_dir)
     if "long-words" in args.sections:
