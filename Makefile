@@ -9,6 +9,7 @@ VENV       ?= .venv
 PY         := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
+DEMO_ARGS  ?=
 # Known-good versions of the reference libraries and test tools (see its header). With another
 # TORCH_SPEC (a CUDA build wants its own triton) pass CONSTRAINTS= to install without them.
 CONSTRAINTS ?= constraints.txt
@@ -55,7 +56,7 @@ test-gpu: $(VENV)/.installed
 	$(PY) -m pytest -q -m gpu $(PYTEST_ARGS)
 
 demo: $(VENV)/.installed
-	$(PY) -m roberta_scratch demo --out runs/demo
+	$(PY) -m roberta_scratch demo --out runs/demo $(DEMO_ARGS)
 
 bench: $(VENV)/.installed
 	$(PY) -m benchmarks.bench_model
