@@ -625,6 +625,19 @@ def test_encode_batch_over_processes_matches_serial(monkeypatch):
     assert used == [1]  # every CPU: this process encodes a share beside one worker
 
 
+def test_small_batch_of_short_texts_stays_in_this_process(monkeypatch):
+    """Below PARALLEL_MIN_CHARS, tok(texts) and encode_batch start no worker, however many texts and
+    CPUs: for many short documents, starting workers and sending ids back costs more than it saves."""
+    tok = tiny()
+    texts = [f" the world {i} in {'é' * (i % 5)}" for i in range(3000)]  # many short documents
+    monkeypatch.setattr(tokenizer_pool, "available_cpus", lambda: 8)
+    monkeypatch.setattr(tokenizer_pool, "_worker_pool", lambda *a: pytest.fail("started workers"))
+    serial = [tok.encode(t) for t in texts]
+    assert sum(map(len, texts)) < tokenizer_pool.PARALLEL_MIN_CHARS
+    assert tok(texts)["input_ids"] == serial
+    assert tok.encode_batch(texts) == serial
+
+
 def test_encode_batches_over_processes_keeps_batches_and_order():
     tok = tiny()
     batches = [[f" the world {b} {i} {'é' * (i % 5)}" for i in range(n)] for b, n in enumerate([1, 0, 9, 40, 3] * 6)]
