@@ -32,6 +32,8 @@ which imports this module).
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import multiprocessing
 import os
 from collections import deque
@@ -44,6 +46,11 @@ PARALLEL_MIN_CHARS = 4 << 20
 
 def encode_list(tok, texts: list, add_special_tokens: bool, num_workers: int | None) -> list[list[int]]:
     """The ids of every text; num_workers None: one per available CPU for a large batch, else 1."""
+    with collector_paused():
+        return _encode_list(tok, texts, add_special_tokens, num_workers)
+
+
+def _encode_list(tok, texts: list, add_special_tokens: bool, num_workers: int | None) -> list[list[int]]:
     if num_workers is None:
         large = sum(len(t) for t in texts if isinstance(t, str)) >= PARALLEL_MIN_CHARS
         num_workers = available_cpus() if large else 1
@@ -58,6 +65,28 @@ def encode_list(tok, texts: list, add_special_tokens: bool, num_workers: int | N
         head = _encode_all(tok, mine, add_special_tokens)
         parts = pending.get()
     return head + list(chain.from_iterable(parts))
+
+
+@contextlib.contextmanager
+def collector_paused():
+    """The garbage collector paused while a batch is encoded, or a tokenizer loaded.
+
+    Both build many small objects that form no cycle (a row of ids per text, a word cache,
+    a vocabulary), and keep them. Each time enough survive, the collector walks every object
+    alive, and more each time: on 7,226 short docstrings with a fresh tokenizer, tok(docs)
+    took 410 ms with it running and 282 ms paused, encode_batch 296 and 269 ms (medians of 5
+    on a busy 2-core machine, +-15%). Loading
+    roberta-base with torch imported, its passes took half of a 0.2 s load. Paused, they wait
+    until the batch is done, and run then only if they are due. Workers forked meanwhile
+    inherit the pause, which suits them: they do the same work, and exit when it is done.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def encode_stream(tok, batches: Iterable[list[str]], add_special_tokens: bool, num_workers: int) -> Iterator[list]:
