@@ -75,10 +75,10 @@ def collector_paused():
     a vocabulary), and keep them. Each time enough survive, the collector walks every object
     alive, and more each time: on 7,226 short docstrings with a fresh tokenizer, tok(docs)
     took 410 ms with it running and 282 ms paused, encode_batch 296 and 269 ms (medians of 5
-    on a busy 2-core machine, +-15%). Loading
-    roberta-base with torch imported, its passes took half of a 0.2 s load. Paused, they wait
-    until the batch is done, and run then only if they are due. Workers forked meanwhile
-    inherit the pause, which suits them: they do the same work, and exit when it is done.
+    on a busy 2-core machine, +-15%). Loading roberta-base with torch imported, its passes
+    took half of a 0.2 s load. Paused, they wait until the batch is done, and run then only if
+    they are due. Workers forked meanwhile inherit the pause, which suits them: they do the
+    same work, and exit when it is done. (Not around encode_stream: it yields to its caller.)
     """
     enabled = gc.isenabled()
     gc.disable()
