@@ -8,8 +8,11 @@ Many short documents make it plainer. Measured on 2 cores (one busy with another
 on 7,226 stdlib docstrings (1.4 MB, ~200 bytes each), roberta-base, a fresh tokenizer: one process
 takes ~0.32 s, two thirds of it BPE on the 15,373 distinct words. Two processes each meet most of
 the frequent words anew (20,445 words encoded in all, a third more), starting and stopping a pool
-costs 30-40 ms and unpickling half the rows ~20 ms; so at best ~1.3x on two idle cores, and
-1.5-2x slower where the second core is busy. `tok(docs)` on such a batch stays in this process.
+costs 20-40 ms, unpickling half the rows ~20 ms, and the worker waits 10-15 ms for this process
+to take each chunk's results (the pool's reading thread needs the interpreter lock this process
+is encoding with). So ~1.3x at best on two idle cores (estimated from these costs: no idle
+machine here), and 1.5-2x slower than one process where the second core is busy (measured).
+`tok(docs)` on such a batch stays in this process; an explicit num_workers is obeyed.
 
 Who encodes depends on whether the input is whole or a stream, and the reason is the same in both:
 this process must never keep the workers waiting.
