@@ -6,7 +6,7 @@ Below `PARALLEL_MIN_CHARS` characters a batch stays in this process (unless num_
 starting workers and sending the ids back costs ~0.1 s, and one process encodes ~10 MB/s once warm.
 Many short documents make it plainer. Measured on 2 cores (one busy with another job, so +-20%)
 on 7,226 stdlib docstrings (1.4 MB, ~200 bytes each), roberta-base, a fresh tokenizer: one process
-takes ~0.32 s, two thirds of it BPE on the 15,373 distinct words. Two processes each meet most of
+takes ~0.3 s, two thirds of it BPE on the 15,373 distinct words. Two processes each meet most of
 the frequent words anew (20,445 words encoded in all, a third more), starting and stopping a pool
 costs 20-40 ms, unpickling half the rows ~20 ms, and the worker waits 10-15 ms for this process
 to take each chunk's results (the pool's reading thread needs the interpreter lock this process
