@@ -52,7 +52,9 @@ def test_short_words_fall_back_where_a_merge_creates_a_lower_rank():
     # every (1, 2) first: [3, 3]. One merge at a time would give [4, 2].
     table = MergeTable([(3, 1, 4), (1, 2, 3)], vocab_size=5)
     assert _merge_short([1, 2, 1, 2], table) is None
-    assert apply_merges([1, 2, 1, 2], table) == [3, 3] == encode_reference([1, 2, 1, 2], {(3, 1): (0, 4), (1, 2): (1, 3)})
+    assert (
+        apply_merges([1, 2, 1, 2], table) == [3, 3] == encode_reference([1, 2, 1, 2], {(3, 1): (0, 4), (1, 2): (1, 3)})
+    )
 
 
 def test_short_words_match_the_definition_on_random_merge_tables():
