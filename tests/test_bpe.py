@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from roberta_scratch.tokenization.bpe import MergeTable, apply_merges, encode_reference, merge
+from roberta_scratch.tokenization.bpe import MergeTable, _merge_short, apply_merges, encode_reference, merge
 from roberta_scratch.tokenization.byte_level import ByteLevelBPETokenizer
 
 ALPHABETS = {"dna": "ACGT", "letters": "abcdefghijklmnopqrstuvwxyz", "mixed": "aAbB0123+/=-_ é日😀\n\t"}
@@ -45,6 +45,33 @@ def test_overlaps_and_ties_follow_the_definition():
     for _ in range(500):
         word = [1 if rng.random() < 0.8 else 2 for _ in range(rng.randint(0, 12))]
         assert apply_merges(word, table) == encode_reference(word, ranks), word
+
+
+def test_short_words_fall_back_where_a_merge_creates_a_lower_rank():
+    # (1, 2) merges at rank 1; the 3 it makes forms (3, 1), ranked 0. The definition merges
+    # every (1, 2) first: [3, 3]. One merge at a time would give [4, 2].
+    table = MergeTable([(3, 1, 4), (1, 2, 3)], vocab_size=5)
+    assert _merge_short([1, 2, 1, 2], table) is None
+    assert (
+        apply_merges([1, 2, 1, 2], table) == [3, 3] == encode_reference([1, 2, 1, 2], {(3, 1): (0, 4), (1, 2): (1, 3)})
+    )
+
+
+def test_short_words_match_the_definition_on_random_merge_tables():
+    """Hand-written tables: a token used before it is made, a pair listed twice, self-merges."""
+    rng = random.Random(0)
+    fallbacks = 0
+    for _ in range(3000):
+        n = rng.randint(1, 10)
+        merges = [(rng.randrange(4 + n), rng.randrange(4 + n), 4 + k) for k in range(n)]
+        table = MergeTable(merges, 4 + n)
+        ranks = {(a, b): (table.rank_of[a << table.bits | b], new) for a, b, new in merges}
+        word = [rng.randrange(4 + n) for _ in range(rng.randint(0, 12))]
+        short = _merge_short(word, table) if word else []
+        fallbacks += short is None
+        assert apply_merges(word, table) == encode_reference(word, ranks), (word, merges)
+        assert short is None or short == encode_reference(word, ranks), (word, merges)
+    assert fallbacks  # the fallback was exercised
 
 
 @pytest.mark.parametrize("kind", sorted(ALPHABETS))

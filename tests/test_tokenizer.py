@@ -625,6 +625,43 @@ def test_encode_batch_over_processes_matches_serial(monkeypatch):
     assert used == [1]  # every CPU: this process encodes a share beside one worker
 
 
+def test_small_batch_of_short_texts_stays_in_this_process(monkeypatch):
+    """Below PARALLEL_MIN_CHARS, tok(texts) and encode_batch start no worker, however many texts and
+    CPUs: for many short documents, starting workers and sending ids back costs more than it saves."""
+    tok = tiny()
+    texts = [f" the world {i} in {'é' * (i % 5)}" for i in range(3000)]  # many short documents
+    monkeypatch.setattr(tokenizer_pool, "available_cpus", lambda: 8)
+    monkeypatch.setattr(tokenizer_pool, "_worker_pool", lambda *a: pytest.fail("started workers"))
+    serial = [tok.encode(t) for t in texts]
+    assert sum(map(len, texts)) < tokenizer_pool.PARALLEL_MIN_CHARS
+    assert tok(texts)["input_ids"] == serial
+    assert tok.encode_batch(texts) == serial
+
+
+def test_batches_are_encoded_with_the_collector_paused_and_restored(monkeypatch):
+    """tok(texts) and encode_batch pause the garbage collector (rows of small lists, no cycle),
+    and leave it as they found it, an error included."""
+    import gc
+
+    tok = tiny()
+    seen = []
+    real = tok._encode_text
+    monkeypatch.setattr(tok, "_encode_text", lambda t: seen.append(gc.isenabled()) or real(t))
+    assert gc.isenabled()
+    tok(["the world", "in"])
+    tok.encode_batch(["the world"], add_special_tokens=False)
+    assert seen == [False, False, False] and gc.isenabled()
+    with pytest.raises(TypeError):
+        tok(["the world", None])
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        tok(["the world"])
+        assert not gc.isenabled()  # a caller's choice is kept
+    finally:
+        gc.enable()
+
+
 def test_encode_batches_over_processes_keeps_batches_and_order():
     tok = tiny()
     batches = [[f" the world {b} {i} {'é' * (i % 5)}" for i in range(n)] for b, n in enumerate([1, 0, 9, 40, 3] * 6)]

@@ -6,6 +6,7 @@
     merge(word, pair, new)    one BPE step: every occurrence of a pair becomes one token
     encode_reference(...)     BPE by definition: merge the lowest-ranked pair present, repeat
     MergeTable, apply_merges  the same result in near-linear time, for words of any length
+                              (short words, most of them, by a simpler loop: _merge_short)
 
 Training finds which merges to learn and applies each with `merge`; the definition of
 encoding repeats `merge` too, as minbpe does. But that loop rescans the whole word for
@@ -139,6 +140,10 @@ def apply_merges(ids: list[int], merges: MergeTable) -> list[int]:
     n = len(ids)
     if n < 2:
         return list(ids)
+    if n <= SHORT_WORD:
+        short = _merge_short(ids, merges)
+        if short is not None:
+            return short
     bits, pairs, rank_of = merges.bits, merges.pairs, merges.rank_of.get
     ids = list(ids)
     nxt = list(range(1, n + 1))
@@ -193,3 +198,46 @@ def apply_merges(ids: list[int], merges: MergeTable) -> list[int]:
                     else:
                         bucket.append(p)
     return [x for x in ids if x >= 0]
+
+
+# Up to this many bytes a word goes through _merge_short: most words are short (7.4 bytes on
+# average over the stdlib's docstrings), and for them setting up apply_merges's linked list,
+# buckets and heap costs more than the merging. Measured per distinct word of those docstrings,
+# roberta-base, on a busy 2-core machine: 2-4 bytes 3.9 -> 3.3 us, 5-8 bytes 8.2 -> 6.8 us,
+# 9-16 bytes 13 -> 11.5 us; 17-32 bytes even; 33-48 bytes 16 -> 26 us. A fresh tokenizer's
+# encode of all 7,226 docstrings: 321 -> 292 ms (median of 7, interleaved).
+SHORT_WORD = 16
+_NO_MERGE = 1 << 62  # a rank above every real one
+
+
+def _merge_short(ids: list[int], merges: MergeTable) -> list[int] | None:
+    """apply_merges for a short word: one merge a step, the leftmost pair of the lowest rank,
+    found by min() over a list of ranks kept beside the word; None if the result might differ.
+
+    Merging the occurrences of the lowest-ranked pair one at a time, leftmost first, is the same
+    pass as the definition's, as long as no pair it creates ranks lower: the next lowest is then
+    the next occurrence to the right (a merged symbol is a new id, so it starts no occurrence).
+    subtle: learned merges never create a lower rank (a token is learned before any merge that
+    uses it), but a hand-written merges file may; then this answers None and apply_merges runs.
+    O(n^2) with the loop in C: for short words only.
+    """
+    bits, pairs, rank_of = merges.bits, merges.pairs, merges.rank_of.get
+    ids = list(ids)
+    # ranks[i]: the rank of the pair (ids[i], ids[i + 1]), _NO_MERGE where none.
+    ranks = list(map(rank_of, map(operator.or_, map(operator.lshift, ids, repeat(bits)), ids[1:]), repeat(_NO_MERGE)))
+    while True:
+        rank = min(ranks, default=_NO_MERGE)
+        if rank == _NO_MERGE:
+            return ids
+        i = ranks.index(rank)
+        new = pairs[rank][2]
+        ids[i : i + 2] = (new,)
+        del ranks[i]
+        if i + 1 < len(ids):  # the pair (new, next)
+            ranks[i] = rank_of(new << bits | ids[i + 1], _NO_MERGE)
+            if ranks[i] < rank:
+                return None
+        if i:  # the pair (previous, new)
+            ranks[i - 1] = rank_of(ids[i - 1] << bits | new, _NO_MERGE)
+            if ranks[i - 1] < rank:
+                return None

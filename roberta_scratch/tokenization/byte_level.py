@@ -39,9 +39,7 @@ directory holds.
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import gc
 import hashlib
 import json
 import os
@@ -62,6 +60,7 @@ from .base import (
 from .batch import BatchEncoding
 from .bpe import GPT2_SPLIT_PATTERN, GPT2_SPLIT_PATTERN_FAST, MergeTable, apply_merges, bytes_to_unicode, split_words
 from .bpe_train import count_words, learn_merges
+from .pool import collector_paused
 from .spm import SentencePieceTokenizer
 
 VOCAB_FILE, MERGES_FILE = "vocab.json", "merges.txt"
@@ -157,7 +156,7 @@ class ByteLevelBPETokenizer(Tokenizer):
         for path in (vocab_file, merges_file):
             if not Path(path).is_file():
                 raise FileNotFoundError(f"tokenizer file {str(path)!r} does not exist")
-        with _collector_paused():
+        with collector_paused():  # 300k small objects, none in a cycle (pool.py)
             return cls._from_files(vocab_file, merges_file, **kwargs)
 
     @classmethod
@@ -407,20 +406,6 @@ def load_tokenizer(directory: str | os.PathLike, **kwargs) -> Tokenizer:
             return cls.from_pretrained(directory, **kwargs)
     kinds = " nor ".join(f"{' + '.join(c.model_files)} ({c.__name__})" for c in TOKENIZER_CLASSES)
     raise FileNotFoundError(f"{str(directory)!r} holds no tokenizer: it holds neither {kinds}")
-
-
-@contextlib.contextmanager
-def _collector_paused():
-    """Loading builds some 300k small objects (the vocabulary, merges and their tables), none in
-    a cycle. With torch imported, the garbage collector's full passes over its large heap
-    then took half of a 0.2 s load; paused, they wait until it is done."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
 
 
 __all__ = [
