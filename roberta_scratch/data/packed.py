@@ -4,7 +4,7 @@
                of them, or the embedded default corpus (the standard library's docstrings)
     prepare    tokenizes them with progress into memory-mapped shards, streaming, so a
                corpus larger than RAM is fine; re-running on the same inputs is a no-op
-    pack       FULL-SENTENCES (RoBERTa's choice): documents back to back with </s> between
+    pack       (packed_dataset.py, the only part that needs torch) FULL-SENTENCES (RoBERTa's choice): documents back to back with </s> between
                them, cut into <s> ... </s> blocks of exactly seq_len; or DOC-SENTENCES:
                blocks never cross a document, and the rest is padding
 
@@ -42,7 +42,6 @@ from collections import deque
 from collections.abc import Iterator
 
 import numpy as np
-import torch
 
 from ..fileio import atomic_write, chunked, fsync_dir, lock_dir
 from ..progress import progress
@@ -516,43 +515,11 @@ class TokenStream:
         return np.concatenate(parts) if parts else np.empty(0, dtype=np.int64)
 
 
-class PackedDataset(torch.utils.data.Dataset):
-    """<s> ... </s> blocks of seq_len tokens from a prepared split.
+def __getattr__(name: str):
+    # subtle: PackedDataset lives in packed_dataset.py because it needs torch, and `prepare` must
+    # not pay ~1.2 s to import it; this keeps `from roberta_scratch.data.packed import PackedDataset`
+    if name == "PackedDataset":
+        from .packed_dataset import PackedDataset
 
-    mode="full" (FULL-SENTENCES): block i is the stream's tokens [i*(L-2), (i+1)*(L-2)), so
-    blocks cross documents (each document already ends with </s>) and every block but the
-    last is exactly seq_len long; the last holds the remainder. Nothing is dropped.
-    mode="doc" (DOC-SENTENCES): each document (without its </s>) is cut into pieces of at most
-    L-2 tokens; blocks are shorter where a document ends, and the collator pads them.
-    """
-
-    def __init__(self, data_dir: str, split: str = "train", seq_len: int = 512, mode: str = "full"):
-        if mode not in ("full", "doc"):
-            raise ValueError(f"packing mode must be 'full' or 'doc', got {mode!r}")
-        if seq_len < 3:
-            raise ValueError(f"seq_len must be at least 3, got {seq_len}")
-        self.stream = TokenStream(data_dir, split)
-        self.bos, self.eos = self.stream.meta["bos_token_id"], self.stream.meta["eos_token_id"]
-        self.seq_len, self.mode = seq_len, mode
-        body = seq_len - 2
-        if mode == "full":
-            starts = np.arange(0, len(self.stream), body, dtype=np.int64)
-            self.spans = np.stack([starts, np.minimum(starts + body, len(self.stream))], axis=1)
-        else:
-            ends = self.stream.doc_ends - 1  # drop each document's trailing </s>
-            begins = np.concatenate([[0], self.stream.doc_ends[:-1]])
-            pieces = -(-(ends - begins) // body)  # ceil
-            first = np.repeat(begins, pieces)
-            offset = np.arange(pieces.sum()) - np.repeat(np.cumsum(pieces) - pieces, pieces)
-            starts = first + offset * body
-            self.spans = np.stack([starts, np.minimum(starts + body, np.repeat(ends, pieces))], axis=1)
-        if len(self.spans) == 0:
-            raise ValueError(f"the {split} split of {data_dir} is empty")
-
-    def __len__(self) -> int:
-        return len(self.spans)
-
-    def __getitem__(self, i: int) -> torch.Tensor:
-        a, b = self.spans[i]
-        body = torch.from_numpy(self.stream[int(a) : int(b)].astype(np.int64))
-        return torch.cat([torch.tensor([self.bos]), body, torch.tensor([self.eos])])
+        return PackedDataset
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
