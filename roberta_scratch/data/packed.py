@@ -4,9 +4,10 @@
                of them, or the embedded default corpus (the standard library's docstrings)
     prepare    tokenizes them with progress into memory-mapped shards, streaming, so a
                corpus larger than RAM is fine; re-running on the same inputs is a no-op
-    pack       (packed_dataset.py, the only part that needs torch) FULL-SENTENCES (RoBERTa's choice): documents back to back with </s> between
+    pack       FULL-SENTENCES (RoBERTa's choice): documents back to back with </s> between
                them, cut into <s> ... </s> blocks of exactly seq_len; or DOC-SENTENCES:
-               blocks never cross a document, and the rest is padding
+               blocks never cross a document, and the rest is padding (packed_dataset.py:
+               the one part that needs torch, which prepare does not import)
 
 On disk, each split is a token stream in which every document is followed by </s>:
     meta.json                     the manifest: counts, dtype, the tokenizer's fingerprint, the
@@ -214,7 +215,7 @@ def prepare(
         "inputs": inputs_fingerprint(corpus),
         "seq_len": seq_len,
         "val_fraction": val_fraction,
-        "tokenizer_hash": tok.fingerprint(),
+        "tokenizer_hash": None,  # below: computing it takes ~0.1 s, which a first run overlaps
         "text_field": text_field,
         # subtle: a corpus is plain text, as fairseq reads it: "<s>" or "<mask>" written in it
         # are characters, never special ids (data prepared before this is prepared again)
@@ -234,11 +235,14 @@ def prepare(
                     f"{', '.join(foreign[:3])}{' ...' if len(foreign) > 3 else ''}): use an empty "
                     "folder, or pass --overwrite to write beside what is there (none of it is deleted)"
                 )
-        done = (
-            previous is not None
-            and all(previous.get(k) == v for k, v in settings.items())
-            and not check_files(out_dir, previous)
-        )
+        # subtle: the tokenizer's fingerprint is needed now only to tell whether there is nothing
+        # to do; when another setting differs (always, on a first run), it waits for the manifest,
+        # and _write_data computes it while the workers encode
+        same = previous is not None and all(previous.get(k) == v for k, v in settings.items() if k != "tokenizer_hash")
+        if same:
+            settings["tokenizer_hash"] = tok.fingerprint()
+            same = previous.get("tokenizer_hash") == settings["tokenizer_hash"]
+        done = same and not check_files(out_dir, previous)
         _remove_leftovers(out_dir, previous, previous, inputs)
         if done:
             print(f"{out_dir} is already prepared from these inputs; nothing to do")
@@ -272,7 +276,13 @@ def _write_data(
         batches, counts = chunked(docs, batch_documents, max_size=BATCH_CHARS), deque()
         if sentences:  # encode sentence by sentence, then put each document back together
             batches = _sentence_batches(batches, counts)
-        for rows in tok.plain_text().encode_batches(batches, num_workers=num_workers):
+
+        def meanwhile() -> None:  # what needs the tokenizer alone: done while the workers encode
+            if settings["tokenizer_hash"] is None:
+                settings["tokenizer_hash"] = tok.fingerprint()
+            tok.save_pretrained(os.path.join(tmp, "tokenizer"))  # the data dir is self-contained
+
+        for rows in tok.plain_text().encode_batches(batches, num_workers=num_workers, meanwhile=meanwhile):
             lengths = None
             if sentences:
                 rows, lengths = _regroup(rows, counts.popleft())
@@ -292,7 +302,6 @@ def _write_data(
         splits = {s: w.close() for s, w in writers.items()}
         if splits["train"]["tokens"] == 0:
             raise ValueError("the corpus produced no training tokens: every document was empty")
-        tok.save_pretrained(os.path.join(tmp, "tokenizer"))  # the data dir is self-contained
         files = {name: info for w in writers.values() for name, info in w.files.items()}
         for name in sorted(os.listdir(os.path.join(tmp, "tokenizer"))):
             files[f"tokenizer/{name}"] = _file_info(os.path.join(tmp, "tokenizer", name))
@@ -304,7 +313,16 @@ def _write_data(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     fsync_dir(out_dir)
-    meta = {
+    meta = _manifest(corpus, tok, settings, dtype, splits, report, name, files)
+    with atomic_write(os.path.join(out_dir, "meta.json"), "w") as f:  # the commit
+        json.dump(meta, f, indent=2)
+    return meta
+
+
+def _manifest(corpus, tok, settings: dict, dtype, splits: dict, report: CorpusReport, name: str, files: dict) -> dict:
+    """meta.json's contents: the settings, what was written, and where."""
+    eos = tok.eos_token_id
+    return {
         **settings,
         "dtype": np.dtype(dtype).name,
         "vocab_size": tok.vocab_size,
@@ -325,9 +343,6 @@ def _write_data(
         # what the data is, for `pretrain --resume` to compare: the hashes of every file
         "fingerprint": hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest(),
     }
-    with atomic_write(os.path.join(out_dir, "meta.json"), "w") as f:  # the commit
-        json.dump(meta, f, indent=2)
-    return meta
 
 
 def _file_info(path: str) -> dict:
