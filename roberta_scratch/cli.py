@@ -630,28 +630,40 @@ def _version() -> str:
         return "(not installed: run from a checkout)"
 
 
-def build_parser() -> argparse.ArgumentParser:
+# every subcommand, in the order --help lists them: its name and the function adding its parser
+_SUBCOMMANDS = {
+    "inspect": _add_inspect_parser,
+    "prepare": _add_prepare_parser,
+    "pretrain": _add_pretrain_parser,
+    "fill-mask": _add_fill_mask_parser,
+    "demo": _add_demo_parser,
+    "study": _add_study_parser,
+    "tokenizer": _add_tokenizer_parser,
+    "finetune": _add_finetune_parser,
+    "predict": _add_predict_parser,
+    "features": _add_features_parser,
+    "attention": _add_attention_parser,
+    "convert": _add_convert_parser,
+    "quantize": _add_quantize_parser,
+    "prune": _add_prune_parser,
+    "lora": _add_lora_parser,
+    "export": _add_export_parser,
+    "serve": _add_serve_parser,
+    "kernels": _add_kernels_parser,
+}
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """Every subcommand's parser; or, when `command` names one, that one alone.
+
+    subtle: several parsers import torch for their flags (pretrain's and finetune's from their
+    settings dataclasses), ~1.2 s that `prepare` or `tokenizer` would pay before any work.
+    """
     parser = argparse.ArgumentParser(prog="roberta-scratch", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"roberta-scratch {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
-    _add_inspect_parser(sub)
-    _add_prepare_parser(sub)
-    _add_pretrain_parser(sub)
-    _add_fill_mask_parser(sub)
-    _add_demo_parser(sub)
-    _add_study_parser(sub)
-    _add_tokenizer_parser(sub)
-    _add_finetune_parser(sub)
-    _add_predict_parser(sub)
-    _add_features_parser(sub)
-    _add_attention_parser(sub)
-    _add_convert_parser(sub)
-    _add_quantize_parser(sub)
-    _add_prune_parser(sub)
-    _add_lora_parser(sub)
-    _add_export_parser(sub)
-    _add_serve_parser(sub)
-    _add_kernels_parser(sub)
+    for add in [_SUBCOMMANDS[command]] if command in _SUBCOMMANDS else _SUBCOMMANDS.values():
+        add(sub)
     return parser
 
 
@@ -661,7 +673,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     argv = [a for a in argv if a != "--debug"]
-    args = build_parser().parse_args(argv)
+    command = next((a for a in argv if not a.startswith("-")), None)  # the first word not a flag
+    args = build_parser(command).parse_args(argv)
     with _notes():
         if debug:
             return int(args.func(args) or 0)

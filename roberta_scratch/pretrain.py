@@ -37,7 +37,8 @@ import torch
 
 from .config import IGNORE_INDEX, PRESETS, RobertaConfig
 from .data.masking import DynamicMaskingCollator, StaticCopies
-from .data.packed import PackedDataset, files_dir, load_meta
+from .data.packed import files_dir, load_meta
+from .data.packed_dataset import PackedDataset
 from .data.pairs import PAIR_MODES, PairDataset
 from .errors import TrainingError
 from .fileio import lock_dir

@@ -277,3 +277,22 @@ def test_fairseq_dictionary_and_gpt2_files_rebuild_roberta_base_exactly(referenc
     with open(os.path.join(reference_dir, "vocab.json"), encoding="utf-8") as f:
         assert tok.vocab == json.load(f)
     assert tok.encode("Hello world!") == [0, 31414, 232, 328, 2]
+
+
+def test_a_named_subcommand_builds_only_its_own_parser():
+    full = list(cli.build_parser()._subparsers._group_actions[0].choices)
+    assert full == list(cli._SUBCOMMANDS)  # the table names each parser as the parser does
+    for name in full:
+        assert list(cli.build_parser(name)._subparsers._group_actions[0].choices) == [name]
+
+
+def test_prepare_does_not_import_torch():
+    # importing torch costs ~1.2 s, a large share of `prepare` on a small corpus
+    code = (
+        "import sys; from roberta_scratch import cli; cli.build_parser('prepare'); "
+        "from roberta_scratch.data.packed import prepare; import roberta_scratch; "
+        "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.')))"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env).stdout
+    assert out.strip() == "[]"

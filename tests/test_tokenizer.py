@@ -672,6 +672,19 @@ def test_encode_batches_over_processes_keeps_batches_and_order():
         assert [[list(map(int, row)) for row in batch] for batch in got] == serial
 
 
+@pytest.mark.parametrize("n_batches", [0, 1, 3, 30])
+@pytest.mark.parametrize("workers", [1, 2])
+def test_encode_batches_runs_meanwhile_once(workers, n_batches):
+    tok = tiny()
+    batches = [[f" the world {b}"] * 3 for b in range(n_batches)]
+    calls = []
+    got = list(tok.encode_batches(iter(batches), num_workers=workers, meanwhile=lambda: calls.append(1)))
+    assert calls == [1]
+    assert [[list(map(int, row)) for row in batch] for batch in got] == [
+        [tok._encode_text(t) for t in b] for b in batches
+    ]
+
+
 def test_encode_file_streams_lines(tmp_path):
     tok = tiny()
     path = tmp_path / "corpus.txt"

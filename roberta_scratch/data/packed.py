@@ -6,7 +6,8 @@
                corpus larger than RAM is fine; re-running on the same inputs is a no-op
     pack       FULL-SENTENCES (RoBERTa's choice): documents back to back with </s> between
                them, cut into <s> ... </s> blocks of exactly seq_len; or DOC-SENTENCES:
-               blocks never cross a document, and the rest is padding
+               blocks never cross a document, and the rest is padding (packed_dataset.py:
+               the one part that needs torch, which prepare does not import)
 
 On disk, each split is a token stream in which every document is followed by </s>:
     meta.json                     the manifest: counts, dtype, the tokenizer's fingerprint, the
@@ -42,7 +43,6 @@ from collections import deque
 from collections.abc import Iterator
 
 import numpy as np
-import torch
 
 from ..fileio import atomic_write, chunked, fsync_dir, lock_dir
 from ..progress import progress
@@ -215,7 +215,7 @@ def prepare(
         "inputs": inputs_fingerprint(corpus),
         "seq_len": seq_len,
         "val_fraction": val_fraction,
-        "tokenizer_hash": tok.fingerprint(),
+        "tokenizer_hash": None,  # below: computing it takes ~0.1 s, which a first run overlaps
         "text_field": text_field,
         # subtle: a corpus is plain text, as fairseq reads it: "<s>" or "<mask>" written in it
         # are characters, never special ids (data prepared before this is prepared again)
@@ -235,11 +235,14 @@ def prepare(
                     f"{', '.join(foreign[:3])}{' ...' if len(foreign) > 3 else ''}): use an empty "
                     "folder, or pass --overwrite to write beside what is there (none of it is deleted)"
                 )
-        done = (
-            previous is not None
-            and all(previous.get(k) == v for k, v in settings.items())
-            and not check_files(out_dir, previous)
-        )
+        # subtle: the tokenizer's fingerprint is needed now only to tell whether there is nothing
+        # to do; when another setting differs (always, on a first run), it waits for the manifest,
+        # and _write_data computes it while the workers encode
+        same = previous is not None and all(previous.get(k) == v for k, v in settings.items() if k != "tokenizer_hash")
+        if same:
+            settings["tokenizer_hash"] = tok.fingerprint()
+            same = previous.get("tokenizer_hash") == settings["tokenizer_hash"]
+        done = same and not check_files(out_dir, previous)
         _remove_leftovers(out_dir, previous, previous, inputs)
         if done:
             print(f"{out_dir} is already prepared from these inputs; nothing to do")
@@ -273,7 +276,13 @@ def _write_data(
         batches, counts = chunked(docs, batch_documents, max_size=BATCH_CHARS), deque()
         if sentences:  # encode sentence by sentence, then put each document back together
             batches = _sentence_batches(batches, counts)
-        for rows in tok.plain_text().encode_batches(batches, num_workers=num_workers):
+
+        def meanwhile() -> None:  # what needs the tokenizer alone: done while the workers encode
+            if settings["tokenizer_hash"] is None:
+                settings["tokenizer_hash"] = tok.fingerprint()
+            tok.save_pretrained(os.path.join(tmp, "tokenizer"))  # the data dir is self-contained
+
+        for rows in tok.plain_text().encode_batches(batches, num_workers=num_workers, meanwhile=meanwhile):
             lengths = None
             if sentences:
                 rows, lengths = _regroup(rows, counts.popleft())
@@ -293,7 +302,6 @@ def _write_data(
         splits = {s: w.close() for s, w in writers.items()}
         if splits["train"]["tokens"] == 0:
             raise ValueError("the corpus produced no training tokens: every document was empty")
-        tok.save_pretrained(os.path.join(tmp, "tokenizer"))  # the data dir is self-contained
         files = {name: info for w in writers.values() for name, info in w.files.items()}
         for name in sorted(os.listdir(os.path.join(tmp, "tokenizer"))):
             files[f"tokenizer/{name}"] = _file_info(os.path.join(tmp, "tokenizer", name))
@@ -305,7 +313,16 @@ def _write_data(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     fsync_dir(out_dir)
-    meta = {
+    meta = _manifest(corpus, tok, settings, dtype, splits, report, name, files)
+    with atomic_write(os.path.join(out_dir, "meta.json"), "w") as f:  # the commit
+        json.dump(meta, f, indent=2)
+    return meta
+
+
+def _manifest(corpus, tok, settings: dict, dtype, splits: dict, report: CorpusReport, name: str, files: dict) -> dict:
+    """meta.json's contents: the settings, what was written, and where."""
+    eos = tok.eos_token_id
+    return {
         **settings,
         "dtype": np.dtype(dtype).name,
         "vocab_size": tok.vocab_size,
@@ -326,9 +343,6 @@ def _write_data(
         # what the data is, for `pretrain --resume` to compare: the hashes of every file
         "fingerprint": hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest(),
     }
-    with atomic_write(os.path.join(out_dir, "meta.json"), "w") as f:  # the commit
-        json.dump(meta, f, indent=2)
-    return meta
 
 
 def _file_info(path: str) -> dict:
@@ -516,43 +530,11 @@ class TokenStream:
         return np.concatenate(parts) if parts else np.empty(0, dtype=np.int64)
 
 
-class PackedDataset(torch.utils.data.Dataset):
-    """<s> ... </s> blocks of seq_len tokens from a prepared split.
+def __getattr__(name: str):
+    # subtle: PackedDataset lives in packed_dataset.py because it needs torch, and `prepare` must
+    # not pay ~1.2 s to import it; this keeps `from roberta_scratch.data.packed import PackedDataset`
+    if name == "PackedDataset":
+        from .packed_dataset import PackedDataset
 
-    mode="full" (FULL-SENTENCES): block i is the stream's tokens [i*(L-2), (i+1)*(L-2)), so
-    blocks cross documents (each document already ends with </s>) and every block but the
-    last is exactly seq_len long; the last holds the remainder. Nothing is dropped.
-    mode="doc" (DOC-SENTENCES): each document (without its </s>) is cut into pieces of at most
-    L-2 tokens; blocks are shorter where a document ends, and the collator pads them.
-    """
-
-    def __init__(self, data_dir: str, split: str = "train", seq_len: int = 512, mode: str = "full"):
-        if mode not in ("full", "doc"):
-            raise ValueError(f"packing mode must be 'full' or 'doc', got {mode!r}")
-        if seq_len < 3:
-            raise ValueError(f"seq_len must be at least 3, got {seq_len}")
-        self.stream = TokenStream(data_dir, split)
-        self.bos, self.eos = self.stream.meta["bos_token_id"], self.stream.meta["eos_token_id"]
-        self.seq_len, self.mode = seq_len, mode
-        body = seq_len - 2
-        if mode == "full":
-            starts = np.arange(0, len(self.stream), body, dtype=np.int64)
-            self.spans = np.stack([starts, np.minimum(starts + body, len(self.stream))], axis=1)
-        else:
-            ends = self.stream.doc_ends - 1  # drop each document's trailing </s>
-            begins = np.concatenate([[0], self.stream.doc_ends[:-1]])
-            pieces = -(-(ends - begins) // body)  # ceil
-            first = np.repeat(begins, pieces)
-            offset = np.arange(pieces.sum()) - np.repeat(np.cumsum(pieces) - pieces, pieces)
-            starts = first + offset * body
-            self.spans = np.stack([starts, np.minimum(starts + body, np.repeat(ends, pieces))], axis=1)
-        if len(self.spans) == 0:
-            raise ValueError(f"the {split} split of {data_dir} is empty")
-
-    def __len__(self) -> int:
-        return len(self.spans)
-
-    def __getitem__(self, i: int) -> torch.Tensor:
-        a, b = self.spans[i]
-        body = torch.from_numpy(self.stream[int(a) : int(b)].astype(np.int64))
-        return torch.cat([torch.tensor([self.bos]), body, torch.tensor([self.eos])])
+        return PackedDataset
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -45,7 +45,8 @@ import time
 from dataclasses import dataclass, field
 
 from ..data.corpus import iter_documents
-from ..data.packed import PackedDataset, prepare
+from ..data.packed import prepare
+from ..data.packed_dataset import PackedDataset
 from ..errors import TrainingError
 from ..fileio import DirectoryBusy, atomic_write, lock_dir
 from ..finetune.trainer import FinetuneArgs, finetune

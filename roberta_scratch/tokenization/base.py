@@ -19,7 +19,7 @@ from __future__ import annotations
 import copy
 import json
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import regex
@@ -302,16 +302,22 @@ class Tokenizer(BatchAPI):
             yield from (r if isinstance(r, list) else r.tolist() for r in rows)
 
     def encode_batches(
-        self, batches: Iterable[list[str]], add_special_tokens: bool = False, num_workers: int = 1
+        self,
+        batches: Iterable[list[str]],
+        add_special_tokens: bool = False,
+        num_workers: int = 1,
+        meanwhile: Callable[[], None] | None = None,
     ) -> Iterator[list[list[int]]]:
         """The ids of each batch of texts, in order, encoded over `num_workers` processes.
 
         A stream of any length: at most `2 * num_workers` batches are in flight,
         so memory stays bounded, and the output is the same whatever the
         number of workers (`prepare --workers` relies on both). Rows come back
-        as lists in this process, as int32 arrays from workers.
+        as lists in this process, as int32 arrays from workers. `meanwhile()`, when
+        given, runs once while the workers encode (tokenization/pool.py): `prepare`
+        saves the tokenizer then, instead of before or after the encoding.
         """
-        return encode_stream(self, batches, add_special_tokens, num_workers)
+        return encode_stream(self, batches, add_special_tokens, num_workers, meanwhile)
 
     # ---- decoding helpers shared by subclasses -------------------------------------------
 
