@@ -24,6 +24,12 @@ def test_demo_settings_lower_the_held_out_loss_within_a_few_steps(tmp_path, caps
         assert f"{text}   (the corpus says {answer.strip()!r}: " in out
     assert out.count("%  '") >= 5 * len(demo.PROBES)
     assert "30% masked (held out: 15%" in out
+    # bench_demo reads the same log: the steps and the final accuracy, as printed
+    from benchmarks.bench_demo import summarize
+
+    said = summarize(out)
+    assert said["steps"] == 60 and said["steps_per_s_measured"] is None
+    assert said["masked_accuracy"] == round(round(evals[-1]["val_acc"] * 100, 1) / 100, 3)
 
 
 def test_without_steps_the_demo_fits_its_budget_at_the_measured_speed_and_keeps_its_choice(
@@ -43,6 +49,9 @@ def test_without_steps_the_demo_fits_its_budget_at_the_measured_speed_and_keeps_
     assert steps == 600  # 69.9 s left x 10 steps/s, rounded down to the hundred
     said = capsys.readouterr().out
     assert "chose 600 steps (1,228,800 tokens): 10.0 steps/s measured over 30 steps" in said
+    from benchmarks.bench_demo import summarize
+
+    assert summarize(said)["steps_per_s_measured"] == 10.0
     saved = json.loads((tmp_path / demo.CHOICE_FILE).read_text())
     assert saved["steps"] == 600 and saved["steps_per_s"] == 10.0
 
