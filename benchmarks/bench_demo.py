@@ -81,12 +81,20 @@ def main(argv=None) -> None:
             print(f"the clone is kept in {clone}")
         else:
             shutil.rmtree(clone, ignore_errors=True)
+    if args.threads:  # the machine record's GEMM rate is at torch's default threads: this one at --threads
+        import torch
+
+        from benchmarks.common import cpu_gemm_flops
+
+        torch.set_num_threads(args.threads)
+        gemm = {f"gemm_gflops_fp32_at_{args.threads}_threads": round(cpu_gemm_flops() / 1e9, 1)}
     row = {
         "task": "make demo from a fresh clone, setup included",
         "commit": head.stdout.strip()[:12],
         "threads": args.threads or "default",
         "stand_in": "1 thread: a stand-in for a slower processor" if args.threads == 1 else None,
         "demo_args": args.demo_args or None,
+        **(gemm if args.threads else {}),
         **row,
     }
     print_table([row], ["task", "threads", "seconds", "setup_seconds", "steps", "masked_accuracy"])
