@@ -45,21 +45,22 @@ def test_without_steps_the_demo_fits_its_budget_at_the_measured_speed_and_keeps_
     from roberta_scratch import demo
 
     monkeypatch.setattr(demo, "calibrate", lambda *a: 10.0)
-    steps = demo.choose_steps(str(tmp_path), "data", "config.json", demo.RESERVE_S + 70, time.monotonic())
-    assert steps == 600  # 69.9 s left x 10 steps/s, rounded down to the hundred
+    monkeypatch.setattr(demo, "SPEED_MARGIN", 0.85)
+    steps = demo.choose_steps(str(tmp_path), "data", "config.json", demo.RESERVE_S + 100, time.monotonic())
+    assert steps == 800  # 99.9 s left x 10 steps/s x 0.85, rounded down to the hundred
     said = capsys.readouterr().out
-    assert "chose 600 steps (1,228,800 tokens): 10.0 steps/s measured over 30 steps" in said
+    assert "chose 800 steps (1,638,400 tokens): 10.0 steps/s measured over 30 steps (planned at 85% of it)" in said
     from benchmarks.bench_demo import summarize
 
     assert summarize(said)["steps_per_s_measured"] == 10.0
     saved = json.loads((tmp_path / demo.CHOICE_FILE).read_text())
-    assert saved["steps"] == 600 and saved["steps_per_s"] == 10.0
+    assert saved["steps"] == 800 and saved["steps_per_s"] == 10.0
 
     def no_second_measure(*a):
         raise AssertionError("measured again")
 
     monkeypatch.setattr(demo, "calibrate", no_second_measure)
-    assert demo.choose_steps(str(tmp_path), "data", "config.json", 1e6, time.monotonic()) == 600
+    assert demo.choose_steps(str(tmp_path), "data", "config.json", 1e6, time.monotonic()) == 800
     assert "chosen before" in capsys.readouterr().out
     (tmp_path / demo.CHOICE_FILE).unlink()
     monkeypatch.setattr(demo, "calibrate", lambda *a: 10.0)
