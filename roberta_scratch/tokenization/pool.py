@@ -10,9 +10,12 @@ takes ~0.3 s, two thirds of it BPE on the 15,373 distinct words. Two processes e
 the frequent words anew (20,445 words encoded in all, a third more), starting and stopping a pool
 costs 20-40 ms, unpickling half the rows ~20 ms, and the worker waits 10-15 ms for this process
 to take each chunk's results (the pool's reading thread needs the interpreter lock this process
-is encoding with). So ~1.3x at best on two idle cores (estimated from these costs: no idle
-machine here), and 1.5-2x slower than one process where the second core is busy (measured).
-`tok(docs)` on such a batch stays in this process; an explicit num_workers is obeyed.
+is encoding with). Measured on two quiet cores (tok(texts), fresh tokenizers, medians of 5;
+2026-12-07): on the first 0.19 / 0.38 / 0.74 / 1.41 MB of those docstrings two processes ran
+at 0.67x / 0.83x / 1.00x / 1.16x the speed of one when cold, and at 0.23x-0.73x when warm (the
+same text again: ~30 ms a call beyond the pool's 5-10 ms start, probably the worker's pages
+copied on write as it touches the inherited cache); 1.5-2x slower where the second core is busy. So
+`tok(docs)` below PARALLEL_MIN_CHARS stays in this process; an explicit num_workers is obeyed.
 
 Who encodes depends on whether the input is whole or a stream, and the reason is the same in both:
 this process must never keep the workers waiting.
