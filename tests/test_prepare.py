@@ -9,7 +9,8 @@ import signal
 import numpy as np
 import pytest
 
-from roberta_scratch.data.packed import PackedDataset, TokenStream, load_meta, prepare, tokenizer_dir
+from roberta_scratch.data.packed import TokenStream, load_meta, prepare, tokenizer_dir
+from roberta_scratch.data.packed_dataset import PackedDataset
 from roberta_scratch.tokenization.byte_level import ByteLevelBPETokenizer, load_tokenizer
 
 WORDS = "the cat sat on a mat while the dog ran to the red house and a bird sang in the old tree".split()

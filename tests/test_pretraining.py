@@ -13,7 +13,8 @@ from pretraining_helpers import WORDS, args_for, losses, small_config
 
 from roberta_scratch.config import RobertaConfig
 from roberta_scratch.data.corpus import iter_documents
-from roberta_scratch.data.packed import PackedDataset, TokenStream, prepare, tokenizer_dir
+from roberta_scratch.data.packed import TokenStream, prepare, tokenizer_dir
+from roberta_scratch.data.packed_dataset import PackedDataset
 from roberta_scratch.errors import TrainingError
 from roberta_scratch.pretrain import TrainArgs, Trainer, pretrain
 from roberta_scratch.tokenization.byte_level import ByteLevelBPETokenizer, load_tokenizer

@@ -528,13 +528,3 @@ class TokenStream:
             start += take
             i += 1
         return np.concatenate(parts) if parts else np.empty(0, dtype=np.int64)
-
-
-def __getattr__(name: str):
-    # subtle: PackedDataset lives in packed_dataset.py because it needs torch, and `prepare` must
-    # not pay ~1.2 s to import it; this keeps `from roberta_scratch.data.packed import PackedDataset`
-    if name == "PackedDataset":
-        from .packed_dataset import PackedDataset
-
-        return PackedDataset
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
