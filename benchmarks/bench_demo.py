@@ -46,7 +46,8 @@ def run_demo(clone: str, env: dict, demo_args: str) -> dict:
     total = time.perf_counter() - start
     if proc.returncode != 0:
         raise SystemExit(f"make demo failed with exit status {proc.returncode}")
-    return {"seconds": round(total, 1), "setup_seconds": setup_s and round(setup_s, 1), **summarize("".join(lines))}
+    setup = None if setup_s is None else round(setup_s, 1)  # None: the demo printed no "== 1/4" line
+    return {"seconds": round(total, 1), "setup_seconds": setup, **summarize("".join(lines))}
 
 
 def summarize(log: str) -> dict:
