@@ -437,6 +437,26 @@ def test_batch_padding_and_tensors_match_reference(ours, hf):
     assert ours("Hello world", return_tensors="pt")["input_ids"].shape == (1, 4)
 
 
+@needs_ref
+@pytest.mark.parametrize("special", [True, False], ids=["special", "no-special"])
+def test_texts_alone_are_built_a_column_at_a_time_as_the_reference_does(ours, hf, special):
+    """Texts without pairs or offsets take _single_columns: truncation, the special-tokens mask
+    and padding as the reference gives them, with and without special tokens."""
+    texts = ["Hello world", "a <mask> b<s>", "", "x y " * 20, "é" * 9]
+    for kwargs in [
+        dict(),
+        dict(padding=True, return_special_tokens_mask=True),
+        dict(truncation=True, max_length=5, padding="max_length", return_special_tokens_mask=True),
+        dict(truncation="only_first", max_length=3, padding=True, return_attention_mask=False),
+    ]:
+        got, expected = ours(texts, add_special_tokens=special, **kwargs), hf(texts, add_special_tokens=special, **kwargs)
+        assert dict(got) == dict(expected), kwargs
+    with pytest.raises(ValueError, match="needs a text pair"):
+        ours(texts, truncation="only_second", max_length=5)
+    with pytest.raises(ValueError, match="smaller than the 2 special tokens"):
+        ours(texts, truncation=True, max_length=1)
+
+
 # ---- parity with tiktoken's GPT-2 encoding ----------------------------------------------------
 
 
@@ -626,8 +646,9 @@ def test_encode_batch_over_processes_matches_serial(monkeypatch):
 
 
 def test_small_batch_of_short_texts_stays_in_this_process(monkeypatch):
-    """Below PARALLEL_MIN_CHARS, tok(texts) and encode_batch start no worker, however many texts and
-    CPUs: for many short documents, starting workers and sending ids back costs more than it saves."""
+    """Below PARALLEL_MIN_CHARS, tok(texts) and encode_batch start no worker pool, however many texts
+    and CPUs: for many short documents, starting workers and sending ids back costs more than it
+    saves (only the BPE of new words is shared, tested below)."""
     tok = tiny()
     texts = [f" the world {i} in {'é' * (i % 5)}" for i in range(3000)]  # many short documents
     monkeypatch.setattr(tokenizer_pool, "available_cpus", lambda: 8)
@@ -638,6 +659,46 @@ def test_small_batch_of_short_texts_stays_in_this_process(monkeypatch):
     assert tok.encode_batch(texts) == serial
 
 
+def test_a_batch_shares_the_bpe_of_its_new_words_among_processes(monkeypatch):
+    """tok(texts) below PARALLEL_MIN_CHARS: the batch's new words are encoded by this process and
+    forked children, once each, then added to the cache; the ids are those of encode, one text at a
+    time, whatever is in the texts (special tokens, surrogates, empty, non-ASCII); a warm batch
+    forks nothing; a cache too small for the batch falls back to text by text."""
+    shared = []
+    real = tokenizer_module.map_forked
+    monkeypatch.setattr(tokenizer_module, "map_forked", lambda f, items, n: shared.append(n) or real(f, items, n))
+    monkeypatch.setattr(tokenizer_module, "SHARED_BPE_MIN_WORDS", 10)
+    monkeypatch.setattr(tokenizer_pool, "available_cpus", lambda: 3)
+    rng = random.Random(0)
+    words = [" " + "".join(rng.choices("abcdefghé", k=rng.randint(1, 12))) for _ in range(300)]
+    texts = ["".join(rng.choices(words, k=rng.randint(0, 30))) for _ in range(200)]
+    texts += ["", " ", "the <mask> world", "bad \ud800 half", "<s>", "x" * 40, "\n\n  a"]
+    expected = [tiny().encode(t) for t in texts]
+    tok = tiny()
+    assert tok(texts)["input_ids"] == expected
+    assert shared == [3]
+    assert set(words) <= set(tok._cache)
+    assert tok.encode_batch(texts) == expected and shared == [3]  # warm: nothing new, nothing forked
+    small = tiny(cache_size=50)
+    assert small.encode_batch(texts) == expected and shared == [3] and len(small._cache) <= 50
+    with pytest.raises(TypeError, match="expected a str"):
+        tok([*texts, None])
+
+
+def test_map_forked_keeps_order_and_raises_a_childs_error_here():
+    items = list(range(103))
+    for processes in (1, 2, 3, 200):
+        assert tokenizer_pool.map_forked(lambda x: (x, x * x), items, processes) == [(x, x * x) for x in items]
+
+    def fails_late(x):  # in the last child's share
+        if x == 100:
+            raise ValueError("item 100")
+        return x
+
+    with pytest.raises(ValueError, match="item 100"):
+        tokenizer_pool.map_forked(fails_late, items, 2)
+
+
 def test_batches_are_encoded_with_the_collector_paused_and_restored(monkeypatch):
     """tok(texts) and encode_batch pause the garbage collector (rows of small lists, no cycle),
     and leave it as they found it, an error included."""
@@ -645,8 +706,8 @@ def test_batches_are_encoded_with_the_collector_paused_and_restored(monkeypatch)
 
     tok = tiny()
     seen = []
-    real = tok._encode_text
-    monkeypatch.setattr(tok, "_encode_text", lambda t: seen.append(gc.isenabled()) or real(t))
+    real = tok._plain_words  # where a batch's every text starts
+    monkeypatch.setattr(tok, "_plain_words", lambda t: seen.append(gc.isenabled()) or real(t))
     assert gc.isenabled()
     tok(["the world", "in"])
     tok.encode_batch(["the world"], add_special_tokens=False)

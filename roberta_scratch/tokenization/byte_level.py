@@ -60,10 +60,14 @@ from .base import (
 from .batch import BatchEncoding
 from .bpe import GPT2_SPLIT_PATTERN, GPT2_SPLIT_PATTERN_FAST, MergeTable, apply_merges, bytes_to_unicode, split_words
 from .bpe_train import count_words, learn_merges
-from .pool import collector_paused
+from .pool import collector_paused, map_forked
 from .spm import SentencePieceTokenizer
 
 VOCAB_FILE, MERGES_FILE = "vocab.json", "merges.txt"
+
+
+# A forked process takes a share of a batch's BPE once the batch has this many new words for each.
+SHARED_BPE_MIN_WORDS = 3000
 
 
 class ByteLevelBPETokenizer(Tokenizer):
@@ -300,6 +304,47 @@ class ByteLevelBPETokenizer(Tokenizer):
         for word in new:
             cache[word] = self._bpe(word)
         return list(chain.from_iterable(map(cache.__getitem__, words)))
+
+    def _encode_texts(self, texts: list, processes: int) -> list[list[int]]:
+        """[self._encode_text(t) for t in texts], with the BPE of the words new to the cache, most
+        of a cold batch's time, shared among `processes` processes when there are enough of them.
+
+        Every text is split here; the distinct words that miss the cache are encoded by this
+        process and forked children (pool.map_forked) and added to the cache; then each text's ids
+        are looked up. A warm batch starts no process. Texts with special tokens written in them,
+        or surrogates, or that are not str, go through _encode_text as they would one by one.
+        """
+        words = list(map(self._plain_words, texts))
+        known = self._cache.__getitem__
+        rows: list = [None] * len(texts)
+        missed = []
+        for i, text_words in enumerate(words):
+            if text_words is not None:
+                try:
+                    rows[i] = list(chain.from_iterable(map(known, text_words)))
+                except KeyError:
+                    missed.append(i)
+        if missed:
+            new = list(set(chain.from_iterable(words[i] for i in missed)).difference(self._cache))
+            shared = min(processes, len(new) // SHARED_BPE_MIN_WORDS)
+            if shared > 1 and len(self._cache) + len(new) <= self.cache_size:
+                self._cache.update(zip(new, map_forked(self._bpe, new, shared), strict=True))
+            for i in missed:  # what the cache still lacks is encoded here, one text at a time
+                rows[i] = self._encode_words(words[i])
+        return [self._encode_text(t) if r is None else r for t, r in zip(texts, rows, strict=True)]
+
+    def _plain_words(self, text) -> list[str] | None:
+        """The words _encode_text would BPE, for a text it encodes that way, else None."""
+        if not isinstance(text, str) or self._has_special(text):
+            return None
+        if not text.isascii():
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:  # surrogates, which _encode_text replaces
+                return None
+        if self.add_prefix_space and text and not text.startswith(" "):
+            text = " " + text
+        return split_words(text)
 
     def _encode_plain(self, text: str) -> list[int]:
         if self.add_prefix_space and not text.startswith(" "):

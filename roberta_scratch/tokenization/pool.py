@@ -51,24 +51,31 @@ import contextlib
 import gc
 import multiprocessing
 import os
+import pickle
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from itertools import chain, islice
+from itertools import chain, islice, pairwise
 
 # Below this many characters in a batch, worker processes cost more than they save (see above).
 PARALLEL_MIN_CHARS = 4 << 20
 
 
 def encode_list(tok, texts: list, add_special_tokens: bool, num_workers: int | None) -> list[list[int]]:
-    """The ids of every text; num_workers None: one per available CPU for a large batch, else 1."""
+    """The ids of every text. num_workers None: a worker per available CPU for a large batch; for a
+    smaller one, this process, sharing only the BPE of the batch's new words (`map_forked`)."""
     with collector_paused():
         return _encode_list(tok, texts, add_special_tokens, num_workers)
 
 
 def _encode_list(tok, texts: list, add_special_tokens: bool, num_workers: int | None) -> list[list[int]]:
     if num_workers is None:
-        large = sum(len(t) for t in texts if isinstance(t, str)) >= PARALLEL_MIN_CHARS
-        num_workers = available_cpus() if large else 1
+        if sum(len(t) for t in texts if isinstance(t, str)) < PARALLEL_MIN_CHARS:
+            rows = tok._encode_texts(texts, available_cpus())
+            if not add_special_tokens or not rows:
+                return rows
+            cls, sep = tok._require(tok.cls_token), tok._require(tok.sep_token)
+            return [[cls, *row, sep] for row in rows]
+        num_workers = available_cpus()
     if num_workers <= 1 or len(texts) < 2:
         return _encode_all(tok, texts, add_special_tokens)
     share = len(texts) // num_workers
@@ -133,6 +140,49 @@ def encode_stream(
             meanwhile()
         while pending:
             yield _unpack(*pending.popleft().get())
+
+
+def map_forked(fn: Callable, items: list, processes: int) -> list:
+    """[fn(x) for x in items], the items shared among this process and processes - 1 forked
+    children, which inherit `fn` and their share without pickling them and send back their results
+    pickled (cheaper to load than packed ints: 0.6 against 2 ms for 7k short tuples). Where fork is
+    missing, or a child fails, this process computes that share itself.
+
+    A finished child is not waited for: its exit takes 7-10 ms (the kernel unmapping the memory it
+    shared), which multiprocessing reaps at its next start or at exit instead of here.
+    """
+    if processes <= 1 or len(items) < processes or "fork" not in multiprocessing.get_all_start_methods():
+        return [fn(x) for x in items]
+    ctx = multiprocessing.get_context("fork")
+    bounds = [len(items) * k // processes for k in range(processes + 1)]
+    shares = [items[a:b] for a, b in pairwise(bounds)]
+    children, answered = [], 0
+    try:
+        for share in shares[1:]:
+            reader, writer = ctx.Pipe(duplex=False)
+            child = ctx.Process(target=_map_in_child, args=(fn, share, writer), daemon=True)
+            child.start()
+            writer.close()
+            children.append((child, reader))
+        out = [fn(x) for x in shares[0]]
+        for share, (_, reader) in zip(shares[1:], children, strict=True):
+            try:
+                out += pickle.loads(reader.recv_bytes())
+            except EOFError:  # it failed: its share is redone here, so that the error is raised here
+                out += [fn(x) for x in share]
+            answered += 1
+        return out
+    finally:
+        for n, (child, reader) in enumerate(children):
+            reader.close()
+            if n >= answered:  # this process was interrupted before the child answered: stop it
+                child.terminate()
+                child.join()
+
+
+def _map_in_child(fn, share: list, writer) -> None:
+    writer.send_bytes(pickle.dumps([fn(x) for x in share], protocol=pickle.HIGHEST_PROTOCOL))
+    writer.close()
 
 
 def _set_worker_tokenizer(tok) -> None:
