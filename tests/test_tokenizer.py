@@ -13,6 +13,7 @@ import os
 import random
 import subprocess
 import sys
+import time
 import tracemalloc
 import unicodedata
 from itertools import pairwise
@@ -449,8 +450,13 @@ def test_texts_alone_are_built_a_column_at_a_time_as_the_reference_does(ours, hf
         dict(truncation=True, max_length=5, padding="max_length", return_special_tokens_mask=True),
         dict(truncation="only_first", max_length=3, padding=True, return_attention_mask=False),
     ]:
-        got, expected = ours(texts, add_special_tokens=special, **kwargs), hf(texts, add_special_tokens=special, **kwargs)
+        got, expected = (
+            ours(texts, add_special_tokens=special, **kwargs),
+            hf(texts, add_special_tokens=special, **kwargs),
+        )
         assert dict(got) == dict(expected), kwargs
+    for kwargs in [dict(), dict(return_offsets_mapping=True, return_special_tokens_mask=True, padding=True)]:
+        assert dict(ours([], **kwargs)) == {k: [] for k in ours("a", **kwargs)}, kwargs  # no text: empty columns
     with pytest.raises(ValueError, match="needs a text pair"):
         ours(texts, truncation="only_second", max_length=5)
     with pytest.raises(ValueError, match="smaller than the 2 special tokens"):
@@ -660,14 +666,23 @@ def test_small_batch_of_short_texts_stays_in_this_process(monkeypatch):
 
 
 def test_a_batch_shares_the_bpe_of_its_new_words_among_processes(monkeypatch):
-    """tok(texts) below PARALLEL_MIN_CHARS: the batch's new words are encoded by this process and
-    forked children, once each, then added to the cache; the ids are those of encode, one text at a
-    time, whatever is in the texts (special tokens, surrogates, empty, non-ASCII); a warm batch
-    forks nothing; a cache too small for the batch falls back to text by text."""
-    shared = []
-    real = tokenizer_module.map_forked
-    monkeypatch.setattr(tokenizer_module, "map_forked", lambda f, items, n: shared.append(n) or real(f, items, n))
-    monkeypatch.setattr(tokenizer_module, "SHARED_BPE_MIN_WORDS", 10)
+    """tok(texts) below PARALLEL_MIN_CHARS: once the batch looks likely to hold SHARED_BPE_MIN_WORDS
+    new words, forked children share their BPE while this process splits the rest; the ids are those
+    of encode, one text at a time, whatever is in the texts (special tokens, surrogates, empty,
+    non-ASCII); the new words end in the cache; a warm batch forks nothing; a cache too small for
+    the batch falls back to text by text."""
+    started = []
+
+    class Spy(tokenizer_pool.ForkedMap):
+        CHUNK = 7  # many chunks, so that some are stolen at the end
+
+        def __init__(self, fn, children):
+            started.append(children)
+            super().__init__(fn, children)
+
+    monkeypatch.setattr(tokenizer_module, "ForkedMap", Spy)
+    monkeypatch.setattr(tokenizer_module, "SHARED_BPE_MIN_WORDS", 50)
+    monkeypatch.setattr(tokenizer_module, "SHARED_BPE_ROUND_CHARS", 500)
     monkeypatch.setattr(tokenizer_pool, "available_cpus", lambda: 3)
     rng = random.Random(0)
     words = [" " + "".join(rng.choices("abcdefghé", k=rng.randint(1, 12))) for _ in range(300)]
@@ -676,27 +691,51 @@ def test_a_batch_shares_the_bpe_of_its_new_words_among_processes(monkeypatch):
     expected = [tiny().encode(t) for t in texts]
     tok = tiny()
     assert tok(texts)["input_ids"] == expected
-    assert shared == [3]
+    assert started == [2]  # two children beside this process
     assert set(words) <= set(tok._cache)
-    assert tok.encode_batch(texts) == expected and shared == [3]  # warm: nothing new, nothing forked
+    assert tok.encode_batch(texts) == expected and started == [2]  # warm: nothing new, nothing forked
     small = tiny(cache_size=50)
-    assert small.encode_batch(texts) == expected and shared == [3] and len(small._cache) <= 50
+    assert small.encode_batch(texts) == expected and started == [2, 2] and len(small._cache) <= 50
+    few = tiny()
+    assert few.encode_batch(texts[-3:]) == expected[-3:] and started == [2, 2]  # too few words to fork for
     with pytest.raises(TypeError, match="expected a str"):
         tok([*texts, None])
 
 
-def test_map_forked_keeps_order_and_raises_a_childs_error_here():
-    items = list(range(103))
-    for processes in (1, 2, 3, 200):
-        assert tokenizer_pool.map_forked(lambda x: (x, x * x), items, processes) == [(x, x * x) for x in items]
+@pytest.mark.parametrize("children", [1, 3])
+def test_forked_map_gives_each_result_once_whoever_computes_it(children):
+    """Items put a list at a time come back as (items, [fn(x) ...]) chunks, each item once, from the
+    children or stolen back at the end; a child's error is raised here."""
+    forked = tokenizer_pool.ForkedMap(lambda x: (x, os.getpid()), children)
+    forked.CHUNK = 5
+    items = list(range(400))
+    for i in range(0, 400, 37):
+        forked.put(items[i : i + 37])
+    deadline = time.monotonic() + 30  # let the children take some, however busy the machine
+    while sum(forked.claimed) < children and time.monotonic() < deadline:
+        time.sleep(0.005)
+    got = [(x, r) for chunk, results in forked.finish() for x, r in zip(chunk, results, strict=True)]
+    assert sorted(x for x, _ in got) == items and all(r[0] == x for x, r in got)
+    assert len({pid for _, (_, pid) in got}) > 1  # the work was shared
+    assert forked.children == []
 
-    def fails_late(x):  # in the last child's share
-        if x == 100:
-            raise ValueError("item 100")
+    def fails(x):
+        if x == 3:
+            raise ValueError("item 3")
         return x
 
-    with pytest.raises(ValueError, match="item 100"):
-        tokenizer_pool.map_forked(fails_late, items, 2)
+    forked = tokenizer_pool.ForkedMap(fails, children)
+    forked.put(list(range(10)))
+    with pytest.raises(ValueError, match="item 3"):
+        forked.finish()
+
+
+def test_forked_map_stops_its_children_when_interrupted():
+    forked = tokenizer_pool.ForkedMap(lambda x: x, 2)
+    processes = [child for child, _ in forked.children]
+    forked.put([1, 2, 3])
+    forked.close()  # as finish's `finally` does on an exception
+    assert all(not p.is_alive() for p in processes)
 
 
 def test_batches_are_encoded_with_the_collector_paused_and_restored(monkeypatch):

@@ -113,17 +113,10 @@ class BatchAPI:
             max_length = self.model_max_length
         with collector_paused():  # rows of small lists, none in a cycle (see pool.py)
             firsts = encode_all(firsts)
-            if seconds is None and not details:  # texts alone, no offsets: most calls, a column at a time
-                columns = self._single_columns(
-                    [ids for ids, _, _ in firsts], add_special_tokens, strategy, max_length, return_special_tokens_mask
-                )
-            else:
-                seconds = encode_all(seconds) if seconds is not None else [None] * len(firsts)
-                rows = [
-                    self._assemble(a, b, add_special_tokens, strategy, max_length)
-                    for a, b in zip(firsts, seconds, strict=True)
-                ]
-                columns = {k: [row[k] for row in rows] for k in (rows[0] if rows else ("input_ids",))}
+            seconds = None if seconds is None else encode_all(seconds)
+            columns = self._columns(
+                firsts, seconds, add_special_tokens, strategy, max_length, return_special_tokens_mask
+            )
             _pad(columns, padding, max_length or self.model_max_length, self.pad_token_id)
 
         keys = ["input_ids"]
@@ -179,6 +172,19 @@ class BatchAPI:
             row["word_ids"] = [w for ids, _, _, _, words in pieces for w in (words or [None] * len(ids))]
             row["sequence_ids"] = [seq for ids, _, seq, _, _ in pieces for _ in ids]
         return row
+
+    def _columns(self, firsts, seconds, add_special_tokens, truncation, max_length, special_mask: bool) -> dict:
+        """The batch's columns (input_ids, attention_mask, ...), from (ids, spans, words) per text."""
+        if seconds is None and firsts and firsts[0][1] is None:  # texts alone, no offsets: most calls
+            return self._single_columns(
+                [ids for ids, _, _ in firsts], add_special_tokens, truncation, max_length, special_mask
+            )
+        seconds = seconds if seconds is not None else [None] * len(firsts)
+        rows = [
+            self._assemble(a, b, add_special_tokens, truncation, max_length)
+            for a, b in zip(firsts, seconds, strict=True)
+        ]
+        return {k: [row[k] for row in rows] for k in (rows[0] if rows else _PAD_VALUES)}
 
     def _single_columns(
         self, rows: list, add_special_tokens: bool, truncation: str | None, max_length: int | None, special_mask: bool
@@ -295,8 +301,9 @@ def _budget(max_length: int, add_special_tokens: bool, is_pair: bool) -> int:
     return max_length - n_special
 
 
-# What each column is padded with.
+# What each column is padded with (input_ids: the vocabulary's pad id).
 _PAD_VALUES = {
+    "input_ids": None,
     "attention_mask": 0,
     "special_tokens_mask": 1,
     "offset_mapping": (0, 0),

@@ -43,7 +43,7 @@ import functools
 import hashlib
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from itertools import chain
 from pathlib import Path
 
@@ -60,14 +60,29 @@ from .base import (
 from .batch import BatchEncoding
 from .bpe import GPT2_SPLIT_PATTERN, GPT2_SPLIT_PATTERN_FAST, MergeTable, apply_merges, bytes_to_unicode, split_words
 from .bpe_train import count_words, learn_merges
-from .pool import collector_paused, map_forked
+from .pool import ForkedMap, can_fork, collector_paused
 from .spm import SentencePieceTokenizer
 
 VOCAB_FILE, MERGES_FILE = "vocab.json", "merges.txt"
 
 
-# A forked process takes a share of a batch's BPE once the batch has this many new words for each.
-SHARED_BPE_MIN_WORDS = 3000
+# tok(texts) below pool.PARALLEL_MIN_CHARS: the texts are split this many characters at a time, and
+# children are forked to share the BPE of the batch's new words once the batch looks likely to
+# have this many (see _encode_texts).
+SHARED_BPE_ROUND_CHARS = 16_000
+SHARED_BPE_MIN_WORDS = 3500
+
+
+def _rounds(texts: list, chars: int) -> Iterator[tuple[range, int]]:
+    """The indices of `texts` in runs of about `chars` characters (at least one text each), with
+    the characters of the texts up to the end of each run."""
+    start, size, total = 0, 0, 0
+    for i, text in enumerate(texts):
+        size += len(text) if isinstance(text, str) else 0
+        if size >= chars or i == len(texts) - 1:
+            total += size
+            yield range(start, i + 1), total
+            start, size = i + 1, 0
 
 
 class ByteLevelBPETokenizer(Tokenizer):
@@ -307,30 +322,45 @@ class ByteLevelBPETokenizer(Tokenizer):
 
     def _encode_texts(self, texts: list, processes: int) -> list[list[int]]:
         """[self._encode_text(t) for t in texts], with the BPE of the words new to the cache, most
-        of a cold batch's time, shared among `processes` processes when there are enough of them.
+        of a cold batch's time, shared with forked children (pool.ForkedMap) once there are enough.
 
-        Every text is split here; the distinct words that miss the cache are encoded by this
-        process and forked children (pool.map_forked) and added to the cache; then each text's ids
-        are looked up. A warm batch starts no process. Texts with special tokens written in them,
-        or surrogates, or that are not str, go through _encode_text as they would one by one.
+        The texts are split here a round at a time; each round's new words go to the children
+        as soon as it is split, so they encode while this process splits the rest; at the end this
+        process takes its share, the results go in the cache, and each text's ids are looked up.
+        A warm batch starts no process. Texts with special tokens written in them, or surrogates,
+        or that are not str, go through _encode_text as they would one by one.
         """
-        words = list(map(self._plain_words, texts))
-        known = self._cache.__getitem__
+        cache = self._cache
+        known = cache.__getitem__
         rows: list = [None] * len(texts)
-        missed = []
-        for i, text_words in enumerate(words):
-            if text_words is not None:
-                try:
-                    rows[i] = list(chain.from_iterable(map(known, text_words)))
-                except KeyError:
-                    missed.append(i)
-        if missed:
-            new = list(set(chain.from_iterable(words[i] for i in missed)).difference(self._cache))
-            shared = min(processes, len(new) // SHARED_BPE_MIN_WORDS)
-            if shared > 1 and len(self._cache) + len(new) <= self.cache_size:
-                self._cache.update(zip(new, map_forked(self._bpe, new, shared), strict=True))
-            for i in missed:  # what the cache still lacks is encoded here, one text at a time
-                rows[i] = self._encode_words(words[i])
+        missed: list[tuple[int, list[str]]] = []  # (index, words) of the texts that wait for BPE
+        new: set[str] = set()  # their words not in the cache
+        helpers, chars = None, sum(len(t) for t in texts if isinstance(t, str))
+        for round_, chars_done in _rounds(texts, SHARED_BPE_ROUND_CHARS):
+            first_missed = len(missed)
+            for i in round_:
+                words = self._plain_words(texts[i])
+                if words is not None:
+                    try:
+                        rows[i] = list(chain.from_iterable(map(known, words)))
+                    except KeyError:
+                        missed.append((i, words))
+            found = set(chain.from_iterable(w for _, w in missed[first_missed:])).difference(cache, new)
+            new |= found
+            # Distinct words grow with text length as a power below 1 (Heaps' law; 0.6-0.8 on the
+            # stdlib's docstrings): the square root projects the batch's new words conservatively.
+            likely = len(new) * (chars / max(chars_done, 1)) ** 0.5
+            if helpers is None and processes > 1 and likely >= SHARED_BPE_MIN_WORDS and can_fork():
+                helpers, found = ForkedMap(self._bpe, processes - 1), new
+            if helpers is not None:
+                helpers.put(list(found))
+        if helpers is not None:
+            done = helpers.finish()
+            if len(cache) + len(new) <= self.cache_size:
+                for words, ids in done:
+                    cache.update(zip(words, ids, strict=True))
+        for i, words in missed:  # what the cache lacks is encoded here, one text at a time
+            rows[i] = self._encode_words(words)
         return [self._encode_text(t) if r is None else r for t, r in zip(texts, rows, strict=True)]
 
     def _plain_words(self, text) -> list[str] | None:

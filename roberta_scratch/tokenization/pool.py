@@ -2,7 +2,7 @@
 
 Workers are forked (on Linux) with the tokenizer, its warm word cache included, so nothing is
 pickled on the way in; ids come back as one flat int32 array and the lengths, cheap to send.
-Below `PARALLEL_MIN_CHARS` characters a batch stays in this process (unless num_workers is given):
+Below `PARALLEL_MIN_CHARS` characters a batch starts no worker pool (unless num_workers is given):
 starting workers and sending the ids back costs ~0.1 s, and one process encodes ~10 MB/s once warm.
 Many short documents make it plainer. Measured on 2 cores (one busy with another job, so +-20%)
 on 7,226 stdlib docstrings (1.4 MB, ~200 bytes each), roberta-base, a fresh tokenizer: one process
@@ -15,7 +15,19 @@ is encoding with). Measured on two quiet cores (tok(texts), fresh tokenizers, me
 at 0.67x / 0.83x / 1.00x / 1.16x the speed of one when cold, and at 0.23x-0.73x when warm (the
 same text again: ~30 ms a call beyond the pool's 5-10 ms start, probably the worker's pages
 copied on write as it touches the inherited cache); 1.5-2x slower where the second core is busy. So
-`tok(docs)` below PARALLEL_MIN_CHARS stays in this process; an explicit num_workers is obeyed.
+below PARALLEL_MIN_CHARS no worker pool starts (an explicit num_workers is obeyed), and only the
+part that is worth sharing is shared: the BPE of the batch's new words (`ForkedMap`, driven by
+byte_level.py's `_encode_texts`). This process splits the texts; the new words it finds go to
+forked children as it goes, each word once; it steals back what they have not reached when it is
+done splitting; the results fill the cache, and every row is looked up here. Nothing is sent but
+words and their ids, and a warm batch forks nothing. Children start only once the batch looks
+likely to hold 3,500 new words: the fork, the sends and a child's slower start cost about 10 ms,
+and below that it lost (measured on those docstrings, fresh tokenizers, medians of 9, 2 quiet
+cores, 2026-12-08: the first 120 / 500 / 1,000 / 2,500 documents, 1,237 / 2,996 / 4,786 / 8,018
+new words, forking at once: 0.61x / 0.96x / 1.19x / 1.34x the speed of one process; with the
+3,500 rule 1.00x up to 3,541 words, then 1.18x and 1.36x; all 7,226, 15,373 words: 1.38x).
+Both processes ran BPE about 20% slower side by side than one alone (these two vCPUs share a
+core's caches, or the core), which caps the gain.
 
 Who encodes depends on whether the input is whole or a stream, and the reason is the same in both:
 this process must never keep the workers waiting.
@@ -51,10 +63,9 @@ import contextlib
 import gc
 import multiprocessing
 import os
-import pickle
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from itertools import chain, islice, pairwise
+from itertools import chain, islice
 
 # Below this many characters in a batch, worker processes cost more than they save (see above).
 PARALLEL_MIN_CHARS = 4 << 20
@@ -62,7 +73,7 @@ PARALLEL_MIN_CHARS = 4 << 20
 
 def encode_list(tok, texts: list, add_special_tokens: bool, num_workers: int | None) -> list[list[int]]:
     """The ids of every text. num_workers None: a worker per available CPU for a large batch; for a
-    smaller one, this process, sharing only the BPE of the batch's new words (`map_forked`)."""
+    smaller one, this process, sharing only the BPE of the batch's new words (`ForkedMap`)."""
     with collector_paused():
         return _encode_list(tok, texts, add_special_tokens, num_workers)
 
@@ -142,47 +153,118 @@ def encode_stream(
             yield _unpack(*pending.popleft().get())
 
 
-def map_forked(fn: Callable, items: list, processes: int) -> list:
-    """[fn(x) for x in items], the items shared among this process and processes - 1 forked
-    children, which inherit `fn` and their share without pickling them and send back their results
-    pickled (cheaper to load than packed ints: 0.6 against 2 ms for 7k short tuples). Where fork is
-    missing, or a child fails, this process computes that share itself.
+class ForkedMap:
+    """fn over items found a list at a time (`put`), shared with forked children as they are found.
 
-    A finished child is not waited for: its exit takes 7-10 ms (the kernel unmapping the memory it
-    shared), which multiprocessing reaps at its next start or at exit instead of here.
+    Made for BPE on a cold batch's new words (byte_level.py), which this process finds as it splits
+    the texts: the children start encoding the first words while this process is still splitting
+    the rest. Children inherit `fn` by fork; items go to them pickled, in chunks, each child its own
+    queue, and their results come back in one message at the end. At `finish` this process takes
+    the chunks still waiting from the far end of each queue (work stealing), so everyone finishes
+    together however fast each went; a child claims a chunk and this process steals one under a
+    lock, so none is done twice. Results are exactly [fn(x)] for each item, whoever computed them.
+    A child that fails has its chunks redone here, so that its error is raised here.
     """
-    if processes <= 1 or len(items) < processes or "fork" not in multiprocessing.get_all_start_methods():
-        return [fn(x) for x in items]
-    ctx = multiprocessing.get_context("fork")
-    bounds = [len(items) * k // processes for k in range(processes + 1)]
-    shares = [items[a:b] for a, b in pairwise(bounds)]
-    children, answered = [], 0
-    try:
-        for share in shares[1:]:
-            reader, writer = ctx.Pipe(duplex=False)
-            child = ctx.Process(target=_map_in_child, args=(fn, share, writer), daemon=True)
-            child.start()
-            writer.close()
-            children.append((child, reader))
-        out = [fn(x) for x in shares[0]]
-        for share, (_, reader) in zip(shares[1:], children, strict=True):
+
+    CHUNK = 256  # items per chunk: a few ms of BPE, fine enough to balance at the end
+    BACKLOG = 16  # chunks a child may have waiting; beyond, this process keeps them (no send blocks long)
+
+    def __init__(self, fn: Callable, children: int):
+        ctx = multiprocessing.get_context("fork")
+        self.fn = fn
+        self.lock = ctx.Lock()
+        self.claimed = ctx.RawArray("q", children)  # chunks each child has taken from its queue
+        self.limit = ctx.RawArray("q", [1 << 62] * children)  # a child may take its chunks below this
+        self.queues: list[list] = [[] for _ in range(children)]  # the chunks sent to each child
+        self.kept: list = []  # chunks this process does itself
+        self.children = []
+        self.answered: set[int] = set()
+        self.failed: set[int] = set()
+        try:
+            for c in range(children):
+                here, there = ctx.Pipe()
+                child = ctx.Process(target=_serve_chunks, args=(fn, there, c, self.lock, self.claimed, self.limit))
+                child.daemon = True
+                child.start()
+                there.close()
+                self.children.append((child, here))
+        except BaseException:
+            self.close()
+            raise
+
+    def put(self, items: list) -> None:
+        """Hand out `items` (in chunks) to the child with the shortest queue, or keep them."""
+        for i in range(0, len(items), self.CHUNK):
+            chunk = items[i : i + self.CHUNK]
+            live = [c for c in range(len(self.queues)) if c not in self.failed]
+            c = min(live, key=lambda c: len(self.queues[c]) - self.claimed[c], default=None)
+            if c is None or len(self.queues[c]) - self.claimed[c] >= self.BACKLOG:
+                self.kept.append(chunk)
+                continue
             try:
-                out += pickle.loads(reader.recv_bytes())
-            except EOFError:  # it failed: its share is redone here, so that the error is raised here
-                out += [fn(x) for x in share]
-            answered += 1
-        return out
-    finally:
-        for n, (child, reader) in enumerate(children):
-            reader.close()
-            if n >= answered:  # this process was interrupted before the child answered: stop it
+                self.children[c][1].send(chunk)
+            except OSError:  # the child has failed: finish redoes its chunks here
+                self.failed.add(c)
+                self.kept.append(chunk)
+                continue
+            self.queues[c].append(chunk)
+
+    def finish(self) -> list[tuple[list, list]]:
+        """(items, results) for every chunk put: the kept ones done here, then chunks stolen from the
+        far end of each child's queue, then each child's results."""
+        try:
+            for _, conn in self.children:
+                with contextlib.suppress(OSError):  # a failed child is dealt with below
+                    conn.send(None)  # no more chunks: send back what you did
+            fn = self.fn
+            out = [(chunk, [fn(x) for x in chunk]) for chunk in self.kept]
+            tops = [len(q) for q in self.queues]  # each queue's chunks below its top are not stolen
+            while True:
+                c = max(range(len(tops)), key=lambda c: tops[c] - self.claimed[c])
+                with self.lock:
+                    if tops[c] <= self.claimed[c]:
+                        break  # the longest queue is all taken: so is every other
+                    tops[c] -= 1
+                    self.limit[c] = tops[c]
+                chunk = self.queues[c][tops[c]]
+                out.append((chunk, [fn(x) for x in chunk]))
+            for c, (_, conn) in enumerate(self.children):
+                try:
+                    done = conn.recv()
+                except (EOFError, OSError):  # it failed: its chunks are redone here, raising its error here
+                    done = [[fn(x) for x in chunk] for chunk in self.queues[c][: tops[c]]]
+                self.answered.add(c)
+                out += zip(self.queues[c][: tops[c]], done, strict=True)
+            return out
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Stop every child that has not answered. One that answered exits by itself and is reaped
+        by multiprocessing at its next start or at exit: waiting here for the kernel to unmap its
+        memory took 7-10 ms a child."""
+        for c, (child, conn) in enumerate(self.children):
+            conn.close()
+            if c not in self.answered:
                 child.terminate()
                 child.join()
+        self.children = []
 
 
-def _map_in_child(fn, share: list, writer) -> None:
-    writer.send_bytes(pickle.dumps([fn(x) for x in share], protocol=pickle.HIGHEST_PROTOCOL))
-    writer.close()
+def _serve_chunks(fn, conn, c: int, lock, claimed, limit) -> None:
+    """A ForkedMap child: take each chunk sent, unless this process stole it, and send back all the
+    results once told there are no more chunks."""
+    done, j = [], 0
+    while (chunk := conn.recv()) is not None:
+        with lock:
+            take = j < limit[c]
+            if take:
+                claimed[c] = j + 1
+        if take:
+            done.append([fn(x) for x in chunk])
+        j += 1
+    conn.send(done)
+    conn.close()
 
 
 def _set_worker_tokenizer(tok) -> None:
@@ -220,6 +302,10 @@ def _worker_pool(tok, num_workers: int):
     methods = multiprocessing.get_all_start_methods()
     ctx = multiprocessing.get_context("fork" if "fork" in methods else None)
     return ctx.Pool(num_workers, initializer=_set_worker_tokenizer, initargs=(tok,))
+
+
+def can_fork() -> bool:
+    return "fork" in multiprocessing.get_all_start_methods()
 
 
 def available_cpus() -> int:
