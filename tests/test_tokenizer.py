@@ -671,7 +671,7 @@ def test_a_batch_shares_the_bpe_of_its_new_words_among_processes(monkeypatch):
     of encode, one text at a time, whatever is in the texts (special tokens, surrogates, empty,
     non-ASCII); the new words end in the cache; a warm batch forks nothing; a cache too small for
     the batch falls back to text by text."""
-    started = []
+    started, instances = [], []
 
     class Spy(tokenizer_pool.ForkedMap):
         CHUNK = 7  # many chunks, so that some are stolen at the end
@@ -679,6 +679,8 @@ def test_a_batch_shares_the_bpe_of_its_new_words_among_processes(monkeypatch):
         def __init__(self, fn, children):
             started.append(children)
             super().__init__(fn, children)
+            self.processes = [child for child, _ in self.children]
+            instances.append(self)
 
     monkeypatch.setattr(tokenizer_module, "ForkedMap", Spy)
     monkeypatch.setattr(tokenizer_module, "SHARED_BPE_MIN_WORDS", 50)
@@ -700,6 +702,18 @@ def test_a_batch_shares_the_bpe_of_its_new_words_among_processes(monkeypatch):
     assert few.encode_batch(texts[-3:]) == expected[-3:] and started == [2, 2]  # too few words to fork for
     with pytest.raises(TypeError, match="expected a str"):
         tok([*texts, None])
+
+    interrupted, real_words = tiny(), tiny()._plain_words  # an error while splitting stops the children
+
+    def words_then_fail(text):
+        if started == [2, 2, 2]:
+            raise KeyboardInterrupt
+        return real_words(text)
+
+    monkeypatch.setattr(interrupted, "_plain_words", words_then_fail)
+    with pytest.raises(KeyboardInterrupt):
+        interrupted.encode_batch(texts)
+    assert started == [2, 2, 2] and not any(p.is_alive() for p in instances[-1].processes)
 
 
 @pytest.mark.parametrize("children", [1, 3])

@@ -336,29 +336,31 @@ class ByteLevelBPETokenizer(Tokenizer):
         missed: list[tuple[int, list[str]]] = []  # (index, words) of the texts that wait for BPE
         new: set[str] = set()  # their words not in the cache
         helpers, chars = None, sum(len(t) for t in texts if isinstance(t, str))
-        for round_, chars_done in _rounds(texts, SHARED_BPE_ROUND_CHARS):
-            first_missed = len(missed)
-            for i in round_:
-                words = self._plain_words(texts[i])
-                if words is not None:
-                    try:
-                        rows[i] = list(chain.from_iterable(map(known, words)))
-                    except KeyError:
-                        missed.append((i, words))
-            found = set(chain.from_iterable(w for _, w in missed[first_missed:])).difference(cache, new)
-            new |= found
-            # Distinct words grow with text length as a power below 1 (Heaps' law; 0.6-0.8 on the
-            # stdlib's docstrings): the square root projects the batch's new words conservatively.
-            likely = len(new) * (chars / max(chars_done, 1)) ** 0.5
-            if helpers is None and processes > 1 and likely >= SHARED_BPE_MIN_WORDS and can_fork():
-                helpers, found = ForkedMap(self._bpe, processes - 1), new
-            if helpers is not None:
-                helpers.put(list(found))
-        if helpers is not None:
-            done = helpers.finish()
-            if len(cache) + len(new) <= self.cache_size:
-                for words, ids in done:
+        try:
+            for round_, chars_done in _rounds(texts, SHARED_BPE_ROUND_CHARS):
+                first_missed = len(missed)
+                for i in round_:
+                    words = self._plain_words(texts[i])
+                    if words is not None:
+                        try:
+                            rows[i] = list(chain.from_iterable(map(known, words)))
+                        except KeyError:
+                            missed.append((i, words))
+                found = set(chain.from_iterable(w for _, w in missed[first_missed:])).difference(cache, new)
+                new |= found
+                # Distinct words grow with text length as a power below 1 (Heaps' law; 0.6-0.8 on the
+                # stdlib's docstrings): the square root projects the batch's new words conservatively.
+                likely = len(new) * (chars / max(chars_done, 1)) ** 0.5
+                if helpers is None and processes > 1 and likely >= SHARED_BPE_MIN_WORDS and can_fork():
+                    helpers, found = ForkedMap(self._bpe, processes - 1), new
+                if helpers is not None:
+                    helpers.put(list(found))
+            if helpers is not None and len(cache) + len(new) <= self.cache_size:
+                for words, ids in helpers.finish():
                     cache.update(zip(words, ids, strict=True))
+        finally:
+            if helpers is not None:
+                helpers.close()  # after finish, nothing to do; after an error, the children stop
         for i, words in missed:  # what the cache lacks is encoded here, one text at a time
             rows[i] = self._encode_words(words)
         return [self._encode_text(t) if r is None else r for t, r in zip(texts, rows, strict=True)]

@@ -255,7 +255,13 @@ def _serve_chunks(fn, conn, c: int, lock, claimed, limit) -> None:
     """A ForkedMap child: take each chunk sent, unless this process stole it, and send back all the
     results once told there are no more chunks."""
     done, j = [], 0
-    while (chunk := conn.recv()) is not None:
+    while True:
+        try:
+            chunk = conn.recv()
+        except EOFError:  # this process closed the pipe without finishing: nothing to send back
+            return
+        if chunk is None:
+            break
         with lock:
             take = j < limit[c]
             if take:
