@@ -776,6 +776,22 @@ def test_batches_are_encoded_with_the_collector_paused_and_restored(monkeypatch)
         gc.enable()
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+def test_encode_batches_encodes_with_the_collector_paused_but_hands_rows_back_with_it_on(monkeypatch, workers):
+    """This process pauses it around each batch it encodes, not while the caller holds the rows;
+    a pool's workers run without it (their collector would copy every inherited page it touches)."""
+    import gc
+
+    tok = tiny()
+    monkeypatch.setattr(tok, "_encode_text", lambda t: [int(gc.isenabled())])  # each row: was it on?
+    assert gc.isenabled()
+    rows = []
+    for batch in tok.encode_batches([["x", "y"]] * 6, num_workers=workers):
+        assert gc.isenabled()
+        rows += [[int(i) for i in row] for row in batch]
+    assert rows == [[0]] * 12
+
+
 def test_encode_batches_over_processes_keeps_batches_and_order():
     tok = tiny()
     batches = [[f" the world {b} {i} {'é' * (i % 5)}" for i in range(n)] for b, n in enumerate([1, 0, 9, 40, 3] * 6)]
