@@ -34,7 +34,7 @@ import time
 
 from benchmarks.common import print_table, write_result
 from roberta_scratch.data.packed import prepare
-from roberta_scratch.tokenization.byte_level import ByteLevelBPETokenizer
+from roberta_scratch.tokenization.byte_level import ByteLevelBPETokenizer, load_tokenizer
 
 
 def installed_text(limit_bytes: int):
@@ -109,6 +109,8 @@ def main(argv=None) -> None:
         if not tok_dir:
             tok_dir = os.path.join(tmp, "tok")
             ByteLevelBPETokenizer.train([corpus], vocab_size=8000, show_progress=False).save_pretrained(tok_dir)
+        # which tokenizer, in the results: BPE on a 50k vocabulary costs more per word than on 8k
+        tokenizer = {"dir": args.vocab or "trained here on the corpus", "vocab_size": len(load_tokenizer(tok_dir))}
         times = {n: [] for n in args.workers}
         files = {}
         for _ in range(args.repeats):
@@ -121,10 +123,10 @@ def main(argv=None) -> None:
                 times[n].append(time.perf_counter() - start)
                 files[n] = meta["files"]
         identical = all(files[n] == files[args.workers[0]] for n in args.workers)
-    report(args, mb, times, identical)
+    report(args, mb, times, identical, tokenizer)
 
 
-def report(args, mb: float, times: dict, identical: bool) -> None:
+def report(args, mb: float, times: dict, identical: bool, tokenizer: dict) -> None:
     base = statistics.median(times[args.workers[0]])
     rows = [
         {
@@ -140,11 +142,12 @@ def report(args, mb: float, times: dict, identical: bool) -> None:
     mode = "the whole command, a fresh process each run" if args.whole_command else "prepare() in this process"
     order = "shuffled (seed 0)" if args.shuffle else "file by file"
     print(f"corpus: {mb:.1f} MB of installed Python docstrings and comments, {order}; timed: {mode}")
+    print(f"tokenizer: {tokenizer['dir']}, vocabulary {tokenizer['vocab_size']:,}")
     print(f"outputs identical: {identical}")
     print_table(rows, ["workers", "seconds", "MB/s", "speedup", "runs", "all_seconds"])
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
     print(f"load average (1, 5, 15 min): {load}")
-    extra = {"corpus_MB": mb, "identical": identical, "load_average": load}
+    extra = {"corpus_MB": mb, "identical": identical, "load_average": load, "tokenizer": tokenizer}
     extra.update(whole_command=args.whole_command, shuffled=args.shuffle)
     print(f"wrote {write_result('prepare_cpu', rows, extra)}")
 
