@@ -183,10 +183,12 @@ class Tokenizer(BatchAPI):
         # generator's frames cost 1.3 us a call, a tenth of a warm encode of a 200-byte text.
         return self._special_pattern is not None and any(map(text.__contains__, self._special_names))
 
-    def _encode_texts(self, texts: list, processes: int) -> list[list[int]]:
-        """[self._encode_text(t) for t in texts]; a subclass may share part of the work among
+    def _encode_texts(self, texts: list, processes: int, around: tuple = ()) -> list[list[int]]:
+        """[[*head, *self._encode_text(t), *tail] for t in texts], where around is () or the
+        (head, tail) tuples of ids that wrap every row; a subclass may share part of the work among
         `processes` processes (byte-level BPE shares the BPE of the batch's new words)."""
-        return [self._encode_text(t) for t in texts]
+        head, tail = around or ((), ())
+        return [[*head, *self._encode_text(t), *tail] for t in texts]
 
     def _encode_text_unchecked(self, text: str) -> list[int]:
         if not self._has_special(text):
@@ -281,8 +283,10 @@ class Tokenizer(BatchAPI):
     ) -> list[list[int]]:
         """`encode` over many texts, spread over worker processes when the batch is large.
 
-        num_workers: None picks one per available CPU once the batch holds
-        `pool.PARALLEL_MIN_CHARS` characters or more, else 1 (this process).
+        num_workers: None picks a worker per available CPU once the batch holds
+        `pool.PARALLEL_MIN_CHARS` characters or more; below, this process encodes and
+        forked children share only the BPE of the words new to its cache, once there
+        are enough (tokenization/pool.py). An explicit number is obeyed.
 
             >>> tok.encode_batch(["Hello world!", "Hi"])
             [[0, 31414, 232, 328, 2], [0, 30086, 2]]

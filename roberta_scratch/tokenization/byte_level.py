@@ -320,9 +320,10 @@ class ByteLevelBPETokenizer(Tokenizer):
             cache[word] = self._bpe(word)
         return list(chain.from_iterable(map(cache.__getitem__, words)))
 
-    def _encode_texts(self, texts: list, processes: int) -> list[list[int]]:
-        """[self._encode_text(t) for t in texts], with the BPE of the words new to the cache, most
-        of a cold batch's time, shared with forked children (pool.ForkedMap) once there are enough.
+    def _encode_texts(self, texts: list, processes: int, around: tuple = ()) -> list[list[int]]:
+        """[[*head, *self._encode_text(t), *tail] for t in texts], as in Tokenizer, with the BPE of the
+        words new to the cache, most of a cold batch's time, shared with forked children
+        (pool.ForkedMap) once there are enough.
 
         The texts are split here a round at a time; each round's new words go to the children
         as soon as it is split, so they encode while this process splits the rest; at the end this
@@ -332,8 +333,10 @@ class ByteLevelBPETokenizer(Tokenizer):
         """
         cache = self._cache
         known = cache.__getitem__
+        head, tail = around or ((), ())
         rows: list = [None] * len(texts)
         missed: list[tuple[int, list[str]]] = []  # (index, words) of the texts that wait for BPE
+        others: list[int] = []  # the texts _encode_text encodes, one by one
         new: set[str] = set()  # their words not in the cache
         helpers, chars = None, sum(len(t) for t in texts if isinstance(t, str))
         try:
@@ -341,11 +344,13 @@ class ByteLevelBPETokenizer(Tokenizer):
                 first_missed = len(missed)
                 for i in round_:
                     words = self._plain_words(texts[i])
-                    if words is not None:
-                        try:
-                            rows[i] = list(chain.from_iterable(map(known, words)))
-                        except KeyError:
-                            missed.append((i, words))
+                    if words is None:
+                        others.append(i)
+                        continue
+                    try:
+                        rows[i] = [*head, *chain.from_iterable(map(known, words)), *tail]
+                    except KeyError:
+                        missed.append((i, words))
                 found = set(chain.from_iterable(w for _, w in missed[first_missed:])).difference(cache, new)
                 new |= found
                 # Distinct words grow with text length as a power below 1 (Heaps' law; 0.6-0.8 on the
@@ -362,8 +367,10 @@ class ByteLevelBPETokenizer(Tokenizer):
             if helpers is not None:
                 helpers.close()  # after finish, nothing to do; after an error, the children stop
         for i, words in missed:  # what the cache lacks is encoded here, one text at a time
-            rows[i] = self._encode_words(words)
-        return [self._encode_text(t) if r is None else r for t, r in zip(texts, rows, strict=True)]
+            rows[i] = [*head, *self._encode_words(words), *tail]
+        for i in others:
+            rows[i] = [*head, *self._encode_text(texts[i]), *tail]
+        return rows
 
     def _plain_words(self, text) -> list[str] | None:
         """The words _encode_text would BPE, for a text it encodes that way, else None."""
