@@ -16,8 +16,6 @@ import sys
 import time
 from collections.abc import Iterable
 
-from tqdm.auto import tqdm
-
 
 def progress(
     iterable: Iterable | None = None,
@@ -30,6 +28,10 @@ def progress(
     """A tqdm bar (on a terminal) or a LineProgress (anywhere else), with the same methods used here:
     iteration, update(n), set_postfix(**values), close()."""
     if disable or sys.stderr.isatty():
+        # imported here: tqdm.auto brings asyncio and importlib.metadata, 40 ms of every command
+        # that shows no bar (prepare's whole command is 2-5 s)
+        from tqdm.auto import tqdm
+
         return tqdm(iterable, total=total, desc=desc, unit=" " + unit.strip(), disable=disable, initial=initial)
     every = float(os.environ.get("ROBERTA_SCRATCH_PROGRESS_SECONDS", "10"))
     return LineProgress(iterable, total=total, desc=desc, unit=unit.strip(), initial=initial, every=every)
