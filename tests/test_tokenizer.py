@@ -744,6 +744,22 @@ def test_forked_map_gives_each_result_once_whoever_computes_it(children):
         forked.finish()
 
 
+def test_forked_map_children_leave_ctrl_c_to_this_process():
+    """Ctrl-C reaches every process of the group: a child ignores it (this process stops it, if it
+    must), so it neither dies nor prints a traceback of its own."""
+    import signal
+
+    forked = tokenizer_pool.ForkedMap(lambda x: os.getpid(), 1)
+    child = forked.children[0][0]
+    forked.put([1, 2, 3])
+    deadline = time.monotonic() + 30
+    while forked.claimed[0] == 0 and time.monotonic() < deadline:  # it has started serving
+        time.sleep(0.005)
+    os.kill(child.pid, signal.SIGINT)
+    results = [pid for _, pids in forked.finish() for pid in pids]
+    assert results == [child.pid] * 3  # the child answered: it was not stopped by the signal
+
+
 def test_forked_map_stops_its_children_when_interrupted():
     forked = tokenizer_pool.ForkedMap(lambda x: x, 2)
     processes = [child for child, _ in forked.children]

@@ -63,6 +63,7 @@ import contextlib
 import gc
 import multiprocessing
 import os
+import signal
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from itertools import chain, islice
@@ -268,6 +269,9 @@ class ForkedMap:
 def _serve_chunks(fn, conn, c: int, lock, claimed, limit) -> None:
     """A ForkedMap child: take each chunk sent, unless this process stole it, and send back all the
     results once told there are no more chunks."""
+    # Ctrl-C reaches the whole process group: the parent stops its children itself (close), and
+    # a child's own KeyboardInterrupt would only print a second traceback
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     done, j = [], 0
     while True:
         try:
