@@ -26,13 +26,15 @@ and below that it lost (measured on those docstrings, fresh tokenizers, medians 
 cores, 2026-12-08: the first 120 / 500 / 1,000 / 2,500 documents, 1,237 / 2,996 / 4,786 / 8,018
 new words, forking at once: 0.61x / 0.96x / 1.19x / 1.34x the speed of one process; with the
 3,500 rule 1.00x up to 3,541 words, then 1.18x and 1.36x; all 7,226, 15,373 words: 1.38x).
-Both processes ran BPE about 20% slower side by side than one alone (these two vCPUs share a
-core's caches, or the core), which caps the gain.
+Both processes ran BPE about 20% slower side by side than one alone, which caps the gain: not
+the cores (a pure-Python loop ran as fast on both at once as on one), so the L3 cache the two
+share, and the pages each copies on write as it touches the inherited dictionaries.
 
 Who encodes depends on whether the input is whole or a stream, and the reason is the same in both:
 this process must never keep the workers waiting.
 
-- A list known whole (`encode_list`, behind `Tokenizer.encode_batch`): every chunk is handed out
+- A list known whole (`encode_list`, behind `Tokenizer.encode_batch`, from PARALLEL_MIN_CHARS
+  characters or with num_workers given): every chunk is handed out
   at once, so nothing needs this process until the end, and it encodes an equal share itself
   meanwhile: one process fewer to start and one share fewer to send back (10% faster on 2 cores).
   The workers take a few chunks each, so one long chunk does not leave the rest idle.
