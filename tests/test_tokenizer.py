@@ -671,7 +671,7 @@ def test_a_batch_shares_the_bpe_of_its_new_words_among_processes(monkeypatch):
     of encode, one text at a time, whatever is in the texts (special tokens, surrogates, empty,
     non-ASCII); the new words end in the cache; a warm batch forks nothing; a cache too small for
     the batch falls back to text by text."""
-    started, instances = [], []
+    started, instances, finished = [], [], []
 
     class Spy(tokenizer_pool.ForkedMap):
         CHUNK = 7  # many chunks, so that some are stolen at the end
@@ -681,6 +681,10 @@ def test_a_batch_shares_the_bpe_of_its_new_words_among_processes(monkeypatch):
             super().__init__(fn, children)
             self.processes = [child for child, _ in self.children]
             instances.append(self)
+
+        def finish(self):
+            finished.append(len(started))
+            return super().finish()
 
     monkeypatch.setattr(tokenizer_module, "ForkedMap", Spy)
     monkeypatch.setattr(tokenizer_module, "SHARED_BPE_MIN_WORDS", 50)
@@ -698,22 +702,26 @@ def test_a_batch_shares_the_bpe_of_its_new_words_among_processes(monkeypatch):
     assert tok.encode_batch(texts) == expected and started == [2]  # warm: nothing new, nothing forked
     small = tiny(cache_size=50)
     assert small.encode_batch(texts) == expected and started == [2, 2] and len(small._cache) <= 50
+    fits = tiny(cache_size=len(tok._cache))  # the batch's words fit only once the old ones are gone
+    fits.encode(" ".join(f"w{i}" for i in range(100)))
+    assert fits.encode_batch(texts) == expected and started == [2, 2, 2] and finished == [1, 3]  # not 2: too small
+    assert set(words) <= set(fits._cache) and len(fits._cache) <= fits.cache_size
     few = tiny()
-    assert few.encode_batch(texts[-3:]) == expected[-3:] and started == [2, 2]  # too few words to fork for
+    assert few.encode_batch(texts[-3:]) == expected[-3:] and started == [2, 2, 2]  # too few words to fork for
     with pytest.raises(TypeError, match="expected a str"):
         tok([*texts, None])
 
     interrupted, real_words = tiny(), tiny()._plain_words  # an error while splitting stops the children
 
     def words_then_fail(text):
-        if started == [2, 2, 2]:
+        if started == [2, 2, 2, 2]:
             raise KeyboardInterrupt
         return real_words(text)
 
     monkeypatch.setattr(interrupted, "_plain_words", words_then_fail)
     with pytest.raises(KeyboardInterrupt):
         interrupted.encode_batch(texts)
-    assert started == [2, 2, 2] and not any(p.is_alive() for p in instances[-1].processes)
+    assert started == [2, 2, 2, 2] and not any(p.is_alive() for p in instances[-1].processes)
 
 
 @pytest.mark.parametrize("children", [1, 3])

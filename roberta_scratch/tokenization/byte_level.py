@@ -360,8 +360,11 @@ class ByteLevelBPETokenizer(Tokenizer):
                     helpers, found = ForkedMap(self._bpe, processes - 1), new
                 if helpers is not None:
                     helpers.put(list(found))
-            if helpers is not None and len(cache) + len(new) <= self.cache_size:
-                for words, ids in helpers.finish():
+            if helpers is not None and len(new) <= self.cache_size:
+                done = helpers.finish()
+                if len(cache) + len(new) > self.cache_size:
+                    cache.clear()  # as _encode_words does: start over rather than evict one by one
+                for words, ids in done:
                     cache.update(zip(words, ids, strict=True))
         finally:
             if helpers is not None:
