@@ -710,6 +710,10 @@ def test_a_batch_shares_the_bpe_of_its_new_words_among_processes(monkeypatch):
     assert few.encode_batch(texts[-3:]) == expected[-3:] and started == [2, 2, 2]  # too few words to fork for
     with pytest.raises(TypeError, match="expected a str"):
         tok([*texts, None])
+    monkeypatch.setattr(tokenizer_pool, "available_cpus", lambda: 64)  # children for the work, not the CPUs
+    assert tiny().encode_batch(texts[:20]) == expected[:20] and 1 <= started[-1] < 8
+    started.pop(), finished.pop()
+    monkeypatch.setattr(tokenizer_pool, "available_cpus", lambda: 3)
 
     interrupted, real_words = tiny(), tiny()._plain_words  # an error while splitting stops the children
 

@@ -357,7 +357,9 @@ class ByteLevelBPETokenizer(Tokenizer):
                 # stdlib's docstrings): the square root projects the batch's new words conservatively.
                 likely = len(new) * (chars / max(chars_done, 1)) ** 0.5
                 if helpers is None and processes > 1 and likely >= SHARED_BPE_MIN_WORDS and can_fork():
-                    helpers, found = ForkedMap(self._bpe, processes - 1), new
+                    # a process for every SHARED_BPE_MIN_WORDS words likely: each costs ~10 ms to start
+                    children = min(processes, int(likely // SHARED_BPE_MIN_WORDS) + 1) - 1
+                    helpers, found = ForkedMap(self._bpe, children), new
                 if helpers is not None:
                     helpers.put(list(found))
             if helpers is not None and len(new) <= self.cache_size:
