@@ -11,8 +11,9 @@ alternating round by round, median of --repeats. That is what a user meets. Rows
                        (the tokenizer.json form, parsed in Rust) and its serial `Tokenizer.encode`
                        (RobertaTokenizerFast's backend); target >= 1.5x. Beside it, labelled, the
                        same with both tokenizers loaded before the clock starts;
-  tok(docs), COLD:     the batch call a user makes (it chooses its own number of processes:
-                       one for a small batch), against tiktoken's `encode_ordinary_batch` with
+  tok(docs), COLD:     the batch call a user makes (it chooses its own processes: below 24 MB
+                       forked children share only the BPE of the batch's new words, once there
+                       are enough), against tiktoken's `encode_ordinary_batch` with
                        one thread per usable core; target >= 1.0x. Beside it, labelled,
                        `encode_batch` with one process per core forced, GPT-2's vocabulary;
   warm (labelled):     the same text again, every word already cached: a best case;
