@@ -326,8 +326,7 @@ def _unpack(flat, lengths) -> list:
 
 def _worker_pool(tok, num_workers: int):
     # fork (Linux) hands each worker the tokenizer, warm cache included, without pickling it.
-    methods = multiprocessing.get_all_start_methods()
-    ctx = multiprocessing.get_context("fork" if "fork" in methods else None)
+    ctx = multiprocessing.get_context("fork" if can_fork() else None)
     return ctx.Pool(num_workers, initializer=_set_worker_tokenizer, initargs=(tok,))
 
 
